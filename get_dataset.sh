@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fetch the course data into hw2_data/ with gdown:  bash get_dataset.sh [2024|2022]
+# (2024: digits + face + textual_inversion; 2022: face + digits with usps/svhn for DANN).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY="$ROOT/.venv/bin/python"; [ -x "$PY" ] || PY="${PYTHON:-python3}"
+case "${1:-2024}" in
+  2024) ID=1W6Y1OmjzNw2qHoGDCpGOwGpw27wLg1fi ;;
+  2022) ID=1YxkObGDlqZM0-9Zq-QMjk7q1vND4UJl3 ;;
+  *) echo "get_dataset.sh: error: unknown year '$1' (use 2024 or 2022)" >&2; exit 2 ;;
+esac
+cd "$ROOT"
+TMP="$(mktemp -d "$ROOT/.hw2_data.partial.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+if ! "$PY" -m gdown --quiet "$ID" -O "$TMP/hw2_data.zip"; then
+  echo "get_dataset.sh: error: download of Google Drive file $ID failed (offline? quota?); nothing was written" >&2
+  exit 1
+fi
+unzip -q "$TMP/hw2_data.zip" -d "$TMP/unzipped"
+SRC="$TMP/unzipped"; [ -d "$SRC/hw2_data" ] && SRC="$SRC/hw2_data"
+mkdir -p hw2_data
+cp -rn "$SRC"/. hw2_data/   # merge: the 2022 and 2024 sets can live side by side
+echo "hw2_data/ ready: $(ls hw2_data | tr '\n' ' ')"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Download weights listed in checkpoints.tsv into checkpoints/ (or $HW2_CKPT_DIR), check
+# their sha256, and skip files already present and valid. Never leaves a partial file.
+#   bash hw2_download_ckpt.sh            # the "required" group
+#   bash hw2_download_ckpt.sh NAME ...   # named entries;  --all: every entry;  --list
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TABLE="${HW2_CKPT_TABLE:-$ROOT/checkpoints.tsv}"
+DEST="${HW2_CKPT_DIR:-$ROOT/checkpoints}"
+die() { echo "hw2_download_ckpt.sh: error: $*" >&2; exit 1; }
+
+hash_ok() {  # file, expected full sha256 or prefix
+  local actual; actual="$(sha256sum "$1" | cut -d' ' -f1)"
+  [[ "$actual" == "$2"* ]]
+}
+
+entries() { [ -f "$TABLE" ] || die "$TABLE not found"; grep -v -e '^#' -e '^[[:space:]]*$' "$TABLE" || true; }
+
+want=()
+case "${1:-}" in
+  --list) entries | cut -f1,2; exit 0 ;;
+  --all) mapfile -t want < <(entries | cut -f1) ;;
+  "") mapfile -t want < <(entries | awk -F'\t' '$2 == "required" {print $1}') ;;
+  *) want=("$@") ;;
+esac
+[ ${#want[@]} -gt 0 ] || { echo "nothing to download: every required checkpoint is in the repository"; exit 0; }
+
+mkdir -p "$DEST"
+for name in "${want[@]}"; do
+  line="$(entries | awk -F'\t' -v n="$name" '$1 == n')"
+  [ -n "$line" ] || die "no entry named '$name' in checkpoints.tsv (see --list)"
+  sha="$(cut -f3 <<<"$line")"; url="$(cut -f4 <<<"$line")"; out="$DEST/$name"
+  if [ -f "$out" ] && hash_ok "$out" "$sha"; then echo "ok (present): $out"; continue; fi
+  tmp="$(mktemp "$DEST/.$name.partial.XXXXXX")"
+  trap 'rm -f "$tmp"' EXIT
+  echo "downloading $name"
+  curl -fL --progress-bar --retry 2 --connect-timeout 20 -o "$tmp" "$url" || die "download of $url failed (offline?); nothing was written"
+  hash_ok "$tmp" "$sha" || die "$name: sha256 does not match $sha; the download was discarded"
+  mv "$tmp" "$out"; trap - EXIT
+  echo "ok: $out"
+done

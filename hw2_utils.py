@@ -1,0 +1,312 @@
+"""The one module every problem folder shares: seeding, devices, dtypes, image I/O,
+atomic outputs, one-line CLI errors, progress bars and the torchrun/accelerate glue.
+
+Anything problem-specific belongs in that problem's folder, not here.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+class CLIError(Exception):
+    """Bad input from the user: printed as one line, exit status 2, no traceback."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run `main` and turn user-facing failures into `error: ...` plus a non-zero exit.
+
+    Bugs (anything that is not a CLIError or an OS-level file problem) still show a
+    traceback, because hiding those would make the code impossible to debug.
+    """
+    try:
+        main()
+    except CLIError as e:
+        _fail(str(e), 2)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int) -> None:
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hw2"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def require_file(path: str | os.PathLike, what: str, how_to_get: str = "") -> Path:
+    """Return `path` as a Path or raise a CLIError naming the file and how to obtain it."""
+    p = Path(path)
+    if not p.is_file():
+        hint = f" ({how_to_get})" if how_to_get else ""
+        raise CLIError(f"{what} not found: {p}{hint}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise CLIError(f"{what} is not a directory: {p}")
+    return p
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python, numpy and torch. Under DDP each rank gets `seed + rank` so data
+    augmentation differs between ranks while a run stays reproducible as a whole."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    return s
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A private generator: every random draw in sampling code takes one explicitly, so
+    outputs do not depend on what else touched the global RNG."""
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+
+
+# --------------------------------------------------------------------------- device / dtype
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` | `cpu` | `cuda` | `cuda:N` -> torch.device; anything else is a CLIError."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {spec} requested but CUDA is not available")
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise CLIError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    raise CLIError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """Parse fp32|bf16|fp16 and fall back to fp32 where the device cannot run it well
+    (fp16 on the CPU; bf16 on a GPU without bf16 support)."""
+    try:
+        dtype = _DTYPES[spec.lower()]
+    except KeyError:
+        raise CLIError(f"invalid dtype {spec!r}: use fp32, bf16 or fp16") from None
+    if dtype is torch.float16 and device.type != "cuda":
+        return torch.float32
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float32
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed-precision context; a no-op for fp32."""
+    if dtype is torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """(N,C,H,W) float in `value_range` -> (N,H,W,C) uint8, rounding to nearest."""
+    lo, hi = value_range
+    x = (images.detach().float().cpu() - lo) / (hi - lo)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_images(images: torch.Tensor, paths: Iterable[str | os.PathLike],
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Save each image of a (N,C,H,W) batch as PNG (RGB, or L for one channel)."""
+    from PIL import Image
+
+    arrays = to_uint8(images, value_range).numpy()
+    paths = list(paths)
+    if len(paths) != len(arrays):
+        raise ValueError(f"{len(arrays)} images but {len(paths)} paths")
+    for array, path in zip(arrays, paths):
+        mode = "L" if array.shape[-1] == 1 else "RGB"
+        Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode=mode).save(path)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int,
+              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
+    """Tile a (N,C,H,W) batch into one PNG with `nrow` images per row, written atomically."""
+    from torchvision.utils import make_grid
+
+    lo, hi = value_range
+    grid = make_grid((images.detach().float().cpu() - lo) / (hi - lo), nrow=nrow,
+                     padding=padding, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        save_images(grid.unsqueeze(0), [tmp], value_range=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- atomic outputs
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block
+    succeeds, so readers never see a half-written file."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp",
+                               dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling directory of `path`; on success it replaces
+    `path` (an existing one is removed), on failure it is deleted. A folder of outputs
+    therefore exists under its final name only when it is complete."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, trash / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and check we can write into it; CLIError otherwise."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=p, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as e:
+        raise CLIError(f"output directory {p} is not writable ({e.strerror or e})") from None
+    return p
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs) -> Iterator[T]:
+    """tqdm that stays quiet under HW2_QUIET=1, off the main rank, or when told to."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        disable = os.environ.get("HW2_QUIET", "") not in ("", "0") or not dist_info().is_main
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank, local rank and world size as set by torchrun / accelerate launch."""
+    env = os.environ
+    return DistInfo(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
+                    int(env.get("WORLD_SIZE", 1)))
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched with several processes and return this
+    rank's device (cuda:LOCAL_RANK on GPUs, NCCL; the CPU with gloo otherwise)."""
+    info = dist_info()
+    if not info.enabled:
+        return info, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def make_train_sampler(dataset, seed: int, shuffle: bool = True):
+    """A DistributedSampler under DDP (each rank a disjoint shard), else None so the
+    DataLoader shuffles with its own seeded generator."""
+    info = dist_info()
+    if not info.enabled:
+        return None
+    from torch.utils.data.distributed import DistributedSampler
+
+    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                              shuffle=shuffle, seed=seed, drop_last=True)
+
+
+def log_main(*args, **kwargs) -> None:
+    """print() on rank 0 only."""
+    if dist_info().is_main:
+        print(*args, **kwargs, flush=True)
+
+
+def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """Decorator: run `fn` on rank 0 only (checkpoint saving, figures)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs) if dist_info().is_main else None
+    return wrapper
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module behind DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

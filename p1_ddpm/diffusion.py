@@ -1,0 +1,135 @@
+"""DDPM (Ho et al. 2020) written out: the linear schedule, q(x_t|x_0), the epsilon loss
+(Algorithm 1), ancestral sampling (Algorithm 2), a deterministic DDIM fast path and
+classifier-free guidance. tests/test_p1_diffusion.py checks the step math against
+diffusers' DDPMScheduler and DDIMScheduler.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps
+
+
+class GaussianDiffusion:
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        # float64 for the schedule, as in the reference code: cumprod over 1000 steps in
+        # fp32 drifts enough to be visible in the late-step coefficients.
+        self.T = num_timesteps
+        self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        # Posterior q(x_{t-1} | x_t, x_0) (DDPM eq. 6-7); beta-tilde is "fixed_small".
+        self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+
+    @staticmethod
+    def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] broadcast to `like`'s shape, in its dtype and device."""
+        out = values.to(like.device)[t.to(like.device)].to(like.dtype)
+        return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+    # ------------------------------------------------------------------ forward process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        ab = self._at(self.alphas_cumprod, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def training_loss(self, eps_model: Callable[..., torch.Tensor], x0: torch.Tensor, *cond: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), MSE(eps, eps_theta(x_t, t, cond))."""
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        return F.mse_loss(eps_model(self.q_sample(x0, t, noise), t, *cond), noise)
+
+    # ------------------------------------------------------------------ reverse process
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        ab = self._at(self.alphas_cumprod, t, x_t)
+        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, self._at(self.posterior_variance, t, x_t)
+
+    def ddpm_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, noise: torch.Tensor,
+                  clip_x0: bool = True) -> torch.Tensor:
+        """Algorithm 2 with sigma_t^2 = beta-tilde_t. Written through the predicted x_0 so
+        it can be clipped to [-1, 1]; without clipping the mean equals
+        (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t) exactly."""
+        tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+        x0 = self.predict_x0(x_t, tt, eps)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        mean, var = self.q_posterior(x0, x_t, tt)
+        return mean + var.sqrt() * noise if t > 0 else mean
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """Evenly spaced, "leading" like diffusers: T - T/steps, ..., T/steps, 0."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
+        ratio = self.T // steps
+        return list(range(0, steps * ratio, ratio))[::-1]
+
+    def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
+                  noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
+        """DDIM (Song et al. 2021, eq. 12); t_prev < 0 means the final step to x_0."""
+        ab = self.alphas_cumprod[t].item()
+        ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5  # keep eps consistent with the clipped x0
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        x_prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
+        if eta > 0:
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
+    @torch.no_grad()
+    def sample(self, eps_fn: EpsFn, shape: Sequence[int], generator: torch.Generator, device: torch.device,
+               sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+               record_at: Sequence[int] = (), progress: Callable = lambda it, **kw: it):
+        """Run the reverse process from pure noise. All noise comes from `generator` on
+        the CPU, so a seed gives the same images on any device. Returns the final x_0 and
+        {t: x_t} for every t in `record_at` (t = 0 is the final output)."""
+        def randn() -> torch.Tensor:
+            return torch.randn(tuple(shape), generator=generator).to(device)
+
+        x = randn()
+        frames = {self.T: x.cpu()} if self.T in record_at else {}
+        if sampler == "ddpm":
+            schedule = [(t, t - 1) for t in range(self.T - 1, -1, -1)]
+        elif sampler == "ddim":
+            ts = self.ddim_timesteps(steps or 50)
+            schedule = list(zip(ts, ts[1:] + [-1]))
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}: use ddpm or ddim")
+        for t, t_prev in progress(schedule, desc=f"{sampler} sampling", leave=False):
+            eps = eps_fn(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+            if sampler == "ddpm":
+                x = self.ddpm_step(eps, x, t, randn() if t > 0 else None)
+            else:
+                x = self.ddim_step(eps, x, t, t_prev, eta, randn() if eta > 0 else None)
+            if t_prev + 1 in record_at and t_prev + 1 < self.T:
+                frames[t_prev + 1] = x.cpu()
+        return x, frames
+
+
+def guided_eps(model: Callable[..., torch.Tensor], digit: torch.Tensor, domain: torch.Tensor,
+               null_digit: int, null_domain: int, guidance: float) -> EpsFn:
+    """Classifier-free guidance: eps = eps_uncond + w * (eps_cond - eps_uncond).
+    w = 0 is the unconditional model, w = 1 the conditional one; conditional and
+    unconditional passes share one batch."""
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance == 1.0:
+            return model(x, t, digit, domain)
+        if guidance == 0.0:
+            return model(x, t, torch.full_like(digit, null_digit), torch.full_like(domain, null_domain))
+        eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]),
+                             torch.cat([digit, torch.full_like(digit, null_digit)]),
+                             torch.cat([domain, torch.full_like(domain, null_domain)])).chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+    return eps_fn

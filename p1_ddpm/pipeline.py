@@ -1,0 +1,60 @@
+"""Checkpoint I/O and batched, seeded generation, shared by train.py, infer.py and report.py."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hw2_utils import CLIError
+from p1_ddpm.diffusion import GaussianDiffusion, guided_eps
+from p1_ddpm.model import ConditionalUNet, UNetConfig
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "ddpm_ema.pt"
+
+
+def export_weights(model: torch.nn.Module, domains: list[str], step: int, recipe: str) -> dict:
+    """The shipped format: config + domain names + EMA weights; loadable with weights_only."""
+    return {"config": model.config.to_dict(), "domains": list(domains), "step": int(step),
+            "recipe": recipe, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[ConditionalUNet, list[str]]:
+    """Load a shipped/exported checkpoint; any problem with the file is a CLIError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"checkpoint not found: {path} (run bash hw2_download_ckpt.sh or p1_ddpm/train.py)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
+        model = ConditionalUNet(config)
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CLIError(f"{path} is not a valid P1 checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), list(blob["domains"])
+
+
+@torch.no_grad()
+def generate(model: ConditionalUNet, digits: torch.Tensor, domains: torch.Tensor, *, seed: int,
+             guidance: float, sampler: str, steps: int | None, device: torch.device,
+             batch_size: int = 500, record_at: tuple[int, ...] = (),
+             progress: Callable = lambda it, **kw: it):
+    """Images in [-1, 1] for each (digit, domain) pair, (N,3,28,28) on the CPU.
+
+    Image i's noise depends only on (seed, i // batch_size), so a seed reproduces the
+    same files; batching is fixed by `batch_size`, not by the device."""
+    diffusion = GaussianDiffusion()
+    outputs, frames = [], {}
+    for start in progress(range(0, len(digits), batch_size), desc="batches"):
+        d = digits[start:start + batch_size].to(device)
+        m = domains[start:start + batch_size].to(device)
+        eps_fn = guided_eps(model, d, m, model.null_digit, model.null_domain, guidance)
+        generator = torch.Generator().manual_seed(seed + start)
+        x, f = diffusion.sample(eps_fn, (len(d), 3, 28, 28), generator, device, sampler=sampler,
+                                steps=steps, record_at=record_at, progress=progress)
+        outputs.append(x.clamp(-1, 1).cpu())
+        for t, v in f.items():
+            frames.setdefault(t, []).append(v)
+    return torch.cat(outputs), {t: torch.cat(v) for t, v in frames.items()}

@@ -1,0 +1,120 @@
+"""The shared utils module: seeding, devices, dtypes, atomic outputs, CLI errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hw2_utils as U
+
+
+def test_same_seed_same_tensors_and_generators_are_independent_of_global_rng():
+    U.seed_everything(123)
+    a = torch.randn(5), torch.rand(3)
+    U.seed_everything(123)
+    b = torch.randn(5), torch.rand(3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+    g1 = U.make_generator(7)
+    torch.manual_seed(999)  # the global RNG must not matter
+    x = torch.randn(4, generator=g1)
+    assert torch.equal(x, torch.randn(4, generator=U.make_generator(7)))
+    assert not torch.equal(x, torch.randn(4, generator=U.make_generator(8)))
+
+
+def test_rank_aware_seed_differs_per_rank():
+    assert U.seed_everything(5, rank=0) != U.seed_everything(5, rank=1)
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "cuda:-1", "tpu", "cpu:0", ""])
+def test_device_parsing_rejects_bad_values(spec):
+    if spec == "":  # empty means auto
+        assert U.resolve_device(spec).type in {"cpu", "cuda"}
+        return
+    with pytest.raises(U.CLIError, match="device"):
+        U.resolve_device(spec)
+
+
+def test_device_parsing_accepts_good_values():
+    assert U.resolve_device("cpu") == torch.device("cpu")
+    assert U.resolve_device("AUTO").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(U.CLIError, match="CUDA is not available"):
+            U.resolve_device("cuda:0")
+
+
+def test_dtype_fallbacks():
+    cpu = torch.device("cpu")
+    assert U.resolve_dtype("fp16", cpu) is torch.float32  # no fast fp16 on CPU
+    assert U.resolve_dtype("bf16", cpu) is torch.bfloat16
+    assert U.resolve_dtype("fp32", cpu) is torch.float32
+    with pytest.raises(U.CLIError, match="dtype"):
+        U.resolve_dtype("int8", cpu)
+
+
+def test_atomic_path_leaves_no_partial_file_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with U.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+    with U.atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_dir_publishes_only_complete_folders(tmp_path):
+    final = tmp_path / "images"
+    with pytest.raises(RuntimeError):
+        with U.atomic_dir(final) as tmp:
+            (tmp / "a.png").write_bytes(b"x")
+            raise RuntimeError("crash half way")
+    assert list(tmp_path.iterdir()) == []
+
+    final.mkdir()
+    (final / "stale.png").write_bytes(b"old")
+    with U.atomic_dir(final) as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+    assert sorted(p.name for p in final.iterdir()) == ["a.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["images"]
+
+
+def test_save_images_round_trip(tmp_path):
+    from PIL import Image
+
+    x = torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 3, 1, 1).expand(2, 3, 2, 2)
+    U.save_images(x, [tmp_path / "a.png", tmp_path / "b.png"])
+    img = Image.open(tmp_path / "a.png")
+    assert img.mode == "RGB" and img.size == (2, 2)
+    assert img.getpixel((0, 0)) == (0, 128, 255)  # (-1, 0, 1) -> 0, 127.5 rounds to 128, 255
+    U.save_grid(torch.zeros(6, 1, 4, 4), tmp_path / "grid.png", nrow=3, value_range=(0, 1), padding=1)
+    assert Image.open(tmp_path / "grid.png").size == (3 * 5 + 1, 2 * 5 + 1)
+
+
+def test_run_cli_turns_user_errors_into_one_line(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import sys\nfrom hw2_utils import run_cli, CLIError, require_file\n"
+        "def main():\n"
+        "    if sys.argv[1] == 'cli': raise CLIError('bad thing')\n"
+        "    require_file(sys.argv[2], 'weights', 'see README')\n"
+        "run_cli(main)\n")
+    for args, expected in [(["cli"], "tool.py: error: bad thing"),
+                           (["file", "/nope.pt"], "tool.py: error: weights not found: /nope.pt (see README)")]:
+        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+        assert r.returncode == 2
+        assert r.stderr.strip() == expected
+
+
+def test_ensure_writable_dir_rejects_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(U.CLIError, match="not writable"):
+        U.ensure_writable_dir(f / "sub")
