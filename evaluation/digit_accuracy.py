@@ -1,0 +1,165 @@
+"""Digit accuracy of generated digits, as the course grades Problem 1 (conditional DDPM).
+
+    python evaluation/digit_accuracy.py --folder OUT --checkpoint ../shared/data/grader/Classifier.pth
+    python evaluation/digit_accuracy.py --folder OUT --checkpoint Classifier.pth --svhn-checkpoint svhn.pt2
+
+OUT/mnistm/ (and OUT/svhn/) hold images whose label is the first character of the file
+name (7_013.png -> 7). Each image is opened as RGB, resized to 28 (shorter side),
+turned into a tensor and normalised with mean 0.5 / std 0.5, as the course grader does.
+
+MNIST-M is scored by the course's LeNet (Classifier.pth). The course's SVHN classifier (a
+ResNet-34 that has to be downloaded) is not available here, so its architecture and
+preprocessing are unknown: --svhn-checkpoint takes any 10-class classifier saved as a
+.pt2 file with a dynamic batch size,
+    torch.export.save(torch.export.export(model, (batch,), dynamic_shapes=({0: torch.export.Dim("n")},)), "svhn.pt2")
+and feeds it the same preprocessed images as the MNIST-M model.
+Without it the SVHN half is reported as skipped and no average is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+from hw2_utils import CLIError, progress, require_dir, require_file, resolve_device, run_cli
+from evaluation.common import list_images, open_rgb
+
+PREPROCESS = transforms.Compose([
+    transforms.Resize(28),
+    transforms.ToTensor(),
+    transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+])
+
+
+class LeNet(nn.Module):
+    """The course's MNIST-M grader; layer names match the keys of Classifier.pth."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 4 * 4, 128)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    path = require_file(checkpoint, "MNIST-M classifier checkpoint",
+                        "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):
+        raise CLIError(f"{path} cannot be read as a PyTorch checkpoint") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the course saves {'state_dict': ..., 'optimizer': ...}
+    model = LeNet()
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys or shapes, or not a dict at all
+        lines = str(e).splitlines()  # the first line is a generic header; the second names the keys
+        raise CLIError(f"{path} is not the course LeNet: {lines[min(1, len(lines) - 1)].strip()}") from None
+    return model.eval().to(device)
+
+
+def load_svhn_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """A classifier saved with torch.export.save (.pt2): the file carries its own
+    architecture, which is not known here for the course's SVHN model."""
+    path = require_file(checkpoint, "SVHN classifier checkpoint")
+    if path.suffix != ".pt2":
+        raise CLIError(f"{path}: the SVHN classifier must be a torch.export program (.pt2)")
+    try:
+        return torch.export.load(path).module().to(device)
+    except RuntimeError as e:
+        raise CLIError(f"{path} is not a torch.export program ({str(e).splitlines()[0]})") from None
+
+
+def label_of(path: Path) -> int:
+    if not path.name[:1].isdigit():
+        raise CLIError(f"cannot read a digit label from {path} (the name must start with 0-9)")
+    return int(path.name[0])
+
+
+@torch.no_grad()
+def score_images(model: nn.Module, images: Sequence[Image.Image] | np.ndarray, labels: Sequence[int],
+                 device: str | torch.device = "cpu", batch_size: int = 500) -> dict:
+    """Accuracy of `model` on in-memory images: PIL images, or uint8 arrays (N, H, W, 3)
+    such as hw2_utils.to_uint8 returns. They go through PREPROCESS exactly as saved PNGs
+    would, so a batch scores the same here as written to disk and graded from the folder.
+    `model` must already be in eval mode, as the loaders above return it."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise CLIError("no images to score")
+    device = torch.device(device)
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        batch = torch.stack([PREPROCESS(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
+                             for im in chunk])
+        predictions = model(batch.to(device)).argmax(1).cpu()
+        correct += int((predictions == torch.as_tensor(labels[start:start + batch_size])).sum())
+    return {"acc": correct / len(images), "correct": correct, "total": len(images)}
+
+
+def score_folder(model: nn.Module, folder: str | os.PathLike, device: str | torch.device = "cpu",
+                 batch_size: int = 500) -> dict:
+    """Accuracy over the images of `folder`, each labelled by its name's first character."""
+    files = list_images(folder, "image folder")
+    labels = [label_of(f) for f in files]
+    images = [open_rgb(f) for f in progress(files, desc=Path(folder).name, leave=False)]
+    return score_images(model, images, labels, device, batch_size)
+
+
+def digit_accuracy(folder: str | os.PathLike, checkpoint: str | os.PathLike,
+                   svhn_checkpoint: str | os.PathLike | None = None, device: str = "auto") -> dict:
+    """{'mnistm': {acc, correct, total}, 'svhn': same or None, 'acc': mean of the two
+    accuracies, or None when the SVHN half was skipped}."""
+    device = resolve_device(device)
+    root = require_dir(folder, "output folder")
+    mnistm = score_folder(load_mnistm_classifier(checkpoint, device), require_dir(root / "mnistm", "MNIST-M folder"), device)
+    svhn = None
+    if svhn_checkpoint is not None:
+        svhn = score_folder(load_svhn_classifier(svhn_checkpoint, device), require_dir(root / "svhn", "SVHN folder"), device)
+    return {"mnistm": mnistm, "svhn": svhn, "acc": None if svhn is None else (mnistm["acc"] + svhn["acc"]) / 2}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--folder", required=True, help="folder holding mnistm/ (and svhn/) with the generated images")
+    p.add_argument("--checkpoint", required=True, help="the course's MNIST-M Classifier.pth")
+    p.add_argument("--svhn-checkpoint", help="SVHN classifier saved with torch.export (.pt2); omitted: SVHN is skipped")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = digit_accuracy(args.folder, args.checkpoint, args.svhn_checkpoint, args.device)
+    m, s = result["mnistm"], result["svhn"]
+    print(f"MNIST-M acc = {m['acc']} (correct/total = {m['correct']}/{m['total']})")
+    if s is None:
+        print("SVHN acc = skipped (no --svhn-checkpoint given)")
+        print("acc = not reported (needs both halves)")
+    else:
+        print(f"SVHN acc = {s['acc']} (correct/total = {s['correct']}/{s['total']})")
+        print(f"acc = {result['acc']}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
