@@ -67,6 +67,7 @@ def test_atomic_path_leaves_no_partial_file_on_error(tmp_path):
     with U.atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~U._umask()  # not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
@@ -84,6 +85,7 @@ def test_atomic_dir_publishes_only_complete_folders(tmp_path):
         (tmp / "a.png").write_bytes(b"x")
     assert sorted(p.name for p in final.iterdir()) == ["a.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["images"]
+    assert final.stat().st_mode & 0o777 == 0o777 & ~U._umask()  # not mkdtemp's private 0700
 
 
 def test_save_images_round_trip(tmp_path):

@@ -1,0 +1,84 @@
+"""P1 report figures and section.
+
+    python p1_ddpm/report.py --out outputs/p1          # figures from the shipped checkpoint
+    python bench/p1_ddpm.py --work outputs/p1 --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep numbers
+
+Figures: per domain a 10x10 grid (rows = digits 0-9, columns = 10 noises) and the reverse
+process of the first "0" at t = 1000, 800, ..., 0 (1000-step ancestral sampling).
+`section(runs_dir)` reads RUNS_DIR/p1/ and never invents a number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from hw2_utils import progress, resolve_device, run_cli, save_grid
+from p1_ddpm import infer
+from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
+
+REVERSE_FRAMES = (1000, 800, 600, 400, 200, 0)
+
+
+def make_figures(checkpoint: str, out: Path, device: torch.device, seed: int = infer.SEED) -> list[Path]:
+    model, domains = load_model(checkpoint, device)
+    written = []
+    for index, domain in enumerate(domains):
+        digits = torch.arange(10).repeat_interleave(10)
+        images, _ = generate(model, digits, torch.full_like(digits, index), seed=seed, guidance=infer.GUIDANCE,
+                             sampler=infer.SAMPLER, steps=infer.STEPS, device=device, progress=progress)
+        save_grid(images, out / f"grid_{domain}.png", nrow=10)
+        _, frames = generate(model, torch.tensor([0]), torch.tensor([index]), seed=seed, guidance=infer.GUIDANCE,
+                             sampler="ddpm", steps=None, device=device, record_at=REVERSE_FRAMES)
+        save_grid(torch.cat([frames[t].clamp(-1, 1) for t in REVERSE_FRAMES]), out / f"reverse_{domain}.png",
+                  nrow=len(REVERSE_FRAMES))
+        written += [out / f"grid_{domain}.png", out / f"reverse_{domain}.png"]
+    return written
+
+
+def section(runs_dir: str | Path) -> str:
+    d = Path(runs_dir) / "p1"
+    lines = ["## P1: conditional DDPM with classifier-free guidance", "",
+             "Our UNet (p1_ddpm/model.py) predicts eps from (x_t, t, digit, domain); labels have a null index and are "
+             "dropped together with p = 0.1 in training, so one network gives both branches of CFG: "
+             "eps = eps_uncond + w (eps_cond - eps_uncond). Linear betas 1e-4..0.02, T = 1000 (p1_ddpm/diffusion.py, "
+             "checked against diffusers' schedulers in tests/test_p1_diffusion.py). The second domain is USPS: no "
+             "SVHN exists on the machines that trained the shipped checkpoint.", ""]
+    grids = sorted(d.glob("grid_*.png"))
+    if grids:
+        for g in grids:
+            domain = g.stem.removeprefix("grid_")
+            lines += [f"**{domain}**: rows are digits 0-9, columns 10 noises.", "", f"![{domain} grid]({g.resolve()})", "",
+                      f"Reverse process of the first '0' at t = {', '.join(map(str, REVERSE_FRAMES))}:", "",
+                      f"![{domain} reverse]({(d / f'reverse_{domain}.png').resolve()})", ""]
+    else:
+        lines += [f"_Figures missing: run `python p1_ddpm/report.py --out {d}`._", ""]
+    bench = d / "p1_bench.json"
+    if bench.is_file():
+        record = json.loads(bench.read_text())
+        lines += [f"Digit accuracy ({record['per_digit']} images per digit and domain, {record['sampler']} "
+                  f"{record['steps']} steps, checkpoint step {record['checkpoint_step']}, on {record['hardware']}; "
+                  f"USPS grader val acc {record['usps_grader_val_acc']:.4f}). Command: `python bench/p1_ddpm.py "
+                  f"--work {d} ...`", "", "| guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |"
+                  for r in record["results"]]
+        lines.append("")
+    else:
+        lines += [f"_Accuracy missing: run `python bench/p1_ddpm.py --work {d}`._", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
+    p.add_argument("--out", default="outputs/p1", help="RUNS_DIR/p1 for report/build.py")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    for path in make_figures(args.checkpoint, Path(args.out), resolve_device(args.device)):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
