@@ -3,7 +3,7 @@
 # (2024: digits + face + textual_inversion; 2022: face + digits with usps/svhn for DANN).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY="$ROOT/.venv/bin/python"; [ -x "$PY" ] || PY="${PYTHON:-python3}"
+if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
 case "${1:-2024}" in
   2024) ID=1W6Y1OmjzNw2qHoGDCpGOwGpw27wLg1fi ;;
   2022) ID=1YxkObGDlqZM0-9Zq-QMjk7q1vND4UJl3 ;;
@@ -12,7 +12,7 @@ esac
 cd "$ROOT"
 TMP="$(mktemp -d "$ROOT/.hw2_data.partial.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
-if ! "$PY" -m gdown --quiet "$ID" -O "$TMP/hw2_data.zip"; then
+if ! "$PYTHON" -m gdown --quiet "$ID" -O "$TMP/hw2_data.zip"; then
   echo "get_dataset.sh: error: download of Google Drive file $ID failed (offline? quota?); nothing was written" >&2
   exit 1
 fi

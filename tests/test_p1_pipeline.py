@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, require_shared
+from hw2_utils import run_cli
 from p1_ddpm import infer
 from p1_ddpm.data import load_split
 from p1_ddpm.diffusion import GaussianDiffusion
@@ -70,8 +71,15 @@ def test_load_model_round_trip(tiny_ckpt):
     assert domains == ["mnistm", "usps"] and model.config.base_channels == 8 and not model.training
 
 
+def _in_process(main, args, capsys) -> tuple[int, str]:
+    """Run a CLI's main through run_cli as `python script.py` would, without a new process."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "unwritable", "too_many_folders"])
-def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path):
+def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path, capsys):
     ckpt, out, extra = str(tiny_ckpt), str(tmp_path / "out"), []
     if case == "missing":
         ckpt = str(tmp_path / "nope.pt")
@@ -83,13 +91,13 @@ def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path):
         out = str(tmp_path / "file" / "out")
     else:
         extra = ["--folders", "a", "b", "c"]
-    r = _cli("infer.py", out, "--checkpoint", str(ckpt), "--steps", "1", "--per-digit", "1", *extra)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr
+    code, err = _in_process(infer.main, [out, "--checkpoint", str(ckpt), "--steps", "1", "--per-digit", "1", *extra], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "error:" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
 
 
-def test_unknown_domain_is_one_line_error(tmp_path):
+def test_unknown_domain_is_one_line_error_from_the_real_cli(tmp_path):
     r = _cli("train.py", "--data-root", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "domain 'mnistm'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# P2 DDIM: faces from the course's noise files with its pretrained face UNet.
+#   bash hw2_2.sh NOISE_DIR OUT_DIR UNET_PT [infer.py options, e.g. --pixel-map minmax]
+# Writes OUT_DIR/NN.png for every NOISE_DIR/NN.pt (50 DDIM steps, eta 0, one batch).
+set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: bash hw2_2.sh NOISE_DIR OUT_DIR UNET_PT [options]" >&2
+    exit 2
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# $PYTHON if set, else the repository's virtual environment, else python3 from PATH.
+if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the problem packages import without an install
+exec "$PYTHON" "$ROOT/p2_ddim/infer.py" "$@"

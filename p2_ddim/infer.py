@@ -1,0 +1,57 @@
+"""Generate faces from the course's noise files with the pretrained face UNet (DDIM).
+
+    python p2_ddim/infer.py NOISE_DIR OUT_DIR UNET_PT                  # what hw2_2.sh runs
+    python p2_ddim/infer.py NOISE_DIR OUT_DIR UNET_PT --pixel-map minmax
+
+For every NN.pt in NOISE_DIR (sorted) this writes OUT_DIR/NN.png. All noises run as one
+batch through 50 DDIM steps (timesteps 981, 961, ..., 1, then alpha_bar[0]), eta = 0,
+predicted x0 clipped to [-1, 1]. Pixel maps:
+  clip    clip to [-1, 1], then (x + 1) / 2 * 255, rounded (default)
+  minmax  per-image min-max stretch, as torchvision's save_image(normalize=True)
+bench/p2_ddim.py measures the MSE of both against a GT folder.
+"""
+from __future__ import annotations
+
+import argparse
+
+from hw2_utils import (CLIError, atomic_path, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+                       run_cli, save_images)
+from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("noise_dir", help="folder of NN.pt noise tensors, (1,3,H,W) or (3,H,W), H and W divisible by 32")
+    p.add_argument("out_dir", help="output folder for NN.png (created if missing)")
+    p.add_argument("unet", help="the course's UNet.pt state dict")
+    p.add_argument("--pixel-map", choices=list(PIXEL_MAPS), default="clip", help="how the final tensor becomes 8-bit pixels")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--steps", type=int, default=50, help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)")
+    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the eta > 0 noise")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.eta < 0:
+        raise CLIError(f"--eta must be >= 0, got {args.eta}")
+    if not 1 <= args.steps <= 1000:
+        raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
+    device = resolve_device(args.device)
+    names, noises = load_noises(args.noise_dir)
+    unet = load_unet(args.unet, device)
+    out = ensure_writable_dir(args.out_dir)
+    images = sample(unet, noises, eta=args.eta, steps=args.steps, clip_x0=args.clip_x0, seed=args.seed,
+                    dtype=resolve_dtype(args.dtype, device), progress=progress)
+    pixels = to_unit_range(images, args.pixel_map)
+    for name, image in zip(names, pixels):  # each file appears complete or not at all
+        with atomic_path(out / f"{name}.png") as tmp:
+            save_images(image[None], [tmp], value_range=(0.0, 1.0))
+    print(f"wrote {len(names)} images to {out} (pixel map: {args.pixel_map})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,127 @@
+"""Loading the face UNet and the noise files, batched DDIM sampling and the pixel
+mappings; shared by infer.py, analysis.py and bench/p2_ddim.py."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hw2_utils import CLIError, autocast, require_dir, require_file
+from p2_ddim.ddim import ddim_sample, uniform_timesteps
+from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
+
+PIXEL_MAPS = {
+    # The final x0 clipped to [-1, 1] and mapped linearly to 0..255 (rounded).
+    "clip": "clip to [-1, 1], then (x + 1) / 2 * 255",
+    # Per image, min -> 0 and max -> 255: torchvision's save_image(x, normalize=True)
+    # without a value_range, which some public submissions used.
+    "minmax": "per-image min-max stretch to 0..255 (save_image(normalize=True))",
+}
+_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError)
+
+
+def _load_pt(path: Path, what: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as e:
+        raise CLIError(f"{what} {path} is not a readable tensor file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_unet(path: str | Path, device: torch.device) -> FaceUNet:
+    """The course's UNet.pt (a plain state dict) in eval mode. The width is read from
+    `down1.weight`, so narrow test copies load too; any mismatch with the architecture
+    is one CLIError naming the missing, unexpected and mis-shaped keys."""
+    path = require_file(path, "UNet weights", "the course's UNet.pt, a state dict for p2_ddim/unet.py")
+    state = _load_pt(path, "UNet weights")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CLIError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
+    first = state.get("down1.weight")
+    width = first.shape[0] if first is not None and first.ndim == 4 else 128
+    try:
+        model = FaceUNet(base_channels=width)
+    except ValueError as e:
+        raise CLIError(f"{path}: down1.weight has {width} output channels: {e}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mis_shaped:
+        raise CLIError(f"{path} does not match the face UNet (base width {width}): "
+                       f"{len(missing)} missing keys [{_listing(missing)}]; "
+                       f"{len(unexpected)} unexpected keys [{_listing(unexpected)}]; "
+                       f"{len(mis_shaped)} shape mismatches [{_listing(mis_shaped)}]")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_noises(noise_dir: str | Path) -> tuple[list[str], torch.Tensor]:
+    """Every *.pt in `noise_dir`, sorted by name, as one (N, 3, H, W) float32 batch.
+    Each file holds a (1, 3, H, W) or (3, H, W) tensor; all must share H and W."""
+    noise_dir = require_dir(noise_dir, "noise directory")
+    files = sorted(noise_dir.glob("*.pt"))
+    if not files:
+        raise CLIError(f"no .pt noise files in {noise_dir}")
+    noises = []
+    for f in files:
+        x = _load_pt(f, "noise file")
+        if not isinstance(x, torch.Tensor):
+            raise CLIError(f"noise file {f} holds a {type(x).__name__}, not a tensor")
+        if x.ndim == 4 and x.shape[0] == 1:
+            x = x[0]
+        if x.ndim != 3 or x.shape[0] != 3 or x.shape[1] % DOWNSAMPLE_FACTOR or x.shape[2] % DOWNSAMPLE_FACTOR:
+            raise CLIError(f"noise file {f} has shape {tuple(x.shape)}: expected (1, 3, H, W) or (3, H, W) "
+                           f"with H and W divisible by {DOWNSAMPLE_FACTOR}")
+        if not x.is_floating_point():
+            raise CLIError(f"noise file {f} has dtype {x.dtype}: expected a floating-point tensor")
+        if noises and x.shape != noises[0].shape:
+            raise CLIError(f"noise file {f} has shape {tuple(x.shape)} but {files[0].name} has {tuple(noises[0].shape)}")
+        noises.append(x.float())
+    return [f.stem for f in files], torch.stack(noises)
+
+
+def eps_model(unet: FaceUNet, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The UNet under autocast; the DDIM arithmetic itself stays in float32."""
+    device = next(unet.parameters()).device
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return unet(x, t).float()
+    return eps
+
+
+def sample(unet: FaceUNet, noises: torch.Tensor, *, eta: float = 0.0, steps: int = 50, clip_x0: bool = True,
+           seed: int = 0, dtype: torch.dtype = torch.float32, progress: Callable = lambda it, **kw: it) -> torch.Tensor:
+    """DDIM from `noises` (N, 3, H, W) as one batch; returns the final x0 on the CPU
+    (float32, not yet clipped). `seed` matters only for eta > 0."""
+    device = next(unet.parameters()).device
+    generator = torch.Generator().manual_seed(seed) if eta > 0 else None
+    x = ddim_sample(eps_model(unet, dtype), noises.to(device), timesteps=uniform_timesteps(steps),
+                    eta=eta, clip_x0=clip_x0, generator=generator, progress=progress)
+    return x.cpu()
+
+
+def describe_device(device: torch.device) -> str:
+    """Where a number was measured, for the JSON files the report cites."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def to_unit_range(images: torch.Tensor, pixel_map: str) -> torch.Tensor:
+    """(N, C, H, W) sampler output -> [0, 1], ready for hw2_utils.save_images(value_range=(0, 1))."""
+    if pixel_map == "clip":
+        return (images.clamp(-1, 1) + 1) / 2
+    if pixel_map == "minmax":
+        lo = images.amin(dim=(1, 2, 3), keepdim=True)
+        hi = images.amax(dim=(1, 2, 3), keepdim=True)
+        return (images - lo) / (hi - lo).clamp_min(1e-5)  # torchvision's guard for flat images
+    raise ValueError(f"unknown pixel map {pixel_map!r}: use {' or '.join(PIXEL_MAPS)}")
