@@ -20,12 +20,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (atomic_path, autocast, cleanup_distributed, init_distributed, log_main, make_train_sampler,
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, log_main, make_train_sampler,
                        progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
-from p1_ddpm.pipeline import export_weights, generate
+from p1_ddpm.pipeline import export_weights, generate, load_model
 
 # The recipe behind the shipped checkpoint (README "P1" gives the measured accuracy).
 DEFAULTS = dict(
@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--init-from", help="warm start from exported weights (e.g. the shipped checkpoint) when OUT/last.pt "
+                   "does not exist; the optimizer starts fresh and the step count continues from the checkpoint's")
     return p.parse_args(argv)
 
 
@@ -109,6 +111,14 @@ def main(argv=None) -> None:
         noise_gen.set_state(state["noise_gen"])
         step, epoch = state["step"], state["epoch"]
         log_main(f"resumed from {last} at step {step}")
+    elif args.init_from:
+        init, init_domains = load_model(args.init_from, device)
+        if init_domains != domain_names or init.config != model.config:
+            raise CLIError(f"--init-from {args.init_from}: domains {init_domains} / config differ from this run's")
+        model.load_state_dict(init.state_dict())
+        ema.load_state_dict(init.state_dict())
+        step = torch.load(args.init_from, weights_only=True)["step"]
+        log_main(f"warm start from {args.init_from} (step {step})")
     train_model = DDP(model) if info.enabled else model
     n_params = sum(p.numel() for p in model.parameters())
     log_main(f"UNet {n_params / 1e6:.2f} M parameters; {args.steps} steps of {args.batch_size} on {device} ({dtype})")
