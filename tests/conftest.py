@@ -47,7 +47,7 @@ socket.socket.connect = _guarded(_real_connect)
 socket.socket.connect_ex = _guarded(_real_connect_ex)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tests use tiny models, which run faster on one thread than on two contended ones
     (5-8x on a loaded 2-core machine). Subprocesses set OMP_NUM_THREADS themselves."""

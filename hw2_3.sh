@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# P3 Textual Inversion: 25 images per prompt of every concept in INPUT_JSON, with the learned tokens.
+#   bash hw2_3.sh INPUT_JSON OUT_DIR MODEL_CKPT [infer.py options, e.g. --embeds FILE --steps 50]
+# MODEL_CKPT is SD v1.4 (sd-v1-4.ckpt, CompVis format). The learned embeddings are every
+# p3_textual_inversion/checkpoints/*.safetensors (bash hw2_download_ckpt.sh fetches them).
+set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: bash hw2_3.sh INPUT_JSON OUT_DIR MODEL_CKPT [options]" >&2
+    exit 2
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# $PYTHON if set, else the repository's virtual environment, else python3 from PATH.
+if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the problem packages import without an install
+exec "$PYTHON" "$ROOT/p3_textual_inversion/infer.py" "$@"

@@ -1,0 +1,47 @@
+"""A concept's training images and the prompt templates that wrap its placeholder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hw2_utils import CLIError
+
+# Captions in the spirit of the Textual Inversion paper's: varied wording and framing, so the
+# learned vector captures the concept rather than one phrasing. "{}" is the placeholder.
+OBJECT_TEMPLATES = [
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a bright photo of the {}", "a close-up photo of a {}", "a good photo of the {}", "a photo of one {}",
+    "a close-up photo of the {}", "a photo of the small {}", "a photo of the large {}", "a blurry photo of a {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a dark painting in the style of {}",
+    "a picture in the style of {}", "a cool painting in the style of {}", "a close-up painting in the style of {}",
+    "a bright painting in the style of {}", "a good painting in the style of {}", "a small painting in the style of {}",
+    "an artwork in the style of {}", "a large painting in the style of {}", "a weird painting in the style of {}",
+]
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def load_concept_images(folder: str | Path, size: int) -> torch.Tensor:
+    """(N,3,size,size) in [-1, 1]: each image centre-cropped to a square, then resized."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CLIError(f"concept image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CLIError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            im = TF.center_crop(im, [side, side]).resize((size, size), Image.BICUBIC)
+            images.append(TF.to_tensor(im) * 2 - 1)
+    return torch.stack(images)

@@ -1,0 +1,106 @@
+"""Render every prompt of every concept in the course json with the learned tokens.
+
+    python p3_textual_inversion/infer.py INPUT_JSON OUT_DIR sd-v1-4.ckpt          # = bash hw2_3.sh ...
+
+Writes OUT_DIR/<concept key>/<prompt index>/source<key>_prompt<index>_<i>.png, i = 0..24, for
+any number of concepts and prompts. A prompt may use several learned tokens ("a <new1> next to
+a <new2>"). Each prompt's images come from the same seed, so a prompt's files depend only on
+(prompt, seed, model, embeddings) and the same command writes the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hw2_utils import (CLIError, atomic_dir, ensure_writable_dir, progress, require_file, resolve_device,
+                       resolve_dtype, run_cli, save_images)
+from p3_textual_inversion.embeddings import PLACEHOLDER, add_tokens, load_embeds
+from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion
+from stable_diffusion.pipeline import text_to_image
+
+# One learned_embeds.safetensors per concept (train.py's output, renamed), all read by default.
+SHIPPED_EMBEDS_DIR = Path(__file__).resolve().parent / "checkpoints"
+# Grading setup: SD v1's usual sampler settings; 50 DDIM steps x 100 images x CFG in fp16 is
+# the 15-minute budget's plan (README "P3" gives the estimate).
+STEPS, GUIDANCE, SEED = 50, 7.5, 2024
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input_json", help="concepts: {key: {token_name, prompt: [...], ...}}")
+    p.add_argument("out", help="output directory (created if missing)")
+    p.add_argument("model", help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder")
+    p.add_argument("--embeds", nargs="+", default=None,
+                   help=f"learned_embeds.safetensors file(s) (default: every *.safetensors in {SHIPPED_EMBEDS_DIR})")
+    p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file model")
+    p.add_argument("--n", type=int, default=25, help="images per prompt")
+    p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=5, help="images per UNet batch (x2 with guidance)")
+    p.add_argument("--precision", default="fp16", help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args(argv)
+
+
+def read_concepts(path: str | Path) -> dict[str, list[str]]:
+    """{concept key: prompts} from the course json; CLIError on anything malformed."""
+    path = require_file(path, "input json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise CLIError(f"{path} must hold an object of concepts, e.g. {{\"0\": {{\"prompt\": [...]}}}}")
+    concepts = {}
+    for key, concept in data.items():
+        prompts = concept.get("prompt") if isinstance(concept, dict) else None
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(s, str) for s in prompts):
+            raise CLIError(f"{path}: concept {key!r} needs a non-empty list of strings under 'prompt'")
+        if not str(key) or "/" in str(key) or str(key) in (".", ".."):
+            raise CLIError(f"{path}: concept key {key!r} cannot be a folder name")
+        concepts[str(key)] = prompts
+    return concepts
+
+
+def check_tokens(concepts: dict[str, list[str]], known: set[str], embeds: list[str]) -> None:
+    for key, prompts in concepts.items():
+        for prompt in prompts:
+            unknown = [t for t in PLACEHOLDER.findall(prompt) if t not in known]
+            if unknown:
+                raise CLIError(f"concept {key}: prompt {prompt!r} uses {', '.join(unknown)}, which is not in "
+                               f"{', '.join(embeds)} (it has {', '.join(sorted(known)) or 'no tokens'})")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not 1 <= args.n <= 10000 or args.batch_size < 1:
+        raise CLIError("--n must be in 1..10000 and --batch-size >= 1")
+    concepts = read_concepts(args.input_json)
+    if args.embeds is None:
+        args.embeds = [str(f) for f in sorted(SHIPPED_EMBEDS_DIR.glob("*.safetensors"))]
+        if not args.embeds:
+            raise CLIError(f"no learned embeddings in {SHIPPED_EMBEDS_DIR} (run bash hw2_download_ckpt.sh, "
+                           f"or train them with p3_textual_inversion/train.py and pass --embeds)")
+    vectors = load_embeds(args.embeds)
+    check_tokens(concepts, set(vectors), args.embeds)
+    model = Path(args.model)
+    if not model.exists():
+        raise CLIError(f"Stable Diffusion checkpoint not found: {model} ({HOW_TO_GET})")
+    out = ensure_writable_dir(args.out)
+    device = resolve_device(args.device)
+    sd = load_stable_diffusion(model, args.sd_config, device=device, dtype=resolve_dtype(args.precision, device))
+    add_tokens(sd, vectors)
+
+    jobs = [(key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)]
+    for key, p, prompt in progress(jobs, desc="prompts"):
+        images = text_to_image(sd, prompt, args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                               batch_size=args.batch_size, progress=progress)
+        with atomic_dir(out / key / str(p)) as tmp:  # a prompt's folder appears only when complete
+            save_images(images, [tmp / f"source{key}_prompt{p}_{i}.png" for i in range(args.n)])
+    print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,71 @@
+"""The P3 section of the report, built only from files under RUNS/p3 (never from memory):
+
+    RUNS/p3/<run>/log.csv, learned_embeds.safetensors, samples/   train.py --out RUNS/p3/<run>
+    RUNS/p3/clip_zeroshot.json, clip_zeroshot_ensemble.json        clip_zeroshot.py --json ...
+    RUNS/p3/multi_concept/**.png                                   infer.py with a two-token json
+
+What is missing is reported as missing, with the command that would produce it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def _training(p3: Path) -> list[str]:
+    runs = sorted(log.parent for log in p3.glob("*/log.csv"))
+    if not runs:
+        return ["No Textual Inversion runs found (`python p3_textual_inversion/train.py ... --out RUNS/p3/<run>`)."]
+    lines = ["| run | token | steps | loss, first 100 steps | loss, last 100 steps | ‖v − v₀‖ | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        rows = [r for r in csv.reader((run / "log.csv").open()) if r]
+        if not rows:
+            continue
+        losses = [float(r[1]) for r in rows]
+        token = "?"
+        embeds = run / "learned_embeds.safetensors"
+        if embeds.is_file():
+            from safetensors import safe_open
+            with safe_open(str(embeds), "pt") as f:
+                token = ", ".join(f.keys())
+        lines.append(f"| {run.name} | `{token}` | {rows[-1][0]} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
+                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {rows[-1][2]} | {rows[-1][3]} |")
+        grids = sorted((run / "samples").glob("*.png"))
+        if grids:
+            lines.append(f"\n![{run.name} validation samples]({grids[-1]})\n")
+    return lines
+
+
+def _zeroshot(p3: Path) -> list[str]:
+    lines = []
+    for name, label in (("clip_zeroshot.json", '"A photo of {object}."'), ("clip_zeroshot_ensemble.json", "prompt ensemble")):
+        path = p3 / name
+        if not path.is_file():
+            lines.append(f"- {label}: not run (`python p3_textual_inversion/clip_zeroshot.py ... --json {path}`).")
+            continue
+        r = json.loads(path.read_text())
+        lines.append(f"- {label}: accuracy **{r['accuracy']:.4f}** on {r['n']} images (`{path}`).")
+        for kind in ("success", "failure"):
+            cases = "; ".join(f"{c['file']} {c['true']}→{c['pred']}" for c in r[kind])
+            lines.append(f"  - {kind}: {cases or 'none'}")
+    return lines
+
+
+def _multi_concept(p3: Path) -> list[str]:
+    images = sorted((p3 / "multi_concept").rglob("*.png"))
+    if not images:
+        return ["Not run with the real model yet: render a json whose prompts hold two learned tokens "
+                "(\"a <new1> in the style of <new2>\") into RUNS/p3/multi_concept with infer.py."]
+    return [f"{len(images)} images in `{p3 / 'multi_concept'}`:", "",
+            *[f"![{p.name}]({p})" for p in images[:10]]]
+
+
+def section(runs_dir: str | Path) -> str:
+    p3 = Path(runs_dir) / "p3"
+    parts = ["## P3: Textual Inversion and CLIP zero-shot", "",
+             "### Textual Inversion training", "", *_training(p3), "",
+             "### CLIP zero-shot", "", *_zeroshot(p3), "",
+             "### Two learned tokens in one prompt", "", *_multi_concept(p3), ""]
+    return "\n".join(parts)
