@@ -1,0 +1,195 @@
+"""GAN losses, the gradient penalty, and one D update / one G update with their optimisers,
+EMA and (under torchrun) gradient averaging. train.py runs the loop around GANTrainer;
+the tests drive it directly."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hw2_utils import autocast
+from p4_gan.diffaugment import diff_augment
+from p4_gan.models import Discriminator, GANConfig, Generator
+
+LOSSES = ("dcgan", "hinge", "wgan-gp")
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's loss from its logits on real and on generated images."""
+    if kind == "dcgan":  # binary cross-entropy on sigmoid(logit), written stably
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    if kind == "wgan-gp":  # the penalty is added by the caller
+        return fake.mean() - real.mean()
+    raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
+
+
+def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    if kind == "dcgan":  # the non-saturating -log D(G(z)) of the GAN paper, as DCGAN trains
+        return F.softplus(-fake).mean()
+    if kind in ("hinge", "wgan-gp"):
+        return -fake.mean()
+    raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): mean of (||grad_x critic(x)||_2 - 1)^2 at random
+    points x on the segments between real and fake images."""
+    alpha = torch.rand(len(real), 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    between = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Under torchrun, replace each rank's gradients by their mean over ranks. Done by hand,
+    not by DDP: DDP cannot take the double backward of the gradient penalty, nor a D whose
+    parameters are frozen for the G step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def assert_ranks_in_sync(*modules: nn.Module) -> None:
+    """Under torchrun, fail loudly if any parameter differs between ranks (a sync bug)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([p.detach().flatten().double() for m in modules for p in m.parameters()])
+    low, high = flat.clone(), flat.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise RuntimeError(f"ranks hold different weights (max gap {(high - low).abs().max().item():.3g})")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    loss: str = "dcgan"
+    diffaug: tuple[str, ...] = ()    # DiffAugment ops applied to everything D sees
+    ema_decay: float = 0.0           # 0: export G itself
+    gp_weight: float = 10.0          # wgan-gp only
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: use one of {LOSSES}")
+
+
+class GANTrainer:
+    """G, D, their Adam optimisers and grad scalers, the EMA copy of G and the one seeded
+    generator every random draw of training comes from (z, DiffAugment, the penalty's
+    interpolation, flips); `state_dict` holds all of it, so a resumed run is the same run."""
+
+    def __init__(self, config: GANConfig, recipe: Recipe, device: torch.device = torch.device("cpu"),
+                 dtype: torch.dtype = torch.float32, seed: int = 0, rank: int = 0):
+        if recipe.loss == "wgan-gp" and config.d_norm == "batch":
+            raise ValueError("wgan-gp penalises per-sample gradients, which batch norm in D couples: use d_norm 'none' or 'spectral' (--d-norm)")
+        self.config, self.recipe, self.device, self.dtype = config, recipe, device, dtype
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same initial weights on every rank
+            self.G, self.D = Generator(config).to(device), Discriminator(config).to(device)
+        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False) if recipe.ema_decay > 0 else None
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=recipe.lr, betas=recipe.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=recipe.lr, betas=recipe.betas)
+        fp16 = dtype is torch.float16
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.noise = torch.Generator().manual_seed(seed * 1000 + rank)  # differs per rank: each draws its own z
+        self.g_steps = 0
+
+    def sample_z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.config.z_dim, generator=self.noise).to(self.device)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.recipe.diffaug, self.noise)
+
+    def _update(self, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler) -> None:
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        average_gradients(module)  # before the scaler's inf check, so every rank skips or steps alike
+        scaler.step(opt)
+        scaler.update()
+
+    def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D update on a real batch (in [-1, 1]) against as many fresh fakes. Returns
+        detached scalars: the loss and D's mean logit on real and on fake images."""
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            fake = self.G(self.sample_z(len(real))).float()
+        with autocast(self.device, self.dtype):
+            real_in, fake_in = self.augment(real), self.augment(fake)
+            real_logits, fake_logits = self.D(real_in).float(), self.D(fake_in).float()
+            loss = discriminator_loss(self.recipe.loss, real_logits, fake_logits)
+        stats = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        if self.recipe.loss == "wgan-gp":
+            penalty = gradient_penalty(self.D, real_in.float(), fake_in.float(), self.noise)  # fp32: a second derivative
+            loss = loss + self.recipe.gp_weight * penalty
+            stats["gp"] = penalty.detach()
+        self._update(loss, self.D, self.opt_d, self.scaler_d)
+        return stats
+
+    def g_step(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """One G update; D is frozen meanwhile so its weights get no gradient."""
+        self.D.requires_grad_(False)
+        try:
+            with autocast(self.device, self.dtype):
+                logits = self.D(self.augment(self.G(self.sample_z(batch_size)))).float()
+                loss = generator_loss(self.recipe.loss, logits)
+            self._update(loss, self.G, self.opt_g, self.scaler_g)
+        finally:
+            self.D.requires_grad_(True)
+        self.g_steps += 1
+        if self.ema is not None:
+            self._update_ema()
+        return {"g_loss": loss.detach()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Short horizon at the start, so the average does not drag the random initial weights along.
+        decay = min(self.recipe.ema_decay, (1 + self.g_steps) / (10 + self.g_steps))
+        for e, p in zip(self.ema.parameters(), self.G.parameters()):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.G.buffers()):
+            e.copy_(b)
+
+    def exported_generator(self) -> Generator:
+        """What gets shipped: the EMA generator when there is one, else G."""
+        return self.ema if self.ema is not None else self.G
+
+    def state_dict(self) -> dict:
+        state = {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+                 "opt_d": self.opt_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
+                 "scaler_d": self.scaler_d.state_dict(), "noise": self.noise.get_state(), "g_steps": self.g_steps}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if state["scaler_g"]:  # empty unless the run was fp16; --precision may change on resume
+            self.scaler_g.load_state_dict(state["scaler_g"])
+            self.scaler_d.load_state_dict(state["scaler_d"])
+        self.noise.set_state(state["noise"])
+        self.g_steps = state["g_steps"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])

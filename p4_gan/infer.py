@@ -1,0 +1,45 @@
+"""Generate the course's 1000 faces: OUT/0000.png ... OUT/0999.png, 64x64 RGB.
+
+    python p4_gan/infer.py OUT                                   # checkpoints/p4_gan.pt
+    python p4_gan/infer.py OUT --checkpoint runs/p4/dcgan/generator.pt
+
+The checkpoint is a generator exported by train.py (OUT/generator.pt or generator_best.pt).
+The same checkpoint, --seed and --batch-size give the same bytes on every run.
+"""
+from __future__ import annotations
+
+import argparse
+
+from hw2_utils import CLIError, ensure_writable_dir, resolve_device, run_cli
+from p4_gan.pipeline import DEFAULT_CHECKPOINT, generate, load_generator, write_images
+
+SEED = 2022
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output directory (created if missing; other files in it are left alone)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="generator file written by p4_gan/train.py")
+    p.add_argument("--n", type=int, default=1000, help="number of images (names have four digits)")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--batch-size", type=int, default=500, help="part of the seed contract: it can change the last bit")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not 1 <= args.n <= 10_000:
+        raise CLIError(f"--n must be in 1..10000 (file names have four digits), got {args.n}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    generator, meta = load_generator(args.checkpoint, device)
+    out = ensure_writable_dir(args.out)
+    write_images(generate(generator, args.n, args.seed, args.batch_size), out)
+    trained = f", {meta['model']} trained for {meta['step']} steps" if {"model", "step"} <= meta.keys() else ""
+    print(f"wrote {args.n} images to {out}/ from {args.checkpoint}{trained}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

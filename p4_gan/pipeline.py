@@ -1,0 +1,108 @@
+"""The exported generator: freezing its batch-norm statistics, saving and loading the
+checkpoint file, and seeded generation of numbered PNGs; shared by train.py, infer.py,
+figures.py and bench/p4_gan.py."""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from hw2_utils import CLIError, make_generator, require_file, save_images
+from p4_gan.models import GANConfig, Generator
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "p4_gan.pt"
+TRAIN_COMMAND = ("python p4_gan/train.py --model improved --data-root hw2_data/face --out runs/p4/improved, "
+                 "then copy runs/p4/improved/generator.pt to checkpoints/p4_gan.pt or pass --checkpoint")
+FORMAT = "hw2-p4-gan-generator/1"
+STANDING_STATS = (8, 128)  # batches x size of z used to measure BN statistics: 1024 samples
+
+
+@torch.no_grad()
+def with_standing_stats(generator: Generator, seed: int = 0) -> Generator:
+    """An eval-mode copy of `generator` whose BN layers normalise with the mean and
+    variance that its training-mode batches have, averaged over 1024 fresh z.
+
+    During training G only ever sees batch statistics; the running averages lag behind
+    weights that keep moving (and are meaningless for the EMA average of weights). With
+    these "standing" statistics an image depends on its own z alone, not on the batch."""
+    frozen = copy.deepcopy(generator).train()
+    norms = [m for m in frozen.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calls below
+    device = next(frozen.parameters()).device
+    draws = make_generator(seed)
+    batches, size = STANDING_STATS
+    for _ in range(batches):
+        frozen(torch.randn(size, frozen.config.z_dim, generator=draws).to(device))
+    for m, original in zip(norms, (m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))):
+        m.momentum = original.momentum
+    return frozen.eval().requires_grad_(False)
+
+
+def save_generator(path: str | os.PathLike, generator: Generator, meta: dict) -> None:
+    """Write the eval-ready generator (standing statistics already in its buffers)."""
+    torch.save({"format": FORMAT, "config": generator.config.to_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()}, **meta}, path)
+
+
+_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError, KeyError)
+
+
+def load_generator(path: str | os.PathLike, device: torch.device = torch.device("cpu")) -> tuple[Generator, dict]:
+    """The generator saved by save_generator, in eval mode on `device`, and its metadata.
+    A missing, unreadable or foreign file is a one-line CLIError."""
+    path = require_file(path, "GAN generator checkpoint", f"train one: {TRAIN_COMMAND}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as e:
+        raise CLIError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CLIError(f"{path} is not a P4 generator checkpoint (expected format {FORMAT!r}; "
+                       "train.py writes OUT/generator.pt, OUT/last.pt is the training state)")
+    try:
+        model = Generator(GANConfig(**state["config"]))
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CLIError(f"{path}: weights do not fit the generator ({str(e).splitlines()[0][:160]})") from None
+    meta = {k: v for k, v in state.items() if k not in ("state_dict",)}
+    return model.to(device).eval().requires_grad_(False), meta
+
+
+@torch.no_grad()
+def generate(generator: Generator, n: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """n images (N, 3, 64, 64) in [-1, 1] on the CPU. All z are drawn at once on the CPU
+    from `seed`, so image k has the same z on any device and with any batch size (the
+    batch size can still move the last floating-point bit, so infer.py fixes it)."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.config.z_dim, generator=make_generator(seed))
+    return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch_size)])
+
+
+def image_names(n: int) -> list[str]:
+    return [f"{k:04d}.png" for k in range(n)]
+
+
+def write_images(images: torch.Tensor, out_dir: str | os.PathLike) -> list[Path]:
+    """Save images as OUT/0000.png, 0001.png, ... Files are written into a hidden folder
+    inside OUT first and only moved in once all of them exist, so OUT never holds a partial
+    set from this call; other files in OUT are left alone."""
+    out = Path(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".p4_gan.partial.", dir=out))
+    try:
+        names = image_names(len(images))
+        save_images(images, [staging / name for name in names])
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    return [out / name for name in names]
