@@ -1,0 +1,51 @@
+"""Digit images for DANN: the course layout (`<root>/<set>/{data/, train.csv, val.csv}`)
+for training, a bare folder of images for inference. Every image becomes 3x28x28 (grayscale
+digits such as USPS are repeated over the channels) normalised to [-1, 1]."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from hw2_utils import CLIError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+TO_TENSOR = v2.Compose([v2.Resize((28, 28), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                        v2.Normalize([0.5] * 3, [0.5] * 3)])
+
+
+def load_image(path: Path) -> torch.Tensor:
+    try:
+        with Image.open(path) as img:
+            return TO_TENSOR(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+def load_split(root: str | Path, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of `<root>/<name>/<split>.csv` as one tensor (N,3,28,28) plus labels."""
+    folder = Path(root) / name
+    table = folder / f"{split}.csv"
+    if not table.is_file():
+        raise CLIError(f"{table} not found (expected the course layout <set>/{{data/, train.csv, val.csv}}; "
+                       "see get_dataset.sh)")
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise CLIError(f"{table} has no rows")
+    images = torch.stack([load_image(folder / "data" / r["image_name"]) for r in rows])
+    return images, torch.tensor([int(r["label"]) for r in rows])
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of `folder`, sorted by name; other files are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CLIError(f"image directory not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CLIError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return files
