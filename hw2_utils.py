@@ -132,6 +132,30 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 # --------------------------------------------------------------------------- images
 
+# Extensions counted as images when reading a folder (the course's CLIP scripts accept these).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def list_images(folder: str | os.PathLike, what: str = "image folder", extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name; a CLIError if there are none."""
+    root = require_dir(folder, what)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise CLIError(f"{what} {root} holds no images ({', '.join(extensions)})")
+    return files
+
+
+def open_rgb(path: str | os.PathLike):
+    """The image at `path` decoded and converted to RGB (a PIL image), or a CLIError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise CLIError(f"cannot read image {path}: {e}") from None
+
+
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """(N,C,H,W) float in `value_range` -> (N,H,W,C) uint8, rounding to nearest."""

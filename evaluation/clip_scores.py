@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, progress, require_file, resolve_device, run_cli
-from evaluation.common import list_images, open_rgb
+from hw2_utils import CLIError, list_images, open_rgb, progress, require_file, resolve_device, run_cli
 
 CLIP_ID = "openai/clip-vit-base-patch32"
 IMAGES_PER_PROMPT = 25

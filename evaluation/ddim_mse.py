@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from hw2_utils import CLIError, run_cli
-from evaluation.common import check_same_names, list_images, open_rgb
+from hw2_utils import CLIError, list_images, open_rgb, run_cli
+from evaluation.common import check_same_names
 
 
 def mse_dirs(pred: str | os.PathLike, gt: str | os.PathLike) -> dict:

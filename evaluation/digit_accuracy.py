@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from hw2_utils import CLIError, progress, require_dir, require_file, resolve_device, run_cli
-from evaluation.common import list_images, open_rgb
+from hw2_utils import CLIError, list_images, open_rgb, progress, require_dir, require_file, resolve_device, run_cli
 
 PREPROCESS = transforms.Compose([
     transforms.Resize(28),

@@ -29,8 +29,7 @@ from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from torchvision.transforms.functional import to_tensor
 
-from hw2_utils import CLIError, atomic_path, progress, require_file, resolve_device, run_cli
-from evaluation.common import list_images, open_rgb
+from hw2_utils import CLIError, atomic_path, list_images, open_rgb, progress, require_file, resolve_device, run_cli
 
 WEIGHTS_NAME = Path(pf_inception.FID_WEIGHTS_URL).name
 WEIGHTS_SHA256_PREFIX = WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]  # torch hub's naming convention

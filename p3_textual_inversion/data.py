@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError
+from hw2_utils import list_images
 
 # Captions in the spirit of the Textual Inversion paper's: varied wording and framing, so the
 # learned vector captures the concept rather than one phrasing. "{}" is the placeholder.
@@ -23,7 +23,6 @@ STYLE_TEMPLATES = [
     "an artwork in the style of {}", "a large painting in the style of {}", "a weird painting in the style of {}",
 ]
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def load_concept_images(folder: str | Path, size: int) -> torch.Tensor:
@@ -31,12 +30,7 @@ def load_concept_images(folder: str | Path, size: int) -> torch.Tensor:
     from PIL import Image
     from torchvision.transforms import functional as TF
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CLIError(f"concept image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CLIError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    files = list_images(folder, "concept image folder")
     images = []
     for f in files:
         with Image.open(f) as im:

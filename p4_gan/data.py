@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.common import list_images, open_rgb
-from hw2_utils import progress
+from hw2_utils import list_images, open_rgb, progress
 from p4_gan.models import IMAGE_SIZE
 
 

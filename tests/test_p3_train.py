@@ -91,7 +91,7 @@ def test_resume_gives_the_uninterrupted_result(model_dir, images_dir, tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(model_dir, images_dir, tmp_path):
-    with pytest.raises(CLIError, match="concept image folder not found"):
+    with pytest.raises(CLIError, match="concept image folder is not a directory"):
         train.train(_args(model_dir, tmp_path / "nowhere", tmp_path / "x", "--steps", "1"))
     with pytest.raises(CLIError, match="exactly one"):
         train.train(_args(model_dir, images_dir, tmp_path / "y", "--steps", "1", "--initializer", "golden retriever"))
