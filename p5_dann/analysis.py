@@ -3,7 +3,9 @@
     python p5_dann/analysis.py --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt \
         --data-root ../shared/data/hw2_data/digits --target usps --out outputs/p5
 
-Writes OUT/tsne_<target>_class.png and OUT/tsne_<target>_domain.png (openTSNE, fixed seed).
+Writes OUT/tsne_<target>_<tag>_class.png and OUT/tsne_<target>_<tag>_domain.png (openTSNE,
+fixed seed); the tag defaults to the checkpoint's training mode. A source-only checkpoint
+gives the unadapted picture to compare with.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import torch
 from hw2_utils import atomic_path, make_generator, resolve_device, run_cli
 from p5_dann.data import load_split
 from p5_dann.infer import load_checkpoint
-from p5_dann.train import to_gray
 
 POINTS_PER_DOMAIN = 1000  # t-SNE cost grows fast; 1000 per domain keeps it under a minute on a CPU
 
@@ -26,7 +27,8 @@ def features(model, images: torch.Tensor, device) -> np.ndarray:
     return torch.cat([model.features(x.to(device)).cpu() for x in images.split(500)]).numpy()
 
 
-def tsne_plots(model, meta: dict, data_root: str, source: str, target: str, out: Path, device, seed: int = 0) -> list[Path]:
+def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: Path, device,
+               seed: int = 0) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,8 +38,7 @@ def tsne_plots(model, meta: dict, data_root: str, source: str, target: str, out:
     for index, name in enumerate((source, target)):
         x, y = load_split(data_root, name, "val")
         keep = torch.randperm(len(y), generator=make_generator(seed + index))[:POINTS_PER_DOMAIN]
-        x = to_gray(x[keep]) if meta.get("gray") else x[keep]
-        feats.append(features(model, x, device))
+        feats.append(features(model, x[keep], device))
         digits.append(y[keep].numpy())
         domains.append(np.full(len(keep), index))
     embedding = np.asarray(TSNE(random_state=seed, n_jobs=1).fit(np.concatenate(feats)))
@@ -50,10 +51,10 @@ def tsne_plots(model, meta: dict, data_root: str, source: str, target: str, out:
             sel = colours == value
             ax.scatter(embedding[sel, 0], embedding[sel, 1], s=3, color=cmap(value), label=label)
         ax.legend(markerscale=4, fontsize=8)
-        ax.set_title(f"{meta.get('mode', 'model')}: {source} -> {target}, coloured by {kind}")
+        ax.set_title(f"{tag}: {source} -> {target}, coloured by {kind}")
         ax.set_xticks([])
         ax.set_yticks([])
-        path = out / f"tsne_{target}_{kind}.png"
+        path = out / f"tsne_{target}_{tag}_{kind}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
         plt.close(fig)
@@ -68,11 +69,13 @@ def main(argv=None) -> None:
     p.add_argument("--source", default="mnistm")
     p.add_argument("--target", default="usps")
     p.add_argument("--out", default="outputs/p5")
+    p.add_argument("--tag", help="name in the file names and titles (default: the checkpoint's mode)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     model, meta = load_checkpoint(Path(args.checkpoint), device)
-    for path in tsne_plots(model, meta, args.data_root, args.source, args.target, Path(args.out), device):
+    tag = args.tag or str(meta.get("mode", "model"))
+    for path in tsne_plots(model, tag, args.data_root, args.source, args.target, Path(args.out), device):
         print(f"wrote {path}")
 
 

@@ -12,7 +12,6 @@ from torchvision.transforms import v2
 
 from hw2_utils import CLIError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TO_TENSOR = v2.Compose([v2.Resize((28, 28), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                         v2.Normalize([0.5] * 3, [0.5] * 3)])
 
@@ -39,13 +38,3 @@ def load_split(root: str | Path, name: str, split: str) -> tuple[torch.Tensor, t
     images = torch.stack([load_image(folder / "data" / r["image_name"]) for r in rows])
     return images, torch.tensor([int(r["label"]) for r in rows])
 
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files of `folder`, sorted by name; other files are skipped."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CLIError(f"image directory not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise CLIError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return files

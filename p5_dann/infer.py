@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, progress, resolve_device, run_cli
-from p5_dann.data import list_images, load_image
+from hw2_utils import CLIError, atomic_path, list_images, progress, resolve_device, run_cli
+from p5_dann.data import load_image
 from p5_dann.model import DANN
-from p5_dann.train import to_gray
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 TARGETS = ("usps", "svhn")
@@ -54,13 +53,12 @@ def main(argv=None) -> None:
     files = list_images(args.img_dir)
     device = resolve_device(args.device)
     ckpt = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"
-    model, meta = load_checkpoint(ckpt, device)
+    model, _ = load_checkpoint(ckpt, device)
     labels = []
     with torch.no_grad():
         for start in progress(range(0, len(files), args.batch_size), desc="predict"):
             x = torch.stack([load_image(f) for f in files[start:start + args.batch_size]])
-            x = to_gray(x) if meta.get("gray") else x
-            labels += model(x.to(device))[0].argmax(1).tolist()
+            labels += model.classify(x.to(device)).argmax(1).tolist()
     with atomic_path(args.out_csv) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)

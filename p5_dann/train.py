@@ -26,17 +26,20 @@ from hw2_utils import (atomic_path, cleanup_distributed, init_distributed, log_m
 from p5_dann.data import load_split
 from p5_dann.model import DANN, grl_lambda
 
-# The paper's recipe (Ganin et al. 2016, sec. 5.2.2) except where noted.
+# The paper's recipe (Ganin et al. 2016, sec. 5.2.2) except where noted; the departures
+# were chosen in short trial runs because the paper's exact recipe trained too slowly
+# (SGD) or too unstably (lambda -> 1) within a CPU budget of ~1000 steps.
 DEFAULTS = dict(
-    epochs=25,           # ~1550 steps on the 8000 MNIST-M images: the bench's CPU budget
+    epochs=20,           # 1240 steps on the 8000 MNIST-M images: 2-4 minutes per row on a 2-core CPU
     batch_size=128,      # per domain: each step sees 128 source + 128 target images
-    lr=0.01,             # mu_0; annealed as mu_0 / (1 + 10 p)^0.75
-    momentum=0.9,
-    weight_decay=5e-4,   # not in the paper; small, steadies the BN-heavy heads
+    lr=1e-3,             # Adam (not SGD), annealed as in the paper: lr / (1 + 10 p)^0.75
+    lambda_max=0.3,      # GRL weight = lambda_max * (2 / (1 + exp(-10 p)) - 1); 1.0 in the paper
+    entropy_weight=0.0,  # > 0 adds target prediction entropy (not in the paper; the bench reports both)
+    dropout=0.5,         # in the label head
 )
-# Mild geometric jitter for both domains: USPS digits fill their frame while MNIST-M ones
-# are padded, so scale and shift invariance is what transfers.
-MAX_ROTATION_DEG, SCALE_RANGE, MAX_SHIFT = 10.0, (0.8, 1.25), 0.1
+# Geometric jitter for both domains. The zoom goes up to 1.5 because MNIST-M digits sit in a
+# padded frame while USPS digits fill theirs, so scale invariance is what transfers.
+MAX_ROTATION_DEG, SCALE_RANGE, MAX_SHIFT = 10.0, (0.9, 1.5), 0.1
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -53,6 +56,19 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def random_colour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half the images to grayscale, and the RGB channels of each shuffled: the label head
+    must not rely on the colours of MNIST-M, which grayscale targets (USPS) lack."""
+    gray = torch.rand(len(x), 1, 1, 1, generator=generator) < 0.5
+    x = torch.where(gray, x.mean(1, keepdim=True).expand_as(x), x)
+    order = torch.rand(len(x), 3, generator=generator).argsort(1)
+    return torch.gather(x, 1, order[:, :, None, None].expand_as(x))
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["source_only", "dann", "target_only"], default="dann")
@@ -62,26 +78,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="run folder (default runs/p5/<target>_<mode>)")
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--gray", action="store_true", help="convert every image to grayscale (both domains)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
 
-def to_gray(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=1, keepdim=True).expand_as(x).contiguous()
-
-
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+def accuracy(model: DANN, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     model.eval()
-    correct = sum((model(x.to(device))[0].argmax(1).cpu() == y).sum().item()
+    correct = sum((model.classify(x.to(device)).argmax(1).cpu() == y).sum().item()
                   for x, y in zip(images.split(500), labels.split(500)))
     return correct / len(labels)
 
 
 def main(argv=None) -> dict:
+    """Train; return the best-by-source-val and the last epoch's accuracies and the seconds."""
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     seed_everything(args.seed, info.rank)
@@ -91,85 +103,90 @@ def main(argv=None) -> dict:
     x_src_val, y_src_val = load_split(args.data_root, train_set, "val")
     x_tgt_val, y_tgt_val = load_split(args.data_root, args.target, "val")
     x_tgt = load_split(args.data_root, args.target, "train")[0] if args.mode == "dann" else None  # labels dropped
-    if args.gray:
-        x_train, x_src_val, x_tgt_val = map(to_gray, (x_train, x_src_val, x_tgt_val))
-        x_tgt = to_gray(x_tgt) if x_tgt is not None else None
 
-    def loader(x: torch.Tensor, *rest: torch.Tensor, seed: int) -> DataLoader:
-        data = TensorDataset(x, *rest)
+    def loader(*tensors: torch.Tensor, seed: int) -> DataLoader:
+        data = TensorDataset(*tensors)
         sampler = make_train_sampler(data, seed)
         return DataLoader(data, batch_size=args.batch_size // info.world_size, sampler=sampler, drop_last=True,
-                          shuffle=sampler is None, generator=torch.Generator().manual_seed(seed))
+                          shuffle=sampler is None, generator=torch.Generator())
 
-    train_loader = loader(x_train, y_train, seed=args.seed)
-    target_loader = loader(x_tgt, seed=args.seed + 1) if x_tgt is not None else None
-    model = DANN().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    loaders = [loader(x_train, y_train, seed=args.seed)]
+    if x_tgt is not None:
+        loaders.append(loader(x_tgt, seed=args.seed + 1))
+    model = DANN(dropout=args.dropout).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
-    epoch, best = 0, {"source_val_acc": -1.0}
+    epoch, best, record = 0, {"source_val_acc": -1.0}, None
     last = out / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        epoch, best = state["epoch"], state["best"]
+        epoch, best, record = state["epoch"], state["best"], state["record"]
         torch.set_rng_state(state["rng"])
         aug_gen.set_state(state["aug_rng"])
         log_main(f"resumed from {last} after epoch {epoch}")
-    train_model = DDP(model) if info.enabled else model
-    steps_per_epoch = len(train_loader)
+    # Only DANN puts the domain head into the loss.
+    train_model = DDP(model, find_unused_parameters=args.mode != "dann") if info.enabled else model
+    steps_per_epoch = len(loaders[0])
     total_steps = args.epochs * steps_per_epoch
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.csv", "a", newline="", buffering=1)
     log = csv.writer(log_file)
     if epoch == 0 and info.is_main:
-        log.writerow(["epoch", "lambda", "lr", "label_loss", "domain_loss", "source_val_acc", "target_val_acc", "seconds"])
+        log.writerow(["epoch", "lambda", "lr", "label_loss", "domain_loss", "entropy", "source_val_acc",
+                      "target_val_acc", "seconds"])
     t0 = time.time()
 
     while epoch < args.epochs:
         train_model.train()
-        for sampler in (train_loader.sampler, getattr(target_loader, "sampler", None)):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        target_iter = iter(target_loader) if target_loader else None
-        sums = torch.zeros(2)
-        for i, (x, y) in enumerate(progress(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
+        for index, data in enumerate(loaders):  # per-epoch seeds: a resumed run shuffles as an unbroken one
+            seed = args.seed + index + 1000 * epoch
+            data.generator.manual_seed(seed)
+            if hasattr(data.sampler, "set_epoch"):
+                data.sampler.set_epoch(epoch)
+        target_iter = iter(loaders[1]) if x_tgt is not None else None
+        sums = torch.zeros(3)
+        for i, (x, y) in enumerate(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
             p = (epoch * steps_per_epoch + i) / total_steps
-            lambda_ = grl_lambda(p)
+            lambda_ = args.lambda_max * grl_lambda(p)
             for group in opt.param_groups:
                 group["lr"] = args.lr / (1 + 10 * p) ** 0.75
-            if target_iter is not None:
-                try:
-                    x_t = next(target_iter)[0]
-                except StopIteration:  # the target set is smaller than the source set
-                    target_iter = iter(target_loader)
-                    x_t = next(target_iter)[0]
-                x = torch.cat([x, x_t])
             if not args.no_augment:
-                x = random_affine(x, aug_gen)
-            logits, domain_logits = train_model(x.to(device), lambda_)
-            n_src = len(y)
-            label_loss = F.cross_entropy(logits[:n_src], y.to(device))
-            domain_loss = torch.zeros((), device=device)
+                x = random_colour(random_affine(x, aug_gen), aug_gen)
+            batches = [x.to(device)]
             if target_iter is not None:
-                domain = torch.cat([torch.zeros(n_src), torch.ones(len(x) - n_src)]).long().to(device)
-                domain_loss = F.cross_entropy(domain_logits, domain)
+                x_t = next(target_iter, None)
+                if x_t is None:  # the target set is smaller than the source set
+                    target_iter = iter(loaders[1])
+                    x_t = next(target_iter)
+                x_t = x_t[0] if args.no_augment else random_affine(x_t[0], aug_gen)
+                batches.append(x_t.to(device))
+            outputs = train_model(*batches, lambda_=lambda_)
+            label_loss = F.cross_entropy(outputs[0][0], y.to(device))
+            domain_loss = target_entropy = torch.zeros((), device=device)
+            if target_iter is not None:
+                (_, domain_s), (logits_t, domain_t) = outputs
+                domain_loss = (F.cross_entropy(domain_s, torch.zeros(len(domain_s), dtype=torch.long, device=device))
+                               + F.cross_entropy(domain_t, torch.ones(len(domain_t), dtype=torch.long, device=device))) / 2
+                target_entropy = entropy(logits_t)
             opt.zero_grad(set_to_none=True)
-            (label_loss + domain_loss).backward()
+            (label_loss + domain_loss + args.entropy_weight * target_entropy).backward()
             opt.step()
-            sums += torch.tensor([label_loss.item(), domain_loss.item()])
+            sums += torch.tensor([label_loss.item(), domain_loss.item(), target_entropy.item()])
         epoch += 1
+        # Target val accuracy is logged for the report only; selection below never reads it.
         record = {"epoch": epoch, "source_val_acc": accuracy(unwrap(model), x_src_val, y_src_val, device),
                   "target_val_acc": accuracy(unwrap(model), x_tgt_val, y_tgt_val, device)}
         if info.is_main:
             means = (sums / steps_per_epoch).tolist()
-            log.writerow([epoch, f"{lambda_:.3f}", f"{opt.param_groups[0]['lr']:.5f}", f"{means[0]:.4f}",
-                          f"{means[1]:.4f}", f"{record['source_val_acc']:.4f}", f"{record['target_val_acc']:.4f}",
-                          f"{time.time() - t0:.1f}"])
+            log.writerow([epoch, f"{lambda_:.3f}", f"{opt.param_groups[0]['lr']:.6f}", *(f"{m:.4f}" for m in means),
+                          f"{record['source_val_acc']:.4f}", f"{record['target_val_acc']:.4f}", f"{time.time() - t0:.1f}"])
             log_main(f"epoch {epoch}: source val {record['source_val_acc']:.4f}, target val {record['target_val_acc']:.4f}")
             export = {"state_dict": unwrap(model).state_dict(), "mode": args.mode, "source": args.source,
-                      "target": args.target, "gray": args.gray, **record}
-            if record["source_val_acc"] > best["source_val_acc"]:  # selection never looks at target labels
+                      "target": args.target,
+                      "config": {name: getattr(args, name) for name in DEFAULTS}, **record}
+            if record["source_val_acc"] > best["source_val_acc"]:
                 best = record
                 with atomic_path(out / "best.pt") as tmp:
                     torch.save(export, tmp)
@@ -177,12 +194,12 @@ def main(argv=None) -> dict:
                 torch.save(export, tmp)
             with atomic_path(last) as tmp:
                 torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                            "best": best, "rng": torch.get_rng_state(), "aug_rng": aug_gen.get_state()}, tmp)
+                            "best": best, "record": record, "rng": torch.get_rng_state(),
+                            "aug_rng": aug_gen.get_state()}, tmp)
     log_file.close()
-    final = {"selected": best, "final": record if epoch and args.epochs else None, "seconds": round(time.time() - t0, 1)}
     log_main(f"done: best-by-source-val epoch {best.get('epoch')} -> target val {best.get('target_val_acc', 0):.4f}")
     cleanup_distributed()
-    return final
+    return {"selected": best, "final": record, "seconds": round(time.time() - t0, 1)}
 
 
 if __name__ == "__main__":

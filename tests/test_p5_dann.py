@@ -1,5 +1,6 @@
-"""P5 DANN: the gradient reversal layer, its effect on the feature extractor, the lambda
-schedule, training/resume on real digits, and the run.sh CSV contract."""
+"""P5 DANN: the gradient reversal layer, its effect on the feature extractor, per-domain
+batches, the lambda schedule, augmentation, training/resume on real digits, and the run.sh
+CSV contract."""
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,7 @@ def test_grl_flips_the_feature_gradient_of_the_domain_loss_only():
     def grads(reverse: bool):
         model.zero_grad()
         if reverse:
-            _, logits = model(x, lambda_=1.0)
+            [(_, logits)] = model(x, lambda_=1.0)
         else:
             logits = model.domain_head(model.features(x))
         F.cross_entropy(logits, domain).backward()
@@ -50,6 +51,21 @@ def test_grl_flips_the_feature_gradient_of_the_domain_loss_only():
         assert torch.allclose(head_rev[name], head_plain[name], atol=1e-7)
 
 
+def test_each_domain_batch_is_normalised_with_its_own_statistics():
+    torch.manual_seed(0)
+    model = DANN().train()
+    for m in model.modules():  # batch-statistics BatchNorm, but no random dropout masks
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
+            m.eval()
+    source, target = torch.randn(6, 3, 28, 28), 3 + 2 * torch.randn(6, 3, 28, 28)  # different statistics
+    (label_s, _), (label_t, _) = model(source, target)
+    [(alone_s, _)] = model(source)
+    [(alone_t, _)] = model(target)
+    assert torch.allclose(label_s, alone_s, atol=1e-5) and torch.allclose(label_t, alone_t, atol=1e-5)
+    [(joint, _)] = model(torch.cat([source, target]))
+    assert not torch.allclose(joint[:6], label_s, atol=1e-2)  # one joint batch would mix the domains
+
+
 def test_lambda_schedule():
     values = [grl_lambda(p) for p in np.linspace(0, 1, 11)]
     assert values[0] == 0.0 and abs(values[-1] - (2 / (1 + np.exp(-10)) - 1)) < 1e-12
@@ -61,6 +77,22 @@ def test_augmentation_is_seeded_and_keeps_shape():
     a = train.random_affine(x, torch.Generator().manual_seed(1))
     b = train.random_affine(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_colour_augmentation_only_permutes_channels_or_makes_gray():
+    x = torch.rand(64, 3, 4, 4)
+    y = train.random_colour(x, torch.Generator().manual_seed(0))
+    assert torch.equal(y, train.random_colour(x, torch.Generator().manual_seed(0)))
+    gray = (y == y[:, :1]).all(dim=(1, 2, 3))
+    assert 10 < gray.sum() < 54  # about half of 64
+    assert torch.allclose(y[gray], x[gray].mean(1, keepdim=True).expand_as(x[gray]))
+    assert torch.equal(y[~gray].sort(1).values, x[~gray].sort(1).values)  # same values, channels shuffled
+    assert not torch.equal(y[~gray], x[~gray])
+
+
+def test_entropy_matches_its_definition():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    assert abs(train.entropy(logits).item() - np.log(2) / 2) < 1e-6
 
 
 def _small_course_copy(tmp_path, n=96):
@@ -78,21 +110,62 @@ def _small_course_copy(tmp_path, n=96):
     return root
 
 
-def test_dann_trains_on_real_digits_selects_by_source_val_and_resumes(tmp_path):
+def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
     root = _small_course_copy(tmp_path)
-    common = ["--mode", "dann", "--data-root", str(root), "--out", str(tmp_path / "run"), "--batch-size", "32",
-              "--device", "cpu"]
-    first = train.main([*common, "--epochs", "2"])
-    result = train.main([*common, "--epochs", "3"])  # resumes after epoch 2
-    with open(tmp_path / "run" / "log.csv") as f:
+
+    def run(out):
+        return train.main(["--mode", "dann", "--data-root", str(root), "--out", str(tmp_path / out), "--batch-size",
+                           "32", "--device", "cpu", "--entropy-weight", "0.1", "--epochs", "3"])
+
+    real_accuracy, calls = train.accuracy, []
+
+    def interrupted_in_epoch_3(*args):  # two evaluations per epoch; epoch 2's checkpoint is written by now
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_accuracy(*args)
+
+    monkeypatch.setattr(train, "accuracy", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed")
+    monkeypatch.setattr(train, "accuracy", real_accuracy)
+    result = run("resumed")
+    run("straight")
+    with open(tmp_path / "resumed" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["domain_loss"]) > 0 for r in rows)  # the adversarial branch trained
+    assert all(float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 for r in rows)
     best_row = max(rows, key=lambda r: float(r["source_val_acc"]))  # first maximum, as the trainer keeps it
     assert result["selected"]["epoch"] == int(best_row["epoch"])
-    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    saved = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
     assert saved["epoch"] == result["selected"]["epoch"] and saved["mode"] == "dann"
-    assert first["selected"]["epoch"] in (1, 2)
+    assert saved["config"]["entropy_weight"] == 0.1
+    resumed, straight = (torch.load(tmp_path / d / "final.pt", weights_only=True)["state_dict"]
+                         for d in ("resumed", "straight"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_dann_step_lowers_the_label_loss_on_a_real_batch():
+    root = require_shared("hw2_data", "digits")
+    from p5_dann.data import load_split
+    x_s, y_s = load_split(root, "mnistm", "val")
+    x_t = load_split(root, "usps", "val")[0]
+    x_s, y_s, x_t = x_s[:64], y_s[:64], x_t[:64]
+    torch.manual_seed(0)
+    model = DANN(dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = [p.clone() for p in model.domain_head.parameters()]
+    losses = []
+    for _ in range(15):
+        (logits, domain_s), (_, domain_t) = model(x_s, x_t, lambda_=0.3)
+        loss = F.cross_entropy(logits, y_s)
+        domain = F.cross_entropy(torch.cat([domain_s, domain_t]), torch.tensor([0] * 64 + [1] * 64))
+        opt.zero_grad()
+        (loss + domain).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.domain_head.parameters()))
 
 
 def _image_dir(tmp_path):
@@ -110,7 +183,7 @@ def _image_dir(tmp_path):
 def tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "ckpt.pt"
-    torch.save({"state_dict": DANN().state_dict(), "mode": "dann", "gray": True}, path)
+    torch.save({"state_dict": DANN().state_dict(), "mode": "dann"}, path)
     return path
 
 
