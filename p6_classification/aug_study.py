@@ -1,0 +1,91 @@
+"""The augmentation study: one training run per preset, same seed, data, split and budget;
+val and test accuracy of the final epoch side by side.
+
+    python p6_classification/aug_study.py --data data/cifar10 --out outputs/p6/aug --epochs 30
+    python p6_classification/aug_study.py --data ../shared/data/cifar10/cifar10_slice.npz \\
+        --out outputs/p6/aug --epochs 15 --width 16 --device cpu            # what bench/ runs
+    python p6_classification/aug_study.py ... --presets none flip_crop cutout
+
+Any other option goes to train.py for every run (e.g. --width, --precision, --subset).
+OUT gets runs/<preset>/ (each resumable), aug_study.json (results, command, hardware),
+aug_study.md (the table) and aug_study.png (the plot).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from hw2_utils import CLIError, atomic_path, run_cli
+from p6_classification import train
+from p6_classification.augment import DESCRIPTIONS, PRESETS
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| preset | augmentation | val acc | test acc | train time |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['preset']} | {DESCRIPTIONS[r['preset']]} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
+              f"{r['train_seconds']:.0f} s |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    ax.barh(y - 0.2, [r["val_acc"] for r in rows], height=0.4, label="val")
+    ax.barh(y + 0.2, [r["test_acc"] for r in rows], height=0.4, label="test")
+    ax.set_yticks(y, [r["preset"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy (final epoch)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/cifar10")
+    p.add_argument("--out", default="outputs/p6/aug")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"default: all ({' '.join(PRESETS)})")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = p.parse_known_args(argv)
+    unknown = sorted(set(args.presets) - set(PRESETS))
+    if unknown:
+        raise CLIError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    if "--preset" in extra or "--out" in extra:
+        raise CLIError("--preset and --out are set per run by the study")
+    out = Path(args.out)
+    rows = []
+    for preset in args.presets:
+        result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", preset,
+                             "--out", str(out / "runs" / preset), *extra])
+        rows.append({"preset": preset, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
+        print(f"== {preset}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
+    record = {"command": shlex.join(["python", "p6_classification/aug_study.py", *argv]),
+              "hardware": result["hardware"], "data": result["data"], "arch": result["arch"],
+              "epochs": args.epochs, "batch_size": result["batch_size"], "precision": result["precision"],
+              "train_images": result["train_images"], "val_images": result["val_images"],
+              "test_images": result["test_images"], "rows": rows}
+    with atomic_path(out / "aug_study.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    with atomic_path(out / "aug_study.md") as tmp:
+        tmp.write_text(f"Command: `{record['command']}` on {record['hardware']}\n\n{table(rows)}\n")
+    plot(rows, f"{result['arch']['model']} width {result['arch'].get('width', '-')}, {args.epochs} epochs, "
+               f"{result['train_images']} training images", out / "aug_study.png")
+    print(table(rows))
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,93 @@
+"""CIFAR-10 in memory as uint8 tensors (N,3,32,32), from torchvision's `CIFAR10` layout
+(`ROOT/cifar-10-batches-py/`) or the shared `.npz` slice, plus the honest train/val split
+and a plain folder of images for inference."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from hw2_utils import CLIError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# 5,000 of CIFAR-10's 50,000 training images are held out for validation; a smaller set
+# (the shared slice) keeps the same proportion.
+VAL_FRACTION = 0.1
+# The split is fixed across runs (independent of --seed) so every run is tuned on the same images.
+SPLIT_SEED = 2024
+
+
+@dataclass
+class Cifar:
+    train_images: torch.Tensor  # uint8 (N,3,32,32)
+    train_labels: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+
+
+def _chw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_cifar(path: str | Path, download: bool = False) -> Cifar:
+    """`path` is the shared `.npz` slice, a `cifar-10-batches-py` folder, or the folder
+    holding one (torchvision's `root`); `download` fetches CIFAR-10 there when online."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise CLIError(f"CIFAR-10 slice not found: {path}")
+        with np.load(path) as d:
+            return Cifar(_chw(d["train_images"]), torch.from_numpy(d["train_labels"]).long(),
+                         _chw(d["test_images"]), torch.from_numpy(d["test_labels"]).long(), str(path))
+    from torchvision.datasets import CIFAR10
+
+    root = path.parent if path.name == "cifar-10-batches-py" else path
+    try:
+        train, test = (CIFAR10(str(root), train=split, download=download) for split in (True, False))
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise CLIError(f"no CIFAR-10 under {root} ({e}); pass --download when online, or the .npz slice") from None
+    return Cifar(_chw(train.data), torch.tensor(train.targets), _chw(test.data), torch.tensor(test.targets),
+                 str(root / "cifar-10-batches-py"))
+
+
+def split_train_val(images: torch.Tensor, labels: torch.Tensor, fraction: float = VAL_FRACTION):
+    """(train_images, train_labels, val_images, val_labels): a fixed random `fraction` held out."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = round(len(labels) * fraction)
+    val, train = order[:n_val], order[n_val:]
+    return images[train], labels[train], images[val], labels[val]
+
+
+class ImageTensors(Dataset):
+    """uint8 images with a torchvision v2 transform applied per image on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+
+def load_images(files: list[Path], size: int = 32) -> torch.Tensor:
+    """RGB images resized to size x size (CIFAR's input size), as uint8 (N,3,size,size)."""
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(img))
+        except (UnidentifiedImageError, OSError) as e:
+            raise CLIError(f"cannot read image {path} ({type(e).__name__})") from None
+    return _chw(np.stack(arrays))

@@ -1,0 +1,98 @@
+"""Predict CIFAR-10 classes with a trained model: INPUT -> OUT_CSV with `image_name,label`.
+
+    python p6_classification/infer.py IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/final.pt
+    python p6_classification/infer.py IMG_DIR OUT_CSV --checkpoint CKPT --labels IMG_DIR/labels.csv
+    python p6_classification/infer.py data/cifar10 OUT_CSV --checkpoint CKPT      # the CIFAR-10 test set
+
+INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (torchvision
+root or the .npz slice), whose test images are named 00000.png, 00001.png, ... by index.
+`label` is the class index (0 airplane ... 9 truck). Accuracy is printed when labels are
+known: always for CIFAR-10, and for a folder given --labels (a CSV `image_name,label`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+
+from hw2_utils import CLIError, atomic_path, list_images, progress, resolve_device, run_cli
+from p6_classification.augment import build_preset
+from p6_classification.data import load_cifar, load_images
+from p6_classification.models import build_model
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A train.py `final.pt` -> (model in eval mode, its metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"checkpoint not found: {path} (train one: python p6_classification/train.py --out DIR, "
+                       "then use DIR/final.pt)")
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(meta["arch"], len(meta["classes"]))
+        model.load_state_dict(meta["state_dict"])
+    except CLIError:
+        raise
+    except Exception as e:  # any unreadable or foreign file is a user error here
+        raise CLIError(f"{path} is not a P6 final.pt ({type(e).__name__}: {e})") from None
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, meta: dict, images: torch.Tensor, device: torch.device,
+            batch_size: int = 256) -> torch.Tensor:
+    """Class indices for uint8 (N,3,32,32) images, with the checkpoint's eval transform."""
+    transform = build_preset(meta["preset"], meta["mean"], meta["std"], len(meta["classes"])).eval
+    out = [model(transform(x).to(device)).argmax(1).cpu()
+           for x in progress(images.split(batch_size), desc="predict")]
+    return torch.cat(out)
+
+
+def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
+    with open(path, newline="") as f:
+        table = {row["image_name"]: int(row["label"]) for row in csv.DictReader(f)}
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise CLIError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[0]}")
+    return torch.tensor([table[n] for n in names])
+
+
+def main(argv=None) -> float | None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="image folder, CIFAR-10 root, cifar-10-batches-py, or the .npz slice")
+    p.add_argument("out_csv")
+    p.add_argument("--checkpoint", required=True, help="final.pt written by train.py / vit_finetune.py")
+    p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    source = Path(args.input)
+    if source.suffix == ".npz" or (source / "cifar-10-batches-py").is_dir() or source.name == "cifar-10-batches-py":
+        cifar = load_cifar(source)
+        images, labels = cifar.test_images, cifar.test_labels
+        names = [f"{i:05d}.png" for i in range(len(labels))]
+    else:
+        files = list_images(source)
+        names = [f.name for f in files]
+        labels = read_labels(args.labels, names) if args.labels else None
+        images = load_images(files)
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    predictions = predict(model, meta, images, device, args.batch_size)
+    with atomic_path(args.out_csv) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image_name", "label"])
+            writer.writerows(zip(names, predictions.tolist()))
+    print(f"wrote {len(names)} predictions to {args.out_csv}")
+    if labels is None:
+        return None
+    accuracy = (predictions == labels).float().mean().item()
+    print(f"accuracy {accuracy:.4f} ({int((predictions == labels).sum())}/{len(labels)})")
+    return accuracy
+
+
+if __name__ == "__main__":
+    run_cli(main)

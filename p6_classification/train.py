@@ -1,0 +1,264 @@
+"""Train a CIFAR-10 classifier with the honest protocol: 10% of the training images (5,000
+of 50,000) are held out for validation and every choice is made on them; the test set is
+evaluated once, after the last epoch, and that final-epoch accuracy is what we report.
+
+    python p6_classification/train.py --data data/cifar10 --download          # ResNet-18, CIFAR stem
+    python p6_classification/train.py --data DATA --stem imagenet            # torchvision's stock stem
+    python p6_classification/train.py --data ../shared/data/cifar10/cifar10_slice.npz --width 16 --epochs 15
+    python p6_classification/vit_finetune.py --data DATA --weights weights/vit_b16/model.safetensors
+    torchrun --nproc_per_node=N p6_classification/train.py ...               # DDP; --batch-size is global
+
+--data is the shared .npz slice, or torchvision's CIFAR10 layout (ROOT/cifar-10-batches-py).
+OUT gets log.csv, last.pt (re-running the same command resumes from it), final.pt (the
+exported model, for infer.py and cam.py) and result.json (val and test accuracy, wall time,
+command, hardware).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, log_main,
+                       make_train_sampler, progress, resolve_device, resolve_dtype, run_cli, seed_everything, unwrap)
+from p6_classification.augment import PRESETS, build_preset
+from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, ImageTensors, load_cifar, split_train_val
+from p6_classification.models import VIT_NAME, build_model, input_normalization
+
+# Per model. Neither full recipe has been run on a GPU from this repository yet (README "P6").
+DEFAULTS = {
+    "resnet18": dict(
+        epochs=200,           # the usual SGD budget behind ~95% for ResNet-18 on CIFAR-10
+        batch_size=128,
+        lr=0.1,               # for batch 128; scale linearly with --batch-size
+        weight_decay=5e-4,    # the standard CIFAR value; lower overfits the 45k training images
+        warmup_epochs=1.0,    # linear warmup, then cosine to zero (a one-cycle shape)
+        preset="trivialaugment",
+    ),
+    "vit": dict(
+        epochs=10,            # a pretrained ViT-B/16 converges on CIFAR-10 within a few epochs
+        batch_size=128,
+        lr=0.01,              # SGD fine-tuning rate of the ViT paper's transfer recipe
+        weight_decay=0.0,     # ditto: no weight decay when fine-tuning
+        warmup_epochs=0.5,
+        preset="flip_crop",
+    ),
+}
+MOMENTUM = 0.9  # Nesterov
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(DEFAULTS), default="resnet18")
+    p.add_argument("--data", default="data/cifar10", help="CIFAR-10 root (torchvision layout) or the .npz slice")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data when it is missing")
+    p.add_argument("--out", help="run folder (default runs/p6/<model>)")
+    for name, value in DEFAULTS["resnet18"].items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
+                       help=f"default {DEFAULTS['resnet18'][name]} (resnet18), {DEFAULTS['vit'][name]} (vit)")
+    p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar", help="resnet18: 3x3 stem or torchvision's")
+    p.add_argument("--width", type=int, default=64, help="resnet18: channels of the first stage (64 = standard)")
+    p.add_argument("--weights", help="vit: pretrained weights file, 'hub' (online only) or 'none' (random init)")
+    p.add_argument("--vit-name", default=VIT_NAME, help="vit: timm model name")
+    p.add_argument("--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments")
+    p.add_argument("--img-size", type=int, default=224, help="vit: input size; CIFAR images are upsampled to it")
+    p.add_argument("--trainable-blocks", type=int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | bf16 | fp16 (autocast); auto = bf16 on CUDA, fp32 on the CPU, where bf16 "
+                   "autocast is far slower without bf16 units (bench/p6_classification.py --parts throughput)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
+    p.add_argument("--subset", type=int, help="smoke runs: only the first N training and N/5 test images")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+    for name, value in DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    # torch 2.14's CPU backward of a channels_last 1x1 stride-2 conv with fewer than 8 input
+    # channels corrupts the heap (ResNet's first downsample at width < 8); nothing that narrow is useful.
+    if args.width < 8:
+        p.error("--width must be at least 8")
+    if args.preset not in PRESETS:
+        p.error(f"--preset must be one of {', '.join(PRESETS)}")
+    return args
+
+
+def model_arch(args) -> dict:
+    if args.model == "resnet18":
+        return {"model": "resnet18", "stem": args.stem, "width": args.width}
+    try:
+        kwargs = json.loads(args.vit_kwargs)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--vit-kwargs is not JSON: {e}") from None
+    return {"model": "vit", "name": args.vit_name, "img_size": args.img_size,
+            "trainable_blocks": args.trainable_blocks, "timm_kwargs": kwargs}
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() often does not
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    return f"{cpu} CPU, {torch.get_num_threads()} thread(s) (torch {torch.__version__})"
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, transform, device, dtype, channels_last: bool) -> float:
+    """Top-1 accuracy; `transform` is the preset's eval transform, applied per batch."""
+    model.eval()
+    correct = 0
+    for x, y in zip(images.split(256), labels.split(256)):
+        x = transform(x).to(device)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with autocast(device, dtype):
+            correct += (model(x).argmax(1).cpu() == y).sum().item()
+    return correct / len(labels)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    info, device = init_distributed(resolve_device(args.device))
+    dtype = resolve_dtype(("bf16" if device.type == "cuda" else "fp32") if args.precision == "auto" else args.precision,
+                          device)
+    channels_last = not args.no_channels_last
+    out = Path(args.out or f"runs/p6/{args.model}")
+    command = shlex.join(["python", *sys.argv] if argv is None else ["python", "p6_classification/train.py", *argv])
+
+    cifar = load_cifar(args.data, download=args.download and info.is_main)
+    train_x, train_y, test_x, test_y = cifar.train_images, cifar.train_labels, cifar.test_images, cifar.test_labels
+    if args.subset:
+        train_x, train_y = train_x[:args.subset], train_y[:args.subset]
+        test_x, test_y = test_x[:max(1, args.subset // 5)], test_y[:max(1, args.subset // 5)]
+    train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
+
+    arch = model_arch(args)
+    if arch["model"] == "vit" and args.weights is None:
+        raise CLIError("the ViT needs --weights PATH (pretrained timm weights), --weights hub, or --weights none")
+    if arch["model"] == "resnet18" and args.weights is not None:
+        raise CLIError("--weights is for the ViT; ResNet-18 trains from scratch")
+    weights = None if args.weights in (None, "none") else args.weights
+    seed_everything(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(arch, len(CLASSES), weights).to(device)
+    mean, std = input_normalization(model) or (CIFAR_MEAN, CIFAR_STD)
+    preset = build_preset(args.preset, mean, std, len(CLASSES))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    dataset = ImageTensors(train_x, train_y, preset.train)
+    sampler = make_train_sampler(dataset, args.seed)
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    shuffle_gen = torch.Generator()
+    loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
+                        shuffle=sampler is None, drop_last=True, num_workers=workers, generator=shuffle_gen,
+                        pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay)
+    total_steps = args.epochs * len(loader)
+    warmup_steps = round(args.warmup_epochs * len(loader))
+
+    # What a resumed run must share with the one that wrote last.pt.
+    config = {"arch": arch, "data": cifar.source, **{k: getattr(args, k) for k in (
+        "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "subset", "seed")}}
+    epoch, seconds, val_acc = 0, 0.0, None
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state["config"] != config:
+            changed = sorted(k for k in config if state["config"].get(k) != config[k])
+            raise CLIError(f"{last} holds a run with other settings ({', '.join(changed)}); use another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        epoch, seconds, val_acc = state["epoch"], state["seconds"], state["val_acc"]
+        log_main(f"resumed from {last} after epoch {epoch}")
+    train_model = DDP(model) if info.enabled else model
+    n_train = sum(p.numel() for p in trainable)
+    log_main(f"{arch} ({n_train / 1e6:.2f} M trainable parameters), preset {args.preset}; {len(train_y)} train / "
+             f"{len(val_y)} val / {len(test_y)} test images from {cifar.source}; {device} {dtype}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "log.csv", "a", newline="", buffering=1)
+    log = csv.writer(log_file)
+    if epoch == 0 and info.is_main:
+        log.writerow(["epoch", "lr", "train_loss", "val_acc", "seconds"])
+    while epoch < args.epochs:
+        # Seeding per epoch makes the shuffle order and every augmentation draw a function of
+        # (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one.
+        seed_everything(args.seed * 1000 + epoch, info.rank)
+        shuffle_gen.manual_seed(args.seed * 1000 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_model.train()
+        start, loss_sum = time.perf_counter(), 0.0
+        for i, (x, y) in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
+            if preset.batch is not None:
+                x, y = preset.batch(x, y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * len(loader) + i, total_steps, warmup_steps, args.lr)
+            with autocast(device, dtype):
+                logits = train_model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+        epoch += 1
+        seconds += time.perf_counter() - start
+        val_acc = evaluate(unwrap(model), val_x, val_y, preset.eval, device, dtype, channels_last)
+        log_main(f"epoch {epoch}: train loss {loss_sum / len(loader):.4f}, val acc {val_acc:.4f}")
+        if info.is_main:
+            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{loss_sum / len(loader):.4f}",
+                          f"{val_acc:.4f}", f"{seconds:.1f}"])
+            with atomic_path(last) as tmp:
+                torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                            "seconds": seconds, "val_acc": val_acc, "config": config}, tmp)
+    log_file.close()
+
+    # The one look at the test set: the final epoch's model, whatever the val curve did.
+    test_acc = evaluate(unwrap(model), test_x, test_y, preset.eval, device, dtype, channels_last)
+    result = {"command": command, "hardware": hardware(device), "world_size": info.world_size, "arch": arch,
+              "preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size, "precision": str(dtype),
+              "channels_last": channels_last, "data": cifar.source, "train_images": len(train_y),
+              "val_images": len(val_y), "test_images": len(test_y), "val_acc": val_acc, "test_acc": test_acc,
+              "train_seconds": round(seconds, 1)}
+    if info.is_main:
+        with atomic_path(out / "final.pt") as tmp:
+            torch.save({"state_dict": unwrap(model).state_dict(), "arch": arch, "mean": mean, "std": std,
+                        "classes": CLASSES, "preset": args.preset, "epochs": epoch, "val_acc": val_acc,
+                        "command": command}, tmp)
+        with atomic_path(out / "result.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    log_main(f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f} (final epoch), {seconds:.0f} s training")
+    cleanup_distributed()
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

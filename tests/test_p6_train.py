@@ -1,0 +1,166 @@
+"""P6 training on real CIFAR-10 images: the loss falls, the test set is scored once after
+the last epoch, a resumed run ends bit-identical to an uninterrupted one, ViT fine-tuning
+leaves frozen blocks untouched, and infer.py / cam.py / aug_study.py write their files."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import require_shared
+from hw2_utils import CLIError, run_cli
+from p6_classification import aug_study, cam, infer, train, vit_finetune
+from p6_classification.augment import build_preset
+from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
+from p6_classification.models import ResNet18, build_model
+
+SMALL = ["--subset", "200", "--width", "8", "--batch-size", "32", "--device", "cpu", "--preset", "flip_crop"]
+
+
+@pytest.fixture(scope="module")
+def slice_path():
+    return str(require_shared("cifar10", "cifar10_slice.npz"))
+
+
+@pytest.fixture(scope="module")
+def trained(slice_path, tmp_path_factory):
+    """An uninterrupted 2-epoch run, recording every evaluate() call's set size."""
+    out = tmp_path_factory.mktemp("p6") / "a"
+    calls, real = [], train.evaluate
+
+    def spy(model, images, labels, *rest):
+        calls.append(len(labels))
+        return real(model, images, labels, *rest)
+    train.evaluate = spy
+    try:
+        result = train.main(["--data", slice_path, *SMALL, "--epochs", "2", "--out", str(out)])
+    finally:
+        train.evaluate = real
+    return out, result, calls
+
+
+def test_loss_falls_on_a_real_batch(slice_path):
+    cifar = load_cifar(slice_path)
+    preset = build_preset("normalize", CIFAR_MEAN, CIFAR_STD)
+    x, y = preset.eval(cifar.train_images[:64]), cifar.train_labels[:64]
+    torch.manual_seed(0)
+    model = ResNet18(10, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    losses = []
+    for _ in range(15):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_honest_protocol_and_outputs(trained):
+    out, result, calls = trained
+    assert calls == [20, 20, 40]  # val after each epoch, the test set once at the very end
+    assert (result["train_images"], result["val_images"], result["test_images"]) == (180, 20, 40)
+    assert json.loads((out / "result.json").read_text())["test_acc"] == result["test_acc"]
+    with open(out / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    assert "--subset 200" in result["command"]
+    assert train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
+
+
+def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, monkeypatch):
+    out_a = trained[0]
+    args = ["--data", slice_path, *SMALL, "--epochs", "2", "--out", str(tmp_path / "b")]
+    real, count = train.evaluate, []
+
+    def interrupt_in_epoch_two(*a):
+        count.append(1)
+        if len(count) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(train, "evaluate", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train, "evaluate", real)
+    train.main(args)
+    a = torch.load(out_a / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CLIError, match="other settings \\(epochs\\)"):
+        train.main([*args[:-2], "--epochs", "3", "--out", str(tmp_path / "b")])
+
+
+def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
+    checkpoint = str(trained[0] / "final.pt")
+    cifar = load_cifar(slice_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = [f"img_{i:02d}.png" for i in range(12)]
+    for name, image in zip(names, cifar.test_images[:12]):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "y.csv").write_text("not a checkpoint")
+    with open(tmp_path / "labels.csv", "w") as f:
+        f.write("image_name,label\n" + "".join(f"{n},{y}\n" for n, y in zip(names, cifar.test_labels[:12].tolist())))
+
+    accuracy = infer.main([str(folder), str(tmp_path / "folder.csv"), "--checkpoint", checkpoint,
+                           "--labels", str(tmp_path / "labels.csv"), "--device", "cpu"])
+    with open(tmp_path / "folder.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image_name"] for r in rows] == names
+    predicted = torch.tensor([int(r["label"]) for r in rows])
+    assert accuracy == pytest.approx((predicted == cifar.test_labels[:12]).float().mean().item())
+
+    infer.main([slice_path, str(tmp_path / "cifar.csv"), "--checkpoint", checkpoint, "--device", "cpu"])
+    with open(tmp_path / "cifar.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1017 and rows[0]["image_name"] == "00000.png"
+    assert [int(r["label"]) for r in rows[:12]] == predicted.tolist()  # same pixels, same answers
+    assert "accuracy" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: infer.main([str(folder), str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "y.csv")]))
+    assert exit_info.value.code == 2 and "is not a P6 final.pt" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
+    torch.manual_seed(0)
+    tiny = {"patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
+    arch = {"model": "vit", "name": "vit_tiny_patch16_224", "img_size": 32, "trainable_blocks": 3, "timm_kwargs": tiny}
+    start = build_model(arch).net.state_dict()
+    torch.save(start, tmp_path / "start.pth")
+    out = tmp_path / "vit"
+    vit_finetune.main(["--data", slice_path, "--subset", "100", "--batch-size", "30", "--epochs", "1",
+                       "--device", "cpu", "--weights", str(tmp_path / "start.pth"), "--vit-name", arch["name"],
+                       "--vit-kwargs", json.dumps(tiny), "--img-size", "32", "--trainable-blocks", "1",
+                       "--out", str(out)])
+    final = torch.load(out / "final.pt", weights_only=True)
+    assert final["arch"]["trainable_blocks"] == 1
+    for name, value in final["state_dict"].items():
+        trainable = name.removeprefix("net.").startswith(("blocks.2.", "norm.", "head."))
+        assert torch.equal(value, start[name.removeprefix("net.")]) != trainable, name
+    assert cam.main(["--checkpoint", str(out / "final.pt"), "--data", slice_path, "--n", "2",
+                     "--out", str(tmp_path / "cam"), "--device", "cpu"]).name == "cam_vit.png"
+
+
+def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path):
+    path = cam.main(["--checkpoint", str(trained[0] / "final.pt"), "--data", slice_path, "--n", "3",
+                     "--out", str(tmp_path / "cam"), "--device", "cpu"])
+    assert path == tmp_path / "cam" / "cam_resnet18.png"
+    with Image.open(path) as figure:
+        assert figure.height > figure.width * 0.8  # three rows of image | CAM | Grad-CAM
+    record = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug"), "--epochs", "1",
+                             "--presets", "none", "cutout", "--subset", "100", "--width", "8", "--batch-size", "30",
+                             "--device", "cpu"])
+    assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
+    for row in record["rows"]:
+        result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
+        assert result["preset"] == row["preset"] and result["test_acc"] == row["test_acc"]
+    table = (tmp_path / "aug" / "aug_study.md").read_text()
+    assert f"| cutout | flip_crop + cutout 16x16 | {record['rows'][1]['val_acc']:.4f} |" in table
+    assert (tmp_path / "aug" / "aug_study.png").is_file()
