@@ -1,0 +1,144 @@
+"""The report's P7 section, built only from the JSON records and figures that p7_clip's
+scripts write under RUNS_DIR/p7 (bench/p7_clip.py runs them all). A missing input is named
+together with the command that produces it; no number appears unless a file holds it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODELS = "--clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai"
+# open_clip's published zero-shot CIFAR-10 accuracy of the OpenAI weights (its results table,
+# as quoted in issue 10): a reference to compare with, not a number measured here.
+ANCHORS = {"ViT-B-32": "89.8%", "RN50": "71.6%"}
+TINY_NOTE = ("_These numbers come from tiny random-weight models: they only show that the pipeline runs on "
+             "the real images; real accuracies need the real weights (see p7_clip/models.py)._\n")
+
+
+def _load(path: Path, command: str) -> tuple[dict | None, str]:
+    """(the record, a line citing its command and hardware), or (None, the command that writes it)."""
+    try:
+        text = path.read_text()
+        info = json.loads(text)
+    except (OSError, ValueError):
+        return None, f"_Not produced yet. Run `{command}`._\n"
+    note = f"_Measured with `{info.get('command', '?')}` on {info.get('hardware', '?')}._\n"
+    return info, note + (TINY_NOTE if "(tiny random)" in text else "")
+
+
+def _figure(path: Path, caption: str) -> str:
+    return f"![{caption}]({path.as_posix()})\n" if path.is_file() else f"_(figure missing: {path})_\n"
+
+
+def _similarity(d: Path) -> str:
+    info, note = _load(d / "similarity.json", f"python p7_clip/similarity.py {MODELS} --coco COCO_ROOT --n 10 --out {d}")
+    if info is None:
+        return note
+    lines = [f"{len(info['images'])} COCO val images, each with its first caption; cosine of unit embeddings.", "",
+             "| model | mean cosine, own pair | mean cosine, other pairs | images ranking their own text first |",
+             "|---|---|---|---|"]
+    for name, m in info["models"].items():
+        lines.append(f"| {name} | {m['diagonal_mean']:.4f} | {m['off_diagonal_mean']:.4f} | "
+                     f"{m['own_text_first']}/{len(info['images'])} |")
+    figures = [_figure(d / f"similarity_{m['tag']}.png", f"{name}: similarity matrix") for name, m in info["models"].items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(figures) + "\n" + note
+
+
+def _zeroshot(d: Path) -> str:
+    info, note = _load(d / "zeroshot.json", f"python p7_clip/zeroshot.py {MODELS} --cifar cifar-10-batches-py --out {d}")
+    if info is None:
+        return note
+    models = list(info["accuracy"])
+    lines = [f"CIFAR-10 test, {info['images']} images ({info['data']}). With several templates the class "
+             "embedding is the renormalised mean of their unit text embeddings.", "",
+             "| prompt design | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for design in info["designs"]:
+        lines.append(f"| `{design}` | " + " | ".join(f"{100 * info['accuracy'][m][design]:.2f}%" for m in models) + " |")
+    quoted = [f"{arch} {acc}" for arch, acc in ANCHORS.items() if any(m.split(" ")[0] == arch for m in models)]
+    if quoted:
+        lines += ["", "Reference, quoted from open_clip's results table (OpenAI weights, all 10,000 test images): "
+                  + ", ".join(quoted) + "."]
+    figures = [_figure(d / f"confusion_{c['tag']}.png", f"{m}: confusion matrix ({c['design']})")
+               for m, c in info["confusion"].items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(figures) + "\n" + note
+
+
+def _retrieval(d: Path) -> str:
+    info, note = _load(d / "retrieval.json", f"python p7_clip/retrieval.py {MODELS} --coco COCO_ROOT --n 100 --out {d}")
+    if info is None:
+        return note
+    ks = ("1", "5", "10")
+    lines = [f"The first {info['images']} COCO val images and their {info['captions']} captions; recall in %. "
+             "T2I: a caption's own image is among the k closest images; I2T: one of an image's own captions is "
+             "among the k closest captions.", "",
+             "| model | " + " | ".join(f"{d_} R@{k}" for d_ in ("T2I", "I2T") for k in ks) + " |", "|---|" + "---|" * 6]
+    for name, r in info["recall"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[d_][k]:.1f}" for d_ in ("text_to_image", "image_to_text")
+                                                 for k in ks) + " |")
+    figures = [_figure(d / f"query_{tag}.png", f"{m}: top images for \"{info['query']}\"") for m, tag in info["tags"].items()]
+    return "\n".join(lines) + "\n\n" + "\n".join(figures) + "\n" + note
+
+
+def _maskclip(d: Path) -> str:
+    records = sorted(d.glob("*/maskclip.json"))
+    if not records:
+        return (f"_Not produced yet. Run `python p7_clip/maskclip.py --clip ViT-B-16=weights/ViT-B-16-openai "
+                f"--images IMG_DIR --classes pascal-context-59 --masks MASK_DIR --reduce-zero-label "
+                f"--out {d}/ViT-B-16`._\n")
+    parts = []
+    for path in records:
+        info, note = _load(path, "")
+        options = f"key smoothing {info['key_smoothing']}, prompt denoising {info['denoise']}, prompts {info['templates']}"
+        miou = (f" mIoU over the {len(info['images'])} images: {100 * info['miou']:.2f}%." if "miou" in info
+                else " No masks were given, so no mIoU.")
+        parts.append(f"#### {info['model']}\n\n{len(info['classes'])} classes, shorter side {info['size']} px, {options}.{miou}\n")
+        parts += [_figure(path.parent / f"overlay_{Path(name).stem}.png", f"MaskCLIP overlay: {name}")
+                  for name in info["images"][:3]]
+        parts.append(note)
+    return "\n".join(parts)
+
+
+def _robustness(d: Path) -> str:
+    info, note = _load(d / "robustness.json", f"python p7_clip/robustness.py {MODELS} --cifar cifar-10-batches-py "
+                                              f"--limit 1000 --out {d}")
+    if info is None:
+        return note
+    lines = [f"Zero-shot CIFAR-10 ({info['images']} test images, prompts: {info['design']}). Each cell: accuracy / "
+             "mean probability of the true class, from no perturbation to the strongest.", ""]
+    for kind, levels in info["levels"].items():
+        lines += [f"**{kind.replace('_', ' ')}**", "", "| model | " + " | ".join(str(v) for v in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        for name, by_kind in info["results"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{r['accuracy']:.3f} / {r['true_class_probability']:.3f}"
+                                                     for r in by_kind[kind]) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n" + _figure(d / "robustness.png", "accuracy and true-class probability") + "\n" + note
+
+
+def _bench(d: Path) -> str:
+    info, note = _load(d / "bench.json", f"python bench/p7_clip.py {MODELS} --cifar cifar-10-batches-py "
+                                         f"--coco COCO_ROOT --out {d}")
+    if info is None:
+        return note
+    return ("Wall time per part: " + ", ".join(f"{k} {v:.1f} s" for k, v in info["seconds"].items())
+            + f" (models: {', '.join(info['models'])}).\n\n" + note)
+
+
+def section(runs_dir: str | Path) -> str:
+    """Markdown for P7, from RUNS_DIR/p7/{similarity,zeroshot,retrieval,maskclip/*,robustness}/ and bench.json."""
+    d = Path(runs_dir) / "p7"
+    return "\n".join([
+        "## P7: CLIP — similarity, zero-shot prompts, COCO retrieval, MaskCLIP, robustness",
+        "",
+        "All parts use open_clip models loaded from local weight files (ViT-B-32 and RN50; ViT-B-16 suits "
+        "MaskCLIP's finer patches). Embeddings are L2-normalised, so every score is a cosine.",
+        "",
+        "### (a) Image-text similarity matrix", "", _similarity(d / "similarity"),
+        "### (b) Zero-shot CIFAR-10 and prompt design", "", _zeroshot(d / "zeroshot"),
+        "### (c) COCO text-image retrieval", "", _retrieval(d / "retrieval"),
+        "### (d) MaskCLIP dense segmentation", "",
+        "Our MaskCLIP: the last attention block's value path per patch (no query-key attention, residual or MLP), "
+        "its out-projection, ln_post and proj; the class text embeddings act as 1×1 convolution weights; the logits "
+        "are upsampled bilinearly.", "", _maskclip(d / "maskclip"),
+        "### Robustness to noise, blur and rotation", "", _robustness(d / "robustness"),
+        "### Cost", "", _bench(d),
+    ])
