@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale w (0 = unconditional, 1 = conditional)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=SAMPLER)
     p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps (ddpm always uses 1000)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per batch; part of the seed contract: changing it changes the images")
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="images per batch; part of the seed contract: changing it changes the images")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)

@@ -100,7 +100,8 @@ class GANTrainer:
     def __init__(self, config: GANConfig, recipe: Recipe, device: torch.device = torch.device("cpu"),
                  dtype: torch.dtype = torch.float32, seed: int = 0, rank: int = 0):
         if recipe.loss == "wgan-gp" and config.d_norm == "batch":
-            raise ValueError("wgan-gp penalises per-sample gradients, which batch norm in D couples: use d_norm 'none' or 'spectral' (--d-norm)")
+            raise ValueError("wgan-gp penalises per-sample gradients, which batch norm in D couples: "
+                             "use d_norm 'none' or 'spectral' (--d-norm)")
         self.config, self.recipe, self.device, self.dtype = config, recipe, device, dtype
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights on every rank

@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
         plot_heatmap(out / f"similarity_{clip.tag}.png", sim, images, texts, f"{clip.name}: image-text cosine")
         record["models"][clip.name] = {"tag": clip.tag, "matrix": [[round(v, 4) for v in r] for r in sim.tolist()],
                                        "diagonal_mean": round(float(sim.diag().mean()), 4),
-                                       "off_diagonal_mean": round(float((sim.sum() - sim.diag().sum()) / max(sim.numel() - len(pairs), 1)), 4),
+                                       "off_diagonal_mean": round(float((sim.sum() - sim.diag().sum())
+                                                                  / max(sim.numel() - len(pairs), 1)), 4),
                                        "own_text_first": own_first}
         print(f"{clip.name}: {own_first}/{len(pairs)} images rank their own text first; "
               f"mean cosine {record['models'][clip.name]['diagonal_mean']:.4f} on the diagonal, "

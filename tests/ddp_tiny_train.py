@@ -21,7 +21,7 @@ sampler = U.make_train_sampler(data, seed=0)
 loader = DataLoader(data, batch_size=4, sampler=sampler)
 opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
 seen = []
-for step, (x, y, idx) in zip(range(3), loader):
+for _, (x, y, idx) in zip(range(3), loader):
     loss = torch.nn.functional.mse_loss(ddp(x), y)
     opt.zero_grad()
     loss.backward()
