@@ -1,0 +1,299 @@
+"""Train the course's face UNet (p2_ddim/unet.py) as a DDPM on a folder of face images.
+
+    python p2_ddim/train.py --images hw2_data/face/train --out runs/p2_train --precision bf16
+    torchrun --nproc_per_node=4 p2_ddim/train.py ...          # multi-GPU (DDP); --batch-size stays global
+    python p2_ddim/infer.py NOISE_DIR OUT runs/p2_train/UNet.pt   # sample it (noise of --image-size)
+
+Schedule: ddim.py's (linear betas 1e-4..2e-2, T = 1000, float64). Loss: DDPM's Algorithm 1,
+t ~ U{0..999}, eps ~ N(0, I), MSE(eps, eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t)).
+Re-running the same command resumes from OUT/last.pt and continues exactly as an
+uninterrupted run would (every random draw is a function of seed, rank and step).
+Outputs: OUT/UNet.pt (the EMA weights as a plain state dict in UNet.pt's layout: what
+infer.py, hw2_2.sh and analysis.py load), OUT/samples/stepNNNNNN.png (DDIM grids, --sample-steps, of
+the same noise), OUT/log.csv (step, epoch, loss, lr, grad_norm, seconds since this process started).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, list_images, log_main,
+                       make_generator, make_train_sampler, open_rgb, progress, resolve_device, resolve_dtype, run_cli,
+                       save_grid, seed_everything, unwrap)
+from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
+from p2_ddim.pipeline import sample, to_unit_range
+from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
+
+# DDPM's recipe (Ho et al. 2020, CIFAR-10): the course's 38,464 64x64 faces are a CIFAR-sized set.
+DEFAULTS = dict(
+    steps=100_000,       # ~330 epochs of the course faces at batch 128; not run here (needs a GPU)
+    batch_size=128,      # global batch, split over DDP ranks
+    lr=2e-4,             # DDPM's 32x32 rate (its 2e-5 was for 256x256 models)
+    warmup=5000,         # linear warmup, then constant: extending --steps later resumes exactly
+    weight_decay=0.0,    # DDPM used none; AdamW's decoupled decay is here to experiment with
+    ema_decay=0.9999,    # DDPM's; ramped up as (1+s)/(10+s) so early samples are not the random init
+    grad_clip=1.0,       # DDPM's global-norm clip
+    dropout=0.1,         # DDPM's CIFAR-10 value (0 for its larger sets)
+    image_size=64,       # the course's face crops; H and W must be divisible by 32
+)
+LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", default="hw2_data/face/train", help="folder of face images (other sizes are resized)")
+    p.add_argument("--out", default="runs/p2_train", help="run folder: last.pt, UNet.pt, samples/, log.csv")
+    for name, value in DEFAULTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                       help="default %(default)s (why: DEFAULTS at the top of p2_ddim/train.py)")
+    p.add_argument("--base-channels", type=int, default=128, help="UNet width: 128 is UNet.pt's; 32 is the narrowest")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 uses a grad scaler, "
+                   "falls back to fp32 on the CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between last.pt/UNet.pt saves (also at the end)")
+    p.add_argument("--sample-every", type=int, default=5000, help="steps between sample grids (also at the end)")
+    p.add_argument("--sample-n", type=int, default=16, help="images per sample grid")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    return p.parse_args(argv)
+
+
+def check_args(args, world_size: int) -> None:
+    for name in ("steps", "batch_size", "ckpt_every", "sample_every", "sample_n", "sample_steps"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.image_size < DOWNSAMPLE_FACTOR or args.image_size % DOWNSAMPLE_FACTOR:
+        raise CLIError(f"--image-size must be a positive multiple of {DOWNSAMPLE_FACTOR}, got {args.image_size}")
+    if args.base_channels < 32 or args.base_channels % 32:
+        raise CLIError(f"--base-channels must be a positive multiple of 32 (GroupNorm groups), got {args.base_channels}")
+    if args.batch_size % world_size:
+        raise CLIError(f"--batch-size {args.batch_size} is not divisible by the {world_size} DDP ranks")
+    if not 1 <= args.sample_steps <= NUM_TRAIN_TIMESTEPS:
+        raise CLIError(f"--sample-steps must be in 1..{NUM_TRAIN_TIMESTEPS}, got {args.sample_steps}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_faces(folder, size: int) -> torch.Tensor:
+    """(N, 3, size, size) uint8 of every image in `folder`, sorted by name (bicubic resize
+    where needed). Kept in memory: the course's 38k faces are 0.47 GB at 64x64."""
+    arrays = []
+    for path in progress(list_images(folder, "face folder"), desc="loading faces", leave=False):
+        image = open_rgb(path)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(image))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def derived_seed(*key) -> int:
+    """A seed that is a pure function of `key` (e.g. ("noise", seed, rank, step)), so resuming
+    at any step redraws exactly what the uninterrupted run drew there."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:7], "little")
+
+
+def epoch_order(n: int, seed: int, epoch: int, sampler) -> torch.Tensor:
+    """This rank's shuffled image indices for `epoch`: the DDP sampler's shard, else a permutation."""
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler))
+    return torch.randperm(n, generator=make_generator(derived_seed("order", seed, epoch)))
+
+
+def to_model_range(faces: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """uint8 faces -> float in [-1, 1], mirrored left-right where `flips` is True."""
+    x = faces.float() / 127.5 - 1.0
+    return torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+# --------------------------------------------------------------------------- the DDPM objective
+
+
+def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) eps, coefficients taken from the float64 schedule."""
+    a = alphas_cumprod[t.cpu()].view(-1, 1, 1, 1)
+    return a.sqrt().float().to(x0.device) * x0 + (1 - a).sqrt().float().to(x0.device) * noise
+
+
+def draw_t_and_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1's draws, on the CPU so a seed means the same batch on any device."""
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=generator)
+    return t, torch.randn((n, *shape), generator=generator)
+
+
+def eps_loss(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """MSE between the true noise and the model's prediction from x_t (float32 even under autocast)."""
+    t, noise = t.to(x0.device), noise.to(x0.device)
+    return F.mse_loss(model(add_noise(x0, t, noise, alphas_cumprod), t).float(), noise)
+
+
+def train_step(model, opt, scaler, x0, t, noise, alphas_cumprod, grad_clip: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (loss, gradient norm before clipping)."""
+    with autocast(x0.device, dtype):
+        loss = eps_loss(model, x0, t, noise, alphas_cumprod)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach(), grad_norm.detach()
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    return lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def export_state_dict(ema: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """UNet.pt's format: a plain {key: tensor} dict, loadable by pipeline.load_unet (weights_only)."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(ema).state_dict().items()}
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (a crash between checkpoints)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if int(r[0]) <= last_step])
+
+
+def open_log(path: Path):
+    new = not path.is_file() or path.stat().st_size == 0
+    f = open(path, "a", newline="", buffering=1)  # line-buffered: tail -f works
+    writer = csv.writer(f)
+    if new:
+        writer.writerow(LOG_FIELDS)
+    return f, writer
+
+
+def run_identity(args) -> dict:
+    """What must match for OUT/last.pt to be this run's checkpoint."""
+    return {"base_channels": args.base_channels, "image_size": args.image_size}
+
+
+def mean_over_ranks(x: torch.Tensor, enabled: bool) -> float:
+    if enabled:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x.item()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    info, device = init_distributed(resolve_device(args.device))
+    check_args(args, info.world_size)
+    dtype = resolve_dtype(args.precision, device)
+    out = Path(args.out)
+    faces = load_faces(args.images, args.image_size).to(device)
+    sampler = make_train_sampler(faces, args.seed)
+    rank_batch = args.batch_size // info.world_size
+    per_epoch = (len(sampler) if sampler is not None else len(faces)) // rank_batch
+    if per_epoch == 0:
+        raise CLIError(f"--batch-size {args.batch_size} is larger than the {len(faces)} images in {args.images}")
+
+    seed_everything(args.seed)  # the same initial weights on every rank
+    model = FaceUNet(args.base_channels, dropout=args.dropout).to(device)
+    ema = FaceUNet(args.base_channels, dropout=args.dropout).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    alphas_cumprod = linear_alphas_cumprod()
+    step = 0
+
+    last = out / "last.pt"
+    if last.is_file() and not args.no_resume:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state["run"] != run_identity(args):
+            raise CLIError(f"{last} is a different run ({state['run']} vs {run_identity(args)}): "
+                           "use another --out or --no-resume")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+        log_main(f"resumed from {last} at step {step}")
+    train_model = DDP(model) if info.enabled else model
+    log_main(f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.images}; face UNet width "
+             f"{args.base_channels}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
+             f"{args.steps} steps of {args.batch_size} on {device} ({dtype})")
+
+    sample_noise = torch.randn(args.sample_n, 3, args.image_size, args.image_size, generator=make_generator(args.seed))
+
+    def save_checkpoint() -> None:
+        with atomic_path(last) as tmp:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "scaler": scaler.state_dict(), "step": step, "run": run_identity(args), "args": vars(args)}, tmp)
+        with atomic_path(out / "UNet.pt") as tmp:
+            torch.save(export_state_dict(ema), tmp)
+
+    def save_samples() -> None:  # p2_ddim's own sampler: DDIM, eta 0, x0 clipped
+        images = sample(ema, sample_noise, steps=args.sample_steps, dtype=dtype)
+        save_grid(to_unit_range(images, "clip"), out / "samples" / f"step{step:06d}.png",
+                  nrow=math.ceil(math.sqrt(args.sample_n)), value_range=(0.0, 1.0))
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / "log.csv", step)
+        log_file, log = open_log(out / "log.csv")
+    bar = progress(total=args.steps, initial=step, desc="train")
+    t0, order_epoch = time.time(), None
+    while step < args.steps:
+        epoch, offset = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(faces), args.seed, epoch, sampler), epoch
+        gen = make_generator(derived_seed("noise", args.seed, info.rank, step))
+        torch.manual_seed(derived_seed("dropout", args.seed, info.rank, step))
+        flips = torch.rand(rank_batch, generator=gen) < 0.5  # faces are left-right symmetric
+        x0 = to_model_range(faces[order[offset * rank_batch:(offset + 1) * rank_batch].to(device)], flips)
+        t, noise = draw_t_and_noise(rank_batch, tuple(x0.shape[1:]), gen)
+        lr = lr_at(step, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, grad_norm = train_step(train_model, opt, scaler, x0, t, noise, alphas_cumprod, args.grad_clip, dtype)
+        ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        loss = mean_over_ranks(loss, info.enabled)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if info.is_main:
+            log.writerow([step, epoch, f"{loss:.6f}", f"{lr:.3e}", f"{grad_norm.item():.4f}", f"{time.time() - t0:.1f}"])
+            if step % args.ckpt_every == 0 or step == args.steps:
+                save_checkpoint()
+            if step % args.sample_every == 0 or step == args.steps:
+                save_samples()
+    bar.close()
+    if info.is_main:
+        log_file.close()
+    log_main(f"done: {out / 'UNet.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)
