@@ -7,8 +7,8 @@ that p7_clip/report.py reads.
 
 Without --clip it runs tiny random-weight models (ViT-B-32=tiny, RN50=tiny): their accuracies
 are chance level and only show that every pipeline runs end to end on real images. OUT gets
-similarity/, zeroshot/, retrieval/, maskclip/MODEL/, robustness/ (each with its own JSON that
-records its exact command) and bench.json with the wall time of each part.
+similarity/, zeroshot/, probe/MODEL/, retrieval/, maskclip/MODEL/, robustness/ (each with its
+own JSON that records its exact command) and bench.json with the wall time of each part.
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path; keep `bench/` out of imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from hw2_utils import resolve_device, run_cli
-from p7_clip import maskclip, retrieval, robustness, similarity, zeroshot
-from p7_clip.models import parse_spec
-from p7_clip.records import command_line, hardware, save_json
+from hw2_utils import resolve_device, run_cli  # noqa: E402
+from p7_clip import maskclip, retrieval, robustness, similarity, train, zeroshot  # noqa: E402
+from p7_clip.models import parse_spec  # noqa: E402
+from p7_clip.records import command_line, hardware, save_json  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def folder(spec: str) -> str:
-    """MaskCLIP's output folder for a model spec: the architecture, `_tiny` for random ones."""
+    """MaskCLIP's and the probe's output folder for a model spec: the architecture, `_tiny` for random ones."""
     arch, weights = parse_spec(spec)
     return f"{arch}_tiny" if weights == "tiny" else arch
 
@@ -53,6 +53,8 @@ def main(argv=None) -> dict:
     parts = {
         "similarity": lambda: similarity.main([*common, "--coco", args.coco, "--n", "10", "--out", str(out / "similarity")]),
         "zeroshot": lambda: zeroshot.main([*common, "--cifar", args.cifar, "--out", str(out / "zeroshot")]),
+        "probe": lambda: [train.main(["--clip", s, "--device", args.device, "--cifar", args.cifar,
+                                      "--out", str(out / "probe" / folder(s))]) for s in specs],
         "retrieval": lambda: retrieval.main([*common, "--coco", args.coco, "--n", "100", "--out", str(out / "retrieval")]),
         "maskclip": lambda: [maskclip.main(["--clip", s, "--device", args.device, "--images",
                                             args.maskclip_images or str(Path(args.coco) / "val2017"),

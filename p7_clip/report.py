@@ -97,6 +97,25 @@ def _maskclip(d: Path) -> str:
     return "\n".join(parts)
 
 
+def _probe(d: Path) -> str:
+    loaded = [_load(path, "") for path in sorted(d.glob("*/result.json"))]
+    if not loaded:  # worded apart from "Not produced yet", which counts the five studies and the bench
+        return (f"_No probe record yet: run `python p7_clip/train.py --clip ViT-B-32=weights/ViT-B-32-openai "
+                f"--cifar cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
+    designs = list(loaded[0][0]["zero_shot_accuracy"])
+    lines = ["Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
+             "then fitted on all of train; test accuracy beside zero-shot on the same test images.", "",
+             "| model | train / test images | C | val | linear probe | " + " | ".join(f"zero-shot `{x}`" for x in designs) + " |",
+             "|---|---|---|---|---|" + "---|" * len(designs)]
+    for info, _ in loaded:
+        val = info["val_accuracy"][f"{info['C']:.4g}"]
+        lines.append(f"| {info['model']} | {info['images']['train']} / {info['images']['test']} | {info['C']:g} | "
+                     f"{100 * val:.2f}% | {100 * info['test_accuracy']:.2f}% | "
+                     + " | ".join(f"{100 * info['zero_shot_accuracy'][x]:.2f}%" for x in designs) + " |")
+    notes = dict.fromkeys(line for _, note in loaded for line in note.splitlines(keepends=True))  # tiny note once
+    return "\n".join(lines) + "\n\n" + "".join(notes)
+
+
 def _robustness(d: Path) -> str:
     info, note = _load(d / "robustness.json", f"python p7_clip/robustness.py {MODELS} --cifar cifar-10-batches-py "
                                               f"--limit 1000 --out {d}")
@@ -124,7 +143,7 @@ def _bench(d: Path) -> str:
 
 
 def section(runs_dir: str | Path) -> str:
-    """Markdown for P7, from RUNS_DIR/p7/{similarity,zeroshot,retrieval,maskclip/*,robustness}/ and bench.json."""
+    """Markdown for P7, from RUNS_DIR/p7/{similarity,zeroshot,probe/*,retrieval,maskclip/*,robustness}/ and bench.json."""
     d = Path(runs_dir) / "p7"
     return "\n".join([
         "## P7: CLIP — similarity, zero-shot prompts, COCO retrieval, MaskCLIP, robustness",
@@ -134,6 +153,7 @@ def section(runs_dir: str | Path) -> str:
         "",
         "### (a) Image-text similarity matrix", "", _similarity(d / "similarity"),
         "### (b) Zero-shot CIFAR-10 and prompt design", "", _zeroshot(d / "zeroshot"),
+        "### Linear probe vs zero-shot", "", _probe(d / "probe"),
         "### (c) COCO text-image retrieval", "", _retrieval(d / "retrieval"),
         "### (d) MaskCLIP dense segmentation", "",
         "Our MaskCLIP: the last attention block's value path per patch (no query-key attention, residual or MLP), "
