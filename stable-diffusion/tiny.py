@@ -4,7 +4,6 @@ tokenizer, and fixed seeds. 32x32 images, 16x16x4 latents.
 """
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -61,14 +60,3 @@ def save_compvis_file(sd: StableDiffusion, path: str | Path) -> Path:
         torch.save({"state_dict": state, "global_step": 0}, path)
     return path
 
-
-@contextlib.contextmanager
-def one_cpu_thread():
-    """Run torch on one CPU thread inside the block. Tiny models gain nothing from more, and
-    on a small machine shared with other jobs contending threads slow every op down a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -1,0 +1,45 @@
+"""(image, Canny edges, caption) triples from a COCO-format captions file, for ControlNet training."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hw2_utils import CLIError, require_dir, require_file
+from p8_controlnet.controls import canny, open_rgb, square
+
+
+def read_captions(captions_json: str | Path, images_dir: str | Path) -> list[tuple[Path, list[str]]]:
+    """(image path, its captions) for every image of the json that exists in images_dir, sorted by file name."""
+    images_dir = require_dir(images_dir, "COCO image folder")
+    data = json.loads(require_file(captions_json, "COCO captions json").read_text())
+    captions: dict[int, list[str]] = {}
+    for a in data.get("annotations", []):
+        captions.setdefault(a["image_id"], []).append(a["caption"].strip())
+    pairs = sorted((images_dir / im["file_name"], captions[im["id"]]) for im in data.get("images", [])
+                   if im["id"] in captions and (images_dir / im["file_name"]).is_file())
+    if not pairs:
+        raise CLIError(f"no image of {captions_json} with captions was found in {images_dir}")
+    return pairs
+
+
+class CannyCaptions(Dataset):
+    """Item: pixels (3,S,S) in [-1,1], control (3,S,S) in {0,1} (Canny of the same crop) and one
+    caption drawn by a seeded RNG (COCO has 5 per image: each epoch sees a different one)."""
+
+    def __init__(self, pairs: list[tuple[Path, list[str]]], size: int, seed: int = 0):
+        self.pairs, self.size, self.rng = pairs, size, random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        path, captions = self.pairs[i]
+        image = open_rgb(path)
+        pixels = torch.from_numpy(np.array(square(image, self.size))).permute(2, 0, 1).float() / 127.5 - 1
+        control = torch.from_numpy(np.array(canny(image, self.size))).permute(2, 0, 1).float() / 255
+        return {"pixels": pixels, "control": control, "caption": self.rng.choice(captions)}

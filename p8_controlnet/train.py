@@ -1,0 +1,174 @@
+"""Fine-tune a Canny ControlNet on (Canny(image), caption) pairs from COCO (Zhang et al. 2023).
+
+    python p8_controlnet/train.py --model sd-v1-5/ --images ../shared/data/coco/val2017 \\
+        --captions ../shared/data/coco/annotations/captions_val2017.json --out runs/p8/controlnet-canny
+    python p8_controlnet/train.py ... --controlnet sd-controlnet-canny/    # continue from a trained one
+
+Stable Diffusion stays frozen. The ControlNet starts from --controlnet, or as the paper does: a
+copy of the UNet's encoder whose zero convolutions make it a no-op at step 0. Loss: SD's eps-MSE
+on VAE latents noised at a uniform random t, with the ControlNet's residuals added to the UNet.
+Captions are replaced by "" with probability 0.5 (the paper's choice) so the ControlNet learns to
+read the content from the edges alone. OUT holds controlnet/ (a diffusers folder for
+--controlnet), log.csv (step, loss) and summary.json (the loss of a fixed held-in batch before
+and after training, the settings).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hw2_utils import (CLIError, atomic_dir, autocast, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+                       run_cli, seed_everything)
+from p8_controlnet.data import CannyCaptions, read_captions
+from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
+from p8_controlnet.records import command_line, environment, save_json
+from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
+from stable_diffusion.model import StableDiffusion
+
+DEFAULTS = dict(
+    steps=5000,            # the paper's Canny model saw far more; edges start to steer at a few thousand steps
+    batch_size=4,          # at 512 px on a 24 GB card with fp16 weights
+    lr=1e-5,               # the paper's: larger rates destroy the copied encoder's features
+    drop_caption=0.5,      # the paper's prompt dropout
+    max_grad_norm=1.0,
+    save_every=1000,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="SD v1.x: diffusers folder or CompVis single file")
+    p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model")
+    p.add_argument("--controlnet", help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)")
+    p.add_argument("--images", required=True, help="COCO image folder, e.g. ../shared/data/coco/val2017")
+    p.add_argument("--captions", required=True, help="COCO captions json")
+    p.add_argument("--limit", type=int, help="use only the first N images (sorted by name)")
+    p.add_argument("--size", type=int, help="training size (default: the model's, 512 for SD v1)")
+    p.add_argument("--out", required=True, help="run folder")
+    for name, value in DEFAULTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--precision", default="fp16", help="frozen SD weights and autocast: fp32 | bf16 | fp16 (fp32 on CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or not 0 <= args.drop_caption <= 1:
+        raise CLIError("--steps and --batch-size must be >= 1 and --drop-caption in [0, 1]")
+    return args
+
+
+def controlnet_loss(sd: StableDiffusion, controlnet, batch: dict, captions: list[str],
+                    generator: torch.Generator) -> torch.Tensor:
+    """eps-MSE of the frozen UNet plus ControlNet residuals; all noise from `generator` (CPU)."""
+    device = sd.device
+    with torch.no_grad():
+        latents = sd.encode_images(batch["pixels"]).mean.float() * sd.latent_scale  # the mean: less noise in the loss
+        context = sd.encode_text(captions)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    t = torch.randint(0, sd.schedule.T, (len(latents),), generator=generator).to(device)
+    noisy = sd.schedule.q_sample(latents, t, noise)
+    down, mid = controlnet(noisy, t, encoder_hidden_states=context, controlnet_cond=batch["control"].to(device),
+                           return_dict=False)
+    eps = sd.unet(noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                  mid_block_additional_residual=mid).sample
+    return F.mse_loss(eps.float(), noise)
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep)]
+
+
+def fixed_batch_loss(sd, controlnet, batch: dict, seed: int, dtype: torch.dtype) -> float:
+    """The loss on one batch with fixed noise, t and captions: comparable before and after training."""
+    with torch.no_grad(), autocast(sd.device, dtype):
+        return controlnet_loss(sd, controlnet, batch, batch["caption"], torch.Generator().manual_seed(seed)).item()
+
+
+def train_steps(sd, controlnet, loader, args, dtype: torch.dtype, log=None) -> list[float]:
+    """args.steps AdamW steps on the ControlNet only; returns the per-step losses."""
+    controlnet.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr)
+    # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
+    scaler = torch.amp.GradScaler(sd.device.type, enabled=dtype == torch.float16)
+    generator = torch.Generator().manual_seed(args.seed)
+    losses, batches = [], iter(())
+    for step in progress(range(1, args.steps + 1), desc="train"):
+        batch = next(batches, None)
+        if batch is None:
+            batches = iter(loader)
+            batch = next(batches)
+        batch = {k: v.to(sd.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(sd.device, dtype):
+            loss = controlnet_loss(sd, controlnet, batch, drop_captions(batch["caption"], args.drop_caption, generator),
+                                   generator)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        if log:
+            log(step, losses[-1], controlnet)
+    return losses
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    pairs = read_captions(args.captions, args.images)[:args.limit]
+    controlnet = load_controlnet(args.controlnet) if args.controlnet else None
+    sd = load_stable_diffusion(args.model, args.sd_config, device=device, dtype=dtype)
+    if controlnet is not None:
+        check_controlnet_fits(controlnet, sd.unet, args.controlnet)
+    else:
+        from diffusers import ControlNetModel
+        # Copied from the fp32 UNet (fp32 master weights), which then goes back to `dtype`. The control
+        # embedding downsamples by the VAE's factor: SD v1's (16, 32, 96, 256) for 8x, its prefix for less.
+        channels = (16, 32, 96, 256)[:sd.vae_scale_factor.bit_length()]
+        controlnet = ControlNetModel.from_unet(sd.to(dtype=torch.float32).unet, conditioning_embedding_out_channels=channels)
+        sd.to(dtype=dtype)
+    torch.nn.Module.to(controlnet, device, torch.float32)  # nn's .to: diffusers' warns about keep-in-fp32 modules
+
+    dataset = CannyCaptions(pairs, args.size or sd.resolution, args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
+                                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    probe = next(iter(torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)))))
+    probe = {k: v.to(device) if torch.is_tensor(v) else v for k, v in probe.items()}
+    before = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
+
+    out = ensure_writable_dir(args.out)
+    with open(out / "log.csv", "w", newline="") as f:  # written as it goes: a crashed run keeps its log
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+
+        def log(step, loss, net):
+            writer.writerow([step, f"{loss:.6f}"])
+            if step % args.save_every == 0 or step == args.steps:
+                f.flush()
+                with atomic_dir(out / "controlnet") as tmp:
+                    net.save_pretrained(tmp)
+
+        start = time.perf_counter()
+        losses = train_steps(sd, controlnet, loader, args, dtype, log)
+    controlnet.eval()
+    after = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
+    summary = {"fixed_batch_loss_before": before, "fixed_batch_loss_after": after,
+               "mean_loss_first_10": sum(losses[:10]) / len(losses[:10]),
+               "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+               "images": len(dataset), "wall_s": round(time.perf_counter() - start, 1),
+               "settings": vars(args), "command": command_line("p8_controlnet/train.py", argv),
+               "environment": environment(device)}
+    save_json(out / "summary.json", summary)
+    print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {args.out}/controlnet")
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
