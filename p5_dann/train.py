@@ -116,13 +116,13 @@ def main(argv=None) -> dict:
     model = DANN(dropout=args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
-    epoch, best, record = 0, {"source_val_acc": -1.0}, None
+    epoch, best, record, elapsed = 0, {"source_val_acc": -1.0}, None, 0.0
     last = out / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        epoch, best, record = state["epoch"], state["best"], state["record"]
+        epoch, best, record, elapsed = state["epoch"], state["best"], state["record"], state["seconds"]
         torch.set_rng_state(state["rng"])
         aug_gen.set_state(state["aug_rng"])
         log_main(f"resumed from {last} after epoch {epoch}")
@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     if epoch == 0 and info.is_main:
         log.writerow(["epoch", "lambda", "lr", "label_loss", "domain_loss", "entropy", "source_val_acc",
                       "target_val_acc", "seconds"])
-    t0 = time.time()
+    t0 = time.time() - elapsed  # seconds count training time across resumes
 
     while epoch < args.epochs:
         train_model.train()
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
             with atomic_path(last) as tmp:
                 torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                             "best": best, "record": record, "rng": torch.get_rng_state(),
-                            "aug_rng": aug_gen.get_state()}, tmp)
+                            "aug_rng": aug_gen.get_state(), "seconds": time.time() - t0}, tmp)
     log_file.close()
     log_main(f"done: best-by-source-val epoch {best.get('epoch')} -> target val {best.get('target_val_acc', 0):.4f}")
     cleanup_distributed()

@@ -219,12 +219,23 @@ def test_bad_input_is_one_line_error(case, tmp_path, tiny_checkpoint, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_run_sh_with_the_shipped_usps_model(tmp_path):
+def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
+    """The shipped model through run.sh on the first 300 real USPS val images: 0.927 when
+    shipped (0.9208 on all 2,007; bench/p5_dann.py), so 0.90 leaves room only for noise."""
     if not (infer.CHECKPOINTS / "mnistm_usps_dann.pt").is_file():
         pytest.skip("no shipped checkpoint yet (python bench/p5_dann.py --ship)")
+    usps = require_shared("hw2_data", "digits", "usps")
+    with open(usps / "val.csv", newline="") as f:
+        labels = {r["image_name"]: int(r["label"]) for r in list(csv.DictReader(f))[:300]}
     img_dir = tmp_path / "usps"
-    shutil.copytree(_image_dir(tmp_path), img_dir)
+    img_dir.mkdir()
+    for name in labels:
+        shutil.copy(usps / "data" / name, img_dir / name)
     r = subprocess.run(["bash", str(REPO / "p5_dann" / "run.sh"), str(img_dir), str(tmp_path / "pred.csv")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
-    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "image_name,label"
+    with open(tmp_path / "pred.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["image_name"] for r in rows) == sorted(labels)
+    accuracy = sum(int(r["label"]) == labels[r["image_name"]] for r in rows) / len(rows)
+    assert accuracy >= 0.90
