@@ -1,13 +1,14 @@
 """P1 benchmark: generate the 1000 graded digits with a checkpoint, time it, and grade.
 
     python bench/p1_ddpm.py                      # shipped checkpoint, grading setup
-    python bench/p1_ddpm.py --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep
+    python bench/p1_ddpm.py --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep (+ cfg_sweep.png)
 
 - OUT/mnistm is graded by the course's Classifier.pth (evaluation/digit_accuracy.py).
 - OUT/svhn holds the checkpoint's second domain (USPS here, no SVHN on these machines); it
   is graded by the course LeNet architecture trained on USPS train, accepted only if it
   scores >= 0.95 on USPS val (printed), and cached in --work.
-Results go to WORK/p1_bench.json (read by p1_ddpm/report.py).
+Results go to WORK/p1_bench.json, or WORK/p1_cfg_sweep.json with several --guidance values
+(both read by p1_ddpm/report.py); images to WORK/w<w>_n<per-digit>/.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from evaluation.digit_accuracy import PREPROCESS, LeNet, load_mnistm_classifier, score_folder  # noqa: E402
-from hw2_utils import CLIError, atomic_path, make_generator, progress, resolve_device, run_cli, seed_everything  # noqa: E402
+from hw2_utils import (CLIError, atomic_path, make_generator, open_rgb, progress, resolve_device, run_cli,  # noqa: E402
+                       save_grid, seed_everything)
 from p1_ddpm import infer  # noqa: E402
 from p1_ddpm.data import load_split  # noqa: E402
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT  # noqa: E402
@@ -91,7 +93,7 @@ def main(argv=None) -> None:
 
     results = []
     for w in args.guidance:
-        out = work / f"w{w:g}"
+        out = work / f"w{w:g}_n{args.per_digit}"
         t0 = time.perf_counter()
         infer.main([str(out), "--checkpoint", args.checkpoint, "--guidance", str(w), "--per-digit", str(args.per_digit),
                     "--sampler", args.sampler, "--steps", str(args.steps), "--device", str(device)])
@@ -108,9 +110,24 @@ def main(argv=None) -> None:
               "sampler": args.sampler, "steps": args.steps, "per_digit": args.per_digit, "usps_grader_val_acc": usps_val,
               "device": str(device), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
               if device.type == "cpu" else torch.cuda.get_device_name(device), "results": results}
-    with atomic_path(work / "p1_bench.json") as tmp:
+    record["command"] = " ".join(["python bench/p1_ddpm.py", *(sys.argv[1:] if argv is None else argv)])
+    name = "p1_cfg_sweep.json" if len(args.guidance) > 1 else "p1_bench.json"
+    with atomic_path(work / name) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
-    print(f"wrote {work / 'p1_bench.json'}")
+    print(f"wrote {work / name}")
+    if len(args.guidance) > 1:
+        sweep_figure(work, args.guidance, args.per_digit)
+
+
+def sweep_figure(work: Path, guidances: list[float], per_digit: int) -> None:
+    """WORK/cfg_sweep.png: per guidance value one row per domain folder, digits 0-9 (the first noise)."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    rows = [[work / f"w{w:g}_n{per_digit}" / folder / f"{d}_001.png" for d in range(10)]
+            for w in guidances for folder in ("mnistm", "svhn")]
+    images = torch.stack([pil_to_tensor(open_rgb(f)) for row in rows for f in row]).float() / 255
+    save_grid(images, work / "cfg_sweep.png", nrow=10, value_range=(0.0, 1.0))
+    print(f"wrote {work / 'cfg_sweep.png'} (rows: w = {', '.join(f'{w:g}' for w in guidances)}, each mnistm then svhn)")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ def section(runs_dir: str | Path) -> str:
         lines.append("")
     else:
         lines += [f"_Accuracy missing: run `python bench/p1_ddpm.py --work {d}`._", ""]
+    sweep = d / "p1_cfg_sweep.json"
+    if sweep.is_file():
+        record = json.loads(sweep.read_text())
+        lines += [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", "",
+                  "| guidance w | MNIST-M acc | USPS acc |", "| --- | --- | --- |"]
+        lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} |" for r in record["results"]]
+        lines += ["", "Rows: each w (MNIST-M, then USPS), digits 0-9, the same noise:", "",
+                  f"![CFG sweep]({(d / 'cfg_sweep.png').resolve()})", ""]
+    else:
+        lines += [f"_CFG sweep missing: run `python bench/p1_ddpm.py --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
     return "\n".join(lines)
 
 
