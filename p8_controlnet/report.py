@@ -1,0 +1,65 @@
+"""The report's P8 section, built only from what the P8 scripts write under RUNS_DIR/p8:
+p8_bench.json (bench/p8_controlnet.py) and the figures of infer.py's study, gallery,
+controlnet and multi commands. A missing input is named with the command that produces it;
+no number appears unless a file holds it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# (sub-folder, figure, caption, the command that writes it)
+FIGURES = [
+    ("sampling_study", "by_scheduler.png", "CLIP score and seconds per image by scheduler", "study"),
+    ("sampling_study", "by_steps.png", "... by number of steps", "study"),
+    ("sampling_study", "by_guidance.png", "... by guidance scale (the guidance sweep)", "study"),
+    ("sampling_study", "schedule_curves.png", "custom beta schedules: linear, inverse-square, log-decay", "study"),
+    ("sampling_study", "schedules.png", "the same prompt and seed under each schedule", "study"),
+    ("sampling_study", "intermediates.png", "intermediate latents decoded by the VAE", "study"),
+    ("sampling_study", "interpolation.png", "slerp vs lerp between two prompts' text embeddings", "study"),
+    ("gallery", "gallery.png", "gallery: green = ok, red = blank or off-prompt (CLIP score)", "txt2img --gallery"),
+    ("controlnet", "grid.png", "ControlNet (Canny) across conditioning scales", "controlnet"),
+    ("multi_controlnet", "grid.png", "multi-ControlNet across scale combinations", "multi"),
+]
+COMMANDS = {
+    "study": "python p8_controlnet/infer.py study --model SD --clip CLIP_DIR --out {d}/sampling_study",
+    "txt2img --gallery": "python p8_controlnet/infer.py txt2img --model SD --gallery p8_controlnet/gallery_prompts.txt "
+                         "--clip CLIP_DIR --out {d}/gallery",
+    "controlnet": "python p8_controlnet/infer.py controlnet --model SD --controlnet CN_DIR --image IMG --prompt P "
+                  "--out {d}/controlnet",
+    "multi": "python p8_controlnet/infer.py multi --model SD --prompt P --control canny IMG 1.0 ... --out {d}/multi_controlnet",
+}
+
+
+def _speed(d: Path) -> list[str]:
+    path = d / "p8_bench.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [f"_Speed: not produced yet. Run `python bench/p8_controlnet.py --json {d}/p8_bench.json`._", ""]
+    cpu = record["tiny_cpu"]
+    lines = [f"Tiny model, {cpu['size']} px, {cpu['steps']} steps, CPU seconds per step on {cpu['threads']} thread(s) "
+             f"(`{record['command']}`, {record['environment']['hardware']}):", "",
+             "| scheduler | CPU s/step | wall s/step |", "| --- | --- | --- |"]
+    rows = {**cpu["per_scheduler"], "ddim + ControlNet": cpu["ddim_with_controlnet"]}
+    lines += [f"| {name} | {r['cpu_s_per_step']:.3f} | {r['wall_s_per_step']:.3f} |" for name, r in rows.items()]
+    gpu = record.get("gpu_512")
+    lines += ["", "GPU at 512²: " + (json.dumps(gpu) if gpu else "not measured (no GPU on the machine that ran the bench)."),
+              ""]
+    return lines
+
+
+def section(runs_dir: str | Path) -> str:
+    d = Path(runs_dir) / "p8"
+    lines = ["## P8: Stable Diffusion samplers, ControlNet and multi-ControlNet", "",
+             "diffusers pipelines on the components stable-diffusion/ loads offline; eight schedulers by name; "
+             "Canny/depth/HED controls; multi-ControlNet; a JSON sidecar per run. Where the runs below used the "
+             "tiny random-weight models (`python -m p8_controlnet.tiny`), the images and CLIP scores only show that "
+             "every script runs end to end.", ""]
+    lines += _speed(d)
+    for folder, name, caption, command in FIGURES:
+        figure = d / folder / name
+        if figure.is_file():
+            lines += [f"{caption}:", "", f"![{caption}]({figure.resolve()})", ""]
+        else:
+            lines += [f"_{caption}: not produced yet. Run `{COMMANDS[command].format(d=d)}`._", ""]
+    return "\n".join(lines)

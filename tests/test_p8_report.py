@@ -1,0 +1,33 @@
+"""P8 report section: numbers come only from p8_bench.json, figures only from files that
+exist, and every missing input names the command that produces it."""
+from __future__ import annotations
+
+import json
+
+from p8_controlnet.report import FIGURES, section
+
+BENCH = {"tiny_cpu": {"device": "cpu", "threads": 1, "size": 32, "steps": 20, "repeats": 3,
+                      "per_scheduler": {"ddim": {"cpu_s_per_step": 0.0401, "wall_s_per_step": 0.0404},
+                                        "unipc": {"cpu_s_per_step": 0.0427, "wall_s_per_step": 0.1311}},
+                      "ddim_with_controlnet": {"cpu_s_per_step": 0.0606, "wall_s_per_step": 0.184}},
+         "gpu_512": None, "command": "python bench/p8_controlnet.py", "environment": {"hardware": "x86_64 CPU, 1 thread(s)"}}
+
+
+def test_section_without_inputs_names_every_command(tmp_path):
+    text = section(tmp_path)
+    assert "python bench/p8_controlnet.py --json" in text
+    assert text.count("not produced yet") == len(FIGURES) + 1
+    assert "![" not in text and "0.0" not in text  # no figure and no number without a file
+
+
+def test_section_quotes_the_bench_and_links_existing_figures(tmp_path):
+    d = tmp_path / "p8"
+    (d / "controlnet").mkdir(parents=True)
+    (d / "p8_bench.json").write_text(json.dumps(BENCH))
+    (d / "controlnet" / "grid.png").write_bytes(b"png")
+    text = section(tmp_path)
+    assert "| ddim | 0.040 | 0.040 |" in text and "| unipc | 0.043 | 0.131 |" in text
+    assert "| ddim + ControlNet | 0.061 | 0.184 |" in text
+    assert "not measured" in text
+    assert f"]({(d / 'controlnet' / 'grid.png').resolve()})" in text
+    assert text.count("not produced yet") == len(FIGURES) - 1
