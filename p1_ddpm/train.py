@@ -20,8 +20,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, log_main, make_train_sampler,
-                       progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, ema_update, init_distributed, log_main,
+                       make_train_sampler, progress, resolve_device, resolve_dtype, run_cli, save_grid,
+                       seed_everything, unwrap)
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
@@ -66,14 +67,6 @@ def lr_at(step: int, args) -> float:
         return args.lr * (step + 1) / args.warmup
     progress_ = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
 
 
 def main(argv=None) -> None:

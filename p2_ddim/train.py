@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, list_images, log_main,
-                       make_generator, make_train_sampler, open_rgb, progress, resolve_device, resolve_dtype, run_cli,
-                       save_grid, seed_everything, unwrap)
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, ema_update, init_distributed,
+                       list_images, log_main, make_generator, make_train_sampler, open_rgb, progress, resolve_device,
+                       resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
 from p2_ddim.pipeline import sample, to_unit_range
 from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
@@ -155,14 +155,6 @@ def train_step(model, opt, scaler, x0, t, noise, alphas_cumprod, grad_clip: floa
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (step + 1) / max(1, warmup))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
 
 
 def export_state_dict(ema: torch.nn.Module) -> dict[str, torch.Tensor]:

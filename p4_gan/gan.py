@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hw2_utils import autocast
+from hw2_utils import autocast, ema_update
 from p4_gan.diffaugment import diff_augment
 from p4_gan.models import Discriminator, GANConfig, Generator
 
@@ -165,10 +165,7 @@ class GANTrainer:
     def _update_ema(self) -> None:
         # Short horizon at the start, so the average does not drag the random initial weights along.
         decay = min(self.recipe.ema_decay, (1 + self.g_steps) / (10 + self.g_steps))
-        for e, p in zip(self.ema.parameters(), self.G.parameters()):
-            e.lerp_(p, 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.G.buffers()):
-            e.copy_(b)
+        ema_update(self.ema, self.G, decay)
 
     def exported_generator(self) -> Generator:
         """What gets shipped: the EMA generator when there is one, else G."""
