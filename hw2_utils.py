@@ -190,6 +190,16 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int,
         save_images(grid.unsqueeze(0), [tmp], value_range=(0.0, 1.0))
 
 
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = False) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it (figures pile up otherwise)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- atomic outputs
 
 

@@ -6,7 +6,8 @@ the command and the hardware; p4_gan/report.py reads those files.
     OMP_NUM_THREADS=1 python bench/p4_gan.py smoke --data-root ../shared/data/hw2_data/face --out /tmp/p4_smoke --json runs/p4/smoke.json
     # FID against val and the face-recognition rate of a folder (run.sh's output, or real faces
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
-    python bench/p4_gan.py eval --images OUT --ref hw2_data/face/val --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
+    python bench/p4_gan.py eval --images OUT --ref hw2_data/face/val \
+        --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python bench/p4_gan.py cost --device cuda --json runs/p4/cost.json

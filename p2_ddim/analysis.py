@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+import hw2_utils
 from hw2_utils import CLIError, atomic_path, ensure_writable_dir, progress, resolve_device, resolve_dtype, run_cli
 from p2_ddim.pipeline import describe_device, load_noises, load_unet, sample, to_unit_range
 
@@ -62,9 +63,7 @@ def save_figure(images: torch.Tensor, path, rows: int, row_labels, col_labels) -
         if i % cols == 0 and row_labels:
             ax.set_ylabel(row_labels[i // cols], fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    hw2_utils.save_figure(fig, path, dpi=100)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import hw2_utils
 from hw2_utils import CLIError, atomic_path, progress, require_dir, require_file, resolve_device, run_cli
 
 PROMPT = "A photo of {}."
@@ -149,9 +150,7 @@ def save_figure(result: dict, images_dir: Path, path: str | Path) -> None:
     fig.suptitle(f"CLIP zero-shot: accuracy {result['accuracy']:.4f} on {result['n']} images"
                  f"{' (prompt ensemble)' if result['ensemble'] else ''}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    hw2_utils.save_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> dict:

@@ -11,7 +11,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, require_dir, resolve_device, run_cli, save_grid
+from hw2_utils import CLIError, atomic_path, require_dir, resolve_device, run_cli, save_figure, save_grid
 from p4_gan.infer import SEED
 from p4_gan.models import Discriminator, GANConfig, Generator
 from p4_gan.pipeline import generate, load_generator
@@ -77,9 +77,7 @@ def plot_curves(run_dir: Path) -> Path:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     path = run_dir / "curves.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import atomic_path, make_generator, resolve_device, run_cli
+from hw2_utils import make_generator, resolve_device, run_cli, save_figure
 from p5_dann.data import load_split
 from p5_dann.infer import load_checkpoint
 
@@ -55,9 +55,7 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
         ax.set_xticks([])
         ax.set_yticks([])
         path = out / f"tsne_{target}_{tag}_{kind}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        plt.close(fig)
+        save_figure(fig, path, dpi=120, tight=True)
         written.append(path)
     return written
 

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, run_cli
+from hw2_utils import CLIError, atomic_path, run_cli, save_figure
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
@@ -47,9 +47,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CLIError, atomic_path, resolve_device, run_cli
+from hw2_utils import CLIError, resolve_device, run_cli, save_figure
 from p6_classification.augment import build_preset
 from p6_classification.data import load_cifar
 from p6_classification.infer import load_checkpoint
@@ -88,9 +88,7 @@ def overlay_figure(images: torch.Tensor, maps: dict[str, np.ndarray], titles: li
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+import hw2_utils
 from hw2_utils import atomic_path
 
 
@@ -41,11 +42,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    """Every figure of this problem: 110 dpi, cropped to its content."""
+    hw2_utils.save_figure(fig, path, dpi=110, tight=True)
 
 
 def pyplot():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+import hw2_utils
 from hw2_utils import CLIError, atomic_path, require_file
 
 
@@ -58,9 +59,8 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
+    """Every figure of this problem: 110 dpi, cropped to its content."""
+    hw2_utils.save_figure(fig, path, dpi=110, tight=True)
 
 
 def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_labels: list[str] | None = None,
