@@ -40,13 +40,17 @@ def load_split(folder: Path, split: str = "train") -> tuple[torch.Tensor, torch.
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
 
-def digit_domain_dataset(domains: list[tuple[str, Path]]) -> TensorDataset:
-    """(image in [-1,1], digit, domain index) over all domains' train splits."""
+def digit_domain_dataset(domains: list[tuple[str, Path]], repeats: list[int] | None = None) -> TensorDataset:
+    """(image in [-1,1], digit, domain index) over all domains' train splits; domain i's
+    images appear repeats[i] times per epoch (oversampling a harder domain)."""
+    repeats = repeats or [1] * len(domains)
+    if len(repeats) != len(domains) or min(repeats) < 1:
+        raise CLIError(f"--repeat needs one positive count per domain ({len(domains)}), got {repeats}")
     images, digits, domain_ids = [], [], []
-    for index, (_, folder) in enumerate(domains):
+    for index, ((_, folder), k) in enumerate(zip(domains, repeats)):
         x, y = load_split(folder)
-        images.append(x)
-        digits.append(y)
-        domain_ids.append(torch.full_like(y, index))
+        images.append(x.repeat(k, 1, 1, 1))
+        digits.append(y.repeat(k))
+        domain_ids.append(torch.full_like(digits[-1], index))
     x = torch.cat(images).float().div(127.5).sub(1.0)
     return TensorDataset(x, torch.cat(digits), torch.cat(domain_ids))

@@ -38,12 +38,27 @@ class GaussianDiffusion:
         ab = self._at(self.alphas_cumprod, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio abar_t / (1 - abar_t) at integer timesteps t."""
+        ab = self.alphas_cumprod[t.cpu()]
+        return (ab / (1 - ab)).float().to(t.device)
+
     def training_loss(self, eps_model: Callable[..., torch.Tensor], x0: torch.Tensor, *cond: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), MSE(eps, eps_theta(x_t, t, cond))."""
+                      generator: torch.Generator | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+        """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), MSE(eps, eps_theta(x_t, t, cond)).
+
+        With `snr_gamma`, each sample's MSE is weighted by min(SNR_t, gamma) / SNR_t
+        (Min-SNR, Hang et al. 2023): nearly clean timesteps, which only refine texture,
+        stop dominating the gradient, so the noisy steps that decide the digit's shape
+        train faster."""
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-        return F.mse_loss(eps_model(self.q_sample(x0, t, noise), t, *cond), noise)
+        prediction = eps_model(self.q_sample(x0, t, noise), t, *cond)
+        if snr_gamma is None:
+            return F.mse_loss(prediction, noise)
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
+        snr = self.snr(t)
+        return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
 
     # ------------------------------------------------------------------ reverse process
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

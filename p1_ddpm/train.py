@@ -37,6 +37,7 @@ DEFAULTS = dict(
     ema_decay=0.999,     # horizon ~1k steps: long enough to smooth, short enough for a 2k-step run
     cond_drop=0.1,       # P(drop both labels): trains the unconditional branch CFG needs
     grad_clip=1.0,
+    snr_gamma=5.0,       # Min-SNR-5 loss weights (0 = plain DDPM loss); gamma = 5 as in Hang et al.
 )
 
 
@@ -48,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/p1", help="run folder: checkpoints, samples, log")
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--repeat", type=int, nargs="+", help="times each domain's images appear per epoch, in --domains "
+                   "order (default 1 each); e.g. 2 1 doubles the share of the first domain")
     p.add_argument("--base-channels", type=int, default=UNetConfig.base_channels)
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 falls back to fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0)
@@ -61,11 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
+def lr_at(step: int, args, start: int = 0) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak, over steps start..args.steps
+    (a warm start begins at the checkpoint's step count and warms up again)."""
+    step, total = step - start, args.steps - start
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress_ = (step - args.warmup) / max(1, args.steps - args.warmup)
+    progress_ = (step - args.warmup) / max(1, total - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
@@ -79,7 +84,7 @@ def main(argv=None) -> None:
     domain_names = [n for n, _ in domains]
     recipe = shlex.join([Path(sys.executable).name, *sys.argv])
 
-    dataset = digit_domain_dataset(domains)
+    dataset = digit_domain_dataset(domains, args.repeat)
     sampler = make_train_sampler(dataset, args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
                         shuffle=sampler is None, drop_last=True, num_workers=args.workers,
@@ -93,7 +98,7 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     noise_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     diffusion = GaussianDiffusion()
-    step, epoch = 0, 0
+    step, epoch, start = 0, 0, 0
 
     last = out / "last.pt"
     if last.is_file() and not args.no_resume:
@@ -102,7 +107,8 @@ def main(argv=None) -> None:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         noise_gen.set_state(state["noise_gen"])
-        step, epoch = state["step"], state["epoch"]
+        step, epoch, start = state["step"], state["epoch"], state.get("start", 0)
+        recipe = state.get("recipe", recipe)
         log_main(f"resumed from {last} at step {step}")
     elif args.init_from:
         init, init_domains = load_model(args.init_from, device)
@@ -110,7 +116,11 @@ def main(argv=None) -> None:
             raise CLIError(f"--init-from {args.init_from}: domains {init_domains} / config differ from this run's")
         model.load_state_dict(init.state_dict())
         ema.load_state_dict(init.state_dict())
-        step = torch.load(args.init_from, weights_only=True)["step"]
+        blob = torch.load(args.init_from, weights_only=True)
+        step = start = blob["step"]
+        recipe = f"{blob['recipe']}  &&  {recipe}"  # the exported recipe names every stage
+        if step >= args.steps:
+            raise CLIError(f"--init-from {args.init_from} is at step {step}; --steps ({args.steps}) must be larger")
         log_main(f"warm start from {args.init_from} (step {step})")
     train_model = DDP(model) if info.enabled else model
     n_params = sum(p.numel() for p in model.parameters())
@@ -121,7 +131,8 @@ def main(argv=None) -> None:
             return
         with atomic_path(last) as tmp:
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "noise_gen": noise_gen.get_state(), "step": step, "epoch": epoch, "args": vars(args)}, tmp)
+                        "noise_gen": noise_gen.get_state(), "step": step, "epoch": epoch, "start": start, "recipe": recipe,
+                        "args": vars(args)}, tmp)
         with atomic_path(out / "ema.pt") as tmp:
             torch.save(export_weights(ema, domain_names, step, recipe), tmp)
 
@@ -148,9 +159,10 @@ def main(argv=None) -> None:
             digit = torch.where(drop, model.null_digit, digit)
             domain = torch.where(drop, model.null_domain, domain)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, args)
+                group["lr"] = lr_at(step, args, start)
             with autocast(device, dtype):
-                loss = diffusion.training_loss(train_model, x, digit, domain, generator=noise_gen)
+                loss = diffusion.training_loss(train_model, x, digit, domain, generator=noise_gen,
+                                               snr_gamma=args.snr_gamma or None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -160,7 +172,7 @@ def main(argv=None) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if info.is_main:
-                log.writerow([step, f"{loss.item():.5f}", f"{lr_at(step - 1, args):.2e}", f"{time.time() - t0:.1f}"])
+                log.writerow([step, f"{loss.item():.5f}", f"{lr_at(step - 1, args, start):.2e}", f"{time.time() - t0:.1f}"])
             if step % args.ckpt_every == 0 or step == args.steps:
                 save_checkpoint()
             if step % args.sample_every == 0 or step == args.steps:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from hw2_utils import CLIError, atomic_path, ensure_writable_dir, require_file, resolve_device, run_cli
 from p7_clip import zeroshot
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test
+from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test, load_cifar10_train
 from p7_clip.models import TINY, TINY_SEED, Clip, check_spec, encode_images, load_clip
 from p7_clip.records import command_line, hardware, save_json
 
@@ -49,27 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     return p.parse_args(argv)
-
-
-def load_cifar10_train(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 32, 32, 3) uint8 and (N,) int64 of the training split: `train_images`/`train_labels` of an
-    .npz (the shared slice) or data_batch_1..5 of the official folder."""
-    path = Path(path)
-    if path.is_dir():
-        batches = []
-        for i in range(1, 6):
-            with open(require_file(path / f"data_batch_{i}", "CIFAR-10 train batch"), "rb") as f:
-                batches.append(pickle.load(f, encoding="bytes"))
-        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.concatenate([b[b"labels"] for b in batches])
-    else:
-        with np.load(require_file(path, "CIFAR-10 npz")) as z:
-            if "train_images" not in z or "train_labels" not in z:
-                raise CLIError(f"{path} must hold train_images and train_labels arrays")
-            images, labels = z["train_images"], z["train_labels"]
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
-        raise CLIError(f"{path}: expected (N, 32, 32, 3) train images and N labels, got {images.shape} and {labels.shape}")
-    return images[:limit].astype(np.uint8), labels[:limit].astype(np.int64)
 
 
 def cache_key(spec: str, *arrays: np.ndarray) -> str:

@@ -94,3 +94,29 @@ def test_cfg_limits_are_the_unconditional_and_conditional_models():
     assert torch.allclose(w0, uncond, atol=1e-6) and torch.allclose(w1, cond, atol=1e-6)
     # The batched cond+uncond path must agree with the separate passes.
     assert torch.allclose(w3, uncond + 3.0 * (cond - uncond), atol=1e-5)
+
+
+def test_min_snr_weighting_matches_diffusers_snr_and_reduces_to_plain_loss():
+    from diffusers.training_utils import compute_snr
+    t = torch.tensor([0, 1, 37, 500, 999])
+    # diffusers keeps abar in fp32; SNR = abar / (1 - abar) amplifies its rounding near t = 0.
+    assert torch.allclose(D.snr(t), compute_snr(_ddpm(False), t).float(), rtol=5e-4)
+
+    torch.manual_seed(0)
+    model = ConditionalUNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_levels=()))
+    x0 = torch.rand(6, 3, 8, 8) * 2 - 1
+    digit, domain = torch.arange(6) % 10, torch.zeros(6, dtype=torch.long)
+
+    def loss(gamma, seed=3):
+        with torch.no_grad():
+            return D.training_loss(model, x0, digit, domain, generator=torch.Generator().manual_seed(seed), snr_gamma=gamma)
+
+    assert torch.allclose(loss(1e12), loss(None), rtol=1e-6)  # weight min(snr, inf) / snr = 1
+    g = torch.Generator().manual_seed(3)  # the same draws as training_loss, then the weights by hand
+    t = torch.randint(0, 1000, (6,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        per_sample = ((model(D.q_sample(x0, t, noise), t, digit, domain) - noise) ** 2).mean(dim=(1, 2, 3))
+    snr = D.snr(t)
+    assert torch.allclose(loss(5.0), (per_sample * torch.clamp(snr, max=5.0) / snr).mean(), rtol=1e-5)
+

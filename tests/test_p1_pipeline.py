@@ -152,7 +152,15 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert (tmp_path / "run" / "samples" / "step000004.png").is_file()
 
     warm = [a if a != str(tmp_path / "run") else str(tmp_path / "warm") for a in common]
-    r = _cli("train.py", *warm, "--steps", "5", "--init-from", str(tmp_path / "run" / "ema.pt"))
+    r = _cli("train.py", *warm, "--steps", "5", "--init-from", str(tmp_path / "run" / "ema.pt"), "--repeat", "2", "1")
     assert r.returncode == 0 and "warm start" in r.stdout, r.stderr[-1000:]
+    assert "96 training images" in r.stdout  # mnistm's 32 images twice, usps's once
     with open(tmp_path / "warm" / "log.csv") as f:
-        assert [int(row[0]) for row in csv.reader(f)] == [5]
+        rows = list(csv.reader(f))
+    assert [int(row[0]) for row in rows] == [5]
+    assert float(rows[0][2]) == pytest.approx(5e-4 / 200)  # the warm start warms up again from its first step
+    recipe = torch.load(tmp_path / "warm" / "ema.pt", weights_only=True)["recipe"]
+    assert recipe.count("train.py") == 2 and "&&" in recipe  # both stages, in order
+
+    r = _cli("train.py", *warm, "--steps", "6", "--no-resume", "--repeat", "1")
+    assert r.returncode == 2 and "--repeat" in r.stderr and len(r.stderr.strip().splitlines()) == 1

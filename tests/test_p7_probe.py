@@ -15,7 +15,7 @@ from PIL import Image
 from hw2_utils import run_cli
 from p7_clip import infer, train, zeroshot
 from p7_clip.report import section
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test
+from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test, load_cifar10_train
 from p7_clip.models import encode_images, load_clip
 
 
@@ -93,7 +93,7 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
     assert state["coef"].shape == (10, 32) and state["intercept"].shape == (10,)
     with np.load(cached[0]) as z:
         x_train, x_test = z["train"], z["test"]
-    y_train = train.load_cifar10_train(npz)[1]
+    y_train = load_cifar10_train(npz)[1]
     y_test = load_cifar10_test(npz)[1]
     clf = train.fit_probe(x_train, y_train, state["C"])  # refit with the chosen C: L-BFGS is deterministic
     np.testing.assert_array_equal(state["coef"].numpy(), clf.coef_)
