@@ -19,7 +19,7 @@ from p1_ddpm import infer
 from p1_ddpm.data import load_split
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
-from p1_ddpm.pipeline import export_weights, load_model
+from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, export_weights, generate, load_model
 
 TINY = dict(base_channels=8, channel_mults=(1, 2, 2), attention_levels=(2,), dropout=0.0)  # attention at 7x7 only: cheap
 
@@ -164,3 +164,14 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
 
     r = _cli("train.py", *warm, "--steps", "6", "--no-resume", "--repeat", "1")
     assert r.returncode == 2 and "--repeat" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_checkpoint_loads_with_its_recipe():
+    """hw2_1.sh's default: it loads with today's code, names the commands that made it, samples."""
+    model, domains = load_model(SHIPPED_CHECKPOINT, torch.device("cpu"))
+    assert domains == ["mnistm", "usps"]
+    assert "p1_ddpm/train.py" in torch.load(SHIPPED_CHECKPOINT, weights_only=True)["recipe"]
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    images, _ = generate(model, torch.tensor([3]), torch.tensor([0]), seed=0, guidance=infer.GUIDANCE,
+                         sampler="ddim", steps=5, device=torch.device("cpu"))
+    assert images.shape == (1, 3, 28, 28) and images.abs().max() <= 1
