@@ -17,8 +17,9 @@ from hw2_utils import CLIError, atomic_dir, ensure_writable_dir, progress, resol
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
 # Grading setup. DDIM with 50 steps matches 1000-step ancestral sampling in accuracy
-# (bench/p1_ddpm.py --sampler ddpm compares) at 1/20 of the cost.
-GUIDANCE = 2.0
+# (bench/p1_ddpm.py --sampler ddpm compares) at 1/20 of the cost. w = 5 scored best in the
+# CFG sweep of the shipped checkpoint (MNIST-M 0.96 / 0.99 / 1.00 at w = 2 / 3 / 5; README "P1").
+GUIDANCE = 5.0
 SAMPLER, STEPS = "ddim", 50
 SEED = 2024
 
