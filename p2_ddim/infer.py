@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from hw2_utils import (CLIError, atomic_path, ensure_writable_dir, progress, resolve_device, resolve_dtype,
-                       run_cli, save_images)
+from hw2_utils import CLIError, output_dir, progress, resolve_device, resolve_dtype, run_cli, save_images
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 
 
@@ -43,14 +42,14 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
-    out = ensure_writable_dir(args.out_dir)
     images = sample(unet, noises, eta=args.eta, steps=args.steps, clip_x0=args.clip_x0, seed=args.seed,
                     dtype=resolve_dtype(args.dtype, device), progress=progress)
     pixels = to_unit_range(images, args.pixel_map)
-    for name, image in zip(names, pixels):  # each file appears complete or not at all
-        with atomic_path(out / f"{name}.png") as tmp:
-            save_images(image[None], [tmp], value_range=(0.0, 1.0))
-    print(f"wrote {len(names)} images to {out} (pixel map: {args.pixel_map})")
+    # One set: all images appear together, and NN.png files of an earlier run that this
+    # one did not write are removed; other files in OUT_DIR are left alone.
+    with output_dir(args.out_dir, owned=("[0-9][0-9].png",)) as stage:
+        save_images(pixels, [stage / f"{name}.png" for name in names], value_range=(0.0, 1.0))
+    print(f"wrote {len(names)} images to {args.out_dir} (pixel map: {args.pixel_map})")
 
 
 if __name__ == "__main__":

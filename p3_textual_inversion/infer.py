@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hw2_utils import (CLIError, atomic_dir, ensure_writable_dir, progress, require_file, resolve_device,
+from hw2_utils import (CLIError, output_dir, ensure_writable_dir, progress, require_file, resolve_device,
                        resolve_dtype, run_cli, save_images)
 from p3_textual_inversion.embeddings import PLACEHOLDER, add_tokens, load_embeds
 from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     for key, p, prompt in progress(jobs, desc="prompts"):
         images = text_to_image(sd, prompt, args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, progress=progress)
-        with atomic_dir(out / key / str(p)) as tmp:  # a prompt's folder appears only when complete
+        with output_dir(out / key / str(p), owned=(f"source{key}_prompt{p}_*.png",)) as tmp:  # a prompt's folder appears only when complete
             save_images(images, [tmp / f"source{key}_prompt{p}_{i}.png" for i in range(args.n)])
     print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
 

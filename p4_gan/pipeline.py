@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from hw2_utils import CLIError, make_generator, require_file, save_images
+from hw2_utils import CLIError, make_generator, output_dir, require_file, save_images
 from p4_gan.models import GANConfig, Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,18 +90,10 @@ def image_names(n: int) -> list[str]:
 
 
 def write_images(images: torch.Tensor, out_dir: str | os.PathLike) -> list[Path]:
-    """Save images as OUT/0000.png, 0001.png, ... Files are written into a hidden folder
-    inside OUT first and only moved in once all of them exist, so OUT never holds a partial
-    set from this call; other files in OUT are left alone."""
-    out = Path(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".p4_gan.partial.", dir=out))
-    try:
-        names = image_names(len(images))
-        save_images(images, [staging / name for name in names])
-        for name in names:
-            os.replace(staging / name, out / name)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
-    return [out / name for name in names]
+    """Save images as OUT/0000.png, 0001.png, ... as one set (hw2_utils.output_dir): the new
+    set appears whole, numbered PNGs of an earlier, larger set are removed, and other files
+    in OUT are left alone."""
+    names = image_names(len(images))
+    with output_dir(out_dir, owned=("[0-9][0-9][0-9][0-9].png",)) as stage:
+        save_images(images, [stage / name for name in names])
+    return [Path(out_dir) / name for name in names]

@@ -2,16 +2,18 @@
 (hinge loss, spectrally normalised D, EMA generator, DiffAugment).
 
     python p4_gan/train.py --model dcgan --data-root hw2_data/face --out runs/p4/dcgan
-    python p4_gan/train.py --model improved --data-root hw2_data/face --out runs/p4/improved
+    python p4_gan/train.py --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved
     torchrun --nproc_per_node=4 p4_gan/train.py --model improved ...   # --batch-size stays the global batch
 
-Re-running the same command resumes from OUT/last.pt. Outputs: OUT/generator.pt (what
-infer.py loads: the EMA generator for `improved`, with frozen BN statistics),
-OUT/generator_best.pt (lowest FID so far), OUT/samples/epochNNNN.png (the same 64 z
-every epoch), OUT/log.csv (losses, mean D logits) and OUT/fid.csv. FID is measured every
---fid-every epochs on --fid-n generated images against DATA_ROOT/val with
-evaluation/fid.py's Inception (--fid-weights, default checkpoints/pt_inception-*.pth,
-which `bash hw2_download_ckpt.sh pt_inception-2015-12-05-6726825d.pth` fetches).
+DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
+training never reads val. Re-running the same command resumes from OUT/last.pt. Outputs:
+OUT/generator.pt (what infer.py loads: the EMA generator for `improved`, with frozen BN
+statistics), OUT/generator_best.pt (lowest FID so far), OUT/samples/epochNNNN.png (the same
+64 z every epoch), OUT/log.csv (losses, mean D logits) and OUT/fid.csv. FID is measured
+every --fid-every epochs on --fid-n generated images against the first --fid-ref-n
+*training* faces (statistics cached in OUT/fid_ref.npz), so choosing generator_best.pt
+never looks at val, the faces the final FID is reported on. The Inception weights are
+evaluation/fid.py's default (--fid-weights to change).
 """
 from __future__ import annotations
 
@@ -19,20 +21,20 @@ import argparse
 import csv
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from evaluation.fid import WEIGHTS_NAME, frechet_distance, load_inception, statistics
+from evaluation.fid import (DEFAULT_WEIGHTS, frechet_distance, image_statistics, load_inception, save_statistics,
+                             statistics)
 from hw2_utils import (CLIError, atomic_path, cleanup_distributed, init_distributed, log_main, progress,
-                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
-from p4_gan.data import batch, epoch_order, load_faces
+                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, to_uint8)
+from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
 from p4_gan.models import GANConfig
-from p4_gan.pipeline import REPO, generate, save_generator, with_standing_stats, write_images
+from p4_gan.pipeline import generate, save_generator, with_standing_stats
 
 # What distinguishes the two models; --loss/--d-norm/--diffaug/--ema-decay override one entry.
 PRESETS = {
@@ -57,7 +59,7 @@ LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "se
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(PRESETS), required=True)
-    p.add_argument("--data-root", default="hw2_data/face", help="folder holding train/ (and val/ for FID)")
+    p.add_argument("--data-root", default="hw2_data/face", help="folder holding train/ (PNGs) or train.npz (celeba10k)")
     p.add_argument("--out", help="run folder (default runs/p4/MODEL)")
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -75,8 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids (0 = only at the end)")
     p.add_argument("--fid-every", type=int, default=10, help="epochs between FID measurements (0 = never)")
     p.add_argument("--fid-n", type=int, default=1000, help="generated images per FID measurement")
-    p.add_argument("--fid-ref", help="reference images or .npz statistics (default DATA_ROOT/val)")
-    p.add_argument("--fid-weights", help=f"pytorch-fid's {WEIGHTS_NAME} (default checkpoints/{WEIGHTS_NAME} if present, else download)")
+    p.add_argument("--fid-ref-n", type=int, default=2000, help="training faces that FID is measured against")
+    p.add_argument("--fid-weights", help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.model].items():
@@ -96,27 +98,28 @@ def build_trainer(args, device, dtype, rank) -> GANTrainer:
         raise CLIError(str(e)) from None
 
 
-def fid_setup(args, device):
-    """The Inception extractor and the reference statistics, or (None, None) without FID."""
+def fid_setup(args, faces: torch.Tensor, device):
+    """The Inception extractor and the statistics of the first --fid-ref-n training faces
+    (computed once, then read from OUT/fid_ref.npz), or (None, None) without FID."""
     if args.fid_every <= 0:
         return None, None
-    weights = args.fid_weights
-    if weights is None and (REPO / "checkpoints" / WEIGHTS_NAME).is_file():
-        weights = REPO / "checkpoints" / WEIGHTS_NAME
     try:
-        extractor = load_inception(weights, device)
+        extractor = load_inception(args.fid_weights, device)
     except CLIError as e:
-        raise CLIError(f"{e} (here: --fid-weights PATH, or --fid-every 0 to train without FID)") from None
-    ref = args.fid_ref or Path(args.data_root) / "val"
-    log_main(f"FID reference: {ref}")
-    return extractor, statistics(ref, extractor, device=device)
+        raise CLIError(f"{e} (or --fid-every 0 to train without FID)") from None
+    cache = args.out / "fid_ref.npz"
+    if cache.is_file():
+        return extractor, statistics(cache, extractor)
+    log_main(f"FID reference: the first {args.fid_ref_n} training faces")
+    mu, sigma = image_statistics(faces[:args.fid_ref_n], extractor, device=device)
+    save_statistics(cache, mu, sigma)
+    return extractor, (mu, sigma)
 
 
 def measure_fid(generator, extractor, ref_stats, n: int, seed: int, device) -> float:
-    """FID of n generated images, saved as PNGs and read back exactly as graded."""
-    with tempfile.TemporaryDirectory() as tmp:
-        write_images(generate(generator, n, seed), tmp)
-        return frechet_distance(statistics(tmp, extractor, device=device), ref_stats)
+    """FID of n generated images, quantised to 8 bits exactly as run.sh's PNGs are."""
+    images = to_uint8(generate(generator, n, seed)).permute(0, 3, 1, 2)
+    return frechet_distance(image_statistics(images, extractor, device=device), ref_stats)
 
 
 def trim_csv(path: Path, max_step: int) -> None:
@@ -146,21 +149,26 @@ def main(argv=None) -> None:
     for name in ("epochs", "batch_size", "d_steps", "log_every", "ckpt_every"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.fid_every > 0 and args.fid_n < 2:
-        raise CLIError(f"--fid-n must be at least 2 (FID needs a covariance), got {args.fid_n}")
+    if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
+        raise CLIError(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
     if args.batch_size % info.world_size:
         raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
     out = args.out
     recipe_line = shlex.join([Path(sys.executable).name, *sys.argv])
 
     trainer = build_trainer(args, device, dtype, info.rank)  # bad options fail before the slow parts
-    extractor, ref_stats = fid_setup(args, device) if info.is_main else (None, None)
-    faces = load_faces(Path(args.data_root) / "train").to(device)
+    faces = load_faces(split_source(args.data_root, "train"))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    extractor, ref_stats = fid_setup(args, faces, device) if info.is_main else (None, None)
+    faces = faces.to(device)
     steps_per_epoch = len(faces) // args.batch_size
     if steps_per_epoch == 0:
         raise CLIError(f"{len(faces)} training faces are fewer than one batch of {args.batch_size}")
     total_steps = args.epochs * steps_per_epoch
-    identity = {"model": args.model, "config": trainer.config.to_dict(), "recipe": repr(trainer.recipe)}
+    identity = {"model": args.model, "config": trainer.config.to_dict(), "recipe": repr(trainer.recipe),
+                "data": str(split_source(args.data_root, "train").resolve()), "fid_ref_n": args.fid_ref_n}
     step, best_fid = 0, float("inf")
 
     last = out / "last.pt"
@@ -216,7 +224,6 @@ def main(argv=None) -> None:
                 export(out / "generator_best.pt", epoch)
         return best
 
-    out.mkdir(parents=True, exist_ok=True)
     log_file, log = open_log(out / "log.csv", LOG_FIELDS) if info.is_main else (None, None)
     fid_file, fid_log = open_log(out / "fid.csv", ["step", "epoch", "fid"]) if extractor is not None else (None, None)
     per_rank = args.batch_size // info.world_size

@@ -6,13 +6,18 @@ zero-shot segmentation from a frozen CLIP image encoder.
 
 CLIP's image embedding comes from one token that attends to all the others; the value
 vectors of the last attention block, taken per patch and without the query-key mixing, land
-in the same space. So per patch (ViT): LN_1 -> value projection -> attention out-projection
--> ln_post -> proj gives a dense (D, h, w) map, the class-name text embeddings act as the
-weights of a 1x1 convolution over it, and the logits are upsampled to the image.
+in the same space. So per patch (ViT), as the official code's backbone (chongzhou96/MaskCLIP,
+mmseg/models/backbones/vit.py) computes it: the last block with each token attending only to
+itself, v = x + out_proj(value(LN_1 x)), v = v + MLP(LN_2 v), then ln_post and proj give a
+dense (D, h, w) map. The class-name text embeddings act as the weights of a 1x1 convolution
+over the unit features (cosines), and the scores are upsampled bilinearly to the image.
 (ResNets: attnpool's v_proj then c_proj on every position of the last stage, without the
-positional embedding.) Options from the paper: --key-smoothing T averages each patch's
-logits over the patches whose last-block keys have cosine >= T with its own; --denoise T
-drops classes whose softmax probability stays below T at every patch.
+positional embedding.) The paper's two refinements, as the official head's refine_output
+(mmseg/models/decode_heads/maskclip_head.py) runs them, both on softmax(100 x cosine):
+--denoise T first removes the classes whose probability stays below T at every patch (a class
+that wins nowhere with confidence is probably absent); --key-smoothing T then replaces the
+probabilities of every patch whose top class is below T by a key-similarity-weighted sum of
+all patches' probabilities (the official configs use T = 1.0: every patch).
 
 --classes is a comma list, a text file with one name per line, or `pascal-context-59`.
 --masks holds one PNG label map per image (same stem): class indices, 255 = ignore;
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import CLIError, atomic_path, ensure_writable_dir, list_images, open_rgb, require_dir, resolve_device, run_cli
-from p7_clip.models import Clip, check_spec, load_clip, logit_scale
+from p7_clip.models import Clip, check_spec, load_clip
 from p7_clip.records import command_line, hardware, pyplot, save_figure, save_json
 from p7_clip.zeroshot import class_embeddings
 
@@ -51,10 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--masks", default=None, help="folder of PNG label maps named like the images, for mIoU")
     p.add_argument("--reduce-zero-label", action="store_true", help="mask value 0 -> ignore, k -> k-1")
     p.add_argument("--size", type=int, default=448, help="shorter image side fed to the encoder (rounded to the patch)")
-    p.add_argument("--templates", choices=["single", "imagenet80"], default="imagenet80",
-                   help="'a photo of a {}.' or the 80 ImageNet prompt templates of CLIP, averaged")
-    p.add_argument("--key-smoothing", type=float, default=None, metavar="T", help="key-cosine threshold, e.g. 0.5")
-    p.add_argument("--denoise", type=float, default=None, metavar="T", help="class-probability threshold, e.g. 0.5")
+    p.add_argument("--templates", choices=["single", "imagenet80", "maskclip85"], default="maskclip85",
+                   help="'a photo of a {}.', CLIP's 80 ImageNet templates, or those plus MaskCLIP's 5 scene "
+                        "templates (the official list), averaged")
+    p.add_argument("--key-smoothing", type=float, default=None, metavar="T",
+                   help="confidence threshold in [0, 1] below which a patch is smoothed over similar keys "
+                        "(official configs: 1.0)")
+    p.add_argument("--denoise", type=float, default=None, metavar="T",
+                   help="class-probability threshold in [0, 1] for prompt denoising (official configs: 0.5)")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -79,7 +88,10 @@ def _vit_tokens(visual, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def vit_dense(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, D, h, w) in the joint embedding space, keys (B, width, h, w)) of a ViT."""
+    """(features (B, D, h, w) in the joint embedding space, keys (B, width, h, w)) of a ViT.
+    The last block runs whole except for the query-key mixing: every token's attention output
+    is its own value, and the residual and the MLP stay, as in MaskCLIP's backbone. (Dropping
+    them too is ClearCLIP's recipe, which also swaps in q-q attention: a different method.)"""
     blocks = visual.transformer.resblocks
     last = blocks[-1]
     if not isinstance(last.attn, torch.nn.MultiheadAttention) or not visual.transformer.batch_first:
@@ -90,9 +102,11 @@ def vit_dense(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     y = last.ln_1(x)
     _, k_weight, v_weight = last.attn.in_proj_weight.chunk(3)
     _, k_bias, v_bias = last.attn.in_proj_bias.chunk(3)
-    values = last.ls_1(last.attn.out_proj(F.linear(y, v_weight, v_bias)))  # no q-k attention, no residual, no MLP
-    features = visual.ln_post(values) @ visual.proj
-    keys = F.linear(y, k_weight, k_bias)
+    out_proj = last.attn.out_proj
+    v = x + last.ls_1(out_proj(F.linear(y, v_weight, v_bias)))
+    v = v + last.ls_2(last.mlp(last.ln_2(v)))
+    features = visual.ln_post(v) @ visual.proj
+    keys = out_proj(F.linear(y, k_weight, k_bias))  # the official code sends q, k and v alike through out_proj
     h, w = pixels.shape[-2] // visual.patch_size[0], pixels.shape[-1] // visual.patch_size[1]
     return _to_grid(features[:, 1:], h, w), _to_grid(keys[:, 1:], h, w)
 
@@ -125,45 +139,63 @@ def dense_features(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 # --------------------------------------------------------------------------- segmentation
 
 
-def patch_logits(features: torch.Tensor, class_emb: torch.Tensor, scale: float) -> torch.Tensor:
-    """Cosine of every unit patch feature with every class embedding, times CLIP's logit
-    scale: a 1x1 convolution whose weights are the (C, D) text embeddings. -> (B, C, h, w)."""
+# The official head's constants: probabilities are softmax(100 x cosine) (100 is OpenAI CLIP's
+# logit scale), and a removed class gets the cosine -100, far below any real one (>= -1) and,
+# unlike -inf, safe to interpolate (bilinear weights times -inf give NaN, which argmax picks).
+SOFTMAX_SCALE = 100.0
+REMOVED = -100.0
+
+
+def patch_cosines(features: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine of every unit patch feature with every (unit) class embedding: a 1x1 convolution
+    whose weights are the (C, D) text embeddings. -> (B, C, h, w)."""
     weight = class_emb.to(features)[:, :, None, None]
-    return scale * F.conv2d(F.normalize(features, dim=1), weight)
+    return F.conv2d(F.normalize(features, dim=1), weight)
 
 
-def key_smoothing(logits: torch.Tensor, keys: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Each patch's logits become the mean over the patches whose key has cosine >= threshold
-    with its own key (always including itself): similar-looking patches vote together."""
-    b, c, h, w = logits.shape
-    k = F.normalize(keys.flatten(2), dim=1)
-    sim = k.transpose(1, 2) @ k  # (B, N, N)
-    weight = (sim >= threshold).to(logits)
-    smoothed = logits.flatten(2) @ weight.transpose(1, 2) / weight.sum(dim=2)[:, None, :]
-    return smoothed.reshape(b, c, h, w)
-
-
-def prompt_denoise(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Remove (set to -inf) the classes whose softmax probability is below `threshold` at
-    every patch of an image: a class that wins nowhere with confidence is probably absent.
-    The most confident class always stays, so every pixel still gets a label."""
-    probs = logits.softmax(dim=1).flatten(2).amax(dim=2)  # (B, C)
+def kept_classes(cosines: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, C): the classes prompt denoising keeps, those whose probability reaches `threshold`
+    at some patch; a class that wins nowhere with confidence is probably absent. Unlike the
+    official code, the most confident class always stays, so that a strict threshold cannot
+    remove every class (which there labels the whole image class 0)."""
+    probs = (SOFTMAX_SCALE * cosines).softmax(dim=1).flatten(2).amax(dim=2)
     keep = probs >= threshold
     keep[torch.arange(len(probs)), probs.argmax(dim=1)] = True
-    return logits.masked_fill(~keep[:, :, None, None], float("-inf"))
+    return keep
+
+
+def key_smoothing(cosines: torch.Tensor, keys: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, C, h, w) class probabilities softmax(100 x cosine), except at the patches whose top
+    probability is below `threshold`: those get sum_j w_ij p_j over all patches j, with w = k k^T
+    the similarity of the keys, so an unsure patch borrows from the patches that look like it.
+    Each key channel is L2-normalised across the patches (not each key across its channels), as
+    the official code's F.normalize with its default dim=1 on (B, N, width) keys does."""
+    b, c, h, w = cosines.shape
+    probs = (SOFTMAX_SCALE * cosines).softmax(dim=1).flatten(2)  # (B, C, N)
+    k = F.normalize(keys.flatten(2), dim=2)  # (B, width, N)
+    weighted = probs @ (k.transpose(1, 2) @ k)  # column i: sum_j p_j w_ji, and w is symmetric
+    unsure = probs.amax(dim=1, keepdim=True) < threshold
+    return torch.where(unsure, weighted, probs).reshape(b, c, h, w)
 
 
 def segment(clip: Clip, pixels: torch.Tensor, class_emb: torch.Tensor, out_size: tuple[int, int],
             smoothing: float | None = None, denoise: float | None = None) -> torch.Tensor:
-    """(B, C, H, W) class logits for preprocessed pixels, upsampled bilinearly to out_size."""
+    """(B, C, H, W) class scores for preprocessed pixels, upsampled bilinearly to out_size: the
+    patch cosines, refined in the official order (prompt denoising, then key smoothing, which
+    turns them into probabilities). Removed classes are set to -inf only after the upsampling:
+    key-smoothing weights can be negative, so a removed class's probability 0 could otherwise
+    outscore every kept class at an unsure patch."""
     with torch.no_grad():
         features, keys = dense_features(clip.model.visual, pixels.to(clip.device))
-        logits = patch_logits(features.float(), class_emb.to(clip.device), logit_scale(clip))
-        if smoothing is not None:
-            logits = key_smoothing(logits, keys.float(), smoothing)
+        scores = patch_cosines(features.float(), class_emb.to(clip.device))
+        keep = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
         if denoise is not None:
-            logits = prompt_denoise(logits, denoise)
-        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+            keep = kept_classes(scores, denoise)
+            scores = scores.masked_fill(~keep[:, :, None, None], REMOVED)
+        if smoothing is not None:
+            scores = key_smoothing(scores, keys.float(), smoothing)
+        scores = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False)
+        return scores.masked_fill(~keep[:, :, None, None], float("-inf"))
 
 
 def mean_iou(confusion: np.ndarray) -> tuple[float, np.ndarray]:
@@ -198,12 +230,19 @@ def read_classes(spec: str) -> list[str]:
     return [n.replace("_", " ") for n in names]
 
 
+# The 5 templates MaskCLIP's official list (tools/maskclip_utils/prompt_engineering.py) appends to
+# CLIP's 80 ImageNet ones, which it holds in the same order as open_clip.
+SCENE_TEMPLATES = ["there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
+                   "this is the {} in the scene.", "this is one {} in the scene."]
+
+
 def templates(kind: str) -> list[str]:
     if kind == "single":
         return ["a photo of a {}."]
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]  # each is a lambda c: f"...{c}..."
+    imagenet = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]  # each is a lambda c: f"...{c}..."
+    return imagenet + SCENE_TEMPLATES if kind == "maskclip85" else imagenet
 
 
 def to_pixels(clip: Clip, image, size: int) -> torch.Tensor:
@@ -255,6 +294,9 @@ def read_mask(folder: Path, stem: str, size: tuple[int, int], reduce_zero_label:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    for flag, threshold in (("--key-smoothing", args.key_smoothing), ("--denoise", args.denoise)):
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise CLIError(f"{flag} {threshold:g}: a probability threshold, in [0, 1]")
     check_spec(args.clip)
     device = resolve_device(args.device)
     files = list_images(args.images)[:args.limit]

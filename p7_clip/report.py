@@ -156,9 +156,11 @@ def section(runs_dir: str | Path) -> str:
         "### Linear probe vs zero-shot", "", _probe(d / "probe"),
         "### (c) COCO text-image retrieval", "", _retrieval(d / "retrieval"),
         "### (d) MaskCLIP dense segmentation", "",
-        "Our MaskCLIP: the last attention block's value path per patch (no query-key attention, residual or MLP), "
-        "its out-projection, ln_post and proj; the class text embeddings act as 1×1 convolution weights; the logits "
-        "are upsampled bilinearly.", "", _maskclip(d / "maskclip"),
+        "Our MaskCLIP, as the official code (chongzhou96/MaskCLIP) computes it: the last block runs with every "
+        "patch attending only to itself (its value and out-projection, then the residual and the MLP), then ln_post "
+        "and proj; the class text embeddings (by default averaged over the official 85 prompt templates) act as 1×1 "
+        "convolution weights on the unit features. Prompt denoising, then key smoothing, refine softmax(100·cosine) "
+        "per patch, and the scores are upsampled bilinearly.", "", _maskclip(d / "maskclip"),
         "### Robustness to noise, blur and rotation", "", _robustness(d / "robustness"),
         "### Cost", "", _bench(d),
     ])

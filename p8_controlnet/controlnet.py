@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from hw2_utils import CLIError, atomic_dir, run_cli, save_images
+from hw2_utils import CLIError, output_dir, run_cli, save_images
 from p8_controlnet.controls import BUILTIN, CANNY_HIGH, CANNY_LOW, make_control
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
 from p8_controlnet.records import command_line, environment, image_grid, save_json
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
                          for f, seed in zip(row, seeds)],
               "dtype": str(pipe.unet.dtype), "wall_s": round(wall_s, 3),
               "command": command_line("p8_controlnet/controlnet.py", argv), "environment": environment(device)}
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out, owned=("s[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
         control.save(tmp / "control.png")
         for images, names in zip(rows, files):
             save_images(images, [tmp / f for f in names], value_range=(0.0, 1.0))

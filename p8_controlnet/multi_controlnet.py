@@ -19,7 +19,7 @@ import argparse
 import itertools
 import time
 
-from hw2_utils import CLIError, atomic_dir, run_cli, save_images
+from hw2_utils import CLIError, output_dir, run_cli, save_images
 from p8_controlnet.controls import make_control
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
 from p8_controlnet.records import command_line, environment, image_grid, save_json
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
                                for combo, label, names in zip(combos, labels, files)],
               "seeds": seeds, "dtype": str(pipe.unet.dtype), "wall_s": round(wall_s, 3),
               "command": command_line("p8_controlnet/multi_controlnet.py", argv), "environment": environment(device)}
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out, owned=("c[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
         (tmp / "controls").mkdir()
         for k, (kind, control) in enumerate(zip(kinds, controls)):
             control.save(tmp / "controls" / f"k{k}_{kind}.png")

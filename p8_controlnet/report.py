@@ -1,6 +1,6 @@
 """The report's P8 section, built only from what the P8 scripts write under RUNS_DIR/p8:
-p8_bench.json (bench/p8_controlnet.py) and the figures of infer.py's study, gallery,
-controlnet and multi commands. A missing input is named with the command that produces it;
+p8_bench.json (bench/p8_controlnet.py) and the figures of infer.py's study, edit, refine,
+gallery, controlnet and multi commands. A missing input is named with the command that produces it;
 no number appears unless a file holds it."""
 from __future__ import annotations
 
@@ -16,12 +16,20 @@ FIGURES = [
     ("sampling_study", "schedules.png", "the same prompt and seed under each schedule", "study"),
     ("sampling_study", "intermediates.png", "intermediate latents decoded by the VAE", "study"),
     ("sampling_study", "interpolation.png", "slerp vs lerp between two prompts' text embeddings", "study"),
+    ("edit", "edit.png", "attribute editing: prompt switch and SDEdit over the edit strength (on the tiny models "
+     "the images are stand-ins)", "edit"),
+    ("edit", "edit_scores.png", "... CLIP score gap (to edit - to source) and similarity to the source image", "edit"),
+    ("refine", "refine_curve.png", "CLIP-guided latent refinement: CLIP score per iteration (on the tiny models the "
+     "images are stand-ins)", "refine"),
+    ("refine", "refine_images.png", "... the images at chosen iterations", "refine"),
     ("gallery", "gallery.png", "gallery: green = ok, red = blank or off-prompt (CLIP score)", "txt2img --gallery"),
     ("controlnet", "grid.png", "ControlNet (Canny) across conditioning scales", "controlnet"),
     ("multi_controlnet", "grid.png", "multi-ControlNet across scale combinations", "multi"),
 ]
 COMMANDS = {
     "study": "python p8_controlnet/infer.py study --model SD --clip CLIP_DIR --out {d}/sampling_study",
+    "edit": "python p8_controlnet/infer.py edit --model SD --clip CLIP_DIR --n 2 --out {d}/edit",
+    "refine": "python p8_controlnet/infer.py refine --model SD --clip CLIP_DIR --n 2 --penalty 0.1 --out {d}/refine",
     "txt2img --gallery": "python p8_controlnet/infer.py txt2img --model SD --gallery p8_controlnet/gallery_prompts.txt "
                          "--clip CLIP_DIR --out {d}/gallery",
     "controlnet": "python p8_controlnet/infer.py controlnet --model SD --controlnet CN_DIR --image IMG --prompt P "
@@ -48,17 +56,33 @@ def _speed(d: Path) -> list[str]:
     return lines
 
 
+def _sidecar_command(folder: Path) -> str | None:
+    """The command recorded in the folder's JSON sidecar (study.json, run.json, edit.json, ...)."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            return json.loads(path.read_text())["command"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p8"
     lines = ["## P8: Stable Diffusion samplers, ControlNet and multi-ControlNet", "",
              "diffusers pipelines on the components stable-diffusion/ loads offline; eight schedulers by name; "
-             "Canny/depth/HED controls; multi-ControlNet; a JSON sidecar per run. Where the runs below used the "
+             "Canny/depth/HED controls; multi-ControlNet; attribute editing (prompt switch, SDEdit) and CLIP-guided "
+             "latent refinement in our own denoising loop; a JSON sidecar per run. Where the runs below used the "
              "tiny random-weight models (`python -m p8_controlnet.tiny`), the images and CLIP scores only show that "
              "every script runs end to end.", ""]
     lines += _speed(d)
+    quoted = set()  # each run's command once, before its first figure
     for folder, name, caption, command in FIGURES:
         figure = d / folder / name
         if figure.is_file():
+            ran = _sidecar_command(d / folder)
+            if ran and folder not in quoted:
+                lines += [f"`{ran}`:", ""]
+                quoted.add(folder)
             lines += [f"{caption}:", "", f"![{caption}]({figure.resolve()})", ""]
         else:
             lines += [f"_{caption}: not produced yet. Run `{COMMANDS[command].format(d=d)}`._", ""]

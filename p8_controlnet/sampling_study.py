@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, atomic_dir, progress, run_cli
+from hw2_utils import CLIError, output_dir, progress, run_cli
 from p8_controlnet.pipelines import (SCHEDULERS, add_pipeline_args, call_size, generate, make_scheduler, pipeline_from_args,
                                      scheduler_config)
 from p8_controlnet.records import command_line, environment, image_grid, pyplot, save_csv, save_figure, save_json
@@ -238,7 +238,7 @@ def main(argv=None) -> dict:
     runners = {"grid": run_grid, "schedules": run_schedules, "intermediates": run_intermediates,
                "interpolation": run_interpolation}
     start = time.perf_counter()
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out) as tmp:
         for name in args.experiments:
             runners[name](study, tmp)
         record = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "dtype": str(study.pipe.unet.dtype),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import atomic_dir, run_cli
+from hw2_utils import output_dir, run_cli
 from stable_diffusion.tiny import TEXT_DIM, build_tiny_sd, save_diffusers_folder
 from stable_diffusion.tokenizer import MAX_LENGTH, VOCAB_SIZE, load_tokenizer
 
@@ -55,7 +55,7 @@ def save_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
 
 
 def save_tiny_models(out: str | Path, seed: int = 0) -> Path:
-    with atomic_dir(out) as tmp:
+    with output_dir(out) as tmp:
         sd = build_tiny_sd(seed)
         save_diffusers_folder(sd, tmp / "sd")
         build_tiny_controlnet(sd.unet, seed + 1).save_pretrained(tmp / "controlnet-canny")

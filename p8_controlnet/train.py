@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, atomic_dir, autocast, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+from hw2_utils import (CLIError, output_dir, autocast, ensure_writable_dir, progress, resolve_device, resolve_dtype,
                        run_cli, seed_everything)
 from p8_controlnet.data import CannyCaptions, read_captions
 from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
             writer.writerow([step, f"{loss:.6f}"])
             if step % args.save_every == 0 or step == args.steps:
                 f.flush()
-                with atomic_dir(out / "controlnet") as tmp:
+                with output_dir(out / "controlnet") as tmp:
                     net.save_pretrained(tmp)
 
         start = time.perf_counter()

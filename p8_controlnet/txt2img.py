@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CLIError, atomic_dir, require_file, resolve_device, run_cli, save_images
+from hw2_utils import CLIError, output_dir, require_file, resolve_device, run_cli, save_images
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
 from p8_controlnet.records import command_line, environment, image_grid, read_json, save_json
 
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     record = {"settings": {k: getattr(args, k) for k in SETTINGS}, "images": records, "dtype": str(pipe.unet.dtype),
               "wall_s": round(wall_s, 3), "command": command_line("p8_controlnet/txt2img.py", argv),
               "environment": environment(device)}
-    with atomic_dir(args.out) as tmp:
+    with output_dir(args.out, owned=("p[0-9][0-9]_i[0-9][0-9][0-9].png", "gallery.png")) as tmp:
         save_images(images, [tmp / f for f in files], value_range=(0.0, 1.0))
         save_json(tmp / "run.json", record)
         if args.gallery:

@@ -15,7 +15,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hw2_utils import atomic_dir, require_dir, run_cli
+from hw2_utils import output_dir, require_dir, run_cli
 
 # (package, issue) in report order. A package without report.py gets a "not implemented" note.
 PROBLEMS = [("p1_ddpm", 4), ("p2_ddim", 6), ("p3_textual_inversion", 7), ("p4_gan", 8), ("p5_dann", 5),
@@ -115,7 +115,7 @@ def build(runs_dir: Path, out: Path) -> Path:
               f"Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node() or 'unknown host'} "
               f"from `{runs_dir}` by `python report/build.py {runs_dir} {out}`. Every number below names the "
               "command that measured it and its hardware.", ""]
-    with atomic_dir(out) as tmp:
+    with output_dir(out) as tmp:
         markdown = localise_figures("\n".join(header) + "\n" + "\n".join(collect_sections(runs_dir)), tmp / "figures")
         (tmp / "report.md").write_text(markdown)
         render_pdf(markdown, tmp, tmp / "report.pdf")
@@ -125,7 +125,8 @@ def build(runs_dir: Path, out: Path) -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dir", help="folder with one sub-folder per problem (p1/, p2/, ...) of run outputs")
-    p.add_argument("out", help="output folder (replaced as a whole when the build succeeds)")
+    p.add_argument("out", help="output folder: its report.md, report.pdf and figures/ are replaced when the build "
+                   "succeeds; nothing else in it is touched")
     args = p.parse_args(argv)
     out = build(require_dir(args.runs_dir, "runs directory"), Path(args.out))
     print(f"wrote {out / 'report.md'} and {out / 'report.pdf'}")

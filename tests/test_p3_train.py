@@ -12,7 +12,7 @@ from PIL import Image
 
 from hw2_utils import CLIError
 from p3_textual_inversion import train
-from p3_textual_inversion.data import load_concept_images
+from p3_textual_inversion.data import OBJECT_TEMPLATES, STYLE_TEMPLATES, load_concept_images
 from p3_textual_inversion.embeddings import add_tokens, initializer_vector, learned_rows, load_embeds
 from stable_diffusion.tiny import build_tiny_sd, save_diffusers_folder
 
@@ -95,3 +95,15 @@ def test_bad_inputs_are_clear_errors(model_dir, images_dir, tmp_path):
         train.train(_args(model_dir, tmp_path / "nowhere", tmp_path / "x", "--steps", "1"))
     with pytest.raises(CLIError, match="exactly one"):
         train.train(_args(model_dir, images_dir, tmp_path / "y", "--steps", "1", "--initializer", "golden retriever"))
+
+
+def test_caption_templates_are_the_textual_inversion_reference_lists():
+    """diffusers' imagenet_templates_small (27) and imagenet_style_templates_small (19, two of
+    them repeated), each with one placeholder; train.py's sample prompt uses the first."""
+    assert len(OBJECT_TEMPLATES) == len(set(OBJECT_TEMPLATES)) == 27 and len(STYLE_TEMPLATES) == 19
+    assert sorted({t for t in STYLE_TEMPLATES if STYLE_TEMPLATES.count(t) == 2}) == [
+        "a close-up painting in the style of {}", "a cropped painting in the style of {}"]
+    assert all(t.count("{}") == 1 for t in OBJECT_TEMPLATES + STYLE_TEMPLATES)
+    assert (OBJECT_TEMPLATES[0], OBJECT_TEMPLATES[-1]) == ("a photo of a {}", "a photo of a small {}")
+    assert (STYLE_TEMPLATES[0], STYLE_TEMPLATES[-1]) == ("a painting in the style of {}",
+                                                         "a large painting in the style of {}")

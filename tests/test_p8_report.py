@@ -31,3 +31,15 @@ def test_section_quotes_the_bench_and_links_existing_figures(tmp_path):
     assert "not measured" in text
     assert f"]({(d / 'controlnet' / 'grid.png').resolve()})" in text
     assert text.count("not produced yet") == len(FIGURES) - 1
+
+
+def test_section_quotes_each_runs_command_once(tmp_path):
+    d = tmp_path / "p8" / "edit"
+    d.mkdir(parents=True)
+    for name in ("edit.png", "edit_scores.png"):
+        (d / name).write_bytes(b"png")
+    command = "python p8_controlnet/edit.py --model tiny/sd --clip tiny/clip --out outputs/p8/edit"
+    (d / "edit.json").write_text(json.dumps({"command": command}))
+    text = section(tmp_path)
+    assert text.count(f"`{command}`") == 1 and "stand-ins" in text
+    assert text.index(command) < text.index("edit.png") < text.index("edit_scores.png")

@@ -71,21 +71,57 @@ def test_atomic_path_leaves_no_partial_file_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
-def test_atomic_dir_publishes_only_complete_folders(tmp_path):
+def test_output_dir_publishes_only_complete_sets(tmp_path):
     final = tmp_path / "images"
     with pytest.raises(RuntimeError):
-        with U.atomic_dir(final) as tmp:
+        with U.output_dir(final) as tmp:
             (tmp / "a.png").write_bytes(b"x")
             raise RuntimeError("crash half way")
     assert list(tmp_path.iterdir()) == []
 
-    final.mkdir()
-    (final / "stale.png").write_bytes(b"old")
-    with U.atomic_dir(final) as tmp:
-        (tmp / "a.png").write_bytes(b"x")
-    assert sorted(p.name for p in final.iterdir()) == ["a.png"]
-    assert [p.name for p in tmp_path.iterdir()] == ["images"]
+    with U.output_dir(final) as tmp:  # a new folder appears in one rename
+        (tmp / "0.png").write_bytes(b"x")
     assert final.stat().st_mode & 0o777 == 0o777 & ~U._umask()  # not mkdtemp's private 0700
+    assert [p.name for p in tmp_path.iterdir()] == ["images"]
+
+
+def test_output_dir_keeps_what_it_does_not_own(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "keep.json").write_text("1")
+    (final / "sub").mkdir()
+    (final / "sub" / "keep.txt").write_text("2")
+    for name in ("0.png", "1.png", "2.png"):
+        (final / name).write_bytes(b"old")
+    (final / "figures").mkdir()
+    (final / "figures" / "old.png").write_bytes(b"old")
+
+    with pytest.raises(RuntimeError):  # a failed run changes nothing
+        with U.output_dir(final, owned=("[0-9].png",)) as tmp:
+            (tmp / "0.png").write_bytes(b"new")
+            raise RuntimeError("crash")
+    assert (final / "0.png").read_bytes() == b"old"
+
+    with U.output_dir(final, owned=("[0-9].png",)) as tmp:
+        (tmp / "0.png").write_bytes(b"new")
+        (tmp / "1.png").write_bytes(b"new")
+        (tmp / "figures").mkdir()
+        (tmp / "figures" / "new.png").write_bytes(b"new")
+    assert sorted(p.name for p in final.iterdir()) == ["0.png", "1.png", "figures", "keep.json", "sub"]
+    assert (final / "0.png").read_bytes() == b"new"  # replaced; 2.png was stale and is gone
+    assert [p.name for p in (final / "figures").iterdir()] == ["new.png"]  # an owned folder is replaced whole
+    assert (final / "keep.json").read_text() == "1" and (final / "sub" / "keep.txt").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or trash left behind
+
+
+def test_output_dir_refuses_a_file(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("x")
+    with pytest.raises(U.CLIError, match="not a folder"):
+        with U.output_dir(target):
+            raise AssertionError("the block must not run")
+    assert target.read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_save_images_round_trip(tmp_path):
