@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import random
 import shutil
@@ -200,6 +201,68 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = Fals
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 split ("train" or "test") as (N, 32, 32, 3) uint8 RGB and (N,) int64 labels
+    in CIFAR-10's class order, the first `limit` in file order. `path` is any of:
+      torchvision's `cifar-10-batches-py/` (or the folder holding it): the official pickles;
+      an .npz with SPLIT_images / SPLIT_labels: the shared 5,085/1,017 official-pixel slice;
+      a folder with SPLIT.npz holding `jpeg`, `offsets`, `labels`: the shared whole CIFAR-10,
+      a lossy JPEG copy (quote its accuracies as "CIFAR-10 (JPEG copy)")."""
+    import pickle
+    import zipfile
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    if limit is not None and limit < 1:
+        raise CLIError(f"limit {limit}: need at least one image")
+    path = Path(path)
+    batches = path if path.name == "cifar-10-batches-py" else path / "cifar-10-batches-py"
+    try:
+        if batches.is_dir():
+            names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+            parts = []
+            for name in names:
+                with open(require_file(batches / name, f"CIFAR-10 {split} batch",
+                                       "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html"), "rb") as f:
+                    parts.append(pickle.load(f, encoding="bytes"))
+            images = np.concatenate([b[b"data"] for b in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            labels = np.concatenate([np.asarray(b[b"labels"]) for b in parts])
+        elif path.is_dir():
+            images, labels = _cifar10_jpeg_archive(require_file(path / f"{split}.npz", f"CIFAR-10 {split} archive"), limit)
+        else:
+            with np.load(require_file(path, "CIFAR-10 npz")) as z:
+                if f"{split}_images" not in z or f"{split}_labels" not in z:
+                    raise CLIError(f"{path} must hold {split}_images and {split}_labels arrays")
+                images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        raise CLIError(f"{path} is not readable CIFAR-10 ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+        raise CLIError(f"{path}: expected (N, 32, 32, 3) {split} images and N labels, got {images.shape} and {labels.shape}")
+    return np.ascontiguousarray(images[:limit], dtype=np.uint8), labels[:limit].astype(np.int64)
+
+
+def _cifar10_jpeg_archive(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    with np.load(path) as z:
+        jpeg, offsets, labels = z["jpeg"], z["offsets"], z["labels"]
+        if "classes" in z and tuple(z["classes"]) != CIFAR10_CLASSES:
+            raise ValueError(f"class order {tuple(z['classes'])} is not CIFAR-10's")
+    n = len(labels) if limit is None else min(limit, len(labels))
+    images = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        with Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())) as image:
+            images[i] = np.asarray(image.convert("RGB"))
+    return images, labels[:n]
 
 
 # --------------------------------------------------------------------------- atomic outputs

@@ -1,6 +1,6 @@
-"""CIFAR-10 in memory as uint8 tensors (N,3,32,32), from torchvision's `CIFAR10` layout
-(`ROOT/cifar-10-batches-py/`) or the shared `.npz` slice, plus the honest train/val split
-and a plain folder of images for inference."""
+"""CIFAR-10 in memory as uint8 tensors (N,3,32,32), read by hw2_utils.load_cifar10 (torchvision's
+`cifar-10-batches-py`, the shared official-pixel slice, or the shared whole-CIFAR-10 JPEG copy),
+plus the honest train/val split and a plain folder of images for inference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,9 +11,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from hw2_utils import CLIError
+from hw2_utils import CIFAR10_CLASSES, CLIError, load_cifar10
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASSES = CIFAR10_CLASSES
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 # 5,000 of CIFAR-10's 50,000 training images are held out for validation; a smaller set
 # (the shared slice) keeps the same proportion.
@@ -36,24 +36,19 @@ def _chw(images: np.ndarray) -> torch.Tensor:
 
 
 def load_cifar(path: str | Path, download: bool = False) -> Cifar:
-    """`path` is the shared `.npz` slice, a `cifar-10-batches-py` folder, or the folder
-    holding one (torchvision's `root`); `download` fetches CIFAR-10 there when online."""
+    """Both splits of the CIFAR-10 at `path` (see hw2_utils.load_cifar10); `download` first
+    fetches the official archive into `path` with torchvision when it is missing (online only)."""
     path = Path(path)
-    if path.suffix == ".npz":
-        if not path.is_file():
-            raise CLIError(f"CIFAR-10 slice not found: {path}")
-        with np.load(path) as d:
-            return Cifar(_chw(d["train_images"]), torch.from_numpy(d["train_labels"]).long(),
-                         _chw(d["test_images"]), torch.from_numpy(d["test_labels"]).long(), str(path))
-    from torchvision.datasets import CIFAR10
+    if download and not path.suffix:
+        from torchvision.datasets import CIFAR10
 
-    root = path.parent if path.name == "cifar-10-batches-py" else path
-    try:
-        train, test = (CIFAR10(str(root), train=split, download=download) for split in (True, False))
-    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        raise CLIError(f"no CIFAR-10 under {root} ({e}); pass --download when online, or the .npz slice") from None
-    return Cifar(_chw(train.data), torch.tensor(train.targets), _chw(test.data), torch.tensor(test.targets),
-                 str(root / "cifar-10-batches-py"))
+        root = path.parent if path.name == "cifar-10-batches-py" else path
+        try:
+            CIFAR10(str(root), train=True, download=True)
+        except (RuntimeError, OSError) as e:
+            raise CLIError(f"cannot download CIFAR-10 into {root} ({e})") from None
+    (train_x, train_y), (test_x, test_y) = (load_cifar10(path, split) for split in ("train", "test"))
+    return Cifar(_chw(train_x), torch.from_numpy(train_y), _chw(test_x), torch.from_numpy(test_y), str(path))
 
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, fraction: float = VAL_FRACTION):

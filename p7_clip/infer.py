@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CLIError, atomic_path, list_images, open_rgb, require_file, resolve_device, run_cli
+from hw2_utils import CIFAR10_CLASSES, CLIError, atomic_path, list_images, load_cifar10, open_rgb, require_file, resolve_device, run_cli
 from p7_clip import zeroshot
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test
 from p7_clip.models import check_spec, encode_images, load_clip, parse_spec
 from p7_clip.train import load_probe, probe_predict
 
@@ -78,7 +77,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[list[str], Sequence, Callable
     if args.cifar:
         from PIL import Image
 
-        images, labels = load_cifar10_test(args.cifar, args.limit)
+        images, labels = load_cifar10(args.cifar, "test", args.limit)
         return [f"cifar_test_{i:05d}" for i in range(len(images))], images, Image.fromarray, labels
     files = list_images(args.images)
     names = [f.name for f in files]

@@ -19,8 +19,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hw2_utils import ensure_writable_dir, make_generator, resolve_device, run_cli
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test
+from hw2_utils import CIFAR10_CLASSES, ensure_writable_dir, load_cifar10, make_generator, resolve_device, run_cli
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
 from p7_clip.records import command_line, hardware, pyplot, save_figure, save_json
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
@@ -87,7 +86,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_specs(args.clip)
     device = resolve_device(args.device)
-    images, labels = load_cifar10_test(args.cifar, args.limit)
+    images, labels = load_cifar10(args.cifar, "test", args.limit)
     out = ensure_writable_dir(args.out)
     clean = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(labels)

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, atomic_path, ensure_writable_dir, require_file, resolve_device, run_cli
+from hw2_utils import CIFAR10_CLASSES, CLIError, atomic_path, ensure_writable_dir, load_cifar10, require_file, resolve_device, run_cli
 from p7_clip import zeroshot
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test, load_cifar10_train
 from p7_clip.models import TINY, TINY_SEED, Clip, check_spec, encode_images, load_clip
 from p7_clip.records import command_line, hardware, save_json
 
@@ -153,8 +152,8 @@ def main(argv=None) -> dict:
 
     check_spec(args.clip)
     device = resolve_device(args.device)
-    train_images, train_labels = load_cifar10_train(args.cifar, args.limit)
-    test_images, test_labels = load_cifar10_test(args.cifar, args.limit)
+    train_images, train_labels = load_cifar10(args.cifar, "train", args.limit)
+    test_images, test_labels = load_cifar10(args.cifar, "test", args.limit)
     missing = sorted(set(range(len(CIFAR10_CLASSES))) - set(train_labels.tolist()))
     if missing:
         raise CLIError(f"the train images lack classes {[CIFAR10_CLASSES[i] for i in missing]}: use more of them")

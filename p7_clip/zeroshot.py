@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import ensure_writable_dir, resolve_device, run_cli
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test
+from hw2_utils import CIFAR10_CLASSES, ensure_writable_dir, load_cifar10, resolve_device, run_cli
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
 from p7_clip.records import command_line, hardware, markdown_table, pyplot, save_figure, save_json, save_text
 
@@ -93,7 +92,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_specs(args.clip)
     device = resolve_device(args.device)
-    images, labels = load_cifar10_test(args.cifar, args.limit)
+    images, labels = load_cifar10(args.cifar, "test", args.limit)
     out = ensure_writable_dir(args.out)
     from PIL import Image
 

@@ -12,10 +12,9 @@ import torch
 from conftest import require_shared
 from PIL import Image
 
-from hw2_utils import run_cli
+from hw2_utils import CIFAR10_CLASSES, load_cifar10, run_cli
 from p7_clip import infer, train, zeroshot
 from p7_clip.report import section
-from p7_clip.data import CIFAR10_CLASSES, load_cifar10_test, load_cifar10_train
 from p7_clip.models import encode_images, load_clip
 
 
@@ -89,12 +88,12 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
     assert set(record["zero_shot_accuracy"]) == {zeroshot.BASELINE, zeroshot.ENSEMBLE}
 
     state = train.load_probe(out / "probe.pt")
-    assert state["clip"] == "ViT-B-32=tiny" and state["classes"] == CIFAR10_CLASSES
+    assert state["clip"] == "ViT-B-32=tiny" and state["classes"] == list(CIFAR10_CLASSES)
     assert state["coef"].shape == (10, 32) and state["intercept"].shape == (10,)
     with np.load(cached[0]) as z:
         x_train, x_test = z["train"], z["test"]
-    y_train = load_cifar10_train(npz)[1]
-    y_test = load_cifar10_test(npz)[1]
+    y_train = load_cifar10(npz, "train")[1]
+    y_test = load_cifar10(npz, "test")[1]
     clf = train.fit_probe(x_train, y_train, state["C"])  # refit with the chosen C: L-BFGS is deterministic
     np.testing.assert_array_equal(state["coef"].numpy(), clf.coef_)
     preds = train.probe_predict(state, x_test)
@@ -117,7 +116,7 @@ def test_infer_on_cifar_test_set_matches_the_training_record(trained, tmp_path, 
 
 def test_infer_folder_one_row_per_image_with_probe_and_zeroshot(trained, tmp_path, capsys):
     npz, out, _ = trained
-    images, labels = load_cifar10_test(npz, limit=5)
+    images, labels = load_cifar10(npz, "test", limit=5)
     folder = tmp_path / "imgs"
     folder.mkdir()
     names = ["b.png", "a.jpg", "c10.png", "c9.bmp", "Z.png"]

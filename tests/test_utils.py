@@ -156,3 +156,42 @@ def test_ensure_writable_dir_rejects_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(U.CLIError, match="not writable"):
         U.ensure_writable_dir(f / "sub")
+
+
+def test_load_cifar10_reads_the_three_layouts_alike(tmp_path):
+    """The shared slice, the official pickles written from it, and the whole JPEG copy."""
+    import pickle
+
+    import numpy as np
+    from conftest import require_shared
+
+    slice_path = require_shared("cifar10", "cifar10_slice.npz")
+    images, labels = U.load_cifar10(slice_path, "test")
+    assert images.shape == (1017, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+
+    batches = tmp_path / "cifar-10-batches-py"  # torchvision's layout, holding the slice's pixels
+    batches.mkdir()
+    train_images, train_labels = U.load_cifar10(slice_path, "train")
+    parts = {"test_batch": (images, labels), **{f"data_batch_{i + 1}": (train_images[i::5], train_labels[i::5]) for i in range(5)}}
+    for name, (x, y) in parts.items():
+        with open(batches / name, "wb") as f:
+            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"labels": y.tolist()}, f)
+    for path in (batches, tmp_path):  # the folder itself or torchvision's root above it
+        x, y = U.load_cifar10(path, "test", limit=100)
+        assert np.array_equal(x, images[:100]) and np.array_equal(y, labels[:100])
+    x, y = U.load_cifar10(batches, "train")
+    assert np.array_equal(x, np.concatenate([train_images[i::5] for i in range(5)]))
+
+    full = require_shared("cifar10_full")
+    x, y = U.load_cifar10(full, "test", limit=50)
+    assert x.shape == (50, 32, 32, 3) and x.std() > 20  # decoded pixels, not a constant
+    with np.load(full / "test.npz") as z:
+        assert np.array_equal(y, z["labels"][:50]) and tuple(z["classes"]) == U.CIFAR10_CLASSES
+
+
+def test_load_cifar10_bad_inputs_are_cli_errors(tmp_path):
+    (tmp_path / "text.npz").write_text("hello")
+    for path, message in ((tmp_path / "absent.npz", "not found"), (tmp_path / "text.npz", "not readable CIFAR-10"),
+                          (tmp_path, "test archive not found")):
+        with pytest.raises(U.CLIError, match=message):
+            U.load_cifar10(path, "test")
