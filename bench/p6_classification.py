@@ -1,20 +1,26 @@
-"""P6 benchmark on this machine and the shared CIFAR-10 slice (5,085 train / 1,017 test
-real images; 10% of the training images held out for validation, test evaluated once).
+"""P6 benchmark on this machine: throughput, the shipped ResNet-18, the augmentation study and
+the CAM deletion check, on the whole CIFAR-10 (the shared JPEG copy: 45,000 train / 5,000
+val held out / 10,000 test) and the 1,017 official-pixel test images of the shared slice.
 
-    python bench/p6_classification.py --work outputs/p6                 # everything, real sizes
-    python bench/p6_classification.py --work outputs/p6 --parts throughput
-    python bench/p6_classification.py --work /tmp/p6 --subset 300 --slice-epochs 1 --aug-epochs 1 \\
-        --throughput-width 8 --throughput-steps 1                      # smoke run: numbers meaningless
+    python -m bench.p6_classification --parts throughput          # ~5 min; run on an idle machine
+    python -m bench.p6_classification --parts full                # the shipped model: ~2.5 h on 2 threads
+    python -m bench.p6_classification --parts aug                 # 13 presets + 2 seeds, width 32
+    python -m bench.p6_classification --parts cam                 # figures + deletion on 500 test images
+    python -m bench.p6_classification --work /tmp/p6 --subset 300 --epochs 1 --aug-epochs 1 \\
+        --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
 
 Parts:
-- throughput: ResNet-18 training images/s (forward, backward, SGD step) in fp32 and bf16
-  autocast, each in NCHW and channels_last.
-- slice: ResNet-18 (width 64 unless --slice-width) trained on the slice; val and test accuracy
-  and wall time.
-- aug: the augmentation study (p6_classification/aug_study.py) on the slice, every preset
-  with one seed and budget, a narrower ResNet-18 (--aug-width) to fit a CPU budget.
-WORK gets bench.json (throughput + slice, with the command and hardware), slice_resnet18/
-(the run) and aug/ (the study's table, plot and runs). Everything resumes when re-run.
+- throughput: training images/s of our ResNet-18 and of torchvision's resnet18 with the same
+  CIFAR stem, in the same run (fp32 and bf16 autocast, NCHW and channels_last, batch as the
+  recipe's), the ratio ours/torchvision, the per-image cost of every augmentation preset
+  against the model step, and what --precision/--memory-format auto pick on this CPU.
+- full: train.py's default recipe (the shipped model) on --data, also scored on --also-test.
+- aug: the augmentation study (p6_classification/aug_study.py): every preset, one seed and
+  budget, a narrower ResNet-18 (--aug-width), plus seeds 1 and 2 of flip_crop for the spread.
+- cam: cam.py on the shipped (or --checkpoint) model: 5 correct + 5 wrong test images, and
+  the deletion metric on the first --deletion test images of the official-pixel slice.
+WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
+run), aug/ and cam/. Every part resumes or is cheap to redo.
 """
 from __future__ import annotations
 
@@ -25,67 +31,110 @@ import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path; keep `bench/` out of imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from hw2_utils import atomic_path, autocast, resolve_device, run_cli
+from p6_classification import aug_study, cam, train
+from p6_classification.augment import PRESETS, build_preset
+from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
+from p6_classification.infer import SHIPPED
+from p6_classification.models import ResNet18
 
-from hw2_utils import atomic_path, autocast, resolve_device, run_cli  # noqa: E402
-from p6_classification import aug_study, train  # noqa: E402
-from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar  # noqa: E402
-from p6_classification.models import ResNet18  # noqa: E402
-
-SLICE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10" / "cifar10_slice.npz"
-PARTS = ("throughput", "slice", "aug")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
+PARTS = ("throughput", "full", "aug", "cam")
 
 
-def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> list[dict]:
-    """Training images/s of ResNet-18 on real images, after one untimed warm-up step."""
+def torchvision_resnet18() -> nn.Module:
+    """torchvision's resnet18 with the CIFAR stem our model uses (3x3 stride-1 conv, no max-pool)."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1, model.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    return model
+
+
+def images_per_second(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, channels_last: bool,
+                      steps: int, device: torch.device) -> float:
+    """Training images/s (forward, backward, SGD step), after two untimed warm-up steps."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model, x = model.to(device, memory_format=fmt), x.to(device).contiguous(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for step in range(steps + 2):
+        if step == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return len(x) * steps / (time.perf_counter() - start)
+
+
+def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> dict:
     mean, std = torch.tensor(CIFAR_MEAN).view(3, 1, 1), torch.tensor(CIFAR_STD).view(3, 1, 1)
-    x = ((images[:batch].float() / 255 - mean) / std).to(device)
-    y = torch.arange(batch, device=device) % 10
+    x = (images[:batch].float() / 255 - mean) / std
+    y = torch.arange(batch) % 10
+    builders = {"ours": lambda: ResNet18(width=width)}
+    if width == 64:  # torchvision's resnet18 has one width
+        builders["torchvision"] = torchvision_resnet18
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         for channels_last in (False, True):
-            torch.manual_seed(0)
-            model = ResNet18(width=width).to(device)
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            model, inputs = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            for step in range(steps + 1):
-                if step == 1:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    start = time.perf_counter()
-                with autocast(device, dtype):
-                    loss = F.cross_entropy(model(inputs).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            rows.append({"dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
-                         "images_per_s": round(batch * steps / seconds, 2)})
-            print(f"{rows[-1]['dtype']:>8} channels_last={channels_last!s:<5} {rows[-1]['images_per_s']:.1f} images/s")
-    return rows
+            row = {"dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last}
+            for name, build in builders.items():
+                torch.manual_seed(0)
+                row[f"{name}_images_per_s"] = round(images_per_second(build(), x, y, dtype, channels_last, steps, device), 2)
+            if "torchvision" in builders:
+                row["ours_over_torchvision"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
+            rows.append(row)
+            print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    fastest = max(rows, key=lambda r: r["ours_images_per_s"])
+    auto_dtype = train.resolve_precision("auto", device)
+    auto = {"dtype": str(auto_dtype).removeprefix("torch."),
+            "channels_last": train.use_channels_last("auto", device, auto_dtype)}
+    return {"width": width, "batch": batch, "steps": steps, "rows": rows, "cpu_has_bf16": train.cpu_has_bf16(),
+            "auto": auto, "auto_is_fastest": auto == {k: fastest[k] for k in ("dtype", "channels_last")}}
+
+
+def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
+    """Microseconds per image of every preset's training transform (one thread, as the loader runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs = {}
+        for name in PRESETS:
+            preset = build_preset(name, CIFAR_MEAN, CIFAR_STD)
+            start = time.perf_counter()
+            out = torch.stack([preset.train(image) for image in images[:n]])
+            if preset.batch is not None:
+                preset.batch(out, torch.arange(len(out)) % 10)
+            costs[name] = round((time.perf_counter() - start) / len(out) * 1e6, 1)
+        return costs
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(SLICE), help="the .npz slice (or any CIFAR-10 root)")
+    p.add_argument("--data", default=str(FULL), help="CIFAR-10 to train on (default: the shared whole-CIFAR-10 JPEG copy)")
+    p.add_argument("--also-test", default=str(SLICE), help="second test set (default: the 1,017 official-pixel images)")
     p.add_argument("--work", default="outputs/p6", help="RUNS_DIR/p6 for the report")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--throughput-width", type=int, default=64)
-    p.add_argument("--throughput-batch", type=int, default=32)
-    p.add_argument("--throughput-steps", type=int, default=2, help="timed steps per configuration")
-    p.add_argument("--slice-width", type=int, default=64)
-    p.add_argument("--slice-epochs", type=int, default=10)
-    p.add_argument("--slice-preset", default="flip_crop")
-    p.add_argument("--slice-precision", default="fp32", help="fp32 on CPUs without bf16 units (see throughput)")
-    p.add_argument("--aug-width", type=int, default=16)
-    p.add_argument("--aug-epochs", type=int, default=15)
+    p.add_argument("--throughput-batch", type=int, default=train.DEFAULTS["resnet18"]["batch_size"])
+    p.add_argument("--throughput-steps", type=int, default=5, help="timed steps per configuration")
+    p.add_argument("--epochs", type=int, help="full: override the recipe's epochs (smoke runs)")
+    p.add_argument("--aug-width", type=int, default=32)
+    p.add_argument("--aug-epochs", type=int, default=4)
+    p.add_argument("--checkpoint", default=str(SHIPPED), help="cam: the model to explain")
+    p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
     p.add_argument("--subset", type=int, help="smoke runs only: the first N training images (and N/5 test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -96,28 +145,34 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.subset:
         common += ["--subset", str(args.subset)]
-    command = shlex.join(["python", "bench/p6_classification.py", *argv])
+    command = shlex.join(["python", "-m", "bench.p6_classification", *argv])
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
-    record = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+
+    def save(part: str, value: dict) -> None:
+        record = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+        record[part] = {**value, "bench_command": command}
+        with atomic_path(bench_file) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        print(f"wrote {part} to {bench_file}")
 
     if "throughput" in args.parts:
         images = load_cifar(args.data).train_images
-        rows = throughput(images, args.throughput_width, args.throughput_batch, args.throughput_steps, device)
-        record["throughput"] = {"command": command, "hardware": train.hardware(device), "width": args.throughput_width,
-                                "batch": args.throughput_batch, "steps": args.throughput_steps, "rows": rows}
-    if "slice" in args.parts:
-        result = train.main([*common, "--width", str(args.slice_width), "--epochs", str(args.slice_epochs),
-                             "--preset", args.slice_preset, "--precision", args.slice_precision,
-                             "--out", str(work / "slice_resnet18")])
-        record["slice"] = {**result, "bench_command": command}
+        result = throughput(images, args.throughput_width, args.throughput_batch, args.throughput_steps, device)
+        step_us = 1e6 / max(r["ours_images_per_s"] for r in result["rows"])
+        result["augmentation_us_per_image"] = augmentation_cost(images, 512)
+        result["model_step_us_per_image"] = round(step_us, 1)
+        save("throughput", {**result, "hardware": train.hardware(device)})
+    if "full" in args.parts:
+        epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+        save("full", train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")]))
     if "aug" in args.parts:
         aug_study.main([*common, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
                         "--out", str(work / "aug")])
-    if {"throughput", "slice"} & set(args.parts):
-        with atomic_path(bench_file) as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
-        print(f"wrote {bench_file}")
-    return record
+    if "cam" in args.parts:
+        cam.main(["--checkpoint", args.checkpoint, "--data", args.also_test, "--correct", "5", "--wrong", "5",
+                  "--deletion", str(args.deletion), "--seed", str(args.seed), "--device", args.device,
+                  "--out", str(work / "cam")])
+    return json.loads(bench_file.read_text()) if bench_file.is_file() else {}
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """The augmentation study: one training run per preset, same seed, data, split and budget;
-val and test accuracy of the final epoch side by side.
+val and test accuracy of the final epoch side by side, and the seed-to-seed spread of one
+preset run with other seeds, so that differences smaller than chance are marked as such.
 
     python p6_classification/aug_study.py --data data/cifar10 --out outputs/p6/aug --epochs 30
-    python p6_classification/aug_study.py --data ../shared/data/cifar10/cifar10_slice.npz \\
-        --out outputs/p6/aug --epochs 15 --width 16 --device cpu            # what bench/ runs
-    python p6_classification/aug_study.py ... --presets none flip_crop cutout
+    python p6_classification/aug_study.py --data ../shared/data/cifar10_full \\
+        --out outputs/p6/aug --epochs 4 --width 32 --device cpu             # what bench/ runs
+    python p6_classification/aug_study.py ... --presets none flip_crop cutout --spread-seeds
 
 Any other option goes to train.py for every run (e.g. --width, --precision, --subset).
-OUT gets runs/<preset>/ (each resumable), aug_study.json (results, command, hardware),
-aug_study.md (the table) and aug_study.png (the plot).
+OUT gets runs/<preset>/ and runs/<spread preset>_seed<S>/ (each resumable), aug_study.json
+(results, command, hardware), aug_study.md (the table) and aug_study.png (the plot).
 """
 from __future__ import annotations
 
@@ -23,10 +24,27 @@ from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| preset | augmentation | val acc | test acc | train time |", "| --- | --- | --- | --- | --- |"]
+def spread(runs: list[dict]) -> dict | None:
+    """Seed-to-seed spread (max - min) of val and test accuracy over runs of one preset."""
+    if len(runs) < 2:
+        return None
+    return {f"{key}_spread": max(r[key] for r in runs) - min(r[key] for r in runs) for key in ("val_acc", "test_acc")}
+
+
+def verdict(row: dict, reference: dict, noise: dict | None) -> str:
+    """Whether `row` differs from the spread preset's run by more than the seed-to-seed spread."""
+    if noise is None or row is reference:
+        return ""
+    gap = row["test_acc"] - reference["test_acc"]
+    return f"{gap:+.4f}" + ("" if abs(gap) > noise["test_acc_spread"] else " (n.s.)")
+
+
+def table(rows: list[dict], reference: str | None = None, noise: dict | None = None) -> str:
+    ref = next((r for r in rows if r["preset"] == reference), None)
+    lines = ["| preset | augmentation | val acc | test acc | test vs " + (reference or "-") + " | train time |",
+             "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['preset']} | {DESCRIPTIONS[r['preset']]} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
-              f"{r['train_seconds']:.0f} s |" for r in rows]
+              f"{verdict(r, ref, noise) if ref else ''} | {r['train_seconds']:.0f} s |" for r in rows]
     return "\n".join(lines)
 
 
@@ -56,6 +74,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="outputs/p6/aug")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"default: all ({' '.join(PRESETS)})")
+    p.add_argument("--spread-preset", default="flip_crop", help="the preset also run with --spread-seeds")
+    p.add_argument("--spread-seeds", type=int, nargs="*", default=[1, 2],
+                   help="extra seeds of --spread-preset (with the run's own seed they measure the seed-to-seed spread)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = p.parse_known_args(argv)
     unknown = sorted(set(args.presets) - set(PRESETS))
@@ -63,6 +84,8 @@ def main(argv=None) -> dict:
         raise CLIError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     if "--preset" in extra or "--out" in extra:
         raise CLIError("--preset and --out are set per run by the study")
+    if args.spread_seeds and args.spread_preset not in args.presets:
+        raise CLIError(f"--spread-preset {args.spread_preset} must be one of the --presets")
     out = Path(args.out)
     rows = []
     for preset in args.presets:
@@ -70,18 +93,26 @@ def main(argv=None) -> dict:
                              "--out", str(out / "runs" / preset), *extra])
         rows.append({"preset": preset, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
         print(f"== {preset}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
-    record = {"command": shlex.join(["python", "p6_classification/aug_study.py", *argv]),
+    seed_runs = [next(r for r in rows if r["preset"] == args.spread_preset)] if args.spread_seeds else []
+    for seed in args.spread_seeds:
+        result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", args.spread_preset,
+                             *extra, "--seed", str(seed), "--out", str(out / "runs" / f"{args.spread_preset}_seed{seed}")])
+        seed_runs.append({"seed": seed, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
+        print(f"== {args.spread_preset} seed {seed}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
+    noise = spread(seed_runs)
+    record = {"command": shlex.join(["python", "-m", "p6_classification.aug_study", *argv]),
               "hardware": result["hardware"], "data": result["data"], "arch": result["arch"],
               "epochs": args.epochs, "batch_size": result["batch_size"], "precision": result["precision"],
               "train_images": result["train_images"], "val_images": result["val_images"],
-              "test_images": result["test_images"], "rows": rows}
+              "test_images": result["test_images"], "rows": rows, "spread_preset": args.spread_preset,
+              "seed_runs": seed_runs, "spread": noise}
     with atomic_path(out / "aug_study.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     with atomic_path(out / "aug_study.md") as tmp:
-        tmp.write_text(f"Command: `{record['command']}` on {record['hardware']}\n\n{table(rows)}\n")
+        tmp.write_text(f"Command: `{record['command']}` on {record['hardware']}\n\n{table(rows, args.spread_preset, noise)}\n")
     plot(rows, f"{result['arch']['model']} width {result['arch'].get('width', '-')}, {args.epochs} epochs, "
                f"{result['train_images']} training images", out / "aug_study.png")
-    print(table(rows))
+    print(table(rows, args.spread_preset, noise))
     return record
 
 

@@ -41,6 +41,7 @@ _CUTOUT = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
 DESCRIPTIONS = {**{name: text for name, (text, _) in _GEOMETRY.items()},
                 "normalize": "per-channel mean/std normalisation only",
                 "flip_crop": "flip + crop, normalised (the standard CIFAR recipe)",
+                "flip_crop_ls": "flip_crop + label smoothing 0.1 (the shipped model's)",
                 "cutout": "flip_crop + cutout 16x16",
                 "trivialaugment": "flip_crop + TrivialAugmentWide + cutout",
                 "autoaugment": "flip_crop + AutoAugment (CIFAR-10 policy) + cutout",
@@ -60,9 +61,10 @@ def build_preset(name: str, mean: tuple[float, ...], std: tuple[float, ...], num
     evaluation = v2.Compose([to_float, normalize])
     if name == "normalize":
         return Preset(name, evaluation, evaluation, None, 0.0)
-    if name in ("flip_crop", "cutout"):
+    if name in ("flip_crop", "flip_crop_ls", "cutout"):
         tail = [_CUTOUT] if name == "cutout" else []
-        return Preset(name, v2.Compose([*_FLIP_CROP, to_float, normalize, *tail]), evaluation, None, 0.0)
+        return Preset(name, v2.Compose([*_FLIP_CROP, to_float, normalize, *tail]), evaluation, None,
+                      0.1 if name == "flip_crop_ls" else 0.0)
     policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if name == "autoaugment" else v2.TrivialAugmentWide()
     train = v2.Compose([*_FLIP_CROP, policy, to_float, normalize, _CUTOUT])
     batch = None

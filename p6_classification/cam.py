@@ -1,28 +1,44 @@
-"""Class activation maps for a trained model on the first N CIFAR-10 test images.
+"""Class activation maps for a trained model on CIFAR-10 test images, and whether they mean
+anything (the deletion metric).
 
+    python p6_classification/cam.py                                   # the shipped model, the official-pixel test slice
     python p6_classification/cam.py --checkpoint runs/p6/resnet18/final.pt --data DATA --out outputs/p6/cam
     python p6_classification/cam.py --checkpoint runs/p6/vit/final.pt --data DATA --out outputs/p6/cam
+    python p6_classification/cam.py --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's
 
 ResNet-18: CAM (Zhou et al. 2016, ours: the predicted class's FC weights times the last conv
 feature maps, which global average pooling feeds to the FC layer) beside Grad-CAM (the
 grad-cam library, on layer4). ViT: Grad-CAM on the last block's norm1, its patch tokens
 reshaped to the patch grid. Writes OUT/cam_<model>.png (one row per image, titled with the
-predicted and true class).
+predicted and true class): the first --n test images, or the first --correct correctly and
+first --wrong wrongly classified ones.
+
+--deletion N scores the maps on the first N test images (Petsiuk et al. 2018's deletion idea,
+one step): set the top 20% pixels of a map to the dataset mean and see how much the predicted
+class's probability drops, against 20% random pixels; a map that points at the evidence drops
+it more. Writes OUT/deletion_<model>.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CLIError, resolve_device, run_cli, save_figure
+from hw2_utils import CLIError, atomic_path, resolve_device, run_cli, save_figure
 from p6_classification.augment import build_preset
-from p6_classification.data import load_cifar
-from p6_classification.infer import load_checkpoint
+from p6_classification.data import CIFAR_MEAN, load_cifar
+from p6_classification.infer import SHIPPED, load_checkpoint
 from p6_classification.models import Resized, ResNet18
+
+
+# The 1,017 official-pixel test images of the shared slice, beside the repository.
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10_slice.npz"
 
 
 def class_activation_map(model: ResNet18, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -69,6 +85,41 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor) -> 
             p.requires_grad_(flag)
 
 
+DELETION_FRACTION = 0.2  # the share of pixels masked (the issue's protocol)
+
+
+@torch.no_grad()
+def class_probability(model, transform, images: torch.Tensor, classes: torch.Tensor, device) -> torch.Tensor:
+    return model(transform(images).to(device)).softmax(1)[torch.arange(len(classes)), classes.to(device)].cpu()
+
+
+def mask_pixels(images: torch.Tensor, order: torch.Tensor, fraction: float) -> torch.Tensor:
+    """uint8 (N,3,H,W) with the first `fraction` of each image's pixels in `order` (N, H*W,
+    pixel indices) set to the CIFAR-10 mean colour."""
+    n, _, h, w = images.shape
+    k = round(fraction * h * w)
+    masked = images.clone().flatten(2)
+    fill = torch.tensor([round(255 * m) for m in CIFAR_MEAN], dtype=torch.uint8)[:, None]
+    rows = torch.arange(n)[:, None]
+    masked.permute(0, 2, 1)[rows, order[:, :k]] = fill.T
+    return masked.view(n, 3, h, w)
+
+
+def deletion(model, transform, images: torch.Tensor, classes: torch.Tensor, maps: dict[str, torch.Tensor],
+             device, seed: int = 0, fraction: float = DELETION_FRACTION) -> dict[str, torch.Tensor]:
+    """Predicted-class probability of the intact images, of the images with each map's top
+    `fraction` pixels masked, and with as many random pixels masked (seeded)."""
+    n, _, h, w = images.shape
+    generator = torch.Generator().manual_seed(seed)
+    random_order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(n)])
+    probs = {"intact": class_probability(model, transform, images, classes, device),
+             "random": class_probability(model, transform, mask_pixels(images, random_order, fraction), classes, device)}
+    for name, heat in maps.items():
+        order = torch.as_tensor(heat).flatten(1).argsort(dim=1, descending=True, stable=True)
+        probs[name] = class_probability(model, transform, mask_pixels(images, order, fraction), classes, device)
+    return probs
+
+
 def overlay_figure(images: torch.Tensor, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
     """One row per image: the image, then each map over it (jet, half transparent)."""
     import matplotlib
@@ -91,33 +142,71 @@ def overlay_figure(images: torch.Tensor, maps: dict[str, np.ndarray], titles: li
     save_figure(fig, path, dpi=110)
 
 
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="final.pt of train.py or vit_finetune.py")
-    p.add_argument("--data", default="data/cifar10", help="CIFAR-10 root or the .npz slice (its test images are used)")
-    p.add_argument("--n", type=int, default=8, help="number of test images (the first N)")
-    p.add_argument("--out", default="outputs/p6/cam")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    if args.n < 1:
-        raise CLIError("--n must be at least 1")
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
-    cifar = load_cifar(args.data)
-    images, labels = cifar.test_images[:args.n], cifar.test_labels[:args.n]
-    x = build_preset(meta["preset"], meta["mean"], meta["std"], len(meta["classes"])).eval(images).to(device)
-    with torch.no_grad():
-        predicted = model(x).argmax(1).cpu()
+def saliency_maps(model, x: torch.Tensor, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N,H,W) maps in [0, 1] for each method the model supports: our CAM (ResNet) and Grad-CAM."""
     maps = {}
     if isinstance(model, ResNet18):
         with torch.no_grad():
-            maps["CAM (ours)"] = heatmap(class_activation_map(model, x, predicted), x.shape[-2:]).cpu().numpy()
-    maps["Grad-CAM"] = grad_cam(model, x, predicted)
+            maps["CAM (ours)"] = heatmap(class_activation_map(model, x, classes.to(x.device)), x.shape[-2:]).cpu()
+    maps["Grad-CAM"] = torch.from_numpy(grad_cam(model, x, classes))
+    return maps
+
+
+def pick(correct: torch.Tensor, n: int, n_correct: int | None, n_wrong: int | None) -> torch.Tensor:
+    """Indices of the first n images, or of the first n_correct right and n_wrong wrong ones."""
+    if n_correct is None and n_wrong is None:
+        return torch.arange(min(n, len(correct)))
+    right, wrong = correct.nonzero()[:, 0][:n_correct or 0], (~correct).nonzero()[:, 0][:n_wrong or 0]
+    if len(right) < (n_correct or 0) or len(wrong) < (n_wrong or 0):
+        raise CLIError(f"only {len(right)} correct and {len(wrong)} wrong predictions among {len(correct)} test images")
+    return torch.cat([right, wrong])
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(SHIPPED), help="final.pt of train.py or vit_finetune.py (default: the shipped ResNet-18)")
+    p.add_argument("--data", default=str(SHARED_CIFAR), help="CIFAR-10 (any hw2_utils.load_cifar10 source; its test images are used)")
+    p.add_argument("--n", type=int, default=8, help="number of test images in the figure (the first N)")
+    p.add_argument("--correct", type=int, help="the figure shows the first K correctly classified test images ...")
+    p.add_argument("--wrong", type=int, help="... and the first K wrongly classified ones")
+    p.add_argument("--deletion", type=int, default=0, metavar="N", help="deletion metric on the first N test images (0 = skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-pixel baseline of --deletion")
+    p.add_argument("--out", default="outputs/p6/cam")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if min(args.n, args.correct or 0, args.wrong or 0, args.deletion) < 0 or args.n < 1:
+        raise CLIError("--n must be at least 1, and --correct, --wrong, --deletion non-negative")
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    cifar = load_cifar(args.data)
+    transform = build_preset(meta["preset"], meta["mean"], meta["std"], len(meta["classes"])).eval
+    with torch.no_grad():
+        predicted = torch.cat([model(transform(chunk).to(device)).argmax(1).cpu() for chunk in cifar.test_images.split(500)])
+    chosen = pick(predicted == cifar.test_labels, args.n, args.correct, args.wrong)
+    images, labels, classes = cifar.test_images[chosen], cifar.test_labels[chosen], predicted[chosen]
+    maps = saliency_maps(model, transform(images).to(device), classes)
     names = meta["classes"]
-    titles = [f"pred {names[p]} / true {names[t]}" for p, t in zip(predicted.tolist(), labels.tolist())]
-    path = Path(args.out) / f"cam_{meta['arch']['model']}.png"
-    overlay_figure(images, maps, titles, path)
+    titles = [f"pred {names[p]} / true {names[t]}" for p, t in zip(classes.tolist(), labels.tolist())]
+    out = Path(args.out)
+    path = out / f"cam_{meta['arch']['model']}.png"
+    overlay_figure(images, {k: v.numpy() for k, v in maps.items()}, titles, path)
     print(f"wrote {path}")
+    if args.deletion:
+        images, classes = cifar.test_images[:args.deletion], predicted[:args.deletion]
+        probs = deletion(model, transform, images, classes, saliency_maps(model, transform(images).to(device), classes),
+                         device, args.seed)
+        drops = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+        record = {"checkpoint": str(args.checkpoint), "data": cifar.source, "images": len(images),
+                  "fraction": DELETION_FRACTION, "seed": args.seed, "mean_probability_intact": probs["intact"].mean().item(),
+                  "mean_drop": {k: v.mean().item() for k, v in drops.items()},
+                  "share_dropping_more_than_random": {k: (v > drops["random"]).float().mean().item()
+                                                     for k, v in drops.items() if k != "random"},
+                  "command": shlex.join(["python", "-m", "p6_classification.cam", *(sys.argv[1:] if argv is None else argv)])}
+        deletion_path = out / f"deletion_{meta['arch']['model']}.json"
+        with atomic_path(deletion_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        print("mean drop of the predicted class's probability: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in record["mean_drop"].items()) + f" -> {deletion_path}")
     return path
 
 

@@ -1,11 +1,12 @@
 """Predict CIFAR-10 classes with a trained model: INPUT -> OUT_CSV with `image_name,label`.
 
+    python p6_classification/infer.py IMG_DIR OUT_CSV                        # the shipped ResNet-18
+    python p6_classification/infer.py IMG_DIR OUT_CSV --labels IMG_DIR/labels.csv
+    python p6_classification/infer.py ../shared/data/cifar10_full OUT_CSV   # the CIFAR-10 test set
     python p6_classification/infer.py IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/final.pt
-    python p6_classification/infer.py IMG_DIR OUT_CSV --checkpoint CKPT --labels IMG_DIR/labels.csv
-    python p6_classification/infer.py data/cifar10 OUT_CSV --checkpoint CKPT      # the CIFAR-10 test set
 
-INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (torchvision
-root or the .npz slice), whose test images are named 00000.png, 00001.png, ... by index.
+INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (any source
+hw2_utils.load_cifar10 reads), whose test images are named 00000.png, 00001.png, ... by index.
 `label` is the class index (0 airplane ... 9 truck). Accuracy is printed when labels are
 known: always for CIFAR-10, and for a folder given --labels (a CSV `image_name,label`).
 """
@@ -21,6 +22,10 @@ from hw2_utils import CLIError, atomic_path, list_images, progress, resolve_devi
 from p6_classification.augment import build_preset
 from p6_classification.data import load_cifar, load_images
 from p6_classification.models import build_model
+
+
+# The shipped model: train.py's default recipe on the whole CIFAR-10 (JPEG copy); README "P6".
+SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "resnet18_cifar10.pt"
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -50,6 +55,12 @@ def predict(model: torch.nn.Module, meta: dict, images: torch.Tensor, device: to
     return torch.cat(out)
 
 
+def is_cifar10(source: Path) -> bool:
+    """Whether `source` is one of hw2_utils.load_cifar10's layouts rather than an image folder."""
+    return (source.suffix == ".npz" or source.name == "cifar-10-batches-py" or (source / "cifar-10-batches-py").is_dir()
+            or (source / "test.npz").is_file())
+
+
 def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
     with open(path, newline="") as f:
         table = {row["image_name"]: int(row["label"]) for row in csv.DictReader(f)}
@@ -63,13 +74,14 @@ def main(argv=None) -> float | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="image folder, CIFAR-10 root, cifar-10-batches-py, or the .npz slice")
     p.add_argument("out_csv")
-    p.add_argument("--checkpoint", required=True, help="final.pt written by train.py / vit_finetune.py")
+    p.add_argument("--checkpoint", default=str(SHIPPED), help="final.pt written by train.py / vit_finetune.py "
+                   "(default: the shipped ResNet-18)")
     p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     source = Path(args.input)
-    if source.suffix == ".npz" or (source / "cifar-10-batches-py").is_dir() or source.name == "cifar-10-batches-py":
+    if is_cifar10(source):
         cifar = load_cifar(source)
         images, labels = cifar.test_images, cifar.test_labels
         names = [f"{i:05d}.png" for i in range(len(labels))]

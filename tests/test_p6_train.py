@@ -140,10 +140,12 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
                        "--vit-kwargs", json.dumps(tiny), "--img-size", "32", "--trainable-blocks", "1",
                        "--out", str(out)])
     final = torch.load(out / "final.pt", weights_only=True)
+    trained = torch.load(out / "last.pt", weights_only=False)["model"]  # the fp32 training state
     assert final["arch"]["trainable_blocks"] == 1
-    for name, value in final["state_dict"].items():
+    for name, value in trained.items():
         trainable = name.removeprefix("net.").startswith(("blocks.2.", "norm.", "head."))
         assert torch.equal(value, start[name.removeprefix("net.")]) != trainable, name
+        assert final["state_dict"][name].dtype == torch.float16 and torch.equal(final["state_dict"][name], value.half())
     assert cam.main(["--checkpoint", str(out / "final.pt"), "--data", slice_path, "--n", "2",
                      "--out", str(tmp_path / "cam"), "--device", "cpu"]).name == "cam_vit.png"
 
@@ -155,12 +157,18 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path):
     with Image.open(path) as figure:
         assert figure.height > figure.width * 0.8  # three rows of image | CAM | Grad-CAM
     record = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug"), "--epochs", "1",
-                             "--presets", "none", "cutout", "--subset", "100", "--width", "8", "--batch-size", "30",
-                             "--device", "cpu"])
+                             "--presets", "none", "cutout", "--spread-preset", "none", "--spread-seeds", "1",
+                             "--subset", "100", "--width", "8", "--batch-size", "30", "--device", "cpu"])
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
         result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
         assert result["preset"] == row["preset"] and result["test_acc"] == row["test_acc"]
+    seed1 = json.loads((tmp_path / "aug" / "runs" / "none_seed1" / "result.json").read_text())
+    assert seed1["command"].endswith("--seed 1 --out " + str(tmp_path / "aug" / "runs" / "none_seed1"))
+    none, cutout = record["rows"]
+    assert record["spread"]["test_acc_spread"] == pytest.approx(abs(seed1["test_acc"] - none["test_acc"]))
+    gap = cutout["test_acc"] - none["test_acc"]
+    mark = "" if abs(gap) > record["spread"]["test_acc_spread"] else " (n.s.)"
     table = (tmp_path / "aug" / "aug_study.md").read_text()
-    assert f"| cutout | flip_crop + cutout 16x16 | {record['rows'][1]['val_acc']:.4f} |" in table
+    assert f"| cutout | flip_crop + cutout 16x16 | {cutout['val_acc']:.4f} | {cutout['test_acc']:.4f} | {gap:+.4f}{mark} |" in table
     assert (tmp_path / "aug" / "aug_study.png").is_file()

@@ -1,0 +1,48 @@
+"""The deletion metric of cam.py: exact masking, and that it ranks a map that points at the
+evidence above random pixels (on a toy model whose evidence is known); the shipped model's
+check lives in test_p6_shipped.py."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from p6_classification import cam
+from p6_classification.data import CIFAR_MEAN
+
+
+def test_mask_pixels_sets_exactly_the_first_pixels_of_the_order_to_the_mean():
+    images = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    order = torch.stack([torch.arange(20).flip(0), torch.arange(20)])
+    masked = cam.mask_pixels(images, order, fraction=0.25)  # 5 of 20 pixels
+    mean = torch.tensor([round(255 * m) for m in CIFAR_MEAN], dtype=torch.uint8)
+    changed = (masked != images).any(dim=1).flatten(1)
+    for i, pixels in enumerate(([19, 18, 17, 16, 15], [0, 1, 2, 3, 4])):
+        flat = masked[i].flatten(1)
+        assert all(torch.equal(flat[:, p], mean) for p in pixels)
+        assert set(changed[i].nonzero()[:, 0].tolist()) <= set(pixels)
+        untouched = [p for p in range(20) if p not in pixels]
+        assert torch.equal(flat[:, untouched], images[i].flatten(1)[:, untouched])
+
+
+class CornerModel(nn.Module):
+    """Class 1's logit is the mean red of the top-left 2x2 corner: the evidence is known."""
+
+    def forward(self, x):
+        red = x[:, 0, :2, :2].mean(dim=(1, 2))
+        return torch.stack([torch.zeros_like(red), 10 * red], dim=1)
+
+
+def test_deletion_ranks_a_map_on_the_evidence_above_random_pixels():
+    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0, :2, :2] = 255
+    transform = lambda x: x.float() / 255  # noqa: E731
+    classes = torch.ones(8, dtype=torch.long)
+    on_evidence = torch.zeros(8, 8, 8)
+    on_evidence[:, :2, :2] = 1
+    off_evidence = 1 - on_evidence
+    probs = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence, "wrong": off_evidence}, "cpu")
+    drop = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+    assert (drop["right"] > drop["random"]).all() and (drop["random"] >= drop["wrong"]).all()
+    assert torch.equal(drop["wrong"], torch.zeros(8))  # masking elsewhere leaves the evidence intact
+    again = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence}, "cpu")
+    assert torch.equal(again["random"], probs["random"])  # the random baseline is seeded
