@@ -1,6 +1,12 @@
 """P4 benchmarks. Each command prints its numbers and, with --json, saves them together with
 the command and the hardware; p4_gan/report.py reads those files.
 
+    # the result: for each trained run (RUNS/dcgan, RUNS/improved) its generator_best.pt (chosen
+    # by FID on training faces) writes run.sh's 1000 images; their FID against the 2000 val faces
+    # and face rate, beside the floor: 1000 real *training* faces against the same val faces
+    python -m bench.p4_gan final --runs runs/p4 --data-root ../shared/data/celeba10k --out outputs/p4/final \
+        --json outputs/p4/final.json
+
     # a short real run of both models on the 24 train faces (CPU, one thread): loss trends,
     # seconds per step, and the face rate of 100 images from each result
     OMP_NUM_THREADS=1 python bench/p4_gan.py smoke --data-root ../shared/data/hw2_data/face --out /tmp/p4_smoke --json runs/p4/smoke.json
@@ -17,35 +23,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# This script shares its name with the package it measures: take bench/ off the import
-# path so `import p4_gan` finds the package, not this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from evaluation.face_rate import face_rate  # noqa: E402
-from evaluation.fid import fid_from_dirs  # noqa: E402
-from hw2_utils import atomic_path, ensure_writable_dir, resolve_device, run_cli  # noqa: E402
-from p4_gan import infer, train  # noqa: E402
-from p4_gan.figures import plot_curves, series  # noqa: E402
-from p4_gan.pipeline import generate, load_generator, save_generator, with_standing_stats, write_images  # noqa: E402
+from evaluation.face_rate import face_rate
+from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
+from hw2_utils import atomic_path, ensure_writable_dir, require_file, resolve_device, run_cli, to_uint8
+from p4_gan import infer, train
+from p4_gan.data import load_faces, split_source
+from p4_gan.figures import plot_curves, series
+from p4_gan.pipeline import generate, load_generator, save_generator, with_standing_stats, write_images
+from p6_classification.train import hardware  # the CPU model name, as every bench records it
 
 MODELS = tuple(train.PRESETS)
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}), torch threads: {torch.get_num_threads()}"
 
 
 def trainer_for(model: str, device: torch.device, batch_size: int):
@@ -102,6 +99,59 @@ def cmd_eval(args) -> dict:
     return result
 
 
+def training_record(run: Path) -> dict:
+    """What the run folder says about its training: steps, epochs, wall time, and the epoch
+    and training-face FID of the generator_best.pt it picked."""
+    steps, seconds = series(run / "log.csv", "step", "seconds")
+    epochs, fids = series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
+    _, meta = load_generator(run / "generator_best.pt")
+    best = fids.index(min(fids)) if fids else None
+    # log.csv's clock restarts with each process (a resumed run): add up the segments.
+    total = sum(before for before, after in zip(seconds, seconds[1:]) if after < before) + seconds[-1]
+    return {"steps": int(steps[-1]), "epochs": steps[-1] / (meta["step"] / meta["epoch"]) if meta.get("epoch") else None,
+            "train_seconds": total, "command": meta.get("recipe"), "best_step": meta.get("step"),
+            "best_epoch": meta.get("epoch"), "best_train_fid": fids[best] if best is not None else None,
+            "fid_curve": list(zip(epochs, fids))}
+
+
+def spread(stats: tuple, reference: tuple) -> float:
+    """trace(Sigma) / trace(Sigma_ref) of Inception features: how varied a set is next to the real
+    faces; a generator that collapses onto few modes scores well below 1."""
+    return float(stats[1].trace() / reference[1].trace())
+
+
+def cmd_final(args) -> dict:
+    device = resolve_device(args.device)
+    extractor = load_inception(args.fid_weights, device)
+    val = load_faces(split_source(args.data_root, "val"))
+    reference = image_statistics(val, extractor, device=device)
+    real = load_faces(split_source(args.data_root, "train"), limit=args.n)
+    out = Path(args.out)
+    write_images(real.float() / 127.5 - 1, out / "real_train")  # exact: the uint8 pixels come back
+    rate = face_rate(out / "real_train")
+    result = {"hardware": hardware(device), "data": str(args.data_root), "n": args.n,
+              "reference": f"{len(val)} val faces", "seed": infer.SEED,
+              "real_train": {"fid": frechet_distance(real_stats := image_statistics(real, extractor, device=device), reference),
+                             "feature_spread": spread(real_stats, reference),
+                             "face_rate": rate["rate"], "one_face": rate["one_face"], "total": rate["total"]},
+              "models": {}}
+    print(f"floor, {args.n} real training faces: FID {result['real_train']['fid']:.2f}, face rate {rate['rate']:.3f}")
+    for model in args.models:
+        run = Path(args.runs) / model
+        generator, _ = load_generator(require_file(run / "generator_best.pt", f"{model} generator",
+                                                   f"train it: python -m p4_gan.train --model {model} --out {run}"), device)
+        images = generate(generator, args.n, infer.SEED)  # what run.sh writes
+        write_images(images, out / model)
+        rate = face_rate(out / model)
+        stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
+        fid = frechet_distance(stats, reference)
+        result["models"][model] = {**training_record(run), "fid": fid, "feature_spread": spread(stats, reference),
+                                   "face_rate": rate["rate"],
+                                   "one_face": rate["one_face"], "total": rate["total"], "images": str(out / model)}
+        print(f"{model}: FID {fid:.2f} against {len(val)} val faces, face rate {rate['rate']:.3f}")
+    return result
+
+
 def cmd_cost(args) -> dict:
     device = resolve_device(args.device)
     result = {"hardware": hardware(device), "batch_size": args.batch_size, "models": {}}
@@ -151,7 +201,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
     s.add_argument("--images", required=True)
     s.add_argument("--ref", help="reference folder or .npz statistics for FID (e.g. hw2_data/face/val)")
-    s.add_argument("--fid-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: download)")
+    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
+    s.add_argument("--device", default="auto")
+    s = sub.add_parser("final", help="FID against val and face rate of each run's chosen generator, beside real faces")
+    s.add_argument("--runs", default="runs/p4", help="folder holding dcgan/ and improved/ run folders")
+    s.add_argument("--data-root", required=True, help="folder with train and val faces (folders or celeba10k .npz)")
+    s.add_argument("--out", required=True, help="where the generated and real images are written")
+    s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    s.add_argument("--n", type=int, default=1000, help="images per model (and real training faces for the floor)")
+    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     s = sub.add_parser("cost", help="FLOPs and measured seconds per training iteration; inference seconds")
     s.add_argument("--batch-size", type=int, default=train.DEFAULTS["batch_size"])
@@ -164,9 +222,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = {"smoke": cmd_smoke, "eval": cmd_eval, "cost": cmd_cost}[args.command](args)
+    result = {"smoke": cmd_smoke, "eval": cmd_eval, "final": cmd_final, "cost": cmd_cost}[args.command](args)
     if args.json:
-        result = {"command": shlex.join(["python", "bench/p4_gan.py", *(sys.argv[1:] if argv is None else argv)]), **result}
+        result = {"command": shlex.join(["python", "-m", "bench.p4_gan", *(sys.argv[1:] if argv is None else argv)]), **result}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         print(f"saved {args.json}")

@@ -1,15 +1,18 @@
 """The report's P4 figures, for each run folder RUNS/{dcgan,improved} that exists:
 architecture.txt (`print(G)` and `print(D)`), first32.png (images 0000-0031 of what
-infer.py writes from OUT/generator.pt, as a 4x8 grid) and curves.png (log.csv and fid.csv).
+infer.py writes from the run's chosen generator, generator_best.pt, as a 4x8 grid) and
+curves.png (log.csv and fid.csv); with both runs, RUNS/first32_ab.png puts A and B side by side.
 
-    python p4_gan/figures.py runs/p4
-    python p4_gan/figures.py runs/p4 --models dcgan --device cpu
+    python -m p4_gan.figures runs/p4
+    python -m p4_gan.figures runs/p4 --models dcgan --device cpu
 """
 from __future__ import annotations
 
 import argparse
 import csv
 from pathlib import Path
+
+import torch
 
 from hw2_utils import CLIError, atomic_path, require_dir, resolve_device, run_cli, save_figure, save_grid
 from p4_gan.infer import SEED
@@ -35,11 +38,41 @@ def write_architecture(run_dir: Path, model: str) -> Path:
     return path
 
 
-def write_first32(run_dir: Path, device) -> Path:
+def chosen_generator(run_dir: Path) -> Path:
+    """generator_best.pt (lowest FID on training faces) when the run measured FID, else generator.pt."""
+    best = run_dir / "generator_best.pt"
+    return best if best.is_file() else run_dir / "generator.pt"
+
+
+def first32(run_dir: Path, device) -> torch.Tensor:
     """The first 32 of infer.py's 1000 images (same seed and batch size, so the same pixels)."""
-    generator, _ = load_generator(run_dir / "generator.pt", device)
+    generator, _ = load_generator(chosen_generator(run_dir), device)
+    return generate(generator, 1000, SEED)[:32]
+
+
+def write_first32(run_dir: Path, device) -> Path:
     path = run_dir / "first32.png"
-    save_grid(generate(generator, 1000, SEED)[:32], path, nrow=8)
+    save_grid(first32(run_dir, device), path, nrow=8)
+    return path
+
+
+def side_by_side(runs: Path, device) -> Path:
+    """A's and B's first 32 images as two 4x8 grids, next to each other, titled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    for ax, (model, title) in zip(axes, (("dcgan", "(A) DCGAN"), ("improved", "(B) improved GAN (EMA)"))):
+        grid = make_grid((first32(runs / model, device) + 1) / 2, nrow=8, padding=2, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    path = runs / "first32_ab.png"
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -71,7 +104,7 @@ def plot_curves(run_dir: Path) -> Path:
     axes[1].set(xlabel="step", title="mean D logit")
     if fid[1]:
         axes[2].plot(*fid, marker="o")
-        axes[2].set(xlabel="epoch", title=f"FID vs val (best {min(fid[1]):.2f})")
+        axes[2].set(xlabel="epoch", title=f"FID vs training faces (best {min(fid[1]):.2f})")
     for ax in axes[:2]:
         ax.legend()
     fig.suptitle(run_dir.name)
@@ -99,11 +132,13 @@ def main(argv=None) -> None:
     for model in found:
         run_dir = runs / model
         written = [write_architecture(run_dir, model)]
-        if (run_dir / "generator.pt").is_file():
+        if chosen_generator(run_dir).is_file():
             written.append(write_first32(run_dir, device))
         if (run_dir / "log.csv").is_file():
             written.append(plot_curves(run_dir))
         print(f"{model}: wrote {', '.join(p.name for p in written)}")
+    if all(chosen_generator(runs / m).is_file() for m in MODELS):
+        print(f"wrote {side_by_side(runs, device)}")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,28 @@ from p4_gan.report import section
 
 def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     text = section(tmp_path)
-    assert text.count("not produced yet") == 11  # 2 evals, 2 x 3 figures, smoke, real faces, cost
-    for command in ("bench/p4_gan.py eval", "p4_gan/figures.py", "bench/p4_gan.py smoke", "bench/p4_gan.py cost"):
+    assert [line for line in text.splitlines() if line.startswith("### ")] == [
+        "### FID and face-recognition rate", "### Samples, architectures, training curves", "### Cost"]
+    for command in ("python -m bench.p4_gan final", "python -m p4_gan.figures", "python -m p4_gan.train",
+                    "python -m bench.p4_gan cost"):
         assert command in text
     assert not re.search(r"\|\s*\d", text)  # no table of values
 
 
-def test_measured_values_come_from_the_json_files(tmp_path):
+def test_measured_values_come_from_the_json_file(tmp_path):
     d = tmp_path / "p4"
     d.mkdir()
-    for model, fid, rate in (("dcgan", 31.234, 0.871), ("improved", 17.5, 0.962)):
-        (d / f"eval_{model}.json").write_text(json.dumps(
-            {"command": f"python bench/p4_gan.py eval --images out_{model}", "images": "x", "face_rate": rate,
-             "one_face": int(rate * 1000), "total": 1000, "ref": "val", "fid": fid, "hardware": "GPU-X"}))
+    models = {model: {"steps": 5000, "epochs": 40.0, "train_seconds": 7200.0, "command": f"python -m p4_gan.train --model {model}",
+                      "best_step": 4000, "best_epoch": 32, "best_train_fid": best, "fid": fid, "feature_spread": spread,
+                      "face_rate": rate, "one_face": int(rate * 1000), "total": 1000}
+              for model, best, fid, spread, rate in (("dcgan", 40.1, 31.234, 0.71, 0.871), ("improved", 30.2, 24.5, 0.93, 0.962))}
+    (d / "final.json").write_text(json.dumps({
+        "command": "python -m bench.p4_gan final --runs X", "hardware": "CPU-X", "n": 1000, "seed": 2022,
+        "reference": "2000 val faces", "models": models,
+        "real_train": {"fid": 17.25, "feature_spread": 1.01, "face_rate": 0.94, "one_face": 940, "total": 1000}}))
     text = section(tmp_path)
-    assert "| (A) DCGAN | 31.23 | 87.1% | 1000 |" in text
-    assert "| (B) improved GAN | 17.50 | 96.2% | 1000 |" in text
-    assert "FID of (B) 17.50 against (A) 31.23: lower" in text
-    assert "on GPU-X" in text and text.count("not produced yet") == 9
+    assert "| (A) DCGAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 40.1) | 31.23 | 87.1% | 0.71 |" in text
+    assert "| (B) improved GAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 30.2) | 24.50 | 96.2% | 0.93 |" in text
+    assert "| 17.25 | 94.0% | 1.01 |" in text
+    assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text
+    assert "on CPU-X" in text and "`python -m p4_gan.train --model improved`" in text
