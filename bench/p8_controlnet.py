@@ -1,8 +1,8 @@
 """P8 speed: seconds per denoising step of every scheduler, and on a GPU it/s and peak memory at 512².
 
-    OMP_NUM_THREADS=1 python bench/p8_controlnet.py                  # tiny model on the CPU (always)
-    python bench/p8_controlnet.py --device cuda                      # + SD v1 at 512², random weights
-    python bench/p8_controlnet.py --device cuda --model sd-v1-5/ --controlnet sd-controlnet-canny/
+    OMP_NUM_THREADS=1 python -m bench.p8_controlnet                  # tiny model on the CPU (always)
+    python -m bench.p8_controlnet --device cuda                      # + SD v1 at 512², random weights
+    python -m bench.p8_controlnet --device cuda --model sd-v1-5/ --controlnet sd-controlnet-canny/
 
 The tiny part times the test model (32 px) through the diffusers pipeline for each scheduler:
 a step is the time between two step-end callbacks (UNet on the CFG batch of 2 + scheduler step),
@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and `p8_controlnet` would name this file.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import torch  # noqa: E402
+import torch
 
-from hw2_utils import resolve_device, run_cli  # noqa: E402
-from p8_controlnet.pipelines import (SCHEDULERS, apply_memory_options, build_pipeline, load_controlnet,  # noqa: E402
+from hw2_utils import command_line, resolve_device, run_cli
+from p8_controlnet.pipelines import (SCHEDULERS, apply_memory_options, build_pipeline, load_controlnet,
                                      make_scheduler)
-from p8_controlnet.records import command_line, environment, save_json  # noqa: E402
-from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion  # noqa: E402
+from p8_controlnet.records import environment, save_json
+from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SCHEDULER_CONFIG = json.loads((V1_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
@@ -136,7 +132,7 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     gpu = gpu_512(device, args.model, args.controlnet, args.steps, args.repeats) if device.type == "cuda" else None
     record = {"tiny_cpu": tiny_cpu(args.steps, args.repeats), "gpu_512": gpu,
-              "command": command_line("bench/p8_controlnet.py", argv), "environment": environment(device)}
+              "command": command_line("bench.p8_controlnet", argv), "environment": environment(device)}
     save_json(args.json, record)
     print(json.dumps(record, indent=1))
     return record

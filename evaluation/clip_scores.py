@@ -1,6 +1,6 @@
 """CLIP image and text scores of Textual Inversion outputs, as the course grades Problem 3.
 
-    python evaluation/clip_scores.py --json_path ../shared/data/hw2_data/textual_inversion/input.json \\
+    python -m evaluation.clip_scores --json_path ../shared/data/hw2_data/textual_inversion/input.json \\
         --input_dir ../shared/data/hw2_data/textual_inversion --output_dir OUT --clip CLIP_DIR
 
 For concept C and prompt i of input.json, OUT/C/i/ must hold exactly 25 images, and
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, list_images, open_rgb, progress, require_file, resolve_device, run_cli
+from hw2_utils import CLIError, error_summary, list_images, open_rgb, progress, require_file, resolve_device, run_cli
 
 CLIP_ID = "openai/clip-vit-base-patch32"
 IMAGES_PER_PROMPT = 25
@@ -44,7 +44,7 @@ def load_clip(clip: str = CLIP_ID, device: str | torch.device = "cpu"):
         model = CLIPModel.from_pretrained(clip, local_files_only=True)
         processor = CLIPProcessor.from_pretrained(clip, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise CLIError(f"CLIP model not found at {clip!r} ({str(e).splitlines()[0]}); {how}") from None
+        raise CLIError(f"CLIP model not found at {clip!r} ({error_summary(e)}); {how}") from None
     tokenizer = processor.tokenizer
     # Asked for a model id it has no files for, transformers can hand back a tokenizer
     # holding only its special tokens instead of failing; scores from it would be garbage.
@@ -96,8 +96,8 @@ def read_prompts(json_path: str | os.PathLike) -> dict:
         if not isinstance(concept, dict) or any(f not in concept for f in fields):
             raise CLIError(f"{path}: concept {key!r} needs the fields {', '.join(fields)}")
         prompts = concept["prompt_4_clip_eval"]
-        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise CLIError(f"{path}: prompt_4_clip_eval of concept {key!r} must be a list of strings")
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise CLIError(f"{path}: prompt_4_clip_eval of concept {key!r} must be a non-empty list of strings")
         if len(prompts) != len(concept["baseline"]):
             raise CLIError(f"{path}: concept {key!r} has {len(prompts)} prompts "
                            f"but {len(concept['baseline'])} baselines")

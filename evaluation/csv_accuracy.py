@@ -1,6 +1,6 @@
 """Accuracy of a classification CSV against the ground truth (DANN, image classification).
 
-    python evaluation/csv_accuracy.py PRED.csv ../hw2_data/digits/usps/val.csv
+    python -m evaluation.csv_accuracy PRED.csv ../hw2_data/digits/usps/val.csv
 
 Both files have the header `image_name,label`. Rows are joined on image_name, so their
 order does not matter; a name found in only one file, a repeated name or a label that is

@@ -1,6 +1,6 @@
 """MSE between generated and ground-truth images, as the course grades Problem 2 (DDIM).
 
-    python evaluation/ddim_mse.py --pred OUT --gt ../hw2_data/face/GT
+    python -m evaluation.ddim_mse --pred OUT --gt ../hw2_data/face/GT
 
 Files are paired by name. Each pair is compared as uint8 RGB arrays on the 0-255 scale:
 the per-image MSE is the mean squared difference over all pixels and channels, and the

@@ -1,7 +1,7 @@
 """Digit accuracy of generated digits, as the course grades Problem 1 (conditional DDPM).
 
-    python evaluation/digit_accuracy.py --folder OUT --checkpoint ../shared/data/grader/Classifier.pth
-    python evaluation/digit_accuracy.py --folder OUT --checkpoint Classifier.pth --svhn-checkpoint svhn.pt2
+    python -m evaluation.digit_accuracy --folder OUT --checkpoint ../shared/data/grader/Classifier.pth
+    python -m evaluation.digit_accuracy --folder OUT --checkpoint Classifier.pth --svhn-checkpoint svhn.pt2
 
 OUT/mnistm/ (and OUT/svhn/) hold images whose label is the first character of the file
 name (7_013.png -> 7). Each image is opened as RGB, resized to 28 (shorter side),
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from hw2_utils import CLIError, list_images, open_rgb, progress, require_dir, require_file, resolve_device, run_cli
+from hw2_utils import (CLIError, error_summary, list_images, load_torch_file, open_rgb, progress, require_dir, require_file,
+                       resolve_device, run_cli)
 
 PREPROCESS = transforms.Compose([
     transforms.Resize(28),
@@ -58,20 +59,17 @@ class LeNet(nn.Module):
 
 
 def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    path = require_file(checkpoint, "MNIST-M classifier checkpoint",
-                        "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError):
-        raise CLIError(f"{path} cannot be read as a PyTorch checkpoint") from None
+    path = Path(checkpoint)
+    state = load_torch_file(path, "MNIST-M classifier checkpoint",
+                            "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the course saves {'state_dict': ..., 'optimizer': ...}
     model = LeNet()
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys or shapes, or not a dict at all
-        lines = str(e).splitlines()  # the first line is a generic header; the second names the keys
-        raise CLIError(f"{path} is not the course LeNet: {lines[min(1, len(lines) - 1)].strip()}") from None
+        lines = str(e).strip().splitlines() or [type(e).__name__]  # line 1 is a generic header; line 2 names the keys
+        raise CLIError(f"{path} is not the course LeNet: {lines[min(1, len(lines) - 1)].strip()[:200]}") from None
     return model.eval().to(device)
 
 
@@ -81,10 +79,13 @@ def load_svhn_classifier(checkpoint: str | os.PathLike, device: str | torch.devi
     path = require_file(checkpoint, "SVHN classifier checkpoint")
     if path.suffix != ".pt2":
         raise CLIError(f"{path}: the SVHN classifier must be a torch.export program (.pt2)")
+    # Checked first, because torch.export.load logs a traceback as a warning before it fails.
+    if not zipfile.is_zipfile(path) or not any(n.split("/")[-1] == "archive_format" for n in zipfile.ZipFile(path).namelist()):
+        raise CLIError(f"{path} is not a torch.export program (no .pt2 archive; save it with torch.export.save)")
     try:
         return torch.export.load(path).module().to(device)
-    except RuntimeError as e:
-        raise CLIError(f"{path} is not a torch.export program ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # a foreign or truncated file fails anywhere in the loader (BadZipFile, KeyError, ...)
+        raise CLIError(f"{path} is not a torch.export program ({error_summary(e)})") from None
 
 
 def label_of(path: Path) -> int:

@@ -1,6 +1,6 @@
 """Face recognition rate of generated faces, as the course grades the GAN problem.
 
-    python evaluation/face_rate.py --image_dir OUT
+    python -m evaluation.face_rate --image_dir OUT
 
 The rate is the share of images in which the HOG face detector finds exactly one face.
 The course runs `face_recognition.face_locations(image, model="HOG")` on

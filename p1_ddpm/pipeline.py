@@ -1,14 +1,12 @@
 """Checkpoint I/O and batched, seeded generation, shared by train.py, infer.py and report.py."""
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from hw2_utils import CLIError
+from hw2_utils import CLIError, error_summary, load_torch_file
 from p1_ddpm.diffusion import GaussianDiffusion, guided_eps
 from p1_ddpm.model import ConditionalUNet, UNetConfig
 
@@ -23,17 +21,17 @@ def export_weights(model: torch.nn.Module, domains: list[str], step: int, recipe
 
 def load_model(path: str | Path, device: torch.device) -> tuple[ConditionalUNet, list[str]]:
     """Load a shipped/exported checkpoint; any problem with the file is a CLIError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"checkpoint not found: {path} (run bash hw2_download_ckpt.sh or p1_ddpm/train.py)")
+    blob = load_torch_file(path, "P1 checkpoint", f"the shipped one is {SHIPPED_CHECKPOINT}; python -m p1_ddpm.train writes OUT/ema.pt")
+    if not isinstance(blob, dict) or not {"config", "state_dict", "domains"} <= blob.keys():
+        found = f"keys {sorted(blob)[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
+        raise CLIError(f"{path} is not a P1 checkpoint: expected a dict with config, state_dict and domains, found {found}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items()})
         model = ConditionalUNet(config)
         model.load_state_dict(blob["state_dict"])
-    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise CLIError(f"{path} is not a valid P1 checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), list(blob["domains"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CLIError(f"{path} is not a valid P1 checkpoint ({error_summary(e)})") from None
+    return model.to(device).eval(), [str(d) for d in blob["domains"]]
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """P1 report figures and section.
 
-    python p1_ddpm/report.py --out outputs/p1          # figures from the shipped checkpoint
-    python bench/p1_ddpm.py --work outputs/p1 --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep numbers
+    python -m p1_ddpm.report --out outputs/p1          # figures from the shipped checkpoint
+    python -m bench.p1_ddpm --work outputs/p1 --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep numbers
 
 Figures: per domain a 10x10 grid (rows = digits 0-9, columns = 10 noises) and the reverse
 process of the first "0" at t = 1000, 800, ..., 0 (1000-step ancestral sampling).
@@ -54,19 +54,19 @@ def section(runs_dir: str | Path) -> str:
                       f"Reverse process of the first '0' at t = {', '.join(map(str, REVERSE_FRAMES))}:", "",
                       f"![{domain} reverse]({(d / f'reverse_{domain}.png').resolve()})", ""]
     else:
-        lines += [f"_Figures missing: run `python p1_ddpm/report.py --out {d}`._", ""]
+        lines += [f"_Figures missing: run `python -m p1_ddpm.report --out {d}`._", ""]
     bench = d / "p1_bench.json"
     if bench.is_file():
         record = json.loads(bench.read_text())
         lines += [f"Digit accuracy ({record['per_digit']} images per digit and domain, {record['sampler']} "
                   f"{record['steps']} steps, checkpoint step {record['checkpoint_step']}, on {record['hardware']}; "
-                  f"USPS grader val acc {record['usps_grader_val_acc']:.4f}). Command: `python bench/p1_ddpm.py "
+                  f"USPS grader val acc {record['usps_grader_val_acc']:.4f}). Command: `python -m bench.p1_ddpm "
                   f"--work {d} ...`", "", "| guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |"
                   for r in record["results"]]
         lines.append("")
     else:
-        lines += [f"_Accuracy missing: run `python bench/p1_ddpm.py --work {d}`._", ""]
+        lines += [f"_Accuracy missing: run `python -m bench.p1_ddpm --work {d}`._", ""]
     sweep = d / "p1_cfg_sweep.json"
     if sweep.is_file():
         record = json.loads(sweep.read_text())
@@ -76,7 +76,7 @@ def section(runs_dir: str | Path) -> str:
         lines += ["", "Rows: each w (MNIST-M, then USPS), digits 0-9, the same noise:", "",
                   f"![CFG sweep]({(d / 'cfg_sweep.png').resolve()})", ""]
     else:
-        lines += [f"_CFG sweep missing: run `python bench/p1_ddpm.py --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
+        lines += [f"_CFG sweep missing: run `python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Train the conditional DDPM (digit x domain) with classifier-free guidance.
 
-    python p1_ddpm/train.py --data-root hw2_data/digits --domains mnistm svhn --out runs/p1
-    torchrun --nproc_per_node=4 p1_ddpm/train.py ...           # multi-GPU (DDP)
+    python -m p1_ddpm.train --data-root hw2_data/digits --domains mnistm svhn --out runs/p1
+    torchrun --nproc_per_node=4 -m p1_ddpm.train ...           # multi-GPU (DDP)
 
 Re-running the same command resumes from OUT/last.pt. OUT/ema.pt is the exportable
 (shippable) EMA model; OUT/samples/ holds a grid per --sample-every steps.
@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, ema_update, init_distributed, log_main,
-                       make_train_sampler, progress, resolve_device, resolve_dtype, run_cli, save_grid,
-                       seed_everything, unwrap)
+from hw2_utils import (CLIError, atomic_path, autocast, check_output_path, cleanup_distributed, command_line, ema_update,
+                       finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress, resolve_device,
+                       resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
@@ -50,17 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--domains", nargs="+", default=["mnistm", "svhn"],
                    help="domain names (sub-folders of --data-root) or NAME=PATH; order = domain index")
     p.add_argument("--out", default="runs/p1", help="run folder: checkpoints, samples, log")
-    for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--repeat", type=int, nargs="+", help="times each domain's images appear per epoch, in --domains "
+    for name, value in DEFAULTS.items():  # counts must be >= 1 (--warmup 1 is no warmup)
+        p.add_argument(f"--{name.replace('_', '-')}", type=finite_float if isinstance(value, float) else positive_int, default=value)
+    p.add_argument("--repeat", type=positive_int, nargs="+", help="times each domain's images appear per epoch, in --domains "
                    "order (default 1 each); e.g. 2 1 doubles the share of the first domain")
-    p.add_argument("--base-channels", type=int, default=UNetConfig.base_channels)
+    p.add_argument("--base-channels", type=positive_int, default=UNetConfig.base_channels)
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 falls back to fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (data is in memory; 0 is fine)")
-    p.add_argument("--sample-every", type=int, default=1000)
-    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--sample-every", type=positive_int, default=1000)
+    p.add_argument("--ckpt-every", type=positive_int, default=250)
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--init-from", help="warm start from exported weights (e.g. the shipped checkpoint) when OUT/last.pt "
                    "does not exist; the optimizer starts fresh and the step count continues from the checkpoint's")
@@ -79,13 +76,13 @@ def lr_at(step: int, args, start: int = 0) -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    out = check_output_path(args.out, folder=True)
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
     seed_everything(args.seed, info.rank)
-    out = Path(args.out)
     domains = parse_domains(args.domains, args.data_root)
     domain_names = [n for n, _ in domains]
-    recipe = shlex.join([Path(sys.executable).name, *sys.argv])
+    recipe = command_line("p1_ddpm.train", argv)
 
     dataset = digit_domain_dataset(domains, args.repeat)
     sampler = make_train_sampler(dataset, args.seed)

@@ -1,6 +1,6 @@
 """The report's P2 figures: the effect of eta, and interpolating between two noises.
 
-    python p2_ddim/analysis.py NOISE_DIR UNET_PT runs/p2
+    python -m p2_ddim.analysis NOISE_DIR UNET_PT runs/p2
 
 writes into OUT_DIR:
   eta_grid.png      noises 00-03 (columns) x eta in {0, 0.25, 0.5, 0.75, 1} (rows);
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 
 import torch
 
 import hw2_utils
-from hw2_utils import CLIError, atomic_path, ensure_writable_dir, progress, resolve_device, resolve_dtype, run_cli
+from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, progress, resolve_device,
+                       resolve_dtype, run_cli)
 from p2_ddim.pipeline import describe_device, load_noises, load_unet, sample, to_unit_range
 
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -102,8 +101,7 @@ def main(argv=None) -> None:
         images = to_unit_range(sample(unet, noises_a, eta=0.0, **run), "clip")
         save_figure(images, out / f"interp_{name}.png", 1, [name], [f"α = {a:.1f}" for a in ALPHAS])
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    info = {"command": shlex.join(["python", "p2_ddim/analysis.py", *argv]), "steps": args.steps, "seed": args.seed,
+    info = {"command": command_line("p2_ddim.analysis", argv), "steps": args.steps, "seed": args.seed,
             "dtype": str(run["dtype"]).replace("torch.", ""), "hardware": describe_device(device),
             "unet_base_channels": unet.base_channels, "image_size": list(grid.shape[-2:])}
     with atomic_path(out / "analysis.json") as tmp:

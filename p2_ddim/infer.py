@@ -1,20 +1,21 @@
 """Generate faces from the course's noise files with the pretrained face UNet (DDIM).
 
-    python p2_ddim/infer.py NOISE_DIR OUT_DIR UNET_PT                  # what hw2_2.sh runs
-    python p2_ddim/infer.py NOISE_DIR OUT_DIR UNET_PT --pixel-map minmax
+    python -m p2_ddim.infer NOISE_DIR OUT_DIR UNET_PT                  # what hw2_2.sh runs
+    python -m p2_ddim.infer NOISE_DIR OUT_DIR UNET_PT --pixel-map minmax
 
 For every NN.pt in NOISE_DIR (sorted) this writes OUT_DIR/NN.png. All noises run as one
 batch through 50 DDIM steps (timesteps 981, 961, ..., 1, then alpha_bar[0]), eta = 0,
 predicted x0 clipped to [-1, 1]. Pixel maps:
   clip    clip to [-1, 1], then (x + 1) / 2 * 255, rounded (default)
   minmax  per-image min-max stretch, as torchvision's save_image(normalize=True)
-bench/p2_ddim.py measures the MSE of both against a GT folder.
+`python -m bench.p2_ddim gt` measures the MSE of both against a GT folder.
 """
 from __future__ import annotations
 
 import argparse
 
-from hw2_utils import CLIError, output_dir, progress, resolve_device, resolve_dtype, run_cli, save_images
+from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, resolve_device,
+                       resolve_dtype, run_cli, save_images)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 
 
@@ -24,8 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out_dir", help="output folder for NN.png (created if missing)")
     p.add_argument("unet", help="the course's UNet.pt state dict")
     p.add_argument("--pixel-map", choices=list(PIXEL_MAPS), default="clip", help="how the final tensor becomes 8-bit pixels")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--steps", type=int, default=50, help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)")
+    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--steps", type=positive_int, default=50, help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)")
     p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the eta > 0 noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -37,13 +38,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.eta < 0:
         raise CLIError(f"--eta must be >= 0, got {args.eta}")
-    if not 1 <= args.steps <= 1000:
+    if args.steps > 1000:
         raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
+    check_output_path(args.out_dir, folder=True)
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
     images = sample(unet, noises, eta=args.eta, steps=args.steps, clip_x0=args.clip_x0, seed=args.seed,
-                    dtype=resolve_dtype(args.dtype, device), progress=progress)
+                    dtype=dtype, progress=progress)
     pixels = to_unit_range(images, args.pixel_map)
     # One set: all images appear together, and NN.png files of an earlier run that this
     # one did not write are removed; other files in OUT_DIR are left alone.

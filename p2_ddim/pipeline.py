@@ -2,14 +2,12 @@
 mappings; shared by infer.py, analysis.py and bench/p2_ddim.py."""
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from hw2_utils import CLIError, autocast, require_dir, require_file
+from hw2_utils import CLIError, autocast, load_torch_file, require_dir, require_finite
 from p2_ddim.ddim import ddim_sample, uniform_timesteps
 from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
 
@@ -20,16 +18,6 @@ PIXEL_MAPS = {
     # without a value_range, which some public submissions used.
     "minmax": "per-image min-max stretch to 0..255 (save_image(normalize=True))",
 }
-_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError)
-
-
-def _load_pt(path: Path, what: str):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as e:
-        raise CLIError(f"{what} {path} is not a readable tensor file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-
-
 def _listing(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
@@ -39,8 +27,8 @@ def load_unet(path: str | Path, device: torch.device) -> FaceUNet:
     """The course's UNet.pt (a plain state dict) in eval mode. The width is read from
     `down1.weight`, so narrow test copies load too; any mismatch with the architecture
     is one CLIError naming the missing, unexpected and mis-shaped keys."""
-    path = require_file(path, "UNet weights", "the course's UNet.pt, a state dict for p2_ddim/unet.py")
-    state = _load_pt(path, "UNet weights")
+    path = Path(path)
+    state = load_torch_file(path, "UNet weights", "the course's UNet.pt, a state dict for p2_ddim/unet.py")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CLIError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
     first = state.get("down1.weight")
@@ -72,7 +60,7 @@ def load_noises(noise_dir: str | Path) -> tuple[list[str], torch.Tensor]:
         raise CLIError(f"no .pt noise files in {noise_dir}")
     noises = []
     for f in files:
-        x = _load_pt(f, "noise file")
+        x = load_torch_file(f, "noise file")
         if not isinstance(x, torch.Tensor):
             raise CLIError(f"noise file {f} holds a {type(x).__name__}, not a tensor")
         if x.ndim == 4 and x.shape[0] == 1:
@@ -82,6 +70,7 @@ def load_noises(noise_dir: str | Path) -> tuple[list[str], torch.Tensor]:
                            f"with H and W divisible by {DOWNSAMPLE_FACTOR}")
         if not x.is_floating_point():
             raise CLIError(f"noise file {f} has dtype {x.dtype}: expected a floating-point tensor")
+        require_finite(x, f"noise file {f}")
         if noises and x.shape != noises[0].shape:
             raise CLIError(f"noise file {f} has shape {tuple(x.shape)} but {files[0].name} has {tuple(noises[0].shape)}")
         noises.append(x.float())

@@ -25,7 +25,7 @@ def _provenance(info: dict) -> str:
 
 
 def _figures(d: Path) -> str:
-    command = f"python p2_ddim/analysis.py {NOISE} {UNET} {d}"
+    command = f"python -m p2_ddim.analysis {NOISE} {UNET} {d}"
     info = _load(d / "analysis.json")
     names = ("eta_grid.png", "interp_slerp.png", "interp_lerp.png")
     if info is None or not all((d / n).is_file() for n in names):
@@ -56,7 +56,7 @@ def _figures(d: Path) -> str:
 
 
 def _mse(d: Path) -> str:
-    command = f"python bench/p2_ddim.py gt {NOISE} {UNET} {GT} --out {d}/gt --json {d}/mse.json"
+    command = f"python -m bench.p2_ddim gt {NOISE} {UNET} {GT} --out {d}/gt --json {d}/mse.json"
     info = _load(d / "mse.json")
     if info is None or "maps" not in info:
         return _missing("MSE against GT", command)
@@ -75,7 +75,7 @@ def _cost(d: Path) -> str:
     parts = []
     speed = _load(d / "speed.json")
     if speed is None:
-        parts.append(_missing("Sampling time", f"python bench/p2_ddim.py speed --n 10 --size 256 --device cuda --json {d}/speed.json"))
+        parts.append(_missing("Sampling time", f"python -m bench.p2_ddim speed --n 10 --size 256 --device cuda --json {d}/speed.json"))
     else:
         times = ", ".join(f"{s:.1f}" for s in speed["sampling_seconds"])
         peak = f", peak CUDA memory {speed['peak_cuda_gib']:.2f} GiB" if "peak_cuda_gib" in speed else ""
@@ -83,7 +83,7 @@ def _cost(d: Path) -> str:
                      f"(first run cold){peak}.\n\n" + _provenance(speed))
     cost = _load(d / "cost.json")
     if cost is None:
-        parts.append(_missing("FLOPs and memory estimate", f"python bench/p2_ddim.py cost --n 10 --size 256 --json {d}/cost.json"))
+        parts.append(_missing("FLOPs and memory estimate", f"python -m bench.p2_ddim cost --n 10 --size 256 --json {d}/cost.json"))
     else:
         parts.append(f"{cost['parameters'] / 1e6:.1f} M parameters; {cost['gflop_per_image_forward']:.0f} GFLOP per image "
                      f"and forward at {cost['size']}²; {cost['tflop_per_run']:.0f} TFLOP for {cost['n']} images × "

@@ -1,8 +1,8 @@
 """Train the course's face UNet (p2_ddim/unet.py) as a DDPM on a folder of face images.
 
-    python p2_ddim/train.py --images hw2_data/face/train --out runs/p2_train --precision bf16
-    torchrun --nproc_per_node=4 p2_ddim/train.py ...          # multi-GPU (DDP); --batch-size stays global
-    python p2_ddim/infer.py NOISE_DIR OUT runs/p2_train/UNet.pt   # sample it (noise of --image-size)
+    python -m p2_ddim.train --images hw2_data/face/train --out runs/p2_train --precision bf16
+    torchrun --nproc_per_node=4 -m p2_ddim.train ...          # multi-GPU (DDP); --batch-size stays global
+    python -m p2_ddim.infer NOISE_DIR OUT runs/p2_train/UNet.pt   # sample it (noise of --image-size)
 
 Schedule: ddim.py's (linear betas 1e-4..2e-2, T = 1000, float64). Loss: DDPM's Algorithm 1,
 t ~ U{0..999}, eps ~ N(0, I), MSE(eps, eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t)).

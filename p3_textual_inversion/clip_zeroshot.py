@@ -1,7 +1,7 @@
 """CLIP zero-shot classification: each image gets the label whose "A photo of {object}." text
 embedding is closest (cosine) to the image embedding.
 
-    python p3_textual_inversion/clip_zeroshot.py --images hw2_data/clip_zeroshot/val \\
+    python -m p3_textual_inversion.clip_zeroshot --images hw2_data/clip_zeroshot/val \\
         --id2label hw2_data/clip_zeroshot/id2label.json --clip PATH/clip-vit-base-patch32 \\
         --figure runs/p3/clip_cases.png --json runs/p3/clip_zeroshot.json [--ensemble]
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import hw2_utils
-from hw2_utils import CLIError, atomic_path, progress, require_dir, require_file, resolve_device, run_cli
+from hw2_utils import CLIError, atomic_path, error_summary, progress, require_dir, require_file, resolve_device, run_cli
 
 PROMPT = "A photo of {}."
 ENSEMBLE = [PROMPT, "A photo of a {}.", "A blurry photo of a {}.", "A close-up photo of a {}.",
@@ -53,7 +53,7 @@ def load_clip(path: str | Path, device: torch.device):
         model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
         processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise CLIError(f"cannot load CLIP from {folder} ({str(e).splitlines()[0][:200]})") from None
+        raise CLIError(f"cannot load CLIP from {folder} ({error_summary(e)})") from None
     if len(processor.tokenizer) < 1000:  # a missing vocab gives an empty tokenizer, not an error
         raise CLIError(f"the tokenizer in {folder} has {len(processor.tokenizer)} entries: vocab.json/merges.txt missing?")
     return model, processor

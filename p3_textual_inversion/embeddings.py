@@ -12,11 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hw2_utils import CLIError
+from hw2_utils import CLIError, error_summary, require_finite
 from stable_diffusion.model import StableDiffusion
 
 # How a learned token is spelled in a prompt: "<new1>", "<cat-toy>" ...
 PLACEHOLDER = re.compile(r"<[^<>\s]+>")
+# No download exists for them (checkpoints.tsv has none): they are trained, then copied in.
+HOW_TO_TRAIN = ("train them with `python -m p3_textual_inversion.train ... --out RUN` (README \"P3\") and copy "
+                "RUN/learned_embeds.safetensors to p3_textual_inversion/checkpoints/NAME.safetensors, or pass --embeds")
 
 
 class TokenEmbeddingWithNew(nn.Module):
@@ -51,12 +54,9 @@ def add_tokens(sd: StableDiffusion, vectors: dict[str, torch.Tensor]) -> dict[st
     owner = _token_embedding_owner(sd)
     emb = owner.token_embedding
     dim = (emb.base if isinstance(emb, TokenEmbeddingWithNew) else emb).embedding_dim
+    check_vectors(vectors, dim)
     ids = {}
-    for token, vector in vectors.items():
-        if not PLACEHOLDER.fullmatch(token):
-            raise CLIError(f"learned token {token!r} must look like <name> (no spaces)")
-        if vector.shape != (dim,):
-            raise CLIError(f"learned token {token} has {tuple(vector.shape)} values but the text encoder needs ({dim},)")
+    for token in vectors:
         if sd.tokenizer.add_tokens([token]) != 1:
             raise CLIError(f"token {token} already exists in the tokenizer; pick another placeholder")
         ids[token] = sd.tokenizer.convert_tokens_to_ids(token)
@@ -68,6 +68,15 @@ def add_tokens(sd: StableDiffusion, vectors: dict[str, torch.Tensor]) -> dict[st
     if list(ids.values()) != list(range(emb.num_base + len(emb.new) - len(ids), emb.num_base + len(emb.new))):
         raise CLIError(f"tokenizer ids {list(ids.values())} do not follow the text encoder's {emb.num_base} rows")
     return ids
+
+
+def check_vectors(vectors: dict[str, torch.Tensor], dim: int) -> None:
+    """Learned tokens must be spelled <name> and hold `dim` values (the text encoder's width)."""
+    for token, vector in vectors.items():
+        if not PLACEHOLDER.fullmatch(token):
+            raise CLIError(f"learned token {token!r} must look like <name> (no spaces)")
+        if vector.shape != (dim,):
+            raise CLIError(f"learned token {token} has {tuple(vector.shape)} values but the text encoder needs ({dim},)")
 
 
 def learned_rows(sd: StableDiffusion) -> TokenEmbeddingWithNew:
@@ -102,14 +111,13 @@ def load_embeds(paths: list[str | Path]) -> dict[str, torch.Tensor]:
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise CLIError(f"learned embeddings not found: {path} (train them with p3_textual_inversion/train.py, "
-                           f"or run bash hw2_download_ckpt.sh)")
+            raise CLIError(f"learned embeddings not found: {path} ({HOW_TO_TRAIN})")
         try:
             loaded = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise CLIError(f"cannot read {path} as safetensors ({e})") from None
+            raise CLIError(f"cannot read {path} as safetensors ({error_summary(e)})") from None
         for token, vector in loaded.items():
             if token in vectors:
                 raise CLIError(f"token {token} is defined in more than one embeddings file ({path})")
-            vectors[token] = vector.reshape(-1)  # diffusers' older format stores (1, D)
+            vectors[token] = require_finite(vector.reshape(-1), f"learned token {token} of {path}")  # diffusers' older format stores (1, D)
     return vectors

@@ -1,6 +1,6 @@
 """Render every prompt of every concept in the course json with the learned tokens.
 
-    python p3_textual_inversion/infer.py INPUT_JSON OUT_DIR sd-v1-4.ckpt          # = bash hw2_3.sh ...
+    python -m p3_textual_inversion.infer INPUT_JSON OUT_DIR sd-v1-4.ckpt          # = bash hw2_3.sh ...
 
 Writes OUT_DIR/<concept key>/<prompt index>/source<key>_prompt<index>_<i>.png, i = 0..24, for
 any number of concepts and prompts. A prompt may use several learned tokens ("a <new1> next to
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from hw2_utils import (CLIError, output_dir, ensure_writable_dir, progress, require_file, resolve_device,
-                       resolve_dtype, run_cli, save_images)
-from p3_textual_inversion.embeddings import PLACEHOLDER, add_tokens, load_embeds
-from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion
+from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, require_file,
+                       resolve_device, resolve_dtype, run_cli, save_images)
+from p3_textual_inversion.embeddings import HOW_TO_TRAIN, PLACEHOLDER, add_tokens, check_vectors, load_embeds
+from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion, text_width
 from stable_diffusion.pipeline import text_to_image
 
 # One learned_embeds.safetensors per concept (train.py's output, renamed), all read by default.
@@ -34,10 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embeds", nargs="+", default=None,
                    help=f"learned_embeds.safetensors file(s) (default: every *.safetensors in {SHIPPED_EMBEDS_DIR})")
     p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file model")
-    p.add_argument("--n", type=int, default=25, help="images per prompt")
-    p.add_argument("--steps", type=int, default=STEPS, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=int, default=5, help="images per UNet batch (x2 with guidance)")
+    p.add_argument("--n", type=positive_int, default=25, help="images per prompt (at most 10000)")
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="DDIM steps (at most 1000)")
+    p.add_argument("--guidance", type=finite_float, default=GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=positive_int, default=5, help="images per UNet batch (x2 with guidance)")
     p.add_argument("--precision", default="fp16", help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -73,27 +74,39 @@ def check_tokens(concepts: dict[str, list[str]], known: set[str], embeds: list[s
                                f"{', '.join(embeds)} (it has {', '.join(sorted(known)) or 'no tokens'})")
 
 
+def warn_long_prompts(sd, jobs: list[tuple[str, int, str]]) -> None:
+    """SD v1 reads 77 CLIP tokens (start and end included) and cuts the rest: say so."""
+    limit = sd.tokenizer.model_max_length
+    for key, p, prompt in jobs:
+        n = len(sd.tokenizer(prompt, truncation=False).input_ids)
+        if n > limit:
+            print(f"warning: concept {key} prompt {p} is {n} CLIP tokens; only the first {limit} are used", file=sys.stderr)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if not 1 <= args.n <= 10000 or args.batch_size < 1:
-        raise CLIError("--n must be in 1..10000 and --batch-size >= 1")
+    if args.n > 10000 or args.steps > 1000:
+        raise CLIError("--n must be in 1..10000 and --steps in 1..1000")
     concepts = read_concepts(args.input_json)
     if args.embeds is None:
         args.embeds = [str(f) for f in sorted(SHIPPED_EMBEDS_DIR.glob("*.safetensors"))]
         if not args.embeds:
-            raise CLIError(f"no learned embeddings in {SHIPPED_EMBEDS_DIR} (run bash hw2_download_ckpt.sh, "
-                           f"or train them with p3_textual_inversion/train.py and pass --embeds)")
+            raise CLIError(f"no learned embeddings in {SHIPPED_EMBEDS_DIR} ({HOW_TO_TRAIN})")
     vectors = load_embeds(args.embeds)
     check_tokens(concepts, set(vectors), args.embeds)
     model = Path(args.model)
     if not model.exists():
         raise CLIError(f"Stable Diffusion checkpoint not found: {model} ({HOW_TO_GET})")
-    out = ensure_writable_dir(args.out)
+    check_vectors(vectors, text_width(model, args.sd_config))  # before the minute it takes to load SD
+    out = Path(args.out)
+    jobs = [(key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)]
+    for key, p, _ in jobs:
+        check_output_path(out / key / str(p), folder=True)  # creates nothing
     device = resolve_device(args.device)
     sd = load_stable_diffusion(model, args.sd_config, device=device, dtype=resolve_dtype(args.precision, device))
     add_tokens(sd, vectors)
+    warn_long_prompts(sd, jobs)
 
-    jobs = [(key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)]
     for key, p, prompt in progress(jobs, desc="prompts"):
         images = text_to_image(sd, prompt, args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, progress=progress)

@@ -16,7 +16,7 @@ from pathlib import Path
 def _training(p3: Path) -> list[str]:
     runs = sorted(log.parent for log in p3.glob("*/log.csv"))
     if not runs:
-        return ["No Textual Inversion runs found (`python p3_textual_inversion/train.py ... --out RUNS/p3/<run>`)."]
+        return ["No Textual Inversion runs found (`python -m p3_textual_inversion.train ... --out RUNS/p3/<run>`)."]
     lines = ["| run | token | steps | loss, first 100 steps | loss, last 100 steps | ‖v − v₀‖ | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
@@ -43,7 +43,7 @@ def _zeroshot(p3: Path) -> list[str]:
     for name, label in (("clip_zeroshot.json", '"A photo of {object}."'), ("clip_zeroshot_ensemble.json", "prompt ensemble")):
         path = p3 / name
         if not path.is_file():
-            lines.append(f"- {label}: not run (`python p3_textual_inversion/clip_zeroshot.py ... --json {path}`).")
+            lines.append(f"- {label}: not run (`python -m p3_textual_inversion.clip_zeroshot ... --json {path}`).")
             continue
         r = json.loads(path.read_text())
         lines.append(f"- {label}: accuracy **{r['accuracy']:.4f}** on {r['n']} images (`{path}`).")

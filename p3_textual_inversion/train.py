@@ -1,10 +1,10 @@
 """Textual Inversion (Gal et al. 2022): learn one new token's embedding for a concept.
 
-    python p3_textual_inversion/train.py --images hw2_data/textual_inversion/0 --placeholder "<new1>" \\
+    python -m p3_textual_inversion.train --images hw2_data/textual_inversion/0 --placeholder "<new1>" \\
         --initializer dog --templates object --model sd-v1-4.ckpt --out runs/p3/new1
-    python p3_textual_inversion/train.py --images hw2_data/textual_inversion/1 --placeholder "<new2>" \\
+    python -m p3_textual_inversion.train --images hw2_data/textual_inversion/1 --placeholder "<new2>" \\
         --initializer painting --templates style --model sd-v1-4.ckpt --out runs/p3/new2
-    torchrun --nproc_per_node=2 p3_textual_inversion/train.py ...      # data-parallel
+    torchrun --nproc_per_node=2 -m p3_textual_inversion.train ...      # data-parallel
 
 Everything in Stable Diffusion stays frozen; only the placeholder's 768-float vector is
 optimised, with SD's own objective: the eps-MSE of the UNet on VAE latents noised at a random
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, log_main, progress,
-                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, command_line, init_distributed, log_main,
+                       progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
 from p3_textual_inversion.data import TEMPLATES, load_concept_images
 from p3_textual_inversion.embeddings import add_tokens, initializer_vector, learned_rows, save_embeds
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
@@ -128,7 +126,7 @@ def train(args: argparse.Namespace):
         with atomic_path(out / "learned_embeds.safetensors") as tmp:
             save_embeds(tmp, {args.placeholder: rows.new[0]},
                         {"initializer": args.initializer, "templates": args.templates, "step": step, "final": final,
-                         "recipe": shlex.join([Path(sys.executable).name, *sys.argv])})
+                         "recipe": command_line("p3_textual_inversion.train")})
 
     def validate() -> None:
         if not info.is_main:

@@ -1,6 +1,6 @@
 """t-SNE of DANN features on val images of both domains, coloured by digit and by domain.
 
-    python p5_dann/analysis.py --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt \
+    python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt \
         --data-root ../shared/data/hw2_data/digits --target usps --out outputs/p5
 
 Writes OUT/tsne_<target>_<tag>_class.png and OUT/tsne_<target>_<tag>_domain.png (openTSNE,

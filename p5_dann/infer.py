@@ -1,7 +1,7 @@
 """Predict digits for every image in a folder: IMG_DIR -> OUT_CSV with `image_name,label`.
 
-    python p5_dann/infer.py IMG_DIR OUT_CSV                 # target read from the path (usps / svhn)
-    python p5_dann/infer.py IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/best.pt
+    python -m p5_dann.infer IMG_DIR OUT_CSV                 # target read from the path (usps / svhn); = bash p5_dann/run.sh
+    python -m p5_dann.infer IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/best.pt
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, list_images, progress, resolve_device, run_cli
+from hw2_utils import (CLIError, atomic_path, check_output_path, error_summary, list_images, load_torch_file, positive_int,
+                       progress, resolve_device, run_cli)
 from p5_dann.data import load_image
 from p5_dann.model import DANN
 
@@ -29,15 +30,16 @@ def pick_target(img_dir: Path, target: str | None) -> str:
 
 
 def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
-    if not path.is_file():
-        raise CLIError(f"checkpoint not found: {path} (train it: python bench/p5_dann.py --ship, "
-                       "or python p5_dann/train.py --mode dann --target <target>)")
+    blob = load_torch_file(path, "P5 checkpoint", "train it: python -m bench.p5_dann --ship, "
+                           "or python -m p5_dann.train --mode dann --target <target>")
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        found = f"keys {sorted(blob)[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
+        raise CLIError(f"{path} is not a P5 checkpoint: expected a dict with a state_dict, found {found}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         model = DANN()
         model.load_state_dict(blob["state_dict"])
-    except Exception as e:  # any unreadable or foreign file is a user error here
-        raise CLIError(f"{path} is not a P5 checkpoint ({type(e).__name__})") from None
+    except RuntimeError as e:  # another problem's weights: missing / unexpected keys
+        raise CLIError(f"{path} is not a P5 checkpoint ({error_summary(e)})") from None
     return model.to(device).eval(), blob
 
 
@@ -47,9 +49,10 @@ def main(argv=None) -> None:
     p.add_argument("out_csv")
     p.add_argument("--target", choices=TARGETS, help="default: read from IMG_DIR's path")
     p.add_argument("--checkpoint", help="default: p5_dann/checkpoints/mnistm_<target>_dann.pt")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    check_output_path(args.out_csv, folder=False)
     files = list_images(args.img_dir)
     device = resolve_device(args.device)
     ckpt = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"

@@ -23,7 +23,7 @@ METHOD = (
     "predictions to the loss (weight 0.1), which is not part of DANN; it is the model `p5_dann/run.sh` uses. "
     "`no_grl` is the ablation with the same per-domain batches and lambda = 0. Images are 28x28 RGB (grayscale is "
     "repeated over the channels). USPS stands in for SVHN, which these machines do not have: for MNIST-M -> SVHN "
-    "run `python bench/p5_dann.py --data-root hw2_data/digits --target svhn` on the course data.")
+    "run `python -m bench.p5_dann --data-root hw2_data/digits --target svhn` on the course data.")
 
 
 def _table(record: dict, source: Path) -> list[str]:
@@ -38,7 +38,7 @@ def _table(record: dict, source: Path) -> list[str]:
                      f"{last['target_val_acc']:.4f} | {chosen['source_val_acc']:.4f} | {r['seconds']:.0f} s |")
     if "inference" in record:
         i = record["inference"]
-        lines += ["", f"`p5_dann/infer.py` (what run.sh calls) with the `{i['row']}` model on the {i['images']} val "
+        lines += ["", f"`python -m p5_dann.infer` (what run.sh calls) with the `{i['row']}` model on the {i['images']} val "
                       f"images: CSV accuracy {i['accuracy']:.4f}, {i['seconds']:.1f} s on the CPU."]
     return lines + [""]
 
@@ -50,13 +50,13 @@ def section(runs_dir: str | Path) -> str:
     try:
         lines += _table(json.loads(bench.read_text()), bench)
     except (OSError, ValueError, KeyError):
-        lines += [f"_Accuracy table: not produced yet. Run `python bench/p5_dann.py --work {d}`._", ""]
+        lines += [f"_Accuracy table: not produced yet. Run `python -m bench.p5_dann --work {d}`._", ""]
     figures = sorted(d.glob("tsne_*.png"))
     if figures:
         lines += ["t-SNE of the feature extractor's outputs on val images of both domains (1000 per domain):", ""]
         lines += [f"![{f.stem}]({f.resolve()})" for f in figures]
         lines.append("")
     else:
-        lines += [f"_t-SNE figures: not produced yet. Run `python p5_dann/analysis.py --checkpoint "
+        lines += [f"_t-SNE figures: not produced yet. Run `python -m p5_dann.analysis --checkpoint "
                   f"p5_dann/checkpoints/mnistm_usps_dann.pt --data-root <digits> --out {d}`._", ""]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 # Writes image_name,label for every image in IMG_DIR; the target model (usps / svhn) is read
 # from IMG_DIR's path or given with --target. Extra options go to p5_dann/infer.py.
 set -euo pipefail
-[ $# -ge 2 ] || { echo "usage: bash p5_dann/run.sh IMG_DIR OUT_CSV [infer.py options]" >&2; exit 2; }
+[ $# -ge 2 ] || [[ "${1:-}" == -h || "${1:-}" == --help ]] || { echo "usage: bash p5_dann/run.sh IMG_DIR OUT_CSV [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

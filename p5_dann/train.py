@@ -1,9 +1,9 @@
 """Train DANN, or its lower / upper bounds, for one source -> target scenario.
 
-    python p5_dann/train.py --mode dann --source mnistm --target usps --data-root hw2_data/digits
-    python p5_dann/train.py --mode source_only ...    # lower bound: source labels only
-    python p5_dann/train.py --mode target_only ...    # upper bound: target labels (not allowed for DANN)
-    torchrun --nproc_per_node=N p5_dann/train.py ...  # DDP
+    python -m p5_dann.train --mode dann --source mnistm --target usps --data-root hw2_data/digits
+    python -m p5_dann.train --mode source_only ...    # lower bound: source labels only
+    python -m p5_dann.train --mode target_only ...    # upper bound: target labels (not allowed for DANN)
+    torchrun --nproc_per_node=N -m p5_dann.train ...  # DDP
 
 DANN sees source images + labels and target *images only*. Model selection uses the
 source val split (the target labels stay unseen); target val accuracy is logged for the

@@ -1,9 +1,9 @@
 """Classify images into the CIFAR-10 classes with a linear probe (train.py) or zero-shot: OUT_CSV gets
 `image_name,label` (label = class index 0..9, in CIFAR-10's order), written atomically.
 
-    python p7_clip/infer.py --probe outputs/p7/probe/ViT-B-32/probe.pt --images IMG_DIR --out pred.csv
-    python p7_clip/infer.py --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --cifar cifar-10-batches-py --out pred.csv
-    python p7_clip/infer.py --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv   # also prints accuracy
+    python -m p7_clip.infer --probe outputs/p7/probe/ViT-B-32/probe.pt --images IMG_DIR --out pred.csv
+    python -m p7_clip.infer --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --cifar cifar-10-batches-py --out pred.csv
+    python -m p7_clip.infer --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv   # also prints accuracy
 
 --images takes every image directly inside a folder (sorted by name); --cifar the test set of
 cifar-10-batches-py/ or an .npz (rows named cifar_test_00000, ...), whose labels give the

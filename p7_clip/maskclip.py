@@ -1,7 +1,7 @@
 """(d) MaskCLIP (Zhou, Loy & Dai, ECCV 2022), written here on top of open_clip: dense
 zero-shot segmentation from a frozen CLIP image encoder.
 
-    python p7_clip/maskclip.py --clip ViT-B-16=weights/ViT-B-16-openai --images IMG_DIR \\
+    python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai --images IMG_DIR \\
         --classes pascal-context-59 --masks MASK_DIR --reduce-zero-label --out outputs/p7/maskclip
 
 CLIP's image embedding comes from one token that attends to all the others; the value
@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CLIError, atomic_path, ensure_writable_dir, list_images, open_rgb, require_dir, resolve_device, run_cli
+from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, list_images, open_rgb, require_dir,
+                       resolve_device, run_cli)
 from p7_clip.models import Clip, check_spec, load_clip
-from p7_clip.records import command_line, hardware, pyplot, save_figure, save_json
+from p7_clip.records import hardware, pyplot, save_figure, save_json
 from p7_clip.zeroshot import class_embeddings
 
 PASCAL_CONTEXT_59 = (
@@ -318,7 +319,7 @@ def main(argv=None) -> dict:
         plot_overlay(out / f"overlay_{f.stem}.png", image, pred, classes, f"MaskCLIP, {clip.name}: {f.name}")
         if masks is not None:
             update_confusion(confusion, read_mask(masks, f.stem, size, args.reduce_zero_label), pred)
-    record = {"command": command_line("p7_clip/maskclip.py", argv), "hardware": hardware(device), "model": clip.name,
+    record = {"command": command_line("p7_clip.maskclip", argv), "hardware": hardware(device), "model": clip.name,
               "images": [f.name for f in files], "classes": classes, "templates": args.templates, "size": args.size,
               "key_smoothing": args.key_smoothing, "denoise": args.denoise}
     if masks is not None:

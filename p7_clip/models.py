@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, progress
+from hw2_utils import CLIError, error_summary, progress
 
 # Where the OpenAI weights live on the Hugging Face hub, for the "how to get it" hint.
 HUB_REPOS = {"ViT-B-32": "timm/vit_base_patch32_clip_224.openai", "ViT-B-16": "timm/vit_base_patch16_clip_224.openai",
@@ -118,7 +118,7 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> Clip:
             model, _, preprocess = open_clip.create_model_and_transforms(source, **kwargs)
         tokenizer = open_clip.get_tokenizer(source)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise CLIError(f"cannot load {arch} from {weights} ({str(e).splitlines()[0][:300]})") from None
+        raise CLIError(f"cannot load {arch} from {weights} ({error_summary(e, 300)})") from None
     finally:
         logging.getLogger().setLevel(level)
     return Clip(name, model.to(device).eval(), preprocess, tokenizer, device)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -18,11 +16,6 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
-
-
-def command_line(script: str, argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join(["python", script, *args])
 
 
 def save_json(path: str | Path, record: dict) -> None:

@@ -30,7 +30,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _similarity(d: Path) -> str:
-    info, note = _load(d / "similarity.json", f"python p7_clip/similarity.py {MODELS} --coco COCO_ROOT --n 10 --out {d}")
+    info, note = _load(d / "similarity.json", f"python -m p7_clip.similarity {MODELS} --coco COCO_ROOT --n 10 --out {d}")
     if info is None:
         return note
     lines = [f"{len(info['images'])} COCO val images, each with its first caption; cosine of unit embeddings.", "",
@@ -44,7 +44,7 @@ def _similarity(d: Path) -> str:
 
 
 def _zeroshot(d: Path) -> str:
-    info, note = _load(d / "zeroshot.json", f"python p7_clip/zeroshot.py {MODELS} --cifar cifar-10-batches-py --out {d}")
+    info, note = _load(d / "zeroshot.json", f"python -m p7_clip.zeroshot {MODELS} --cifar cifar-10-batches-py --out {d}")
     if info is None:
         return note
     models = list(info["accuracy"])
@@ -63,7 +63,7 @@ def _zeroshot(d: Path) -> str:
 
 
 def _retrieval(d: Path) -> str:
-    info, note = _load(d / "retrieval.json", f"python p7_clip/retrieval.py {MODELS} --coco COCO_ROOT --n 100 --out {d}")
+    info, note = _load(d / "retrieval.json", f"python -m p7_clip.retrieval {MODELS} --coco COCO_ROOT --n 100 --out {d}")
     if info is None:
         return note
     ks = ("1", "5", "10")
@@ -81,7 +81,7 @@ def _retrieval(d: Path) -> str:
 def _maskclip(d: Path) -> str:
     records = sorted(d.glob("*/maskclip.json"))
     if not records:
-        return (f"_Not produced yet. Run `python p7_clip/maskclip.py --clip ViT-B-16=weights/ViT-B-16-openai "
+        return (f"_Not produced yet. Run `python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai "
                 f"--images IMG_DIR --classes pascal-context-59 --masks MASK_DIR --reduce-zero-label "
                 f"--out {d}/ViT-B-16`._\n")
     parts = []
@@ -100,7 +100,7 @@ def _maskclip(d: Path) -> str:
 def _probe(d: Path) -> str:
     loaded = [_load(path, "") for path in sorted(d.glob("*/result.json"))]
     if not loaded:  # worded apart from "Not produced yet", which counts the five studies and the bench
-        return (f"_No probe record yet: run `python p7_clip/train.py --clip ViT-B-32=weights/ViT-B-32-openai "
+        return (f"_No probe record yet: run `python -m p7_clip.train --clip ViT-B-32=weights/ViT-B-32-openai "
                 f"--cifar cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
     designs = list(loaded[0][0]["zero_shot_accuracy"])
     lines = ["Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
@@ -117,7 +117,7 @@ def _probe(d: Path) -> str:
 
 
 def _robustness(d: Path) -> str:
-    info, note = _load(d / "robustness.json", f"python p7_clip/robustness.py {MODELS} --cifar cifar-10-batches-py "
+    info, note = _load(d / "robustness.json", f"python -m p7_clip.robustness {MODELS} --cifar cifar-10-batches-py "
                                               f"--limit 1000 --out {d}")
     if info is None:
         return note
@@ -134,7 +134,7 @@ def _robustness(d: Path) -> str:
 
 
 def _bench(d: Path) -> str:
-    info, note = _load(d / "bench.json", f"python bench/p7_clip.py {MODELS} --cifar cifar-10-batches-py "
+    info, note = _load(d / "bench.json", f"python -m bench.p7_clip {MODELS} --cifar cifar-10-batches-py "
                                          f"--coco COCO_ROOT --out {d}")
     if info is None:
         return note

@@ -1,6 +1,6 @@
 """(c) COCO text <-> image retrieval with CLIP over the first N val images and their captions.
 
-    python p7_clip/retrieval.py --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
+    python -m p7_clip.retrieval --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
         --coco COCO_ROOT --n 100 --query "an airplane flying in the sky" --out outputs/p7/retrieval
 
 COCO_ROOT holds annotations/captions_val2017.json and val2017/. Recall@k, text -> image: the
@@ -15,10 +15,10 @@ import argparse
 
 import torch
 
-from hw2_utils import ensure_writable_dir, open_rgb, resolve_device, run_cli
+from hw2_utils import command_line, ensure_writable_dir, open_rgb, resolve_device, run_cli
 from p7_clip.data import CocoImage, load_coco
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import command_line, hardware, markdown_table, pyplot, save_figure, save_json, save_text
+from p7_clip.records import hardware, markdown_table, pyplot, save_figure, save_json, save_text
 
 KS = (1, 5, 10)
 
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     captions = [c for im in images for c in im.captions]
     owner = caption_owner(images)
     out = ensure_writable_dir(args.out)
-    record = {"command": command_line("p7_clip/retrieval.py", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.retrieval", argv), "hardware": hardware(device),
               "images": len(images), "captions": len(captions), "query": args.query, "recall": {}, "top": {}, "tags": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

@@ -1,7 +1,7 @@
 """Robustness of CLIP zero-shot classification to Gaussian noise, Gaussian blur and rotation
 of growing intensity, on one image set (CIFAR-10 test images).
 
-    python p7_clip/robustness.py --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
+    python -m p7_clip.robustness --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
         --cifar cifar-10-batches-py --limit 1000 --out outputs/p7/robustness
 
 Each perturbation is applied to the original 32x32 image (pixel values in [0, 1]) before
@@ -19,9 +19,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hw2_utils import CIFAR10_CLASSES, ensure_writable_dir, load_cifar10, make_generator, resolve_device, run_cli
+from hw2_utils import (CIFAR10_CLASSES, command_line, ensure_writable_dir, load_cifar10, make_generator,
+                       resolve_device, run_cli)
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
-from p7_clip.records import command_line, hardware, pyplot, save_figure, save_json
+from p7_clip.records import hardware, pyplot, save_figure, save_json
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
 
 # Intensities, from none to strong; the x axis of each panel.
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
                 results[clip.name][kind].append(scores(emb, class_emb, labels, logit_scale(clip)))
             print(f"{clip.name} {kind}: accuracy " + " ".join(f"{r['accuracy']:.3f}" for r in results[clip.name][kind]))
     plot(out / "robustness.png", results, len(images))
-    record = {"command": command_line("p7_clip/robustness.py", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.robustness", argv), "hardware": hardware(device),
               "images": len(images), "design": args.design, "seed": args.seed, "levels": LEVELS, "results": results}
     save_json(out / "robustness.json", record)
     return record

@@ -1,8 +1,8 @@
 """(a) CLIP similarity of (image, text) pairs: the cosine of every image with every text.
 
-    python p7_clip/similarity.py --clip ViT-B-32=weights/ViT-B-32-openai --coco ../shared/data/coco --n 10 \\
+    python -m p7_clip.similarity --clip ViT-B-32=weights/ViT-B-32-openai --coco ../shared/data/coco --n 10 \\
         --out outputs/p7/similarity
-    python p7_clip/similarity.py --clip RN50=weights/RN50-openai --pairs my_pairs.csv --out OUT
+    python -m p7_clip.similarity --clip RN50=weights/RN50-openai --pairs my_pairs.csv --out OUT
 
 --pairs is a CSV with header `image,text` (image paths relative to the CSV); --coco takes the
 first N images of a COCO captions json, each with its first caption. For each model, OUT gets
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import atomic_path, ensure_writable_dir, open_rgb, resolve_device, run_cli
+from hw2_utils import atomic_path, command_line, ensure_writable_dir, open_rgb, resolve_device, run_cli
 from p7_clip.data import load_coco, read_pairs
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import command_line, hardware, pyplot, save_figure, save_json
+from p7_clip.records import hardware, pyplot, save_figure, save_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     pairs = load_pairs(args)
     out = ensure_writable_dir(args.out)
     images, texts = [p.name for p, _ in pairs], [t for _, t in pairs]
-    record = {"command": command_line("p7_clip/similarity.py", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.similarity", argv), "hardware": hardware(device),
               "images": images, "texts": texts, "models": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

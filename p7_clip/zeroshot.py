@@ -1,6 +1,6 @@
 """(b) Zero-shot CIFAR-10 test classification with several prompt designs.
 
-    python p7_clip/zeroshot.py --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
+    python -m p7_clip.zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
         --cifar cifar-10-batches-py --out outputs/p7/zeroshot
 
 --cifar is the official `cifar-10-batches-py/` folder (its 10,000-image test_batch) or an .npz
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CIFAR10_CLASSES, ensure_writable_dir, load_cifar10, resolve_device, run_cli
+from hw2_utils import CIFAR10_CLASSES, command_line, ensure_writable_dir, load_cifar10, resolve_device, run_cli
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import command_line, hardware, markdown_table, pyplot, save_figure, save_json, save_text
+from p7_clip.records import hardware, markdown_table, pyplot, save_figure, save_json, save_text
 
 # The 18 CIFAR-10 templates of the CLIP authors' prompt-engineering notebook.
 CIFAR_TEMPLATES = [f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     out = ensure_writable_dir(args.out)
     from PIL import Image
 
-    record = {"command": command_line("p7_clip/zeroshot.py", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.zeroshot", argv), "hardware": hardware(device),
               "images": len(images), "data": str(args.cifar), "designs": DESIGNS, "accuracy": {}, "confusion": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

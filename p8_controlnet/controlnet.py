@@ -1,6 +1,6 @@
 """(c) ControlNet: text to image guided by a control map made from an image.
 
-    python p8_controlnet/controlnet.py --model sd-v1-5/ --controlnet sd-controlnet-canny/ --image photo.jpg \\
+    python -m p8_controlnet.controlnet --model sd-v1-5/ --controlnet sd-controlnet-canny/ --image photo.jpg \\
         --prompt "a watercolour of a harbour" --control-type canny --scale 0.5 1.0 --out outputs/p8/controlnet
     ... --control-type depth --annotators Annotators/    # MiDaS depth via controlnet_aux, local weights
     ... --control-type openpose --image pose.png         # any other type: the image already is the control
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from hw2_utils import CLIError, output_dir, run_cli, save_images
+from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images
 from p8_controlnet.controls import BUILTIN, CANNY_HIGH, CANNY_LOW, make_control
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
-from p8_controlnet.records import command_line, environment, image_grid, save_json
+from p8_controlnet.records import environment, image_grid, save_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
               "images": [{"file": f, "scale": s, "seed": seed} for s, row in zip(args.scale, files)
                          for f, seed in zip(row, seeds)],
               "dtype": str(pipe.unet.dtype), "wall_s": round(wall_s, 3),
-              "command": command_line("p8_controlnet/controlnet.py", argv), "environment": environment(device)}
+              "command": command_line("p8_controlnet.controlnet", argv), "environment": environment(device)}
     with output_dir(args.out, owned=("s[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
         control.save(tmp / "control.png")
         for images, names in zip(rows, files):

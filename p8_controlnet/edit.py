@@ -2,7 +2,7 @@
 -> "... during daylight") and keep its layout, by acting inside our own denoising loop
 (p8_controlnet/denoise.py), over an edit strength s in [0, 1]:
 
-    python p8_controlnet/edit.py --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/edit \\
+    python -m p8_controlnet.edit --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/edit \\
         --source "a serene landscape with mountains at night" \\
         --edit "a serene landscape with mountains during daylight" --strengths 0 0.2 0.4 0.6 0.8 1
 
@@ -31,11 +31,11 @@ from textwrap import shorten
 
 import torch
 
-from hw2_utils import CLIError, output_dir, progress, run_cli
+from hw2_utils import CLIError, command_line, output_dir, progress, run_cli
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, timesteps, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import command_line, environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
 from p8_controlnet.sampling_study import summarize
 
 METHODS = ("switch", "sdedit")
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
     wall_s = time.perf_counter() - start
     record = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "switch_steps": ks, "timesteps": n,
               "dtype": str(pipe.unet.dtype), "wall_s": round(wall_s, 1),
-              "command": command_line("p8_controlnet/edit.py", argv), "environment": environment(device)}
+              "command": command_line("p8_controlnet.edit", argv), "environment": environment(device)}
     title = f"{shorten(args.source, 60)!r} -> {shorten(args.edit, 60)!r}, {args.scheduler} {args.steps} steps"
     with output_dir(args.out, owned=OUTPUTS) as tmp:
         save_csv(tmp / "edit.csv", rows)

@@ -1,13 +1,13 @@
 """P8 inference: one entry point for the six generation scripts (`train.py` fine-tunes a ControlNet).
 
-    python p8_controlnet/infer.py txt2img    ARGS   # (a) p8_controlnet/txt2img.py: text to image, gallery, replay
-    python p8_controlnet/infer.py study      ARGS   # (b) p8_controlnet/sampling_study.py: schedulers, schedules, ...
-    python p8_controlnet/infer.py controlnet ARGS   # (c) p8_controlnet/controlnet.py: one control
-    python p8_controlnet/infer.py multi      ARGS   # (d) p8_controlnet/multi_controlnet.py: several controls
-    python p8_controlnet/infer.py edit       ARGS   # (e) p8_controlnet/edit.py: attribute editing in latent space
-    python p8_controlnet/infer.py refine     ARGS   # (f) p8_controlnet/refine.py: CLIP-guided latent refinement
+    python -m p8_controlnet.infer txt2img    ARGS   # (a) p8_controlnet/txt2img.py: text to image, gallery, replay
+    python -m p8_controlnet.infer study      ARGS   # (b) p8_controlnet/sampling_study.py: schedulers, schedules, ...
+    python -m p8_controlnet.infer controlnet ARGS   # (c) p8_controlnet/controlnet.py: one control
+    python -m p8_controlnet.infer multi      ARGS   # (d) p8_controlnet/multi_controlnet.py: several controls
+    python -m p8_controlnet.infer edit       ARGS   # (e) p8_controlnet/edit.py: attribute editing in latent space
+    python -m p8_controlnet.infer refine     ARGS   # (f) p8_controlnet/refine.py: CLIP-guided latent refinement
 
-`python p8_controlnet/infer.py COMMAND --help` explains each. Tiny stand-in weights for a dry run:
+`python -m p8_controlnet.infer COMMAND --help` explains each. Tiny stand-in weights for a dry run:
 `python -m p8_controlnet.tiny DIR` (DIR/sd, DIR/controlnet-canny, DIR/controlnet-depth, DIR/clip).
 """
 from __future__ import annotations

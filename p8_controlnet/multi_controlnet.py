@@ -1,7 +1,7 @@
 """(d) Multi-ControlNet: any number of (control type, image, scale) triples in one pipeline, and
 a comparison grid across combinations of their conditioning scales.
 
-    python p8_controlnet/multi_controlnet.py --model sd-v1-5/ --prompt "a knight in a forest" \\
+    python -m p8_controlnet.multi_controlnet --model sd-v1-5/ --prompt "a knight in a forest" \\
         --control canny castle.jpg 1.0 --control depth forest.jpg 0.7 \\
         --controlnet canny=sd-controlnet-canny/ --controlnet depth=sd-controlnet-depth/ --annotators Annotators/ \\
         --out outputs/p8/multi
@@ -19,10 +19,10 @@ import argparse
 import itertools
 import time
 
-from hw2_utils import CLIError, output_dir, run_cli, save_images
+from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images
 from p8_controlnet.controls import make_control
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
-from p8_controlnet.records import command_line, environment, image_grid, save_json
+from p8_controlnet.records import environment, image_grid, save_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
               "combinations": [{"scales": list(combo), "label": label, "files": names}
                                for combo, label, names in zip(combos, labels, files)],
               "seeds": seeds, "dtype": str(pipe.unet.dtype), "wall_s": round(wall_s, 3),
-              "command": command_line("p8_controlnet/multi_controlnet.py", argv), "environment": environment(device)}
+              "command": command_line("p8_controlnet.multi_controlnet", argv), "environment": environment(device)}
     with output_dir(args.out, owned=("c[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
         (tmp / "controls").mkdir()
         for k, (kind, control) in enumerate(zip(kinds, controls)):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, resolve_device, resolve_dtype
+from hw2_utils import CLIError, error_summary, resolve_device, resolve_dtype
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
@@ -58,8 +58,7 @@ def load_controlnet(path: str | Path, dtype: torch.dtype = torch.float32):
     try:
         model = ControlNetModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as e:
-        first_line = str(e).splitlines()[0][:200]
-        raise CLIError(f"cannot load the ControlNet folder {folder} ({type(e).__name__}: {first_line})") from None
+        raise CLIError(f"cannot load the ControlNet folder {folder} ({error_summary(e)})") from None
     return model.eval().requires_grad_(False)
 
 
@@ -125,7 +124,7 @@ def generate(pipe, seeds: list[int], per_image: dict, batch_size: int = 4, **sha
             if torch.isfinite(images).all():
                 break
             if pipe.unet.dtype == torch.float32:
-                raise FloatingPointError("non-finite pixels in float32: the weights are broken")
+                raise CLIError("non-finite pixels in float32: the weights are broken")
             print(f"warning: {pipe.unet.dtype} overflow (NaN pixels); redoing in float32")
             pipe.to(dtype=torch.float32)
         out.append(images)

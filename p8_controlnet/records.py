@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import platform
-import shlex
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,10 +22,6 @@ def environment(device: torch.device) -> dict:
         f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
     return {"hardware": hardware, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def command_line(script: str, argv: list[str] | None) -> str:
-    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def save_json(path: str | Path, record: dict) -> None:

@@ -1,7 +1,7 @@
 """(f) CLIP-guided latent refinement: gradient ascent on the CLIP image-text similarity in the
 sampler's final latents, through the VAE decoder, with every model frozen:
 
-    python p8_controlnet/refine.py --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/refine \\
+    python -m p8_controlnet.refine --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/refine \\
         --prompt "a photograph of an astronaut riding a horse" --n 2 \\
         --optimizer adam --lr 0.05 --iterations 50 --penalty 0.1 --show-iterations 0 10 25 50
 
@@ -26,11 +26,11 @@ from typing import Iterator
 
 import torch
 
-from hw2_utils import CLIError, output_dir, run_cli
+from hw2_utils import CLIError, command_line, output_dir, run_cli
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import command_line, environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     wall_s = time.perf_counter() - start
     title = f"{args.optimizer}, lr {args.lr:g}, penalty {args.penalty:g}: CLIP-guided latent refinement"
     record = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "dtype": str(pipe.unet.dtype),
-              "wall_s": round(wall_s, 1), "command": command_line("p8_controlnet/refine.py", argv),
+              "wall_s": round(wall_s, 1), "command": command_line("p8_controlnet.refine", argv),
               "environment": environment(device)}
     with output_dir(args.out, owned=OUTPUTS) as tmp:
         save_csv(tmp / "refine.csv", rows)

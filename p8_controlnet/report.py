@@ -27,14 +27,14 @@ FIGURES = [
     ("multi_controlnet", "grid.png", "multi-ControlNet across scale combinations", "multi"),
 ]
 COMMANDS = {
-    "study": "python p8_controlnet/infer.py study --model SD --clip CLIP_DIR --out {d}/sampling_study",
-    "edit": "python p8_controlnet/infer.py edit --model SD --clip CLIP_DIR --n 2 --out {d}/edit",
-    "refine": "python p8_controlnet/infer.py refine --model SD --clip CLIP_DIR --n 2 --penalty 0.1 --out {d}/refine",
-    "txt2img --gallery": "python p8_controlnet/infer.py txt2img --model SD --gallery p8_controlnet/gallery_prompts.txt "
+    "study": "python -m p8_controlnet.infer study --model SD --clip CLIP_DIR --out {d}/sampling_study",
+    "edit": "python -m p8_controlnet.infer edit --model SD --clip CLIP_DIR --n 2 --out {d}/edit",
+    "refine": "python -m p8_controlnet.infer refine --model SD --clip CLIP_DIR --n 2 --penalty 0.1 --out {d}/refine",
+    "txt2img --gallery": "python -m p8_controlnet.infer txt2img --model SD --gallery p8_controlnet/gallery_prompts.txt "
                          "--clip CLIP_DIR --out {d}/gallery",
-    "controlnet": "python p8_controlnet/infer.py controlnet --model SD --controlnet CN_DIR --image IMG --prompt P "
+    "controlnet": "python -m p8_controlnet.infer controlnet --model SD --controlnet CN_DIR --image IMG --prompt P "
                   "--out {d}/controlnet",
-    "multi": "python p8_controlnet/infer.py multi --model SD --prompt P --control canny IMG 1.0 ... --out {d}/multi_controlnet",
+    "multi": "python -m p8_controlnet.infer multi --model SD --prompt P --control canny IMG 1.0 ... --out {d}/multi_controlnet",
 }
 
 
@@ -43,7 +43,7 @@ def _speed(d: Path) -> list[str]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return [f"_Speed: not produced yet. Run `python bench/p8_controlnet.py --json {d}/p8_bench.json`._", ""]
+        return [f"_Speed: not produced yet. Run `python -m bench.p8_controlnet --json {d}/p8_bench.json`._", ""]
     cpu = record["tiny_cpu"]
     lines = [f"Tiny model, {cpu['size']} px, {cpu['steps']} steps, CPU seconds per step on {cpu['threads']} thread(s) "
              f"(`{record['command']}`, {record['environment']['hardware']}):", "",

@@ -1,7 +1,7 @@
 """(b) Sampling study: scheduler x steps x guidance with wall time and CLIP score, custom beta
 schedules, decoded intermediate latents, and slerp/lerp between two prompts' text embeddings.
 
-    python p8_controlnet/sampling_study.py --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/study \\
+    python -m p8_controlnet.sampling_study --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/study \\
         --prompt "a red bus in the snow" --prompt "a bowl of ramen" --seeds 0 1 \\
         --schedulers ddim euler-a dpm++2m unipc --steps-list 10 20 50 --guidances 1 3 7.5 12
 
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, output_dir, progress, run_cli
+from hw2_utils import CLIError, command_line, output_dir, progress, run_cli
 from p8_controlnet.pipelines import (SCHEDULERS, add_pipeline_args, call_size, generate, make_scheduler, pipeline_from_args,
                                      scheduler_config)
-from p8_controlnet.records import command_line, environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
 from p8_controlnet.schedules import SCHEDULES, custom_betas, lerp, slerp
 
 EXPERIMENTS = ("grid", "schedules", "intermediates", "interpolation")
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
             runners[name](study, tmp)
         record = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "dtype": str(study.pipe.unet.dtype),
                   "wall_s": round(time.perf_counter() - start, 1),
-                  "command": command_line("p8_controlnet/sampling_study.py", argv), "environment": environment(study.device)}
+                  "command": command_line("p8_controlnet.sampling_study", argv), "environment": environment(study.device)}
         save_json(tmp / "study.json", record)
     print(f"{', '.join(args.experiments)} in {record['wall_s']} s -> {args.out}")
     return record

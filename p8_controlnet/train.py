@@ -1,8 +1,8 @@
 """Fine-tune a Canny ControlNet on (Canny(image), caption) pairs from COCO (Zhang et al. 2023).
 
-    python p8_controlnet/train.py --model sd-v1-5/ --images ../shared/data/coco/val2017 \\
+    python -m p8_controlnet.train --model sd-v1-5/ --images ../shared/data/coco/val2017 \\
         --captions ../shared/data/coco/annotations/captions_val2017.json --out runs/p8/controlnet-canny
-    python p8_controlnet/train.py ... --controlnet sd-controlnet-canny/    # continue from a trained one
+    python -m p8_controlnet.train ... --controlnet sd-controlnet-canny/    # continue from a trained one
 
 Stable Diffusion stays frozen. The ControlNet starts from --controlnet, or as the paper does: a
 copy of the UNet's encoder whose zero convolutions make it a no-op at step 0. Loss: SD's eps-MSE
@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, output_dir, autocast, ensure_writable_dir, progress, resolve_device, resolve_dtype,
-                       run_cli, seed_everything)
+from hw2_utils import (CLIError, autocast, command_line, ensure_writable_dir, output_dir, progress, resolve_device,
+                       resolve_dtype, run_cli, seed_everything)
 from p8_controlnet.data import CannyCaptions, read_captions
 from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
-from p8_controlnet.records import command_line, environment, save_json
+from p8_controlnet.records import environment, save_json
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
                "mean_loss_first_10": sum(losses[:10]) / len(losses[:10]),
                "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
                "images": len(dataset), "wall_s": round(time.perf_counter() - start, 1),
-               "settings": vars(args), "command": command_line("p8_controlnet/train.py", argv),
+               "settings": vars(args), "command": command_line("p8_controlnet.train", argv),
                "environment": environment(device)}
     save_json(out / "summary.json", summary)
     print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {args.out}/controlnet")

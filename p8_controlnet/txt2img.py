@@ -1,9 +1,9 @@
 """(a) Text to image with Stable Diffusion through diffusers, any of eight schedulers by name.
 
-    python p8_controlnet/txt2img.py --model sd-v1-5/ --prompt "a red bus in the snow" --n 4 --out outputs/p8/txt2img
-    python p8_controlnet/txt2img.py --model sd-v1-4.ckpt --gallery prompts.txt --clip clip-vit-base-patch32/ \\
+    python -m p8_controlnet.txt2img --model sd-v1-5/ --prompt "a red bus in the snow" --n 4 --out outputs/p8/txt2img
+    python -m p8_controlnet.txt2img --model sd-v1-4.ckpt --gallery prompts.txt --clip clip-vit-base-patch32/ \\
         --out outputs/p8/gallery
-    python p8_controlnet/txt2img.py --replay outputs/p8/txt2img/run.json --out outputs/p8/replay   # same bytes
+    python -m p8_controlnet.txt2img --replay outputs/p8/txt2img/run.json --out outputs/p8/replay   # same bytes
 
 Image i of every prompt starts from the noise of seed + i (one CPU torch.Generator per image),
 so prompts are compared on the same noise and a batch size never changes a picture.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CLIError, output_dir, require_file, resolve_device, run_cli, save_images
+from hw2_utils import CLIError, command_line, output_dir, require_file, resolve_device, run_cli, save_images
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
-from p8_controlnet.records import command_line, environment, image_grid, read_json, save_json
+from p8_controlnet.records import environment, image_grid, read_json, save_json
 
 # What run.json must hold to redo a run exactly (device and output folder may change).
 SETTINGS = ("model", "sd_config", "prompt", "negative_prompt", "n", "scheduler", "steps", "guidance", "size",
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
             r.update(verdict=verdict, clip=None if scores is None else round(float(scores[i]), 3))
 
     record = {"settings": {k: getattr(args, k) for k in SETTINGS}, "images": records, "dtype": str(pipe.unet.dtype),
-              "wall_s": round(wall_s, 3), "command": command_line("p8_controlnet/txt2img.py", argv),
+              "wall_s": round(wall_s, 3), "command": command_line("p8_controlnet.txt2img", argv),
               "environment": environment(device)}
     with output_dir(args.out, owned=("p[0-9][0-9]_i[0-9][0-9][0-9].png", "gallery.png")) as tmp:
         save_images(images, [tmp / f for f in files], value_range=(0.0, 1.0))

@@ -1,7 +1,7 @@
 """Build the report from run outputs: OUT/report.md (figures copied to OUT/figures/) and
 OUT/report.pdf (reportlab), one section per problem from `pN_*/report.py:section()`.
 
-    python report/build.py outputs report_out
+    python -m report.build outputs report_out
 
 Sections whose inputs are missing say which command produces them; nothing is invented.
 """
@@ -113,7 +113,7 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
 def build(runs_dir: Path, out: Path) -> Path:
     header = ["# hw2 report", "",
               f"Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node() or 'unknown host'} "
-              f"from `{runs_dir}` by `python report/build.py {runs_dir} {out}`. Every number below names the "
+              f"from `{runs_dir}` by `python -m report.build {runs_dir} {out}`. Every number below names the "
               "command that measured it and its hardware.", ""]
     with output_dir(out) as tmp:
         markdown = localise_figures("\n".join(header) + "\n" + "\n".join(collect_sections(runs_dir)), tmp / "figures")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError
+from hw2_utils import CLIError, error_summary
 from stable_diffusion.ddim import NoiseSchedule
 from stable_diffusion.model import StableDiffusion
 from stable_diffusion.tokenizer import load_tokenizer
 
 V1_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1"
-HOW_TO_GET = "bash hw2_download_ckpt.sh fetches sd-v1-4.ckpt; or pass a diffusers folder of SD v1.x"
+HOW_TO_GET = "bash hw2_download_ckpt.sh sd-v1-4.ckpt writes checkpoints/sd-v1-4.ckpt; or pass a diffusers folder of SD v1.x"
 
 
 def load_stable_diffusion(path: str | Path, config_dir: str | Path = V1_CONFIG_DIR,
@@ -34,6 +34,13 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path = V1_CONFIG_D
     else:
         raise CLIError(f"Stable Diffusion checkpoint not found: {path} ({HOW_TO_GET})")
     return sd.to(device, dtype).eval_frozen()
+
+
+def text_width(path: str | Path, config_dir: str | Path = V1_CONFIG_DIR) -> int:
+    """The text encoder's embedding width for the model at `path`, read from its config
+    without loading any weights (so learned embeddings can be checked first)."""
+    folder = Path(path) if Path(path).is_dir() else Path(config_dir)
+    return int(_read_config(folder, "text_encoder")["hidden_size"])
 
 
 # --------------------------------------------------------------------------- CompVis single file
@@ -74,8 +81,8 @@ def read_state_dict(path: Path) -> dict:
             from safetensors.torch import load_file
             return load_file(str(path))
         state = _torch_load(path)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise CLIError(f"cannot read {path} as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # a foreign file makes the readers raise nearly anything (SafetensorError, KeyError, ...)
+        raise CLIError(f"cannot read {path} as a checkpoint ({error_summary(e)})") from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -87,7 +94,10 @@ def _read_config(config_dir: Path, sub: str, name: str = "config.json") -> dict:
     f = config_dir / sub / name
     if not f.is_file():
         raise CLIError(f"model config not found: {f} (configs for SD v1 live in {V1_CONFIG_DIR})")
-    return json.loads(f.read_text())
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"model config {f} is not valid JSON ({e})") from None
 
 
 def _build(cls, config: dict, state: dict, what: str, path: Path):
@@ -152,7 +162,7 @@ def _load_diffusers_folder(folder: Path, config_dir: Path) -> StableDiffusion:
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise CLIError(f"cannot load the diffusers folder {folder} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise CLIError(f"cannot load the diffusers folder {folder} ({error_summary(e)})") from None
     # A folder may lack its tokenizer or scheduler; SD v1's are the same for every v1.x model.
     tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer" / "vocab.json").is_file() else config_dir / "tokenizer"
     scheduler = folder / "scheduler" / "scheduler_config.json"

@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 
+from hw2_utils import CLIError
 from stable_diffusion.ddim import guided_eps
 from stable_diffusion.model import StableDiffusion
 
@@ -24,7 +25,7 @@ def text_to_image(sd: StableDiffusion, prompt: str, n: int, *, seed: int, steps:
     """n images of one prompt as float32 (n,3,H,W) in [-1, 1] on the CPU.
 
     A batch whose decoded images hold NaN/inf (fp16 overflow) is redone after switching the
-    model to fp32 for the rest of the run; a NaN in fp32 is a real error."""
+    model to fp32 for the rest of the run; a NaN in fp32 is a CLIError (broken weights)."""
     x_T = initial_latents(sd, n, seed, size)
     out = []
     for start in progress(range(0, n, batch_size), desc="batches", leave=False):
@@ -34,7 +35,7 @@ def text_to_image(sd: StableDiffusion, prompt: str, n: int, *, seed: int, steps:
             if torch.isfinite(images).all():
                 break
             if sd.dtype == torch.float32 or attempt == 1:
-                raise FloatingPointError(f"non-finite pixels from {prompt!r} in float32: the model weights are broken")
+                raise CLIError(f"non-finite pixels from {prompt!r} in float32: the model weights or learned embeddings are broken")
             print(f"warning: {sd.dtype} overflow (NaN in decoded images); switching to float32")
             sd.to(dtype=torch.float32)
         out.append(images.clamp(-1, 1).cpu())

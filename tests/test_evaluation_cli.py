@@ -21,7 +21,7 @@ def test_help_shows_the_docstring_usage(name, capsys):
         module.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert f"python evaluation/{name}.py" in out  # the usage examples of the module docstring
+    assert f"python -m evaluation.{name}" in out  # the usage examples of the module docstring
     assert module.__doc__.splitlines()[0] in out
 
 
@@ -62,7 +62,7 @@ def test_digit_label_must_lead_the_file_name(tmp_path, capsys):
 
 
 def test_script_runs_from_the_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "evaluation/ddim_mse.py", "--pred", str(tmp_path / "missing"),
+    proc = subprocess.run([sys.executable, "-m", "evaluation.ddim_mse", "--pred", str(tmp_path / "missing"),
                            "--gt", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"ddim_mse.py: error: prediction folder is not a directory: {tmp_path / 'missing'}"

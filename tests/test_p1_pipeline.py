@@ -37,8 +37,9 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*.png"))}
 
 
-def _cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "p1_ddpm" / script), *args], capture_output=True, text=True,
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m p1_ddpm.MODULE ARGS` from the repository root, as the README spells it."""
+    return subprocess.run([sys.executable, "-m", f"p1_ddpm.{module}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -72,7 +73,7 @@ def test_load_model_round_trip(tiny_ckpt):
 
 
 def _in_process(main, args, capsys) -> tuple[int, str]:
-    """Run a CLI's main through run_cli as `python script.py` would, without a new process."""
+    """Run a CLI's main through run_cli as `python -m ...` would, without a new process."""
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(args))
     return exit_info.value.code, capsys.readouterr().err
@@ -98,7 +99,7 @@ def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path, capsys):
 
 
 def test_unknown_domain_is_one_line_error_from_the_real_cli(tmp_path):
-    r = _cli("train.py", "--data-root", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
+    r = _cli("train", "--data-root", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "domain 'mnistm'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -140,8 +141,8 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
             shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
     common = ["--data-root", str(root), "--domains", "mnistm", "usps", "--out", str(tmp_path / "run"),
               "--batch-size", "16", "--base-channels", "8", "--ckpt-every", "2", "--sample-every", "100", "--device", "cpu"]
-    assert _cli("train.py", *common, "--steps", "2").returncode == 0
-    r = _cli("train.py", *common, "--steps", "4")
+    assert _cli("train", *common, "--steps", "2").returncode == 0
+    r = _cli("train", *common, "--steps", "4")
     assert r.returncode == 0, r.stderr[-1000:]
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
     with open(tmp_path / "run" / "log.csv") as f:
@@ -152,7 +153,7 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert (tmp_path / "run" / "samples" / "step000004.png").is_file()
 
     warm = [a if a != str(tmp_path / "run") else str(tmp_path / "warm") for a in common]
-    r = _cli("train.py", *warm, "--steps", "5", "--init-from", str(tmp_path / "run" / "ema.pt"), "--repeat", "2", "1")
+    r = _cli("train", *warm, "--steps", "5", "--init-from", str(tmp_path / "run" / "ema.pt"), "--repeat", "2", "1")
     assert r.returncode == 0 and "warm start" in r.stdout, r.stderr[-1000:]
     assert "96 training images" in r.stdout  # mnistm's 32 images twice, usps's once
     with open(tmp_path / "warm" / "log.csv") as f:
@@ -160,9 +161,9 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert [int(row[0]) for row in rows] == [5]
     assert float(rows[0][2]) == pytest.approx(5e-4 / 200)  # the warm start warms up again from its first step
     recipe = torch.load(tmp_path / "warm" / "ema.pt", weights_only=True)["recipe"]
-    assert recipe.count("train.py") == 2 and "&&" in recipe  # both stages, in order
+    assert recipe.count("python -m p1_ddpm.train ") == 2 and "&&" in recipe  # both stages, in order
 
-    r = _cli("train.py", *warm, "--steps", "6", "--no-resume", "--repeat", "1")
+    r = _cli("train", *warm, "--steps", "6", "--no-resume", "--repeat", "1")
     assert r.returncode == 2 and "--repeat" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

@@ -2,7 +2,6 @@
 maps, bad input, the analysis figures at 64x64, bench MSE and the report section."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+from bench import p2_ddim as bench
 from hw2_utils import CLIError
 from p2_ddim import analysis, infer
 from p2_ddim.pipeline import load_unet, sample
@@ -44,14 +44,6 @@ def pixels(path) -> np.ndarray:
     with Image.open(path) as image:
         assert (image.mode, image.format) == ("RGB", "PNG")
         return np.asarray(image)
-
-
-def load_bench():
-    """bench/p2_ddim.py shares its name with the package, so load it by path."""
-    spec = importlib.util.spec_from_file_location("bench_p2_ddim", REPO / "bench" / "p2_ddim.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_hw2_2_sh_end_to_end(tiny_unet_pt, tmp_path):
@@ -95,7 +87,7 @@ def test_pixel_maps_clip_and_minmax(tiny_unet_pt, tmp_path):
     (lambda d: torch.save(torch.randn(1, 4, 32, 32), d / "00.pt"), r"shape \(4, 32, 32\)"),
     (lambda d: torch.save(torch.randn(1, 3, 48, 32), d / "00.pt"), "divisible by 32"),
     (lambda d: torch.save({"noise": torch.randn(3, 32, 32)}, d / "00.pt"), "holds a dict, not a tensor"),
-    (lambda d: (d / "00.pt").write_bytes(b"not a torch file"), "not a readable tensor file"),
+    (lambda d: (d / "00.pt").write_bytes(b"not a torch file"), "not a readable PyTorch file"),
     (lambda d: (torch.save(torch.randn(3, 32, 32), d / "00.pt"), torch.save(torch.randn(3, 64, 64), d / "01.pt")),
      "but 00.pt has"),
 ])
@@ -131,14 +123,14 @@ def test_analysis_figures_at_64(tiny_unet_pt, tmp_path):
 def test_bench_mse_of_both_maps_feeds_the_report(tiny_unet_pt, tmp_path):
     runs = tmp_path / "runs"
     empty = section(runs)  # nothing measured yet: every block names its command, no numbers
-    for command in ("p2_ddim/analysis.py", "bench/p2_ddim.py gt", "bench/p2_ddim.py speed", "bench/p2_ddim.py cost"):
+    for command in ("python -m p2_ddim.analysis", "python -m bench.p2_ddim gt", "python -m bench.p2_ddim speed",
+                    "python -m bench.p2_ddim cost"):
         assert command in empty
     assert "| clip |" not in empty
 
     noise = write_noises(tmp_path / "noise", 2, 32, seed=3)
     gt = tmp_path / "GT"
     infer.main([str(noise), str(gt), str(tiny_unet_pt), "--steps", "2", "--device", "cpu"])  # clip map as "GT"
-    bench = load_bench()
     result = bench.main(["gt", str(noise), str(tiny_unet_pt), str(gt), "--steps", "2", "--device", "cpu",
                          "--out", str(tmp_path / "bench"), "--json", str(runs / "p2" / "mse.json")])
     assert result["maps"]["clip"]["mse"] == 0.0  # the same sampler and map reproduce GT exactly
@@ -149,6 +141,6 @@ def test_bench_mse_of_both_maps_feeds_the_report(tiny_unet_pt, tmp_path):
     minmax = result["maps"]["minmax"]
     assert "| clip | 0.00 | 0.00 | **0.00** |" in report
     assert f"**{minmax['mse']:.2f}**" in report
-    assert "bench/p2_ddim.py gt" in report and "bench/p2_ddim.py speed" in report  # speed still missing
-    assert "p2_ddim/analysis.py" in report
-    assert f"python bench/p2_ddim.py gt {noise}" in report  # the MSE cites the command that measured it
+    assert "python -m bench.p2_ddim gt" in report and "python -m bench.p2_ddim speed" in report  # speed still missing
+    assert "python -m p2_ddim.analysis" in report
+    assert f"python -m bench.p2_ddim gt {noise}" in report  # the MSE cites the command that measured it

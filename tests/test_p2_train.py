@@ -146,8 +146,9 @@ def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path)
 
 def test_missing_image_folder_is_a_one_line_error(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HW2_QUIET": "1"}
-    r = subprocess.run([sys.executable, str(REPO / "p2_ddim" / "train.py"), "--images", str(tmp_path / "absent"),
-                        "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run([sys.executable, "-m", "p2_ddim.train", "--images", str(tmp_path / "absent"),
+                        "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env,
+                       cwd=REPO)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "absent" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
@@ -157,9 +158,9 @@ def test_missing_image_folder_is_a_one_line_error(tmp_path):
 def test_torchrun_two_ranks(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           str(REPO / "p2_ddim" / "train.py"), "--images", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"]
+           "-m", "p2_ddim.train", "--images", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("done:") == 1  # rank 0 alone logs and writes
     rows = _log(tmp_path)  # each rank takes 4 of its 12-face shard per step: 3 steps per epoch

@@ -108,7 +108,7 @@ def test_loader_names_missing_unexpected_and_misshaped_keys(tiny_unet, tmp_path)
 @pytest.mark.parametrize("content, match", [
     (torch.randn(3), "not a state dict"),
     ({"down1.weight": "not a tensor"}, "not a state dict"),
-    (b"garbage", "not a readable tensor file"),
+    (b"garbage", "not a readable PyTorch file"),
 ])
 def test_loader_rejects_files_that_are_not_unet_state_dicts(tmp_path, content, match):
     path = tmp_path / "bad.pt"

@@ -223,7 +223,7 @@ def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
     """The shipped model through run.sh on the first 300 real USPS val images: 0.927 when
     shipped (0.9208 on all 2,007; bench/p5_dann.py), so 0.90 leaves room only for noise."""
     if not (infer.CHECKPOINTS / "mnistm_usps_dann.pt").is_file():
-        pytest.skip("no shipped checkpoint yet (python bench/p5_dann.py --ship)")
+        pytest.skip("no shipped checkpoint yet (python -m bench.p5_dann --ship)")
     usps = require_shared("hw2_data", "digits", "usps")
     with open(usps / "val.csv", newline="") as f:
         labels = {r["image_name"]: int(r["label"]) for r in list(csv.DictReader(f))[:300]}

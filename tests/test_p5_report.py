@@ -16,7 +16,7 @@ def _bench_record():
     row = {"what": "DANN", "args": ["--mode", "dann"], "seconds": 123.4,
            "selected": {"epoch": 7, "source_val_acc": 0.9123, "target_val_acc": 0.9031},
            "final": {"epoch": 20, "source_val_acc": 0.9, "target_val_acc": 0.8987}}
-    return {"command": "python bench/p5_dann.py --ship", "hardware": "x86_64 CPU, 2 torch thread(s)",
+    return {"command": "python -m bench.p5_dann --ship", "hardware": "x86_64 CPU, 2 torch thread(s)",
             "source": "mnistm", "target": "usps", "epochs": 20, "rows": {"dann": row},
             "inference": {"row": "dann", "images": 2007, "accuracy": 0.9031, "seconds": 1.5}}
 
@@ -27,14 +27,14 @@ def test_section_reads_every_number_from_the_bench_json(tmp_path):
     text = report.section(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| dann |"))
     assert "0.9031 (epoch 7)" in row and "0.8987" in row and "0.9123" in row and "123 s" in row
-    assert "python bench/p5_dann.py --ship" in text and "2007 val images: CSV accuracy 0.9031" in text
-    assert "p5_dann/analysis.py" in text  # no figures yet: the command that makes them
+    assert "python -m bench.p5_dann --ship" in text and "2007 val images: CSV accuracy 0.9031" in text
+    assert "python -m p5_dann.analysis" in text  # no figures yet: the command that makes them
 
 
 def test_section_without_any_bench_output_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "SHIPPED_BENCH", tmp_path / "absent.json")
     text = report.section(tmp_path)
-    assert "Run `python bench/p5_dann.py" in text and "| dann |" not in text
+    assert "Run `python -m bench.p5_dann" in text and "| dann |" not in text
 
 
 def test_tsne_writes_a_class_and_a_domain_figure(tmp_path, monkeypatch):

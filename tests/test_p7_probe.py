@@ -145,7 +145,7 @@ def test_infer_folder_one_row_per_image_with_probe_and_zeroshot(trained, tmp_pat
 
 
 def test_report_quotes_the_probe_record(trained, tmp_path):
-    assert "_No probe record yet: run `python p7_clip/train.py --clip ViT-B-32=" in section(tmp_path)
+    assert "_No probe record yet: run `python -m p7_clip.train --clip ViT-B-32=" in section(tmp_path)
     _, out, record = trained
     (tmp_path / "p7" / "probe" / "ViT-B-32_tiny").mkdir(parents=True)
     (tmp_path / "p7" / "probe" / "ViT-B-32_tiny" / "result.json").write_text((out / "result.json").read_text())

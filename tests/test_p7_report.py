@@ -12,8 +12,8 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     text = section(tmp_path)
     assert text.splitlines()[0].startswith("## P7: ")
     assert text.count("Not produced yet") == 6
-    for command in ("p7_clip/similarity.py", "p7_clip/zeroshot.py", "p7_clip/retrieval.py", "p7_clip/maskclip.py",
-                    "p7_clip/robustness.py", "bench/p7_clip.py"):
+    for command in ("-m p7_clip.similarity", "-m p7_clip.zeroshot", "-m p7_clip.retrieval", "-m p7_clip.maskclip",
+                    "-m p7_clip.robustness", "-m bench.p7_clip"):
         assert f"python {command}" in text
     assert not re.search(r"\|\s*\d", text) and "%" not in text
     assert all(h.startswith("### ") for h in text.splitlines() if h.startswith("#") and not h.startswith("## P7"))
@@ -25,11 +25,11 @@ def test_numbers_come_from_the_records(tmp_path):
     (d / "retrieval").mkdir()
     designs = {"a photo of a {}.": ["a photo of a {}."], "ensemble of 18 templates": ["x {}"] * 18}
     (d / "zeroshot" / "zeroshot.json").write_text(json.dumps({
-        "command": "python p7_clip/zeroshot.py --clip ViT-B-32=w", "hardware": "GPU-X", "images": 10000, "data": "c10",
+        "command": "python -m p7_clip.zeroshot --clip ViT-B-32=w", "hardware": "GPU-X", "images": 10000, "data": "c10",
         "designs": designs, "accuracy": {"ViT-B-32": {"a photo of a {}.": 0.8812, "ensemble of 18 templates": 0.8991}},
         "confusion": {"ViT-B-32": {"design": "ensemble of 18 templates", "tag": "ViT-B-32", "matrix": []}}}))
     (d / "retrieval" / "retrieval.json").write_text(json.dumps({
-        "command": "python p7_clip/retrieval.py", "hardware": "GPU-X", "images": 100, "captions": 500, "query": "q",
+        "command": "python -m p7_clip.retrieval", "hardware": "GPU-X", "images": 100, "captions": 500, "query": "q",
         "tags": {"RN50": "RN50"}, "top": {},
         "recall": {"RN50": {"text_to_image": {"1": 0.3, "5": 0.55, "10": 0.7},
                             "image_to_text": {"1": 0.42, "5": 0.7, "10": 0.81}}}}))

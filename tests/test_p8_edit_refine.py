@@ -84,7 +84,7 @@ def test_edit_command_writes_its_table_and_figures(models, tmp_path):
                                                                     abs=2e-4)
         if r["strength"] == "0.0":  # the source image itself
             assert float(r["ssim_to_source"]) == 1.0 and float(r["clip_image_cosine"]) == pytest.approx(1.0, abs=1e-4)
-    assert record["switch_steps"] == [4, 2, 0] and "p8_controlnet/edit.py" in record["command"]
+    assert record["switch_steps"] == [4, 2, 0] and "-m p8_controlnet.edit" in record["command"]
 
 
 def test_edit_rejects_bad_strengths_before_loading(models, tmp_path):
@@ -137,6 +137,6 @@ def test_refine_command_gives_the_same_curve_for_the_same_seed(models, tmp_path)
 
 
 def test_refine_bad_numbers_are_one_error_line():
-    r = subprocess.run([sys.executable, str(REPO / "p8_controlnet" / "infer.py"), "refine", "--model", "x", "--clip", "y",
+    r = subprocess.run([sys.executable, "-m", "p8_controlnet.infer", "refine", "--model", "x", "--clip", "y",
                         "--out", "z", "--lr", "0"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["infer.py: error: --lr must be positive and --penalty at least 0"]

@@ -124,10 +124,10 @@ def test_missing_weights_are_one_line_errors(models, tmp_path):
     with pytest.raises(CLIError, match=r"Stable Diffusion checkpoint not found: .*nope\.ckpt \(bash hw2_download_ckpt\.sh"):
         run_txt2img(models, tmp_path / "x", "--prompt", "a cat", "--model", str(tmp_path / "nope.ckpt"))
     assert not (tmp_path / "x").exists()
-    r = subprocess.run([sys.executable, str(REPO / "p8_controlnet" / "controlnet.py"), "--model", str(models / "sd"),
+    r = subprocess.run([sys.executable, "-m", "p8_controlnet.controlnet", "--model", str(models / "sd"),
                         "--controlnet", str(tmp_path / "no-controlnet"), "--image", "x.png", "--prompt", "a cat",
                         "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
     assert r.returncode == 2 and not (tmp_path / "y").exists()
     assert r.stderr.strip().splitlines() == [
         f"controlnet.py: error: ControlNet weights not found: {tmp_path / 'no-controlnet' / 'config.json'} "

@@ -10,12 +10,12 @@ BENCH = {"tiny_cpu": {"device": "cpu", "threads": 1, "size": 32, "steps": 20, "r
                       "per_scheduler": {"ddim": {"cpu_s_per_step": 0.0401, "wall_s_per_step": 0.0404},
                                         "unipc": {"cpu_s_per_step": 0.0427, "wall_s_per_step": 0.1311}},
                       "ddim_with_controlnet": {"cpu_s_per_step": 0.0606, "wall_s_per_step": 0.184}},
-         "gpu_512": None, "command": "python bench/p8_controlnet.py", "environment": {"hardware": "x86_64 CPU, 1 thread(s)"}}
+         "gpu_512": None, "command": "python -m bench.p8_controlnet", "environment": {"hardware": "x86_64 CPU, 1 thread(s)"}}
 
 
 def test_section_without_inputs_names_every_command(tmp_path):
     text = section(tmp_path)
-    assert "python bench/p8_controlnet.py --json" in text
+    assert "python -m bench.p8_controlnet --json" in text
     assert text.count("not produced yet") == len(FIGURES) + 1
     assert "![" not in text and "0.0" not in text  # no figure and no number without a file
 
@@ -38,7 +38,7 @@ def test_section_quotes_each_runs_command_once(tmp_path):
     d.mkdir(parents=True)
     for name in ("edit.png", "edit_scores.png"):
         (d / name).write_bytes(b"png")
-    command = "python p8_controlnet/edit.py --model tiny/sd --clip tiny/clip --out outputs/p8/edit"
+    command = "python -m p8_controlnet.edit --model tiny/sd --clip tiny/clip --out outputs/p8/edit"
     (d / "edit.json").write_text(json.dumps({"command": command}))
     text = section(tmp_path)
     assert text.count(f"`{command}`") == 1 and "stand-ins" in text

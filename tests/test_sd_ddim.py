@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hw2_utils import CLIError
 from stable_diffusion.ddim import NoiseSchedule, guided_eps
 from stable_diffusion.loader import V1_CONFIG_DIR
 from stable_diffusion.pipeline import text_to_image
@@ -79,5 +80,5 @@ def test_nan_in_half_precision_reruns_the_batch_in_fp32(tiny, monkeypatch):
     images = text_to_image(sd, "a dog", 2, seed=7, steps=2, batch_size=2)
     assert sd.dtype == torch.float32 and torch.isfinite(images).all()
     monkeypatch.setattr(type(sd), "decode", lambda self, latents: torch.full((len(latents), 3, 32, 32), float("nan")))
-    with pytest.raises(FloatingPointError, match="float32"):
+    with pytest.raises(CLIError, match="float32"):
         text_to_image(sd, "a dog", 2, seed=7, steps=2, batch_size=2)

@@ -124,6 +124,27 @@ def test_output_dir_refuses_a_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.parametrize("context", [U.atomic_path, U.output_dir])
+def test_write_errors_name_the_path_the_user_gave(context, tmp_path):
+    """A failure on the hidden temporary (a full disk, say) is reported against the final path."""
+    import errno
+
+    final = tmp_path / "pred.csv"
+    with pytest.raises(U.CLIError) as info:
+        with context(final) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "x" if tmp.is_dir() else tmp))
+    assert str(info.value) == f"cannot write {final} (No space left on device)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_images_refuses_non_finite_pixels(tmp_path):
+    x = torch.zeros(2, 3, 2, 2)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(U.CLIError, match=r"1 of 2 images \(first: b.png\) hold NaN"):
+        U.save_images(x, [tmp_path / "a.png", tmp_path / "b.png"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_images_round_trip(tmp_path):
     from PIL import Image
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind the README's numbers, run from the repository root as `python -m bench.pN_x`."""
