@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import atomic_path, ensure_writable_dir, require_file, resolve_device, run_cli, to_uint8
+from hw2_utils import atomic_path, command_line, ensure_writable_dir, require_file, resolve_device, run_cli, to_uint8
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
@@ -224,7 +222,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     result = {"smoke": cmd_smoke, "eval": cmd_eval, "final": cmd_final, "cost": cmd_cost}[args.command](args)
     if args.json:
-        result = {"command": shlex.join(["python", "-m", "bench.p4_gan", *(sys.argv[1:] if argv is None else argv)]), **result}
+        result = {"command": command_line("bench.p4_gan", argv), **result}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         print(f"saved {args.json}")

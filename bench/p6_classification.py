@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import atomic_path, autocast, resolve_device, run_cli
+from hw2_utils import atomic_path, autocast, command_line, resolve_device, run_cli
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -145,7 +144,7 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.subset:
         common += ["--subset", str(args.subset)]
-    command = shlex.join(["python", "-m", "bench.p6_classification", *argv])
+    command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 
     def save(part: str, value: dict) -> None:

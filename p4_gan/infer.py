@@ -1,7 +1,7 @@
 """Generate the course's 1000 faces: OUT/0000.png ... OUT/0999.png, 64x64 RGB.
 
-    python p4_gan/infer.py OUT                                   # checkpoints/p4_gan.pt
-    python p4_gan/infer.py OUT --checkpoint runs/p4/dcgan/generator.pt
+    python -m p4_gan.infer OUT                                   # p4_gan/checkpoints/p4_gan.pt (shipped)
+    python -m p4_gan.infer OUT --checkpoint runs/p4/dcgan/generator_best.pt
 
 The checkpoint is a generator exported by train.py (OUT/generator.pt or generator_best.pt).
 The same checkpoint, --seed and --batch-size give the same bytes on every run.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from hw2_utils import CLIError, ensure_writable_dir, resolve_device, run_cli
+from hw2_utils import CLIError, check_output_path, positive_int, resolve_device, run_cli
 from p4_gan.pipeline import DEFAULT_CHECKPOINT, generate, load_generator, write_images
 
 SEED = 2022
@@ -20,9 +20,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output directory (created if missing; other files in it are left alone)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="generator file written by p4_gan/train.py")
-    p.add_argument("--n", type=int, default=1000, help="number of images (names have four digits)")
+    p.add_argument("--n", type=positive_int, default=1000, help="number of images (names have four digits)")
     p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--batch-size", type=int, default=500, help="part of the seed contract: it can change the last bit")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="part of the seed contract: it can change the last bit")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
-    out = ensure_writable_dir(args.out)
+    out = check_output_path(args.out, folder=True)
     write_images(generate(generator, args.n, args.seed, args.batch_size), out)
     trained = f", {meta['model']} trained for {meta['step']} steps" if {"model", "step"} <= meta.keys() else ""
     print(f"wrote {args.n} images to {out}/ from {args.checkpoint}{trained}")

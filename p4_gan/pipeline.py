@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from hw2_utils import CLIError, make_generator, output_dir, require_file, save_images
+from hw2_utils import CLIError, error_summary, load_torch_file, make_generator, output_dir, require_file, save_images
 from p4_gan.models import GANConfig, Generator
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "p4_gan.pt"
-TRAIN_COMMAND = ("python p4_gan/train.py --model improved --data-root hw2_data/face --out runs/p4/improved, "
-                 "then copy runs/p4/improved/generator.pt to checkpoints/p4_gan.pt or pass --checkpoint")
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p4_gan.pt"  # shipped: README "P4"
+TRAIN_COMMAND = ("python -m p4_gan.train --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved, "
+                 "then pass --checkpoint runs/p4/improved/generator_best.pt")
 FORMAT = "hw2-p4-gan-generator/1"
 STANDING_STATS = (8, 128)  # batches x size of z used to measure BN statistics: 1024 samples
 
@@ -52,17 +50,11 @@ def save_generator(path: str | os.PathLike, generator: Generator, meta: dict) ->
                 "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()}, **meta}, path)
 
 
-_LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError, KeyError)
-
-
 def load_generator(path: str | os.PathLike, device: torch.device = torch.device("cpu")) -> tuple[Generator, dict]:
     """The generator saved by save_generator, in eval mode on `device`, and its metadata.
     A missing, unreadable or foreign file is a one-line CLIError."""
     path = require_file(path, "GAN generator checkpoint", f"train one: {TRAIN_COMMAND}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as e:
-        raise CLIError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    state = load_torch_file(path, "GAN generator checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CLIError(f"{path} is not a P4 generator checkpoint (expected format {FORMAT!r}; "
                        "train.py writes OUT/generator.pt, OUT/last.pt is the training state)")
@@ -70,7 +62,7 @@ def load_generator(path: str | os.PathLike, device: torch.device = torch.device(
         model = Generator(GANConfig(**state["config"]))
         model.load_state_dict(state["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CLIError(f"{path}: weights do not fit the generator ({str(e).splitlines()[0][:160]})") from None
+        raise CLIError(f"{path}: weights do not fit the generator ({error_summary(e, 160)})") from None
     meta = {k: v for k, v in state.items() if k not in ("state_dict",)}
     return model.to(device).eval().requires_grad_(False), meta
 

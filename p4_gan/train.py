@@ -1,9 +1,9 @@
 """Train a 64x64 face GAN from scratch: (A) DCGAN as in the paper, or (B) the improved GAN
 (hinge loss, spectrally normalised D, EMA generator, DiffAugment).
 
-    python p4_gan/train.py --model dcgan --data-root hw2_data/face --out runs/p4/dcgan
-    python p4_gan/train.py --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved
-    torchrun --nproc_per_node=4 p4_gan/train.py --model improved ...   # --batch-size stays the global batch
+    python -m p4_gan.train --model dcgan --data-root hw2_data/face --out runs/p4/dcgan
+    python -m p4_gan.train --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved
+    torchrun --nproc_per_node=4 -m p4_gan.train --model improved ...   # --batch-size stays the global batch
 
 DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
 training never reads val. Re-running the same command resumes from OUT/last.pt. Outputs:
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -28,8 +26,8 @@ import torch
 
 from evaluation.fid import (DEFAULT_WEIGHTS, frechet_distance, image_statistics, load_inception, save_statistics,
                              statistics)
-from hw2_utils import (CLIError, atomic_path, cleanup_distributed, init_distributed, log_main, progress,
-                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, to_uint8)
+from hw2_utils import (CLIError, atomic_path, cleanup_distributed, command_line, finite_float, init_distributed, log_main,
+                       positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, to_uint8)
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
@@ -66,18 +64,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss")
     p.add_argument("--d-norm", choices=["batch", "spectral", "none"], help="override the preset's D normalisation")
     p.add_argument("--diffaug", help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none")
-    p.add_argument("--ema-decay", type=float, help="override the preset's EMA decay (0 = no EMA)")
-    p.add_argument("--g-channels", type=int, default=GANConfig.g_channels)
-    p.add_argument("--d-channels", type=int, default=GANConfig.d_channels)
+    p.add_argument("--ema-decay", type=finite_float, help="override the preset's EMA decay (0 = no EMA)")
+    p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels)
+    p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels)
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 uses grad scalers, falls back to fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--log-every", type=int, default=10, help="steps per log.csv row (means over them)")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end)")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)")
+    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints (also at the end)")
     p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids (0 = only at the end)")
     p.add_argument("--fid-every", type=int, default=10, help="epochs between FID measurements (0 = never)")
-    p.add_argument("--fid-n", type=int, default=1000, help="generated images per FID measurement")
-    p.add_argument("--fid-ref-n", type=int, default=2000, help="training faces that FID is measured against")
+    p.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID measurement")
+    p.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces that FID is measured against")
     p.add_argument("--fid-weights", help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     args = p.parse_args(argv)
@@ -154,7 +152,7 @@ def main(argv=None) -> None:
     if args.batch_size % info.world_size:
         raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
     out = args.out
-    recipe_line = shlex.join([Path(sys.executable).name, *sys.argv])
+    recipe_line = command_line("p4_gan.train", argv)
 
     trainer = build_trainer(args, device, dtype, info.rank)  # bad options fail before the slow parts
     faces = load_faces(split_source(args.data_root, "train"))

@@ -2,10 +2,10 @@
 val and test accuracy of the final epoch side by side, and the seed-to-seed spread of one
 preset run with other seeds, so that differences smaller than chance are marked as such.
 
-    python p6_classification/aug_study.py --data data/cifar10 --out outputs/p6/aug --epochs 30
-    python p6_classification/aug_study.py --data ../shared/data/cifar10_full \\
+    python -m p6_classification.aug_study --data data/cifar10 --out outputs/p6/aug --epochs 30
+    python -m p6_classification.aug_study --data ../shared/data/cifar10_full \\
         --out outputs/p6/aug --epochs 4 --width 32 --device cpu             # what bench/ runs
-    python p6_classification/aug_study.py ... --presets none flip_crop cutout --spread-seeds
+    python -m p6_classification.aug_study ... --presets none flip_crop cutout --spread-seeds
 
 Any other option goes to train.py for every run (e.g. --width, --precision, --subset).
 OUT gets runs/<preset>/ and runs/<spread preset>_seed<S>/ (each resumable), aug_study.json
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, run_cli, save_figure
+from hw2_utils import CLIError, atomic_path, command_line, run_cli, save_figure
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
@@ -100,7 +99,7 @@ def main(argv=None) -> dict:
         seed_runs.append({"seed": seed, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
         print(f"== {args.spread_preset} seed {seed}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
     noise = spread(seed_runs)
-    record = {"command": shlex.join(["python", "-m", "p6_classification.aug_study", *argv]),
+    record = {"command": command_line("p6_classification.aug_study", argv),
               "hardware": result["hardware"], "data": result["data"], "arch": result["arch"],
               "epochs": args.epochs, "batch_size": result["batch_size"], "precision": result["precision"],
               "train_images": result["train_images"], "val_images": result["val_images"],

@@ -1,10 +1,10 @@
 """Class activation maps for a trained model on CIFAR-10 test images, and whether they mean
 anything (the deletion metric).
 
-    python p6_classification/cam.py                                   # the shipped model, the official-pixel test slice
-    python p6_classification/cam.py --checkpoint runs/p6/resnet18/final.pt --data DATA --out outputs/p6/cam
-    python p6_classification/cam.py --checkpoint runs/p6/vit/final.pt --data DATA --out outputs/p6/cam
-    python p6_classification/cam.py --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's
+    python -m p6_classification.cam                                   # the shipped model, the official-pixel test slice
+    python -m p6_classification.cam --checkpoint runs/p6/resnet18/final.pt --data DATA --out outputs/p6/cam
+    python -m p6_classification.cam --checkpoint runs/p6/vit/final.pt --data DATA --out outputs/p6/cam
+    python -m p6_classification.cam --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's
 
 ResNet-18: CAM (Zhou et al. 2016, ours: the predicted class's FC weights times the last conv
 feature maps, which global average pooling feeds to the FC layer) beside Grad-CAM (the
@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CLIError, atomic_path, resolve_device, run_cli, save_figure
+from hw2_utils import CLIError, atomic_path, command_line, resolve_device, run_cli, save_figure
 from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, load_cifar
 from p6_classification.infer import SHIPPED, load_checkpoint
@@ -201,7 +199,7 @@ def main(argv=None) -> Path:
                   "mean_drop": {k: v.mean().item() for k, v in drops.items()},
                   "share_dropping_more_than_random": {k: (v > drops["random"]).float().mean().item()
                                                      for k, v in drops.items() if k != "random"},
-                  "command": shlex.join(["python", "-m", "p6_classification.cam", *(sys.argv[1:] if argv is None else argv)])}
+                  "command": command_line("p6_classification.cam", argv)}
         deletion_path = out / f"deletion_{meta['arch']['model']}.json"
         with atomic_path(deletion_path) as tmp:
             tmp.write_text(json.dumps(record, indent=2))

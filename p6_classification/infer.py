@@ -1,9 +1,9 @@
 """Predict CIFAR-10 classes with a trained model: INPUT -> OUT_CSV with `image_name,label`.
 
-    python p6_classification/infer.py IMG_DIR OUT_CSV                        # the shipped ResNet-18
-    python p6_classification/infer.py IMG_DIR OUT_CSV --labels IMG_DIR/labels.csv
-    python p6_classification/infer.py ../shared/data/cifar10_full OUT_CSV   # the CIFAR-10 test set
-    python p6_classification/infer.py IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/final.pt
+    python -m p6_classification.infer IMG_DIR OUT_CSV                        # the shipped ResNet-18
+    python -m p6_classification.infer IMG_DIR OUT_CSV --labels IMG_DIR/labels.csv
+    python -m p6_classification.infer ../shared/data/cifar10_full OUT_CSV   # the CIFAR-10 test set
+    python -m p6_classification.infer IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/final.pt
 
 INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (any source
 hw2_utils.load_cifar10 reads), whose test images are named 00000.png, 00001.png, ... by index.
@@ -32,7 +32,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     """A train.py `final.pt` -> (model in eval mode, its metadata)."""
     path = Path(path)
     if not path.is_file():
-        raise CLIError(f"checkpoint not found: {path} (train one: python p6_classification/train.py --out DIR, "
+        raise CLIError(f"checkpoint not found: {path} (train one: python -m p6_classification.train --out DIR, "
                        "then use DIR/final.pt)")
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True)

@@ -2,12 +2,12 @@
 of 50,000) are held out for validation and every choice is made on them; the test set is
 evaluated once, after the last epoch, and that final-epoch accuracy is what we report.
 
-    python p6_classification/train.py --data ../shared/data/cifar10_full      # the shipped recipe (DEFAULTS)
-    python p6_classification/train.py --data data/cifar10 --download          # official CIFAR-10, torchvision layout
-    python p6_classification/train.py --data DATA --stem imagenet            # torchvision's stock stem
-    python p6_classification/train.py --data ../shared/data/cifar10/cifar10_slice.npz --width 16 --epochs 15
-    python p6_classification/vit_finetune.py --data DATA --weights weights/vit_b16/model.safetensors
-    torchrun --nproc_per_node=N p6_classification/train.py ...               # DDP; --batch-size is global
+    python -m p6_classification.train --data ../shared/data/cifar10_full      # the shipped recipe (DEFAULTS)
+    python -m p6_classification.train --data data/cifar10 --download          # official CIFAR-10, torchvision layout
+    python -m p6_classification.train --data DATA --stem imagenet            # torchvision's stock stem
+    python -m p6_classification.train --data ../shared/data/cifar10/cifar10_slice.npz --width 16 --epochs 15
+    python -m p6_classification.vit_finetune --data DATA --weights weights/vit_b16/model.safetensors
+    torchrun --nproc_per_node=N -m p6_classification.train ...               # DDP; --batch-size is global
 
 --data is torchvision's CIFAR10 layout (ROOT/cifar-10-batches-py), the shared whole-CIFAR-10
 JPEG copy (a folder with train.npz/test.npz) or the shared .npz slice (hw2_utils.load_cifar10).
@@ -25,8 +25,6 @@ import csv
 import json
 import math
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, init_distributed, log_main,
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, command_line, init_distributed, log_main,
                        make_train_sampler, progress, resolve_device, resolve_dtype, run_cli, seed_everything, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
@@ -180,7 +178,7 @@ def main(argv=None) -> dict:
     dtype = resolve_precision(args.precision, device)
     channels_last = use_channels_last(args.memory_format, device, dtype)
     out = Path(args.out or f"runs/p6/{args.model}")
-    command = shlex.join(["python", *sys.argv] if argv is None else ["python", "p6_classification/train.py", *argv])
+    command = command_line("p6_classification.train", argv)
 
     cifar = load_cifar(args.data, download=args.download and info.is_main)
     extra = load_cifar(args.also_test) if args.also_test else None  # read now: a bad path fails before training

@@ -2,7 +2,7 @@
 norm and a new 10-class head train; patch embedding, position embedding and the earlier
 blocks stay frozen. CIFAR images are upsampled to 224 px on the device.
 
-    python p6_classification/vit_finetune.py --data data/cifar10 --download \\
+    python -m p6_classification.vit_finetune --data data/cifar10 --download \\
         --weights weights/vit_b16/model.safetensors --trainable-blocks 4
     torchrun --nproc_per_node=N p6_classification/vit_finetune.py ...
 

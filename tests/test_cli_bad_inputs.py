@@ -184,14 +184,11 @@ CASES = [
     ("clip-empty-prompt-list", "evaluation.clip_scores", lambda i, w: ["--json_path", i / "clip.json", "--input_dir", i,
                                                                        "--output_dir", w / "out"], "non-empty list"),
     ("report-out-is-a-file", "report.build", lambda i, w: [i / "runs", w / "a_file.txt"], "{w}/a_file.txt"),
-    # P4 (p4_gan/ is maintained separately; see the xfail reason)
+    # P4
     ("p4-zero-byte-checkpoint", "p4_gan.infer", lambda i, w: [w / "out", "--checkpoint", i / "zero.pt"], "{i}/zero.pt"),
     ("p4-train-missing-data", "p4_gan.train", lambda i, w: ["--model", "dcgan", "--data-root", i / "absent", "--out", w / "run"],
      "{i}/absent"),
 ]
-# Item 3 in p4_gan/pipeline.py (str(e).splitlines()[0] on torch.load's empty EOFError) is fixed by
-# p4_gan's owner; strict, so this marker must go once it is.
-XFAIL = {"p4-zero-byte-checkpoint": "p4_gan/pipeline.py still indexes the empty message of a 0-byte file"}
 
 
 def _needs(case_id: str) -> None:
@@ -201,8 +198,7 @@ def _needs(case_id: str) -> None:
 
 
 @pytest.mark.parametrize("case_id, module, argv, expected", [
-    pytest.param(*case, marks=[pytest.mark.xfail(reason=XFAIL[case[0]], strict=True)] if case[0] in XFAIL else [],
-                 id=case[0]) for case in CASES])
+    pytest.param(*case, id=case[0]) for case in CASES])
 def test_bad_input_is_one_error_line_and_changes_nothing(case_id, module, argv, expected, inp, work, capsys):
     _needs(case_id)
     main = importlib.import_module(module).main
@@ -219,8 +215,7 @@ def test_bad_input_is_one_error_line_and_changes_nothing(case_id, module, argv, 
     pytest.param("hw2_3.sh", lambda i, w: [i / "input.json", w / "out", i / "zero.ckpt", "--embeds", i / "embeds.safetensors",
                                            "--sd-config", i / "sd"], "{i}/zero.ckpt", id="hw2_3"),
     pytest.param("p5_dann/run.sh", lambda i, w: [i / "images", w / "pred.csv", "--batch-size", "0"], "--batch-size", id="p5"),
-    pytest.param("p4_gan/run.sh", lambda i, w: [w / "out", "--checkpoint", i / "zero.pt"], "{i}/zero.pt", id="p4",
-                 marks=pytest.mark.xfail(reason=XFAIL["p4-zero-byte-checkpoint"], strict=True)),
+    pytest.param("p4_gan/run.sh", lambda i, w: [w / "out", "--checkpoint", i / "zero.pt"], "{i}/zero.pt", id="p4"),
 ])
 def test_wrappers_report_one_error_line(script, argv, expected, inp, work):
     before = snapshot(work.parent)

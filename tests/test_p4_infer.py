@@ -61,7 +61,7 @@ def test_missing_checkpoint_is_one_line_naming_the_file_and_the_training_command
     with pytest.raises(CLIError) as error:
         infer.main([str(tmp_path / "out"), "--checkpoint", str(tmp_path / "nope.pt")])
     message = str(error.value)
-    assert "\n" not in message and "nope.pt" in message and "p4_gan/train.py" in message
+    assert "\n" not in message and "nope.pt" in message and "python -m p4_gan.train" in message
     assert not (tmp_path / "out").exists()
     r = _run_sh()
     assert r.returncode == 2 and r.stderr.startswith("usage:")
@@ -70,7 +70,7 @@ def test_missing_checkpoint_is_one_line_naming_the_file_and_the_training_command
 def test_corrupt_or_foreign_checkpoints_are_clear_errors(checkpoint, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(checkpoint.read_bytes()[:1000])
-    with pytest.raises(CLIError, match="not a readable checkpoint"):
+    with pytest.raises(CLIError, match="not a readable PyTorch file"):
         infer.main([str(tmp_path / "a"), "--checkpoint", str(corrupt)])
     foreign = tmp_path / "state_dict.pt"
     torch.save(Generator(GANConfig(g_channels=4)).state_dict(), foreign)
