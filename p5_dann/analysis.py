@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hw2_utils import make_generator, resolve_device, run_cli, save_figure
-from p5_dann.data import load_split
+from p5_dann.data import domain_folder, load_split
 from p5_dann.infer import load_checkpoint
 
 POINTS_PER_DOMAIN = 1000  # t-SNE cost grows fast; 1000 per domain keeps it under a minute on a CPU
@@ -29,14 +29,18 @@ def features(model, images: torch.Tensor, device) -> np.ndarray:
 
 def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: Path, device,
                seed: int = 0) -> list[Path]:
+    """t-SNE of the features of val images of both domains (NAME or NAME=PATH, as train.py takes them)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from openTSNE import TSNE
 
     feats, digits, domains = [], [], []
-    for index, name in enumerate((source, target)):
-        x, y = load_split(data_root, name, "val")
+    domain_names = []
+    for index, spec in enumerate((source, target)):
+        name, folder = domain_folder(spec, data_root)
+        domain_names.append(name)
+        x, y = load_split(folder, "val")
         keep = torch.randperm(len(y), generator=make_generator(seed + index))[:POINTS_PER_DOMAIN]
         feats.append(features(model, x[keep], device))
         digits.append(y[keep].numpy())
@@ -44,17 +48,17 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
     embedding = np.asarray(TSNE(random_state=seed, n_jobs=1).fit(np.concatenate(feats)))
     digits, domains = np.concatenate(digits), np.concatenate(domains)
     written = []
-    for kind, colours, names in (("class", digits, [str(d) for d in range(10)]), ("domain", domains, [source, target])):
+    for kind, colours, names in (("class", digits, [str(d) for d in range(10)]), ("domain", domains, domain_names)):
         fig, ax = plt.subplots(figsize=(6, 6))
         cmap = plt.get_cmap("tab10")
         for value, label in enumerate(names):
             sel = colours == value
             ax.scatter(embedding[sel, 0], embedding[sel, 1], s=3, color=cmap(value), label=label)
         ax.legend(markerscale=4, fontsize=8)
-        ax.set_title(f"{tag}: {source} -> {target}, coloured by {kind}")
+        ax.set_title(f"{tag}: {domain_names[0]} -> {domain_names[1]}, coloured by {kind}")
         ax.set_xticks([])
         ax.set_yticks([])
-        path = out / f"tsne_{target}_{tag}_{kind}.png"
+        path = out / f"tsne_{domain_names[1]}_{tag}_{kind}.png"
         save_figure(fig, path, dpi=120, tight=True)
         written.append(path)
     return written

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from hw2_utils import CLIError
+from hw2_utils import CLIError, progress
 
 TO_TENSOR = v2.Compose([v2.Resize((28, 28), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                         v2.Normalize([0.5] * 3, [0.5] * 3)])
@@ -24,9 +24,18 @@ def load_image(path: Path) -> torch.Tensor:
         raise CLIError(f"cannot read image {path} ({type(e).__name__})") from None
 
 
-def load_split(root: str | Path, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of `<root>/<name>/<split>.csv` as one tensor (N,3,28,28) plus labels."""
-    folder = Path(root) / name
+def domain_folder(spec: str, data_root: str | Path) -> tuple[str, Path]:
+    """`name` means `<data_root>/<name>`; `name=PATH` points anywhere, e.g. the whole MNIST-M
+    (`mnistm=../shared/data/mnistm_full/digits/mnistm`) beside the course's USPS."""
+    name, _, path = spec.partition("=")
+    if not name:
+        raise CLIError(f"domain {spec!r}: expected NAME or NAME=PATH")
+    return name, Path(path) if path else Path(data_root) / name
+
+
+def load_split(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of `<folder>/<split>.csv` as one tensor (N,3,28,28) plus labels."""
+    folder = Path(folder)
     table = folder / f"{split}.csv"
     if not table.is_file():
         raise CLIError(f"{table} not found (expected the course layout <set>/{{data/, train.csv, val.csv}}; "
@@ -35,6 +44,6 @@ def load_split(root: str | Path, name: str, split: str) -> tuple[torch.Tensor, t
         rows = list(csv.DictReader(f))
     if not rows:
         raise CLIError(f"{table} has no rows")
-    images = torch.stack([load_image(folder / "data" / r["image_name"]) for r in rows])
+    images = torch.stack([load_image(folder / "data" / r["image_name"]) for r in progress(rows, desc=f"{folder.name} {split}",
+                                                                                      leave=False)])
     return images, torch.tensor([int(r["label"]) for r in rows])
-

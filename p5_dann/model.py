@@ -57,3 +57,27 @@ class DANN(nn.Module):
             f = self.features(x)
             outputs.append((self.label_head(f), self.domain_head(GradientReversal.apply(f, lambda_))))
         return outputs
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: DANN, images: torch.Tensor, device: torch.device, batch_size: int = 500) -> DANN:
+    """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by the mean and
+    variance of the features of `images` (unlabelled target images; averaged over batches of
+    `batch_size`), so that at test time the target is normalised with its own statistics, as
+    each domain was in training (forward() normalises the domains one by one). Only BN buffers
+    change; the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches: the statistics of all the images
+        m.train()
+    try:
+        for chunk in images.split(batch_size):
+            model.classify(chunk.to(device))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+    return model

@@ -95,6 +95,48 @@ def test_entropy_matches_its_definition():
     assert abs(train.entropy(logits).item() - np.log(2) / 2) < 1e-6
 
 
+def test_consistency_loss_equals_a_hand_computation():
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0]])  # confident, unsure, confident
+    strong = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    p0 = torch.softmax(torch.tensor([4.0, 0.0, 0.0]), 0)[0].item()  # 0.9643: below 0.97, above 0.95
+    # pseudo-labels 0 and 2; the unsure row counts 0 but still divides (FixMatch's mean over the batch)
+    expected = (-np.log(np.exp(1) / (np.exp(1) + np.exp(2) + 1)) - np.log(np.exp(1) / (1 + 2 * np.exp(1)))) / 3
+    assert abs(train.consistency_loss(weak, strong, 0.95).item() - expected) < 1e-6
+    only_last = -np.log(np.exp(1) / (1 + 2 * np.exp(1))) / 3
+    assert p0 < 0.97 and abs(train.consistency_loss(weak, strong, 0.97).item() - only_last) < 1e-6
+    weak.requires_grad_(True)
+    train.consistency_loss(weak, strong.requires_grad_(True), 0.5).backward()
+    assert weak.grad is None  # the pseudo-labels are targets, not trained through
+
+
+def test_cutout_erases_one_square_per_image():
+    x = torch.ones(64, 3, 28, 28)
+    erased = (train.cutout(x, torch.Generator().manual_seed(0)) == 0).all(dim=1)  # (N, H, W)
+    counts = erased.flatten(1).sum(1)
+    assert counts.max() == train.CUTOUT ** 2 and counts.min() > 0  # whole squares inside, clipped at borders
+    for mask in erased:
+        rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+        assert mask.sum() == len(rows) * len(cols)  # a rectangle: the square, clipped
+        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1)) and torch.equal(cols, torch.arange(cols[0], cols[-1] + 1))
+
+
+def test_adabn_sets_the_target_statistics_and_nothing_else():
+    from p5_dann.model import adapt_batchnorm
+
+    torch.manual_seed(0)
+    model = DANN()
+    images = torch.randn(600, 3, 28, 28) * 0.5 + 0.3
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    adapt_batchnorm(model, images, torch.device("cpu"), batch_size=200)
+    assert not model.training and all(torch.equal(weights[k], v) for k, v in model.state_dict().items() if k in weights)
+    conv = model.features[0](images)  # what the first BN sees
+    batch_means = torch.stack([c.mean(dim=(0, 2, 3)) for c in conv.split(200)])
+    torch.testing.assert_close(model.features[1].running_mean, batch_means.mean(0), rtol=0, atol=1e-5)
+    batch_vars = torch.stack([c.transpose(0, 1).flatten(1).var(1) for c in conv.split(200)])  # unbiased, as BN keeps it
+    torch.testing.assert_close(model.features[1].running_var, batch_vars.mean(0), rtol=1e-5, atol=1e-5)
+    assert model.features[1].momentum == 0.1  # restored for any further training
+
+
 def _small_course_copy(tmp_path, n=96):
     src = require_shared("hw2_data", "digits")
     root = tmp_path / "digits"
@@ -115,7 +157,8 @@ def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
 
     def run(out):
         return train.main(["--mode", "dann", "--data-root", str(root), "--out", str(tmp_path / out), "--batch-size",
-                           "32", "--device", "cpu", "--entropy-weight", "0.1", "--epochs", "3"])
+                           "32", "--device", "cpu", "--entropy-weight", "0.1", "--consistency-weight", "1",
+                           "--pseudo-threshold", "0.2", "--epochs", "3", "--source", f"mnistm={root / 'mnistm'}"])
 
     real_accuracy, calls = train.accuracy, []
 
@@ -134,7 +177,7 @@ def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
     with open(tmp_path / "resumed" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 for r in rows)
+    assert all(float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 and float(r["consistency"]) > 0 for r in rows)
     best_row = max(rows, key=lambda r: float(r["source_val_acc"]))  # first maximum, as the trainer keeps it
     assert result["selected"]["epoch"] == int(best_row["epoch"])
     saved = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
@@ -148,8 +191,8 @@ def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
 def test_dann_step_lowers_the_label_loss_on_a_real_batch():
     root = require_shared("hw2_data", "digits")
     from p5_dann.data import load_split
-    x_s, y_s = load_split(root, "mnistm", "val")
-    x_t = load_split(root, "usps", "val")[0]
+    x_s, y_s = load_split(root / "mnistm", "val")
+    x_t = load_split(root / "usps", "val")[0]
     x_s, y_s, x_t = x_s[:64], y_s[:64], x_t[:64]
     torch.manual_seed(0)
     model = DANN(dropout=0.0)

@@ -14,7 +14,7 @@ from p5_dann.model import DANN
 
 def _bench_record():
     row = {"what": "DANN", "args": ["--mode", "dann"], "seconds": 123.4,
-           "selected": {"epoch": 7, "source_val_acc": 0.9123, "target_val_acc": 0.9031},
+           "selected": {"epoch": 7, "source_val_acc": 0.9123, "target_val_acc": 0.9031, "target_val_acc_adabn": 0.9456},
            "final": {"epoch": 20, "source_val_acc": 0.9, "target_val_acc": 0.8987}}
     return {"command": "python -m bench.p5_dann --ship", "hardware": "x86_64 CPU, 2 torch thread(s)",
             "source": "mnistm", "target": "usps", "epochs": 20, "rows": {"dann": row},
@@ -26,7 +26,7 @@ def test_section_reads_every_number_from_the_bench_json(tmp_path):
     (tmp_path / "p5" / "p5_bench.json").write_text(json.dumps(_bench_record()))
     text = report.section(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| dann |"))
-    assert "0.9031 (epoch 7)" in row and "0.8987" in row and "0.9123" in row and "123 s" in row
+    assert "| 0.9031 (epoch 7) | 0.9456 | 0.8987 | 0.9123 | 123 s |" in row
     assert "python -m bench.p5_dann --ship" in text and "2007 val images: CSV accuracy 0.9031" in text
     assert "python -m p5_dann.analysis" in text  # no figures yet: the command that makes them
 
