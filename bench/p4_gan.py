@@ -32,12 +32,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import atomic_path, command_line, ensure_writable_dir, require_file, resolve_device, run_cli, to_uint8
+from hw2_utils import (atomic_path, command_line, describe_hardware, ensure_writable_dir, require_file, resolve_device,
+                       run_cli, to_uint8)
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
 from p4_gan.pipeline import generate, load_generator, save_generator, with_standing_stats, write_images
-from p6_classification.train import hardware  # the CPU model name, as every bench records it
 
 MODELS = tuple(train.PRESETS)
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
@@ -58,7 +58,7 @@ def window_means(path: Path, key: str, fraction: float = 0.2) -> tuple[float, fl
 
 def cmd_smoke(args) -> dict:
     torch.manual_seed(args.seed)
-    result = {"hardware": hardware(torch.device("cpu")), "data": str(args.data_root), "epochs": args.epochs,
+    result = {"hardware": describe_hardware(torch.device("cpu")), "data": str(args.data_root), "epochs": args.epochs,
               "batch_size": args.batch_size, "models": {}}
     for model in args.models:
         run = Path(args.out) / model
@@ -92,7 +92,7 @@ def cmd_eval(args) -> dict:
     if args.ref:
         device = resolve_device(args.device)
         result.update(ref=str(args.ref), fid=fid_from_dirs(args.images, args.ref, args.fid_weights, device=str(device)),
-                      hardware=hardware(device))
+                      hardware=describe_hardware(device))
         print(f"FID vs {args.ref}: {result['fid']:.3f}")
     return result
 
@@ -127,7 +127,7 @@ def cmd_final(args) -> dict:
     out = Path(args.out)
     write_images(real.float() / 127.5 - 1, out / "real_train")  # exact: the uint8 pixels come back
     rate = face_rate(out / "real_train")
-    result = {"hardware": hardware(device), "data": str(args.data_root), "n": args.n,
+    result = {"hardware": describe_hardware(device), "data": str(args.data_root), "n": args.n,
               "reference": f"{len(val)} val faces", "seed": infer.SEED,
               "real_train": {"fid": frechet_distance(real_stats := image_statistics(real, extractor, device=device), reference),
                              "feature_spread": spread(real_stats, reference),
@@ -152,7 +152,7 @@ def cmd_final(args) -> dict:
 
 def cmd_cost(args) -> dict:
     device = resolve_device(args.device)
-    result = {"hardware": hardware(device), "batch_size": args.batch_size, "models": {}}
+    result = {"hardware": describe_hardware(device), "batch_size": args.batch_size, "models": {}}
     real = torch.rand(args.batch_size, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     for model in MODELS:
         meta = trainer_for(model, torch.device("meta"), args.batch_size)  # shapes only: counts cost no compute

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, command_line, require_dir, run_cli
+from hw2_utils import CLIError, atomic_path, command_line, describe_hardware, require_dir, run_cli
 from p5_dann import infer, train
 from p5_dann.data import load_split
 from p5_dann.model import adapt_batchnorm
-from p6_classification.train import hardware  # the CPU model name, as every bench records it
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIGITS, MNISTM_FULL = SHARED / "hw2_data" / "digits", SHARED / "mnistm_full" / "digits" / "mnistm"
@@ -112,7 +111,7 @@ def main(argv=None) -> None:
         print(f"{name}: selected epoch {result['selected']['epoch']} -> target val "
               f"{result['selected']['target_val_acc']:.4f}, with AdaBN {result['selected']['target_val_acc_adabn']:.4f} "
               f"(last {result['final']['target_val_acc']:.4f}), {result['seconds']:.0f} s")
-    record = {"command": command_line("bench.p5_dann", argv), "hardware": hardware(torch.device("cpu")),
+    record = {"command": command_line("bench.p5_dann", argv), "hardware": describe_hardware(torch.device("cpu")),
               "source": args.source, "target": args.target, "epochs": train.parse_args(extra).epochs, "rows": results}
     if SHIPPED in results:
         shipped = work / f"{args.target}_{SHIPPED}" / "shipped.pt"

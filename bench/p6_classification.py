@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import atomic_path, autocast, command_line, resolve_device, run_cli
+from hw2_utils import (atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, resolve_device, resolve_dtype,
+                       run_cli)
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -95,10 +96,10 @@ def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device:
             rows.append(row)
             print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     fastest = max(rows, key=lambda r: r["ours_images_per_s"])
-    auto_dtype = train.resolve_precision("auto", device)
+    auto_dtype = resolve_dtype("auto", device)
     auto = {"dtype": str(auto_dtype).removeprefix("torch."),
             "channels_last": train.use_channels_last("auto", device, auto_dtype)}
-    return {"width": width, "batch": batch, "steps": steps, "rows": rows, "cpu_has_bf16": train.cpu_has_bf16(),
+    return {"width": width, "batch": batch, "steps": steps, "rows": rows, "cpu_has_bf16": cpu_has_bf16(),
             "auto": auto, "auto_is_fastest": auto == {k: fastest[k] for k in ("dtype", "channels_last")}}
 
 
@@ -160,7 +161,7 @@ def main(argv=None) -> dict:
         step_us = 1e6 / max(r["ours_images_per_s"] for r in result["rows"])
         result["augmentation_us_per_image"] = augmentation_cost(images, 512)
         result["model_step_us_per_image"] = round(step_us, 1)
-        save("throughput", {**result, "hardware": train.hardware(device)})
+        save("throughput", {**result, "hardware": describe_hardware(device)})
     if "full" in args.parts:
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
         save("full", train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")]))

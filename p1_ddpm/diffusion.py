@@ -1,16 +1,20 @@
 """DDPM (Ho et al. 2020) written out: the linear schedule, q(x_t|x_0), the epsilon loss
-(Algorithm 1), ancestral sampling (Algorithm 2), a deterministic DDIM fast path and
-classifier-free guidance. tests/test_p1_diffusion.py checks the step math against
-diffusers' DDPMScheduler and DDIMScheduler.
+(Algorithm 1), ancestral sampling (Algorithm 2), a deterministic DDIM fast path,
+DPM-Solver++(2M) (Lu et al. 2022) and classifier-free guidance. tests/test_p1_diffusion.py
+checks the step math against diffusers' DDPMScheduler, DDIMScheduler and
+DPMSolverMultistepScheduler.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps
+SAMPLERS = ("ddpm", "ddim", "dpm++")  # dpm++: DPM-Solver++(2M)
 
 
 class GaussianDiffusion:
@@ -103,6 +107,44 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * noise
         return x_prev
 
+    def dpm_timesteps(self, steps: int) -> list[int]:
+        """diffusers' "linspace" spacing, DPMSolverMultistepScheduler's default: `steps` values
+        evenly from T - 1 down to about T / steps (rounded)."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be in 1..{self.T}, got {steps}")
+        return np.linspace(0, self.T - 1, steps + 1).round()[::-1][:-1].astype(int).tolist()
+
+    def _alpha_sigma(self, t: int) -> tuple[float, float]:
+        """(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t)); t < 0 is the clean end (1, 0)."""
+        if t < 0:
+            return 1.0, 0.0
+        ab = self.alphas_cumprod[t].item()
+        return ab ** 0.5, (1 - ab) ** 0.5
+
+    def dpm_solver_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, t_next: int,
+                        x0_prev: torch.Tensor | None = None, t_prev: int | None = None) -> torch.Tensor:
+        """One step of DPM-Solver++(2M) from t to t_next (< 0: to the clean image), in data
+        prediction with log-SNR time lambda_t = log(alpha_t / sigma_t) and h = lambda_next - lambda_t:
+          first order (no previous x0, or the last step):
+              x_next = sigma_next / sigma_t * x_t - alpha_next * (exp(-h) - 1) * x0
+          second order (the previous step's x0 at t_prev, multistep "midpoint" variant):
+              D1 = (x0 - x0_prev) / r, r = (lambda_t - lambda_prev) / h,
+              x_next = first order - alpha_next / 2 * (exp(-h) - 1) * D1
+        At t_next < 0 (sigma = 0, h = inf) the first-order step returns x0 itself."""
+        alpha_t, sigma_t = self._alpha_sigma(t)
+        alpha_n, sigma_n = self._alpha_sigma(t_next)
+        if sigma_n == 0.0:
+            return x0
+        lam_t, lam_n = math.log(alpha_t / sigma_t), math.log(alpha_n / sigma_n)
+        h = lam_n - lam_t
+        phi = math.expm1(-h)  # exp(-h) - 1, exact for the small h of many steps
+        x_next = (sigma_n / sigma_t) * x_t - (alpha_n * phi) * x0
+        if x0_prev is None:
+            return x_next
+        alpha_p, sigma_p = self._alpha_sigma(t_prev)
+        r = (lam_t - math.log(alpha_p / sigma_p)) / h
+        return x_next - (0.5 * alpha_n * phi / r) * (x0 - x0_prev)
+
     @torch.no_grad()
     def sample(self, eps_fn: EpsFn, shape: Sequence[int], generator: torch.Generator, device: torch.device,
                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
@@ -117,17 +159,23 @@ class GaussianDiffusion:
         frames = {self.T: x.cpu()} if self.T in record_at else {}
         if sampler == "ddpm":
             schedule = [(t, t - 1) for t in range(self.T - 1, -1, -1)]
-        elif sampler == "ddim":
-            ts = self.ddim_timesteps(50 if steps is None else steps)
+        elif sampler in SAMPLERS:
+            ts = (self.ddim_timesteps if sampler == "ddim" else self.dpm_timesteps)(50 if steps is None else steps)
             schedule = list(zip(ts, ts[1:] + [-1]))
         else:
-            raise ValueError(f"unknown sampler {sampler!r}: use ddpm or ddim")
+            raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+        history = None  # DPM-Solver++: (x0, t) of the previous step
         for t, t_prev in progress(schedule, desc=f"{sampler} sampling", leave=False):
             eps = eps_fn(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
             if sampler == "ddpm":
                 x = self.ddpm_step(eps, x, t, randn() if t > 0 else None)
-            else:
+            elif sampler == "ddim":
                 x = self.ddim_step(eps, x, t, t_prev, eta, randn() if eta > 0 else None)
+            else:
+                # The last step is first order (diffusers' lower_order_final): it lands on x0.
+                x0 = self.predict_x0(x, torch.full((shape[0],), t, dtype=torch.long), eps).clamp(-1, 1)
+                x = self.dpm_solver_step(x, x0, t, t_prev, *(history if history and t_prev >= 0 else (None, None)))
+                history = (x0, t)
             if t_prev + 1 in record_at and t_prev + 1 < self.T:
                 frames[t_prev + 1] = x.cpu()
         return x, frames

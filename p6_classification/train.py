@@ -20,11 +20,9 @@ command, hardware).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -33,8 +31,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, command_line, init_distributed, log_main,
-                       make_train_sampler, progress, resolve_device, resolve_dtype, run_cli, seed_everything, unwrap)
+from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, command_line, describe_hardware,
+                       init_distributed, log_main, make_train_sampler, progress, resolve_device, resolve_dtype, run_cli,
+                       seed_everything, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -128,35 +127,10 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has bf16 arithmetic units (Intel AMX, or AVX512-BF16 on Intel and AMD Zen 4),
-    where bf16 autocast runs ~2x faster than fp32; without them it emulates and runs far slower."""
-    with contextlib.suppress(OSError):
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-        return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
-    return False
-
-
-def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
-    if spec == "auto":
-        spec = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
-    return resolve_dtype(spec, device)
-
-
 def use_channels_last(spec: str, device: torch.device, dtype: torch.dtype) -> bool:
     if spec == "auto":  # oneDNN's bf16 convolutions on the CPU are slower in channels_last (measured)
         return not (device.type == "cpu" and dtype is torch.bfloat16)
     return spec == "channels_last"
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() often does not
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
-    return f"{cpu} CPU, {torch.get_num_threads()} thread(s) (torch {torch.__version__})"
 
 
 @torch.no_grad()
@@ -175,7 +149,7 @@ def evaluate(model, images, labels, transform, device, dtype, channels_last: boo
 def main(argv=None) -> dict:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
-    dtype = resolve_precision(args.precision, device)
+    dtype = resolve_dtype(args.precision, device)
     channels_last = use_channels_last(args.memory_format, device, dtype)
     out = Path(args.out or f"runs/p6/{args.model}")
     command = command_line("p6_classification.train", argv)
@@ -268,7 +242,7 @@ def main(argv=None) -> dict:
         log_main(f"epoch {epoch}: train loss {loss_sum / len(loader):.4f}, val acc {val_acc:.4f}")
         if info.is_main:
             log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{loss_sum / len(loader):.4f}",
-                          f"{val_acc:.4f}", f"{seconds:.1f}", str(dtype).removeprefix("torch."), hardware(device)])
+                          f"{val_acc:.4f}", f"{seconds:.1f}", str(dtype).removeprefix("torch."), describe_hardware(device)])
             with atomic_path(last) as tmp:
                 torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                             "seconds": seconds, "val_acc": val_acc, "config": config}, tmp)
@@ -281,7 +255,7 @@ def main(argv=None) -> dict:
         also = {"data": extra.source, "test_images": len(extra.test_labels),
                 "test_acc": evaluate(unwrap(model), extra.test_images, extra.test_labels, preset.eval, device, dtype,
                                      channels_last)}
-    result = {"command": command, "hardware": hardware(device), "world_size": info.world_size, "arch": arch,
+    result = {"command": command, "hardware": describe_hardware(device), "world_size": info.world_size, "arch": arch,
               "preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size, "precision": str(dtype),
               "channels_last": channels_last, "data": cifar.source, "train_images": len(train_y),
               "val_images": len(val_y), "test_images": len(test_y), "val_acc": val_acc, "test_acc": test_acc,
