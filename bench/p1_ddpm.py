@@ -2,33 +2,102 @@
 
     python -m bench.p1_ddpm                      # shipped checkpoint, grading setup
     python -m bench.p1_ddpm --guidance 0 1 2 3 5 --per-digit 10   # CFG sweep (+ cfg_sweep.png)
+    python -m bench.p1_ddpm --samplers ddim dpm++ --steps 10 15 20 25 50   # accuracy and time against steps
+    python -m bench.p1_ddpm --speed              # seconds per step: our loop vs diffusers', and the knobs
 
 - OUT/mnistm is graded by the course's Classifier.pth (evaluation/digit_accuracy.py).
 - OUT/svhn holds the checkpoint's second domain (USPS here, no SVHN on these machines); it
   is graded by the course LeNet architecture trained on USPS train, accepted only if it
   scores >= 0.95 on USPS val (printed), and cached in --work.
-Results go to WORK/p1_bench.json, or WORK/p1_cfg_sweep.json with several --guidance values
-(both read by p1_ddpm/report.py); images to WORK/w<w>_n<per-digit>/.
+Results go to WORK/p1_bench.json, WORK/p1_cfg_sweep.json with several --guidance values,
+WORK/p1_steps.json with several samplers or step counts (all read by p1_ddpm/report.py);
+images to WORK/<sampler>_s<steps>_w<w>_n<per-digit>/. --speed writes WORK/p1_speed.json.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from evaluation.digit_accuracy import PREPROCESS, LeNet, load_mnistm_classifier, score_folder
-from hw2_utils import (CLIError, atomic_path, command_line, make_generator, open_rgb, progress, resolve_device, run_cli,
-                       save_grid, seed_everything)
+from hw2_utils import (CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator, open_rgb, progress,
+                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
 from p1_ddpm import infer
 from p1_ddpm.data import load_split
-from p1_ddpm.pipeline import SHIPPED_CHECKPOINT
+from p1_ddpm.diffusion import SAMPLERS, GaussianDiffusion, guided_eps
+from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, load_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 USPS_MIN_VAL_ACC = 0.95
+TARGET_ACC = 0.99  # both graders, for the fewest-steps choice (issue: >= 0.99 on each)
+
+
+def _per_step(run, steps: int, repeats: int = 2) -> float:
+    """Seconds per step of run(steps) (one untimed warm-up call first), best of `repeats`."""
+    run(1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(steps)
+        times.append((time.perf_counter() - start) / steps)
+    return min(times)
+
+
+def speed(checkpoint: str, batch: int, device: torch.device, steps: int = 4) -> dict:
+    """Seconds per sampling step of `batch` images (a CFG step runs the UNet on 2 x batch):
+    our loop against diffusers' scheduler loop on the same UNet and batch, and the UNet
+    forward under each throughput knob (precision, memory format, inference_mode, compile)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    model, _ = load_model(checkpoint, device)
+    diffusion = GaussianDiffusion()
+    digits, domains = torch.arange(batch) % 10, torch.zeros(batch, dtype=torch.long)
+    eps_fn = guided_eps(model, digits.to(device), domains.to(device), model.null_digit, model.null_domain, infer.GUIDANCE)
+    shape = (batch, 3, 28, 28)
+    schedulers = {"ddim": DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, clip_sample=True,
+                                        set_alpha_to_one=True, timestep_spacing="leading"),
+                  "dpm++": DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                                       algorithm_type="dpmsolver++", thresholding=True, sample_max_value=1.0)}
+    loops = {}
+    with torch.inference_mode():
+        for name, scheduler in schedulers.items():
+            def ours(n, name=name):
+                diffusion.sample(eps_fn, shape, torch.Generator().manual_seed(0), device, sampler=name, steps=n)
+
+            def theirs(n, scheduler=scheduler):
+                scheduler.set_timesteps(n)
+                x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+                for t in scheduler.timesteps:
+                    x = scheduler.step(eps_fn(x, torch.full((batch,), int(t), device=device)), t, x).prev_sample
+
+            loops[name] = {"ours_s_per_step": _per_step(ours, steps), "diffusers_s_per_step": _per_step(theirs, steps)}
+            loops[name]["ratio"] = loops[name]["ours_s_per_step"] / loops[name]["diffusers_s_per_step"]
+            print(f"{name}: {loops[name]}", flush=True)
+
+    x = torch.randn(2 * batch, 3, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.full((2 * batch,), 500, device=device)
+    d, m = torch.cat([digits, digits]).to(device), torch.cat([domains, domains]).to(device)
+    knobs = []
+    for dtype, channels_last, mode in itertools.product((torch.float32, torch.bfloat16), (False, True),
+                                                         ("no_grad", "inference_mode")):
+        net = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        xi = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+
+        def forward(n, net=net, xi=xi, dtype=dtype, context=context):
+            with context(), autocast(device, dtype):
+                for _ in range(n):
+                    net(xi, t, d, m)
+
+        knobs.append({"dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last, "mode": mode,
+                      "s_per_unet_call": _per_step(forward, 2)})
+        print(knobs[-1], flush=True)
+    return {"batch": batch, "guidance": infer.GUIDANCE, "loops": loops, "unet_calls": knobs}
+
 
 
 def parse_args(argv=None):
@@ -39,8 +108,11 @@ def parse_args(argv=None):
     p.add_argument("--work", default="outputs/p1", help="generated images, cached USPS grader, results json")
     p.add_argument("--guidance", type=float, nargs="+", default=[infer.GUIDANCE], help="one run per value")
     p.add_argument("--per-digit", type=int, default=50)
-    p.add_argument("--sampler", default=infer.SAMPLER, choices=["ddim", "ddpm"])
-    p.add_argument("--steps", type=int, default=infer.STEPS)
+    p.add_argument("--samplers", nargs="+", default=[infer.SAMPLER], choices=SAMPLERS, help="one run per sampler ...")
+    p.add_argument("--steps", type=int, nargs="+", default=[infer.STEPS], help="... and step count")
+    p.add_argument("--precision", default="fp32", help="the UNet's autocast (infer.py --precision)")
+    p.add_argument("--speed", action="store_true", help="time the sampling loop and the throughput knobs instead")
+    p.add_argument("--speed-batch", type=int, default=500, help="--speed: images per batch (CFG doubles the UNet batch)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -85,6 +157,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     work = Path(args.work)
+    if args.speed:
+        record = {**speed(args.checkpoint, args.speed_batch, device), "hardware": describe_hardware(device),
+                  "command": command_line("bench.p1_ddpm", argv)}
+        with atomic_path(work / "p1_speed.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        print(f"wrote {work / 'p1_speed.json'}")
+        return
     mnistm_grader = load_mnistm_classifier(args.classifier, device)
     usps_model, usps_val = usps_grader(Path(args.digits_root), work / "usps_lenet.pt", device)
     print(f"USPS grader (course LeNet trained on USPS train): val acc = {usps_val:.4f} on 2007 images")
@@ -92,26 +171,32 @@ def main(argv=None) -> None:
         raise CLIError(f"USPS grader val acc {usps_val:.4f} < {USPS_MIN_VAL_ACC}: refusing to grade with it")
 
     results = []
-    for w in args.guidance:
-        out = work / f"w{w:g}_n{args.per_digit}"
+    for sampler, steps, w in itertools.product(args.samplers, args.steps, args.guidance):
+        out = work / f"{sampler}_s{steps}_w{w:g}_n{args.per_digit}"
         t0 = time.perf_counter()
         infer.main([str(out), "--checkpoint", args.checkpoint, "--guidance", str(w), "--per-digit", str(args.per_digit),
-                    "--sampler", args.sampler, "--steps", str(args.steps), "--device", str(device)])
+                    "--sampler", sampler, "--steps", str(steps), "--precision", args.precision, "--device", str(device)])
         seconds = time.perf_counter() - t0
         mnistm = score_folder(mnistm_grader, out / "mnistm", device)
         second = score_folder(usps_model, out / "svhn", device)
-        results.append({"guidance": w, "seconds": round(seconds, 1), "mnistm_acc": mnistm["acc"],
-                        "second_domain_acc": second["acc"], "images": mnistm["total"] + second["total"]})
-        print(f"w={w:g}: MNIST-M acc = {mnistm['acc']:.4f} ({mnistm['correct']}/{mnistm['total']}), "
+        results.append({"sampler": sampler, "steps": steps, "guidance": w, "seconds": round(seconds, 1),
+                        "mnistm_acc": mnistm["acc"], "second_domain_acc": second["acc"],
+                        "images": mnistm["total"] + second["total"]})
+        print(f"{sampler} {steps} steps, w={w:g}: MNIST-M acc = {mnistm['acc']:.4f} ({mnistm['correct']}/{mnistm['total']}), "
               f"second domain (USPS) acc = {second['acc']:.4f} ({second['correct']}/{second['total']}), "
               f"{seconds:.0f} s for {results[-1]['images']} images")
 
     record = {"checkpoint": args.checkpoint, "checkpoint_step": torch.load(args.checkpoint, weights_only=True)["step"],
-              "sampler": args.sampler, "steps": args.steps, "per_digit": args.per_digit, "usps_grader_val_acc": usps_val,
-              "device": str(device), "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-              if device.type == "cpu" else torch.cuda.get_device_name(device), "results": results}
-    record["command"] = command_line("bench.p1_ddpm", argv)
-    name = "p1_cfg_sweep.json" if len(args.guidance) > 1 else "p1_bench.json"
+              "per_digit": args.per_digit, "precision": str(resolve_dtype(args.precision, device)).removeprefix("torch."),
+              "usps_grader_val_acc": usps_val, "device": str(device), "hardware": describe_hardware(device),
+              "results": results, "command": command_line("bench.p1_ddpm", argv)}
+    if len(args.samplers) * len(args.steps) > 1:
+        name = "p1_steps.json"
+        passing = [r for r in results if min(r["mnistm_acc"], r["second_domain_acc"]) >= TARGET_ACC]
+        record["fewest_steps_at_target"] = min(passing, key=lambda r: (r["steps"], r["seconds"])) if passing else None
+        print(f"fewest steps with both accuracies >= {TARGET_ACC}: {record['fewest_steps_at_target']}")
+    else:
+        name = "p1_cfg_sweep.json" if len(args.guidance) > 1 else "p1_bench.json"
     with atomic_path(work / name) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     print(f"wrote {work / name}")
@@ -123,7 +208,7 @@ def sweep_figure(work: Path, guidances: list[float], per_digit: int) -> None:
     """WORK/cfg_sweep.png: per guidance value one row per domain folder, digits 0-9 (the first noise)."""
     from torchvision.transforms.functional import pil_to_tensor
 
-    rows = [[work / f"w{w:g}_n{per_digit}" / folder / f"{d}_001.png" for d in range(10)]
+    rows = [[work / f"{infer.SAMPLER}_s{infer.STEPS}_w{w:g}_n{per_digit}" / folder / f"{d}_001.png" for d in range(10)]
             for w in guidances for folder in ("mnistm", "svhn")]
     images = torch.stack([pil_to_tensor(open_rgb(f)) for row in rows for f in row]).float() / 255
     save_grid(images, work / "cfg_sweep.png", nrow=10, value_range=(0.0, 1.0))

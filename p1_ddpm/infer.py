@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, require_finite,
-                       resolve_device, run_cli, save_images)
+                       resolve_device, resolve_dtype, run_cli, save_images)
+from p1_ddpm.diffusion import SAMPLERS
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
 # Grading setup. DDIM with 50 steps matches 1000-step ancestral sampling in accuracy
@@ -34,8 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-digit", type=positive_int, default=50, help="images per digit and folder (at most 999)")
     p.add_argument("--guidance", type=finite_float, default=GUIDANCE,
                    help="classifier-free guidance scale w (0 = unconditional, 1 = conditional)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=SAMPLER)
-    p.add_argument("--steps", type=positive_int, default=STEPS, help="DDIM steps, at most 1000 (ddpm always uses 1000)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLER, help="dpm++ = DPM-Solver++(2M)")
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="ddim / dpm++ steps, at most 1000 (ddpm always uses 1000)")
+    p.add_argument("--precision", default="fp32",
+                   help="the UNet's autocast: fp32 (the graded setup), bf16, fp16 or auto (bf16 where the device has bf16 units)")
     p.add_argument("--batch-size", type=positive_int, default=500,
                    help="images per batch; part of the seed contract: changing it changes the images")
     p.add_argument("--seed", type=int, default=SEED)
@@ -52,6 +55,7 @@ def main(argv=None) -> None:
     if len(set(args.folders)) < len(args.folders):
         raise CLIError(f"--folders names a folder twice: {' '.join(args.folders)}")
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
     model, domains = load_model(args.checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
     if len(args.folders) > len(domains):
@@ -66,7 +70,7 @@ def main(argv=None) -> None:
     digits = torch.arange(10).repeat_interleave(args.per_digit).repeat(len(args.folders))
     domain_ids = torch.arange(len(args.folders)).repeat_interleave(n)
     images, _ = generate(model, digits, domain_ids, seed=args.seed, guidance=args.guidance, sampler=args.sampler,
-                         steps=args.steps, device=device, batch_size=args.batch_size, progress=progress)
+                         steps=args.steps, device=device, batch_size=args.batch_size, dtype=dtype, progress=progress)
     require_finite(images, f"the images sampled from {args.checkpoint}")  # checked for all folders before any is written
 
     names = [f"{d}_{k:03d}.png" for d in range(10) for k in range(1, args.per_digit + 1)]

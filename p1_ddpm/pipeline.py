@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from hw2_utils import CLIError, error_summary, load_torch_file
+from hw2_utils import CLIError, autocast, error_summary, load_torch_file
 from p1_ddpm.diffusion import GaussianDiffusion, guided_eps
 from p1_ddpm.model import ConditionalUNet, UNetConfig
 
@@ -37,18 +37,23 @@ def load_model(path: str | Path, device: torch.device) -> tuple[ConditionalUNet,
 @torch.no_grad()
 def generate(model: ConditionalUNet, digits: torch.Tensor, domains: torch.Tensor, *, seed: int,
              guidance: float, sampler: str, steps: int | None, device: torch.device,
-             batch_size: int = 500, record_at: tuple[int, ...] = (),
+             batch_size: int = 500, record_at: tuple[int, ...] = (), dtype: torch.dtype = torch.float32,
              progress: Callable = lambda it, **kw: it):
     """Images in [-1, 1] for each (digit, domain) pair, (N,3,28,28) on the CPU.
 
     Image i's noise depends only on (seed, i // batch_size), so a seed reproduces the
-    same files; batching is fixed by `batch_size`, not by the device."""
+    same files; batching is fixed by `batch_size`, not by the device. `dtype` is the UNet's
+    autocast precision; the sampler's arithmetic stays in fp32."""
     diffusion = GaussianDiffusion()
     outputs, frames = [], {}
     for start in progress(range(0, len(digits), batch_size), desc="batches"):
         d = digits[start:start + batch_size].to(device)
         m = domains[start:start + batch_size].to(device)
-        eps_fn = guided_eps(model, d, m, model.null_digit, model.null_domain, guidance)
+        guided = guided_eps(model, d, m, model.null_digit, model.null_domain, guidance)
+
+        def eps_fn(x: torch.Tensor, t: torch.Tensor, guided=guided) -> torch.Tensor:
+            with autocast(device, dtype):
+                return guided(x, t).float()
         generator = torch.Generator().manual_seed(seed + start)
         x, f = diffusion.sample(eps_fn, (len(d), 3, 28, 28), generator, device, sampler=sampler,
                                 steps=steps, record_at=record_at, progress=progress)

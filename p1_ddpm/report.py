@@ -38,6 +38,39 @@ def make_figures(checkpoint: str, out: Path, device: torch.device, seed: int = i
     return written
 
 
+def _steps(d: Path) -> list[str]:
+    path = d / "p1_steps.json"
+    if not path.is_file():
+        return [f"_Accuracy against steps missing: run `python -m bench.p1_ddpm --work {d} --samplers ddim dpm++ "
+                "--steps 10 15 20 25 50`._", ""]
+    record = json.loads(path.read_text())
+    best = record.get("fewest_steps_at_target")
+    lines = [f"Accuracy and time against steps (1000 images, {record['precision']}, on {record['hardware']}; "
+             f"`{record['command']}`):", "", "| sampler | steps | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['sampler']} | {r['steps']} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |"
+              for r in record["results"]]
+    lines += ["", f"Fewest steps with both accuracies >= 0.99: {best['sampler']} with {best['steps']} steps."
+              if best else "No setting reached 0.99 on both graders.", ""]
+    return lines
+
+
+def _speed(d: Path) -> list[str]:
+    path = d / "p1_speed.json"
+    if not path.is_file():
+        return [f"_Sampling speed missing: run `python -m bench.p1_ddpm --work {d} --speed`._", ""]
+    record = json.loads(path.read_text())
+    lines = [f"Seconds per sampling step, {record['batch']} images with CFG (the UNet sees {2 * record['batch']}), on "
+             f"{record['hardware']} (`{record['command']}`): our loop against diffusers' scheduler loop on the same UNet "
+             "and batch, then the UNet call under each throughput knob.", "",
+             "| sampler | ours, s/step | diffusers, s/step | ours / diffusers |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {r['ours_s_per_step']:.3f} | {r['diffusers_s_per_step']:.3f} | {r['ratio']:.3f} |"
+              for name, r in record["loops"].items()]
+    lines += ["", "| precision | memory format | mode | s per UNet call |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k['dtype']} | {'channels_last' if k['channels_last'] else 'NCHW'} | {k['mode']} | {k['s_per_unet_call']:.3f} |"
+              for k in record["unet_calls"]]
+    return lines + [""]
+
+
 def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p1"
     lines = ["## P1: conditional DDPM with classifier-free guidance", "",
@@ -58,15 +91,16 @@ def section(runs_dir: str | Path) -> str:
     bench = d / "p1_bench.json"
     if bench.is_file():
         record = json.loads(bench.read_text())
-        lines += [f"Digit accuracy ({record['per_digit']} images per digit and domain, {record['sampler']} "
-                  f"{record['steps']} steps, checkpoint step {record['checkpoint_step']}, on {record['hardware']}; "
-                  f"USPS grader val acc {record['usps_grader_val_acc']:.4f}). Command: `python -m bench.p1_ddpm "
-                  f"--work {d} ...`", "", "| guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |"
-                  for r in record["results"]]
+        lines += [f"Digit accuracy ({record['per_digit']} images per digit and domain, checkpoint step "
+                  f"{record['checkpoint_step']}, on {record['hardware']}; USPS grader val acc "
+                  f"{record['usps_grader_val_acc']:.4f}). Command: `{record.get('command', 'python -m bench.p1_ddpm')}`",
+                  "", "| sampler | steps | guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r.get('sampler', record.get('sampler'))} | {r.get('steps', record.get('steps'))} | {r['guidance']:g} | "
+                  f"{r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |" for r in record["results"]]
         lines.append("")
     else:
         lines += [f"_Accuracy missing: run `python -m bench.p1_ddpm --work {d}`._", ""]
+    lines += _steps(d) + _speed(d)
     sweep = d / "p1_cfg_sweep.json"
     if sweep.is_file():
         record = json.loads(sweep.read_text())

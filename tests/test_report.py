@@ -26,7 +26,7 @@ def test_report_structure_numbers_and_pdf(tmp_path):
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     assert len(headings) == len(PROBLEMS)
     assert headings[0].startswith("## P1") and headings[1].startswith("## P2")
-    assert "| 2 | 0.9876 | 0.9512 | 321 |" in md  # the bench's numbers, verbatim
+    assert "| ddim | 50 | 2 | 0.9876 | 0.9512 | 321 |" in md  # the bench's numbers, verbatim
     assert "checkpoint step 1234" in md and "test-cpu" in md
     # Figures are copied next to the report and linked relatively.
     links = [line for line in md.splitlines() if line.startswith("![")]
