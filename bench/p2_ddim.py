@@ -25,9 +25,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.ddim_mse import mse_dirs
-from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, progress, resolve_device, resolve_dtype,
-                       run_cli, save_images)
-from p2_ddim.pipeline import PIXEL_MAPS, describe_device, load_noises, load_unet, sample, to_unit_range
+from hw2_utils import (CLIError, command_line, describe_hardware, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+                       run_cli, save_images, save_json)
+from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 from p2_ddim.unet import FaceUNet
 
 GiB = 2 ** 30
@@ -35,9 +35,7 @@ GiB = 2 ** 30
 
 def write_json(path: str | None, result: dict, argv: list[str] | None) -> None:
     if path:
-        result = {"command": command_line("bench.p2_ddim", argv), **result}
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+        save_json(path, {"command": command_line("bench.p2_ddim", argv), **result})
         print(f"saved {path}")
 
 
@@ -60,7 +58,7 @@ def cmd_gt(args) -> dict:
     start = time.perf_counter()
     images = sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.dtype, device), progress=progress)
     seconds = time.perf_counter() - start
-    result = {"hardware": describe_device(device), "dtype": args.dtype, "steps": args.steps,
+    result = {"hardware": describe_hardware(device), "dtype": args.dtype, "steps": args.steps,
               "sampling_seconds": seconds, "maps": {}}
     for pixel_map in PIXEL_MAPS:
         folder = ensure_writable_dir(Path(args.out) / pixel_map)
@@ -88,7 +86,7 @@ def cmd_speed(args) -> dict:
         start = time.perf_counter()
         sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.dtype, device), progress=progress)
         times.append(time.perf_counter() - start)  # sample() returns on the CPU, so the GPU is done
-    result = {"hardware": describe_device(device), "n": args.n, "size": args.size, "steps": args.steps,
+    result = {"hardware": describe_hardware(device), "n": args.n, "size": args.size, "steps": args.steps,
               "width": unet.base_channels, "dtype": args.dtype, "load_seconds": load_seconds, "sampling_seconds": times}
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / GiB

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hw2_utils import resolve_device, resolve_dtype, run_cli
+from hw2_utils import describe_hardware, resolve_device, resolve_dtype, run_cli
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.pipeline import text_to_image
 
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
     print(json.dumps({
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "hardware": describe_hardware(device),
         "weights": "tiny" if args.tiny else (args.model or "random SD v1"), "dtype": str(dtype).replace("torch.", ""),
         "images": len(images), "size": sd.resolution, "steps": args.steps, "batch_size": args.batch_size,
         "load_s": round(load_s, 1), "generate_s": round(gen_s, 1), "s_per_image": round(gen_s / len(images), 3),

@@ -16,10 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from hw2_utils import command_line, resolve_device, run_cli
+from hw2_utils import command_line, describe_hardware, resolve_device, run_cli, save_json
 from p7_clip import maskclip, retrieval, robustness, similarity, train, zeroshot
 from p7_clip.models import parse_spec
-from p7_clip.records import hardware, save_json
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -49,7 +48,7 @@ def main(argv=None) -> dict:
     parts = {
         "similarity": lambda: similarity.main([*common, "--coco", args.coco, "--n", "10", "--out", str(out / "similarity")]),
         "zeroshot": lambda: zeroshot.main([*common, "--cifar", args.cifar, "--out", str(out / "zeroshot")]),
-        "probe": lambda: [train.main(["--clip", s, "--device", args.device, "--cifar", args.cifar,
+        "probe": lambda: [train.main(["--clip", s, "--device", args.device, "--data", args.cifar,
                                       "--out", str(out / "probe" / folder(s))]) for s in specs],
         "retrieval": lambda: retrieval.main([*common, "--coco", args.coco, "--n", "100", "--out", str(out / "retrieval")]),
         "maskclip": lambda: [maskclip.main(["--clip", s, "--device", args.device, "--images",
@@ -67,7 +66,7 @@ def main(argv=None) -> dict:
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"== {name}: {seconds[name]:.1f} s")
     record = {"command": command_line("bench.p7_clip", argv), "models": specs, "seconds": seconds,
-              "hardware": hardware(resolve_device(args.device))}
+              "hardware": describe_hardware(resolve_device(args.device))}
     save_json(out / "bench.json", record)
     return record
 

@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from hw2_utils import command_line, resolve_device, run_cli
+from hw2_utils import command_line, resolve_device, run_cli, save_json
 from p8_controlnet.pipelines import (SCHEDULERS, apply_memory_options, build_pipeline, load_controlnet,
                                      make_scheduler)
-from p8_controlnet.records import environment, save_json
+from p8_controlnet.records import environment
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -99,7 +99,7 @@ def gpu_512(device: torch.device, model: str | None, controlnet: str | None, ste
     net = load_controlnet(controlnet, torch.float16) if controlnet else \
         torch.nn.Module.to(ControlNetModel.from_unet(sd.unet), dtype=torch.float16)
     control = torch.zeros(1, 3, 512, 512)
-    result = {"device": torch.cuda.get_device_name(device), "weights": model or "random SD v1", "dtype": "float16",
+    result = {"weights": model or "random SD v1", "dtype": "float16",  # the GPU: the record's environment
               "size": 512, "steps": steps, "scheduler": "dpm++2m", "batch": 1, "cfg": True}
     # cpu_offload last: its hooks stay on the shared modules.
     for name in ("plain", "controlnet", "attention_slicing", "vae_tiling", "cpu_offload"):

@@ -35,7 +35,8 @@ TEXT_WEIGHT = 2.5
 
 
 def load_clip(clip: str = CLIP_ID, device: str | torch.device = "cpu"):
-    """(CLIPModel, CLIPProcessor) from a local folder or the local Hugging Face cache."""
+    """(CLIPModel, CLIPProcessor) in eval mode from a local transformers CLIP folder or the local
+    Hugging Face cache: the one loader of the grader, P3's zero-shot classifier and P8's CLIP scores."""
     from transformers import CLIPModel, CLIPProcessor
 
     how = (f"download {CLIP_ID}, e.g. `huggingface-cli download {CLIP_ID} --local-dir CLIP_DIR`, "
@@ -53,9 +54,10 @@ def load_clip(clip: str = CLIP_ID, device: str | torch.device = "cpu"):
     return model.eval().to(device), processor
 
 
-def _normalized(features) -> torch.Tensor:
-    # transformers 5 returns a model output whose pooler_output holds the projected
-    # features; earlier versions return the tensor itself.
+def unit_features(features) -> torch.Tensor:
+    """Unit-length embeddings from CLIPModel.get_image_features / get_text_features:
+    transformers 5 returns an output whose pooler_output holds the projected features,
+    earlier versions the tensor itself."""
     features = features if isinstance(features, torch.Tensor) else features.pooler_output
     return features / features.norm(dim=-1, keepdim=True)
 
@@ -66,7 +68,7 @@ def prompt_scores(model, processor, generated: list, sources: list, text: str,
     """Per generated image: (image score, text score), each an array of len(generated)."""
     device = torch.device(device)
     pixels = processor(images=sources, return_tensors="pt")["pixel_values"].to(device)
-    source_embeds = _normalized(model.get_image_features(pixel_values=pixels))
+    source_embeds = unit_features(model.get_image_features(pixel_values=pixels))
     image_scores, text_scores = [], []
     for start in range(0, len(generated), batch_size):
         inputs = processor(text=[text], images=generated[start:start + batch_size], return_tensors="pt", padding=True)

@@ -93,14 +93,21 @@ class GaussianDiffusion:
         return list(range(0, steps * ratio, ratio))[::-1]
 
     def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
-        """DDIM (Song et al. 2021, eq. 12); t_prev < 0 means the final step to x_0."""
+                  noise: torch.Tensor | None = None, clip_x0: bool = True,
+                  use_clipped_model_output: bool = False) -> torch.Tensor:
+        """DDIM (Song et al. 2021, eq. 12); t_prev < 0 means the final step to x_0.
+
+        `use_clipped_model_output` is diffusers' DDIMScheduler.step option, with its default: True
+        re-derives eps from the (clipped) x0 for the direction term. P1's `sample` passes True, as
+        its graded images were made; p2_ddim samples with False (the course's reference), and
+        stable-diffusion does not clip its latents at all."""
         ab = self.alphas_cumprod[t].item()
         ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
         x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
         if clip_x0:
             x0 = x0.clamp(-1, 1)
-            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5  # keep eps consistent with the clipped x0
+        if use_clipped_model_output:
+            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
         x_prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if eta > 0:
@@ -170,7 +177,7 @@ class GaussianDiffusion:
             if sampler == "ddpm":
                 x = self.ddpm_step(eps, x, t, randn() if t > 0 else None)
             elif sampler == "ddim":
-                x = self.ddim_step(eps, x, t, t_prev, eta, randn() if eta > 0 else None)
+                x = self.ddim_step(eps, x, t, t_prev, eta, randn() if eta > 0 else None, use_clipped_model_output=True)
             else:
                 # The last step is first order (diffusers' lower_order_final): it lands on x0.
                 x0 = self.predict_x0(x, torch.full((shape[0],), t, dtype=torch.long), eps).clamp(-1, 1)

@@ -1,25 +1,26 @@
 """Train the conditional DDPM (digit x domain) with classifier-free guidance.
 
-    python -m p1_ddpm.train --data-root hw2_data/digits --domains mnistm svhn --out runs/p1
+    python -m p1_ddpm.train --data hw2_data/digits --domains mnistm svhn --out runs/p1
     torchrun --nproc_per_node=4 -m p1_ddpm.train ...           # multi-GPU (DDP)
 
-Re-running the same command resumes from OUT/last.pt. OUT/ema.pt is the exportable
-(shippable) EMA model; OUT/samples/ holds a grid per --sample-every steps.
+Re-running the same command resumes from OUT/last.pt (--no-resume starts over). OUT/ema.pt is
+the exportable (shippable) EMA model; OUT/samples/ holds a grid per --sample-every steps;
+OUT/log.csv one row per step; OUT/run.json the command, commit and hardware of every session.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, check_output_path, cleanup_distributed, command_line, ema_update,
-                       finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress, resolve_device,
-                       resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
+                       ema_update, finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
+                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
@@ -36,29 +37,25 @@ DEFAULTS = dict(
     warmup=200,
     ema_decay=0.999,     # horizon ~1k steps: long enough to smooth, short enough for a few-k-step CPU run
     cond_drop=0.1,       # P(drop both labels): trains the unconditional branch CFG needs
-    grad_clip=1.0,
     snr_gamma=5.0,       # Min-SNR-5 loss weights (0 = plain DDPM loss); gamma = 5 as in Hang et al.
 )
+LOG_FIELDS = ["step", "loss", "lr", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default="hw2_data/digits", help="folder holding one sub-folder per domain")
+    add_common_args(p, data=("hw2_data/digits", "folder holding one sub-folder per domain"),
+                    out=("runs/p1", "run folder: last.pt, ema.pt, log.csv, run.json, samples/"), ckpt_every=250,
+                    grad_clip=1.0)
     p.add_argument("--domains", nargs="+", default=["mnistm", "svhn"],
-                   help="domain names (sub-folders of --data-root) or NAME=PATH; order = domain index")
-    p.add_argument("--out", default="runs/p1", help="run folder: checkpoints, samples, log")
+                   help="domain names (sub-folders of --data) or NAME=PATH; order = domain index")
     for name, value in DEFAULTS.items():  # counts must be >= 1 (--warmup 1 is no warmup)
         p.add_argument(f"--{name.replace('_', '-')}", type=finite_float if isinstance(value, float) else positive_int, default=value)
     p.add_argument("--repeat", type=positive_int, nargs="+", help="times each domain's images appear per epoch, in --domains "
                    "order (default 1 each); e.g. 2 1 doubles the share of the first domain")
     p.add_argument("--base-channels", type=positive_int, default=UNetConfig.base_channels)
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 falls back to fp32 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (data is in memory; 0 is fine)")
     p.add_argument("--sample-every", type=positive_int, default=1000)
-    p.add_argument("--ckpt-every", type=positive_int, default=250)
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--init-from", help="warm start from exported weights (e.g. the shipped checkpoint) when OUT/last.pt "
                    "does not exist; the optimizer starts fresh and the step count continues from the checkpoint's")
     return p.parse_args(argv)
@@ -74,15 +71,23 @@ def lr_at(step: int, args, start: int = 0) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
+def sample_grid(ema: ConditionalUNet, n_domains: int, path: Path, device: torch.device) -> None:
+    """Every digit in every domain, DDIM 50 steps at w = 2, the same noise at every step of training."""
+    digits = torch.arange(10).repeat_interleave(n_domains)
+    domains = torch.arange(n_domains).repeat(10)
+    images, _ = generate(ema, digits, domains, seed=0, guidance=2.0, sampler="ddim", steps=50, device=device)
+    save_grid(images, path, nrow=n_domains * 5)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    out = check_output_path(args.out, folder=True)
     info, device = init_distributed(resolve_device(args.device))
+    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
     dtype = resolve_dtype(args.precision, device)
     seed_everything(args.seed, info.rank)
-    domains = parse_domains(args.domains, args.data_root)
+    domains = parse_domains(args.domains, args.data)
     domain_names = [n for n, _ in domains]
-    recipe = command_line("p1_ddpm.train", argv)
+    command = command_line("p1_ddpm.train", argv)
 
     dataset = digit_domain_dataset(domains, args.repeat)
     sampler = make_train_sampler(dataset, args.seed)
@@ -98,18 +103,16 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     noise_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     diffusion = GaussianDiffusion()
-    step, epoch, start = 0, 0, 0
+    step, epoch, start, recipe = 0, 0, 0, command
 
-    last = out / "last.pt"
-    if last.is_file() and not args.no_resume:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        noise_gen.set_state(state["noise_gen"])
-        step, epoch, start = state["step"], state["epoch"], state.get("start", 0)
-        recipe = state.get("recipe", recipe)
-        log_main(f"resumed from {last} at step {step}")
+    # Everything that defines the run but its length (--steps may grow) and where it runs.
+    identity = {"domains": [[n, str(p.resolve())] for n, p in domains], "repeat": args.repeat,
+                "base_channels": args.base_channels, "grad_clip": args.grad_clip, "seed": args.seed,
+                **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+    state = run.load(identity, model=model, ema=ema, opt=opt, noise_gen=noise_gen)
+    if state is not None:
+        step, epoch, start, recipe = state["step"], state["epoch"], state["start"], state["recipe"]
+        log_main(f"resumed from {run.checkpoint} at step {step}")
     elif args.init_from:
         init, init_domains = load_model(args.init_from, device)
         if init_domains != domain_names or init.config != model.config:
@@ -118,35 +121,15 @@ def main(argv=None) -> None:
         ema.load_state_dict(init.state_dict())
         blob = torch.load(args.init_from, weights_only=True)
         step = start = blob["step"]
-        recipe = f"{blob['recipe']}  &&  {recipe}"  # the exported recipe names every stage
+        recipe = f"{blob['recipe']}  &&  {command}"  # the exported recipe names every stage
         if step >= args.steps:
             raise CLIError(f"--init-from {args.init_from} is at step {step}; --steps ({args.steps}) must be larger")
         log_main(f"warm start from {args.init_from} (step {step})")
+    log = run.start(step, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
     n_params = sum(p.numel() for p in model.parameters())
     log_main(f"UNet {n_params / 1e6:.2f} M parameters; {args.steps} steps of {args.batch_size} on {device} ({dtype})")
 
-    def save_checkpoint() -> None:
-        if not info.is_main:
-            return
-        with atomic_path(last) as tmp:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "noise_gen": noise_gen.get_state(), "step": step, "epoch": epoch, "start": start, "recipe": recipe,
-                        "args": vars(args)}, tmp)
-        with atomic_path(out / "ema.pt") as tmp:
-            torch.save(export_weights(ema, domain_names, step, recipe), tmp)
-
-    def sample_grid() -> None:
-        if not info.is_main:
-            return
-        digits = torch.arange(10).repeat_interleave(len(domains))
-        dom = torch.arange(len(domains)).repeat(10)
-        images, _ = generate(ema, digits, dom, seed=0, guidance=2.0, sampler="ddim", steps=50, device=device)
-        save_grid(images, out / "samples" / f"step{step:06d}.png", nrow=len(domains) * 5)
-
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.csv", "a", newline="", buffering=1)  # line-buffered: tail -f works
-    log = csv.writer(log_file)
     bar = progress(total=args.steps, initial=step, desc="train")
     t0 = time.time()
     while step < args.steps:
@@ -158,8 +141,9 @@ def main(argv=None) -> None:
             drop = (torch.rand(len(x), generator=noise_gen) < args.cond_drop).to(device)
             digit = torch.where(drop, model.null_digit, digit)
             domain = torch.where(drop, model.null_domain, domain)
+            lr = lr_at(step, args, start)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, args, start)
+                group["lr"] = lr
             with autocast(device, dtype):
                 loss = diffusion.training_loss(train_model, x, digit, domain, generator=noise_gen,
                                                snr_gamma=args.snr_gamma or None)
@@ -171,18 +155,22 @@ def main(argv=None) -> None:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if info.is_main:
-                log.writerow([step, f"{loss.item():.5f}", f"{lr_at(step - 1, args, start):.2e}", f"{time.time() - t0:.1f}"])
-            if step % args.ckpt_every == 0 or step == args.steps:
-                save_checkpoint()
-            if step % args.sample_every == 0 or step == args.steps:
-                sample_grid()
+            if log:
+                log.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
+            if run.checkpoint_due(step, args.steps):
+                run.save({"step": step, "epoch": epoch, "start": start, "recipe": recipe},
+                         model=model, ema=ema, opt=opt, noise_gen=noise_gen)
+                if info.is_main:
+                    with atomic_path(run.out / "ema.pt") as tmp:
+                        torch.save(export_weights(ema, domain_names, step, recipe), tmp)
+            if info.is_main and (step % args.sample_every == 0 or step == args.steps):
+                sample_grid(ema, len(domains), run.out / "samples" / f"step{step:06d}.png", device)
             if step >= args.steps:
                 break
         epoch += 1
     bar.close()
-    log_file.close()
-    log_main(f"done: {out / 'ema.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    run.close()
+    log_main(f"done: {run.out / 'ema.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
     cleanup_distributed()
 
 

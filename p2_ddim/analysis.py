@@ -12,14 +12,13 @@ writes into OUT_DIR:
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
 import hw2_utils
-from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, progress, resolve_device,
-                       resolve_dtype, run_cli)
-from p2_ddim.pipeline import describe_device, load_noises, load_unet, sample, to_unit_range
+from hw2_utils import (CLIError, command_line, describe_hardware, ensure_writable_dir, progress, resolve_device, resolve_dtype,
+                       run_cli, save_json)
+from p2_ddim.pipeline import load_noises, load_unet, sample, to_unit_range
 
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_NOISES = ("00", "01", "02", "03")
@@ -102,10 +101,9 @@ def main(argv=None) -> None:
         save_figure(images, out / f"interp_{name}.png", 1, [name], [f"α = {a:.1f}" for a in ALPHAS])
 
     info = {"command": command_line("p2_ddim.analysis", argv), "steps": args.steps, "seed": args.seed,
-            "dtype": str(run["dtype"]).replace("torch.", ""), "hardware": describe_device(device),
+            "dtype": str(run["dtype"]).replace("torch.", ""), "hardware": describe_hardware(device),
             "unet_base_channels": unet.base_channels, "image_size": list(grid.shape[-2:])}
-    with atomic_path(out / "analysis.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2))
+    save_json(out / "analysis.json", info)
     print(f"wrote eta_grid.png, interp_slerp.png, interp_lerp.png, analysis.json to {out}")
 
 

@@ -33,22 +33,23 @@ def uniform_timesteps(steps: int = 50, num_timesteps: int = NUM_TRAIN_TIMESTEPS,
 
 def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float,
               eta: float = 0.0, noise: torch.Tensor | None = None, clip_x0: bool = True,
-              eps_from_clipped_x0: bool = False) -> torch.Tensor:
+              use_clipped_model_output: bool = False) -> torch.Tensor:
     """One DDIM update x_t -> x_prev.
 
     x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), optionally clipped to [-1, 1];
     sigma = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev));
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
-    By default the direction term keeps the model's eps even when x0 was clipped (what
-    the course's reference and diffusers do); `eps_from_clipped_x0` re-derives it from
-    the clipped x0 instead (GLIDE's choice).
+    `use_clipped_model_output` is diffusers' DDIMScheduler.step option, with its default: False
+    keeps the model's eps in the direction term even when x0 was clipped (the course's reference,
+    which P2's outputs reproduce); True re-derives it from the clipped x0 (GLIDE's choice, and
+    what p1_ddpm's sampler passes). stable-diffusion's step does not clip latents at all.
     """
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-        if eps_from_clipped_x0:
-            eps = (x_t - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
+    if use_clipped_model_output:
+        eps = (x_t - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
     x_prev = a_prev ** 0.5 * x0 + (1 - a_prev - sigma ** 2) ** 0.5 * eps
     if eta > 0:
@@ -71,7 +72,7 @@ def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
 
 @torch.no_grad()
 def ddim_sample(eps_model: EpsModel, x_T: torch.Tensor, *, timesteps: Sequence[int] | None = None,
-                eta: float = 0.0, clip_x0: bool = True, eps_from_clipped_x0: bool = False,
+                eta: float = 0.0, clip_x0: bool = True, use_clipped_model_output: bool = False,
                 generator: torch.Generator | None = None, alphas_cumprod: torch.Tensor | None = None,
                 progress: Callable = lambda it, **kw: it) -> torch.Tensor:
     """Run DDIM from x_T through `timesteps` (default uniform_timesteps(50)).
@@ -92,5 +93,5 @@ def ddim_sample(eps_model: EpsModel, x_T: torch.Tensor, *, timesteps: Sequence[i
         a_prev = alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else alphas_cumprod[0]
         eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if eta > 0 else None
-        x = ddim_step(x, eps.to(x.dtype), alphas_cumprod[t], a_prev, eta, noise, clip_x0, eps_from_clipped_x0)
+        x = ddim_step(x, eps.to(x.dtype), alphas_cumprod[t], a_prev, eta, noise, clip_x0, use_clipped_model_output)
     return x

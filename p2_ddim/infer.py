@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the eta > 0 noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
+    p.add_argument("--dtype", dest="precision", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling, one release
     return p.parse_args(argv)
 
 
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
         raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
     check_output_path(args.out_dir, folder=True)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.precision, device)
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
     images = sample(unet, noises, eta=args.eta, steps=args.steps, clip_x0=args.clip_x0, seed=args.seed,

@@ -98,13 +98,6 @@ def sample(unet: FaceUNet, noises: torch.Tensor, *, eta: float = 0.0, steps: int
     return x.cpu()
 
 
-def describe_device(device: torch.device) -> str:
-    """Where a number was measured, for the JSON files the report cites."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
-
-
 def to_unit_range(images: torch.Tensor, pixel_map: str) -> torch.Tensor:
     """(N, C, H, W) sampler output -> [0, 1], ready for hw2_utils.save_images(value_range=(0, 1))."""
     if pixel_map == "clip":

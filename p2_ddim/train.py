@@ -1,21 +1,21 @@
 """Train the course's face UNet (p2_ddim/unet.py) as a DDPM on a folder of face images.
 
-    python -m p2_ddim.train --images hw2_data/face/train --out runs/p2_train --precision bf16
+    python -m p2_ddim.train --data hw2_data/face/train --out runs/p2_train --precision bf16
     torchrun --nproc_per_node=4 -m p2_ddim.train ...          # multi-GPU (DDP); --batch-size stays global
     python -m p2_ddim.infer NOISE_DIR OUT runs/p2_train/UNet.pt   # sample it (noise of --image-size)
 
 Schedule: ddim.py's (linear betas 1e-4..2e-2, T = 1000, float64). Loss: DDPM's Algorithm 1,
 t ~ U{0..999}, eps ~ N(0, I), MSE(eps, eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t)).
 Re-running the same command resumes from OUT/last.pt and continues exactly as an
-uninterrupted run would (every random draw is a function of seed, rank and step).
-Outputs: OUT/UNet.pt (the EMA weights as a plain state dict in UNet.pt's layout: what
-infer.py, hw2_2.sh and analysis.py load), OUT/samples/stepNNNNNN.png (DDIM grids, --sample-steps, of
-the same noise), OUT/log.csv (step, epoch, loss, lr, grad_norm, seconds since this process started).
+uninterrupted run would (every random draw is a function of seed, rank and step); --no-resume
+starts over. Outputs: OUT/UNet.pt (the EMA weights as a plain state dict in UNet.pt's layout:
+what infer.py, hw2_2.sh and analysis.py load), OUT/samples/stepNNNNNN.png (DDIM grids,
+--sample-steps, of the same noise), OUT/log.csv (step, epoch, loss, lr, grad_norm, seconds
+since this process started), OUT/run.json (the command, commit and hardware of every session).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import math
 import time
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, ema_update, init_distributed,
-                       list_images, log_main, make_generator, make_train_sampler, open_rgb, progress, resolve_device,
-                       resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
+                       ema_update, init_distributed, list_images, log_main, make_generator, make_train_sampler, open_rgb,
+                       progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
 from p2_ddim.pipeline import sample, to_unit_range
 from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
@@ -43,38 +43,33 @@ DEFAULTS = dict(
     warmup=5000,         # linear warmup, then constant: extending --steps later resumes exactly
     weight_decay=0.0,    # DDPM used none; AdamW's decoupled decay is here to experiment with
     ema_decay=0.9999,    # DDPM's; ramped up as (1+s)/(10+s) so early samples are not the random init
-    grad_clip=1.0,       # DDPM's global-norm clip
     dropout=0.1,         # DDPM's CIFAR-10 value (0 for its larger sets)
-    image_size=64,       # the course's face crops; H and W must be divisible by 32
 )
+GRAD_CLIP = 1.0          # DDPM's global-norm clip
+IMAGE_SIZE = 64          # the course's face crops; H and W must be divisible by 32
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", default="hw2_data/face/train", help="folder of face images (other sizes are resized)")
-    p.add_argument("--out", default="runs/p2_train", help="run folder: last.pt, UNet.pt, samples/, log.csv")
+    add_common_args(p, data=("hw2_data/face/train", "folder of face images (other sizes are resized)"),
+                    out=("runs/p2_train", "run folder: last.pt, UNet.pt, log.csv, run.json, samples/"),
+                    image_size=(IMAGE_SIZE, "training size, a multiple of 32 (default %(default)s)"), grad_clip=GRAD_CLIP)
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
                        help="default %(default)s (why: DEFAULTS at the top of p2_ddim/train.py)")
     p.add_argument("--base-channels", type=int, default=128, help="UNet width: 128 is UNet.pt's; 32 is the narrowest")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 uses a grad scaler, "
-                   "falls back to fp32 on the CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between last.pt/UNet.pt saves (also at the end)")
     p.add_argument("--sample-every", type=int, default=5000, help="steps between sample grids (also at the end)")
     p.add_argument("--sample-n", type=int, default=16, help="images per sample grid")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     return p.parse_args(argv)
 
 
 def check_args(args, world_size: int) -> None:
-    for name in ("steps", "batch_size", "ckpt_every", "sample_every", "sample_n", "sample_steps"):
+    for name in ("steps", "batch_size", "sample_every", "sample_n", "sample_steps"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.image_size < DOWNSAMPLE_FACTOR or args.image_size % DOWNSAMPLE_FACTOR:
+    if args.image_size % DOWNSAMPLE_FACTOR:
         raise CLIError(f"--image-size must be a positive multiple of {DOWNSAMPLE_FACTOR}, got {args.image_size}")
     if args.base_channels < 32 or args.base_channels % 32:
         raise CLIError(f"--base-channels must be a positive multiple of 32 (GroupNorm groups), got {args.base_channels}")
@@ -162,33 +157,6 @@ def export_state_dict(ema: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(ema).state_dict().items()}
 
 
-# --------------------------------------------------------------------------- run folder
-
-
-def trim_log(path: Path, last_step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (a crash between checkpoints)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if int(r[0]) <= last_step])
-
-
-def open_log(path: Path):
-    new = not path.is_file() or path.stat().st_size == 0
-    f = open(path, "a", newline="", buffering=1)  # line-buffered: tail -f works
-    writer = csv.writer(f)
-    if new:
-        writer.writerow(LOG_FIELDS)
-    return f, writer
-
-
-def run_identity(args) -> dict:
-    """What must match for OUT/last.pt to be this run's checkpoint."""
-    return {"base_channels": args.base_channels, "image_size": args.image_size}
-
-
 def mean_over_ranks(x: torch.Tensor, enabled: bool) -> float:
     if enabled:
         x = x.clone()
@@ -197,18 +165,24 @@ def mean_over_ranks(x: torch.Tensor, enabled: bool) -> float:
     return x.item()
 
 
+def save_samples(ema: FaceUNet, noise: torch.Tensor, steps: int, dtype: torch.dtype, path: Path) -> None:
+    """A DDIM grid (p2_ddim's own sampler: eta 0, x0 clipped) of the same noise at every step of training."""
+    images = sample(ema, noise, steps=steps, dtype=dtype)
+    save_grid(to_unit_range(images, "clip"), path, nrow=math.ceil(math.sqrt(len(noise))), value_range=(0.0, 1.0))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     check_args(args, info.world_size)
+    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
     dtype = resolve_dtype(args.precision, device)
-    out = Path(args.out)
-    faces = load_faces(args.images, args.image_size).to(device)
+    faces = load_faces(args.data, args.image_size).to(device)
     sampler = make_train_sampler(faces, args.seed)
     rank_batch = args.batch_size // info.world_size
     per_epoch = (len(sampler) if sampler is not None else len(faces)) // rank_batch
     if per_epoch == 0:
-        raise CLIError(f"--batch-size {args.batch_size} is larger than the {len(faces)} images in {args.images}")
+        raise CLIError(f"--batch-size {args.batch_size} is larger than the {len(faces)} images in {args.data}")
 
     seed_everything(args.seed)  # the same initial weights on every rank
     model = FaceUNet(args.base_channels, dropout=args.dropout).to(device)
@@ -219,41 +193,20 @@ def main(argv=None) -> None:
     alphas_cumprod = linear_alphas_cumprod()
     step = 0
 
-    last = out / "last.pt"
-    if last.is_file() and not args.no_resume:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state["run"] != run_identity(args):
-            raise CLIError(f"{last} is a different run ({state['run']} vs {run_identity(args)}): "
-                           "use another --out or --no-resume")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        scaler.load_state_dict(state["scaler"])
+    # Everything that defines the run but its length (--steps may grow) and where it runs.
+    identity = {"data": str(Path(args.data).resolve()), "base_channels": args.base_channels, "image_size": args.image_size,
+                "grad_clip": args.grad_clip, "seed": args.seed, **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+    state = run.load(identity, model=model, ema=ema, opt=opt, scaler=scaler)
+    if state is not None:
         step = state["step"]
-        log_main(f"resumed from {last} at step {step}")
+        log_main(f"resumed from {run.checkpoint} at step {step}")
+    log = run.start(step, LOG_FIELDS, command_line("p2_ddim.train", argv), device)
     train_model = DDP(model) if info.enabled else model
-    log_main(f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.images}; face UNet width "
+    log_main(f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.data}; face UNet width "
              f"{args.base_channels}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
              f"{args.steps} steps of {args.batch_size} on {device} ({dtype})")
 
     sample_noise = torch.randn(args.sample_n, 3, args.image_size, args.image_size, generator=make_generator(args.seed))
-
-    def save_checkpoint() -> None:
-        with atomic_path(last) as tmp:
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "scaler": scaler.state_dict(), "step": step, "run": run_identity(args), "args": vars(args)}, tmp)
-        with atomic_path(out / "UNet.pt") as tmp:
-            torch.save(export_state_dict(ema), tmp)
-
-    def save_samples() -> None:  # p2_ddim's own sampler: DDIM, eta 0, x0 clipped
-        images = sample(ema, sample_noise, steps=args.sample_steps, dtype=dtype)
-        save_grid(to_unit_range(images, "clip"), out / "samples" / f"step{step:06d}.png",
-                  nrow=math.ceil(math.sqrt(args.sample_n)), value_range=(0.0, 1.0))
-
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        trim_log(out / "log.csv", step)
-        log_file, log = open_log(out / "log.csv")
     bar = progress(total=args.steps, initial=step, desc="train")
     t0, order_epoch = time.time(), None
     while step < args.steps:
@@ -274,16 +227,18 @@ def main(argv=None) -> None:
         loss = mean_over_ranks(loss, info.enabled)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if info.is_main:
+        if log:
             log.writerow([step, epoch, f"{loss:.6f}", f"{lr:.3e}", f"{grad_norm.item():.4f}", f"{time.time() - t0:.1f}"])
-            if step % args.ckpt_every == 0 or step == args.steps:
-                save_checkpoint()
-            if step % args.sample_every == 0 or step == args.steps:
-                save_samples()
+        if run.checkpoint_due(step, args.steps):
+            run.save({"step": step}, model=model, ema=ema, opt=opt, scaler=scaler)
+            if info.is_main:
+                with atomic_path(run.out / "UNet.pt") as tmp:
+                    torch.save(export_state_dict(ema), tmp)
+        if info.is_main and (step % args.sample_every == 0 or step == args.steps):
+            save_samples(ema, sample_noise, args.sample_steps, dtype, run.out / "samples" / f"step{step:06d}.png")
     bar.close()
-    if info.is_main:
-        log_file.close()
-    log_main(f"done: {out / 'UNet.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    run.close()
+    log_main(f"done: {run.out / 'UNet.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
     cleanup_distributed()
 
 

@@ -8,7 +8,8 @@ embedding is closest (cosine) to the image embedding.
 Image names are {class_id}_{image_id}.png. Prints the accuracy and 5 successful and 5 failed
 cases (the first ones in file-name order), and saves them as a figure. --ensemble averages
 the text embedding over several prompt templates, as a comparison with the single prompt.
---clip is a local transformers CLIP folder (the course uses openai/clip-vit-base-patch32).
+--clip is a local transformers CLIP folder (the course uses openai/clip-vit-base-patch32), loaded
+by the grader's loader, evaluation.clip_scores.load_clip.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import hw2_utils
-from hw2_utils import CLIError, atomic_path, error_summary, progress, require_dir, require_file, resolve_device, run_cli
+from evaluation.clip_scores import load_clip, unit_features
+from hw2_utils import CLIError, list_images, open_rgb, progress, require_file, resolve_device, run_cli, save_json
 
 PROMPT = "A photo of {}."
 ENSEMBLE = [PROMPT, "A photo of a {}.", "A blurry photo of a {}.", "A close-up photo of a {}.",
@@ -42,23 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_clip(path: str | Path, device: torch.device):
-    from transformers import CLIPModel, CLIPProcessor
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise CLIError(f"--clip must be a local CLIP folder with config.json, e.g. a download of "
-                       f"openai/clip-vit-base-patch32; got {folder}")
-    try:
-        model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot load CLIP from {folder} ({error_summary(e)})") from None
-    if len(processor.tokenizer) < 1000:  # a missing vocab gives an empty tokenizer, not an error
-        raise CLIError(f"the tokenizer in {folder} has {len(processor.tokenizer)} entries: vocab.json/merges.txt missing?")
-    return model, processor
-
-
 def read_labels(path: str | Path) -> dict[int, str]:
     try:
         raw = json.loads(require_file(path, "id2label json").read_text())
@@ -67,24 +52,17 @@ def read_labels(path: str | Path) -> dict[int, str]:
         raise CLIError(f"{path} must be a json object {{class_id: name}} ({e})") from None
 
 
-def list_images(folder: str | Path, labels: dict[int, str]) -> list[tuple[Path, int]]:
-    files = sorted(p for p in require_dir(folder, "--images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+def labelled_images(folder: str | Path, labels: dict[int, str]) -> list[tuple[Path, int]]:
+    """(image, class id) for every image in `folder`, named {class_id}_{image_id}.png."""
     items = []
-    for f in files:
+    for f in list_images(folder, "--images", extensions=(".png", ".jpg", ".jpeg")):
         m = NAME.fullmatch(f.name)
         if not m:
             raise CLIError(f"{f.name}: image names must be {{class_id}}_{{image_id}}.png")
         if int(m[1]) not in labels:
             raise CLIError(f"{f.name}: class {m[1]} is not in the id2label json")
         items.append((f, int(m[1])))
-    if not items:
-        raise CLIError(f"no images in {folder}")
     return items
-
-
-def _features(out) -> torch.Tensor:
-    # transformers 5 returns a model output whose pooler_output holds the projected features
-    return F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
 
 
 @torch.no_grad()
@@ -93,28 +71,23 @@ def text_features(model, processor, names: list[str], templates: list[str]) -> t
     per_template = []
     for template in templates:
         tokens = processor.tokenizer([template.format(n) for n in names], padding=True, return_tensors="pt")
-        per_template.append(_features(model.get_text_features(**tokens.to(model.device))))
+        per_template.append(unit_features(model.get_text_features(**tokens.to(model.device))))
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)
 
 
 @torch.no_grad()
 def image_features(model, processor, files: list[Path], batch_size: int) -> torch.Tensor:
-    from PIL import Image
-
     feats = []
     for start in progress(range(0, len(files), batch_size), desc="images"):
-        images = []
-        for f in files[start:start + batch_size]:
-            with Image.open(f) as im:
-                images.append(im.convert("RGB"))
+        images = [open_rgb(f) for f in files[start:start + batch_size]]
         pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
-        feats.append(_features(model.get_image_features(pixel_values=pixels.to(model.device))).cpu())
+        feats.append(unit_features(model.get_image_features(pixel_values=pixels.to(model.device))).cpu())
     return torch.cat(feats)
 
 
 def classify(args: argparse.Namespace) -> dict:
     labels = read_labels(args.id2label)
-    items = list_images(args.images, labels)
+    items = labelled_images(args.images, labels)
     model, processor = load_clip(args.clip, resolve_device(args.device))
     class_ids = sorted(labels)
     names = [labels[c].replace("_", " ") for c in class_ids]  # "willow_tree" -> "willow tree"
@@ -130,7 +103,7 @@ def classify(args: argparse.Namespace) -> dict:
             "failure": [c for c, ok in zip(cases, correct) if not ok][:5], "cases": cases}
 
 
-def save_figure(result: dict, images_dir: Path, path: str | Path) -> None:
+def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,11 +135,10 @@ def main(argv=None) -> dict:
         for case in result[kind]:
             print(f"  {kind:7s} {case['file']}: true {case['true']!r}, predicted {case['pred']!r} (p={case['prob']:.3f})")
     if args.figure:
-        save_figure(result, Path(args.images), args.figure)
+        plot_cases(result, Path(args.images), args.figure)
         print(f"figure: {args.figure}")
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        save_json(args.json, result)
     return result
 
 

@@ -20,18 +20,19 @@ def _training(p3: Path) -> list[str]:
     lines = ["| run | token | steps | loss, first 100 steps | loss, last 100 steps | ‖v − v₀‖ | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
-        rows = [r for r in csv.reader((run / "log.csv").open()) if r]
+        with open(run / "log.csv", newline="") as f:
+            rows = list(csv.DictReader(f))  # train.py's LOG_FIELDS: step, loss, shift, seconds
         if not rows:
             continue
-        losses = [float(r[1]) for r in rows]
+        losses = [float(r["loss"]) for r in rows]
         token = "?"
         embeds = run / "learned_embeds.safetensors"
         if embeds.is_file():
             from safetensors import safe_open
             with safe_open(str(embeds), "pt") as f:
                 token = ", ".join(f.keys())
-        lines.append(f"| {run.name} | `{token}` | {rows[-1][0]} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
-                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {rows[-1][2]} | {rows[-1][3]} |")
+        lines.append(f"| {run.name} | `{token}` | {rows[-1]['step']} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
+                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {rows[-1]['shift']} | {rows[-1]['seconds']} |")
         grids = sorted((run / "samples").glob("*.png"))
         if grids:
             lines.append(f"\n![{run.name} validation samples]({grids[-1]})\n")

@@ -22,7 +22,7 @@ import numpy as np
 from hw2_utils import CIFAR10_CLASSES, CLIError, atomic_path, list_images, load_cifar10, open_rgb, require_file, resolve_device, run_cli
 from p7_clip import zeroshot
 from p7_clip.models import check_spec, encode_images, load_clip, parse_spec
-from p7_clip.train import load_probe, probe_predict
+from p7_clip.probe import load_probe, probe_predict
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, atomic_path, command_line, ensure_writable_dir, list_images, open_rgb, require_dir,
-                       resolve_device, run_cli)
+from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, list_images,
+                       open_rgb, require_dir, resolve_device, run_cli, save_figure, save_json)
 from p7_clip.models import Clip, check_spec, load_clip
-from p7_clip.records import hardware, pyplot, save_figure, save_json
+from p7_clip.records import pyplot
 from p7_clip.zeroshot import class_embeddings
 
 PASCAL_CONTEXT_59 = (
@@ -275,7 +275,7 @@ def plot_overlay(path: Path, image, pred: np.ndarray, classes: list[str], title:
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title)
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def read_mask(folder: Path, stem: str, size: tuple[int, int], reduce_zero_label: bool) -> np.ndarray:
@@ -319,7 +319,7 @@ def main(argv=None) -> dict:
         plot_overlay(out / f"overlay_{f.stem}.png", image, pred, classes, f"MaskCLIP, {clip.name}: {f.name}")
         if masks is not None:
             update_confusion(confusion, read_mask(masks, f.stem, size, args.reduce_zero_label), pred)
-    record = {"command": command_line("p7_clip.maskclip", argv), "hardware": hardware(device), "model": clip.name,
+    record = {"command": command_line("p7_clip.maskclip", argv), "hardware": describe_hardware(device), "model": clip.name,
               "images": [f.name for f in files], "classes": classes, "templates": args.templates, "size": args.size,
               "key_smoothing": args.key_smoothing, "denoise": args.denoise}
     if masks is not None:

@@ -10,6 +10,10 @@ A model is named on the command line by a spec `ARCH=WEIGHTS`:
 The folder form is the safest: its config carries quick_gelu, which OpenAI's weights need
 (with a bare file, name the `-quickgelu` config yourself). Tiny models only check that a
 pipeline runs end to end; their accuracies are chance level and mean nothing.
+
+P7 loads open_clip, not the transformers CLIP folders that P3, P8 and the grader share
+(evaluation.clip_scores.load_clip): MaskCLIP rewires open_clip's visual tower (its last block,
+ln_post, proj) and the studies compare architectures, such as RN50, that transformers lacks.
 """
 from __future__ import annotations
 

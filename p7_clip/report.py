@@ -101,7 +101,7 @@ def _probe(d: Path) -> str:
     loaded = [_load(path, "") for path in sorted(d.glob("*/result.json"))]
     if not loaded:  # worded apart from "Not produced yet", which counts the five studies and the bench
         return (f"_No probe record yet: run `python -m p7_clip.train --clip ViT-B-32=weights/ViT-B-32-openai "
-                f"--cifar cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
+                f"--data cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
     designs = list(loaded[0][0]["zero_shot_accuracy"])
     lines = ["Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
              "then fitted on all of train; test accuracy beside zero-shot on the same test images.", "",

@@ -15,10 +15,11 @@ import argparse
 
 import torch
 
-from hw2_utils import command_line, ensure_writable_dir, open_rgb, resolve_device, run_cli
+from hw2_utils import (command_line, describe_hardware, ensure_writable_dir, open_rgb, resolve_device, run_cli,
+                       save_figure, save_json)
 from p7_clip.data import CocoImage, load_coco
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import hardware, markdown_table, pyplot, save_figure, save_json, save_text
+from p7_clip.records import markdown_table, pyplot, save_text
 
 KS = (1, 5, 10)
 
@@ -62,7 +63,7 @@ def plot_query(path, images: list[CocoImage], scores: torch.Tensor, query: str, 
         ax.set_title(f"#{rank}: {images[idx].path.name}\ncosine {score:.3f}", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{title}: \"{query}\"")
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:
@@ -73,7 +74,7 @@ def main(argv=None) -> dict:
     captions = [c for im in images for c in im.captions]
     owner = caption_owner(images)
     out = ensure_writable_dir(args.out)
-    record = {"command": command_line("p7_clip.retrieval", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.retrieval", argv), "hardware": describe_hardware(device),
               "images": len(images), "captions": len(captions), "query": args.query, "recall": {}, "top": {}, "tags": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

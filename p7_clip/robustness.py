@@ -19,10 +19,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hw2_utils import (CIFAR10_CLASSES, command_line, ensure_writable_dir, load_cifar10, make_generator,
-                       resolve_device, run_cli)
+from hw2_utils import (CIFAR10_CLASSES, command_line, describe_hardware, ensure_writable_dir, load_cifar10,
+                       make_generator, resolve_device, run_cli, save_figure, save_json)
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
-from p7_clip.records import hardware, pyplot, save_figure, save_json
+from p7_clip.records import pyplot
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
 
 # Intensities, from none to strong; the x axis of each panel.
@@ -80,7 +80,7 @@ def plot(path, results: dict, n: int) -> None:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel(f"CIFAR-10, {n} test images")
     axes[-1].legend(fontsize=7, loc="upper right")
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
                 results[clip.name][kind].append(scores(emb, class_emb, labels, logit_scale(clip)))
             print(f"{clip.name} {kind}: accuracy " + " ".join(f"{r['accuracy']:.3f}" for r in results[clip.name][kind]))
     plot(out / "robustness.png", results, len(images))
-    record = {"command": command_line("p7_clip.robustness", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.robustness", argv), "hardware": describe_hardware(device),
               "images": len(images), "design": args.design, "seed": args.seed, "levels": LEVELS, "results": results}
     save_json(out / "robustness.json", record)
     return record

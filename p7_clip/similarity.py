@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import atomic_path, command_line, ensure_writable_dir, open_rgb, resolve_device, run_cli
+from hw2_utils import (atomic_path, command_line, describe_hardware, ensure_writable_dir, open_rgb, resolve_device,
+                       run_cli, save_figure, save_json)
 from p7_clip.data import load_coco, read_pairs
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import hardware, pyplot, save_figure, save_json
+from p7_clip.records import pyplot
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,7 +72,7 @@ def plot_heatmap(path: Path, sim: torch.Tensor, images: list[str], texts: list[s
     ax.set_ylabel("image")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="cosine similarity")
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     pairs = load_pairs(args)
     out = ensure_writable_dir(args.out)
     images, texts = [p.name for p, _ in pairs], [t for _, t in pairs]
-    record = {"command": command_line("p7_clip.similarity", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.similarity", argv), "hardware": describe_hardware(device),
               "images": images, "texts": texts, "models": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

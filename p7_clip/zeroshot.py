@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CIFAR10_CLASSES, command_line, ensure_writable_dir, load_cifar10, resolve_device, run_cli
+from hw2_utils import (CIFAR10_CLASSES, command_line, describe_hardware, ensure_writable_dir, load_cifar10,
+                       resolve_device, run_cli, save_figure, save_json)
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import hardware, markdown_table, pyplot, save_figure, save_json, save_text
+from p7_clip.records import markdown_table, pyplot, save_text
 
 # The 18 CIFAR-10 templates of the CLIP authors' prompt-engineering notebook.
 CIFAR_TEMPLATES = [f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in
@@ -85,7 +86,7 @@ def plot_confusion(path, matrix: np.ndarray, classes: list[str], title: str) -> 
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="fraction of the true class")
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
     out = ensure_writable_dir(args.out)
     from PIL import Image
 
-    record = {"command": command_line("p7_clip.zeroshot", argv), "hardware": hardware(device),
+    record = {"command": command_line("p7_clip.zeroshot", argv), "hardware": describe_hardware(device),
               "images": len(images), "data": str(args.cifar), "designs": DESIGNS, "accuracy": {}, "confusion": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)

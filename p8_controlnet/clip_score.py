@@ -13,13 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evaluation.clip_scores import load_clip
+from evaluation.clip_scores import load_clip, unit_features
 from hw2_utils import to_uint8
-
-
-def _features(output) -> torch.Tensor:
-    # transformers 5 returns an output object whose pooler_output is the projection; 4.x a tensor.
-    return F.normalize(output if isinstance(output, torch.Tensor) else output.pooler_output, dim=-1)
 
 
 class ClipScorer:
@@ -32,12 +27,12 @@ class ClipScorer:
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """(N, D) unit text embeddings."""
         tokens = self.processor.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
-        return _features(self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                      attention_mask=tokens["attention_mask"]))
+        return unit_features(self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                          attention_mask=tokens["attention_mask"]))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, D) unit image embeddings of preprocessed pixels; differentiable."""
-        return _features(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
+        return unit_features(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
 
     @torch.no_grad()
     def processed(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images
+from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images, save_json
 from p8_controlnet.controls import BUILTIN, CANNY_HIGH, CANNY_LOW, make_control
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, save_json
+from p8_controlnet.records import environment, image_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from hw2_utils import CLIError, require_dir, require_file
 from p8_controlnet.controls import canny, open_rgb, square
@@ -29,10 +29,11 @@ def read_captions(captions_json: str | Path, images_dir: str | Path) -> list[tup
 
 class CannyCaptions(Dataset):
     """Item: pixels (3,S,S) in [-1,1], control (3,S,S) in {0,1} (Canny of the same crop) and one
-    caption drawn by a seeded RNG (COCO has 5 per image: each epoch sees a different one)."""
+    of the image's captions (COCO has 5), drawn as a function of (seed, epoch, index): each epoch
+    sees another one, and a resumed run draws what an uninterrupted one would. Set `epoch` per epoch."""
 
     def __init__(self, pairs: list[tuple[Path, list[str]]], size: int, seed: int = 0):
-        self.pairs, self.size, self.rng = pairs, size, random.Random(seed)
+        self.pairs, self.size, self.seed, self.epoch = pairs, size, seed, 0
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -42,4 +43,14 @@ class CannyCaptions(Dataset):
         image = open_rgb(path)
         pixels = torch.from_numpy(np.array(square(image, self.size))).permute(2, 0, 1).float() / 127.5 - 1
         control = torch.from_numpy(np.array(canny(image, self.size))).permute(2, 0, 1).float() / 255
-        return {"pixels": pixels, "control": control, "caption": self.rng.choice(captions)}
+        caption = random.Random(f"{self.seed}/{self.epoch}/{i}").choice(captions)
+        return {"pixels": pixels, "control": control, "caption": caption}
+
+
+def step_batch(dataset: CannyCaptions, step: int, batch_size: int, seed: int) -> dict:
+    """The batch of 1-based `step`: epoch e visits the images in a permutation seeded by (seed, e),
+    batch_size at a time (the remainder dropped), so the batches are a function of the step."""
+    epoch, index = divmod(step - 1, len(dataset) // batch_size)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    dataset.epoch = epoch
+    return default_collate([dataset[int(i)] for i in order[index * batch_size:(index + 1) * batch_size]])

@@ -31,11 +31,11 @@ from textwrap import shorten
 
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, progress, run_cli
+from hw2_utils import CLIError, command_line, output_dir, progress, run_cli, save_figure, save_json
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, timesteps, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv
 from p8_controlnet.sampling_study import summarize
 
 METHODS = ("switch", "sdedit")
@@ -129,7 +129,7 @@ def plot_scores(path: Path, rows: list[dict], methods: list[str], title: str) ->
         ax.set_xlabel("edit strength s"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:

@@ -1,5 +1,5 @@
 """What P8 scripts write next to their images: JSON sidecars (every setting, the command, the
-software and hardware), CSV tables, and labelled image-grid figures."""
+software and hardware; hw2_utils.save_json), CSV tables, and labelled image-grid figures."""
 from __future__ import annotations
 
 import csv
@@ -10,23 +10,17 @@ from pathlib import Path
 
 import torch
 
-import hw2_utils
-from hw2_utils import CLIError, atomic_path, require_file
+from hw2_utils import CLIError, atomic_path, describe_hardware, require_file, save_figure
 
 
 def environment(device: torch.device) -> dict:
+    """describe_hardware plus the library versions: a sidecar's --replay gives the same bytes
+    only with the same diffusers and transformers."""
     import diffusers
     import transformers
 
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
-    return {"hardware": hardware, "torch": torch.__version__, "diffusers": diffusers.__version__,
+    return {"hardware": describe_hardware(device), "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def save_json(path: str | Path, record: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def read_json(path: str | Path) -> dict:
@@ -50,11 +44,6 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def save_figure(fig, path: str | Path) -> None:
-    """Every figure of this problem: 110 dpi, cropped to its content."""
-    hw2_utils.save_figure(fig, path, dpi=110, tight=True)
 
 
 def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_labels: list[str] | None = None,
@@ -84,4 +73,4 @@ def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_la
     fig.tight_layout(rect=(0, 0, 1, 0.96 if title else 1))
     if title:
         fig.suptitle(title, fontsize=10)
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)

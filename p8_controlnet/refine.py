@@ -26,11 +26,11 @@ from typing import Iterator
 
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, run_cli
+from hw2_utils import CLIError, command_line, output_dir, run_cli, save_figure, save_json
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")
@@ -102,7 +102,7 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> None:
     for ax in (ax1, ax2):
         ax.set_xlabel("iteration"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv=None) -> dict:

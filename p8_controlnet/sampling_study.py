@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, progress, run_cli
+from hw2_utils import CLIError, command_line, output_dir, progress, run_cli, save_figure, save_json
 from p8_controlnet.pipelines import (SCHEDULERS, add_pipeline_args, call_size, generate, make_scheduler, pipeline_from_args,
                                      scheduler_config)
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv, save_figure, save_json
+from p8_controlnet.records import environment, image_grid, pyplot, save_csv
 from p8_controlnet.schedules import SCHEDULES, custom_betas, lerp, slerp
 
 EXPERIMENTS = ("grid", "schedules", "intermediates", "interpolation")
@@ -146,7 +146,7 @@ def plot_axis(path: Path, rows: list[dict], axis: str) -> None:
             ax.text(0.5, 0.5, "no --clip given", transform=ax.transAxes, ha="center")
         ax.set_xlabel(axis), ax.set_ylabel(label), ax.grid(alpha=0.3)
     fig.suptitle(f"mean +- std over the other axes, by {axis}")
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 # --------------------------------------------------------------------------- custom schedules
@@ -178,7 +178,7 @@ def plot_schedules(path: Path, betas: dict) -> None:
         ax2.plot(torch.cumprod(1 - b.double(), 0).numpy(), label=name)
     ax1.set_xlabel("t"), ax1.set_ylabel("beta_t"), ax2.set_xlabel("t"), ax2.set_ylabel("alpha-bar_t")
     ax2.set_yscale("log"), ax1.legend(fontsize=8), ax1.grid(alpha=0.3), ax2.grid(alpha=0.3)
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 # --------------------------------------------------------------------------- intermediates

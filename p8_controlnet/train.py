@@ -1,31 +1,32 @@
 """Fine-tune a Canny ControlNet on (Canny(image), caption) pairs from COCO (Zhang et al. 2023).
 
-    python -m p8_controlnet.train --model sd-v1-5/ --images ../shared/data/coco/val2017 \\
+    python -m p8_controlnet.train --model sd-v1-5/ --data ../shared/data/coco/val2017 \\
         --captions ../shared/data/coco/annotations/captions_val2017.json --out runs/p8/controlnet-canny
-    python -m p8_controlnet.train ... --controlnet sd-controlnet-canny/    # continue from a trained one
+    python -m p8_controlnet.train ... --controlnet sd-controlnet-canny/    # start from a trained one
 
 Stable Diffusion stays frozen. The ControlNet starts from --controlnet, or as the paper does: a
 copy of the UNet's encoder whose zero convolutions make it a no-op at step 0. Loss: SD's eps-MSE
 on VAE latents noised at a uniform random t, with the ControlNet's residuals added to the UNet.
 Captions are replaced by "" with probability 0.5 (the paper's choice) so the ControlNet learns to
-read the content from the edges alone. OUT holds controlnet/ (a diffusers folder for
---controlnet), log.csv (step, loss) and summary.json (the loss of a fixed held-in batch before
-and after training, the settings).
+read the content from the edges alone. Re-running the same command resumes from OUT/last.pt
+(--no-resume starts over); every batch and random draw is a function of the seed and the step,
+so a resumed run ends where an uninterrupted one would. OUT holds controlnet/ (a diffusers
+folder for --controlnet, written at every checkpoint), log.csv (step, loss), run.json (the
+provenance) and summary.json (the loss of a fixed held-in batch before and after training).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, autocast, command_line, ensure_writable_dir, output_dir, progress, resolve_device,
-                       resolve_dtype, run_cli, seed_everything)
-from p8_controlnet.data import CannyCaptions, read_captions
+from hw2_utils import (REQUIRED, CLIError, RunFolder, add_common_args, autocast, command_line, output_dir, progress,
+                       resolve_device, resolve_dtype, run_cli, save_json, seed_everything)
+from p8_controlnet.data import CannyCaptions, read_captions, step_batch
 from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
-from p8_controlnet.records import environment, save_json
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
@@ -34,26 +35,23 @@ DEFAULTS = dict(
     batch_size=4,          # at 512 px on a 24 GB card with fp16 weights
     lr=1e-5,               # the paper's: larger rates destroy the copied encoder's features
     drop_caption=0.5,      # the paper's prompt dropout
-    max_grad_norm=1.0,
-    save_every=1000,
 )
+LOG_FIELDS = ["step", "loss", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, data=(REQUIRED, "COCO image folder, e.g. ../shared/data/coco/val2017"),
+                    out=(REQUIRED, "run folder: controlnet/, last.pt, log.csv, run.json, summary.json"),
+                    precision="fp16", ckpt_every=1000, grad_clip=1.0,
+                    image_size=(None, "training size (default: the model's, 512 for SD v1)"),
+                    limit="use only the first N images (sorted by name)")
     p.add_argument("--model", required=True, help="SD v1.x: diffusers folder or CompVis single file")
     p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model")
     p.add_argument("--controlnet", help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)")
-    p.add_argument("--images", required=True, help="COCO image folder, e.g. ../shared/data/coco/val2017")
     p.add_argument("--captions", required=True, help="COCO captions json")
-    p.add_argument("--limit", type=int, help="use only the first N images (sorted by name)")
-    p.add_argument("--size", type=int, help="training size (default: the model's, 512 for SD v1)")
-    p.add_argument("--out", required=True, help="run folder")
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--precision", default="fp16", help="frozen SD weights and autocast: fp32 | bf16 | fp16 (fp32 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or not 0 <= args.drop_caption <= 1:
         raise CLIError("--steps and --batch-size must be >= 1 and --drop-caption in [0, 1]")
@@ -88,33 +86,20 @@ def fixed_batch_loss(sd, controlnet, batch: dict, seed: int, dtype: torch.dtype)
         return controlnet_loss(sd, controlnet, batch, batch["caption"], torch.Generator().manual_seed(seed)).item()
 
 
-def train_steps(sd, controlnet, loader, args, dtype: torch.dtype, log=None) -> list[float]:
-    """args.steps AdamW steps on the ControlNet only; returns the per-step losses."""
-    controlnet.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr)
-    # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
-    scaler = torch.amp.GradScaler(sd.device.type, enabled=dtype == torch.float16)
-    generator = torch.Generator().manual_seed(args.seed)
-    losses, batches = [], iter(())
-    for step in progress(range(1, args.steps + 1), desc="train"):
-        batch = next(batches, None)
-        if batch is None:
-            batches = iter(loader)
-            batch = next(batches)
-        batch = {k: v.to(sd.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast(sd.device, dtype):
-            loss = controlnet_loss(sd, controlnet, batch, drop_captions(batch["caption"], args.drop_caption, generator),
-                                   generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), args.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
-        if log:
-            log(step, losses[-1], controlnet)
-    return losses
+def train_step(sd, controlnet, optimizer, scaler, batch: dict, args, generator: torch.Generator,
+               dtype: torch.dtype) -> float:
+    """One AdamW step on the ControlNet only (captions dropped with p = args.drop_caption); the loss."""
+    batch = {k: v.to(sd.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with autocast(sd.device, dtype):
+        loss = controlnet_loss(sd, controlnet, batch, drop_captions(batch["caption"], args.drop_caption, generator),
+                               generator)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    torch.nn.utils.clip_grad_norm_(controlnet.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
 
 
 def main(argv=None) -> dict:
@@ -122,7 +107,14 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
-    pairs = read_captions(args.captions, args.images)[:args.limit]
+    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume)
+    pairs = read_captions(args.captions, args.data)[:args.limit]
+    # Everything that defines the run but its length (--steps may grow) and where it runs.
+    identity = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()),
+                "captions": str(Path(args.captions).resolve()), "limit": args.limit, "image_size": args.image_size,
+                "controlnet": args.controlnet and str(Path(args.controlnet).resolve()), "grad_clip": args.grad_clip,
+                "seed": args.seed, **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+
     controlnet = load_controlnet(args.controlnet) if args.controlnet else None
     sd = load_stable_diffusion(args.model, args.sd_config, device=device, dtype=dtype)
     if controlnet is not None:
@@ -136,37 +128,41 @@ def main(argv=None) -> dict:
         sd.to(dtype=dtype)
     torch.nn.Module.to(controlnet, device, torch.float32)  # nn's .to: diffusers' warns about keep-in-fp32 modules
 
-    dataset = CannyCaptions(pairs, args.size or sd.resolution, args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)), shuffle=True,
-                                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-    probe = next(iter(torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, len(dataset)))))
+    dataset = CannyCaptions(pairs, args.image_size or sd.resolution, args.seed)
+    batch_size = min(args.batch_size, len(dataset))
+    probe = step_batch(dataset, 1, batch_size, args.seed)  # held in: the first step's images
     probe = {k: v.to(device) if torch.is_tensor(v) else v for k, v in probe.items()}
-    before = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
+    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr)
+    # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    generator = torch.Generator().manual_seed(args.seed)
+    state = run.load(identity, controlnet=controlnet, optimizer=optimizer, scaler=scaler, generator=generator)
+    if state is not None:
+        done, before = state["step"], state["fixed_batch_loss_before"]
+        print(f"resumed from {run.checkpoint} at step {done}")
+    else:
+        done, before = 0, fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
+    log = run.start(done, LOG_FIELDS, command_line("p8_controlnet.train", argv), device)
 
-    out = ensure_writable_dir(args.out)
-    with open(out / "log.csv", "w", newline="") as f:  # written as it goes: a crashed run keeps its log
-        writer = csv.writer(f)
-        writer.writerow(["step", "loss"])
+    controlnet.train().requires_grad_(True)
+    t0 = time.time()
+    for step in progress(range(done + 1, args.steps + 1), desc="train"):
+        loss = train_step(sd, controlnet, optimizer, scaler, step_batch(dataset, step, batch_size, args.seed), args,
+                          generator, dtype)
+        log.writerow([step, f"{loss:.6f}", f"{time.time() - t0:.1f}"])
+        if run.checkpoint_due(step, args.steps):
+            run.save({"step": step, "fixed_batch_loss_before": before}, controlnet=controlnet, optimizer=optimizer,
+                     scaler=scaler, generator=generator)
+            with output_dir(run.out / "controlnet") as tmp:
+                controlnet.save_pretrained(tmp)
+    run.close()
 
-        def log(step, loss, net):
-            writer.writerow([step, f"{loss:.6f}"])
-            if step % args.save_every == 0 or step == args.steps:
-                f.flush()
-                with output_dir(out / "controlnet") as tmp:
-                    net.save_pretrained(tmp)
-
-        start = time.perf_counter()
-        losses = train_steps(sd, controlnet, loader, args, dtype, log)
     controlnet.eval()
     after = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
-    summary = {"fixed_batch_loss_before": before, "fixed_batch_loss_after": after,
-               "mean_loss_first_10": sum(losses[:10]) / len(losses[:10]),
-               "mean_loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-               "images": len(dataset), "wall_s": round(time.perf_counter() - start, 1),
-               "settings": vars(args), "command": command_line("p8_controlnet.train", argv),
-               "environment": environment(device)}
-    save_json(out / "summary.json", summary)
-    print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {args.out}/controlnet")
+    summary = {"fixed_batch_loss_before": before, "fixed_batch_loss_after": after, "images": len(dataset),
+               "steps": args.steps}
+    save_json(run.out / "summary.json", summary)
+    print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {run.out / 'controlnet'}")
     return summary
 
 

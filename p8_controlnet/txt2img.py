@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CLIError, command_line, output_dir, require_file, resolve_device, run_cli, save_images
+from hw2_utils import CLIError, command_line, output_dir, require_file, resolve_device, run_cli, save_images, save_json
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, read_json, save_json
+from p8_controlnet.records import environment, image_grid, read_json
 
 # What run.json must hold to redo a run exactly (device and output folder may change).
 SETTINGS = ("model", "sd_config", "prompt", "negative_prompt", "n", "scheduler", "steps", "guidance", "size",

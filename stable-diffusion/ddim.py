@@ -49,10 +49,17 @@ class NoiseSchedule:
         return [i * ratio + self.steps_offset for i in range(steps)][::-1]
 
     def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, use_clipped_model_output: bool = False) -> torch.Tensor:
+        """One DDIM update. Latents are not images in [-1, 1], so x0 is never clipped (SD's
+        scheduler config: clip_sample false). `use_clipped_model_output` is diffusers'
+        DDIMScheduler.step option, with its default: True re-derives eps from x0, which without
+        clipping changes nothing but rounding, as in diffusers. p1_ddpm and p2_ddim clip their
+        pixel-space x0, where the option matters: p1_ddpm samples with True, p2_ddim with False."""
         ab = self.alphas_cumprod[t].item()
         ab_prev = self.alphas_cumprod[max(t_prev, 0)].item()  # t_prev < 0: the final step, alpha-bar(0)
         x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        if use_clipped_model_output:
+            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
         x_prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if sigma > 0:

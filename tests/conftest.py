@@ -2,8 +2,10 @@
 at once with a clear error instead of hanging on hub retries."""
 from __future__ import annotations
 
+import csv
 import ipaddress
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -78,3 +80,17 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found: {path} (set HW2_SHARED_DATA)")
     return path
+
+
+def small_digits(root: Path, n: int = 32) -> Path:
+    """A copy of the first n MNIST-M and USPS train images in the course layout, for P1 training runs."""
+    src = require_shared("hw2_data", "digits")
+    for domain in ("mnistm", "usps"):
+        with open(src / domain / "train.csv") as f:
+            rows = list(csv.reader(f))[:n + 1]
+        (root / domain / "data").mkdir(parents=True)
+        with open(root / domain / "train.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        for name, _ in rows[1:]:
+            shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
+    return root

@@ -143,7 +143,7 @@ CASES = [
                                                       "--device", "cpu"], "NaN or infinite values"),
     ("p2-steps-0", "p2_ddim.infer", lambda i, w: [i / "noise", w / "out", i / "unet.pt", "--steps", "0"], "--steps"),
     ("p2-eta-nan", "p2_ddim.infer", lambda i, w: [i / "noise", w / "out", i / "unet.pt", "--eta", "nan"], "--eta"),
-    ("p2-dtype-int8", "p2_ddim.infer", lambda i, w: [i / "noise", w / "new", i / "unet.pt", "--dtype", "int8"], "int8"),
+    ("p2-precision-int8", "p2_ddim.infer", lambda i, w: [i / "noise", w / "new", i / "unet.pt", "--precision", "int8"], "int8"),
     ("p2-out-is-a-file", "p2_ddim.infer", lambda i, w: [i / "noise", w / "a_file.txt", i / "unet.pt"], "{w}/a_file.txt"),
     # hw2_3.sh (with the tiny SD's configs, so the embeddings' width fits and the model file is read)
     *[(f"p3-{name}-model", "p3_textual_inversion.infer",

@@ -59,10 +59,12 @@ def test_ddpm_mean_is_algorithm_2_without_clipping():
 
 
 @pytest.mark.parametrize("steps", [50, 10])
-@pytest.mark.parametrize("eta,clip", [(0.0, False), (0.0, True), (0.5, False)])
-def test_ddim_steps_match_diffusers(steps, eta, clip):
+@pytest.mark.parametrize("eta,clip", [(0.0, False), (0.0, True), (0.5, False), (0.5, True)])
+@pytest.mark.parametrize("clipped_eps", [False, True])
+def test_ddim_steps_match_diffusers(steps, eta, clip, clipped_eps):
     """Every step of the schedule, each from fresh N(0, I) inputs (a chained run with a
-    fake model diverges to huge values where only relative error means anything)."""
+    fake model diverges to huge values where only relative error means anything), with
+    diffusers' use_clipped_model_output both ways."""
     s = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                       clip_sample=clip, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
     s.set_timesteps(steps)
@@ -71,9 +73,28 @@ def test_ddim_steps_match_diffusers(steps, eta, clip):
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x_t, eps, noise = _tensors(t)
         ref = s.step(eps, t, x_t, eta=eta, variance_noise=noise if eta else None,
-                     use_clipped_model_output=clip).prev_sample  # ours re-derives eps after clipping
-        ours = D.ddim_step(eps, x_t, t, t_prev, eta=eta, noise=noise, clip_x0=clip)
+                     use_clipped_model_output=clipped_eps).prev_sample
+        ours = D.ddim_step(eps, x_t, t, t_prev, eta=eta, noise=noise, clip_x0=clip, use_clipped_model_output=clipped_eps)
         assert torch.allclose(ours, ref, atol=TOL), t
+
+
+def test_ddim_sampler_rederives_eps_from_the_clipped_x0():
+    """P1's graded images come from sample() with use_clipped_model_output=True: the same chain
+    of steps, and visibly not the chain that keeps the model's eps."""
+    def eps_fn(x, t):  # large enough that x0 leaves [-1, 1], so the option matters
+        return 2 * torch.tanh(3 * x) + t.float().view(-1, 1, 1, 1) / 1000
+
+    ts = D.ddim_timesteps(5)
+    x_T = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    chains = {}
+    for clipped_eps in (False, True):
+        x = x_T
+        for t, t_prev in zip(ts, ts[1:] + [-1]):
+            x = D.ddim_step(eps_fn(x, torch.full((2,), t)), x, t, t_prev, use_clipped_model_output=clipped_eps)
+        chains[clipped_eps] = x
+    sampled, _ = D.sample(eps_fn, (2, 3, 8, 8), torch.Generator().manual_seed(0), torch.device("cpu"), "ddim", 5)
+    assert torch.equal(sampled, chains[True])
+    assert (chains[True] - chains[False]).abs().max() > 1e-2
 
 
 def test_cfg_limits_are_the_unconditional_and_conditional_models():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, require_shared
+from conftest import REPO, require_shared, small_digits
 from hw2_utils import run_cli
 from p1_ddpm import infer
 from p1_ddpm.data import load_split
@@ -99,7 +98,7 @@ def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path, capsys):
 
 
 def test_unknown_domain_is_one_line_error_from_the_real_cli(tmp_path):
-    r = _cli("train", "--data-root", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
+    r = _cli("train", "--data", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "domain 'mnistm'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -129,24 +128,15 @@ def test_training_reduces_loss_on_a_real_mnistm_batch():
 
 
 def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
-    src = require_shared("hw2_data", "digits")
-    root = tmp_path / "digits"
-    for domain in ("mnistm", "usps"):  # a 32-image copy of each domain in the course layout
-        with open(src / domain / "train.csv") as f:
-            rows = list(csv.reader(f))[:33]
-        (root / domain / "data").mkdir(parents=True)
-        with open(root / domain / "train.csv", "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        for name, _ in rows[1:]:
-            shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
-    common = ["--data-root", str(root), "--domains", "mnistm", "usps", "--out", str(tmp_path / "run"),
+    root = small_digits(tmp_path / "digits")
+    common = ["--data", str(root), "--domains", "mnistm", "usps", "--out", str(tmp_path / "run"),
               "--batch-size", "16", "--base-channels", "8", "--ckpt-every", "2", "--sample-every", "100", "--device", "cpu"]
     assert _cli("train", *common, "--steps", "2").returncode == 0
     r = _cli("train", *common, "--steps", "4")
     assert r.returncode == 0, r.stderr[-1000:]
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
     with open(tmp_path / "run" / "log.csv") as f:
-        assert [int(row[0]) for row in csv.reader(f)] == [1, 2, 3, 4]
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
     model, domains = load_model(tmp_path / "run" / "ema.pt", torch.device("cpu"))
     assert domains == ["mnistm", "usps"]
     assert torch.load(tmp_path / "run" / "ema.pt", weights_only=True)["step"] == 4
@@ -157,9 +147,9 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert r.returncode == 0 and "warm start" in r.stdout, r.stderr[-1000:]
     assert "96 training images" in r.stdout  # mnistm's 32 images twice, usps's once
     with open(tmp_path / "warm" / "log.csv") as f:
-        rows = list(csv.reader(f))
-    assert [int(row[0]) for row in rows] == [5]
-    assert float(rows[0][2]) == pytest.approx(5e-4 / 200)  # the warm start warms up again from its first step
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [5]
+    assert float(rows[0]["lr"]) == pytest.approx(5e-4 / 200)  # the warm start warms up again from its first step
     recipe = torch.load(tmp_path / "warm" / "ema.pt", weights_only=True)["recipe"]
     assert recipe.count("python -m p1_ddpm.train ") == 2 and "&&" in recipe  # both stages, in order
 

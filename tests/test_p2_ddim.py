@@ -52,19 +52,29 @@ def test_schedule_matches_diffusers():
     assert torch.allclose(alphas.float(), s.alphas_cumprod, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("clip, clipped_eps", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("clipped_eps", [False, True])
 def test_eta0_equals_diffusers(x_T, clip, clipped_eps):
-    ours = ddim_sample(toy_eps, x_T, eta=0.0, clip_x0=clip, eps_from_clipped_x0=clipped_eps)
+    ours = ddim_sample(toy_eps, x_T, eta=0.0, clip_x0=clip, use_clipped_model_output=clipped_eps)
     ref = diffusers_ddim(x_T, eta=0.0, clip=clip, clipped_eps=clipped_eps)
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("clip", [True, False])
-def test_eta_half_equals_diffusers_given_the_same_noise(x_T, clip):
-    ours = ddim_sample(toy_eps, x_T, eta=0.5, clip_x0=clip, generator=torch.Generator().manual_seed(7))
-    ref = diffusers_ddim(x_T, eta=0.5, clip=clip, noise_seed=7)
+@pytest.mark.parametrize("clipped_eps", [False, True])
+def test_eta_half_equals_diffusers_given_the_same_noise(x_T, clip, clipped_eps):
+    ours = ddim_sample(toy_eps, x_T, eta=0.5, clip_x0=clip, use_clipped_model_output=clipped_eps,
+                       generator=torch.Generator().manual_seed(7))
+    ref = diffusers_ddim(x_T, eta=0.5, clip=clip, clipped_eps=clipped_eps, noise_seed=7)
     assert (ours - ref).abs().max().item() <= 1e-5
     assert (ours - ddim_sample(toy_eps, x_T, eta=0.0, clip_x0=clip)).abs().max() > 1e-2  # the noise mattered
+
+
+def test_default_keeps_the_models_eps_as_the_course_does(x_T):
+    """P2's outputs (the course-exact MSE) use the default, use_clipped_model_output=False; the
+    option must make a difference where x0 is clipped, or the default would not matter."""
+    assert torch.equal(ddim_sample(toy_eps, x_T), ddim_sample(toy_eps, x_T, use_clipped_model_output=False))
+    assert (ddim_sample(toy_eps, x_T) - ddim_sample(toy_eps, x_T, use_clipped_model_output=True)).abs().max() > 1e-3
 
 
 def test_determinism_and_seeds(x_T):

@@ -33,7 +33,7 @@ def faces_dir() -> Path:
 
 
 def _train(out: Path, *extra: str) -> None:
-    train.main(["--images", str(faces_dir()), "--out", str(out), *TINY, *extra])
+    train.main(["--data", str(faces_dir()), "--out", str(out), *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_resumed_run_equals_uninterrupted_run(straight, tmp_path):
 
 def test_resume_refuses_a_different_run(straight, tmp_path):
     shutil.copytree(straight, tmp_path / "run")
-    with pytest.raises(CLIError, match="different run"):
-        train.main(["--images", str(faces_dir()), "--out", str(tmp_path / "run"), *TINY, "--image-size", "64"])
+    with pytest.raises(CLIError, match="belongs to another run .*image_size: 32 there, 64 now"):
+        train.main(["--data", str(faces_dir()), "--out", str(tmp_path / "run"), *TINY, "--image-size", "64"])
 
 
 def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path):
@@ -146,7 +146,7 @@ def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path)
 
 def test_missing_image_folder_is_a_one_line_error(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HW2_QUIET": "1"}
-    r = subprocess.run([sys.executable, "-m", "p2_ddim.train", "--images", str(tmp_path / "absent"),
+    r = subprocess.run([sys.executable, "-m", "p2_ddim.train", "--data", str(tmp_path / "absent"),
                         "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env,
                        cwd=REPO)
     assert r.returncode == 2
@@ -158,7 +158,7 @@ def test_missing_image_folder_is_a_one_line_error(tmp_path):
 def test_torchrun_two_ranks(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           "-m", "p2_ddim.train", "--images", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"]
+           "-m", "p2_ddim.train", "--data", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]

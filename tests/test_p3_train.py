@@ -34,7 +34,7 @@ def images_dir(tmp_path_factory):
 
 
 def _args(model_dir, images, out, *extra):
-    return train.parse_args(["--images", str(images), "--placeholder", "<new1>", "--initializer", "dog",
+    return train.parse_args(["--data", str(images), "--placeholder", "<new1>", "--initializer", "dog",
                              "--model", str(model_dir), "--out", str(out), "--device", "cpu", "--grad-accum", "1",
                              "--batch-size", "2", "--validation-every", "0", "--ckpt-every", "1", *extra])
 
@@ -78,7 +78,7 @@ def test_loss_falls_on_real_images(model_dir, tmp_path):
     trained = train.train(_args(model_dir, dogs, tmp_path, "--steps", "30", "--batch-size", "4", "--lr", "5e-3",
                                 "--no-scale-lr", "--ckpt-every", "30"))
     assert eval_loss(trained) < eval_loss(before) - 1e-3
-    logged = [float(r[1]) for r in csv.reader(open(tmp_path / "log.csv"))]
+    logged = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
     assert len(logged) == 30 and all(np.isfinite(logged))
 
 
@@ -87,7 +87,7 @@ def test_resume_gives_the_uninterrupted_result(model_dir, images_dir, tmp_path):
     train.train(_args(model_dir, images_dir, tmp_path / "b", "--steps", "2"))
     resumed = train.train(_args(model_dir, images_dir, tmp_path / "b", "--steps", "4"))
     assert torch.equal(learned_rows(straight).new, learned_rows(resumed).new)
-    assert len(list(csv.reader(open(tmp_path / "b" / "log.csv")))) == 4
+    assert [r["step"] for r in csv.DictReader(open(tmp_path / "b" / "log.csv"))] == ["1", "2", "3", "4"]
 
 
 def test_bad_inputs_are_clear_errors(model_dir, images_dir, tmp_path):

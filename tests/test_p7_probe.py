@@ -13,7 +13,7 @@ from conftest import require_shared
 from PIL import Image
 
 from hw2_utils import CIFAR10_CLASSES, load_cifar10, run_cli
-from p7_clip import infer, train, zeroshot
+from p7_clip import infer, probe, train, zeroshot
 from p7_clip.report import section
 from p7_clip.models import encode_images, load_clip
 
@@ -33,24 +33,33 @@ def test_probe_separates_separable_features_and_fails_on_shuffled_labels():
     x_test, y_test = _clusters(30, seed=2)
     fit, val = train.split_train_val(y, seed=0)
     assert len(val) == 40 and np.bincount(y[val]).tolist() == [4] * 10  # stratified 10%
-    c, scores = train.choose_c(lambda c: train.fit_probe(x[fit], y[fit], c).score(x[val], y[val]))
+    scores = search(lambda c: train.fit_probe(x[fit], y[fit], c).score(x[val], y[val]))
+    c = train.best_c(scores)
     clf = train.fit_probe(x, y, c)
     assert clf.score(x_test, y_test) == 1.0 and scores[c] == 1.0
     shuffled = train.fit_probe(x, np.random.default_rng(3).permutation(y), c)
     assert shuffled.score(x_test, y_test) < 0.3  # chance is 0.1: the probe does read the labels
 
 
-def test_choose_c_refines_around_the_best_decade_and_breaks_ties_towards_small_c():
+def search(val_accuracy) -> dict:
+    """train.py's search loop: try next_c until it is done."""
+    scores = {}
+    while (c := train.next_c(scores)) is not None:
+        scores[c] = val_accuracy(c)
+    return scores
+
+
+def test_search_refines_around_the_best_decade_and_breaks_ties_towards_small_c():
     tried = []
 
     def peak_at(log_c: float):
         return lambda c: tried.append(c) or -abs(np.log10(c) - log_c)
 
-    best, scores = train.choose_c(peak_at(2.4))  # decades pick 100; 10**2.5 is closer still
-    assert best == pytest.approx(10 ** 2.5) and len(tried) == len(train.C_DECADES) + 2
-    assert list(scores) == sorted(scores) and min(scores) == pytest.approx(train.C_DECADES[0])
-    best, _ = train.choose_c(lambda c: 0.5)
-    assert best == pytest.approx(train.C_DECADES[0] / 10 ** 0.5)
+    scores = search(peak_at(2.4))  # decades pick 100; 10**2.5 is closer still
+    assert train.best_c(scores) == pytest.approx(10 ** 2.5) and len(tried) == train.SEARCH_STEPS == len(train.C_DECADES) + 2
+    assert tried[:len(train.C_DECADES)] == train.C_DECADES and min(scores) == pytest.approx(train.C_DECADES[0])
+    flat = search(lambda c: 0.5)
+    assert train.best_c(flat) == pytest.approx(train.C_DECADES[0] / 10 ** 0.5)
 
 
 def test_feature_cache_encodes_once_and_keys_on_model_and_images(tmp_path):
@@ -74,20 +83,21 @@ def trained(tmp_path_factory):
     """One probe trained by train.py on the whole real slice with the tiny ViT."""
     npz = require_shared("cifar10", "cifar10_slice.npz")
     out = tmp_path_factory.mktemp("probe")
-    record = train.main(["--clip", "ViT-B-32=tiny", "--cifar", str(npz), "--out", str(out), "--device", "cpu"])
+    record = train.main(["--clip", "ViT-B-32=tiny", "--data", str(npz), "--out", str(out), "--device", "cpu"])
     return npz, out, record
 
 
 def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
     npz, out, record = trained
     cached = sorted((out / "cache").iterdir())
-    assert sorted(p.name for p in out.iterdir()) == ["cache", "probe.pt", "result.json"] and len(cached) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "last.pt", "log.csv", "probe.pt", "result.json", "run.json"]
+    assert len(cached) == 1
     assert record["images"] == {"fit": 4576, "val": 509, "train": 5085, "test": 1017}
     assert json.loads((out / "result.json").read_text()) == record
     assert record["val_accuracy"][f"{record['C']:.4g}"] == max(record["val_accuracy"].values())
     assert set(record["zero_shot_accuracy"]) == {zeroshot.BASELINE, zeroshot.ENSEMBLE}
 
-    state = train.load_probe(out / "probe.pt")
+    state = probe.load_probe(out / "probe.pt")
     assert state["clip"] == "ViT-B-32=tiny" and state["classes"] == list(CIFAR10_CLASSES)
     assert state["coef"].shape == (10, 32) and state["intercept"].shape == (10,)
     with np.load(cached[0]) as z:
@@ -96,7 +106,7 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
     y_test = load_cifar10(npz, "test")[1]
     clf = train.fit_probe(x_train, y_train, state["C"])  # refit with the chosen C: L-BFGS is deterministic
     np.testing.assert_array_equal(state["coef"].numpy(), clf.coef_)
-    preds = train.probe_predict(state, x_test)
+    preds = probe.probe_predict(state, x_test)
     np.testing.assert_array_equal(preds, clf.predict(x_test))
     assert record["test_accuracy"] == round(float((preds == y_test).mean()), 4)
     # Random tiny features still carry some linearly readable signal; labels misaligned with
@@ -125,12 +135,12 @@ def test_infer_folder_one_row_per_image_with_probe_and_zeroshot(trained, tmp_pat
     (folder / "notes.txt").write_text("not an image")
     (tmp_path / "labels.csv").write_text("image_name,label\n" + "".join(
         f"{n},{CIFAR10_CLASSES[y] if i % 2 else y}\n" for i, (n, y) in enumerate(zip(names, labels))))
-    state = train.load_probe(out / "probe.pt")
+    state = probe.load_probe(out / "probe.pt")
     clip = load_clip("ViT-B-32=tiny")
     files = sorted(folder / n for n in names)  # byte order: upper case first, "c10" before "c9"
     features = encode_images(clip, [Image.open(f).convert("RGB") for f in files])
     class_emb = zeroshot.class_embeddings(clip, CIFAR10_CLASSES, zeroshot.DESIGNS[zeroshot.BASELINE])
-    expected = {"probe": train.probe_predict(state, features.numpy()), "zeroshot": zeroshot.predict(features, class_emb).numpy()}
+    expected = {"probe": probe.probe_predict(state, features.numpy()), "zeroshot": zeroshot.predict(features, class_emb).numpy()}
     for mode, args in {"probe": ["--probe", str(out / "probe.pt"), "--labels", str(tmp_path / "labels.csv")],
                        "zeroshot": ["--zeroshot", "--clip", "ViT-B-32=tiny", "--design", zeroshot.BASELINE]}.items():
         csv_path = tmp_path / f"{mode}.csv"
@@ -183,5 +193,5 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
         assert message in _error(infer.main, [*argv, "--out", str(pred)], capsys)
     assert not pred.exists()
     train_argv = ["--clip", "ViT-B-32=tiny", "--out", str(tmp_path / "t")]
-    assert "lack classes" in _error(train.main, [*train_argv, *cifar, "--limit", "5"], capsys)
-    assert "CIFAR-10 npz not found" in _error(train.main, [*train_argv, "--cifar", str(tmp_path / "no.npz")], capsys)
+    assert "lack classes" in _error(train.main, [*train_argv, "--data", str(npz), "--limit", "5"], capsys)
+    assert "CIFAR-10 npz not found" in _error(train.main, [*train_argv, "--data", str(tmp_path / "no.npz")], capsys)

@@ -38,11 +38,14 @@ def test_training_moves_only_the_controlnet_and_lowers_the_loss(coco):
     net = ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(16, 32))
     start = {name: p.clone() for name, p in net.state_dict().items()}
     dataset = CannyCaptions(read_captions(coco[1], coco[0])[:4], 32, seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
-    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    batch = train.step_batch(dataset, 1, 4, seed=0)
     before = train.fixed_batch_loss(sd, net, batch, 0, torch.float32)
-    args = argparse.Namespace(steps=15, lr=1e-3, drop_caption=0.5, seed=0, max_grad_norm=1.0)
-    losses = train.train_steps(sd, net, loader, args, torch.float32)
+    args = argparse.Namespace(drop_caption=0.5, grad_clip=1.0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(0)
+    losses = [train.train_step(sd, net, optimizer, scaler, train.step_batch(dataset, step, 4, seed=0), args, generator,
+                               torch.float32) for step in range(1, 16)]
     after = train.fixed_batch_loss(sd, net, batch, 0, torch.float32)
     assert len(losses) == 15 and all(map(torch.isfinite, torch.tensor(losses)))
     assert after < 0.9 * before, (before, after)
@@ -51,10 +54,23 @@ def test_training_moves_only_the_controlnet_and_lowers_the_loss(coco):
     assert start[zero_conv].abs().max() == 0 and net.state_dict()[zero_conv].abs().max() > 0  # the zero convs learned
 
 
+def test_batches_and_captions_are_a_function_of_seed_and_step(coco):
+    """What makes resuming exact: step k's batch does not depend on the steps before it."""
+    pairs = read_captions(coco[1], coco[0])[:6]
+    fresh = CannyCaptions(pairs, 32, seed=0)
+    used = CannyCaptions(pairs, 32, seed=0)
+    for step in range(1, 5):  # epochs of 3 steps: crosses into epoch 1
+        train.step_batch(used, step, 2, seed=0)
+    a, b = train.step_batch(fresh, 5, 2, seed=0), train.step_batch(used, 5, 2, seed=0)
+    assert a["caption"] == b["caption"] and torch.equal(a["pixels"], b["pixels"])
+    epoch0, epoch1 = train.step_batch(fresh, 1, 6, seed=0), train.step_batch(fresh, 2, 6, seed=0)
+    assert epoch0["caption"] != epoch1["caption"]  # another epoch, other captions (5 per image)
+
+
 def test_train_script_writes_a_loadable_controlnet(coco, tmp_path):
     save_diffusers_folder(build_tiny_sd(0), tmp_path / "sd")
-    summary = train.main(["--model", str(tmp_path / "sd"), "--images", str(coco[0]), "--captions", str(coco[1]),
-                          "--limit", "2", "--size", "32", "--steps", "3", "--batch-size", "2", "--device", "cpu",
+    summary = train.main(["--model", str(tmp_path / "sd"), "--data", str(coco[0]), "--captions", str(coco[1]),
+                          "--limit", "2", "--image-size", "32", "--steps", "3", "--batch-size", "2", "--device", "cpu",
                           "--out", str(tmp_path / "run")])
     with open(tmp_path / "run" / "log.csv") as f:
         assert [row["step"] for row in csv.DictReader(f)] == ["1", "2", "3"]

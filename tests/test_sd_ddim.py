@@ -32,21 +32,39 @@ def test_schedule_and_q_sample_match_diffusers():
     torch.testing.assert_close(ours.q_sample(x0, t, noise), ref.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5)
 
 
+def _eps(x, t):  # any smooth function of (x, t) exercises the same step math
+    return 0.3 * x + torch.sin(torch.tensor(t / 100.0))
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_trajectory_matches_diffusers(eta):
     ours, ref = NoiseSchedule.from_config(SCHEDULER_CONFIG), _reference()
     ref.set_timesteps(50)
     assert ours.ddim_timesteps(50) == ref.timesteps.tolist()  # 981, 961, ..., 1
-
-    def eps(x, t):  # any smooth function of (x, t) exercises the same step math
-        return 0.3 * x + torch.sin(torch.tensor(t / 100.0))
-
     x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    ours_x = ours.ddim_sample(eps, x_T.clone(), 50, eta=eta, generator=torch.Generator().manual_seed(2))
+    ours_x = ours.ddim_sample(_eps, x_T.clone(), 50, eta=eta, generator=torch.Generator().manual_seed(2))
     x, gen = x_T.clone(), torch.Generator().manual_seed(2)
     for t in ref.timesteps:
-        x = ref.step(eps(x, int(t)), t, x, eta=eta, generator=gen).prev_sample
+        x = ref.step(_eps(x, int(t)), t, x, eta=eta, generator=gen).prev_sample
     torch.testing.assert_close(ours_x, x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("clipped_eps", [False, True])
+def test_ddim_step_matches_diffusers_with_use_clipped_model_output_either_way(clipped_eps):
+    """Each step of the schedule from fresh inputs whose x0 leaves [-1, 1], eta = 0.5 with the same
+    noise: SD never clips latents, so either value gives diffusers' step (which does not clip either)."""
+    ours, ref = NoiseSchedule.from_config(SCHEDULER_CONFIG), _reference()
+    assert not ref.config.clip_sample
+    ref.set_timesteps(10)
+    ts = ours.ddim_timesteps(10)
+    for t, t_prev in zip(ts, ts[1:] + [-1]):
+        g = torch.Generator().manual_seed(t)
+        x_t, eps = 3 * torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+        expected = ref.step(eps, t, x_t, eta=0.5, use_clipped_model_output=clipped_eps,
+                            generator=torch.Generator().manual_seed(9)).prev_sample
+        got = ours.ddim_step(eps, x_t, t, t_prev, 0.5, torch.Generator().manual_seed(9),
+                             use_clipped_model_output=clipped_eps)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # diffusers: a float32 schedule
 
 
 def test_guidance_combines_conditional_and_unconditional(tiny):

@@ -1,4 +1,4 @@
-"""The shared utils module: seeding, devices, dtypes, atomic outputs, CLI errors."""
+"""The shared utils package: seeding, devices, dtypes, atomic outputs, CLI errors."""
 from __future__ import annotations
 
 import subprocess
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hw2_utils as U
+from hw2_utils.files import _umask
 
 
 def test_same_seed_same_tensors_and_generators_are_independent_of_global_rng():
@@ -67,7 +68,7 @@ def test_atomic_path_leaves_no_partial_file_on_error(tmp_path):
     with U.atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
-    assert target.stat().st_mode & 0o777 == 0o666 & ~U._umask()  # not mkstemp's 0600
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
@@ -81,7 +82,7 @@ def test_output_dir_publishes_only_complete_sets(tmp_path):
 
     with U.output_dir(final) as tmp:  # a new folder appears in one rename
         (tmp / "0.png").write_bytes(b"x")
-    assert final.stat().st_mode & 0o777 == 0o777 & ~U._umask()  # not mkdtemp's private 0700
+    assert final.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's private 0700
     assert [p.name for p in tmp_path.iterdir()] == ["images"]
 
 

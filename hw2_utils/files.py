@@ -1,0 +1,274 @@
+"""Reading inputs and writing outputs so that readers never see half a result: image
+folders and PNGs, matplotlib figures and JSON records written atomically, output folders
+published as a whole, and the CIFAR-10 layouts the problems read.
+
+What belongs here: anything that touches a file the user reads or names. Not here: checks
+of the command line (cli.py), devices and ranks (runtime.py), run folders (runs.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from hw2_utils.cli import CLIError, check_output_path, error_summary, require_dir, require_file
+
+# --------------------------------------------------------------------------- atomic outputs
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block
+    succeeds, so readers never see a half-written file."""
+    final = check_output_path(path, folder=False)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file normal permissions
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as e:
+        raise _user_path(e, final) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
+    """Stage a command's output files and publish them into the folder `path` on success.
+
+    Yields an empty staging folder (a hidden sibling of `path`). When the block succeeds,
+    every entry of the staging folder replaces its namesake in `path`, and entries of `path`
+    that match a glob of `owned` but were not written this time (stale outputs of an
+    earlier, larger run) are removed. Nothing else in `path` is touched, so a folder that
+    holds other results keeps them. A `path` that does not exist yet appears in one rename,
+    complete. Publishing defers Ctrl-C, so an interrupt leaves the old set or the new one,
+    never a mix. When the block fails, the staging folder is deleted and `path` is as it was.
+    `path` existing as anything but a folder is a CLIError, raised before any work.
+    Errors name `path`, never the hidden staging folder.
+    """
+    final = check_output_path(path, folder=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = trash = None
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
+        yield stage
+        with _deferred_interrupt():
+            if not final.exists():
+                os.replace(stage, final)
+                return
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            written = {entry.name for entry in stage.iterdir()}
+            stale = {hit.name for pattern in owned for hit in final.glob(pattern)} - written
+            for name in stale:
+                os.replace(final / name, trash / name)
+            for name in written:
+                target = final / name
+                if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a folder
+                    os.replace(target, trash / name)
+                os.replace(stage / name, target)
+    except OSError as e:
+        raise _user_path(e, final) from None
+    finally:
+        for leftover in (stage, trash):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold SIGINT back for the duration of the block, then deliver it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _user_path(e: OSError, final: Path) -> OSError | CLIError:
+    """The error to raise for `e`: one about a hidden temporary sibling of `final` (all are
+    named `.NAME.*`) is reported as a failure to write `final`, the path the user gave."""
+    if str(e.filename or "").startswith(str(final.parent / f".{final.name}.")):
+        return CLIError(f"cannot write {final} ({e.strerror or e})")
+    return e
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and check we can write into it; CLIError otherwise."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=p, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as e:
+        raise CLIError(f"output directory {p} is not writable ({e.strerror or e})") from None
+    return p
+
+
+def save_json(path: str | os.PathLike, record: dict) -> None:
+    """Every JSON record a script writes (results, sidecars, run.json): atomic, indent 2."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = False) -> None:
+    """Write a matplotlib figure as PNG atomically, then close it (figures pile up otherwise)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- images
+
+# Extensions counted as images when reading a folder (the course's CLIP scripts accept these).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def list_images(folder: str | os.PathLike, what: str = "image folder", extensions=IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name; a CLIError if there are none."""
+    root = require_dir(folder, what)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise CLIError(f"{what} {root} holds no images ({', '.join(extensions)})")
+    return files
+
+
+def open_rgb(path: str | os.PathLike):
+    """The image at `path` decoded and converted to RGB (a PIL image), or a CLIError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise CLIError(f"cannot read image {path}: {e}") from None
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """(N,C,H,W) float in `value_range` -> (N,H,W,C) uint8, rounding to nearest."""
+    lo, hi = value_range
+    x = (images.detach().float().cpu() - lo) / (hi - lo)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_images(images: torch.Tensor, paths: Iterable[str | os.PathLike],
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Save each image of a (N,C,H,W) batch as PNG (RGB, or L for one channel); a CLIError
+    before any file is written if an image holds NaN or infinite values."""
+    from PIL import Image
+
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(images):
+        raise ValueError(f"{len(images)} images but {len(paths)} paths")
+    finite = torch.isfinite(images.detach()).flatten(1).all(1).cpu()
+    if not finite.all():  # NaN would become black pixels and the run would look like a success
+        first = paths[int((~finite).nonzero()[0])].name
+        raise CLIError(f"{int((~finite).sum())} of {len(paths)} images (first: {first}) hold NaN or infinite values, "
+                       "e.g. from a checkpoint with non-finite weights; nothing was written")
+    arrays = to_uint8(images, value_range).numpy()
+    for array, path in zip(arrays, paths):
+        mode = "L" if array.shape[-1] == 1 else "RGB"
+        Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode=mode).save(path)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int,
+              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
+    """Tile a (N,C,H,W) batch into one PNG with `nrow` images per row, written atomically."""
+    from torchvision.utils import make_grid
+
+    lo, hi = value_range
+    grid = make_grid((images.detach().float().cpu() - lo) / (hi - lo), nrow=nrow,
+                     padding=padding, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        save_images(grid.unsqueeze(0), [tmp], value_range=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 split ("train" or "test") as (N, 32, 32, 3) uint8 RGB and (N,) int64 labels
+    in CIFAR-10's class order, the first `limit` in file order. `path` is any of:
+      torchvision's `cifar-10-batches-py/` (or the folder holding it): the official pickles;
+      an .npz with SPLIT_images / SPLIT_labels: the shared 5,085/1,017 official-pixel slice;
+      a folder with SPLIT.npz holding `jpeg`, `offsets`, `labels`: the shared whole CIFAR-10,
+      a lossy JPEG copy (quote its accuracies as "CIFAR-10 (JPEG copy)")."""
+    import pickle
+    import zipfile
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    if limit is not None and limit < 1:
+        raise CLIError(f"limit {limit}: need at least one image")
+    path = Path(path)
+    batches = path if path.name == "cifar-10-batches-py" else path / "cifar-10-batches-py"
+    try:
+        if batches.is_dir():
+            names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+            parts = []
+            for name in names:
+                with open(require_file(batches / name, f"CIFAR-10 {split} batch",
+                                       "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html"), "rb") as f:
+                    parts.append(pickle.load(f, encoding="bytes"))
+            images = np.concatenate([b[b"data"] for b in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            labels = np.concatenate([np.asarray(b[b"labels"]) for b in parts])
+        elif path.is_dir():
+            images, labels = _cifar10_jpeg_archive(require_file(path / f"{split}.npz", f"CIFAR-10 {split} archive"), limit)
+        else:
+            with np.load(require_file(path, "CIFAR-10 npz")) as z:
+                if f"{split}_images" not in z or f"{split}_labels" not in z:
+                    raise CLIError(f"{path} must hold {split}_images and {split}_labels arrays")
+                images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        raise CLIError(f"{path} is not readable CIFAR-10 ({error_summary(e, 120)})") from None
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+        raise CLIError(f"{path}: expected (N, 32, 32, 3) {split} images and N labels, got {images.shape} and {labels.shape}")
+    return np.ascontiguousarray(images[:limit], dtype=np.uint8), labels[:limit].astype(np.int64)
+
+
+def _cifar10_jpeg_archive(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    with np.load(path) as z:
+        jpeg, offsets, labels = z["jpeg"], z["offsets"], z["labels"]
+        if "classes" in z and tuple(z["classes"]) != CIFAR10_CLASSES:
+            raise ValueError(f"class order {tuple(z['classes'])} is not CIFAR-10's")
+    n = len(labels) if limit is None else min(limit, len(labels))
+    images = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        with Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())) as image:
+            images[i] = np.asarray(image.convert("RGB"))
+    return images, labels[:n]

@@ -1,0 +1,239 @@
+"""One way to run a training run (hw2_utils.runs) in every train.py: resume by default,
+--no-resume starts over, and OUT/log.csv keeps a header and each step once after a crash and a
+resume. The helper itself: identity check, log trimming, provenance, the common options."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_shared, small_digits
+from PIL import Image
+
+from hw2_utils import ALIASES, REQUIRED, CLIError, RunFolder, add_common_args, git_commit
+from p1_ddpm import train as p1
+from p2_ddim import train as p2
+from p3_textual_inversion import train as p3
+from p7_clip import train as p7
+from p8_controlnet import train as p8
+from stable_diffusion.tiny import build_tiny_sd, save_diffusers_folder
+
+# --------------------------------------------------------------------------- every train.py
+
+
+@dataclass
+class Case:
+    module: object                                   # the train.py; its main(argv) runs it
+    argv: Callable[[Path, int], list[str]]           # (OUT, steps) -> arguments of a tiny run
+    steps: int                                       # of a whole run
+    weights: Callable[[Path], dict] | None = None    # what must equal an uninterrupted run's, where resume is exact
+
+
+def _tensors(path: Path, *keys: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: state[k] for k in keys}
+
+
+def _concept(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def _case(name: str, tmp: Path) -> Case:
+    common = ["--device", "cpu", "--ckpt-every", "2"]
+    if name == "p1":
+        digits = small_digits(tmp / "digits")
+        return Case(p1, lambda out, n: ["--data", str(digits), "--domains", "mnistm", "usps", "--out", str(out),
+                                        "--batch-size", "16", "--base-channels", "8", "--sample-every", "100",
+                                        "--steps", str(n), *common], 4)  # the loader reshuffles on resume: not exact
+    if name == "p2":
+        faces = require_shared("hw2_data", "face", "train")
+        return Case(p2, lambda out, n: ["--data", str(faces), "--out", str(out), "--base-channels", "32", "--image-size",
+                                        "32", "--batch-size", "8", "--warmup", "2", "--sample-every", "100", "--sample-n",
+                                        "4", "--sample-steps", "2", "--steps", str(n), *common], 4,
+                    lambda out: torch.load(out / "UNet.pt", weights_only=True))
+    if name == "p3":
+        sd, images = save_diffusers_folder(build_tiny_sd(seed=0), tmp / "sd"), _concept(tmp / "concept")
+        return Case(p3, lambda out, n: ["--data", str(images), "--placeholder", "<new1>", "--initializer", "dog",
+                                        "--model", str(sd), "--out", str(out), "--grad-accum", "1", "--batch-size", "2",
+                                        "--validation-every", "0", "--steps", str(n), *common], 4,
+                    lambda out: _tensors(out / "last.pt", "rows"))
+    if name == "p7":  # a step is one C of the search, which has SEARCH_STEPS of them
+        cifar = require_shared("cifar10", "cifar10_slice.npz")
+        return Case(p7, lambda out, n: ["--clip", "ViT-B-32=tiny", "--data", str(cifar), "--limit", "300",
+                                        "--out", str(out), *common], p7.SEARCH_STEPS,
+                    lambda out: _tensors(out / "probe.pt", "coef", "intercept"))
+    coco = require_shared("coco", "val2017"), require_shared("coco", "annotations", "captions_val2017.json")
+    sd = save_diffusers_folder(build_tiny_sd(seed=0), tmp / "sd")
+    return Case(p8, lambda out, n: ["--model", str(sd), "--data", str(coco[0]), "--captions", str(coco[1]), "--limit", "2",
+                                    "--image-size", "32", "--batch-size", "2", "--out", str(out), "--steps", str(n),
+                                    *common], 4, lambda out: _tensors(out / "last.pt", "controlnet")["controlnet"])
+
+
+def _log(out: Path) -> tuple[list[str], list[int]]:
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], [int(r[0]) for r in rows[1:]]
+
+
+def _sessions(out: Path) -> list[int]:
+    return [s["from_step"] for s in json.loads((out / "run.json").read_text())["sessions"]]
+
+
+def _assert_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key])), key
+
+
+@pytest.mark.parametrize("name", ["p1", "p2", "p3", "p7", "p8"])
+def test_crash_resume_and_no_resume(name, tmp_path, monkeypatch):
+    """A KeyboardInterrupt just after step 3 is logged (the checkpoint is at step 2); the rerun
+    resumes from step 2, leaving each step logged once; --no-resume then starts over."""
+    case = _case(name, tmp_path)
+    due = RunFolder.checkpoint_due
+
+    def crash_after_step_3(self, step, total):
+        if step == 3:
+            raise KeyboardInterrupt
+        return due(self, step, total)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(RunFolder, "checkpoint_due", crash_after_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            case.module.main(case.argv(run, case.steps))
+    assert _log(run) == (case.module.LOG_FIELDS, [1, 2, 3])
+    case.module.main(case.argv(run, case.steps))
+    assert _log(run) == (case.module.LOG_FIELDS, list(range(1, case.steps + 1)))
+    assert _sessions(run) == [0, 2]
+    if case.weights is not None:
+        straight = tmp_path / "straight"
+        case.module.main(case.argv(straight, case.steps))
+        _assert_equal(case.weights(run), case.weights(straight))
+
+    short = min(2, case.steps) if name != "p7" else case.steps  # p7's search has a fixed length
+    case.module.main([*case.argv(run, short), "--no-resume"])
+    assert _log(run) == (case.module.LOG_FIELDS, list(range(1, short + 1)))
+    assert _sessions(run) == [0]
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+def test_identity_mismatch_names_every_differing_key(tmp_path):
+    run = RunFolder(tmp_path / "run", ckpt_every=1)
+    run.load({"lr": 0.1, "data": "a"})
+    run.start(0, ["step"], "python -m x", torch.device("cpu"))
+    run.save({"step": 1})
+    with pytest.raises(CLIError, match=r"another run \(data: 'a' there, 'b' now; seed: None there, 0 now\)"):
+        RunFolder(tmp_path / "run", ckpt_every=1).load({"lr": 0.1, "data": "b", "seed": 0})
+    assert RunFolder(tmp_path / "run", ckpt_every=1).load({"lr": 0.1, "data": "a"})["step"] == 1
+    assert RunFolder(tmp_path / "run", ckpt_every=1, resume=False).load({"lr": 0.1, "data": "b"}) is None
+    torch.save({"step": 1}, tmp_path / "run" / "last.pt")  # written before runs.py existed
+    with pytest.raises(CLIError, match="records no run identity"):
+        RunFolder(tmp_path / "run", ckpt_every=1).load({})
+
+
+def test_log_is_trimmed_to_the_checkpoint_and_starting_over_resets_the_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.csv").write_text("1,0.5\n2,0.4\n3,0.3\n")  # an older, headerless log
+    (out / "samples.png").write_text("not the run's bookkeeping")
+    torch.save({"identity": {}, "step": 2}, out / "last.pt")
+    run = RunFolder(out, ckpt_every=1)
+    state = run.load({})
+    log = run.start(state["step"], ["step", "loss"], "cmd 1", torch.device("cpu"))
+    log.writerow([3, 0.25])
+    run.close()
+    assert (out / "log.csv").read_text().splitlines() == ["step,loss", "1,0.5", "2,0.4", "3,0.25"]
+    assert (out / "last.pt").is_file()
+
+    run = RunFolder(out, ckpt_every=1, resume=False)
+    assert run.load({}) is None
+    run.start(0, ["step", "loss"], "cmd 2", torch.device("cpu"))
+    run.close()
+    assert (out / "log.csv").read_text().splitlines() == ["step,loss"]
+    assert not (out / "last.pt").exists() and (out / "samples.png").is_file()  # nothing else is touched
+    record = json.loads((out / "run.json").read_text())
+    assert [s["command"] for s in record["sessions"]] == ["cmd 2"]
+    assert record["sessions"][0]["hardware"].endswith(f"(torch {torch.__version__})")
+
+
+def test_checkpoint_cadence_includes_the_last_step(tmp_path):
+    run = RunFolder(tmp_path, ckpt_every=3)
+    assert [s for s in range(1, 8) if run.checkpoint_due(s, 7)] == [3, 6, 7]
+
+
+def test_bad_out_fails_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CLIError, match="exists and is not a folder"):
+        RunFolder(tmp_path / "file", ckpt_every=1)
+
+
+def test_git_commit_reads_branches_packed_refs_and_detached_heads(tmp_path):
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert git_commit(tmp_path) is None  # not a checkout
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text(sha + "\n")
+    assert git_commit(tmp_path) == sha
+    (git / "refs" / "heads" / "main").unlink()
+    (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{sha} refs/heads/main\n")
+    assert git_commit(tmp_path) == sha
+    (git / "HEAD").write_text(sha[::-1] + "\n")
+    assert git_commit(tmp_path) == sha[::-1]
+    assert len(git_commit() or "x" * 40) == 40  # this repository, or no checkout at all
+
+
+# --------------------------------------------------------------------------- the common options
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_common_args(p, data=(REQUIRED, "images"), out=("runs/x", "run folder"), image_size=(64, "size"),
+                    limit="first N", grad_clip=1.0)
+    return p
+
+
+def test_old_spellings_are_hidden_aliases_of_the_common_options():
+    p = _parser()
+    new = p.parse_args(["--data", "d", "--image-size", "32", "--limit", "5", "--ckpt-every", "7", "--grad-clip", "2"])
+    old = p.parse_args(["--images", "d", "--resolution", "32", "--subset", "5", "--save-every", "7", "--max-grad-norm", "2"])
+    assert vars(new) == vars(old) == {"data": "d", "out": "runs/x", "image_size": 32, "limit": 5, "device": "auto", "seed": 0,
+                                      "precision": "fp32", "ckpt_every": 7, "grad_clip": 2.0, "no_resume": False}
+    for alias in ("--data-root", "--cifar"):
+        assert p.parse_args([alias, "d"]).data == "d"
+    usage = p.format_help()
+    assert "--data" in usage and not any(a in usage for a in ("--images", "--data-root", "--resolution", "--save-every"))
+
+
+@pytest.mark.parametrize("argv, message", [([], "one of the arguments --data is required"),
+                                           (["--data", "a", "--images", "b"], "not allowed with argument --data"),
+                                           (["--data", "a", "--size", "0"], "must be a positive integer")])
+def test_common_options_refuse_bad_input_while_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [p1, p2, p3, p7, p8])
+def test_every_train_py_offers_the_common_spellings_only(module, capsys):
+    """The issue's check, on the parsers themselves: the common options by their one spelling,
+    no old spelling in --help."""
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    shown = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
+    assert {"--data", "--out", "--device", "--seed", "--ckpt-every", "--no-resume"} <= shown
+    assert not shown & {alias for aliases in ALIASES.values() for alias in aliases}
