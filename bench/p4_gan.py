@@ -4,12 +4,12 @@ the command and the hardware; p4_gan/report.py reads those files.
     # the result: for each trained run (RUNS/dcgan, RUNS/improved) its generator_best.pt (chosen
     # by FID on training faces) writes run.sh's 1000 images; their FID against the 2000 val faces
     # and face rate, beside the floor: 1000 real *training* faces against the same val faces
-    python -m bench.p4_gan final --runs runs/p4 --data-root ../shared/data/celeba10k --out outputs/p4/final \
+    python -m bench.p4_gan final --runs runs/p4 --data ../shared/data/celeba10k --out outputs/p4/final \
         --json outputs/p4/final.json
 
     # a short real run of both models on the 24 train faces (CPU, one thread): loss trends,
     # seconds per step, and the face rate of 100 images from each result
-    OMP_NUM_THREADS=1 python bench/p4_gan.py smoke --data-root ../shared/data/hw2_data/face --out /tmp/p4_smoke --json runs/p4/smoke.json
+    OMP_NUM_THREADS=1 python bench/p4_gan.py smoke --data ../shared/data/hw2_data/face --out /tmp/p4_smoke --json runs/p4/smoke.json
     # FID against val and the face-recognition rate of a folder (run.sh's output, or real faces
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
     python bench/p4_gan.py eval --images OUT --ref hw2_data/face/val \
@@ -58,11 +58,11 @@ def window_means(path: Path, key: str, fraction: float = 0.2) -> tuple[float, fl
 
 def cmd_smoke(args) -> dict:
     torch.manual_seed(args.seed)
-    result = {"hardware": describe_hardware(torch.device("cpu")), "data": str(args.data_root), "epochs": args.epochs,
+    result = {"hardware": describe_hardware(torch.device("cpu")), "data": str(args.data), "epochs": args.epochs,
               "batch_size": args.batch_size, "models": {}}
     for model in args.models:
         run = Path(args.out) / model
-        train.main(["--model", model, "--data-root", str(args.data_root), "--out", str(run), "--no-resume",
+        train.main(["--model", model, "--data", str(args.data), "--out", str(run), "--no-resume",
                     "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
                     "--fid-every", "0", "--sample-every", "0", "--ckpt-every", str(10 ** 9), "--log-every", "1",
                     "--device", "cpu"])
@@ -121,13 +121,13 @@ def spread(stats: tuple, reference: tuple) -> float:
 def cmd_final(args) -> dict:
     device = resolve_device(args.device)
     extractor = load_inception(args.fid_weights, device)
-    val = load_faces(split_source(args.data_root, "val"))
+    val = load_faces(split_source(args.data, "val"))
     reference = image_statistics(val, extractor, device=device)
-    real = load_faces(split_source(args.data_root, "train"), limit=args.n)
+    real = load_faces(split_source(args.data, "train"), limit=args.n)
     out = Path(args.out)
     write_images(real.float() / 127.5 - 1, out / "real_train")  # exact: the uint8 pixels come back
     rate = face_rate(out / "real_train")
-    result = {"hardware": describe_hardware(device), "data": str(args.data_root), "n": args.n,
+    result = {"hardware": describe_hardware(device), "data": str(args.data), "n": args.n,
               "reference": f"{len(val)} val faces", "seed": infer.SEED,
               "real_train": {"fid": frechet_distance(real_stats := image_statistics(real, extractor, device=device), reference),
                              "feature_spread": spread(real_stats, reference),
@@ -189,7 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("smoke", help="short real training of both models on CPU, with loss trends and face rate")
-    s.add_argument("--data-root", required=True, help="folder with train/ (e.g. ../shared/data/hw2_data/face)")
+    s.add_argument("--data", required=True, help="folder with train/ (e.g. ../shared/data/hw2_data/face)")
     s.add_argument("--out", required=True, help="run folders OUT/dcgan and OUT/improved (replaced)")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     s.add_argument("--epochs", type=int, default=40)
@@ -203,7 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--device", default="auto")
     s = sub.add_parser("final", help="FID against val and face rate of each run's chosen generator, beside real faces")
     s.add_argument("--runs", default="runs/p4", help="folder holding dcgan/ and improved/ run folders")
-    s.add_argument("--data-root", required=True, help="folder with train and val faces (folders or celeba10k .npz)")
+    s.add_argument("--data", required=True, help="folder with train and val faces (folders or celeba10k .npz)")
     s.add_argument("--out", required=True, help="where the generated and real images are written")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     s.add_argument("--n", type=int, default=1000, help="images per model (and real training faces for the floor)")

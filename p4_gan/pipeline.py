@@ -15,7 +15,7 @@ from p4_gan.models import GANConfig, Generator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p4_gan.pt"  # shipped: README "P4"
-TRAIN_COMMAND = ("python -m p4_gan.train --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved, "
+TRAIN_COMMAND = ("python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved, "
                  "then pass --checkpoint runs/p4/improved/generator_best.pt")
 FORMAT = "hw2-p4-gan-generator/1"
 STANDING_STATS = (8, 128)  # batches x size of z used to measure BN statistics: 1024 samples

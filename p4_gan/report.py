@@ -25,7 +25,7 @@ def _missing(what: str, command: str) -> str:
 
 
 def _final_command(d: Path) -> str:
-    return (f"python -m bench.p4_gan final --runs {d} --data-root ../shared/data/celeba10k --out {d}/final "
+    return (f"python -m bench.p4_gan final --runs {d} --data ../shared/data/celeba10k --out {d}/final "
             f"--json {d}/final.json")
 
 

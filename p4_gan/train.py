@@ -1,8 +1,8 @@
 """Train a 64x64 face GAN from scratch: (A) DCGAN as in the paper, or (B) the improved GAN
 (hinge loss, spectrally normalised D, EMA generator, DiffAugment).
 
-    python -m p4_gan.train --model dcgan --data-root hw2_data/face --out runs/p4/dcgan
-    python -m p4_gan.train --model improved --data-root ../shared/data/celeba10k --out runs/p4/improved
+    python -m p4_gan.train --model dcgan --data hw2_data/face --out runs/p4/dcgan
+    python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved
     torchrun --nproc_per_node=4 -m p4_gan.train --model improved ...   # --batch-size stays the global batch
 
 DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
@@ -18,7 +18,6 @@ evaluation/fid.py's default (--fid-weights to change).
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import torch
 
 from evaluation.fid import (DEFAULT_WEIGHTS, frechet_distance, image_statistics, load_inception, save_statistics,
                              statistics)
-from hw2_utils import (CLIError, atomic_path, cleanup_distributed, command_line, finite_float, init_distributed, log_main,
-                       positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, to_uint8)
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line, finite_float,
+                       init_distributed, log_main, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid,
+                       seed_everything, to_uint8)
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
@@ -57,32 +57,30 @@ LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "se
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(PRESETS), required=True)
-    p.add_argument("--data-root", default="hw2_data/face", help="folder holding train/ (PNGs) or train.npz (celeba10k)")
-    p.add_argument("--out", help="run folder (default runs/p4/MODEL)")
+    add_common_args(p, data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),
+                    out=(None, "run folder (default runs/p4/MODEL)"), ckpt_every=1000)
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=positive_int if isinstance(value, int) else finite_float,
+                       default=value)
     p.add_argument("--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss")
     p.add_argument("--d-norm", choices=["batch", "spectral", "none"], help="override the preset's D normalisation")
     p.add_argument("--diffaug", help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none")
     p.add_argument("--ema-decay", type=finite_float, help="override the preset's EMA decay (0 = no EMA)")
     p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels)
     p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels)
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 uses grad scalers, falls back to fp32 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints (also at the end)")
     p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids (0 = only at the end)")
     p.add_argument("--fid-every", type=int, default=10, help="epochs between FID measurements (0 = never)")
     p.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID measurement")
     p.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces that FID is measured against")
     p.add_argument("--fid-weights", help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = Path(args.out or f"runs/p4/{args.model}")
+    if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
+        p.error(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
     return args
 
 
@@ -105,7 +103,7 @@ def fid_setup(args, faces: torch.Tensor, device):
         extractor = load_inception(args.fid_weights, device)
     except CLIError as e:
         raise CLIError(f"{e} (or --fid-every 0 to train without FID)") from None
-    cache = args.out / "fid_ref.npz"
+    cache = Path(args.out) / "fid_ref.npz"
     if cache.is_file():
         return extractor, statistics(cache, extractor)
     log_main(f"FID reference: the first {args.fid_ref_n} training faces")
@@ -120,23 +118,9 @@ def measure_fid(generator, extractor, ref_stats, n: int, seed: int, device) -> f
     return frechet_distance(image_statistics(images, extractor, device=device), ref_stats)
 
 
-def trim_csv(path: Path, max_step: int) -> None:
-    """Drop the rows logged after `max_step`."""
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= max_step]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-
-def open_log(path: Path, header: list[str]):
-    new = not path.is_file() or path.stat().st_size == 0
-    f = open(path, "a", newline="", buffering=1)  # line-buffered: tail -f works
-    writer = csv.writer(f)
-    if new:
-        writer.writerow(header)
-    return f, writer
+def export(path: Path, generator, args, step: int, epoch: int, command: str) -> None:
+    with atomic_path(path) as tmp:
+        save_generator(tmp, generator, {"model": args.model, "step": step, "epoch": epoch, "recipe": command})
 
 
 def main(argv=None) -> None:
@@ -144,91 +128,36 @@ def main(argv=None) -> None:
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
     seed_everything(args.seed, info.rank)
-    for name in ("epochs", "batch_size", "d_steps", "log_every", "ckpt_every"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
-        raise CLIError(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
     if args.batch_size % info.world_size:
         raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
-    out = args.out
-    recipe_line = command_line("p4_gan.train", argv)
+    command = command_line("p4_gan.train", argv)
+    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
 
     trainer = build_trainer(args, device, dtype, info.rank)  # bad options fail before the slow parts
-    faces = load_faces(split_source(args.data_root, "train"))
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    source = split_source(args.data, "train")
+    faces = load_faces(source)
     extractor, ref_stats = fid_setup(args, faces, device) if info.is_main else (None, None)
     faces = faces.to(device)
     steps_per_epoch = len(faces) // args.batch_size
     if steps_per_epoch == 0:
         raise CLIError(f"{len(faces)} training faces are fewer than one batch of {args.batch_size}")
     total_steps = args.epochs * steps_per_epoch
+    # What a resumed run must share with the one that wrote last.pt (not its length: --epochs may grow).
     identity = {"model": args.model, "config": trainer.config.to_dict(), "recipe": repr(trainer.recipe),
-                "data": str(split_source(args.data_root, "train").resolve()), "fid_ref_n": args.fid_ref_n}
-    step, best_fid = 0, float("inf")
-
-    last = out / "last.pt"
-    if last.is_file() and not args.no_resume:
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state["identity"] != identity:
-            raise CLIError(f"{last} is a different run ({state['identity']}); use another --out or --no-resume")
-        trainer.load_state_dict(state["trainer"])
-        step, best_fid = state["step"], state["best_fid"]
-        log_main(f"resumed from {last} at step {step}")
-    if info.is_main:  # rows past the checkpoint (or all rows, when starting over) are redone
-        trim_csv(out / "log.csv", step)
-        trim_csv(out / "fid.csv", step)
-    n_g = sum(p.numel() for p in trainer.G.parameters())
-    n_d = sum(p.numel() for p in trainer.D.parameters())
+                "data": str(source.resolve()), "fid_ref_n": args.fid_ref_n}
+    state = run.load(identity, trainer=trainer)
+    step, best_fid, seconds = (state["step"], state["best_fid"], state.get("seconds", 0.0)) if state else (0, float("inf"), 0.0)
+    log = run.start(step, LOG_FIELDS, command, device)
+    fid_log = run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
+    n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (trainer.G, trainer.D))
     log_main(f"{args.model}: G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
-             f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), {trainer.recipe}")
+             f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), {trainer.recipe}"
+             + (f"; resumed at step {step}" if state else ""))
 
-    frozen_cache: dict[int, torch.nn.Module] = {}
-
-    def frozen() -> torch.nn.Module:
-        """The exported generator with standing BN statistics, measured once per step."""
-        if step not in frozen_cache:
-            frozen_cache.clear()
-            frozen_cache[step] = with_standing_stats(trainer.exported_generator())
-        return frozen_cache[step]
-
-    def export(path: Path, epoch: int) -> None:
-        with atomic_path(path) as tmp:
-            save_generator(tmp, frozen(),
-                           {"model": args.model, "step": step, "epoch": epoch, "recipe": recipe_line})
-
-    def save_checkpoint(epoch: int) -> None:
-        assert_ranks_in_sync(trainer.G, trainer.D)  # every rank takes part before rank 0 writes
-        if info.is_main:
-            with atomic_path(last) as tmp:
-                torch.save({"trainer": trainer.state_dict(), "step": step, "best_fid": best_fid,
-                            "identity": identity, "args": vars(args)}, tmp)
-            export(out / "generator.pt", epoch)
-
-    def end_of_epoch(epoch: int, last_epoch: bool, best: float) -> float:
-        """The sample grid and the FID of this epoch, when due; returns the best FID so far."""
-        grid_due = (args.sample_every and epoch % args.sample_every == 0) or last_epoch
-        fid_due = extractor is not None and (epoch % args.fid_every == 0 or last_epoch)
-        if grid_due:
-            save_grid(generate(frozen(), GRID, args.seed), out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
-        if fid_due:
-            fid = measure_fid(frozen(), extractor, ref_stats, args.fid_n, args.seed, device)
-            fid_log.writerow([step, epoch, f"{fid:.4f}"])
-            log_main(f"epoch {epoch}: FID {fid:.2f} (best so far {min(fid, best):.2f})")
-            if fid < best:
-                best = fid
-                export(out / "generator_best.pt", epoch)
-        return best
-
-    log_file, log = open_log(out / "log.csv", LOG_FIELDS) if info.is_main else (None, None)
-    fid_file, fid_log = open_log(out / "fid.csv", ["step", "epoch", "fid"]) if extractor is not None else (None, None)
     per_rank = args.batch_size // info.world_size
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    sums, counts = {}, {}
     bar = progress(total=total_steps, initial=step, desc=f"train {args.model}")
-    t0 = time.time()
+    start = time.time() - seconds  # seconds count training time across resumes
     order, order_epoch = None, -1
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
@@ -244,23 +173,40 @@ def main(argv=None) -> None:
             sums[key] = sums.get(key, 0) + value
             counts[key] = counts.get(key, 0) + 1
         bar.update(1)
-        done_epoch = step // steps_per_epoch if step % steps_per_epoch == 0 else None
-        if info.is_main and (step % args.log_every == 0 or step == total_steps):
+        if step % args.log_every == 0 or step == total_steps:
             means = {k: (sums[k] / counts[k]).item() for k in sums}
-            log.writerow([step, f"{step / steps_per_epoch:.3f}", *(f"{means[k]:.5f}" if k in means else ""
-                                                          for k in LOG_FIELDS[2:-1]), f"{time.time() - t0:.1f}"])
+            if log:
+                log.writerow([step, f"{step / steps_per_epoch:.3f}", *(f"{means[k]:.5f}" if k in means else ""
+                                                                      for k in LOG_FIELDS[2:-1]), f"{time.time() - start:.1f}"])
             bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
-        if step % args.log_every == 0:
             sums, counts = {}, {}
-        if done_epoch is not None and info.is_main:
-            best_fid = end_of_epoch(done_epoch, step == total_steps, best_fid)
-        if step % args.ckpt_every == 0 or step == total_steps:
-            save_checkpoint(step // steps_per_epoch)
+
+        epoch_done, last_step = step % steps_per_epoch == 0, step == total_steps
+        grid_due = epoch_done and ((args.sample_every and (step // steps_per_epoch) % args.sample_every == 0) or last_step)
+        fid_due = epoch_done and extractor is not None and ((step // steps_per_epoch) % args.fid_every == 0 or last_step)
+        checkpoint_due = run.checkpoint_due(step, total_steps)
+        if not (grid_due or fid_due or checkpoint_due):
+            continue
+        epoch = step // steps_per_epoch
+        # The exported generator, with standing BN statistics: what run.sh would sample from now.
+        frozen = with_standing_stats(trainer.exported_generator()) if info.is_main else None
+        if grid_due and info.is_main:
+            save_grid(generate(frozen, GRID, args.seed), run.out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
+        if fid_due:
+            fid = measure_fid(frozen, extractor, ref_stats, args.fid_n, args.seed, device)
+            fid_log.writerow([step, epoch, f"{fid:.4f}"])
+            log_main(f"epoch {epoch}: FID {fid:.2f} (best so far {min(fid, best_fid):.2f})")
+            if fid < best_fid:
+                best_fid = fid
+                export(run.out / "generator_best.pt", frozen, args, step, epoch, command)
+        if checkpoint_due:
+            assert_ranks_in_sync(trainer.G, trainer.D)  # every rank takes part before rank 0 writes
+            run.save({"step": step, "best_fid": best_fid, "seconds": time.time() - start}, trainer=trainer)
+            if info.is_main:
+                export(run.out / "generator.pt", frozen, args, step, epoch, command)
     bar.close()
-    for f in (log_file, fid_file):
-        if f is not None:
-            f.close()
-    log_main(f"done: {out / 'generator.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    run.close()
+    log_main(f"done: {run.out / 'generator.pt'} (step {step}, {time.time() - start:.0f} s of training)")
     cleanup_distributed()
 
 

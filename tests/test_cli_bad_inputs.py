@@ -186,7 +186,7 @@ CASES = [
     ("report-out-is-a-file", "report.build", lambda i, w: [i / "runs", w / "a_file.txt"], "{w}/a_file.txt"),
     # P4
     ("p4-zero-byte-checkpoint", "p4_gan.infer", lambda i, w: [w / "out", "--checkpoint", i / "zero.pt"], "{i}/zero.pt"),
-    ("p4-train-missing-data", "p4_gan.train", lambda i, w: ["--model", "dcgan", "--data-root", i / "absent", "--out", w / "run"],
+    ("p4-train-missing-data", "p4_gan.train", lambda i, w: ["--model", "dcgan", "--data", i / "absent", "--out", w / "run"],
      "{i}/absent"),
 ]
 

@@ -157,7 +157,7 @@ def test_discriminator_learns_to_separate_real_faces(real_faces):
 
 
 def _train(out, *extra):
-    train.main(["--model", "improved", "--data-root", str(require_shared("hw2_data", "face")), "--out", str(out),
+    train.main(["--model", "improved", "--data", str(require_shared("hw2_data", "face")), "--out", str(out),
                 "--g-channels", "4", "--d-channels", "4", "--batch-size", "8", "--fid-every", "0",
                 "--log-every", "1", "--device", "cpu", *extra])
 
@@ -180,8 +180,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_a_different_model(tmp_path):
     _train(tmp_path / "run", "--epochs", "1")
-    with pytest.raises(CLIError, match="different run"):
-        train.main(["--model", "dcgan", "--data-root", str(require_shared("hw2_data", "face")),
+    with pytest.raises(CLIError, match="belongs to another run"):
+        train.main(["--model", "dcgan", "--data", str(require_shared("hw2_data", "face")),
                     "--out", str(tmp_path / "run"), "--g-channels", "4", "--d-channels", "4", "--batch-size", "8",
                     "--fid-every", "0", "--device", "cpu"])
 
@@ -192,8 +192,8 @@ def test_torchrun_two_ranks_train_in_sync(tmp_path):
     # raises otherwise; the penalty's double backward and the frozen-D G step both take part.
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           str(Path(train.__file__)), "--model", "improved", "--loss", "wgan-gp", "--d-norm", "none", "--d-steps", "2",
-           "--data-root", str(require_shared("hw2_data", "face")), "--out", str(tmp_path), "--g-channels", "4",
+           "-m", "p4_gan.train", "--model", "improved", "--loss", "wgan-gp", "--d-norm", "none", "--d-steps", "2",
+           "--data", str(require_shared("hw2_data", "face")), "--out", str(tmp_path), "--g-channels", "4",
            "--d-channels", "4", "--batch-size", "8", "--epochs", "2", "--ckpt-every", "1", "--fid-every", "0",
            "--log-every", "1", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}

@@ -21,6 +21,7 @@ from hw2_utils import ALIASES, REQUIRED, CLIError, RunFolder, add_common_args, g
 from p1_ddpm import train as p1
 from p2_ddim import train as p2
 from p3_textual_inversion import train as p3
+from p4_gan import train as p4
 from p7_clip import train as p7
 from p8_controlnet import train as p8
 from stable_diffusion.tiny import build_tiny_sd, save_diffusers_folder
@@ -68,6 +69,12 @@ def _case(name: str, tmp: Path) -> Case:
                                         "--model", str(sd), "--out", str(out), "--grad-accum", "1", "--batch-size", "2",
                                         "--validation-every", "0", "--steps", str(n), *common], 4,
                     lambda out: _tensors(out / "last.pt", "rows"))
+    if name == "p4":  # 24 faces in batches of 8: 3 steps an epoch
+        faces = require_shared("hw2_data", "face")
+        return Case(p4, lambda out, n: ["--model", "improved", "--data", str(faces), "--out", str(out), "--g-channels", "4",
+                                        "--d-channels", "4", "--batch-size", "8", "--epochs", str(n // 3), "--log-every", "1",
+                                        "--fid-every", "0", "--sample-every", "0", *common], 6,
+                    lambda out: _tensors(out / "last.pt", "trainer")["trainer"]["G"])
     if name == "p7":  # a step is one C of the search, which has SEARCH_STEPS of them
         cifar = require_shared("cifar10", "cifar10_slice.npz")
         return Case(p7, lambda out, n: ["--clip", "ViT-B-32=tiny", "--data", str(cifar), "--limit", "300",
@@ -96,7 +103,7 @@ def _assert_equal(a: dict, b: dict) -> None:
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key])), key
 
 
-@pytest.mark.parametrize("name", ["p1", "p2", "p3", "p7", "p8"])
+@pytest.mark.parametrize("name", ["p1", "p2", "p3", "p4", "p7", "p8"])
 def test_crash_resume_and_no_resume(name, tmp_path, monkeypatch):
     """A KeyboardInterrupt just after step 3 is logged (the checkpoint is at step 2); the rerun
     resumes from step 2, leaving each step logged once; --no-resume then starts over."""
@@ -122,7 +129,8 @@ def test_crash_resume_and_no_resume(name, tmp_path, monkeypatch):
         case.module.main(case.argv(straight, case.steps))
         _assert_equal(case.weights(run), case.weights(straight))
 
-    short = min(2, case.steps) if name != "p7" else case.steps  # p7's search has a fixed length
+    # p7's search has a fixed length; p4's runs are whole epochs of 3 steps
+    short = {"p7": case.steps, "p4": 3}.get(name, min(2, case.steps))
     case.module.main([*case.argv(run, short), "--no-resume"])
     assert _log(run) == (case.module.LOG_FIELDS, list(range(1, short + 1)))
     assert _sessions(run) == [0]
@@ -228,7 +236,7 @@ def test_common_options_refuse_bad_input_while_parsing(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", [p1, p2, p3, p7, p8])
+@pytest.mark.parametrize("module", [p1, p2, p3, p4, p7, p8])
 def test_every_train_py_offers_the_common_spellings_only(module, capsys):
     """The issue's check, on the parsers themselves: the common options by their one spelling,
     no old spelling in --help."""
