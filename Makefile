@@ -65,7 +65,7 @@ $(RUNS)/p2/cost.json: | venv
 	$(PY) -m bench.p2_ddim cost --n 10 --size 256 --json $@
 
 $(RUNS)/p5/tsne_usps_dann_class.png: | venv
-	$(PY) -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt --data-root $(DIGITS) \
+	$(PY) -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt --data $(DIGITS) \
 	    --target usps --out $(RUNS)/p5
 
 clean-venv:

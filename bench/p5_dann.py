@@ -89,7 +89,7 @@ def export_with_adabn(checkpoint: Path, target_dir: Path, path: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=str(DIGITS), help="the course's digits layout (usps/, ...)")
+    p.add_argument("--data", default=str(DIGITS), help="the course's digits layout (usps/, ...)")
     p.add_argument("--source", default=f"mnistm={MNISTM_FULL}", help="train.py's --source (default: the whole MNIST-M)")
     p.add_argument("--target", default="usps")
     p.add_argument("--work", default="outputs/p5", help="runs and p5_bench.json")
@@ -99,12 +99,12 @@ def main(argv=None) -> None:
     args, extra = p.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs, --device)
     if args.ship and SHIPPED not in args.rows:
         raise CLIError(f"--ship needs the {SHIPPED} row")
-    data_root, work = require_dir(args.data_root, "digits data root"), Path(args.work)
+    data_root, work = require_dir(args.data, "digits data root"), Path(args.work)
     results = {}
     for name in args.rows:
         what, row_args = ROWS[name]
         run = work / f"{args.target}_{name}"
-        result = train.main([*row_args, "--source", args.source, "--target", args.target, "--data-root", str(data_root),
+        result = train.main([*row_args, "--source", args.source, "--target", args.target, "--data", str(data_root),
                              "--out", str(run), *extra])
         result["selected"]["target_val_acc_adabn"] = adabn_accuracy(run / "best.pt", data_root / args.target)
         results[name] = {"what": what, "args": row_args, **result}

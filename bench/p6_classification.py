@@ -6,7 +6,7 @@ val held out / 10,000 test) and the 1,017 official-pixel test images of the shar
     python -m bench.p6_classification --parts full                # the shipped model: ~2.5 h on 2 threads
     python -m bench.p6_classification --parts aug                 # 13 presets + 2 seeds, width 32
     python -m bench.p6_classification --parts cam                 # figures + deletion on 500 test images
-    python -m bench.p6_classification --work /tmp/p6 --subset 300 --epochs 1 --aug-epochs 1 \\
+    python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 \\
         --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
 
 Parts:
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     p.add_argument("--aug-epochs", type=int, default=4)
     p.add_argument("--checkpoint", default=str(SHIPPED), help="cam: the model to explain")
     p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
-    p.add_argument("--subset", type=int, help="smoke runs only: the first N training images (and N/5 test)")
+    p.add_argument("--limit", type=int, help="smoke runs only: the first N training images (and N/5 test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -143,8 +143,8 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     device = resolve_device(args.device)
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
-    if args.subset:
-        common += ["--subset", str(args.subset)]
+    if args.limit:
+        common += ["--limit", str(args.limit)]
     command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 

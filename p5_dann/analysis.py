@@ -1,7 +1,7 @@
 """t-SNE of DANN features on val images of both domains, coloured by digit and by domain.
 
     python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt \
-        --data-root ../shared/data/hw2_data/digits --target usps --out outputs/p5
+        --data ../shared/data/hw2_data/digits --target usps --out outputs/p5
 
 Writes OUT/tsne_<target>_<tag>_class.png and OUT/tsne_<target>_<tag>_domain.png (openTSNE,
 fixed seed); the tag defaults to the checkpoint's training mode. A source-only checkpoint
@@ -67,7 +67,7 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-root", default="hw2_data/digits")
+    p.add_argument("--data", default="hw2_data/digits", help="folder holding the domains' folders (NAME), unless NAME=PATH")
     p.add_argument("--source", default="mnistm")
     p.add_argument("--target", default="usps")
     p.add_argument("--out", default="outputs/p5")
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     model, meta = load_checkpoint(Path(args.checkpoint), device)
     tag = args.tag or str(meta.get("mode", "model"))
-    for path in tsne_plots(model, tag, args.data_root, args.source, args.target, Path(args.out), device):
+    for path in tsne_plots(model, tag, args.data, args.source, args.target, Path(args.out), device):
         print(f"wrote {path}")
 
 

@@ -27,7 +27,7 @@ METHOD = (
     "AdaBN column (Li et al. 2016) re-estimates every BatchNorm's statistics on the unlabelled USPS train images "
     "before scoring. The shipped model (`p5_dann/run.sh`) is `dann_fixmatch` with AdaBN, a choice fixed before "
     "the runs. Images are 28x28 RGB (grayscale is repeated over the channels). USPS stands in for SVHN, which these "
-    "machines do not have: for MNIST-M -> SVHN run `python -m bench.p5_dann --data-root hw2_data/digits --source "
+    "machines do not have: for MNIST-M -> SVHN run `python -m bench.p5_dann --data hw2_data/digits --source "
     "mnistm --target svhn` on the course data.")
 
 
@@ -66,5 +66,5 @@ def section(runs_dir: str | Path) -> str:
         lines.append("")
     else:
         lines += [f"_t-SNE figures: not produced yet. Run `python -m p5_dann.analysis --checkpoint "
-                  f"p5_dann/checkpoints/mnistm_usps_dann.pt --data-root <digits> --out {d}`._", ""]
+                  f"p5_dann/checkpoints/mnistm_usps_dann.pt --data <digits> --out {d}`._", ""]
     return "\n".join(lines)

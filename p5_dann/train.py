@@ -1,8 +1,8 @@
 """Train DANN, or its lower / upper bounds, for one source -> target scenario.
 
-    python -m p5_dann.train --mode dann --source mnistm --target usps --data-root hw2_data/digits
+    python -m p5_dann.train --mode dann --source mnistm --target usps --data hw2_data/digits
     python -m p5_dann.train --mode dann --source mnistm=../shared/data/mnistm_full/digits/mnistm \
-        --target usps --data-root ../shared/data/hw2_data/digits --consistency-weight 1    # the shipped row
+        --target usps --data ../shared/data/hw2_data/digits --consistency-weight 1    # the shipped row
     python -m p5_dann.train --mode source_only ...    # lower bound: source labels only
     python -m p5_dann.train --mode target_only ...    # upper bound: target labels (not allowed for DANN)
     torchrun --nproc_per_node=N -m p5_dann.train ...  # DDP
@@ -10,7 +10,7 @@
 DANN sees source images + labels and target *images only*. Model selection uses the
 source val split (the target labels stay unseen); target val accuracy is logged for the
 report. Re-running the same command resumes from OUT/last.pt. --source and --target are a
-folder name under --data-root or NAME=PATH.
+folder name under --data or NAME=PATH.
 
 --consistency-weight > 0 adds FixMatch's loss (Sohn et al. 2020) on the target images, a
 self-training that uses no target label: the model's prediction on a weakly augmented view
@@ -22,16 +22,16 @@ the decision boundary that DANN's aligned features leave.
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
-from hw2_utils import (CLIError, atomic_path, cleanup_distributed, init_distributed, log_main, make_train_sampler, progress,
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line, dist_info,
+                       finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
                        resolve_device, run_cli, seed_everything, unwrap)
 from p5_dann.data import domain_folder, load_split
 from p5_dann.model import DANN, grl_lambda
@@ -109,16 +109,31 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["source_only", "dann", "target_only"], default="dann")
-    p.add_argument("--source", default="mnistm", help="NAME (a folder under --data-root) or NAME=PATH")
-    p.add_argument("--target", default="usps", help="usps or svhn: NAME (a folder under --data-root) or NAME=PATH")
-    p.add_argument("--data-root", default="hw2_data/digits")
-    p.add_argument("--out", help="run folder (default runs/p5/<target>_<mode>)")
+    p.add_argument("--source", default="mnistm", help="NAME (a folder under --data) or NAME=PATH")
+    p.add_argument("--target", default="usps", help="usps or svhn: NAME (a folder under --data) or NAME=PATH")
+    # A checkpoint every epoch: one is ~4 minutes on a CPU thread with the whole MNIST-M.
+    add_common_args(p, data=("hw2_data/digits", "folder holding one sub-folder per digit domain (the course layout)"),
+                    out=(None, "run folder (default runs/p5/<target>_<mode>)"), precision=None, ckpt_every=1)
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=positive_int if isinstance(value, int) else finite_float,
+                       default=value)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     return p.parse_args(argv)
+
+
+def loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches (a DistributedSampler's shard under DDP); main() reseeds its generator every epoch."""
+    data = TensorDataset(*tensors)
+    sampler = make_train_sampler(data, seed)
+    return DataLoader(data, batch_size=batch_size // dist_info().world_size, sampler=sampler, drop_last=True,
+                      shuffle=sampler is None, generator=torch.Generator())
+
+
+def endless(batches: DataLoader):
+    """The target loader restarted (a fresh shuffle) whenever it runs out: the target set is
+    smaller than the source set."""
+    while True:
+        yield from batches
 
 
 @torch.no_grad()
@@ -129,125 +144,118 @@ def accuracy(model: DANN, images: torch.Tensor, labels: torch.Tensor, device: to
     return correct / len(labels)
 
 
+LOG_FIELDS = ["epoch", "lambda", "lr", "label_loss", "domain_loss", "entropy", "consistency", "source_val_acc",
+              "target_val_acc", "seconds"]
+
+
+def train_step(train_model, opt, x, y, x_target, args, aug_gen: torch.Generator, lambda_: float,
+               device: torch.device) -> torch.Tensor:
+    """One update on a source batch (x, y) and, for DANN, an unlabelled target batch; returns the
+    label, domain, entropy and consistency losses (zeros where a term is off)."""
+    if not args.no_augment:
+        x = random_colour(random_affine(x, aug_gen), aug_gen)
+    batches = [x.to(device)]
+    if x_target is not None:
+        batches.append((x_target if args.no_augment else random_affine(x_target, aug_gen)).to(device))
+        if args.consistency_weight:  # the target's strong view: a third per-domain batch
+            batches.append(strong_view(x_target, aug_gen).to(device))
+    outputs = train_model(*batches, lambda_=lambda_)
+    label_loss = F.cross_entropy(outputs[0][0], y.to(device))
+    domain_loss = target_entropy = consistency = torch.zeros((), device=device)
+    if x_target is not None:
+        (_, domain_s), (logits_t, domain_t) = outputs[:2]
+        domain_loss = (F.cross_entropy(domain_s, torch.zeros(len(domain_s), dtype=torch.long, device=device))
+                       + F.cross_entropy(domain_t, torch.ones(len(domain_t), dtype=torch.long, device=device))) / 2
+        target_entropy = entropy(logits_t)
+        if args.consistency_weight:
+            consistency = consistency_loss(logits_t, outputs[2][0], args.pseudo_threshold)
+    opt.zero_grad(set_to_none=True)
+    (label_loss + domain_loss + args.entropy_weight * target_entropy + args.consistency_weight * consistency).backward()
+    opt.step()
+    return torch.stack([label_loss, domain_loss, target_entropy, consistency]).detach().cpu()
+
+
 def main(argv=None) -> dict:
     """Train; return the best-by-source-val and the last epoch's accuracies and the seconds."""
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     seed_everything(args.seed, info.rank)
-    (source, source_dir), (target, target_dir) = (domain_folder(s, args.data_root) for s in (args.source, args.target))
+    (source, source_dir), (target, target_dir) = (domain_folder(s, args.data) for s in (args.source, args.target))
     if not 0 <= args.pseudo_threshold <= 1:
         raise CLIError(f"--pseudo-threshold {args.pseudo_threshold}: a probability, in [0, 1]")
     if args.consistency_weight and args.mode != "dann":
         raise CLIError("--consistency-weight needs the target images: use --mode dann")
-    out = Path(args.out or f"runs/p5/{target}_{args.mode}")
+    run = RunFolder(args.out or f"runs/p5/{target}_{args.mode}", ckpt_every=args.ckpt_every,
+                    resume=not args.no_resume, main=info.is_main)
     train_dir = target_dir if args.mode == "target_only" else source_dir
     x_train, y_train = load_split(train_dir, "train")
     x_src_val, y_src_val = load_split(train_dir, "val")
     x_tgt_val, y_tgt_val = load_split(target_dir, "val")
     x_tgt = load_split(target_dir, "train")[0] if args.mode == "dann" else None  # labels dropped
 
-    def loader(*tensors: torch.Tensor, seed: int) -> DataLoader:
-        data = TensorDataset(*tensors)
-        sampler = make_train_sampler(data, seed)
-        return DataLoader(data, batch_size=args.batch_size // info.world_size, sampler=sampler, drop_last=True,
-                          shuffle=sampler is None, generator=torch.Generator())
-
-    loaders = [loader(x_train, y_train, seed=args.seed)]
+    loaders = [loader(x_train, y_train, batch_size=args.batch_size, seed=args.seed)]
     if x_tgt is not None:
-        loaders.append(loader(x_tgt, seed=args.seed + 1))
+        loaders.append(loader(x_tgt, batch_size=args.batch_size, seed=args.seed + 1))
     model = DANN(dropout=args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
+    # What a resumed run must share with the one that wrote last.pt (not its length: --epochs may grow).
+    identity = {"mode": args.mode, "source": str(source_dir.resolve()), "target": str(target_dir.resolve()),
+                "seed": args.seed, "augment": not args.no_augment,
+                **{name: getattr(args, name) for name in DEFAULTS if name != "epochs"}}
+    state = run.load(identity, model=model, opt=opt, aug_rng=aug_gen)
     epoch, best, record, elapsed = 0, {"source_val_acc": -1.0}, None, 0.0
-    last = out / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+    if state:
         epoch, best, record, elapsed = state["epoch"], state["best"], state["record"], state["seconds"]
         torch.set_rng_state(state["rng"])
-        aug_gen.set_state(state["aug_rng"])
-        log_main(f"resumed from {last} after epoch {epoch}")
+    log = run.start(epoch, LOG_FIELDS, command_line("p5_dann.train", argv), device)
     # Only DANN puts the domain head into the loss.
     train_model = DDP(model, find_unused_parameters=args.mode != "dann") if info.enabled else model
     steps_per_epoch = len(loaders[0])
     total_steps = args.epochs * steps_per_epoch
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.csv", "a", newline="", buffering=1)
-    log = csv.writer(log_file)
-    if epoch == 0 and info.is_main:
-        log.writerow(["epoch", "lambda", "lr", "label_loss", "domain_loss", "entropy", "consistency", "source_val_acc",
-                      "target_val_acc", "seconds"])
-    t0 = time.time() - elapsed  # seconds count training time across resumes
+    start = time.time() - elapsed  # seconds count training time across resumes
 
     while epoch < args.epochs:
         train_model.train()
         for index, data in enumerate(loaders):  # per-epoch seeds: a resumed run shuffles as an unbroken one
-            seed = args.seed + index + 1000 * epoch
-            data.generator.manual_seed(seed)
+            data.generator.manual_seed(args.seed + index + 1000 * epoch)
             if hasattr(data.sampler, "set_epoch"):
                 data.sampler.set_epoch(epoch)
-        target_iter = iter(loaders[1]) if x_tgt is not None else None
+        target_batches = endless(loaders[1]) if x_tgt is not None else itertools.repeat((None,))
         sums = torch.zeros(4)
-        for i, (x, y) in enumerate(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
+        for i, ((x, y), (x_t,)) in enumerate(zip(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
+                                                 target_batches)):
             p = (epoch * steps_per_epoch + i) / total_steps
             lambda_ = args.lambda_max * grl_lambda(p)
             for group in opt.param_groups:
                 group["lr"] = args.lr / (1 + 10 * p) ** 0.75
-            if not args.no_augment:
-                x = random_colour(random_affine(x, aug_gen), aug_gen)
-            batches = [x.to(device)]
-            if target_iter is not None:
-                x_t = next(target_iter, None)
-                if x_t is None:  # the target set is smaller than the source set
-                    target_iter = iter(loaders[1])
-                    x_t = next(target_iter)
-                raw_t = x_t[0]
-                x_t = raw_t if args.no_augment else random_affine(raw_t, aug_gen)
-                batches.append(x_t.to(device))
-                if args.consistency_weight:  # the target's strong view: a third per-domain batch
-                    batches.append(strong_view(raw_t, aug_gen).to(device))
-            outputs = train_model(*batches, lambda_=lambda_)
-            label_loss = F.cross_entropy(outputs[0][0], y.to(device))
-            domain_loss = target_entropy = consistency = torch.zeros((), device=device)
-            if target_iter is not None:
-                (_, domain_s), (logits_t, domain_t) = outputs[:2]
-                domain_loss = (F.cross_entropy(domain_s, torch.zeros(len(domain_s), dtype=torch.long, device=device))
-                               + F.cross_entropy(domain_t, torch.ones(len(domain_t), dtype=torch.long, device=device))) / 2
-                target_entropy = entropy(logits_t)
-                if args.consistency_weight:
-                    consistency = consistency_loss(logits_t, outputs[2][0], args.pseudo_threshold)
-            opt.zero_grad(set_to_none=True)
-            (label_loss + domain_loss + args.entropy_weight * target_entropy
-             + args.consistency_weight * consistency).backward()
-            opt.step()
-            sums += torch.tensor([label_loss.item(), domain_loss.item(), target_entropy.item(), consistency.item()])
+            sums += train_step(train_model, opt, x, y, x_t, args, aug_gen, lambda_, device)
         epoch += 1
         # Target val accuracy is logged for the report only; selection below never reads it.
         record = {"epoch": epoch, "source_val_acc": accuracy(unwrap(model), x_src_val, y_src_val, device),
                   "target_val_acc": accuracy(unwrap(model), x_tgt_val, y_tgt_val, device)}
-        if info.is_main:
-            means = (sums / steps_per_epoch).tolist()
-            log.writerow([epoch, f"{lambda_:.3f}", f"{opt.param_groups[0]['lr']:.6f}", *(f"{m:.4f}" for m in means),
-                          f"{record['source_val_acc']:.4f}", f"{record['target_val_acc']:.4f}", f"{time.time() - t0:.1f}"])
-            log_main(f"epoch {epoch}: source val {record['source_val_acc']:.4f}, target val {record['target_val_acc']:.4f}")
-            export = {"state_dict": unwrap(model).state_dict(), "mode": args.mode, "source": source,
-                      "target": target,
-                      "config": {name: getattr(args, name) for name in DEFAULTS}, **record}
-            if record["source_val_acc"] > best["source_val_acc"]:
-                best = record
-                with atomic_path(out / "best.pt") as tmp:
+        log_main(f"epoch {epoch}: source val {record['source_val_acc']:.4f}, target val {record['target_val_acc']:.4f}")
+        if log:
+            log.writerow([epoch, f"{lambda_:.3f}", f"{opt.param_groups[0]['lr']:.6f}",
+                          *(f"{m:.4f}" for m in (sums / steps_per_epoch).tolist()),
+                          f"{record['source_val_acc']:.4f}", f"{record['target_val_acc']:.4f}", f"{time.time() - start:.1f}"])
+        export = {"state_dict": unwrap(model).state_dict(), "mode": args.mode, "source": source, "target": target,
+                  "config": {name: getattr(args, name) for name in DEFAULTS}, **record}
+        if record["source_val_acc"] > best["source_val_acc"]:
+            best = record
+            if info.is_main:
+                with atomic_path(run.out / "best.pt") as tmp:
                     torch.save(export, tmp)
-            with atomic_path(out / "final.pt") as tmp:
+        if info.is_main:
+            with atomic_path(run.out / "final.pt") as tmp:
                 torch.save(export, tmp)
-            with atomic_path(last) as tmp:
-                torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                            "best": best, "record": record, "rng": torch.get_rng_state(),
-                            "aug_rng": aug_gen.get_state(), "seconds": time.time() - t0}, tmp)
-    log_file.close()
+        if run.checkpoint_due(epoch, args.epochs):
+            run.save({"epoch": epoch, "best": best, "record": record, "rng": torch.get_rng_state(),
+                      "seconds": time.time() - start}, model=unwrap(model), opt=opt, aug_rng=aug_gen)
+    run.close()
     log_main(f"done: best-by-source-val epoch {best.get('epoch')} -> target val {best.get('target_val_acc', 0):.4f}")
     cleanup_distributed()
-    return {"selected": best, "final": record, "seconds": round(time.time() - t0, 1)}
+    return {"selected": best, "final": record, "seconds": round(time.time() - start, 1)}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ preset run with other seeds, so that differences smaller than chance are marked 
         --out outputs/p6/aug --epochs 4 --width 32 --device cpu             # what bench/ runs
     python -m p6_classification.aug_study ... --presets none flip_crop cutout --spread-seeds
 
-Any other option goes to train.py for every run (e.g. --width, --precision, --subset).
+Any other option goes to train.py for every run (e.g. --width, --precision, --limit).
 OUT gets runs/<preset>/ and runs/<spread preset>_seed<S>/ (each resumable), aug_study.json
 (results, command, hardware), aug_study.md (the table) and aug_study.png (the plot).
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from p6_classification.aug_study import table as aug_table
 
-SMOKE = "_Smoke-size run (--subset): it only shows the pipeline runs; these are not results._"
+SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
 BENCH = "python -m bench.p6_classification"
 
 
@@ -22,7 +22,7 @@ def _read(path: Path) -> dict | None:
 
 def _measured(record: dict, command: str) -> str:
     note = f"Measured with `{command}` on {record['hardware']}."
-    return note + (f" {SMOKE}" if "--subset" in command else "")
+    return note + (f" {SMOKE}" if "--limit" in command else "")
 
 
 def _missing(command: str) -> list[str]:

@@ -20,20 +20,18 @@ command, hardware).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, atomic_path, autocast, cleanup_distributed, command_line, describe_hardware,
-                       init_distributed, log_main, make_train_sampler, progress, resolve_device, resolve_dtype, run_cli,
-                       seed_everything, unwrap)
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
+                       describe_hardware, finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
+                       resolve_device, resolve_dtype, run_cli, seed_everything, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -65,36 +63,31 @@ MOMENTUM = 0.9  # Nesterov
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(DEFAULTS), default="resnet18")
-    p.add_argument("--data", default="data/cifar10", help="CIFAR-10 root (torchvision layout) or the .npz slice")
+    # A checkpoint every epoch (~8 minutes of ResNet-18 on 2 CPU threads).
+    add_common_args(p, data=("data/cifar10", "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice"),
+                    out=(None, "run folder (default runs/p6/<model>)"), precision="auto", ckpt_every=1,
+                    image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
+                    limit="smoke runs: only N training and N/5 test images (a fixed random draw)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data when it is missing")
-    p.add_argument("--out", help="run folder (default runs/p6/<model>)")
     for name, value in DEFAULTS["resnet18"].items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
+        kind = str if isinstance(value, str) else positive_int if isinstance(value, int) else finite_float
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
                        help=f"default {DEFAULTS['resnet18'][name]} (resnet18), {DEFAULTS['vit'][name]} (vit)")
     p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar", help="resnet18: 3x3 stem or torchvision's")
-    p.add_argument("--width", type=int, default=64, help="resnet18: channels of the first stage (64 = standard)")
+    p.add_argument("--width", type=positive_int, default=64, help="resnet18: channels of the first stage (64 = standard)")
     p.add_argument("--weights", help="vit: pretrained weights file, 'hub' (online only) or 'none' (random init)")
     p.add_argument("--vit-name", default=VIT_NAME, help="vit: timm model name")
     p.add_argument("--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments")
-    p.add_argument("--img-size", type=int, default=224, help="vit: input size; CIFAR images are upsampled to it")
     p.add_argument("--trainable-blocks", type=int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
-    p.add_argument("--precision", default="auto",
-                   help="auto | fp32 | bf16 | fp16 (autocast); auto = bf16 on CUDA and on CPUs with bf16 units "
-                   "(AMX or AVX512-BF16), fp32 elsewhere, where bf16 autocast is far slower")
     p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
                    help="auto = contiguous NCHW for bf16 on the CPU, channels_last otherwise (the faster of the two in "
                    "bench/p6_classification.py --parts throughput)")
     p.add_argument("--also-test", metavar="DATA", help="a second CIFAR-10 source whose test split is also scored once at the end")
-    p.add_argument("--subset", type=int, help="smoke runs: only N training and N/5 test images (a fixed random draw)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.epochs < 1:
-        p.error("--epochs must be at least 1")
     # torch 2.14's CPU backward of a channels_last 1x1 stride-2 conv with fewer than 8 input
     # channels corrupts the heap (ResNet's first downsample at width < 8); nothing that narrow is useful.
     if args.width < 8:
@@ -111,7 +104,7 @@ def model_arch(args) -> dict:
         kwargs = json.loads(args.vit_kwargs)
     except json.JSONDecodeError as e:
         raise CLIError(f"--vit-kwargs is not JSON: {e}") from None
-    return {"model": "vit", "name": args.vit_name, "img_size": args.img_size,
+    return {"model": "vit", "name": args.vit_name, "img_size": args.image_size,
             "trainable_blocks": args.trainable_blocks, "timm_kwargs": kwargs}
 
 
@@ -146,20 +139,46 @@ def evaluate(model, images, labels, transform, device, dtype, channels_last: boo
     return correct / len(labels)
 
 
+LOG_FIELDS = ["epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "hardware"]
+
+
+def train_epoch(train_model, loader, preset, opt, epoch: int, args, device, dtype, channels_last: bool) -> float:
+    """One epoch of SGD with the warmup + cosine learning rate; returns the mean training loss."""
+    train_model.train()
+    total, warmup = args.epochs * len(loader), round(args.warmup_epochs * len(loader))
+    loss_sum = 0.0
+    for i, (x, y) in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
+        if preset.batch is not None:
+            x, y = preset.batch(x, y)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch * len(loader) + i, total, warmup, args.lr)
+        with autocast(device, dtype):
+            logits = train_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item()
+    return loss_sum / len(loader)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
     channels_last = use_channels_last(args.memory_format, device, dtype)
-    out = Path(args.out or f"runs/p6/{args.model}")
     command = command_line("p6_classification.train", argv)
+    run = RunFolder(args.out or f"runs/p6/{args.model}", ckpt_every=args.ckpt_every, resume=not args.no_resume,
+                    main=info.is_main)
 
     cifar = load_cifar(args.data, download=args.download and info.is_main)
     extra = load_cifar(args.also_test) if args.also_test else None  # read now: a bad path fails before training
     train_x, train_y, test_x, test_y = cifar.train_images, cifar.train_labels, cifar.test_images, cifar.test_labels
-    if args.subset:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
-        train_x, train_y = random_subset(train_x, train_y, args.subset)
-        test_x, test_y = random_subset(test_x, test_y, max(1, args.subset // 5))
+    if args.limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
+        train_x, train_y = random_subset(train_x, train_y, args.limit)
+        test_x, test_y = random_subset(test_x, test_y, max(1, args.limit // 5))
     train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
 
     arch = model_arch(args)
@@ -186,33 +205,19 @@ def main(argv=None) -> dict:
         raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay)
-    total_steps = args.epochs * len(loader)
-    warmup_steps = round(args.warmup_epochs * len(loader))
 
-    # What a resumed run must share with the one that wrote last.pt.
-    config = {"arch": arch, "data": cifar.source, **{k: getattr(args, k) for k in (
-        "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "subset", "seed")}}
-    epoch, seconds, val_acc = 0, 0.0, None
-    last = out / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state["config"] != config:
-            changed = sorted(k for k in config if state["config"].get(k) != config[k])
-            raise CLIError(f"{last} holds a run with other settings ({', '.join(changed)}); use another --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        epoch, seconds, val_acc = state["epoch"], state["seconds"], state["val_acc"]
-        log_main(f"resumed from {last} after epoch {epoch}")
+    # What a resumed run must share with the one that wrote last.pt (the epochs too: they shape the schedule).
+    identity = {"arch": arch, "data": cifar.source, **{k: getattr(args, k) for k in (
+        "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")}}
+    state = run.load(identity, model=model, opt=opt)
+    epoch, seconds, val_acc = (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
+    log = run.start(epoch, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
     n_train = sum(p.numel() for p in trainable)
     log_main(f"{arch} ({n_train / 1e6:.2f} M trainable parameters), preset {args.preset}; {len(train_y)} train / "
-             f"{len(val_y)} val / {len(test_y)} test images from {cifar.source}; {device} {dtype}")
+             f"{len(val_y)} val / {len(test_y)} test images from {cifar.source}; {device} {dtype}"
+             + (f"; resumed after epoch {epoch}" if state else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.csv", "a", newline="", buffering=1)
-    log = csv.writer(log_file)
-    if epoch == 0 and info.is_main:
-        log.writerow(["epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "hardware"])
     while epoch < args.epochs:
         # Seeding per epoch makes the shuffle order and every augmentation draw a function of
         # (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one.
@@ -220,33 +225,18 @@ def main(argv=None) -> dict:
         shuffle_gen.manual_seed(args.seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        train_model.train()
-        start, loss_sum = time.perf_counter(), 0.0
-        for i, (x, y) in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
-            if preset.batch is not None:
-                x, y = preset.batch(x, y)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * len(loader) + i, total_steps, warmup_steps, args.lr)
-            with autocast(device, dtype):
-                logits = train_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item()
+        start = time.perf_counter()
+        train_loss = train_epoch(train_model, loader, preset, opt, epoch, args, device, dtype, channels_last)
         epoch += 1
         seconds += time.perf_counter() - start
         val_acc = evaluate(unwrap(model), val_x, val_y, preset.eval, device, dtype, channels_last)
-        log_main(f"epoch {epoch}: train loss {loss_sum / len(loader):.4f}, val acc {val_acc:.4f}")
-        if info.is_main:
-            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{loss_sum / len(loader):.4f}",
-                          f"{val_acc:.4f}", f"{seconds:.1f}", str(dtype).removeprefix("torch."), describe_hardware(device)])
-            with atomic_path(last) as tmp:
-                torch.save({"model": unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                            "seconds": seconds, "val_acc": val_acc, "config": config}, tmp)
-    log_file.close()
+        log_main(f"epoch {epoch}: train loss {train_loss:.4f}, val acc {val_acc:.4f}")
+        if log:
+            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{train_loss:.4f}", f"{val_acc:.4f}", f"{seconds:.1f}",
+                          str(dtype).removeprefix("torch."), describe_hardware(device)])
+        if run.checkpoint_due(epoch, args.epochs):
+            run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, model=unwrap(model), opt=opt)
+    run.close()
 
     # The one look at the test set: the final epoch's model, whatever the val curve did.
     test_acc = evaluate(unwrap(model), test_x, test_y, preset.eval, device, dtype, channels_last)
@@ -261,14 +251,14 @@ def main(argv=None) -> dict:
               "val_images": len(val_y), "test_images": len(test_y), "val_acc": val_acc, "test_acc": test_acc,
               "train_seconds": round(seconds, 1), "also_test": also}
     if info.is_main:
-        with atomic_path(out / "final.pt") as tmp:
+        with atomic_path(run.out / "final.pt") as tmp:
             # fp16 weights: half the size (ResNet-18: 22 MB, small enough to ship) and, measured on
             # the shipped model, the same test accuracy as fp32 (bench/p6_classification.py).
             half = {k: v.half() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
             torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std,
                         "classes": CLASSES, "preset": args.preset, "epochs": epoch, "val_acc": val_acc,
                         "command": command}, tmp)
-        with atomic_path(out / "result.json") as tmp:
+        with atomic_path(run.out / "result.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
     also_line = f", test acc {also['test_acc']:.4f} on {also['data']}" if also else ""
     log_main(f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training")

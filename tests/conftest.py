@@ -82,15 +82,16 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def small_digits(root: Path, n: int = 32) -> Path:
-    """A copy of the first n MNIST-M and USPS train images in the course layout, for P1 training runs."""
+def small_digits(root: Path, n: int = 32, splits: tuple[str, ...] = ("train",)) -> Path:
+    """A copy of the first n MNIST-M and USPS images of each split in the course layout, for tiny training runs."""
     src = require_shared("hw2_data", "digits")
     for domain in ("mnistm", "usps"):
-        with open(src / domain / "train.csv") as f:
-            rows = list(csv.reader(f))[:n + 1]
         (root / domain / "data").mkdir(parents=True)
-        with open(root / domain / "train.csv", "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        for name, _ in rows[1:]:
-            shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
+        for split in splits:
+            with open(src / domain / f"{split}.csv") as f:
+                rows = list(csv.reader(f))[:n + 1]
+            with open(root / domain / f"{split}.csv", "w", newline="") as f:
+                csv.writer(f).writerows(rows)
+            for name, _ in rows[1:]:
+                shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
     return root

@@ -156,7 +156,7 @@ def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
     root = _small_course_copy(tmp_path)
 
     def run(out):
-        return train.main(["--mode", "dann", "--data-root", str(root), "--out", str(tmp_path / out), "--batch-size",
+        return train.main(["--mode", "dann", "--data", str(root), "--out", str(tmp_path / out), "--batch-size",
                            "32", "--device", "cpu", "--entropy-weight", "0.1", "--consistency-weight", "1",
                            "--pseudo-threshold", "0.2", "--epochs", "3", "--source", f"mnistm={root / 'mnistm'}"])
 

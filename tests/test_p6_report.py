@@ -60,7 +60,7 @@ def test_section_shows_recorded_numbers(tmp_path):
                                    "batch": 256, "steps": 5, "rows": [row], "cpu_has_bf16": False,
                                    "auto": {"dtype": "float32", "channels_last": True}, "auto_is_fastest": True,
                                    "augmentation_us_per_image": {"flip": 88.0}, "model_step_us_per_image": 81037.3},
-                    "full": {**run, "bench_command": f"{bench_cmd()} --parts full --subset 300"}}
+                    "full": {**run, "bench_command": f"{bench_cmd()} --parts full --limit 300"}}
     (d / "bench.json").write_text(json.dumps(bench_record))
     (d / "aug" / "aug_study.json").write_text(json.dumps({
         "command": "python -m p6_classification.aug_study --epochs 4", "hardware": "Test CPU", "arch": run["arch"],

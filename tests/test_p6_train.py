@@ -18,7 +18,7 @@ from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from p6_classification.models import ResNet18, build_model
 
-SMALL = ["--subset", "200", "--width", "8", "--batch-size", "32", "--device", "cpu", "--preset", "flip_crop"]
+SMALL = ["--limit", "200", "--width", "8", "--batch-size", "32", "--device", "cpu", "--preset", "flip_crop"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_honest_protocol_and_outputs(trained):
     assert json.loads((out / "result.json").read_text())["test_acc"] == result["test_acc"]
     with open(out / "log.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
-    assert "--subset 200" in result["command"]
+    assert "--limit 200" in result["command"]
     assert train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
 
 
@@ -90,7 +90,7 @@ def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, mo
     a = torch.load(out_a / "final.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(CLIError, match="other settings \\(epochs\\)"):
+    with pytest.raises(CLIError, match="another run \\(epochs: 2 there, 3 now\\)"):
         train.main([*args[:-2], "--epochs", "3", "--out", str(tmp_path / "b")])
 
 
@@ -135,9 +135,9 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
     start = build_model(arch).net.state_dict()
     torch.save(start, tmp_path / "start.pth")
     out = tmp_path / "vit"
-    vit_finetune.main(["--data", slice_path, "--subset", "100", "--batch-size", "30", "--epochs", "1",
+    vit_finetune.main(["--data", slice_path, "--limit", "100", "--batch-size", "30", "--epochs", "1",
                        "--device", "cpu", "--weights", str(tmp_path / "start.pth"), "--vit-name", arch["name"],
-                       "--vit-kwargs", json.dumps(tiny), "--img-size", "32", "--trainable-blocks", "1",
+                       "--vit-kwargs", json.dumps(tiny), "--image-size", "32", "--trainable-blocks", "1",
                        "--out", str(out)])
     final = torch.load(out / "final.pt", weights_only=True)
     trained = torch.load(out / "last.pt", weights_only=False)["model"]  # the fp32 training state
@@ -158,7 +158,7 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path):
         assert figure.height > figure.width * 0.8  # three rows of image | CAM | Grad-CAM
     record = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug"), "--epochs", "1",
                              "--presets", "none", "cutout", "--spread-preset", "none", "--spread-seeds", "1",
-                             "--subset", "100", "--width", "8", "--batch-size", "30", "--device", "cpu"])
+                             "--limit", "100", "--width", "8", "--batch-size", "30", "--device", "cpu"])
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
         result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())

@@ -22,6 +22,8 @@ from p1_ddpm import train as p1
 from p2_ddim import train as p2
 from p3_textual_inversion import train as p3
 from p4_gan import train as p4
+from p5_dann import train as p5
+from p6_classification import train as p6
 from p7_clip import train as p7
 from p8_controlnet import train as p8
 from stable_diffusion.tiny import build_tiny_sd, save_diffusers_folder
@@ -75,6 +77,16 @@ def _case(name: str, tmp: Path) -> Case:
                                         "--d-channels", "4", "--batch-size", "8", "--epochs", str(n // 3), "--log-every", "1",
                                         "--fid-every", "0", "--sample-every", "0", *common], 6,
                     lambda out: _tensors(out / "last.pt", "trainer")["trainer"]["G"])
+    if name == "p5":  # a step is an epoch: 2 of 32 images in batches of 16
+        digits = small_digits(tmp / "digits", splits=("train", "val"))
+        return Case(p5, lambda out, n: ["--mode", "dann", "--data", str(digits), "--out", str(out), "--batch-size", "16",
+                                        "--consistency-weight", "1", "--epochs", str(n), *common[:2], "--ckpt-every", "1"], 4,
+                    lambda out: _tensors(out / "last.pt", "model")["model"])
+    if name == "p6":  # a step is an epoch: 4 of 100 slice images in batches of 30
+        cifar = require_shared("cifar10", "cifar10_slice.npz")
+        return Case(p6, lambda out, n: ["--data", str(cifar), "--limit", "100", "--width", "8", "--batch-size", "30",
+                                        "--epochs", str(n), "--out", str(out), *common[:2], "--ckpt-every", "1"], 4,
+                    lambda out: _tensors(out / "last.pt", "model")["model"])
     if name == "p7":  # a step is one C of the search, which has SEARCH_STEPS of them
         cifar = require_shared("cifar10", "cifar10_slice.npz")
         return Case(p7, lambda out, n: ["--clip", "ViT-B-32=tiny", "--data", str(cifar), "--limit", "300",
@@ -103,7 +115,7 @@ def _assert_equal(a: dict, b: dict) -> None:
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(b[key])), key
 
 
-@pytest.mark.parametrize("name", ["p1", "p2", "p3", "p4", "p7", "p8"])
+@pytest.mark.parametrize("name", ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"])
 def test_crash_resume_and_no_resume(name, tmp_path, monkeypatch):
     """A KeyboardInterrupt just after step 3 is logged (the checkpoint is at step 2); the rerun
     resumes from step 2, leaving each step logged once; --no-resume then starts over."""
@@ -236,7 +248,7 @@ def test_common_options_refuse_bad_input_while_parsing(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", [p1, p2, p3, p4, p7, p8])
+@pytest.mark.parametrize("module", [p1, p2, p3, p4, p5, p6, p7, p8])
 def test_every_train_py_offers_the_common_spellings_only(module, capsys):
     """The issue's check, on the parsers themselves: the common options by their one spelling,
     no old spelling in --help."""
