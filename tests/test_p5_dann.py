@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import REPO, require_shared
+from conftest import REPO, require_shared, small_digits
 from hw2_utils import run_cli
 from p5_dann import infer, train
 from p5_dann.model import DANN, GradientReversal, grl_lambda
@@ -137,23 +137,8 @@ def test_adabn_sets_the_target_statistics_and_nothing_else():
     assert model.features[1].momentum == 0.1  # restored for any further training
 
 
-def _small_course_copy(tmp_path, n=96):
-    src = require_shared("hw2_data", "digits")
-    root = tmp_path / "digits"
-    for domain in ("mnistm", "usps"):
-        (root / domain / "data").mkdir(parents=True)
-        for split in ("train", "val"):
-            with open(src / domain / f"{split}.csv") as f:
-                rows = list(csv.reader(f))[:n + 1]
-            with open(root / domain / f"{split}.csv", "w", newline="") as f:
-                csv.writer(f).writerows(rows)
-            for name, _ in rows[1:]:
-                shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
-    return root
-
-
 def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
-    root = _small_course_copy(tmp_path)
+    root = small_digits(tmp_path / "digits", n=96, splits=("train", "val"))
 
     def run(out):
         return train.main(["--mode", "dann", "--data", str(root), "--out", str(tmp_path / out), "--batch-size",
