@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         "maskclip": lambda: [maskclip.main(["--clip", s, "--device", args.device, "--images",
                                             args.maskclip_images or str(Path(args.coco) / "val2017"),
                                             "--limit", str(args.maskclip_limit), "--classes", "pascal-context-59",
-                                            "--key-smoothing", "0.5", "--denoise", "0.5",
+                                            "--key-smoothing", "1.0", "--denoise", "0.5",  # the official configs
                                             "--out", str(out / "maskclip" / folder(s))]) for s in specs],
         "robustness": lambda: robustness.main([*common, "--cifar", args.cifar, "--limit", str(args.robustness_limit),
                                                "--out", str(out / "robustness")]),
