@@ -13,7 +13,7 @@ Parts:
 - throughput: training images/s of our ResNet-18 and of torchvision's resnet18 with the same
   CIFAR stem, in the same run (fp32 and bf16 autocast, NCHW and channels_last, batch as the
   recipe's), the ratio ours/torchvision, the per-image cost of every augmentation preset
-  against the model step, and what --precision/--memory-format auto pick on this CPU.
+  against the model step, and whether the defaults (--precision auto, --memory-format) are the fastest row.
 - full: train.py's default recipe (the shipped model) on --data, also scored on --also-test.
 - aug: the augmentation study (p6_classification/aug_study.py): every preset, one seed and
   budget, a narrower ResNet-18 (--aug-width), plus seeds 1 and 2 of flip_crop for the spread.
@@ -98,7 +98,7 @@ def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device:
     fastest = max(rows, key=lambda r: r["ours_images_per_s"])
     auto_dtype = resolve_dtype("auto", device)
     auto = {"dtype": str(auto_dtype).removeprefix("torch."),
-            "channels_last": train.use_channels_last("auto", device, auto_dtype)}
+            "channels_last": train.parse_args([]).memory_format == "channels_last"}
     return {"width": width, "batch": batch, "steps": steps, "rows": rows, "cpu_has_bf16": cpu_has_bf16(),
             "auto": auto, "auto_is_fastest": auto == {k: fastest[k] for k in ("dtype", "channels_last")}}
 

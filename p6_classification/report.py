@@ -38,7 +38,7 @@ def _throughput(bench: dict, d: Path) -> list[str]:
     lines += [f"ResNet-18 (width {t['width']}, CIFAR stem) against torchvision's resnet18 with the same stem, in the "
               f"same run: batches of {t['batch']} real images, forward + backward + SGD step, {t['steps']} timed steps "
               f"after two warm-up steps. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
-              f"{'yes' if t['cpu_has_bf16'] else 'no'}; `--precision auto` / `--memory-format auto` pick "
+              f"{'yes' if t['cpu_has_bf16'] else 'no'}; the defaults (`--precision auto`, `--memory-format channels_last`) pick "
               f"{t['auto']['dtype']} {'channels_last' if t['auto']['channels_last'] else 'NCHW'}"
               f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.", "",
               "| precision | memory format | ours, images/s |" + (" torchvision, images/s | ours / torchvision |" if tv else ""),

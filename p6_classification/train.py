@@ -79,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vit-name", default=VIT_NAME, help="vit: timm model name")
     p.add_argument("--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments")
     p.add_argument("--trainable-blocks", type=int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
-    p.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
-                   help="auto = contiguous NCHW for bf16 on the CPU, channels_last otherwise (the faster of the two in "
-                   "bench/p6_classification.py --parts throughput)")
+    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                   help="channels_last is the faster in fp32 and bf16 on the CPUs measured "
+                   "(bench/p6_classification.py --parts throughput) and on GPUs")
     p.add_argument("--also-test", metavar="DATA", help="a second CIFAR-10 source whose test split is also scored once at the end")
     p.add_argument("--workers", type=int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
     args = p.parse_args(argv)
@@ -118,12 +118,6 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def use_channels_last(spec: str, device: torch.device, dtype: torch.dtype) -> bool:
-    if spec == "auto":  # oneDNN's bf16 convolutions on the CPU are slower in channels_last (measured)
-        return not (device.type == "cpu" and dtype is torch.bfloat16)
-    return spec == "channels_last"
 
 
 @torch.no_grad()
@@ -168,7 +162,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
-    channels_last = use_channels_last(args.memory_format, device, dtype)
+    channels_last = args.memory_format == "channels_last"
     command = command_line("p6_classification.train", argv)
     run = RunFolder(args.out or f"runs/p6/{args.model}", ckpt_every=args.ckpt_every, resume=not args.no_resume,
                     main=info.is_main)
