@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 
-from p4_gan.report import section
+from p4_gan.report import SHIPPED, section
 
 
 def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
-    text = section(tmp_path)
+    text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
     assert [line for line in text.splitlines() if line.startswith("### ")] == [
-        "### FID and face-recognition rate", "### Samples, architectures, training curves", "### Cost"]
+        "### FID and face-recognition rate", "### Samples, architectures, training curves", "### What the runs showed",
+        "### Cost"]
     for command in ("python -m bench.p4_gan final", "python -m p4_gan.figures", "python -m p4_gan.train",
                     "python -m bench.p4_gan cost"):
         assert command in text
@@ -29,9 +30,17 @@ def test_measured_values_come_from_the_json_file(tmp_path):
         "command": "python -m bench.p4_gan final --runs X", "hardware": "CPU-X", "n": 1000, "seed": 2022,
         "reference": "2000 val faces", "models": models,
         "real_train": {"fid": 17.25, "feature_spread": 1.01, "face_rate": 0.94, "one_face": 940, "total": 1000}}))
-    text = section(tmp_path)
+    text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
     assert "| (A) DCGAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 40.1) | 31.23 | 87.1% | 0.71 |" in text
     assert "| (B) improved GAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 30.2) | 24.50 | 96.2% | 0.93 |" in text
     assert "| 17.25 | 94.0% | 1.01 |" in text
     assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text
     assert "on CPU-X" in text and "`python -m p4_gan.train --model improved`" in text
+
+
+def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
+    """With no run folders, the FID table and the D/G lessons come from p4_gan/checkpoints/."""
+    shipped = json.loads((SHIPPED / "p4_bench_final.json").read_text())
+    text = section(tmp_path)
+    assert f"| {shipped['models']['improved']['fid']:.2f} |" in text
+    assert "(B) improved GAN: last epoch D loss" in text and "Train-face FID: 362 (epoch 5)" in text
