@@ -83,8 +83,11 @@ def speed(checkpoint: str, batch: int, device: torch.device, steps: int = 4) -> 
     d, m = torch.cat([digits, digits]).to(device), torch.cat([domains, domains]).to(device)
     knobs = []
     for dtype, channels_last, mode in itertools.product((torch.float32, torch.bfloat16), (False, True),
-                                                         ("no_grad", "inference_mode")):
+                                                         ("no_grad", "inference_mode", "no_grad+compile")):
         net = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if mode.endswith("compile"):  # inductor; _per_step's untimed first call compiles
+            torch._dynamo.reset()
+            net = torch.compile(net)
         xi = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
 
