@@ -17,7 +17,7 @@ import torch
 from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, require_finite,
                        resolve_device, resolve_dtype, run_cli, save_images)
 from p1_ddpm.diffusion import SAMPLERS
-from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
+from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, fastest_memory_format, generate, load_model
 
 # Grading setup. DDIM with 50 steps matches 1000-step ancestral sampling in accuracy
 # (python -m bench.p1_ddpm --sampler ddpm compares) at 1/20 of the cost. w = 5 scored best in the
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     model, domains = load_model(args.checkpoint, device)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=fastest_memory_format(device, dtype))
     if len(args.folders) > len(domains):
         raise CLIError(f"{len(args.folders)} output folders but the checkpoint has {len(domains)} domains ({', '.join(domains)})")
     out = Path(args.out)

@@ -34,7 +34,15 @@ def load_model(path: str | Path, device: torch.device) -> tuple[ConditionalUNet,
     return model.to(device).eval(), [str(d) for d in blob["domains"]]
 
 
-@torch.no_grad()
+def fastest_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """channels_last, except for bf16 on the CPU, where oneDNN runs this UNet faster in NCHW
+    (python -m bench.p1_ddpm --speed, README "P1")."""
+    if device.type == "cpu" and dtype is torch.bfloat16:
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+@torch.inference_mode()
 def generate(model: ConditionalUNet, digits: torch.Tensor, domains: torch.Tensor, *, seed: int,
              guidance: float, sampler: str, steps: int | None, device: torch.device,
              batch_size: int = 500, record_at: tuple[int, ...] = (), dtype: torch.dtype = torch.float32,
