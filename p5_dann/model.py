@@ -66,7 +66,9 @@ def adapt_batchnorm(model: DANN, images: torch.Tensor, device: torch.device, bat
     `batch_size`), so that at test time the target is normalised with its own statistics, as
     each domain was in training (forward() normalises the domains one by one). Only BN buffers
     change; the model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # The classifier's path only: the domain head is not run here, so its statistics stay as trained.
+    norms = [m for part in (model.features, model.label_head) for m in part.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     model.eval()
     for m in norms:

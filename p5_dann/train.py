@@ -129,10 +129,13 @@ def loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
                       shuffle=sampler is None, generator=torch.Generator())
 
 
-def endless(batches: DataLoader):
+def endless(batches: DataLoader, epoch: int):
     """The target loader restarted (a fresh shuffle) whenever it runs out: the target set is
-    smaller than the source set."""
-    while True:
+    smaller than the source set. A DistributedSampler reshuffles only when told, so each
+    restart gets its own sampler epoch."""
+    for restart in itertools.count():
+        if hasattr(batches.sampler, "set_epoch"):
+            batches.sampler.set_epoch(epoch * 1000 + restart)
         yield from batches
 
 
@@ -199,20 +202,25 @@ def main(argv=None) -> dict:
     model = DANN(dropout=args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
-    # What a resumed run must share with the one that wrote last.pt (not its length: --epochs may grow).
+    # What a resumed run must share with the one that wrote last.pt. Its length is checked below,
+    # against the steps the lr and lambda schedules were computed for.
     identity = {"mode": args.mode, "source": str(source_dir.resolve()), "target": str(target_dir.resolve()),
                 "seed": args.seed, "augment": not args.no_augment,
                 **{name: getattr(args, name) for name in DEFAULTS if name != "epochs"}}
     state = run.load(identity, model=model, opt=opt, aug_rng=aug_gen)
     epoch, best, record, elapsed = 0, {"source_val_acc": -1.0}, None, 0.0
+    steps_per_epoch = len(loaders[0])
+    total_steps = args.epochs * steps_per_epoch
     if state:
+        if state.get("total_steps", total_steps) != total_steps:
+            raise CLIError(f"{run.out} was trained for {state['total_steps'] // steps_per_epoch} epochs and its lr and "
+                           f"lambda schedules depend on that length: resume with --epochs "
+                           f"{state['total_steps'] // steps_per_epoch}, or start a new run (--no-resume or another --out)")
         epoch, best, record, elapsed = state["epoch"], state["best"], state["record"], state["seconds"]
         torch.set_rng_state(state["rng"])
     log = run.start(epoch, LOG_FIELDS, command_line("p5_dann.train", argv), device)
     # Only DANN puts the domain head into the loss.
     train_model = DDP(model, find_unused_parameters=args.mode != "dann") if info.enabled else model
-    steps_per_epoch = len(loaders[0])
-    total_steps = args.epochs * steps_per_epoch
     start = time.time() - elapsed  # seconds count training time across resumes
 
     while epoch < args.epochs:
@@ -221,7 +229,7 @@ def main(argv=None) -> dict:
             data.generator.manual_seed(args.seed + index + 1000 * epoch)
             if hasattr(data.sampler, "set_epoch"):
                 data.sampler.set_epoch(epoch)
-        target_batches = endless(loaders[1]) if x_tgt is not None else itertools.repeat((None,))
+        target_batches = endless(loaders[1], epoch) if x_tgt is not None else itertools.repeat((None,))
         sums = torch.zeros(4)
         for i, ((x, y), (x_t,)) in enumerate(zip(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
                                                  target_batches)):
@@ -251,7 +259,8 @@ def main(argv=None) -> dict:
                 torch.save(export, tmp)
         if run.checkpoint_due(epoch, args.epochs):
             run.save({"epoch": epoch, "best": best, "record": record, "rng": torch.get_rng_state(),
-                      "seconds": time.time() - start}, model=unwrap(model), opt=opt, aug_rng=aug_gen)
+                      "seconds": time.time() - start, "total_steps": total_steps},
+                     model=unwrap(model), opt=opt, aug_rng=aug_gen)
     run.close()
     log_main(f"done: best-by-source-val epoch {best.get('epoch')} -> target val {best.get('target_val_acc', 0):.4f}")
     cleanup_distributed()
