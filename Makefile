@@ -34,7 +34,8 @@ test-all: venv $(FID_WEIGHTS)  # includes the slow, real-size runs
 
 demo: venv
 	bash hw2_1.sh outputs/hw2_1
-	$(PY) -m evaluation.digit_accuracy --folder outputs/hw2_1 --checkpoint $(SHARED_DATA)/grader/Classifier.pth
+	$(PY) -m evaluation.digit_accuracy --folder outputs/hw2_1 --checkpoint $(SHARED_DATA)/grader/Classifier.pth \
+	    --usps-checkpoint p1_ddpm/checkpoints/usps_grader_lenet.pt
 
 # make report: every bench the report needs that runs on a CPU from the shipped checkpoints (P1 and
 # P5; P2's FLOP count needs no weights). Each is skipped when its output exists (delete the file to

@@ -8,7 +8,8 @@
 - OUT/mnistm is graded by the course's Classifier.pth (evaluation/digit_accuracy.py).
 - OUT/svhn holds the checkpoint's second domain (USPS here, no SVHN on these machines); it
   is graded by the course LeNet architecture trained on USPS train, accepted only if it
-  scores >= 0.95 on USPS val (printed), and cached in --work.
+  scores >= 0.95 on USPS val (printed); the shipped p1_ddpm/checkpoints/usps_grader_lenet.pt
+  is that training's result, else it is trained and cached in --work.
 Results go to WORK/p1_bench.json, WORK/p1_cfg_sweep.json with several --guidance values,
 WORK/p1_steps.json with several samplers or step counts (all read by p1_ddpm/report.py);
 images to WORK/<sampler>_s<steps>_w<w>_n<per-digit>/. --speed writes WORK/p1_speed.json.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.digit_accuracy import PREPROCESS, LeNet, load_mnistm_classifier, score_folder
+from evaluation.digit_accuracy import PREPROCESS, USPS_GRADER, LeNet, load_mnistm_classifier, score_folder
 from hw2_utils import (CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator, open_rgb, progress,
                        resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
 from p1_ddpm import infer
@@ -168,7 +169,9 @@ def main(argv=None) -> None:
         print(f"wrote {work / 'p1_speed.json'}")
         return
     mnistm_grader = load_mnistm_classifier(args.classifier, device)
-    usps_model, usps_val = usps_grader(Path(args.digits_root), work / "usps_lenet.pt", device)
+    # The shipped grader when present (the same training, cached), else trained here into WORK.
+    usps_model, usps_val = usps_grader(Path(args.digits_root), USPS_GRADER if USPS_GRADER.is_file() else work / "usps_lenet.pt",
+                                       device)
     print(f"USPS grader (course LeNet trained on USPS train): val acc = {usps_val:.4f} on 2007 images")
     if usps_val < USPS_MIN_VAL_ACC:
         raise CLIError(f"USPS grader val acc {usps_val:.4f} < {USPS_MIN_VAL_ACC}: refusing to grade with it")

@@ -10,7 +10,7 @@ CSV against the labels.
 
 Each row's checkpoint is the epoch with the best *source* val accuracy (no target labels
 are read for selection); the table gives its target val accuracy and the last epoch's.
-The shipped row and AdaBN were fixed before the runs, not picked by target accuracy.
+The shipped row was fixed before the runs; whether it ships with AdaBN was not (see SHIPPED).
 Re-running resumes every unfinished run.
 """
 from __future__ import annotations
@@ -41,10 +41,11 @@ ROWS = {
     # 7,291 USPS images make 57 steps an epoch: 20 epochs give the bound a comparable number of steps
     "target_only": ("upper bound: target labels", ["--mode", "target_only", "--epochs", "20"]),
 }
-# Fixed before the runs, not picked by target accuracy: the row with the most target-side
-# signal that uses no target label, with AdaBN (Li et al. 2016), since training normalised
-# every domain with its own batch statistics and inference should do the same.
-SHIPPED = "dann_fixmatch"
+# The shipped row was fixed before the runs, not picked by target accuracy: the one with the most
+# target-side signal that uses no target label. AdaBN (Li et al. 2016) was fixed with it, then
+# dropped after the runs showed it lowering USPS val accuracy for every adapted row: a choice
+# between two options made by looking at target labels, said so in the README and the report.
+SHIPPED, SHIPPED_ADABN = "dann_fixmatch", False
 
 
 def check_predictions(data_root: Path, target: str, checkpoint: Path, work: Path) -> dict:
@@ -114,9 +115,14 @@ def main(argv=None) -> None:
     record = {"command": command_line("bench.p5_dann", argv), "hardware": describe_hardware(torch.device("cpu")),
               "source": args.source, "target": args.target, "epochs": train.parse_args(extra).epochs, "rows": results}
     if SHIPPED in results:
-        shipped = work / f"{args.target}_{SHIPPED}" / "shipped.pt"
-        export_with_adabn(work / f"{args.target}_{SHIPPED}" / "best.pt", data_root / args.target, shipped)
-        record["inference"] = {"row": SHIPPED, "adabn": True, **check_predictions(data_root, args.target, shipped, work)}
+        best, shipped = work / f"{args.target}_{SHIPPED}" / "best.pt", work / f"{args.target}_{SHIPPED}" / "shipped.pt"
+        if SHIPPED_ADABN:
+            export_with_adabn(best, data_root / args.target, shipped)
+        else:
+            with atomic_path(shipped) as tmp:
+                shutil.copy(best, tmp)
+        record["inference"] = {"row": SHIPPED, "adabn": SHIPPED_ADABN,
+                               **check_predictions(data_root, args.target, shipped, work)}
     with atomic_path(work / "p5_bench.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     if args.ship:

@@ -14,6 +14,8 @@ preprocessing are unknown: --svhn-checkpoint takes any 10-class classifier saved
     torch.export.save(torch.export.export(model, (batch,), dynamic_shapes=({0: torch.export.Dim("n")},)), "svhn.pt2")
 and feeds it the same preprocessed images as the MNIST-M model.
 Without it the SVHN half is reported as skipped and no average is printed.
+--usps-checkpoint scores OUT/svhn with the course LeNet trained on USPS instead, for checkpoints
+whose second domain is USPS (the shipped P1 checkpoint: no SVHN exists on these machines).
 """
 from __future__ import annotations
 
@@ -32,6 +34,11 @@ from torchvision import transforms
 
 from hw2_utils import (CLIError, error_summary, list_images, load_torch_file, open_rgb, progress, require_dir, require_file,
                        resolve_device, run_cli)
+
+REPO = Path(__file__).resolve().parents[1]
+# The course LeNet trained on USPS train by bench/p1_ddpm.py (0.962 on USPS val; command and log in
+# p1_ddpm/checkpoints/README.md): grades P1's second domain, USPS on these machines (no SVHN).
+USPS_GRADER = REPO / "p1_ddpm" / "checkpoints" / "usps_grader_lenet.pt"
 
 PREPROCESS = transforms.Compose([
     transforms.Resize(28),
@@ -58,10 +65,14 @@ class LeNet(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
-def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+                           what: str = "MNIST-M classifier checkpoint",
+                           hint: str = "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth"
+                           ) -> nn.Module:
+    """The course LeNet from a state dict (bare or under 'state_dict'): Classifier.pth, or the
+    same architecture trained on USPS (USPS_GRADER)."""
     path = Path(checkpoint)
-    state = load_torch_file(path, "MNIST-M classifier checkpoint",
-                            "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth")
+    state = load_torch_file(path, what, hint)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the course saves {'state_dict': ..., 'optimizer': ...}
     model = LeNet()
@@ -126,16 +137,23 @@ def score_folder(model: nn.Module, folder: str | os.PathLike, device: str | torc
 
 
 def digit_accuracy(folder: str | os.PathLike, checkpoint: str | os.PathLike,
-                   svhn_checkpoint: str | os.PathLike | None = None, device: str = "auto") -> dict:
+                   svhn_checkpoint: str | os.PathLike | None = None, device: str = "auto",
+                   usps_checkpoint: str | os.PathLike | None = None) -> dict:
     """{'mnistm': {acc, correct, total}, 'svhn': same or None, 'acc': mean of the two
-    accuracies, or None when the SVHN half was skipped}."""
+    accuracies, or None when the SVHN half was skipped, 'usps': the svhn/ folder scored by the
+    USPS LeNet when the second domain is USPS, or None}."""
     device = resolve_device(device)
     root = require_dir(folder, "output folder")
     mnistm = score_folder(load_mnistm_classifier(checkpoint, device), require_dir(root / "mnistm", "MNIST-M folder"), device)
-    svhn = None
+    svhn = usps = None
     if svhn_checkpoint is not None:
         svhn = score_folder(load_svhn_classifier(svhn_checkpoint, device), require_dir(root / "svhn", "SVHN folder"), device)
-    return {"mnistm": mnistm, "svhn": svhn, "acc": None if svhn is None else (mnistm["acc"] + svhn["acc"]) / 2}
+    if usps_checkpoint is not None:
+        grader = load_mnistm_classifier(usps_checkpoint, device, "USPS grader checkpoint",
+                                        f"the shipped one is {USPS_GRADER}; python -m bench.p1_ddpm trains it")
+        usps = score_folder(grader, require_dir(root / "svhn", "second-domain folder"), device)
+    return {"mnistm": mnistm, "svhn": svhn, "acc": None if svhn is None else (mnistm["acc"] + svhn["acc"]) / 2,
+            "usps": usps}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -143,13 +161,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folder", required=True, help="folder holding mnistm/ (and svhn/) with the generated images")
     p.add_argument("--checkpoint", required=True, help="the course's MNIST-M Classifier.pth")
     p.add_argument("--svhn-checkpoint", help="SVHN classifier saved with torch.export (.pt2); omitted: SVHN is skipped")
+    p.add_argument("--usps-checkpoint", help=f"the course LeNet trained on USPS (shipped: {USPS_GRADER.relative_to(REPO)}): "
+                   "scores OUT/svhn when the second domain is USPS, as for the shipped P1 checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = digit_accuracy(args.folder, args.checkpoint, args.svhn_checkpoint, args.device)
+    result = digit_accuracy(args.folder, args.checkpoint, args.svhn_checkpoint, args.device, args.usps_checkpoint)
     m, s = result["mnistm"], result["svhn"]
     print(f"MNIST-M acc = {m['acc']} (correct/total = {m['correct']}/{m['total']})")
     if s is None:
@@ -158,6 +178,9 @@ def main(argv=None) -> dict:
     else:
         print(f"SVHN acc = {s['acc']} (correct/total = {s['correct']}/{s['total']})")
         print(f"acc = {result['acc']}")
+    if result["usps"] is not None:
+        u = result["usps"]
+        print(f"USPS acc (svhn/ folder, second domain USPS) = {u['acc']} (correct/total = {u['correct']}/{u['total']})")
     return result
 
 

@@ -65,6 +65,25 @@ def test_labels_come_from_first_character_and_svhn_half_is_averaged(tmp_path, ca
         "MNIST-M acc = 0.4 (correct/total = 4/10)", "SVHN acc = 0.75 (correct/total = 3/4)", "acc = 0.575"]
 
 
+def test_shipped_usps_grader_scores_real_usps_val_and_grades_the_second_folder(tmp_path, capsys):
+    """The shipped USPS LeNet (P1's second-domain grader) on the 2,007 real USPS val digits
+    (0.9621 when trained by bench/p1_ddpm.py), and --usps-checkpoint prints its line."""
+    from evaluation.digit_accuracy import USPS_GRADER
+    data = require_shared("hw2_data", "digits", "usps")
+    lenet = LeNet()
+    torch.save({"state_dict": constant_logits(lenet, lenet.fc3, 3).state_dict()}, tmp_path / "Classifier.pth")
+    write_digits(tmp_path / "out" / "mnistm", ["3_001.png"])
+    out = tmp_path / "out" / "svhn"
+    out.mkdir()
+    with open(data / "val.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            shutil.copy(data / "data" / row["image_name"], out / f"{row['label']}_{row['image_name']}")
+    result = main(["--folder", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "Classifier.pth"),
+                   "--usps-checkpoint", str(USPS_GRADER), "--device", "cpu"])
+    assert result["usps"]["total"] == 2007 and result["usps"]["acc"] == pytest.approx(0.9621, abs=0.002)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("USPS acc (svhn/ folder, second domain USPS) = 0.96")
+
+
 def test_in_memory_uint8_batch_scores_like_the_saved_folder(tmp_path):
     torch.manual_seed(0)
     torch.save({"state_dict": LeNet().state_dict()}, tmp_path / "Classifier.pth")

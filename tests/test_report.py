@@ -39,7 +39,9 @@ def test_report_structure_numbers_and_pdf(tmp_path):
     assert "P1: conditional DDPM" in text and "0.9876" in text
 
 
-def test_missing_inputs_name_their_command_and_invent_nothing(tmp_path):
+def test_missing_inputs_name_their_command_and_invent_nothing(tmp_path, monkeypatch):
+    from p1_ddpm import report as p1_report
+    monkeypatch.setattr(p1_report, "SHIPPED_RECORDS", tmp_path / "nothing_shipped")
     (tmp_path / "runs").mkdir()
     md = (build(tmp_path / "runs", tmp_path / "report") / "report.md").read_text()
     p1 = md.split("## P1", 1)[1].split("\n## ", 1)[0]
