@@ -1,4 +1,4 @@
-"""P4 benchmarks. Each command prints its numbers and, with --json, saves them together with
+r"""P4 benchmarks. Each command prints its numbers and, with --json, saves them together with
 the command and the hardware; p4_gan/report.py reads those files.
 
     # the result: for each trained run (RUNS/dcgan, RUNS/improved) its generator_best.pt (chosen

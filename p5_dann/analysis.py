@@ -1,4 +1,4 @@
-"""t-SNE of DANN features on val images of both domains, coloured by digit and by domain.
+r"""t-SNE of DANN features on val images of both domains, coloured by digit and by domain.
 
     python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt \
         --data ../shared/data/hw2_data/digits --target usps --out outputs/p5

@@ -1,4 +1,4 @@
-"""Train DANN, or its lower / upper bounds, for one source -> target scenario.
+r"""Train DANN, or its lower / upper bounds, for one source -> target scenario.
 
     python -m p5_dann.train --mode dann --source mnistm --target usps --data hw2_data/digits
     python -m p5_dann.train --mode dann --source mnistm=../shared/data/mnistm_full/digits/mnistm \
