@@ -73,9 +73,10 @@ def _speed(d: Path) -> list[str]:
              "| sampler | ours, s/step | diffusers, s/step | ours / diffusers |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {r['ours_s_per_step']:.3f} | {r['diffusers_s_per_step']:.3f} | {r['ratio']:.3f} |"
               for name, r in record["loops"].items()]
-    lines += ["", "| precision | memory format | mode | s per UNet call |", "| --- | --- | --- | --- |"]
-    lines += [f"| {k['dtype']} | {'channels_last' if k['channels_last'] else 'NCHW'} | {k['mode']} | {k['s_per_unet_call']:.3f} |"
-              for k in record["unet_calls"]]
+    lines += ["", "| precision | memory format | mode | s per UNet call | first call (compiles), s |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {k['dtype']} | {'channels_last' if k['channels_last'] else 'NCHW'} | {k['mode']} | {k['s_per_unet_call']:.3f} | "
+              f"{k['first_call_s'] if 'first_call_s' in k else '-'} |" for k in record["unet_calls"]]
     return lines + [""]
 
 

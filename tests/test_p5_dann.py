@@ -254,10 +254,8 @@ def test_bad_input_is_one_line_error(case, tmp_path, tiny_checkpoint, capsys):
 
 
 def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
-    """The shipped model through run.sh on the first 300 real USPS val images: 0.927 when
-    shipped (0.9208 on all 2,007; bench/p5_dann.py), so 0.90 leaves room only for noise."""
-    if not (infer.CHECKPOINTS / "mnistm_usps_dann.pt").is_file():
-        pytest.skip("no shipped checkpoint yet (python -m bench.p5_dann --ship)")
+    """The shipped model through run.sh on the first 300 real USPS val images: 0.9633 when
+    shipped (0.9606 on all 2,007; bench/p5_dann.py), so 0.93 leaves room only for noise."""
     usps = require_shared("hw2_data", "digits", "usps")
     with open(usps / "val.csv", newline="") as f:
         labels = {r["image_name"]: int(r["label"]) for r in list(csv.DictReader(f))[:300]}
@@ -272,4 +270,4 @@ def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(r["image_name"] for r in rows) == sorted(labels)
     accuracy = sum(int(r["label"]) == labels[r["image_name"]] for r in rows) / len(rows)
-    assert accuracy >= 0.90
+    assert accuracy >= 0.93
