@@ -37,7 +37,8 @@ def _throughput(bench: dict, d: Path) -> list[str]:
     tv = "torchvision_images_per_s" in t["rows"][0]
     lines += [f"ResNet-18 (width {t['width']}, CIFAR stem) against torchvision's resnet18 with the same stem, in the "
               f"same run: batches of {t['batch']} real images, forward + backward + SGD step, {t['steps']} timed steps "
-              f"after two warm-up steps. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
+              f"each after two warm-up steps, the two models' steps alternating; images/s from the median step, the "
+              f"ratio the median of the rounds' ratios. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
               f"{'yes' if t['cpu_has_bf16'] else 'no'}; the defaults (`--precision auto`, `--memory-format channels_last`) pick "
               f"{t['auto']['dtype']} {'channels_last' if t['auto']['channels_last'] else 'NCHW'}"
               f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.", "",
