@@ -253,6 +253,17 @@ def test_bad_input_is_one_line_error(case, tmp_path, tiny_checkpoint, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_loader_reads_the_whole_mnistm_named_by_path():
+    """The bench's source: --source mnistm=PATH to the shared mnistm_full (59,001 train / 9,001 val)."""
+    from p5_dann.data import domain_folder, load_split
+    full = require_shared("mnistm_full", "digits", "mnistm")
+    assert domain_folder(f"mnistm={full}", "elsewhere") == ("mnistm", full)
+    x, y = load_split(full, "val")
+    assert x.shape == (9001, 3, 28, 28) and sorted(set(y.tolist())) == list(range(10))
+    with open(full / "train.csv", newline="") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == 59001
+
+
 def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
     """The shipped model through run.sh on the first 300 real USPS val images: 0.9633 when
     shipped (0.9606 on all 2,007; bench/p5_dann.py), so 0.93 leaves room only for noise."""
