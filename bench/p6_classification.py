@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -35,15 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import (atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, resolve_device, resolve_dtype,
-                       run_cli)
+from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, resolve_device,
+                       resolve_dtype, run_cli)
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from p6_classification.infer import SHIPPED
+from p6_classification.report import SHIPPED_BENCH
 from p6_classification.models import ResNet18
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
 PARTS = ("throughput", "full", "aug", "cam")
 
@@ -135,6 +138,17 @@ def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
+def ship(work: Path) -> None:
+    """The full run's model, training log and bench record into p6_classification/checkpoints/."""
+    SHIPPED.parent.mkdir(exist_ok=True)
+    for source, target in ((work / "resnet18" / "final.pt", SHIPPED),
+                           (work / "resnet18" / "log.csv", SHIPPED.parent / "resnet18_train_log.csv"),
+                           (work / "bench.json", SHIPPED_BENCH)):
+        with atomic_path(target) as tmp:
+            shutil.copy(source, tmp)
+        print(f"shipped {target}")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(FULL), help="CIFAR-10 to train on (default: the shared whole-CIFAR-10 JPEG copy)")
@@ -148,6 +162,9 @@ def main(argv=None) -> dict:
     p.add_argument("--aug-width", type=int, default=32)
     p.add_argument("--aug-epochs", type=int, default=4)
     p.add_argument("--checkpoint", default=str(SHIPPED), help="cam: the model to explain")
+    p.add_argument("--ship", action="store_true",
+                   help=f"after full: copy its final.pt to {SHIPPED.relative_to(REPO)}, with its log.csv and WORK/bench.json "
+                   "beside it (what infer.py, cam.py and the report use on a fresh clone)")
     p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
     p.add_argument("--limit", type=int, help="smoke runs only: the first N training images (and N/5 test)")
     p.add_argument("--seed", type=int, default=0)
@@ -159,6 +176,8 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.limit:
         common += ["--limit", str(args.limit)]
+    if args.ship and ("full" not in args.parts or args.limit or args.epochs):
+        raise CLIError("--ship needs --parts full with the recipe's own data and epochs (no --limit, no --epochs)")
     command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 
@@ -179,6 +198,8 @@ def main(argv=None) -> dict:
     if "full" in args.parts:
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
         save("full", train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")]))
+        if args.ship:
+            ship(work)
     if "aug" in args.parts:
         aug_study.main([*common, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
                         "--out", str(work / "aug")])

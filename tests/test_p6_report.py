@@ -33,7 +33,9 @@ def test_torchvision_twin_has_our_parameter_count():
     assert count[0] == count[1] == 11_173_962
 
 
-def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path):
+def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path, monkeypatch):
+    from p6_classification import report
+    monkeypatch.setattr(report, "SHIPPED_BENCH", tmp_path / "nothing_shipped.json")
     text = section(tmp_path)
     lines = text.splitlines()
     assert lines[0].startswith("## P6: ")
@@ -80,3 +82,16 @@ def test_section_shows_recorded_numbers(tmp_path):
 
 def bench_cmd() -> str:
     return "python -m bench.p6_classification"
+
+
+def test_ship_copies_the_model_its_log_and_the_bench_record(tmp_path, monkeypatch):
+    work, shipped = tmp_path / "work", tmp_path / "checkpoints" / "resnet18_cifar10.pt"
+    (work / "resnet18").mkdir(parents=True)
+    for name, text in (("resnet18/final.pt", "model"), ("resnet18/log.csv", "epoch\n1\n"), ("bench.json", "{}")):
+        (work / name).write_text(text)
+    monkeypatch.setattr(bench, "SHIPPED", shipped)
+    monkeypatch.setattr(bench, "SHIPPED_BENCH", shipped.parent / "p6_bench.json")
+    bench.ship(work)
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["p6_bench.json", "resnet18_cifar10.pt",
+                                                                 "resnet18_train_log.csv"]
+    assert shipped.read_text() == "model" and (shipped.parent / "resnet18_train_log.csv").read_text() == "epoch\n1\n"
