@@ -4,7 +4,7 @@ val held out / 10,000 test) and the 1,017 official-pixel test images of the shar
 
     python -m bench.p6_classification --parts throughput          # ~5 min; run on an idle machine
     python -m bench.p6_classification --parts full                # the shipped model: ~2.5 h on 2 threads
-    python -m bench.p6_classification --parts aug                 # 13 presets + 2 seeds, width 32
+    python -m bench.p6_classification --parts aug                 # 13 presets + 2 seeds, width 16: ~1 h
     python -m bench.p6_classification --parts cam                 # figures + deletion on 500 test images
     python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 \\
         --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
@@ -41,14 +41,17 @@ from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
-from p6_classification.infer import SHIPPED
-from p6_classification.report import SHIPPED_BENCH
+from p6_classification.infer import CHECKPOINTS, SHIPPED, SHIPPED_RECORDS, load_checkpoint, predict
 from p6_classification.models import ResNet18
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
 PARTS = ("throughput", "full", "aug", "cam")
+# What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
+SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "bench.json"),
+                 "aug": ("aug/aug_study.json", "aug/aug_study.png"),
+                 "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json")}
 
 
 def torchvision_resnet18() -> nn.Module:
@@ -138,15 +141,26 @@ def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
-def ship(work: Path) -> None:
-    """The full run's model, training log and bench record into p6_classification/checkpoints/."""
-    SHIPPED.parent.mkdir(exist_ok=True)
-    for source, target in ((work / "resnet18" / "final.pt", SHIPPED),
-                           (work / "resnet18" / "log.csv", SHIPPED.parent / "resnet18_train_log.csv"),
-                           (work / "bench.json", SHIPPED_BENCH)):
-        with atomic_path(target) as tmp:
-            shutil.copy(source, tmp)
-        print(f"shipped {target}")
+def ship(work: Path, parts: list[str]) -> None:
+    """The parts' model and records into p6_classification/checkpoints/ (infer.SHIPPED_RECORDS)."""
+    CHECKPOINTS.mkdir(exist_ok=True)
+    for part in parts:
+        for record in SHIPPED_PARTS.get(part, ()):
+            target = SHIPPED if record == "resnet18/final.pt" else CHECKPOINTS / SHIPPED_RECORDS[record]
+            with atomic_path(target) as tmp:
+                shutil.copy(work / record, tmp)
+            print(f"shipped {target}")
+
+
+def exported_accuracy(final_pt: Path, sources: dict[str, str], device: torch.device) -> dict[str, float]:
+    """Test accuracy of the exported fp16 final.pt, loaded as infer.py loads it (fp32 compute), on
+    each named source's test split: it should match the in-training (bf16 autocast) evaluation."""
+    model, meta = load_checkpoint(final_pt, device)
+    accuracy = {}
+    for name, source in sources.items():
+        cifar = load_cifar(source)
+        accuracy[name] = (predict(model, meta, cifar.test_images, device) == cifar.test_labels).float().mean().item()
+    return accuracy
 
 
 def main(argv=None) -> dict:
@@ -159,12 +173,17 @@ def main(argv=None) -> dict:
     p.add_argument("--throughput-batch", type=int, default=train.DEFAULTS["resnet18"]["batch_size"])
     p.add_argument("--throughput-steps", type=int, default=8, help="timed steps per model and configuration")
     p.add_argument("--epochs", type=int, help="full: override the recipe's epochs (smoke runs)")
-    p.add_argument("--aug-width", type=int, default=32)
-    p.add_argument("--aug-epochs", type=int, default=4)
+    # The study's one budget, fixed from this CPU's time before any run (15 runs in about an hour of
+    # 2 threads): a width-16 ResNet-18 (~900 training images/s in bf16), 3 epochs, half an epoch of
+    # warmup (the recipe's 2 would be most of so short a run).
+    p.add_argument("--aug-width", type=int, default=16)
+    p.add_argument("--aug-epochs", type=int, default=3)
+    p.add_argument("--aug-warmup-epochs", type=float, default=0.5)
     p.add_argument("--checkpoint", default=str(SHIPPED), help="cam: the model to explain")
     p.add_argument("--ship", action="store_true",
-                   help=f"after full: copy its final.pt to {SHIPPED.relative_to(REPO)}, with its log.csv and WORK/bench.json "
-                   "beside it (what infer.py, cam.py and the report use on a fresh clone)")
+                   help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
+                   "WORK/bench.json, aug's table and plot, cam's figure and deletion record beside it (what infer.py, "
+                   "cam.py and the report use on a fresh clone)")
     p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
     p.add_argument("--limit", type=int, help="smoke runs only: the first N training images (and N/5 test)")
     p.add_argument("--seed", type=int, default=0)
@@ -176,8 +195,8 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.limit:
         common += ["--limit", str(args.limit)]
-    if args.ship and ("full" not in args.parts or args.limit or args.epochs):
-        raise CLIError("--ship needs --parts full with the recipe's own data and epochs (no --limit, no --epochs)")
+    if args.ship and (args.limit or args.epochs or args.data != str(FULL) or args.checkpoint != str(SHIPPED)):
+        raise CLIError("--ship ships only the recipe's own runs: no --limit, --epochs, --data or --checkpoint")
     command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 
@@ -197,16 +216,20 @@ def main(argv=None) -> dict:
         save("throughput", {**result, "hardware": describe_hardware(device)})
     if "full" in args.parts:
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-        save("full", train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")]))
-        if args.ship:
-            ship(work)
+        result = train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")])
+        if not args.limit:  # smoke runs: the whole test sets would cost more than the run
+            result["exported_fp16_test_acc"] = exported_accuracy(work / "resnet18" / "final.pt",
+                                                                 {"test": args.data, "also_test": args.also_test}, device)
+        save("full", result)
     if "aug" in args.parts:
         aug_study.main([*common, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
-                        "--out", str(work / "aug")])
+                        "--warmup-epochs", str(args.aug_warmup_epochs), "--out", str(work / "aug")])
     if "cam" in args.parts:
         cam.main(["--checkpoint", args.checkpoint, "--data", args.also_test, "--correct", "5", "--wrong", "5",
                   "--deletion", str(args.deletion), "--seed", str(args.seed), "--device", args.device,
                   "--out", str(work / "cam")])
+    if args.ship:
+        ship(work, args.parts)
     return json.loads(bench_file.read_text()) if bench_file.is_file() else {}
 
 

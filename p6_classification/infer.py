@@ -25,7 +25,13 @@ from p6_classification.models import build_model
 
 
 # The shipped model: train.py's default recipe on the whole CIFAR-10 (JPEG copy); README "P6".
-SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "resnet18_cifar10.pt"
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+SHIPPED = CHECKPOINTS / "resnet18_cifar10.pt"
+# The records that bench/p6_classification.py --ship puts beside it (bench work-folder path ->
+# name in CHECKPOINTS), so that a fresh clone's report shows the runs behind the model.
+SHIPPED_RECORDS = {"bench.json": "p6_bench.json", "resnet18/log.csv": "resnet18_train_log.csv",
+                   "aug/aug_study.json": "aug_study.json", "aug/aug_study.png": "aug_study.png",
+                   "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json"}
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:

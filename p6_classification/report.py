@@ -1,19 +1,25 @@
 """The report's P6 section, built only from what the P6 scripts write under RUNS_DIR/p6:
 bench.json (bench/p6_classification.py: throughput, the full run), resnet18/ (that run),
 aug/ (the augmentation study), cam/ (figures and the deletion metric) and vit/ (a ViT
-fine-tune, GPU and weights only). A missing input is named with the command that produces it."""
+fine-tune, GPU and weights only); where RUNS_DIR/p6 lacks a record, the copy that
+`bench/p6_classification.py --ship` put beside the shipped model. A missing input is named with
+the command that produces it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from p6_classification.aug_study import table as aug_table
+from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
 SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
-# bench/p6_classification.py --ship copies WORK/bench.json here with the shipped model: a fresh
-# clone's report reads it when RUNS_DIR/p6/bench.json does not exist.
-SHIPPED_BENCH = Path(__file__).resolve().parent / "checkpoints" / "p6_bench.json"
 BENCH = "python -m bench.p6_classification"
+
+
+def _find(d: Path, record: str) -> Path:
+    """RUNS_DIR/p6/<record>, or the copy shipped beside the model (a fresh clone has only that)."""
+    own = d / record
+    return own if own.is_file() else CHECKPOINTS / SHIPPED_RECORDS[record]
 
 
 def _read(path: Path) -> dict | None:
@@ -72,7 +78,13 @@ def _full(bench: dict, d: Path) -> list[str]:
               f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} ({r['test_images']} images) | "
               + (f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-")
               + f" | {r['train_seconds'] / 60:.0f} min |", ""]
-    curve = d / "resnet18" / "log.csv"
+    exported = r.get("exported_fp16_test_acc")
+    if exported:
+        lines += ["The shipped file holds fp16 weights; loaded as `infer.py` loads it (fp32 compute) it scores "
+                  + " and ".join(f"{exported[k]:.4f} on the {name}" for k, name in (("test", "JPEG test images"),
+                                 ("also_test", "official-pixel images")) if k in exported)
+                  + f" (the table: the model in training, {r['precision'].removeprefix('torch.')}).", ""]
+    curve = _find(d, "resnet18/log.csv")
     if curve.is_file():
         lines += [f"Per-epoch loss and validation accuracy: `{curve}`.", ""]
     return lines
@@ -80,7 +92,7 @@ def _full(bench: dict, d: Path) -> list[str]:
 
 def _aug(d: Path) -> list[str]:
     lines = ["### Augmentation study", ""]
-    study = _read(d / "aug" / "aug_study.json")
+    study = _read(_find(d, "aug/aug_study.json"))
     if study is None:
         return lines + _missing(f"{BENCH} --work {d} --parts aug")
     arch, noise = study["arch"], study.get("spread")
@@ -93,7 +105,7 @@ def _aug(d: Path) -> list[str]:
                   f"{noise['test_acc_spread']:.4f} test, {noise['val_acc_spread']:.4f} val; a gap to "
                   f"{study['spread_preset']} within it is marked n.s. (not significant)."]
     lines += ["", aug_table(study["rows"], study.get("spread_preset"), noise), ""]
-    figure = d / "aug" / "aug_study.png"
+    figure = _find(d, "aug/aug_study.png")
     if figure.is_file():
         lines += [f"![augmentation study]({figure.resolve()})", ""]
     return lines
@@ -101,14 +113,14 @@ def _aug(d: Path) -> list[str]:
 
 def _cams(d: Path) -> list[str]:
     lines = ["### Class activation maps", ""]
-    figure = d / "cam" / "cam_resnet18.png"
+    figure = _find(d, "cam/cam_resnet18.png")
     command = f"{BENCH} --work {d} --parts cam"
     if not figure.is_file():
         return lines + _missing(command)
     lines += ["CAM (ours: the predicted class's FC weights times the last feature maps) beside the grad-cam library's "
               "Grad-CAM on layer4, for 5 correctly and 5 wrongly classified test images (official pixels); each row "
               "is titled with the predicted and the true class.", "", f"![CAM and Grad-CAM]({figure.resolve()})", ""]
-    deletion = _read(d / "cam" / "deletion_resnet18.json")
+    deletion = _read(_find(d, "cam/deletion_resnet18.json"))
     if deletion is None:
         return lines + _missing(command)
     drops = deletion["mean_drop"]
@@ -135,7 +147,7 @@ def _vit(d: Path) -> list[str]:
 
 def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p6"
-    bench = _read(d / "bench.json") or _read(SHIPPED_BENCH) or {}
+    bench = _read(_find(d, "bench.json")) or {}
     lines = ["## P6: CIFAR-10 classification: ResNet-18, augmentation, CAM, ViT fine-tuning", "",
              "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool) or torchvision's (p6_classification/models.py), "
              "SGD with Nesterov momentum, linear warmup then cosine decay. Honest protocol: a tenth of the training "

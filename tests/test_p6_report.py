@@ -35,7 +35,7 @@ def test_torchvision_twin_has_our_parameter_count():
 
 def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path, monkeypatch):
     from p6_classification import report
-    monkeypatch.setattr(report, "SHIPPED_BENCH", tmp_path / "nothing_shipped.json")
+    monkeypatch.setattr(report, "CHECKPOINTS", tmp_path / "nothing_shipped")
     text = section(tmp_path)
     lines = text.splitlines()
     assert lines[0].startswith("## P6: ")
@@ -84,14 +84,33 @@ def bench_cmd() -> str:
     return "python -m bench.p6_classification"
 
 
-def test_ship_copies_the_model_its_log_and_the_bench_record(tmp_path, monkeypatch):
-    work, shipped = tmp_path / "work", tmp_path / "checkpoints" / "resnet18_cifar10.pt"
-    (work / "resnet18").mkdir(parents=True)
-    for name, text in (("resnet18/final.pt", "model"), ("resnet18/log.csv", "epoch\n1\n"), ("bench.json", "{}")):
-        (work / name).write_text(text)
-    monkeypatch.setattr(bench, "SHIPPED", shipped)
-    monkeypatch.setattr(bench, "SHIPPED_BENCH", shipped.parent / "p6_bench.json")
-    bench.ship(work)
-    assert sorted(p.name for p in shipped.parent.iterdir()) == ["p6_bench.json", "resnet18_cifar10.pt",
-                                                                 "resnet18_train_log.csv"]
-    assert shipped.read_text() == "model" and (shipped.parent / "resnet18_train_log.csv").read_text() == "epoch\n1\n"
+def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
+    work, checkpoints = tmp_path / "work", tmp_path / "checkpoints"
+    for part in ("full", "aug", "cam"):
+        for record in bench.SHIPPED_PARTS[part]:
+            (work / record).parent.mkdir(parents=True, exist_ok=True)
+            (work / record).write_text(record)
+    monkeypatch.setattr(bench, "CHECKPOINTS", checkpoints)
+    monkeypatch.setattr(bench, "SHIPPED", checkpoints / "resnet18_cifar10.pt")
+    bench.ship(work, ["full", "cam"])  # not aug
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["cam_resnet18.png", "deletion_resnet18.json",
+                                                             "p6_bench.json", "resnet18_cifar10.pt",
+                                                             "resnet18_train_log.csv"]
+    assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/final.pt"
+    assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
+
+
+def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_path, monkeypatch):
+    from p6_classification import report
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    (shipped / "deletion_resnet18.json").write_text(json.dumps({
+        "images": 500, "fraction": 0.2, "command": "python -m p6_classification.cam --deletion 500",
+        "mean_probability_intact": 0.9, "mean_drop": {"random": 0.1, "CAM (ours)": 0.4, "Grad-CAM": 0.35},
+        "share_dropping_more_than_random": {"CAM (ours)": 0.8, "Grad-CAM": 0.75}}))
+    (shipped / "cam_resnet18.png").write_bytes(b"png")
+    monkeypatch.setattr(report, "CHECKPOINTS", shipped)
+    text = section(tmp_path / "runs")
+    assert f"![CAM and Grad-CAM]({shipped / 'cam_resnet18.png'})" in text
+    assert "| CAM (ours) | 0.400 | 80% |" in text and "| random | 0.100 | - |" in text
+    assert "python -m bench.p6_classification --work " + str(tmp_path / "runs" / "p6") + " --parts aug" in text  # not shipped
