@@ -48,7 +48,7 @@ BENCH_ARGS ?=
 DIGITS := $(SHARED_DATA)/hw2_data/digits
 P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --digits-root $(DIGITS) --classifier $(SHARED_DATA)/grader/Classifier.pth
 REPORT_INPUTS := $(RUNS)/p1/grid_mnistm.png $(RUNS)/p1/p1_bench.json $(RUNS)/p1/p1_cfg_sweep.json \
-                 $(RUNS)/p2/cost.json $(RUNS)/p5/tsne_usps_dann_class.png
+                 $(RUNS)/p2/cost.json $(RUNS)/p5/tsne_usps_dann_fixmatch_class.png
 
 report: $(REPORT_INPUTS) | venv
 	$(PY) -m report.build $(RUNS) $(REPORT_OUT)
@@ -65,7 +65,7 @@ $(RUNS)/p1/p1_cfg_sweep.json: | venv
 $(RUNS)/p2/cost.json: | venv
 	$(PY) -m bench.p2_ddim cost --n 10 --size 256 --json $@
 
-$(RUNS)/p5/tsne_usps_dann_class.png: | venv
+$(RUNS)/p5/tsne_usps_dann_fixmatch_class.png: | venv
 	$(PY) -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt --data $(DIGITS) \
 	    --target usps --out $(RUNS)/p5
 

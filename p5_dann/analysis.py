@@ -4,7 +4,8 @@ r"""t-SNE of DANN features on val images of both domains, coloured by digit and 
         --data ../shared/data/hw2_data/digits --target usps --out outputs/p5
 
 Writes OUT/tsne_<target>_<tag>_class.png and OUT/tsne_<target>_<tag>_domain.png (openTSNE,
-fixed seed); the tag defaults to the checkpoint's training mode. A source-only checkpoint
+fixed seed); the tag defaults to the checkpoint's row name (its mode and target-side losses,
+e.g. dann_fixmatch for the shipped model). A source-only checkpoint
 gives the unadapted picture to compare with.
 """
 from __future__ import annotations
@@ -64,6 +65,14 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
     return written
 
 
+def row_name(meta: dict) -> str:
+    """The bench row a checkpoint was trained as: its mode, then the target-side losses it used."""
+    config = meta.get("config", {})
+    losses = [name for name, key in (("entropy", "entropy_weight"), ("fixmatch", "consistency_weight"))
+              if config.get(key, 0) > 0]
+    return "_".join([str(meta.get("mode", "model")), *losses])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -71,12 +80,12 @@ def main(argv=None) -> None:
     p.add_argument("--source", default="mnistm")
     p.add_argument("--target", default="usps")
     p.add_argument("--out", default="outputs/p5")
-    p.add_argument("--tag", help="name in the file names and titles (default: the checkpoint's mode)")
+    p.add_argument("--tag", help="name in the file names and titles (default: the checkpoint's row, e.g. dann_fixmatch)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     model, meta = load_checkpoint(Path(args.checkpoint), device)
-    tag = args.tag or str(meta.get("mode", "model"))
+    tag = args.tag or row_name(meta)
     for path in tsne_plots(model, tag, args.data, args.source, args.target, Path(args.out), device):
         print(f"wrote {path}")
 

@@ -3,6 +3,7 @@ from analysis.py, and a missing input names the command that makes it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -47,3 +48,11 @@ def test_tsne_writes_a_class_and_a_domain_figure(tmp_path, monkeypatch):
     assert [p.name for p in paths] == ["tsne_usps_dann_class.png", "tsne_usps_dann_domain.png"]
     assert all(Image.open(p).size[0] > 300 for p in paths)
     assert "tsne_usps_dann_domain" in report.section(tmp_path)
+
+
+def test_tsne_files_are_named_by_the_checkpoints_row():
+    """The shipped model is the dann_fixmatch row: its t-SNE files say so, not just its mode."""
+    shipped = torch.load(Path(report.__file__).parent / "checkpoints" / "mnistm_usps_dann.pt", weights_only=True)
+    assert analysis.row_name(shipped) == "dann_fixmatch"
+    assert analysis.row_name({"mode": "dann", "config": {"entropy_weight": 0.1, "consistency_weight": 0.0}}) == "dann_entropy"
+    assert analysis.row_name({"mode": "source_only", "config": {"entropy_weight": 0.0}}) == "source_only"
