@@ -3,8 +3,8 @@ val and test accuracy of the final epoch side by side, and the seed-to-seed spre
 preset run with other seeds, so that differences smaller than chance are marked as such.
 
     python -m p6_classification.aug_study --data data/cifar10 --out outputs/p6/aug --epochs 30
-    python -m p6_classification.aug_study --data ../shared/data/cifar10_full \\
-        --out outputs/p6/aug --epochs 4 --width 32 --device cpu             # what bench/ runs
+    python -m p6_classification.aug_study --data ../shared/data/cifar10_full --out outputs/p6/aug \\
+        --epochs 3 --width 16 --warmup-epochs 0.5                           # what bench/ runs
     python -m p6_classification.aug_study ... --presets none flip_crop cutout --spread-seeds   # no spread runs
 
 Any other option goes to train.py for every run (e.g. --width, --precision, --limit).
