@@ -49,7 +49,7 @@ SHARED = REPO.parent / "shared" / "data"
 FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
 PARTS = ("throughput", "full", "aug", "cam")
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
-SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "bench.json"),
+SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
                  "aug": ("aug/aug_study.json", "aug/aug_study.png"),
                  "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json")}
 

@@ -30,6 +30,7 @@ SHIPPED = CHECKPOINTS / "resnet18_cifar10.pt"
 # The records that bench/p6_classification.py --ship puts beside it (bench work-folder path ->
 # name in CHECKPOINTS), so that a fresh clone's report shows the runs behind the model.
 SHIPPED_RECORDS = {"bench.json": "p6_bench.json", "resnet18/log.csv": "resnet18_train_log.csv",
+                   "resnet18/curves.png": "resnet18_curves.png",
                    "aug/aug_study.json": "aug_study.json", "aug/aug_study.png": "aug_study.png",
                    "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json"}
 

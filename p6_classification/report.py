@@ -84,9 +84,10 @@ def _full(bench: dict, d: Path) -> list[str]:
                   + " and ".join(f"{exported[k]:.4f} on the {name}" for k, name in (("test", "JPEG test images"),
                                  ("also_test", "official-pixel images")) if k in exported)
                   + f" (the table: the model in training, {r['precision'].removeprefix('torch.')}).", ""]
-    curve = _find(d, "resnet18/log.csv")
-    if curve.is_file():
-        lines += [f"Per-epoch loss and validation accuracy: `{curve}`.", ""]
+    curves = _find(d, "resnet18/curves.png")
+    if curves.is_file():
+        lines += [f"![ResNet-18 training curves]({curves.resolve()})", "",
+                  f"Per epoch, as a table: `{_find(d, 'resnet18/log.csv')}`.", ""]
     return lines
 
 

@@ -14,15 +14,17 @@ JPEG copy (a folder with train.npz/test.npz) or the shared .npz slice (hw2_utils
 --also-test scores a second test set once at the end (the slice's 1,017 official-pixel images
 beside the JPEG copy's 10,000).
 OUT gets log.csv, last.pt (re-running the same command resumes from it), final.pt (the
-exported model in fp16, for infer.py and cam.py) and result.json (val and test accuracy, wall time,
-command, hardware).
+exported model in fp16, for infer.py and cam.py), result.json (val and test accuracy, wall time,
+command, hardware) and curves.png (training loss, validation accuracy and learning rate per epoch).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
                        describe_hardware, finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
-                       resolve_device, resolve_dtype, run_cli, seed_everything, unwrap)
+                       resolve_device, resolve_dtype, run_cli, save_figure, seed_everything, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -134,6 +136,29 @@ def evaluate(model, images, labels, transform, device, dtype, channels_last: boo
 
 
 LOG_FIELDS = ["epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "hardware"]
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """Training loss, validation accuracy and the learning rate (at each epoch's end) from log.csv."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(run_dir / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    epoch = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    for ax, key, title in zip(axes, ("train_loss", "val_acc", "lr"),
+                              ("training loss", f"validation accuracy (last {float(rows[-1]['val_acc']):.4f})",
+                               "learning rate at the epoch's end")):
+        ax.plot(epoch, [float(r[key]) for r in rows], marker="o", ms=3)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run_dir.name}: {rows[-1]['hardware']}", fontsize=9)
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    save_figure(fig, path, dpi=110)
+    return path
 
 
 def train_epoch(train_model, loader, preset, opt, epoch: int, args, device, dtype, channels_last: bool) -> float:
@@ -254,6 +279,7 @@ def main(argv=None) -> dict:
                         "command": command}, tmp)
         with atomic_path(run.out / "result.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
+        plot_curves(run.out)
     also_line = f", test acc {also['test_acc']:.4f} on {also['data']}" if also else ""
     log_main(f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training")
     cleanup_distributed()

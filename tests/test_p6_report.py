@@ -95,7 +95,7 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
     bench.ship(work, ["full", "cam"])  # not aug
     assert sorted(p.name for p in checkpoints.iterdir()) == ["cam_resnet18.png", "deletion_resnet18.json",
                                                              "p6_bench.json", "resnet18_cifar10.pt",
-                                                             "resnet18_train_log.csv"]
+                                                             "resnet18_curves.png", "resnet18_train_log.csv"]
     assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/final.pt"
     assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
 

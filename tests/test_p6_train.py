@@ -67,6 +67,7 @@ def test_honest_protocol_and_outputs(trained):
     assert json.loads((out / "result.json").read_text())["test_acc"] == result["test_acc"]
     with open(out / "log.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    assert Image.open(out / "curves.png").size[0] > 600  # three panels from log.csv
     assert "--limit 200" in result["command"]
     assert train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
 
