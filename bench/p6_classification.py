@@ -17,7 +17,7 @@ Parts:
 - full: train.py's default recipe (the shipped model) on --data, also scored on --also-test.
 - aug: the augmentation study (p6_classification/aug_study.py): every preset, one seed and
   budget, a narrower ResNet-18 (--aug-width), plus seeds 1 and 2 of flip_crop for the spread.
-- cam: cam.py on the shipped (or --checkpoint) model: 5 correct + 5 wrong test images, and
+- cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct + 5 wrong test images, and
   the deletion metric on the first --deletion test images of the official-pixel slice.
 WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
 run), aug/ and cam/. Every part resumes or is cheap to redo.
@@ -124,7 +124,8 @@ def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device:
 
 
 def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
-    """Microseconds per image of every preset's training transform (one thread, as the loader runs)."""
+    """Microseconds per image of every preset's training transform, on one thread (a 32x32 image's
+    transform gains nothing from more; train.py runs it in the main process on the CPU)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -179,13 +180,15 @@ def main(argv=None) -> dict:
     p.add_argument("--aug-width", type=int, default=16)
     p.add_argument("--aug-epochs", type=int, default=3)
     p.add_argument("--aug-warmup-epochs", type=float, default=0.5)
-    p.add_argument("--checkpoint", default=str(SHIPPED), help="cam: the model to explain")
+    p.add_argument("--checkpoint", default=str(SHIPPED),
+                   help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)")
     p.add_argument("--ship", action="store_true",
                    help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
                    "WORK/bench.json, aug's table and plot, cam's figure and deletion record beside it (what infer.py, "
                    "cam.py and the report use on a fresh clone)")
     p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
-    p.add_argument("--limit", type=int, help="smoke runs only: the first N training images (and N/5 test)")
+    p.add_argument("--limit", type=int, help="smoke runs only: train.py's --limit (a fixed random draw of N training "
+                   "and N/5 test images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -195,8 +198,15 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.limit:
         common += ["--limit", str(args.limit)]
-    if args.ship and (args.limit or args.epochs or args.data != str(FULL) or args.checkpoint != str(SHIPPED)):
-        raise CLIError("--ship ships only the recipe's own runs: no --limit, --epochs, --data or --checkpoint")
+    changed = [f"--{name.replace('_', '-')}" for name in ("limit", "epochs", "also_test", "aug_width", "aug_epochs",
+                                                          "aug_warmup_epochs", "checkpoint", "deletion", "seed")
+               if getattr(args, name) != p.get_default(name)]
+    if Path(args.data).resolve() != FULL.resolve():
+        changed.append("--data")
+    if args.ship and changed:
+        raise CLIError(f"--ship ships only the recipe's own runs, without {', '.join(changed)}")
+    # cam explains the model this invocation trains, when it trains one, else --checkpoint.
+    explained = work / "resnet18" / "final.pt" if "full" in args.parts and args.checkpoint == str(SHIPPED) else args.checkpoint
     command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 
@@ -225,7 +235,7 @@ def main(argv=None) -> dict:
         aug_study.main([*common, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
                         "--warmup-epochs", str(args.aug_warmup_epochs), "--out", str(work / "aug")])
     if "cam" in args.parts:
-        cam.main(["--checkpoint", args.checkpoint, "--data", args.also_test, "--correct", "5", "--wrong", "5",
+        cam.main(["--checkpoint", str(explained), "--data", args.also_test, "--correct", "5", "--wrong", "5",
                   "--deletion", str(args.deletion), "--seed", str(args.seed), "--device", args.device,
                   "--out", str(work / "cam")])
     if args.ship:

@@ -8,7 +8,7 @@
 Every public name is importable from `hw2_utils` itself, as before the split.
 """
 from hw2_utils.cli import (CLIError, check_output_path, command_line, error_summary, finite_float, load_torch_file,
-                           positive_int, require_dir, require_file, require_finite, run_cli)
+                           non_negative_float, positive_int, require_dir, require_file, require_finite, run_cli)
 from hw2_utils.files import (CIFAR10_CLASSES, IMAGE_EXTENSIONS, atomic_path, ensure_writable_dir, list_images, load_cifar10,
                              open_rgb, output_dir, save_figure, save_grid, save_images, save_json, to_uint8)
 from hw2_utils.runs import ALIASES, REQUIRED, RunFolder, add_common_args, git_commit
@@ -17,8 +17,8 @@ from hw2_utils.runtime import (DistInfo, autocast, cleanup_distributed, cpu_has_
                                resolve_device, resolve_dtype, seed_everything, unwrap)
 
 __all__ = [
-    "CLIError", "check_output_path", "command_line", "error_summary", "finite_float", "load_torch_file", "positive_int",
-    "require_dir", "require_file", "require_finite", "run_cli",
+    "CLIError", "check_output_path", "command_line", "error_summary", "finite_float", "load_torch_file",
+    "non_negative_float", "positive_int", "require_dir", "require_file", "require_finite", "run_cli",
     "CIFAR10_CLASSES", "IMAGE_EXTENSIONS", "atomic_path", "ensure_writable_dir", "list_images", "load_cifar10", "open_rgb",
     "output_dir", "save_figure", "save_grid", "save_images", "save_json", "to_uint8",
     "ALIASES", "REQUIRED", "RunFolder", "add_common_args", "git_commit",

@@ -80,6 +80,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type for rates, weights and durations that may be zero but not negative."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def require_file(path: str | os.PathLike, what: str, how_to_get: str = "") -> Path:
     """Return `path` as a Path or raise a CLIError naming the file and how to obtain it."""
     p = Path(path)

@@ -22,6 +22,8 @@ from hw2_utils import CLIError, atomic_path, command_line, run_cli, save_figure
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
+SCORES = ("val_acc", "test_acc", "train_seconds")  # what the study keeps of each run's result
+
 
 def spread(runs: list[dict]) -> dict | None:
     """Seed-to-seed spread (max - min) of val and test accuracy over runs of one preset."""
@@ -68,35 +70,42 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: an unknown option goes to train.py, so --preset must not pass for --presets.
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--data", default="data/cifar10")
     p.add_argument("--out", default="outputs/p6/aug")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"default: all ({' '.join(PRESETS)})")
     p.add_argument("--spread-preset", default="flip_crop", help="the preset also run with --spread-seeds")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every preset's run")
     p.add_argument("--spread-seeds", type=int, nargs="*", default=[1, 2],
-                   help="extra seeds of --spread-preset (with the run's own seed they measure the seed-to-seed spread)")
+                   help="extra seeds of --spread-preset (with --seed they measure the seed-to-seed spread)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = p.parse_known_args(argv)
     unknown = sorted(set(args.presets) - set(PRESETS))
     if unknown:
         raise CLIError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    if "--preset" in extra or "--out" in extra:
-        raise CLIError("--preset and --out are set per run by the study")
+    if any(arg == "--preset" or arg.startswith("--preset=") for arg in extra):
+        raise CLIError("--preset is set per run by the study (choose runs with --presets)")
+    if len({args.seed, *args.spread_seeds}) != 1 + len(args.spread_seeds):
+        raise CLIError(f"--spread-seeds must differ from each other and from --seed {args.seed}: "
+                       "a repeated seed repeats a run and understates the spread")
     if args.spread_seeds and args.spread_preset not in args.presets:
         raise CLIError(f"--spread-preset {args.spread_preset} must be one of the --presets")
     out = Path(args.out)
     rows = []
     for preset in args.presets:
         result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", preset,
-                             "--out", str(out / "runs" / preset), *extra])
-        rows.append({"preset": preset, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
+                             "--seed", str(args.seed), "--out", str(out / "runs" / preset), *extra])
+        rows.append({"preset": preset, **{k: result[k] for k in SCORES}})
         print(f"== {preset}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
-    seed_runs = [next(r for r in rows if r["preset"] == args.spread_preset)] if args.spread_seeds else []
+    reference = next((r for r in rows if r["preset"] == args.spread_preset), None)
+    seed_runs = [{"seed": args.seed, **{k: reference[k] for k in SCORES}}] if args.spread_seeds else []
     for seed in args.spread_seeds:
         result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", args.spread_preset,
                              *extra, "--seed", str(seed), "--out", str(out / "runs" / f"{args.spread_preset}_seed{seed}")])
-        seed_runs.append({"seed": seed, **{k: result[k] for k in ("val_acc", "test_acc", "train_seconds")}})
+        seed_runs.append({"seed": seed, **{k: result[k] for k in SCORES}})
         print(f"== {args.spread_preset} seed {seed}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
     noise = spread(seed_runs)
     record = {"command": command_line("p6_classification.aug_study", argv),

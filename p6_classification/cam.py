@@ -106,15 +106,20 @@ def mask_pixels(images: torch.Tensor, order: torch.Tensor, fraction: float) -> t
 def deletion(model, transform, images: torch.Tensor, classes: torch.Tensor, maps: dict[str, torch.Tensor],
              device, seed: int = 0, fraction: float = DELETION_FRACTION) -> dict[str, torch.Tensor]:
     """Predicted-class probability of the intact images, of the images with each map's top
-    `fraction` pixels masked, and with as many random pixels masked (seeded)."""
+    `fraction` pixels masked, and with as many random pixels masked (seeded). Ties in a map
+    (its ReLU makes every negative region exactly 0) are broken in a seeded random order, not
+    by pixel position, so a map with under `fraction` positive pixels masks random ones of the rest."""
     n, _, h, w = images.shape
     generator = torch.Generator().manual_seed(seed)
     random_order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(n)])
     probs = {"intact": class_probability(model, transform, images, classes, device),
              "random": class_probability(model, transform, mask_pixels(images, random_order, fraction), classes, device)}
+    tie_generator = torch.Generator().manual_seed(seed + 1)
     for name, heat in maps.items():
-        order = torch.as_tensor(heat).flatten(1).argsort(dim=1, descending=True, stable=True)
-        probs[name] = class_probability(model, transform, mask_pixels(images, order, fraction), classes, device)
+        shuffle = torch.stack([torch.randperm(h * w, generator=tie_generator) for _ in range(n)])
+        ranked = torch.as_tensor(heat).flatten(1).gather(1, shuffle).argsort(dim=1, descending=True, stable=True)
+        probs[name] = class_probability(model, transform, mask_pixels(images, shuffle.gather(1, ranked), fraction),
+                                        classes, device)
     return probs
 
 
@@ -174,6 +179,8 @@ def main(argv=None) -> Path:
     args = p.parse_args(argv)
     if min(args.n, args.correct or 0, args.wrong or 0, args.deletion) < 0 or args.n < 1:
         raise CLIError("--n must be at least 1, and --correct, --wrong, --deletion non-negative")
+    if (args.correct is not None or args.wrong is not None) and (args.correct or 0) + (args.wrong or 0) < 1:
+        raise CLIError("--correct and --wrong together must pick at least one image")
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     cifar = load_cifar(args.data)

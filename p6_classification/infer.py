@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, list_images, progress, resolve_device, run_cli
+from hw2_utils import CLIError, atomic_path, list_images, positive_int, progress, resolve_device, run_cli
 from p6_classification.augment import build_preset
 from p6_classification.data import load_cifar, load_images
 from p6_classification.models import build_model
@@ -39,8 +39,10 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     """A train.py `final.pt` -> (model in eval mode, its metadata)."""
     path = Path(path)
     if not path.is_file():
-        raise CLIError(f"checkpoint not found: {path} (train one: python -m p6_classification.train --out DIR, "
-                       "then use DIR/final.pt)")
+        how = ("the shipped model comes with the repository; remake it with `python -m bench.p6_classification "
+               "--parts full --ship`" if path == SHIPPED else "train one: `python -m p6_classification.train "
+               "--data ../shared/data/cifar10_full --out DIR`, then use DIR/final.pt")
+        raise CLIError(f"checkpoint not found: {path} ({how})")
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(meta["arch"], len(meta["classes"]))
@@ -69,8 +71,13 @@ def is_cifar10(source: Path) -> bool:
 
 
 def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
-    with open(path, newline="") as f:
-        table = {row["image_name"]: int(row["label"]) for row in csv.DictReader(f)}
+    try:
+        with open(path, newline="") as f:
+            table = {row["image_name"]: int(row["label"]) for row in csv.DictReader(f)}
+    except OSError as e:
+        raise CLIError(f"cannot read --labels {path}: {e.strerror}") from None
+    except (KeyError, TypeError, ValueError):
+        raise CLIError(f"--labels {path} must be a CSV with columns image_name,label (integer class indices)") from None
     missing = [n for n in names if n not in table]
     if missing:
         raise CLIError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[0]}")
@@ -84,7 +91,7 @@ def main(argv=None) -> float | None:
     p.add_argument("--checkpoint", default=str(SHIPPED), help="final.pt written by train.py / vit_finetune.py "
                    "(default: the shipped ResNet-18)")
     p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     source = Path(args.input)

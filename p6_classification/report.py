@@ -139,9 +139,9 @@ def _cams(d: Path) -> list[str]:
 def _vit(d: Path) -> list[str]:
     r = _read(d / "vit" / "result.json")
     if r is None:
-        return ["### ViT fine-tuning", "", "_No pretrained ViT weights can be had on the machines this report was built "
-                "on: run `python -m p6_classification.vit_finetune --data DATA --weights weights/vit_b16/model.safetensors "
-                f"--out {d}/vit` where they exist._", ""]
+        return ["### ViT fine-tuning", "", f"_No ViT fine-tune in {d}/vit (no pretrained ViT weights can be had on the "
+                "machines this repository was developed on): run `python -m p6_classification.vit_finetune --data DATA "
+                f"--weights weights/vit_b16/model.safetensors --out {d}/vit` where they exist._", ""]
     return ["### ViT fine-tuning", "", f"{r['preset']}, {r['epochs']} epochs: val acc {r['val_acc']:.4f}, test acc "
             f"{r['test_acc']:.4f} (final epoch), {r['train_seconds'] / 60:.1f} min training. {_measured(r, r['command'])}", ""]
 

@@ -32,8 +32,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       describe_hardware, finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
-                       resolve_device, resolve_dtype, run_cli, save_figure, seed_everything, unwrap)
+                       describe_hardware, init_distributed, log_main, make_train_sampler, non_negative_float,
+                       positive_int, progress, resolve_device, resolve_dtype, run_cli, save_figure, seed_everything,
+                       unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -69,10 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p, data=("data/cifar10", "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice"),
                     out=(None, "run folder (default runs/p6/<model>)"), precision="auto", ckpt_every=1,
                     image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
-                    limit="smoke runs: only N training and N/5 test images (a fixed random draw)")
+                    limit="smoke runs: a fixed random draw of N training images (10%% of them held out for "
+                          "validation) and N/5 test images")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data when it is missing")
     for name, value in DEFAULTS["resnet18"].items():
-        kind = str if isinstance(value, str) else positive_int if isinstance(value, int) else finite_float
+        kind = str if isinstance(value, str) else positive_int if isinstance(value, int) else non_negative_float
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
                        help=f"default {DEFAULTS['resnet18'][name]} (resnet18), {DEFAULTS['vit'][name]} (vit)")
     p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar", help="resnet18: 3x3 stem or torchvision's")
@@ -94,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # channels corrupts the heap (ResNet's first downsample at width < 8); nothing that narrow is useful.
     if args.width < 8:
         p.error("--width must be at least 8")
+    if (args.workers or 0) < 0 or args.trainable_blocks < 0:
+        p.error("--workers and --trainable-blocks must be at least 0")
     if args.preset not in PRESETS:
         p.error(f"--preset must be one of {', '.join(PRESETS)}")
     return args
@@ -192,7 +196,12 @@ def main(argv=None) -> dict:
     run = RunFolder(args.out or f"runs/p6/{args.model}", ckpt_every=args.ckpt_every, resume=not args.no_resume,
                     main=info.is_main)
 
-    cifar = load_cifar(args.data, download=args.download and info.is_main)
+    # With --download under torchrun, rank 0 fetches the archive while the other ranks wait.
+    cifar = load_cifar(args.data, download=args.download) if info.is_main else None
+    if info.enabled and args.download:
+        torch.distributed.barrier()
+    if cifar is None:
+        cifar = load_cifar(args.data)
     extra = load_cifar(args.also_test) if args.also_test else None  # read now: a bad path fails before training
     train_x, train_y, test_x, test_y = cifar.train_images, cifar.train_labels, cifar.test_images, cifar.test_labels
     if args.limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
@@ -241,7 +250,9 @@ def main(argv=None) -> dict:
         # Seeding per epoch makes the shuffle order and every augmentation draw a function of
         # (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one.
         seed_everything(args.seed * 1000 + epoch, info.rank)
-        shuffle_gen.manual_seed(args.seed * 1000 + epoch)
+        # It also seeds the DataLoader workers' augmentation draws: each rank its own (the
+        # shuffle itself comes from the DistributedSampler under DDP, not from this generator).
+        shuffle_gen.manual_seed(args.seed * 1000 + epoch + 7919 * info.rank)
         if sampler is not None:
             sampler.set_epoch(epoch)
         start = time.perf_counter()
@@ -271,8 +282,8 @@ def main(argv=None) -> dict:
               "train_seconds": round(seconds, 1), "also_test": also}
     if info.is_main:
         with atomic_path(run.out / "final.pt") as tmp:
-            # fp16 weights: half the size (ResNet-18: 22 MB, small enough to ship) and, measured on
-            # the shipped model, the same test accuracy as fp32 (bench/p6_classification.py).
+            # fp16 weights: half the size (ResNet-18: 22 MB, small enough to ship); bench/p6_classification.py
+            # --parts full measures the exported file's test accuracy against the in-training one.
             half = {k: v.half() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
             torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std,
                         "classes": CLASSES, "preset": args.preset, "epochs": epoch, "val_acc": val_acc,

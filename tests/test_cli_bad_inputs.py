@@ -80,6 +80,7 @@ def inp(tmp_path_factory) -> Path:
         Image.new("RGB", (28, 28), (80 * i, 40, 200)).save(d / "images" / f"{i:05d}.png")
         Image.new("RGB", (28, 28), (80 * i, 40, 200)).save(d / "digits" / "mnistm" / f"{i}_001.png")
     (d / "runs").mkdir()
+    (d / "labels_bad.csv").write_text("name,class\n00000.png,cat\n")
     return d
 
 
@@ -188,6 +189,24 @@ CASES = [
     ("p4-zero-byte-checkpoint", "p4_gan.infer", lambda i, w: [w / "out", "--checkpoint", i / "zero.pt"], "{i}/zero.pt"),
     ("p4-train-missing-data", "p4_gan.train", lambda i, w: ["--model", "dcgan", "--data", i / "absent", "--out", w / "run"],
      "{i}/absent"),
+    # P6
+    ("p6-zero-byte-checkpoint", "p6_classification.infer", lambda i, w: [i / "images", w / "pred.csv", "--checkpoint",
+                                                                         i / "zero.pt"], "{i}/zero.pt"),
+    ("p6-p1-checkpoint", "p6_classification.infer", lambda i, w: [i / "images", w / "pred.csv", "--checkpoint", i / "p1.pt"],
+     "is not a P6 final.pt"),
+    ("p6-batch-size-0", "p6_classification.infer", lambda i, w: [i / "images", w / "pred.csv", "--batch-size", "0"],
+     "--batch-size"),
+    ("p6-labels-without-columns", "p6_classification.infer", lambda i, w: [i / "images", w / "pred.csv", "--labels",
+                                                                           i / "labels_bad.csv"], "image_name,label"),
+    ("p6-train-lr-negative", "p6_classification.train", lambda i, w: ["--out", w / "run", "--lr", "-0.1"], "--lr"),
+    ("p6-train-workers-negative", "p6_classification.train", lambda i, w: ["--out", w / "run", "--workers", "-1"],
+     "--workers"),
+    ("p6-cam-no-images", "p6_classification.cam", lambda i, w: ["--correct", "0", "--wrong", "0", "--out", w / "cam"],
+     "--correct"),
+    ("p6-aug-repeated-seed", "p6_classification.aug_study", lambda i, w: ["--spread-seeds", "0", "1", "--out", w / "aug"],
+     "--spread-seeds"),
+    ("p6-aug-preset-for-presets", "p6_classification.aug_study", lambda i, w: ["--preset", "cutout", "--out", w / "aug"],
+     "--presets"),
 ]
 
 

@@ -1,6 +1,6 @@
-"""The deletion metric of cam.py: exact masking, and that it ranks a map that points at the
-evidence above random pixels (on a toy model whose evidence is known); the shipped model's
-check lives in test_p6_shipped.py."""
+"""The deletion metric of cam.py: exact masking, that it ranks a map that points at the
+evidence above random pixels (on a toy model whose evidence is known), and that it breaks a
+map's ties at random; the shipped model's check lives in test_p6_shipped.py."""
 from __future__ import annotations
 
 import torch
@@ -46,3 +46,18 @@ def test_deletion_ranks_a_map_on_the_evidence_above_random_pixels():
     assert torch.equal(drop["wrong"], torch.zeros(8))  # masking elsewhere leaves the evidence intact
     again = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence}, "cpu")
     assert torch.equal(again["random"], probs["random"])  # the random baseline is seeded
+
+
+def test_deletion_breaks_ties_at_random_not_by_pixel_position():
+    """A flat map (all 0 after ReLU) must not mask the first rows, which here hold the evidence."""
+    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0, :2, :2] = 255
+    transform = lambda x: x.float() / 255  # noqa: E731
+    classes = torch.ones(8, dtype=torch.long)
+    on_evidence = torch.zeros(8, 8, 8)
+    on_evidence[:, :2, :2] = 1
+    probs = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence, "flat": torch.zeros(8, 8, 8)},
+                         "cpu")
+    drop = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+    # row order would mask pixels 0..12, the whole evidence corner, in every image
+    assert (drop["flat"] < drop["right"]).sum() >= 6
