@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from p6_classification.aug_study import table as aug_table
+from p6_classification.cam import ANOTHER
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
 SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
@@ -124,16 +125,25 @@ def _cams(d: Path) -> list[str]:
     deletion = _read(_find(d, "cam/deletion_resnet18.json"))
     if deletion is None:
         return lines + _missing(command)
-    drops = deletion["mean_drop"]
-    lines += [f"Deletion check on {deletion['images']} test images: the {deletion['fraction']:.0%} most salient "
-              f"pixels of each map set to the dataset mean, against as many random pixels (`{deletion['command']}`). "
-              f"Mean probability of the predicted class intact: {deletion['mean_probability_intact']:.3f}.", "",
-              "| pixels masked | mean drop of the predicted-class probability | images dropping more than random |",
-              "| --- | --- | --- |"]
-    lines += [f"| {name} | {drop:.3f} | "
-              + (f"{deletion['share_dropping_more_than_random'][name]:.0%}" if name != "random" else "-") + " |"
+    drops, gaps = deletion["mean_drop"], deletion.get("paired_gap", {})
+    lines += [f"Deletion check on {deletion['images']} official-pixel test images: the {deletion['fraction']:.0%} most "
+              "salient pixels of each map set to the dataset mean, against two baselines: as many random pixels, and "
+              "the top pixels of *another* image's map (the same kind of blob, placed without regard to this image; "
+              f"image i gets image i-1's). `{deletion['command']}`. Mean probability of the predicted class intact: "
+              f"{deletion['mean_probability_intact']:.3f}.", "",
+              "| pixels masked | mean drop of the predicted-class probability | vs random pixels | "
+              "vs another image's map |", "| --- | --- | --- | --- |"]
+
+    def versus(name: str, base: str) -> str:
+        if base not in gaps.get(name, {}):
+            return "-"
+        gap, half = gaps[name][base]
+        verdict = "n.s." if abs(gap) <= half else ("larger" if gap > 0 else "smaller")
+        return f"{gap:+.3f} ± {half:.3f} ({verdict})"
+    lines += [f"| {name} | {drop:.3f} | {versus(name, 'random')} | {versus(name, name + ANOTHER)} |"
               for name, drop in drops.items()]
-    return lines + [""]
+    return lines + ["", "Gaps: the map's drop minus the baseline's, mean over images ± the 95% interval (paired); "
+                    "n.s. where the interval holds 0.", ""]
 
 
 def _vit(d: Path) -> list[str]:

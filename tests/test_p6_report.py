@@ -106,11 +106,13 @@ def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_p
     shipped.mkdir()
     (shipped / "deletion_resnet18.json").write_text(json.dumps({
         "images": 500, "fraction": 0.2, "command": "python -m p6_classification.cam --deletion 500",
-        "mean_probability_intact": 0.9, "mean_drop": {"random": 0.1, "CAM (ours)": 0.4, "Grad-CAM": 0.35},
-        "share_dropping_more_than_random": {"CAM (ours)": 0.8, "Grad-CAM": 0.75}}))
+        "mean_probability_intact": 0.9,
+        "mean_drop": {"random": 0.1, "CAM (ours)": 0.4, "CAM (ours), another image's map": 0.39},
+        "paired_gap": {"CAM (ours)": {"random": [0.3, 0.05], "CAM (ours), another image's map": [0.01, 0.02]}}}))
     (shipped / "cam_resnet18.png").write_bytes(b"png")
     monkeypatch.setattr(report, "CHECKPOINTS", shipped)
     text = section(tmp_path / "runs")
     assert f"![CAM and Grad-CAM]({shipped / 'cam_resnet18.png'})" in text
-    assert "| CAM (ours) | 0.400 | 80% |" in text and "| random | 0.100 | - |" in text
+    assert "| CAM (ours) | 0.400 | +0.300 ± 0.050 (larger) | +0.010 ± 0.020 (n.s.) |" in text
+    assert "| random | 0.100 | - | - |" in text
     assert "python -m bench.p6_classification --work " + str(tmp_path / "runs" / "p6") + " --parts aug" in text  # not shipped
