@@ -58,7 +58,7 @@ def _throughput(bench: dict, d: Path) -> list[str]:
         row = f"| {r['dtype']} | {'channels_last' if r['channels_last'] else 'NCHW'} | {r['ours_images_per_s']:.1f} |"
         lines.append(row + (f" {r['torchvision_images_per_s']:.1f} | {r['ours_over_torchvision']:.3f} |" if tv else ""))
     costs = t["augmentation_us_per_image"]
-    lines += ["", f"Per-image cost of each preset's training transform (one thread, as the data loader runs it) "
+    lines += ["", f"Per-image cost of each preset's training transform (on one thread) "
                   f"against the model's training step at the fastest setting, {t['model_step_us_per_image']:.0f} µs "
                   f"per image: " + ", ".join(f"{name} {us:.0f} µs" for name, us in costs.items()) + ".", ""]
     return lines
@@ -142,8 +142,17 @@ def _cams(d: Path) -> list[str]:
         return f"{gap:+.3f} ± {half:.3f} ({verdict})"
     lines += [f"| {name} | {drop:.3f} | {versus(name, 'random')} | {versus(name, name + ANOTHER)} |"
               for name, drop in drops.items()]
-    return lines + ["", "Gaps: the map's drop minus the baseline's, mean over images ± the 95% interval (paired); "
-                    "n.s. where the interval holds 0.", ""]
+    lines += ["", "Gaps: the map's drop minus the baseline's, mean over images ± the 95% interval (paired); "
+              "n.s. where the interval holds 0."]
+    cam_gaps = gaps.get("CAM (ours)", {})
+    if "random" in cam_gaps:
+        gap, half = cam_gaps["random"]
+        lines.append("Against random pixels, the test the issue set, CAM's top pixels "
+                     + ("drop the probability more: it passes." if gap - half > 0 else
+                        "do **not** drop the probability more (scattered mean-colour pixels are a harsher perturbation "
+                        "of a 32x32 image than one blob of the same area); the baseline of another image's map, added "
+                        "after seeing this, isolates where the map points."))
+    return lines + [""]
 
 
 def _vit(d: Path) -> list[str]:
