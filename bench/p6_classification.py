@@ -147,7 +147,7 @@ def ship(work: Path, parts: list[str]) -> None:
     CHECKPOINTS.mkdir(exist_ok=True)
     for part in parts:
         for record in SHIPPED_PARTS.get(part, ()):
-            target = SHIPPED if record == "resnet18/final.pt" else CHECKPOINTS / SHIPPED_RECORDS[record]
+            target = CHECKPOINTS / SHIPPED_RECORDS[record]
             with atomic_path(target) as tmp:
                 shutil.copy(work / record, tmp)
             print(f"shipped {target}")

@@ -27,9 +27,10 @@ from p6_classification.models import build_model
 # The shipped model: train.py's default recipe on the whole CIFAR-10 (JPEG copy); README "P6".
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 SHIPPED = CHECKPOINTS / "resnet18_cifar10.pt"
-# The records that bench/p6_classification.py --ship puts beside it (bench work-folder path ->
-# name in CHECKPOINTS), so that a fresh clone's report shows the runs behind the model.
-SHIPPED_RECORDS = {"bench.json": "p6_bench.json", "resnet18/log.csv": "resnet18_train_log.csv",
+# What bench/p6_classification.py --ship puts in CHECKPOINTS (bench work-folder path -> name
+# there): the model, and the records beside it that a fresh clone's report shows.
+SHIPPED_RECORDS = {"resnet18/final.pt": SHIPPED.name, "bench.json": "p6_bench.json",
+                   "resnet18/log.csv": "resnet18_train_log.csv",
                    "resnet18/curves.png": "resnet18_curves.png",
                    "aug/aug_study.json": "aug_study.json", "aug/aug_study.png": "aug_study.png",
                    "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json"}

@@ -32,32 +32,33 @@ class CornerModel(nn.Module):
         return torch.stack([torch.zeros_like(red), 10 * red], dim=1)
 
 
+# Eight 8x8 images whose only evidence (for CornerModel's class 1) is the red top-left corner.
+IMAGES = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+IMAGES[:, 0, :2, :2] = 255
+ON_EVIDENCE = torch.zeros(8, 8, 8)
+ON_EVIDENCE[:, :2, :2] = 1
+
+
+def corner_deletion(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cam.deletion's probabilities for the corner images, predicted class 1."""
+    return cam.deletion(CornerModel(), lambda x: x.float() / 255, IMAGES, torch.ones(8, dtype=torch.long), maps, "cpu")
+
+
+def drops(probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+
+
 def test_deletion_ranks_a_map_on_the_evidence_above_random_pixels():
-    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
-    images[:, 0, :2, :2] = 255
-    transform = lambda x: x.float() / 255  # noqa: E731
-    classes = torch.ones(8, dtype=torch.long)
-    on_evidence = torch.zeros(8, 8, 8)
-    on_evidence[:, :2, :2] = 1
-    off_evidence = 1 - on_evidence
-    probs = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence, "wrong": off_evidence}, "cpu")
-    drop = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+    probs = corner_deletion({"right": ON_EVIDENCE, "wrong": 1 - ON_EVIDENCE})
+    drop = drops(probs)
     assert (drop["right"] > drop["random"]).all() and (drop["random"] >= drop["wrong"]).all()
     assert torch.equal(drop["wrong"], torch.zeros(8))  # masking elsewhere leaves the evidence intact
-    again = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence}, "cpu")
+    again = corner_deletion({"right": ON_EVIDENCE})
     assert torch.equal(again["random"], probs["random"])  # the random baseline is seeded
 
 
 def test_deletion_breaks_ties_at_random_not_by_pixel_position():
     """A flat map (all 0 after ReLU) must not mask the first rows, which here hold the evidence."""
-    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
-    images[:, 0, :2, :2] = 255
-    transform = lambda x: x.float() / 255  # noqa: E731
-    classes = torch.ones(8, dtype=torch.long)
-    on_evidence = torch.zeros(8, 8, 8)
-    on_evidence[:, :2, :2] = 1
-    probs = cam.deletion(CornerModel(), transform, images, classes, {"right": on_evidence, "flat": torch.zeros(8, 8, 8)},
-                         "cpu")
-    drop = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+    drop = drops(corner_deletion({"right": ON_EVIDENCE, "flat": torch.zeros(8, 8, 8)}))
     # row order would mask pixels 0..12, the whole evidence corner, in every image
     assert (drop["flat"] < drop["right"]).sum() >= 6

@@ -91,7 +91,6 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
             (work / record).parent.mkdir(parents=True, exist_ok=True)
             (work / record).write_text(record)
     monkeypatch.setattr(bench, "CHECKPOINTS", checkpoints)
-    monkeypatch.setattr(bench, "SHIPPED", checkpoints / "resnet18_cifar10.pt")
     bench.ship(work, ["full", "cam"])  # not aug
     assert sorted(p.name for p in checkpoints.iterdir()) == ["cam_resnet18.png", "deletion_resnet18.json",
                                                              "p6_bench.json", "resnet18_cifar10.pt",
