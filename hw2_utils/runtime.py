@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
@@ -176,11 +177,33 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+# Seconds to hold the GIL released after leaving the process group: ample for gloo's worker
+# threads to drop their last finished work (see cleanup_distributed), tiny beside any run.
+_GLOO_DRAIN_SECONDS = 0.2
+
+
 def cleanup_distributed() -> None:
+    """Leave the process group at the end of a run: a barrier, so no rank tears down while
+    another still talks to it, then destroy it.
+
+    The pause after that works around a torch 2.14 + gloo crash at interpreter exit. Every
+    backward stashes a Python object (a contextvars.Context) in thread-local state; the
+    allreduce works DDP launches during backward capture that state, and a gloo worker thread
+    drops a work only after the collective has returned. If the interpreter is already
+    finalizing when a worker drops the last one, the worker cannot take the GIL and the process
+    aborts ("terminate called without an active exception"; 2 to 5 in 40 two-rank runs of
+    tests/ddp_tiny_train.py on 2 CPU cores, gdb: ~AsyncAllreduceWork -> ~ThreadLocalState ->
+    SafePyObject decref in pt_gloo_runloop). Sleeping releases the GIL so the workers finish
+    first; pytorch/pytorch#179291 describes the same race.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gloo = dist.get_backend() == "gloo"
+        dist.barrier()
         dist.destroy_process_group()
+        if gloo:
+            time.sleep(_GLOO_DRAIN_SECONDS)
 
 
 def make_train_sampler(dataset, seed: int, shuffle: bool = True):

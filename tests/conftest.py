@@ -7,6 +7,8 @@ import ipaddress
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,20 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found: {path} (set HW2_SHARED_DATA)")
     return path
+
+
+def run_torchrun(args: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 ARGS` on the CPU (gloo, one thread per rank) from the
+    repository root. Fails the test on a non-zero exit, showing the head of stderr (where a rank's
+    own error is) and its tail (torchrun's summary)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
+           *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
+    err = r.stderr if len(r.stderr) <= 4000 else f"{r.stderr[:2000]}\n[...]\n{r.stderr[-2000:]}"
+    assert r.returncode == 0, err
+    return r
 
 
 def small_digits(root: Path, n: int = 32, splits: tuple[str, ...] = ("train",)) -> Path:

@@ -1,20 +1,13 @@
 """DDP through torchrun on CPU (gloo): both ranks must end with identical weights."""
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
+from conftest import run_torchrun
+
 
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("ddp_tiny_train.py")), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_torchrun([str(Path(__file__).with_name("ddp_tiny_train.py")), str(tmp_path)], timeout=120)
     assert r.stdout.count("rank0 only") == 1  # log_main prints on rank 0 alone
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
     assert all(s["world"] == 2 for s in ranks)

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from conftest import REPO, require_shared
+from conftest import REPO, require_shared, run_torchrun
 from hw2_utils import CLIError, make_generator, to_uint8
 from p2_ddim import infer, train
 from p2_ddim.ddim import linear_alphas_cumprod
@@ -156,12 +156,8 @@ def test_missing_image_folder_is_a_one_line_error(tmp_path):
 
 @pytest.mark.slow  # ~40 s of two-process start-up and training on a 2-core CPU
 def test_torchrun_two_ranks(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           "-m", "p2_ddim.train", "--data", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_torchrun(["-m", "p2_ddim.train", "--data", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"],
+                     timeout=300)
     assert r.stdout.count("done:") == 1  # rank 0 alone logs and writes
     rows = _log(tmp_path)  # each rank takes 4 of its 12-face shard per step: 3 steps per epoch
     assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 1)]

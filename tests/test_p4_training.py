@@ -4,17 +4,12 @@ resuming to exactly the run it interrupted (and, marked slow, under torchrun).""
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import require_shared
+from conftest import require_shared, run_torchrun
 from hw2_utils import CLIError
 from p4_gan import train
 from p4_gan.data import batch, load_faces
@@ -190,15 +185,10 @@ def test_resume_refuses_a_different_model(tmp_path):
 def test_torchrun_two_ranks_train_in_sync(tmp_path):
     # train.py checks at every checkpoint that all ranks hold identical G and D weights and
     # raises otherwise; the penalty's double backward and the frozen-D G step both take part.
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           "-m", "p4_gan.train", "--model", "improved", "--loss", "wgan-gp", "--d-norm", "none", "--d-steps", "2",
-           "--data", str(require_shared("hw2_data", "face")), "--out", str(tmp_path), "--g-channels", "4",
-           "--d-channels", "4", "--batch-size", "8", "--epochs", "2", "--ckpt-every", "1", "--fid-every", "0",
-           "--log-every", "1", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_torchrun(["-m", "p4_gan.train", "--model", "improved", "--loss", "wgan-gp", "--d-norm", "none", "--d-steps",
+                  "2", "--data", str(require_shared("hw2_data", "face")), "--out", str(tmp_path), "--g-channels", "4",
+                  "--d-channels", "4", "--batch-size", "8", "--epochs", "2", "--ckpt-every", "1", "--fid-every", "0",
+                  "--log-every", "1", "--device", "cpu"], timeout=300)
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert [bool(r["g_loss"]) for r in rows] == [False, True] * 3  # one G step per two D steps
