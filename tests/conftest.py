@@ -91,7 +91,9 @@ def run_torchrun(args: list[str], timeout: int, **kwargs) -> subprocess.Complete
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
            *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1"}
+    # PYTHONPATH: a script run by path (tests/ddp_tiny_train.py) imports hw2_utils without an install of the repo.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1", "PYTHONPATH": path}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
     err = r.stderr if len(r.stderr) <= 4000 else f"{r.stderr[:2000]}\n[...]\n{r.stderr[-2000:]}"
     assert r.returncode == 0, err

@@ -207,6 +207,8 @@ CASES = [
      "--spread-seeds"),
     ("p6-aug-preset-for-presets", "p6_classification.aug_study", lambda i, w: ["--preset", "cutout", "--out", w / "aug"],
      "--presets"),
+    ("ddp-teardown-negative-drain", "bench.ddp_teardown", lambda i, w: ["--drain", "-1", "--out", w / "dt.json"],
+     "--drain"),
 ]
 
 
@@ -254,7 +256,8 @@ def test_help_exits_0_with_the_options(script, shows, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing fetched or created
 
 
-@pytest.mark.parametrize("module", ["p1_ddpm.train", "evaluation.digit_accuracy", "bench.p1_ddpm", "report.build"])
+@pytest.mark.parametrize("module", ["p1_ddpm.train", "evaluation.digit_accuracy", "bench.p1_ddpm", "report.build",
+                                    "bench.ddp_teardown"])
 def test_documented_module_commands_run_from_the_repo_root(module):
     """The README's spelling, `python -m package.module`, from the repository root with no PYTHONPATH."""
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
