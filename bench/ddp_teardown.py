@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import runpy
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,8 @@ from pathlib import Path
 import torch
 
 import hw2_utils
-from hw2_utils import atomic_path, command_line, describe_hardware, non_negative_float, positive_int, run_cli
+from hw2_utils import (atomic_path, command_line, describe_hardware, non_negative_float, positive_int, run_cli,
+                       run_torchrun_cpu)
 from hw2_utils import runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +49,8 @@ def worker(out: str, teardown: str, drain: float) -> None:
 
 
 def launch(teardown: str, drain: float, out: Path) -> subprocess.CompletedProcess:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           "-m", "bench.ddp_teardown", "--worker", str(out), "--teardown", teardown,
-           "--drain", str(drain)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    return run_torchrun_cpu(["-m", "bench.ddp_teardown", "--worker", str(out), "--teardown", teardown,
+                             "--drain", str(drain)], timeout=120)
 
 
 def main(argv=None) -> dict | None:

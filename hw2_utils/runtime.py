@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +208,20 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
         if gloo:
             time.sleep(_GLOO_DRAIN_SECONDS)
+
+
+def run_torchrun_cpu(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=NPROC ARGS` on the CPU (gloo, one thread per rank)
+    from the repository root, with the root on PYTHONPATH so that a script run by path imports
+    hw2_utils without an install of the repo; output captured. The tests and benches that check
+    DDP on a CPU machine launch through this."""
+    repo = Path(__file__).resolve().parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone",
+           f"--nproc_per_node={nproc}", *args]
+    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1", "PYTHONPATH": path}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
 
 
 def make_train_sampler(dataset, seed: int, shuffle: bool = True):

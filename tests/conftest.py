@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -84,17 +83,12 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
-def run_torchrun(args: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=2 ARGS` on the CPU (gloo, one thread per rank) from the
-    repository root. Fails the test on a non-zero exit, showing the head of stderr (where a rank's
-    own error is) and its tail (torchrun's summary)."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone", "--nproc_per_node=2",
-           *args]
-    # PYTHONPATH: a script run by path (tests/ddp_tiny_train.py) imports hw2_utils without an install of the repo.
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1", "PYTHONPATH": path}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
+def run_torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """hw2_utils.run_torchrun_cpu with two ranks, failing the test on a non-zero exit with the head
+    of stderr (where a rank's own error is) and its tail (torchrun's summary)."""
+    from hw2_utils import run_torchrun_cpu
+
+    r = run_torchrun_cpu(args, timeout)
     err = r.stderr if len(r.stderr) <= 4000 else f"{r.stderr[:2000]}\n[...]\n{r.stderr[-2000:]}"
     assert r.returncode == 0, err
     return r
