@@ -14,6 +14,10 @@ the command and the hardware; p4_gan/report.py reads those files.
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
     python bench/p4_gan.py eval --images OUT --ref hw2_data/face/val \
         --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
+    # a run trained elsewhere with --fid-every 0 (bench/gpu_session.py): FID on the first 2000
+    # training faces of every snapshot in RUN/snapshots/, written to RUN/fid.csv as train.py would,
+    # and the lowest copied to RUN/generator_best.pt (val faces never seen)
+    python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k --json outputs/p4/select.json
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python bench/p4_gan.py cost --device cuda --json runs/p4/cost.json
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import (atomic_path, command_line, describe_hardware, ensure_writable_dir, require_file, resolve_device,
-                       run_cli, to_uint8)
+from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, require_file,
+                       resolve_device, run_cli, to_uint8)
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
@@ -185,6 +190,33 @@ def cmd_cost(args) -> dict:
     return result
 
 
+def cmd_select(args) -> dict:
+    """FID on training faces of each run's snapshots; the lowest becomes its generator_best.pt."""
+    device = resolve_device(args.device)
+    extractor = load_inception(args.fid_weights, device)
+    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
+    reference = image_statistics(faces, extractor, device=device)
+    result = {"hardware": describe_hardware(device), "data": str(args.data), "fid_ref_n": len(faces),
+              "fid_n": args.fid_n, "runs": {}}
+    for run in map(Path, args.runs):
+        snapshots = sorted((run / "snapshots").glob("generator_epoch*.pt"))
+        if not snapshots:
+            raise CLIError(f"no snapshots/generator_epochNNNN.pt in {run}")
+        rows = []
+        for path in snapshots:
+            generator, meta = load_generator(path, device)
+            fid = train.measure_fid(generator, extractor, reference, args.fid_n, args.seed, device)
+            rows.append({"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid})
+            print(f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {len(faces)} training faces", flush=True)
+        with atomic_path(run / "fid.csv") as tmp, open(tmp, "w") as f:
+            f.write("step,epoch,fid\n" + "".join(f"{r['step']},{r['epoch']},{r['fid']:.4f}\n" for r in rows))
+        best = min(rows, key=lambda r: r["fid"])
+        with atomic_path(run / "generator_best.pt") as tmp:
+            shutil.copy(run / "snapshots" / best["file"], tmp)
+        result["runs"][run.name] = {"snapshots": rows, "best": best}
+    return result
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,6 +241,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=int, default=1000, help="images per model (and real training faces for the floor)")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
+    s = sub.add_parser("select", help="FID on training faces of each snapshot of runs trained with --fid-every 0")
+    s.add_argument("runs", nargs="+", help="run folders holding snapshots/generator_epochNNNN.pt")
+    s.add_argument("--data", required=True, help="folder with the training faces (train/ or train.npz)")
+    s.add_argument("--fid-n", type=int, default=1000, help="generated images per FID (train.py's default)")
+    s.add_argument("--fid-ref-n", type=int, default=2000, help="training faces FID is measured against (ditto)")
+    s.add_argument("--seed", type=int, default=0, help="z of the generated images (train.py's --seed default)")
+    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
+    s.add_argument("--device", default="auto")
     s = sub.add_parser("cost", help="FLOPs and measured seconds per training iteration; inference seconds")
     s.add_argument("--batch-size", type=int, default=train.DEFAULTS["batch_size"])
     s.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up")
@@ -220,7 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = {"smoke": cmd_smoke, "eval": cmd_eval, "final": cmd_final, "cost": cmd_cost}[args.command](args)
+    result = {"smoke": cmd_smoke, "eval": cmd_eval, "final": cmd_final, "select": cmd_select,
+              "cost": cmd_cost}[args.command](args)
     if args.json:
         result = {"command": command_line("bench.p4_gan", argv), **result}
         with atomic_path(args.json) as tmp:

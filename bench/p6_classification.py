@@ -3,10 +3,12 @@ the CAM deletion check, on the whole CIFAR-10 (the shared JPEG copy: 45,000 trai
 val held out / 10,000 test) and the 1,017 official-pixel test images of the shared slice.
 
     python -m bench.p6_classification --parts throughput          # ~5 min; run on an idle machine
-    python -m bench.p6_classification --parts full                # the shipped model: ~2.5 h on 2 threads
-    python -m bench.p6_classification --parts aug                 # 13 presets + 2 seeds, width 16: ~1 h
-    python -m bench.p6_classification --parts cam                 # figures + deletion on 500 test images
-    python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 \\
+    python -m bench.p6_classification --parts full                # the shipped model: a GPU run (~20 h on 2 threads)
+    python -m bench.p6_classification --parts aug                 # the study: 8 runs of 30 epochs at once, a GPU
+    python -m bench.p6_classification --parts cam                 # figures + deletion/insertion on 500 test images
+    python -m bench.p6_classification --work outputs/gpu/p6 --parts full aug --trained-elsewhere --ship
+                                                                  # runs a GPU session brought back (bench/gpu_session.py)
+    python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 --aug-width 8 \\
         --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
 
 Parts:
@@ -15,17 +17,20 @@ Parts:
   recipe's), the ratio ours/torchvision, the per-image cost of every augmentation preset
   against the model step, and whether the defaults (--precision auto, --memory-format) are the fastest row.
 - full: train.py's default recipe (the shipped model) on --data, also scored on --also-test.
-- aug: the augmentation study (p6_classification/aug_study.py): every preset, one seed and
-  budget, a narrower ResNet-18 (--aug-width), plus seeds 1 and 2 of flip_crop for the spread.
+- aug: the augmentation study (p6_classification/aug_study.py): STUDY_PRESETS with train.py's
+  recipe at --aug-epochs epochs, plus seed 1 of flip_crop for the spread, all runs at once.
 - cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct + 5 wrong test images, and
   the deletion metric on the first --deletion test images of the official-pixel slice.
 WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
-run), aug/ and cam/. Every part resumes or is cheap to redo.
+run), aug/ and cam/. Every part resumes or is cheap to redo. --trained-elsewhere takes full's
+and aug's runs as they came back from a GPU session (without last.pt, so they cannot resume):
+full's exported model is scored here on both test sets, aug's record is kept as it is.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -36,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, resolve_device,
-                       resolve_dtype, run_cli)
+from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, require_file,
+                       resolve_device, resolve_dtype, run_cli)
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -48,6 +53,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
 PARTS = ("throughput", "full", "aug", "cam")
+# The study (issue #31: ResNet-18 width 64, >= 30 epochs, one schedule for every preset, a spread):
+# train.py's recipe at 30 epochs for the seven presets that matter, a second seed of flip_crop.
+STUDY_PRESETS = ("none", "flip_crop", "flip_crop_ls", "cutout", "autoaugment", "trivialaugment", "mixup_cutmix")
+STUDY_ARGS = ["--presets", *STUDY_PRESETS, "--spread-preset", "flip_crop", "--spread-seeds", "1",
+              "--jobs", str(len(STUDY_PRESETS) + 1), "--workers", "3"]  # all at once: one GPU holds them
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
 SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
                  "aug": ("aug/aug_study.json", "aug/aug_study.png"),
@@ -164,6 +174,28 @@ def exported_accuracy(final_pt: Path, sources: dict[str, str], device: torch.dev
     return accuracy
 
 
+def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bool) -> dict:
+    """train.py's result.json of a run that finished elsewhere, with the --also-test set (which
+    did not travel) scored here on its exported final.pt, as infer.py loads it. `recipe_only`:
+    refuse a run whose hyperparameters are not train.py's defaults (what --ship may ship)."""
+    result = json.loads(require_file(run / "result.json", "the run's result (train.py writes it at the end)").read_text())
+    require_file(run / "final.pt", "the run's exported model")
+    if recipe_only:
+        ran = train.parse_args(shlex.split(result["command"])[3:])
+        recipe = train.parse_args([])
+        differ = [k for k in ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "preset",
+                              "width", "stem", "limit", "seed") if getattr(ran, k) != getattr(recipe, k)]
+        if differ:
+            raise CLIError(f"{run} was not trained with the recipe ({', '.join(differ)} differ): not shipped")
+    if result.get("also_test") is None:
+        cifar = load_cifar(also_test)
+        model, meta = load_checkpoint(run / "final.pt", device)
+        accuracy = (predict(model, meta, cifar.test_images, device) == cifar.test_labels).float().mean().item()
+        result["also_test"] = {"data": cifar.source, "test_images": len(cifar.test_labels), "test_acc": accuracy,
+                               "scored_on": describe_hardware(device)}
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(FULL), help="CIFAR-10 to train on (default: the shared whole-CIFAR-10 JPEG copy)")
@@ -174,12 +206,10 @@ def main(argv=None) -> dict:
     p.add_argument("--throughput-batch", type=int, default=train.DEFAULTS["resnet18"]["batch_size"])
     p.add_argument("--throughput-steps", type=int, default=8, help="timed steps per model and configuration")
     p.add_argument("--epochs", type=int, help="full: override the recipe's epochs (smoke runs)")
-    # The study's one budget, fixed from this CPU's time before any run (15 runs in about an hour of
-    # 2 threads): a width-16 ResNet-18 (~900 training images/s in bf16), 3 epochs, half an epoch of
-    # warmup (the recipe's 2 would be most of so short a run).
-    p.add_argument("--aug-width", type=int, default=16)
-    p.add_argument("--aug-epochs", type=int, default=3)
-    p.add_argument("--aug-warmup-epochs", type=float, default=0.5)
+    p.add_argument("--aug-width", type=int, default=64, help="aug: ResNet-18's width (smoke runs)")
+    p.add_argument("--aug-epochs", type=int, default=30, help="aug: epochs of every run (smoke runs)")
+    p.add_argument("--trained-elsewhere", action="store_true",
+                   help="full, aug: take WORK's finished runs as a GPU session brought them back instead of training")
     p.add_argument("--checkpoint", default=str(SHIPPED),
                    help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)")
     p.add_argument("--ship", action="store_true",
@@ -199,7 +229,7 @@ def main(argv=None) -> dict:
     if args.limit:
         common += ["--limit", str(args.limit)]
     changed = [f"--{name.replace('_', '-')}" for name in ("limit", "epochs", "also_test", "aug_width", "aug_epochs",
-                                                          "aug_warmup_epochs", "checkpoint", "deletion", "seed")
+                                                          "checkpoint", "deletion", "seed")
                if getattr(args, name) != p.get_default(name)]
     if Path(args.data).resolve() != FULL.resolve():
         changed.append("--data")
@@ -226,14 +256,22 @@ def main(argv=None) -> dict:
         save("throughput", {**result, "hardware": describe_hardware(device)})
     if "full" in args.parts:
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-        result = train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")])
+        if args.trained_elsewhere:
+            result = adopted_run(work / "resnet18", args.also_test, device, recipe_only=args.ship)
+        else:
+            result = train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")])
         if not args.limit:  # smoke runs: the whole test sets would cost more than the run
             result["exported_fp16_test_acc"] = exported_accuracy(work / "resnet18" / "final.pt",
                                                                  {"test": args.data, "also_test": args.also_test}, device)
         save("full", result)
-    if "aug" in args.parts:
-        aug_study.main([*common, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
-                        "--warmup-epochs", str(args.aug_warmup_epochs), "--out", str(work / "aug")])
+    if "aug" in args.parts and args.trained_elsewhere:
+        record = json.loads(require_file(work / "aug" / "aug_study.json", "the study's record").read_text())
+        if args.ship and ([r["preset"] for r in record["rows"]] != list(STUDY_PRESETS) or record["epochs"] != 30
+                          or record["arch"].get("width") != 64):
+            raise CLIError(f"{work / 'aug'} is not the study's budget (STUDY_PRESETS, 30 epochs, width 64): not shipped")
+    elif "aug" in args.parts:
+        aug_study.main([*common, *STUDY_ARGS, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
+                        "--out", str(work / "aug")])
     if "cam" in args.parts:
         cam.main(["--checkpoint", str(explained), "--data", args.also_test, "--correct", "5", "--wrong", "5",
                   "--deletion", str(args.deletion), "--seed", str(args.seed), "--device", args.device,

@@ -14,7 +14,7 @@ from hw2_utils.files import (CIFAR10_CLASSES, IMAGE_EXTENSIONS, atomic_path, ens
 from hw2_utils.runs import ALIASES, REQUIRED, RunFolder, add_common_args, git_commit
 from hw2_utils.runtime import (DistInfo, autocast, cleanup_distributed, cpu_has_bf16, describe_hardware, dist_info,
                                ema_update, init_distributed, log_main, make_generator, make_train_sampler, progress, quiet,
-                               resolve_device, resolve_dtype, run_torchrun_cpu, seed_everything, unwrap)
+                               resolve_device, resolve_dtype, run_torchrun_cpu, seed_everything, to_device, unwrap)
 
 __all__ = [
     "CLIError", "check_output_path", "command_line", "error_summary", "finite_float", "load_torch_file",
@@ -24,5 +24,5 @@ __all__ = [
     "ALIASES", "REQUIRED", "RunFolder", "add_common_args", "git_commit",
     "DistInfo", "autocast", "cleanup_distributed", "cpu_has_bf16", "describe_hardware", "dist_info", "ema_update",
     "init_distributed", "log_main", "make_generator", "make_train_sampler", "progress", "quiet", "resolve_device",
-    "resolve_dtype", "run_torchrun_cpu", "seed_everything", "unwrap",
+    "resolve_dtype", "run_torchrun_cpu", "seed_everything", "to_device", "unwrap",
 ]

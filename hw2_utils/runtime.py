@@ -64,6 +64,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise CLIError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the CPU) on `device` without blocking the host. A copy from ordinary
+    (pageable) memory to a GPU waits for the GPU to finish all queued work first, so a training
+    step that moves CPU-drawn random numbers this way runs its Python and its kernels in
+    series; from pinned memory the copy is queued like a kernel. Random draws stay on the CPU
+    (a seeded CPU generator gives the same numbers on every device); only the copy changes."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hw2_utils import CLIError, list_images, open_rgb, progress
+from hw2_utils import CLIError, list_images, open_rgb, progress, to_device
 from p4_gan.models import IMAGE_SIZE
 
 # The standard CelebA face crop, 140x140 around (89, 121) of the 178x218 aligned image, at the
@@ -73,9 +73,10 @@ def _archive_faces(path: Path, limit: int | None) -> list[np.ndarray]:
 
 
 def batch(faces: torch.Tensor, indices: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """uint8 faces[indices] -> float in [-1, 1], mirrored left-right where `flips` is True."""
-    x = faces[indices.to(faces.device)].float().div(127.5).sub(1.0)
-    return torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    """uint8 faces[indices] -> float in [-1, 1], mirrored left-right where `flips` is True.
+    `indices` and `flips` may be on the CPU (drawn there); they are moved without a host sync."""
+    x = faces[to_device(indices, faces.device)].float().div(127.5).sub(1.0)
+    return torch.where(to_device(flips, x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

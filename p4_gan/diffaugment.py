@@ -2,12 +2,16 @@
 differentiable transforms are applied to every image D sees, real or fake, in both the D
 and the G step, so D cannot overfit the finite training set while G still gets gradients
 through the transforms. Written from the paper's description; every random draw comes from
-the `generator` passed in (on the CPU, then moved), so a run is reproducible.
+the `generator` passed in, on the CPU, so a run is reproducible and draws the same numbers on
+any device. Only the small draws travel (hw2_utils.to_device, which does not stall the host on
+a GPU); the grids and masks they parametrise are built on the images' device.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from hw2_utils import to_device
 
 TRANSLATION_RATIO = 1 / 8   # shift by up to 1/8 of the side: +-8 px at 64x64
 CUTOUT_RATIO = 1 / 2        # erase a square of half the side
@@ -15,7 +19,7 @@ CUTOUT_RATIO = 1 / 2        # erase a square of half the side
 
 def _uniform(n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """(n, 1, 1, 1) uniforms in [0, 1) on `like`'s device and dtype."""
-    return torch.rand(n, 1, 1, 1, generator=generator).to(like.device, like.dtype)
+    return to_device(torch.rand(n, 1, 1, 1, generator=generator).to(like.dtype), like.device)
 
 
 def color(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -38,7 +42,7 @@ def translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # affine_grid works in [-1, 1] coordinates: one pixel is 2/size; sampling at p - s moves content by +s.
     theta[:, 0, 2] = -2 * shift[:, 0] / w
     theta[:, 1, 2] = -2 * shift[:, 1] / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False).to(x.device, x.dtype)
+    grid = F.affine_grid(to_device(theta, x.device), list(x.shape), align_corners=False).to(x.dtype)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
@@ -47,12 +51,12 @@ def cutout(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     (so it may be clipped at the border)."""
     n, _, h, w = x.shape
     size_y, size_x = round(h * CUTOUT_RATIO), round(w * CUTOUT_RATIO)
-    top = torch.randint(0, h, (n, 1, 1), generator=generator) - size_y // 2
-    left = torch.randint(0, w, (n, 1, 1), generator=generator) - size_x // 2
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
+    top = to_device(torch.randint(0, h, (n, 1, 1), generator=generator) - size_y // 2, x.device)
+    left = to_device(torch.randint(0, w, (n, 1, 1), generator=generator) - size_x // 2, x.device)
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + size_y) & (xs >= left) & (xs < left + size_x)
-    return x * (~inside).unsqueeze(1).to(x.device, x.dtype)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
 AUGMENTS = {"color": color, "translation": translation, "cutout": cutout}

@@ -1,15 +1,19 @@
 """Train a 64x64 face GAN from scratch: (A) DCGAN as in the paper, or (B) the improved GAN
-(hinge loss, spectrally normalised D, EMA generator, DiffAugment).
+(hinge loss, spectrally normalised D, EMA generator, DiffAugment); either with the DCGAN
+networks (the default) or, with --arch resnet, SNGAN's residual ones (p4_gan/models.py).
 
     python -m p4_gan.train --model dcgan --data hw2_data/face --out runs/p4/dcgan
     python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved
+    python -m p4_gan.train --model improved --arch resnet --g-channels 32 --d-channels 32 --snapshot-every 10 ...
     torchrun --nproc_per_node=4 -m p4_gan.train --model improved ...   # --batch-size stays the global batch
 
 DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
 training never reads val. Re-running the same command resumes from OUT/last.pt. Outputs:
 OUT/generator.pt (what infer.py loads: the EMA generator for `improved`, with frozen BN
 statistics), OUT/generator_best.pt (lowest FID so far), OUT/samples/epochNNNN.png (the same
-64 z every epoch), OUT/log.csv (losses, mean D logits) and OUT/fid.csv. FID is measured
+64 z every epoch), OUT/log.csv (losses, mean D logits), OUT/fid.csv and, with --snapshot-every N,
+OUT/snapshots/generator_epochNNNN.pt (generator.pt as it was every N-th epoch, for choosing a
+generator by FID after a run trained with --fid-every 0). FID is measured
 every --fid-every epochs on --fid-n generated images against the first --fid-ref-n
 *training* faces (statistics cached in OUT/fid_ref.npz), so choosing generator_best.pt
 never looks at val, the faces the final FID is reported on. The Inception weights are
@@ -31,15 +35,15 @@ from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanu
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
-from p4_gan.models import GANConfig
+from p4_gan.models import ARCHS, GANConfig
 from p4_gan.pipeline import generate, save_generator, with_standing_stats
 
-# What distinguishes the two models; --loss/--d-norm/--diffaug/--ema-decay override one entry.
+# What distinguishes the two models; --arch/--loss/--d-norm/--diffaug/--ema-decay override one entry.
 PRESETS = {
-    "dcgan": dict(loss="dcgan", d_norm="batch", diffaug="none", ema_decay=0.0),
+    "dcgan": dict(arch="dcgan", loss="dcgan", d_norm="batch", diffaug="none", ema_decay=0.0),
     # Hinge + spectral norm (SNGAN) keeps D Lipschitz without a costly penalty; DiffAugment stops
     # D memorising 38k faces; EMA averages away G's step-to-step oscillation (~1k-step horizon).
-    "improved": dict(loss="hinge", d_norm="spectral", diffaug="color,translation,cutout", ema_decay=0.999),
+    "improved": dict(arch="dcgan", loss="hinge", d_norm="spectral", diffaug="color,translation,cutout", ema_decay=0.999),
 }
 DEFAULTS = dict(
     epochs=100,        # 300 steps/epoch at batch 128: 30k steps, beyond DCGAN's ~20 epochs of CelebA's 200k faces
@@ -62,15 +66,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=positive_int if isinstance(value, int) else finite_float,
                        default=value)
+    p.add_argument("--arch", choices=ARCHS, help="override the preset's networks (both presets use dcgan). resnet: "
+                   "SNGAN's residual G and D, with --d-norm spectral or none (as --model improved has); ~12 M "
+                   "parameters in G and 10 M in D at the default channels, ~3.4 M and 2.5 M with "
+                   "--g-channels 32 --d-channels 32")
     p.add_argument("--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss")
     p.add_argument("--d-norm", choices=["batch", "spectral", "none"], help="override the preset's D normalisation")
     p.add_argument("--diffaug", help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none")
     p.add_argument("--ema-decay", type=finite_float, help="override the preset's EMA decay (0 = no EMA)")
-    p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels)
-    p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels)
+    p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels,
+                   help="G's last hidden width c: widths 8c..c for dcgan, 16c..c for resnet (default %(default)s)")
+    p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels,
+                   help="D's first width c: widths c..8c for dcgan, c..16c for resnet (default %(default)s)")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)")
     p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids (0 = only at the end)")
     p.add_argument("--fid-every", type=int, default=10, help="epochs between FID measurements (0 = never)")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="epochs between exports of the generator, as generator.pt is exported, to "
+                   "OUT/snapshots/generator_epochNNNN.pt (default 0: none)")
     p.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID measurement")
     p.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces that FID is measured against")
     p.add_argument("--fid-weights", help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)")
@@ -79,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = Path(args.out or f"runs/p4/{args.model}")
+    if args.snapshot_every < 0:
+        p.error(f"--snapshot-every must be 0 (off) or a number of epochs, got {args.snapshot_every}")
     if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
         p.error(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
     return args
@@ -86,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_trainer(args, device, dtype, rank) -> GANTrainer:
     try:
-        config = GANConfig(g_channels=args.g_channels, d_channels=args.d_channels, d_norm=args.d_norm)
+        config = GANConfig(g_channels=args.g_channels, d_channels=args.d_channels, d_norm=args.d_norm, arch=args.arch)
         recipe = Recipe(loss=args.loss, diffaug=parse_policy(args.diffaug), ema_decay=args.ema_decay,
                         gp_weight=args.gp_weight, lr=args.lr, betas=(args.beta1, args.beta2))
         return GANTrainer(config, recipe, device, dtype, seed=args.seed, rank=rank)
@@ -127,6 +142,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
+    if device.type == "cuda":  # every step has the same shapes: time cuDNN's algorithms once, keep the fastest
+        torch.backends.cudnn.benchmark = True
     seed_everything(args.seed, info.rank)
     if args.batch_size % info.world_size:
         raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
@@ -150,7 +167,7 @@ def main(argv=None) -> None:
     log = run.start(step, LOG_FIELDS, command, device)
     fid_log = run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (trainer.G, trainer.D))
-    log_main(f"{args.model}: G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
+    log_main(f"{args.model} ({args.arch}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
              f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), {trainer.recipe}"
              + (f"; resumed at step {step}" if state else ""))
 
@@ -184,14 +201,17 @@ def main(argv=None) -> None:
         epoch_done, last_step = step % steps_per_epoch == 0, step == total_steps
         grid_due = epoch_done and ((args.sample_every and (step // steps_per_epoch) % args.sample_every == 0) or last_step)
         fid_due = epoch_done and extractor is not None and ((step // steps_per_epoch) % args.fid_every == 0 or last_step)
+        snapshot_due = epoch_done and args.snapshot_every > 0 and (step // steps_per_epoch) % args.snapshot_every == 0
         checkpoint_due = run.checkpoint_due(step, total_steps)
-        if not (grid_due or fid_due or checkpoint_due):
+        if not (grid_due or fid_due or snapshot_due or checkpoint_due):
             continue
         epoch = step // steps_per_epoch
         # The exported generator, with standing BN statistics: what run.sh would sample from now.
         frozen = with_standing_stats(trainer.exported_generator()) if info.is_main else None
         if grid_due and info.is_main:
             save_grid(generate(frozen, GRID, args.seed), run.out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
+        if snapshot_due and info.is_main:
+            export(run.out / "snapshots" / f"generator_epoch{epoch:04d}.pt", frozen, args, step, epoch, command)
         if fid_due:
             fid = measure_fid(frozen, extractor, ref_stats, args.fid_n, args.seed, device)
             fid_log.writerow([step, epoch, f"{fid:.4f}"])

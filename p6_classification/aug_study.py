@@ -6,16 +6,23 @@ preset run with other seeds, so that differences smaller than chance are marked 
     python -m p6_classification.aug_study --data ../shared/data/cifar10_full --out outputs/p6/aug \\
         --epochs 3 --width 16 --warmup-epochs 0.5                           # what bench/ runs
     python -m p6_classification.aug_study ... --presets none flip_crop cutout --spread-seeds   # no spread runs
+    python -m p6_classification.aug_study ... --jobs 10 --workers 4   # every run at once (one GPU holds them)
 
-Any other option goes to train.py for every run (e.g. --width, --precision, --limit).
+Any other option goes to train.py for every run (e.g. --width, --precision, --limit, --workers).
 OUT gets runs/<preset>/ and runs/<spread preset>_seed<S>/ (each resumable), aug_study.json
 (results, command, hardware), aug_study.md (the table) and aug_study.png (the plot).
+With --jobs N, up to N runs train at once as separate train.py processes (logs in
+runs/<name>.log); the study then reads each finished run back (a resumed run that has
+reached its last epoch only scores its model), exactly as after one-by-one training.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hw2_utils import CLIError, atomic_path, command_line, run_cli, save_figure
@@ -69,6 +76,38 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def finished(run_dir: Path, run_argv: list[str]) -> dict | None:
+    """The result.json of a run that reached its last epoch with exactly these arguments (as
+    --jobs leaves them), else None: the study reads it instead of resuming the run to score it."""
+    with contextlib.suppress(OSError, ValueError):
+        result = json.loads((run_dir / "result.json").read_text())
+        if result.get("command") == command_line("p6_classification.train", run_argv):
+            return result
+    return None
+
+
+def train_in_parallel(runs: dict[str, list[str]], jobs: int, log_dir: Path) -> None:
+    """Train every run as its own `python -m p6_classification.train` process, at most `jobs`
+    at a time; a run that fails stops the others and ends the study with the end of its log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, active = list(runs.items()), {}
+    while pending or active:
+        while pending and len(active) < jobs:
+            name, run_argv = pending.pop(0)
+            with open(log_dir / f"{name}.log", "w") as log:
+                active[name] = subprocess.Popen([sys.executable, "-m", "p6_classification.train", *run_argv],
+                                                stdout=log, stderr=subprocess.STDOUT)
+            print(f"== {name}: training in the background (log {log_dir / f'{name}.log'})", flush=True)
+        time.sleep(1.0)
+        for name, proc in [(n, p) for n, p in active.items() if p.poll() is not None]:
+            del active[name]
+            if proc.returncode != 0:
+                for other in active.values():
+                    other.terminate()
+                last = (log_dir / f"{name}.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+                raise CLIError(f"run {name} failed ({last[0]}); its log: {log_dir / f'{name}.log'}")
+
+
 def main(argv=None) -> dict:
     # No abbreviations: an unknown option goes to train.py, so --preset must not pass for --presets.
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,6 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="the seed of every preset's run")
     p.add_argument("--spread-seeds", type=int, nargs="*", default=[1, 2],
                    help="extra seeds of --spread-preset (with --seed they measure the seed-to-seed spread)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each its own train.py process")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = p.parse_known_args(argv)
     unknown = sorted(set(args.presets) - set(PRESETS))
@@ -93,20 +133,26 @@ def main(argv=None) -> dict:
                        "a repeated seed repeats a run and understates the spread")
     if args.spread_seeds and args.spread_preset not in args.presets:
         raise CLIError(f"--spread-preset {args.spread_preset} must be one of the --presets")
+    if args.jobs < 1:
+        raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
     out = Path(args.out)
-    rows = []
-    for preset in args.presets:
-        result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", preset,
-                             "--seed", str(args.seed), "--out", str(out / "runs" / preset), *extra])
-        rows.append({"preset": preset, **{k: result[k] for k in SCORES}})
-        print(f"== {preset}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
-    reference = next((r for r in rows if r["preset"] == args.spread_preset), None)
-    seed_runs = [{"seed": args.seed, **{k: reference[k] for k in SCORES}}] if args.spread_seeds else []
-    for seed in args.spread_seeds:
-        result = train.main(["--data", args.data, "--epochs", str(args.epochs), "--preset", args.spread_preset,
-                             *extra, "--seed", str(seed), "--out", str(out / "runs" / f"{args.spread_preset}_seed{seed}")])
-        seed_runs.append({"seed": seed, **{k: result[k] for k in SCORES}})
-        print(f"== {args.spread_preset} seed {seed}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
+    # name -> train.py arguments: every preset with --seed, then the spread preset with the other seeds.
+    runs = {preset: ["--data", args.data, "--epochs", str(args.epochs), "--preset", preset,
+                     "--seed", str(args.seed), "--out", str(out / "runs" / preset), *extra] for preset in args.presets}
+    runs.update({f"{args.spread_preset}_seed{seed}": [
+        "--data", args.data, "--epochs", str(args.epochs), "--preset", args.spread_preset, *extra,
+        "--seed", str(seed), "--out", str(out / "runs" / f"{args.spread_preset}_seed{seed}")] for seed in args.spread_seeds})
+    if args.jobs > 1:
+        train_in_parallel(runs, args.jobs, out / "runs")
+    results = {}
+    for name, run_argv in runs.items():
+        results[name] = result = finished(out / "runs" / name, run_argv) or train.main(run_argv)
+        print(f"== {name}: val {result['val_acc']:.4f}, test {result['test_acc']:.4f}")
+    rows = [{"preset": preset, **{k: results[preset][k] for k in SCORES}} for preset in args.presets]
+    seed_runs = [{"seed": seed, **{k: results[name][k] for k in SCORES}}
+                 for seed, name in ([(args.seed, args.spread_preset)] +
+                                    [(s, f"{args.spread_preset}_seed{s}") for s in args.spread_seeds])
+                 if args.spread_seeds]
     noise = spread(seed_runs)
     record = {"command": command_line("p6_classification.aug_study", argv),
               "hardware": result["hardware"], "data": result["data"], "arch": result["arch"],

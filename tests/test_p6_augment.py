@@ -70,3 +70,42 @@ def test_split_holds_out_ten_percent_fixed_and_disjoint():
     assert torch.equal(tx[:, 0, 0, 0], ty) and torch.equal(vx[:, 0, 0, 0], vy)  # images follow labels
     assert torch.equal(split_train_val(images, labels)[3], vy)  # the same split every time
     assert len(split_train_val(images[:5085], labels[:5085])[3]) == 508  # the slice: same proportion
+
+
+@pytest.mark.parametrize("name", ["none", "flip_crop", "cutout", "normalize"])
+def test_batch_augment_equals_torchvision_per_image(batch, name):
+    """The whole-batch path train.py uses (BatchAugment) gives, for the same random draws,
+    exactly what torchvision's per-image ops give: flip, crop of the zero-padded image, scale,
+    normalise, erase a square."""
+    from torchvision.transforms.v2 import functional as TF
+
+    images, _ = batch
+    preset = build_preset(name, CIFAR_MEAN, CIFAR_STD)
+    augment = preset.device_train
+    draws = augment.draws(len(images), 32, torch.Generator().manual_seed(5))
+    out = augment.apply(images, draws)
+    for image, (flip, top, left, cut_top, cut_left), got in zip(images, draws.tolist(), out):
+        x = TF.horizontal_flip(image) if augment.flip and flip else image
+        if augment.padding:
+            x = TF.crop(TF.pad(x, [augment.padding]), top, left, 32, 32)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        if augment.mean is not None:
+            x = TF.normalize(x, list(CIFAR_MEAN), list(CIFAR_STD))
+        if augment.cutout:
+            x = TF.erase(x, cut_top, cut_left, augment.cutout, augment.cutout, torch.tensor(0.0))
+        assert torch.equal(got, x)
+    # The draws cover every allowed value and nothing else: offsets 0..8, cutout corners 0..16.
+    many = augment.draws(4000, 32, torch.Generator().manual_seed(0))
+    assert set(many[:, 0].tolist()) == {0, 1}
+    if augment.padding:
+        assert set(many[:, 1].tolist()) == set(range(2 * augment.padding + 1))
+    if augment.cutout:
+        assert set(many[:, 3].tolist()) == set(range(32 - augment.cutout + 1))
+
+
+def test_batch_augment_only_where_the_preset_is_flips_crops_cutout():
+    batched = {name for name in PRESETS if build_preset(name, CIFAR_MEAN, CIFAR_STD).device_train is not None}
+    assert batched == {"none", "flip", "crop", "normalize", "flip_crop", "flip_crop_ls", "cutout"}
+    cutout = build_preset("cutout", CIFAR_MEAN, CIFAR_STD).device_train
+    assert (cutout.flip, cutout.padding, cutout.cutout, cutout.mean) == (True, 4, 16, CIFAR_MEAN)
+    assert build_preset("crop", CIFAR_MEAN, CIFAR_STD).device_train.mean is None  # unnormalised, as per image

@@ -151,7 +151,7 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
                      "--out", str(tmp_path / "cam"), "--device", "cpu"]).name == "cam_vit.png"
 
 
-def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path):
+def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypatch):
     path = cam.main(["--checkpoint", str(trained[0] / "final.pt"), "--data", slice_path, "--n", "3",
                      "--out", str(tmp_path / "cam"), "--device", "cpu"])
     assert path == tmp_path / "cam" / "cam_resnet18.png"
@@ -173,3 +173,13 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path):
     table = (tmp_path / "aug" / "aug_study.md").read_text()
     assert f"| cutout | flip_crop + cutout 16x16 | {cutout['val_acc']:.4f} | {cutout['test_acc']:.4f} | {gap:+.4f}{mark} |" in table
     assert (tmp_path / "aug" / "aug_study.png").is_file()
+    # --jobs: the same runs as separate processes at once (one thread each, as here), the same study
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    parallel = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug_jobs"), "--epochs", "1",
+                               "--presets", "none", "cutout", "--spread-preset", "none", "--spread-seeds", "1",
+                               "--limit", "100", "--width", "8", "--batch-size", "30", "--device", "cpu", "--jobs", "3"])
+    def scores(rows):
+        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
+    assert scores(parallel["rows"]) == scores(record["rows"])
+    assert scores(parallel["seed_runs"]) == scores(record["seed_runs"])
+    assert "epoch 1: train loss" in (tmp_path / "aug_jobs" / "runs" / "none_seed1.log").read_text()
