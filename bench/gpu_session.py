@@ -2,11 +2,11 @@ r"""One call on a lent GPU machine (../shared/device/README.md): the training th
 (P6's ResNet-18 and its augmentation study, P4's recipe variants) and the TA's entry points
 timed, prepared here, run there in one command, brought back in one archive.
 
-Here, before the call (from the repository root):
+Here, before the call (from the repository root, everything committed):
+    python -m bench.gpu_session pack                  # the data sets, xz-compressed, into .device/data; the commit
+    bash ../shared/device/stage.sh wheels pytorch-fid==0.3.0
     bash ../shared/device/stage.sh stash               # tracked checkpoints out of the tree (64 MiB limit)
     cp /tmp/hw2-device-stash/p1_ddpm/checkpoints/ddpm_ema.pt p1_ddpm/checkpoints/   # hw2_1.sh is timed
-    bash ../shared/device/stage.sh wheels pytorch-fid==0.3.0
-    python -m bench.gpu_session pack                  # the data sets, xz-compressed, into .device/data
     bash ../shared/device/stage.sh size               # must say <= 64
 There (the device tool's command, carry [".device"], timeout 600 s):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl && \
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from bench.p6_classification import STUDY_ARGS, STUDY_PRESETS
-from hw2_utils import CLIError, describe_hardware, resolve_device, run_cli
+from hw2_utils import CLIError, command_line, describe_hardware, resolve_device, run_cli
 from p6_classification.train import DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +82,13 @@ TINY_P4 = ["--g-channels", "8", "--d-channels", "8", "--snapshot-every", "1", "-
 
 
 def pack(args) -> None:
-    """xz-compress DATA_FILES from ../shared/data into .device/data (the call's extra path)."""
+    """xz-compress DATA_FILES from ../shared/data into .device/data (the call's extra path), and
+    note the commit in .device/commit (the device's copy of .git may not be this checkout's)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    (REPO / ".device").mkdir(exist_ok=True)
+    (REPO / ".device" / "commit").write_text(head + (" (with uncommitted changes)" if dirty else "") + "\n")
     for name in DATA_FILES:
         source, target = Path(args.shared) / name, STAGED_DATA / f"{name}.xz"
         if not source.is_file():
@@ -270,7 +276,7 @@ def collect(work: Path, out: Path, p4_names: list[str], session: dict) -> dict:
     return session
 
 
-def run(args) -> dict:
+def run(args, argv: list[str]) -> dict:
     started = time.time()
     deadline = started + args.budget - COLLECT_SECONDS
     device = resolve_device(args.device)
@@ -282,8 +288,10 @@ def run(args) -> dict:
     unpack_data(data)
     env = {**os.environ, "HW2_QUIET": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    session = {"hardware": describe_hardware(device), "budget_seconds": args.budget, "tiny": args.tiny,
-               "events": [], "jobs": {}}
+    commit_file = REPO / ".device" / "commit"
+    session = {"command": command_line("bench.gpu_session", argv), "hardware": describe_hardware(device),
+               "commit": commit_file.read_text().strip() if commit_file.is_file() else None,
+               "budget_seconds": args.budget, "tiny": args.tiny, "events": [], "jobs": {}}
 
     def event(text: str) -> None:
         session["events"].append({"second": round(time.time() - started, 1), "event": text})
@@ -359,16 +367,18 @@ def run(args) -> dict:
             left = main_epochs - main_done + (len(study_runs) * study_epochs + main_done - done if studying else 0)
             if main_done >= 1 and (not marks or marks[-1][1] != done):  # from the main's epoch 1: past the start-up
                 marks.append((time.time(), done))
-            if jobs["p6_main"].running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 20:
+            # a rate over 40 s at least: over 20 s, one 2026-12-04 run projected its end 50 s late and
+            # stopped a P4 run it did not need to
+            if jobs["p6_main"].running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 40:
                 (t0, d0), (t1, d1) = marks[0], marks[-1]
                 finish = t1 + left * (t1 - t0) / max(1, d1 - d0)
                 victim = next((j for j in [jobs.get("p6_study"), *(jobs[f"p4_{n}"] for n in reversed(p4_names))]
                                if j is not None and j.running()), None)
-                if finish > deadline - 10 and victim is not None:
+                if finish > deadline and victim is not None:
                     victim.stop(f"to give the main P6 run the GPU (its projected end: {finish - started:.0f} s)")
                     event(f"stopped {victim.name}: {victim.stopped}")
                     marks = []
-                marks = marks[-30:]  # the rate of about the last minute
+                marks = marks[-45:]  # the rate of about the last 90 s
             if time.time() - last_report > 30:
                 last_report = time.time()
                 event(f"P6 main epoch {main_done}/{main_epochs}, P6 epochs left {left}; "
@@ -418,8 +428,12 @@ def main(argv=None) -> None:
     s = sub.add_parser("unpack", help="join and unpack what the call brought back")
     s.add_argument("files_at", help="the folder the device tool put OUT's files in")
     s.add_argument("--work", default="outputs/gpu")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    {"pack": pack, "run": run, "unpack": unpack}[args.command](args)
+    if args.command == "run":
+        run(args, argv)
+    else:
+        {"pack": pack, "unpack": unpack}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """P6 benchmark on this machine: throughput, the shipped ResNet-18, the augmentation study and
-the CAM deletion check, on the whole CIFAR-10 (the shared JPEG copy: 45,000 train / 5,000
+the CAM deletion/insertion curves, on the whole CIFAR-10 (the shared JPEG copy: 45,000 train / 5,000
 val held out / 10,000 test) and the 1,017 official-pixel test images of the shared slice.
 
     python -m bench.p6_classification --parts throughput          # ~5 min; run on an idle machine
@@ -20,7 +20,7 @@ Parts:
 - aug: the augmentation study (p6_classification/aug_study.py): STUDY_PRESETS with train.py's
   recipe at --aug-epochs epochs, plus seed 1 of flip_crop for the spread, all runs at once.
 - cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct + 5 wrong test images, and
-  the deletion metric on the first --deletion test images of the official-pixel slice.
+  the deletion and insertion curves on the first --deletion test images of the official-pixel slice.
 WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
 run), aug/ and cam/. Every part resumes or is cheap to redo. --trained-elsewhere takes full's
 and aug's runs as they came back from a GPU session (without last.pt, so they cannot resume):
@@ -61,7 +61,7 @@ STUDY_ARGS = ["--presets", *STUDY_PRESETS, "--spread-preset", "flip_crop", "--sp
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
 SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
                  "aug": ("aug/aug_study.json", "aug/aug_study.png"),
-                 "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json")}
+                 "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png")}
 
 
 def torchvision_resnet18() -> nn.Module:
@@ -214,9 +214,9 @@ def main(argv=None) -> dict:
                    help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)")
     p.add_argument("--ship", action="store_true",
                    help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
-                   "WORK/bench.json, aug's table and plot, cam's figure and deletion record beside it (what infer.py, "
+                   "WORK/bench.json, aug's table and plot, cam's figures and curve record beside it (what infer.py, "
                    "cam.py and the report use on a fresh clone)")
-    p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion metric")
+    p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion and insertion curves")
     p.add_argument("--limit", type=int, help="smoke runs only: train.py's --limit (a fixed random draw of N training "
                    "and N/5 test images)")
     p.add_argument("--seed", type=int, default=0)

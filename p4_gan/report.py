@@ -133,10 +133,11 @@ def _lessons(d: Path, shipped: Path) -> str:
                      f"D(fake) {m['d_fake']:+.2f}; {reading} Train-face FID: {trajectory or 'not logged'}.")
     if not lines:
         return _missing("training logs", "python -m p4_gan.train --model improved ...")
-    lines += ["", "(A)'s samples swing between evaluations before settling, (B)'s FID falls smoothly and flattens; "
-                  "the EMA generator gives cleaner faces (higher face rate) at a smaller feature spread, i.e. it "
-                  "concentrates on the common faces. When the CPU budget ended (A)'s FID was still falling and (B)'s had "
-                  "flattened, both far above the real-face floor: 40 epochs of 8,000 faces is a short run for a GAN."]
+    lines += ["", "(A)'s samples swing between evaluations before settling, (B)'s FID falls smoothly; "
+                  "the EMA generator's faces have a smaller feature spread than (A)'s (the record's table), i.e. it "
+                  "concentrates on the common faces. (A)'s FID was still falling when its 40 CPU epochs ended, and (B)'s "
+                  "when the GPU session stopped it after 96: both far above the real-face floor, so a longer run is "
+                  "the first thing to try."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,10 @@
 """Class activation maps for a trained model on CIFAR-10 test images, and whether they mean
-anything (the deletion metric).
+anything (deletion and insertion curves).
 
     python -m p6_classification.cam                                   # the shipped model, the official-pixel test slice
     python -m p6_classification.cam --checkpoint runs/p6/resnet18/final.pt --data DATA --out outputs/p6/cam
     python -m p6_classification.cam --checkpoint runs/p6/vit/final.pt --data DATA --out outputs/p6/cam
-    python -m p6_classification.cam --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's
+    python -m p6_classification.cam --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's (~10 min)
 
 ResNet-18: CAM (Zhou et al. 2016, ours: the predicted class's FC weights times the last conv
 feature maps, which global average pooling feeds to the FC layer) beside Grad-CAM (the
@@ -13,14 +13,16 @@ reshaped to the patch grid. Writes OUT/cam_<model>.png (one row per image, title
 predicted and true class): the first --n test images, or the first --correct correctly and
 first --wrong wrongly classified ones.
 
---deletion N scores the maps on the first N test images (Petsiuk et al. 2018's deletion idea,
-one step): set the top 20% pixels of a map to the dataset mean and see how much the predicted
-class's probability drops, against two baselines: 20% random pixels (the issue's), and the top
-20% of *another* image's map (the same kind of smooth blob, placed without regard to this
-image). A map that points at the evidence drops it more. Scattered pixels are a harsher
-perturbation than one blob at 32x32 (on the shipped model they drop it more than either map,
-README "P6"), so the second baseline is the one that isolates where the map points.
-Writes OUT/deletion_<model>.json.
+--deletion N scores the maps on the first N test images with the curves of Petsiuk et al. 2018
+(RISE): deletion sets the first 0%, 10%, ..., 100% of the pixels, in an order, to the dataset
+mean and follows the predicted class's probability (the faster it falls, the lower the area
+under the curve, the more the order found the evidence first); insertion starts from the
+all-mean image and restores the pixels in the same order (higher area: better). Each map's
+order (most salient first) is compared with three baselines: random pixels, the order of
+*another* image's map (the same kind of smooth blob, placed without regard to this image: it
+isolates where the map points from what masking a blob does) and the map's own order reversed
+(least salient first). Writes OUT/deletion_<model>.json (the curves, the areas with 95%
+intervals, paired gaps) and OUT/deletion_<model>.png (the mean curves).
 """
 from __future__ import annotations
 
@@ -87,8 +89,9 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor) -> 
             p.requires_grad_(flag)
 
 
-DELETION_FRACTION = 0.2  # the share of pixels masked (the issue's protocol)
-ANOTHER = ", another image's map"  # suffix of the baseline that masks another image's top pixels
+CURVE_STEPS = 10  # 11 points, 0% to 100% of the pixels (the issue asks for at least 10)
+ANOTHER = ", another image's map"  # the baseline orders, as suffixes of the map's name
+LEAST = ", least salient first"
 
 
 @torch.no_grad()
@@ -108,31 +111,84 @@ def mask_pixels(images: torch.Tensor, order: torch.Tensor, fraction: float) -> t
     return masked.view(n, 3, h, w)
 
 
-def deletion(model, transform, images: torch.Tensor, classes: torch.Tensor, maps: dict[str, torch.Tensor],
-             device, seed: int = 0, fraction: float = DELETION_FRACTION) -> dict[str, torch.Tensor]:
-    """Predicted-class probability of the intact images, of the images with each map's top
-    `fraction` pixels masked, and with as many random pixels masked (seeded). Ties in a map
-    (its ReLU makes every negative region exactly 0) are broken in a seeded random order, not
-    by pixel position, so a map with under `fraction` positive pixels masks random ones of the rest."""
-    n, _, h, w = images.shape
+def ranked(heat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(N, H*W) pixel indices, most salient first. Ties (the ReLU makes every negative region
+    exactly 0) come in a seeded random order, not by pixel position."""
+    n, h, w = heat.shape
+    shuffle = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(n)])
+    return shuffle.gather(1, heat.flatten(1).gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
+
+
+def pixel_orders(maps: dict[str, torch.Tensor], n: int, size: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:
+    """Each map's order and its baselines: random pixels, another image's map (image i gets
+    image i-1's) and the least salient first, all seeded."""
     generator = torch.Generator().manual_seed(seed)
-    random_order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(n)])
-    probs = {"intact": class_probability(model, transform, images, classes, device),
-             "random": class_probability(model, transform, mask_pixels(images, random_order, fraction), classes, device)}
-    tie_generator = torch.Generator().manual_seed(seed + 1)
+    orders = {"random": torch.stack([torch.randperm(size[0] * size[1], generator=generator) for _ in range(n)])}
     for name, heat in maps.items():
-        shuffle = torch.stack([torch.randperm(h * w, generator=tie_generator) for _ in range(n)])
-        ranked = torch.as_tensor(heat).flatten(1).gather(1, shuffle).argsort(dim=1, descending=True, stable=True)
-        probs[name] = class_probability(model, transform, mask_pixels(images, shuffle.gather(1, ranked), fraction),
-                                        classes, device)
-    return probs
+        orders[name] = ranked(torch.as_tensor(heat), generator)
+        orders[name + LEAST] = orders[name].flip(1)
+        if n > 1:
+            orders[name + ANOTHER] = ranked(torch.as_tensor(heat).roll(1, dims=0), generator)
+    return orders
+
+
+def curves(model, transform, images: torch.Tensor, classes: torch.Tensor, orders: dict[str, torch.Tensor], device,
+           steps: int = CURVE_STEPS) -> dict[str, dict[str, torch.Tensor]]:
+    """{"deletion" | "insertion": {order: (N, steps + 1) probabilities of `classes`}} at the
+    fractions 0, 1/steps, ..., 1 of the pixels deleted (set to the mean) or inserted (restored
+    into the all-mean image) in each order. The end points are the same images for every order."""
+    ends = {0: class_probability(model, transform, images, classes, device),
+            1: class_probability(model, transform, mask_pixels(images, orders["random"], 1.0), classes, device)}
+    result = {"deletion": {}, "insertion": {}}
+    for name, order in orders.items():
+        for mode, intact_at in (("deletion", 0), ("insertion", steps)):
+            points = []
+            for i in range(steps + 1):
+                if i in (0, steps):
+                    points.append(ends[0] if i == intact_at else ends[1])
+                    continue
+                masked = mask_pixels(images, order, i / steps) if mode == "deletion" else \
+                    mask_pixels(images, order.flip(1), 1 - i / steps)  # all but the first i/steps restored
+                points.append(class_probability(model, transform, masked, classes, device))
+            result[mode][name] = torch.stack(points, dim=1)
+    return result
+
+
+def area(curve: torch.Tensor) -> torch.Tensor:
+    """(N,) area under each row of an (N, F) curve sampled evenly on [0, 1] (trapezoids)."""
+    return torch.trapezoid(curve.double(), dx=1 / (curve.shape[1] - 1), dim=1)
+
+
+def curve_figure(record: dict, path: Path) -> None:
+    """The mean deletion and insertion curves of every order, side by side, areas in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+        for name, entry in record[mode].items():
+            style = "-" if name == "random" or not name.endswith((ANOTHER, LEAST)) else ("--" if name.endswith(ANOTHER) else ":")
+            ax.plot(record["fractions"], entry["curve"], style, marker=".", label=f"{name}: {entry['auc']:.3f}")
+        ax.set(xlabel=f"share of pixels {'set to the mean' if mode == 'deletion' else 'restored'}",
+               ylabel="probability of the predicted class", title=f"{mode} (area: {better} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{record['images']} test images, {record['checkpoint']}", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
+def mean_interval(x: torch.Tensor) -> list[float]:
+    """Mean over images and the half-width of its 95% interval (normal approximation)."""
+    x = x.double()
+    half = 1.96 * x.std().item() / len(x) ** 0.5 if len(x) > 1 else float("nan")
+    return [x.mean().item(), half]
 
 
 def paired_gap(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Mean of a - b over images and the half-width of its 95% interval (normal approximation)."""
-    gap = (a - b).double()
-    half = 1.96 * gap.std().item() / len(gap) ** 0.5 if len(gap) > 1 else float("nan")
-    return [gap.mean().item(), half]
+    """Mean of a - b over images and the half-width of its 95% interval (paired)."""
+    return mean_interval(a - b)
 
 
 def overlay_figure(images: torch.Tensor, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
@@ -184,13 +240,15 @@ def main(argv=None) -> Path:
     p.add_argument("--n", type=int, default=8, help="number of test images in the figure (the first N)")
     p.add_argument("--correct", type=int, help="the figure shows the first K correctly classified test images ...")
     p.add_argument("--wrong", type=int, help="... and the first K wrongly classified ones")
-    p.add_argument("--deletion", type=int, default=0, metavar="N", help="deletion metric on the first N test images (0 = skip)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-pixel baseline of --deletion")
+    p.add_argument("--deletion", type=int, default=0, metavar="N",
+                   help="deletion and insertion curves on the first N test images (0 = skip)")
+    p.add_argument("--steps", type=int, default=CURVE_STEPS, help="intervals of the curves (points: steps + 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-pixel order and of ties in the maps")
     p.add_argument("--out", default="outputs/p6/cam")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if min(args.n, args.correct or 0, args.wrong or 0, args.deletion) < 0 or args.n < 1:
-        raise CLIError("--n must be at least 1, and --correct, --wrong, --deletion non-negative")
+    if min(args.n, args.correct or 0, args.wrong or 0, args.deletion) < 0 or args.n < 1 or args.steps < 1:
+        raise CLIError("--n and --steps must be at least 1, and --correct, --wrong, --deletion non-negative")
     if (args.correct is not None or args.wrong is not None) and (args.correct or 0) + (args.wrong or 0) < 1:
         raise CLIError("--correct and --wrong together must pick at least one image")
     device = resolve_device(args.device)
@@ -211,26 +269,28 @@ def main(argv=None) -> Path:
     if args.deletion:
         images, classes = cifar.test_images[:args.deletion], predicted[:args.deletion]
         maps = saliency_maps(model, transform(images).to(device), classes)
-        if len(images) > 1:  # image i gets image i-1's map
-            maps |= {f"{name}{ANOTHER}": heat.roll(1, dims=0) for name, heat in list(maps.items())}
-        probs = deletion(model, transform, images, classes, maps, device, args.seed)
-        drops = {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
-        own = [k for k in drops if k != "random" and not k.endswith(ANOTHER)]
+        orders = pixel_orders(maps, len(images), images.shape[-2:], args.seed)
+        probs = curves(model, transform, images, classes, orders, device, args.steps)
+        areas = {mode: {name: area(curve) for name, curve in per_order.items()} for mode, per_order in probs.items()}
         record = {"checkpoint": str(args.checkpoint), "data": cifar.source, "images": len(images),
-                  "fraction": DELETION_FRACTION, "seed": args.seed, "mean_probability_intact": probs["intact"].mean().item(),
-                  "mean_drop": {k: v.mean().item() for k, v in drops.items()},
-                  "share_dropping_more_than_random": {k: (drops[k] > drops["random"]).float().mean().item() for k in own},
-                  "share_dropping_more_than_another_images_map": {
-                      k: (drops[k] > drops[k + ANOTHER]).float().mean().item() for k in own if k + ANOTHER in drops},
-                  # the map's drop minus the baseline's, per image: mean and 95% interval half-width
-                  "paired_gap": {k: {base: paired_gap(drops[k], drops[base]) for base in ("random", k + ANOTHER)
-                                     if base in drops} for k in own},
+                  "fractions": [i / args.steps for i in range(args.steps + 1)], "seed": args.seed,
+                  "mean_probability_intact": probs["deletion"]["random"][:, 0].mean().item(),
+                  # per mode and order: the mean curve, and the mean area with its 95% interval half-width
+                  **{mode: {name: dict(zip(("auc", "auc_ci"), mean_interval(a)), curve=probs[mode][name].mean(0).tolist())
+                            for name, a in per_order.items()} for mode, per_order in areas.items()},
+                  # the map's area minus each baseline's, per image: mean and 95% half-width (deletion: below 0
+                  # is better, insertion: above 0)
+                  "paired_auc_gap": {mode: {name: {base: paired_gap(a[name], a[base]) for base in
+                                                   ("random", name + ANOTHER, name + LEAST) if base in a}
+                                            for name in maps} for mode, a in areas.items()},
                   "command": command_line("p6_classification.cam", argv)}
-        deletion_path = out / f"deletion_{meta['arch']['model']}.json"
-        with atomic_path(deletion_path) as tmp:
+        model_name = meta["arch"]["model"]
+        with atomic_path(out / f"deletion_{model_name}.json") as tmp:
             tmp.write_text(json.dumps(record, indent=2))
-        print("mean drop of the predicted class's probability: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in record["mean_drop"].items()) + f" -> {deletion_path}")
+        curve_figure(record, out / f"deletion_{model_name}.png")
+        print("area under the curves (deletion: lower is better, insertion: higher): " + "; ".join(
+            f"{name} {record['deletion'][name]['auc']:.3f} / {record['insertion'][name]['auc']:.3f}" for name in orders)
+            + f" -> {out / f'deletion_{model_name}.json'}")
     return path
 
 

@@ -33,7 +33,8 @@ SHIPPED_RECORDS = {"resnet18/final.pt": SHIPPED.name, "bench.json": "p6_bench.js
                    "resnet18/log.csv": "resnet18_train_log.csv",
                    "resnet18/curves.png": "resnet18_curves.png",
                    "aug/aug_study.json": "aug_study.json", "aug/aug_study.png": "aug_study.png",
-                   "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json"}
+                   "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json",
+                   "cam/deletion_resnet18.png": "deletion_resnet18.png"}
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:

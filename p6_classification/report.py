@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from p6_classification.aug_study import table as aug_table
-from p6_classification.cam import ANOTHER
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
 SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
@@ -122,36 +121,33 @@ def _cams(d: Path) -> list[str]:
     lines += ["CAM (ours: the predicted class's FC weights times the last feature maps) beside the grad-cam library's "
               "Grad-CAM on layer4, for 5 correctly and 5 wrongly classified test images (official pixels); each row "
               "is titled with the predicted and the true class.", "", f"![CAM and Grad-CAM]({figure.resolve()})", ""]
-    deletion = _read(_find(d, "cam/deletion_resnet18.json"))
-    if deletion is None:
+    record = _read(_find(d, "cam/deletion_resnet18.json"))
+    if record is None or "paired_auc_gap" not in record:
         return lines + _missing(command)
-    drops, gaps = deletion["mean_drop"], deletion.get("paired_gap", {})
-    lines += [f"Deletion check on {deletion['images']} official-pixel test images: the {deletion['fraction']:.0%} most "
-              "salient pixels of each map set to the dataset mean, against two baselines: as many random pixels, and "
-              "the top pixels of *another* image's map (the same kind of blob, placed without regard to this image; "
-              f"image i gets image i-1's). `{deletion['command']}`. Mean probability of the predicted class intact: "
-              f"{deletion['mean_probability_intact']:.3f}.", "",
-              "| pixels masked | mean drop of the predicted-class probability | vs random pixels | "
-              "vs another image's map |", "| --- | --- | --- | --- |"]
+    figure = _find(d, "cam/deletion_resnet18.png")
+    lines += [f"Deletion and insertion curves (Petsiuk et al. 2018) on {record['images']} official-pixel test images, "
+              f"{len(record['fractions'])} points each: the pixels set to the dataset mean (deletion) or restored into "
+              "the all-mean image (insertion) in each map's order, most salient first, against three baselines: random "
+              "pixels, *another* image's map (image i gets image i-1's: the same kind of blob, placed without regard to "
+              "this image) and the map's own order reversed (least salient first). Area under the predicted class's "
+              f"probability, mean ± 95% interval; deletion: lower is better, insertion: higher. `{record['command']}`.",
+              "", "| pixel order | deletion area | insertion area |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {record['deletion'][name]['auc']:.3f} ± {record['deletion'][name]['auc_ci']:.3f} | "
+              f"{record['insertion'][name]['auc']:.3f} ± {record['insertion'][name]['auc_ci']:.3f} |"
+              for name in record["deletion"]]
+    if figure.is_file():
+        lines += ["", f"![deletion and insertion curves]({figure.resolve()})"]
+    lines += ["", "Paired gaps of the areas, the map's minus the baseline's (mean ± 95% interval; n.s. where the "
+              "interval holds 0):", "", "| map | baseline | deletion (below 0: map better) | insertion (above 0: map better) |",
+              "| --- | --- | --- | --- |"]
 
-    def versus(name: str, base: str) -> str:
-        if base not in gaps.get(name, {}):
-            return "-"
-        gap, half = gaps[name][base]
-        verdict = "n.s." if abs(gap) <= half else ("larger" if gap > 0 else "smaller")
-        return f"{gap:+.3f} ± {half:.3f} ({verdict})"
-    lines += [f"| {name} | {drop:.3f} | {versus(name, 'random')} | {versus(name, name + ANOTHER)} |"
-              for name, drop in drops.items()]
-    lines += ["", "Gaps: the map's drop minus the baseline's, mean over images ± the 95% interval (paired); "
-              "n.s. where the interval holds 0."]
-    cam_gaps = gaps.get("CAM (ours)", {})
-    if "random" in cam_gaps:
-        gap, half = cam_gaps["random"]
-        lines.append("Against random pixels, the test the issue set, CAM's top pixels "
-                     + ("drop the probability more: it passes." if gap - half > 0 else
-                        "do **not** drop the probability more (scattered mean-colour pixels are a harsher perturbation "
-                        "of a 32x32 image than one blob of the same area); the baseline of another image's map, added "
-                        "after seeing this, isolates where the map points."))
+    def gap(mode: str, name: str, base: str, sign: int) -> str:
+        mean, half = record["paired_auc_gap"][mode][name][base]
+        verdict = "n.s." if abs(mean) <= half else ("map better" if sign * mean > 0 else "baseline better")
+        return f"{mean:+.3f} ± {half:.3f} ({verdict})"
+    for name, bases in record["paired_auc_gap"]["deletion"].items():
+        lines += [f"| {name} | {base.removeprefix(name + ', ') if base != 'random' else base} | "
+                  f"{gap('deletion', name, base, -1)} | {gap('insertion', name, base, +1)} |" for base in bases]
     return lines + [""]
 
 

@@ -312,7 +312,7 @@ def main(argv=None) -> dict:
         with atomic_path(run.out / "final.pt") as tmp:
             # fp16 weights: half the size (ResNet-18: 22 MB, small enough to ship); bench/p6_classification.py
             # --parts full measures the exported file's test accuracy against the in-training one.
-            half = {k: v.half() if v.is_floating_point() else v for k, v in unwrap(model).state_dict().items()}
+            half = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
             torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std,
                         "classes": CLASSES, "preset": args.preset, "epochs": epoch, "val_acc": val_acc,
                         "command": command}, tmp)

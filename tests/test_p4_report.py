@@ -43,4 +43,4 @@ def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
     shipped = json.loads((SHIPPED / "p4_bench_final.json").read_text())
     text = section(tmp_path)
     assert f"| {shipped['models']['improved']['fid']:.2f} |" in text
-    assert "(B) improved GAN: last epoch D loss" in text and "Train-face FID: 362 (epoch 5)" in text
+    assert "(B) improved GAN: last epoch D loss" in text and "Train-face FID: 73 (epoch 50) → 62 (epoch 90)" in text

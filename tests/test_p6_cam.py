@@ -1,6 +1,7 @@
-"""The deletion metric of cam.py: exact masking, that it ranks a map that points at the
-evidence above random pixels (on a toy model whose evidence is known), and that it breaks a
-map's ties at random; the shipped model's check lives in test_p6_shipped.py."""
+"""The deletion and insertion curves of cam.py: exact masking, the curves and their areas on a
+toy model whose evidence is known (computed by hand), the ranking of a map on the evidence
+above its baselines, and that a map's ties are broken at random; the shipped model's check
+lives in test_p6_shipped.py."""
 from __future__ import annotations
 
 import torch
@@ -39,26 +40,51 @@ ON_EVIDENCE = torch.zeros(8, 8, 8)
 ON_EVIDENCE[:, :2, :2] = 1
 
 
-def corner_deletion(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """cam.deletion's probabilities for the corner images, predicted class 1."""
-    return cam.deletion(CornerModel(), lambda x: x.float() / 255, IMAGES, torch.ones(8, dtype=torch.long), maps, "cpu")
+def corner_curves(maps: dict[str, torch.Tensor], steps: int = 10) -> dict[str, dict[str, torch.Tensor]]:
+    """cam.curves for the corner images (predicted class 1) with each map's order and its baselines."""
+    orders = cam.pixel_orders(maps, len(IMAGES), (8, 8), seed=0)
+    return cam.curves(CornerModel(), lambda x: x.float() / 255, IMAGES, torch.ones(8, dtype=torch.long), orders, "cpu",
+                      steps)
 
 
-def drops(probs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: probs["intact"] - v for k, v in probs.items() if k != "intact"}
+def p1(red: float) -> float:
+    """CornerModel's probability of class 1 when the corner's mean red is `red` (in [0, 1])."""
+    return torch.sigmoid(torch.tensor(10 * red, dtype=torch.float64)).item()
 
 
-def test_deletion_ranks_a_map_on_the_evidence_above_random_pixels():
-    probs = corner_deletion({"right": ON_EVIDENCE, "wrong": 1 - ON_EVIDENCE})
-    drop = drops(probs)
-    assert (drop["right"] > drop["random"]).all() and (drop["random"] >= drop["wrong"]).all()
-    assert torch.equal(drop["wrong"], torch.zeros(8))  # masking elsewhere leaves the evidence intact
-    again = corner_deletion({"right": ON_EVIDENCE})
-    assert torch.equal(again["random"], probs["random"])  # the random baseline is seeded
+def test_curves_and_areas_match_the_hand_computed_ones():
+    """64 pixels, the evidence is 4 of them. In the map's order the 4 come first: 10% of the
+    pixels (6) already holds them all. Reversed (least salient first) they come last: only the
+    100% point reaches them. Masked pixels take the mean colour: red 125/255, not 0."""
+    c = corner_curves({"right": ON_EVIDENCE})
+    intact, masked = p1(1.0), p1(round(255 * CIFAR_MEAN[0]) / 255)
+    expected = {("deletion", "right"): [intact] + [masked] * 10,
+                ("insertion", "right"): [masked] + [intact] * 10,
+                ("deletion", "right" + cam.LEAST): [intact] * 10 + [masked],
+                ("insertion", "right" + cam.LEAST): [masked] * 10 + [intact]}
+    for (mode, name), values in expected.items():
+        torch.testing.assert_close(c[mode][name], torch.tensor([values] * 8, dtype=torch.float32))
+    # trapezoids on 0, 0.1, ..., 1: one sloped interval, nine flat ones
+    torch.testing.assert_close(cam.area(c["deletion"]["right"]),
+                               torch.full((8,), 0.05 * (intact + masked) + 0.9 * masked, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(cam.area(c["insertion"]["right"]),
+                               torch.full((8,), 0.05 * (intact + masked) + 0.9 * intact, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
-def test_deletion_breaks_ties_at_random_not_by_pixel_position():
-    """A flat map (all 0 after ReLU) must not mask the first rows, which here hold the evidence."""
-    drop = drops(corner_deletion({"right": ON_EVIDENCE, "flat": torch.zeros(8, 8, 8)}))
-    # row order would mask pixels 0..12, the whole evidence corner, in every image
-    assert (drop["flat"] < drop["right"]).sum() >= 6
+def test_a_map_on_the_evidence_beats_random_pixels_and_another_images_map():
+    c = corner_curves({"right": ON_EVIDENCE, "wrong": 1 - ON_EVIDENCE})
+    deletion = {k: cam.area(v) for k, v in c["deletion"].items()}
+    insertion = {k: cam.area(v) for k, v in c["insertion"].items()}
+    assert (deletion["right"] < deletion["random"]).all() and (deletion["random"] < deletion["wrong"]).all()
+    assert (insertion["right"] > insertion["random"]).all() and (insertion["random"] > insertion["wrong"]).all()
+    # every image here has its evidence in the same corner: another image's map points at it too
+    torch.testing.assert_close(deletion["right" + cam.ANOTHER], deletion["right"])
+    again = corner_curves({"right": ON_EVIDENCE})
+    assert torch.equal(again["deletion"]["random"], c["deletion"]["random"])  # the random order is seeded
+
+
+def test_ties_are_broken_at_random_not_by_pixel_position():
+    """A flat map (all 0 after ReLU) must not delete the first rows first, which here hold the evidence."""
+    c = corner_curves({"right": ON_EVIDENCE, "flat": torch.zeros(8, 8, 8)})
+    # row order would mask pixels 0..5 at 10% and 0..12 at 20%: the whole corner by 20%, in every image
+    assert (c["deletion"]["flat"][:, 2] > c["deletion"]["right"][:, 2]).sum() >= 6

@@ -93,7 +93,7 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CHECKPOINTS", checkpoints)
     bench.ship(work, ["full", "cam"])  # not aug
     assert sorted(p.name for p in checkpoints.iterdir()) == ["cam_resnet18.png", "deletion_resnet18.json",
-                                                             "p6_bench.json", "resnet18_cifar10.pt",
+                                                             "deletion_resnet18.png", "p6_bench.json", "resnet18_cifar10.pt",
                                                              "resnet18_curves.png", "resnet18_train_log.csv"]
     assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/final.pt"
     assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
@@ -103,15 +103,18 @@ def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_p
     from p6_classification import report
     shipped = tmp_path / "checkpoints"
     shipped.mkdir()
+    area = {"random": {"auc": 0.5, "auc_ci": 0.02}, "CAM (ours)": {"auc": 0.3, "auc_ci": 0.02},
+            "CAM (ours), another image's map": {"auc": 0.31, "auc_ci": 0.02}}
     (shipped / "deletion_resnet18.json").write_text(json.dumps({
-        "images": 500, "fraction": 0.2, "command": "python -m p6_classification.cam --deletion 500",
-        "mean_probability_intact": 0.9,
-        "mean_drop": {"random": 0.1, "CAM (ours)": 0.4, "CAM (ours), another image's map": 0.39},
-        "paired_gap": {"CAM (ours)": {"random": [0.3, 0.05], "CAM (ours), another image's map": [0.01, 0.02]}}}))
+        "images": 500, "fractions": [i / 10 for i in range(11)], "command": "python -m p6_classification.cam --deletion 500",
+        "deletion": area, "insertion": {k: {"auc": 1 - v["auc"], "auc_ci": 0.03} for k, v in area.items()},
+        "paired_auc_gap": {mode: {"CAM (ours)": {"random": [sign * 0.2, 0.05], "CAM (ours), another image's map":
+                                                 [sign * 0.01, 0.02]}} for mode, sign in (("deletion", -1), ("insertion", 1))}}))
     (shipped / "cam_resnet18.png").write_bytes(b"png")
     monkeypatch.setattr(report, "CHECKPOINTS", shipped)
     text = section(tmp_path / "runs")
     assert f"![CAM and Grad-CAM]({shipped / 'cam_resnet18.png'})" in text
-    assert "| CAM (ours) | 0.400 | +0.300 ± 0.050 (larger) | +0.010 ± 0.020 (n.s.) |" in text
-    assert "| random | 0.100 | - | - |" in text
+    assert "| CAM (ours) | 0.300 ± 0.020 | 0.700 ± 0.030 |" in text
+    assert "| CAM (ours) | random | -0.200 ± 0.050 (map better) | +0.200 ± 0.050 (map better) |" in text
+    assert "| CAM (ours) | another image's map | -0.010 ± 0.020 (n.s.) | +0.010 ± 0.020 (n.s.) |" in text
     assert "python -m bench.p6_classification --work " + str(tmp_path / "runs" / "p6") + " --parts aug" in text  # not shipped

@@ -183,3 +183,25 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     assert scores(parallel["rows"]) == scores(record["rows"])
     assert scores(parallel["seed_runs"]) == scores(record["seed_runs"])
     assert "epoch 1: train loss" in (tmp_path / "aug_jobs" / "runs" / "none_seed1.log").read_text()
+
+
+def test_bench_adopts_a_run_trained_elsewhere(trained, slice_path, tmp_path):
+    """--trained-elsewhere (a GPU session's run, brought back without last.pt): the run's own
+    numbers are kept, not retrained; the second test set is scored here on its exported model;
+    only a run of the recipe may be shipped."""
+    import shutil
+
+    from bench import p6_classification as bench
+
+    work = tmp_path / "work"
+    shutil.copytree(trained[0], work / "resnet18", ignore=shutil.ignore_patterns("last.pt"))
+    record = bench.main(["--work", str(work), "--parts", "full", "--trained-elsewhere", "--data", slice_path,
+                         "--also-test", slice_path, "--limit", "200", "--device", "cpu"])["full"]
+    assert record["val_acc"] == trained[1]["val_acc"] and record["test_acc"] == trained[1]["test_acc"]
+    model, meta = infer.load_checkpoint(work / "resnet18" / "final.pt", torch.device("cpu"))
+    cifar = load_cifar(slice_path)
+    expected = (infer.predict(model, meta, cifar.test_images, torch.device("cpu")) == cifar.test_labels).float().mean()
+    assert record["also_test"]["test_images"] == 1017 and record["also_test"]["test_acc"] == pytest.approx(expected.item())
+    assert not (work / "resnet18" / "last.pt").exists()  # nothing was trained
+    with pytest.raises(CLIError, match="not trained with the recipe"):
+        bench.adopted_run(work / "resnet18", slice_path, torch.device("cpu"), recipe_only=True)
