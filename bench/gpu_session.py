@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from bench.p6_classification import STUDY_ARGS, STUDY_PRESETS
-from hw2_utils import CLIError, command_line, describe_hardware, resolve_device, run_cli
+from hw2_utils import CLIError, command_line, describe_hardware, positive_float, resolve_device, run_cli
 from p6_classification.train import DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def plan_p6(epoch_seconds: float, window: float) -> tuple[int, bool]:
 def fp16_generator(path: Path, target: Path) -> None:
     """A P4 generator file with its floating-point tensors in fp16: half the bytes to bring back;
     pipeline.load_generator loads it as it is (FID is measured on exactly this file)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     state["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
     torch.save(state, target)
 
@@ -420,7 +420,7 @@ def main(argv=None) -> None:
     s.add_argument("--out", required=True, help="what comes back ($OUT there)")
     s.add_argument("--data", default=str(STAGED_DATA), help="the staged data (xz files are unpacked in place)")
     s.add_argument("--work", default="outputs/gpu_session", help="the runs' folders (replaced)")
-    s.add_argument("--budget", type=float, default=570, help="seconds for the whole command (a call allows 600, or "
+    s.add_argument("--budget", type=positive_float, default=570, help="seconds for the whole command (a call allows 600, or "
                    "the session's device time left)")
     s.add_argument("--device", default="cuda")
     s.add_argument("--no-timings", dest="timings", action="store_false", help="skip timing the entry points")

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from evaluation.digit_accuracy import PREPROCESS, USPS_GRADER, LeNet, load_mnistm_classifier, score_folder
-from hw2_utils import (CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator, open_rgb, progress,
-                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
+from hw2_utils import (CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator,
+                       non_negative_float, open_rgb, positive_int, progress, resolve_device, resolve_dtype, run_cli,
+                       save_grid, seed_everything)
 from p1_ddpm import infer
 from p1_ddpm.data import load_split
 from p1_ddpm.diffusion import SAMPLERS, GaussianDiffusion, guided_eps
@@ -115,13 +116,13 @@ def parse_args(argv=None):
     p.add_argument("--digits-root", default=str(SHARED / "hw2_data" / "digits"), help="course layout holding usps/")
     p.add_argument("--classifier", default=str(SHARED / "grader" / "Classifier.pth"), help="course MNIST-M grader")
     p.add_argument("--work", default="outputs/p1", help="generated images, cached USPS grader, results json")
-    p.add_argument("--guidance", type=float, nargs="+", default=[infer.GUIDANCE], help="one run per value")
-    p.add_argument("--per-digit", type=int, default=50)
+    p.add_argument("--guidance", type=non_negative_float, nargs="+", default=[infer.GUIDANCE], help="one run per value")
+    p.add_argument("--per-digit", type=positive_int, default=50)
     p.add_argument("--samplers", nargs="+", default=[infer.SAMPLER], choices=SAMPLERS, help="one run per sampler ...")
-    p.add_argument("--steps", type=int, nargs="+", default=[infer.STEPS], help="... and step count")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[infer.STEPS], help="... and step count")
     p.add_argument("--precision", default="fp32", help="the UNet's autocast (infer.py --precision)")
     p.add_argument("--speed", action="store_true", help="time the sampling loop and the throughput knobs instead")
-    p.add_argument("--speed-batch", type=int, default=500, help="--speed: images per batch (CFG doubles the UNet batch)")
+    p.add_argument("--speed-batch", type=positive_int, default=500, help="--speed: images per batch (CFG doubles the UNet batch)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 

@@ -25,8 +25,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.ddim_mse import mse_dirs
-from hw2_utils import (CLIError, command_line, describe_hardware, ensure_writable_dir, progress, resolve_device, resolve_dtype,
-                       run_cli, save_images, save_json)
+from hw2_utils import (CLIError, add_option, command_line, describe_hardware, ensure_writable_dir, positive_int,
+                       progress, resolve_device, resolve_dtype, run_cli, save_images, save_json)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 from p2_ddim.unet import FaceUNet
 
@@ -56,9 +56,9 @@ def cmd_gt(args) -> dict:
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
     start = time.perf_counter()
-    images = sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.dtype, device), progress=progress)
+    images = sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.precision, device), progress=progress)
     seconds = time.perf_counter() - start
-    result = {"hardware": describe_hardware(device), "dtype": args.dtype, "steps": args.steps,
+    result = {"hardware": describe_hardware(device), "dtype": args.precision, "steps": args.steps,
               "sampling_seconds": seconds, "maps": {}}
     for pixel_map in PIXEL_MAPS:
         folder = ensure_writable_dir(Path(args.out) / pixel_map)
@@ -84,10 +84,10 @@ def cmd_speed(args) -> dict:
     times = []
     for _ in range(args.repeats):  # the first run includes CUDA/cuDNN start-up, as in a grading run
         start = time.perf_counter()
-        sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.dtype, device), progress=progress)
+        sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.precision, device), progress=progress)
         times.append(time.perf_counter() - start)  # sample() returns on the CPU, so the GPU is done
     result = {"hardware": describe_hardware(device), "n": args.n, "size": args.size, "steps": args.steps,
-              "width": unet.base_channels, "dtype": args.dtype, "load_seconds": load_seconds, "sampling_seconds": times}
+              "width": unet.base_channels, "dtype": args.precision, "load_seconds": load_seconds, "sampling_seconds": times}
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / GiB
     print(json.dumps(result, indent=2))
@@ -155,21 +155,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--out", default="runs/p2/gt", help="where OUT/clip and OUT/minmax go")
     s = sub.add_parser("speed", help="sampling time and peak CUDA memory")
     s.add_argument("--unet", help="real weights (default: random weights of the same size)")
-    s.add_argument("--n", type=int, default=10)
-    s.add_argument("--size", type=int, default=256)
-    s.add_argument("--repeats", type=int, default=2, help="timed runs; the first is cold")
+    s.add_argument("--n", type=positive_int, default=10)
+    s.add_argument("--size", type=positive_int, default=256)
+    s.add_argument("--repeats", type=positive_int, default=2, help="timed runs; the first is cold")
     s = sub.add_parser("cost", help="FLOPs and a peak-memory estimate on meta tensors")
-    s.add_argument("--n", type=int, default=10)
-    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--n", type=positive_int, default=10)
+    s.add_argument("--size", type=positive_int, default=256)
     for s in sub.choices.values():
         s.add_argument("--json", help="also save the numbers here (p2_ddim/report.py reads runs/p2/*.json)")
     for name in ("gt", "speed", "cost"):
-        sub.choices[name].add_argument("--steps", type=int, default=50, help="DDIM steps")
+        sub.choices[name].add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     for name in ("gt", "speed"):
         sub.choices[name].add_argument("--device", default="auto")
-        sub.choices[name].add_argument("--dtype", default="fp32")
+        add_option(sub.choices[name], "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16")
     for name in ("speed", "cost"):
-        sub.choices[name].add_argument("--width", type=int, default=128, help="base channels (128 = the real UNet)")
+        sub.choices[name].add_argument("--width", type=positive_int, default=128, help="base channels (128 = the real UNet)")
     return p.parse_args(argv)
 
 

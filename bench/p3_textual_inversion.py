@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hw2_utils import describe_hardware, resolve_device, resolve_dtype, run_cli
+from hw2_utils import describe_hardware, positive_int, resolve_device, resolve_dtype, run_cli
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.pipeline import text_to_image
 
@@ -43,9 +43,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="real SD v1.x checkpoint (default: random weights)")
     p.add_argument("--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)")
-    p.add_argument("--images", type=int, default=100, help="the public json: 2 concepts x 2 prompts x 25")
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--images", type=positive_int, default=100, help="the public json: 2 concepts x 2 prompts x 25")
+    p.add_argument("--batch-size", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--precision", default="fp16")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -37,8 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, require_file,
-                       resolve_device, run_cli, to_uint8)
+from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, positive_int,
+                       require_file, resolve_device, run_cli, seed_int, to_uint8)
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
@@ -224,10 +224,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--data", required=True, help="folder with train/ (e.g. ../shared/data/hw2_data/face)")
     s.add_argument("--out", required=True, help="run folders OUT/dcgan and OUT/improved (replaced)")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    s.add_argument("--epochs", type=int, default=40)
-    s.add_argument("--batch-size", type=int, default=12)
-    s.add_argument("--n", type=int, default=100, help="images generated for the face rate")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=positive_int, default=40)
+    s.add_argument("--batch-size", type=positive_int, default=12)
+    s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
+    s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
     s.add_argument("--images", required=True)
     s.add_argument("--ref", help="reference folder or .npz statistics for FID (e.g. hw2_data/face/val)")
@@ -238,20 +238,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--data", required=True, help="folder with train and val faces (folders or celeba10k .npz)")
     s.add_argument("--out", required=True, help="where the generated and real images are written")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    s.add_argument("--n", type=int, default=1000, help="images per model (and real training faces for the floor)")
+    s.add_argument("--n", type=positive_int, default=1000, help="images per model (and real training faces for the floor)")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     s = sub.add_parser("select", help="FID on training faces of each snapshot of runs trained with --fid-every 0")
     s.add_argument("runs", nargs="+", help="run folders holding snapshots/generator_epochNNNN.pt")
     s.add_argument("--data", required=True, help="folder with the training faces (train/ or train.npz)")
-    s.add_argument("--fid-n", type=int, default=1000, help="generated images per FID (train.py's default)")
-    s.add_argument("--fid-ref-n", type=int, default=2000, help="training faces FID is measured against (ditto)")
-    s.add_argument("--seed", type=int, default=0, help="z of the generated images (train.py's --seed default)")
+    s.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID (train.py's default)")
+    s.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces FID is measured against (ditto)")
+    s.add_argument("--seed", type=seed_int, default=0, help="z of the generated images (train.py's --seed default)")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     s = sub.add_parser("cost", help="FLOPs and measured seconds per training iteration; inference seconds")
-    s.add_argument("--batch-size", type=int, default=train.DEFAULTS["batch_size"])
-    s.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up")
+    s.add_argument("--batch-size", type=positive_int, default=train.DEFAULTS["batch_size"])
+    s.add_argument("--repeats", type=positive_int, default=3, help="timed iterations after one warm-up")
     s.add_argument("--device", default="auto")
     for s in sub.choices.values():
         s.add_argument("--json", help="also save the numbers here (p4_gan/report.py reads runs/p4/*.json)")

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, require_file,
-                       resolve_device, resolve_dtype, run_cli)
+from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, positive_int,
+                       require_file, resolve_device, resolve_dtype, run_cli, seed_int)
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -202,12 +202,12 @@ def main(argv=None) -> dict:
     p.add_argument("--also-test", default=str(SLICE), help="second test set (default: the 1,017 official-pixel images)")
     p.add_argument("--work", default="outputs/p6", help="RUNS_DIR/p6 for the report")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--throughput-width", type=int, default=64)
-    p.add_argument("--throughput-batch", type=int, default=train.DEFAULTS["resnet18"]["batch_size"])
-    p.add_argument("--throughput-steps", type=int, default=8, help="timed steps per model and configuration")
-    p.add_argument("--epochs", type=int, help="full: override the recipe's epochs (smoke runs)")
-    p.add_argument("--aug-width", type=int, default=64, help="aug: ResNet-18's width (smoke runs)")
-    p.add_argument("--aug-epochs", type=int, default=30, help="aug: epochs of every run (smoke runs)")
+    p.add_argument("--throughput-width", type=positive_int, default=64)
+    p.add_argument("--throughput-batch", type=positive_int, default=train.DEFAULTS["resnet18"]["batch_size"])
+    p.add_argument("--throughput-steps", type=positive_int, default=8, help="timed steps per model and configuration")
+    p.add_argument("--epochs", type=positive_int, help="full: override the recipe's epochs (smoke runs)")
+    p.add_argument("--aug-width", type=positive_int, default=64, help="aug: ResNet-18's width (smoke runs)")
+    p.add_argument("--aug-epochs", type=positive_int, default=30, help="aug: epochs of every run (smoke runs)")
     p.add_argument("--trained-elsewhere", action="store_true",
                    help="full, aug: take WORK's finished runs as a GPU session brought them back instead of training")
     p.add_argument("--checkpoint", default=str(SHIPPED),
@@ -216,10 +216,10 @@ def main(argv=None) -> dict:
                    help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
                    "WORK/bench.json, aug's table and plot, cam's figures and curve record beside it (what infer.py, "
                    "cam.py and the report use on a fresh clone)")
-    p.add_argument("--deletion", type=int, default=500, help="cam: test images for the deletion and insertion curves")
-    p.add_argument("--limit", type=int, help="smoke runs only: train.py's --limit (a fixed random draw of N training "
+    p.add_argument("--deletion", type=positive_int, default=500, help="cam: test images for the deletion and insertion curves")
+    p.add_argument("--limit", type=positive_int, help="smoke runs only: train.py's --limit (a fixed random draw of N training "
                    "and N/5 test images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from hw2_utils import command_line, resolve_device, run_cli, save_json
+from hw2_utils import command_line, positive_int, resolve_device, run_cli, save_json
 from p8_controlnet.pipelines import (SCHEDULERS, apply_memory_options, build_pipeline, load_controlnet,
                                      make_scheduler)
 from p8_controlnet.records import environment
@@ -125,8 +125,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", help="cpu (tiny part only) | cuda | cuda:N (both parts)")
     p.add_argument("--model", help="real SD v1.x weights for the GPU part (default: random)")
     p.add_argument("--controlnet", help="real ControlNet folder for the GPU part (default: random, from the UNet)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per image")
-    p.add_argument("--repeats", type=int, default=3, help="images per measurement")
+    p.add_argument("--steps", type=positive_int, default=20, help="denoising steps per image")
+    p.add_argument("--repeats", type=positive_int, default=3, help="images per measurement")
     p.add_argument("--json", default="outputs/p8/p8_bench.json")
     args = p.parse_args(argv)
     device = resolve_device(args.device)

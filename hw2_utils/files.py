@@ -8,9 +8,11 @@ of the command line (cli.py), devices and ranks (runtime.py), run folders (runs.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -60,6 +62,11 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
     never a mix. When the block fails, the staging folder is deleted and `path` is as it was.
     `path` existing as anything but a folder is a CLIError, raised before any work.
     Errors name `path`, never the hidden staging folder.
+
+    Two commands writing into one folder at once never mix their sets: publishing holds a lock
+    on the folder's parent (output_lock), so one set replaces the other whole. A command that
+    writes several folders holds output_lock on their common parent around all its output_dir
+    blocks, so another command's sets cannot land between them (the lock is re-entrant).
     """
     final = check_output_path(path, folder=True)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +75,7 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield stage
-        with _deferred_interrupt():
+        with _deferred_interrupt(), output_lock(final.parent):
             if not final.exists():
                 os.replace(stage, final)
                 return
@@ -88,6 +95,36 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
         for leftover in (stage, trash):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+_HELD_LOCKS: dict[str, list] = {}  # folder -> [open descriptor, depth]: output_lock is re-entrant in a process
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `folder` (flock on the folder itself, so no lock file is left
+    behind), held by one command at a time; a second waits, saying so once on stderr."""
+    import fcntl
+    import sys
+
+    key = str(Path(folder).resolve())
+    held = _HELD_LOCKS.get(key)
+    if held is None:
+        fd = os.open(key, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"note: another command is writing into {folder}: waiting for it to finish", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        held = _HELD_LOCKS[key] = [fd, 0]
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD_LOCKS[key]
+            os.close(held[0])  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
@@ -133,9 +170,40 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def save_json(path: str | os.PathLike, record: dict) -> None:
-    """Every JSON record a script writes (results, sidecars, run.json): atomic, indent 2."""
+    """Every JSON record a script writes (results, sidecars, run.json): atomic, indent 2, and
+    valid JSON: a NaN or infinity (which json.dumps would write as a bare NaN) is a bug to see."""
+    text = json.dumps(record, indent=2, allow_nan=False)  # before the file is touched
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The JSON record another command wrote (the reports' input): None when `path` is not a
+    file, so the report can name the command that writes it; a CLIError naming `path` when
+    it holds anything but a JSON object, so a broken record is not shown as "not produced yet"."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CLIError(f"record {path} is not readable JSON ({error_summary(e)}): re-run the command that writes it, "
+                       "or delete it") from None
+    if not isinstance(record, dict):
+        raise CLIError(f"record {path} holds a JSON {type(record).__name__}, not an object: re-run the command that "
+                       "writes it, or delete it")
+    return record
+
+
+@contextlib.contextmanager
+def record_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Around the code that renders a record: a field it lacks or of the wrong type (KeyError,
+    TypeError, ValueError, ...) becomes one CLIError naming the record's file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise CLIError(f"record {path} lacks a field or holds a wrong type ({error_summary(e)}): re-run the command "
+                       "that writes it, or delete it") from None
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = False) -> None:
@@ -160,6 +228,40 @@ def list_images(folder: str | os.PathLike, what: str = "image folder", extension
     if not files:
         raise CLIError(f"{what} {root} holds no images ({', '.join(extensions)})")
     return files
+
+
+LABEL_CSV_HEADER = ("image_name", "label")
+
+
+def read_label_csv(path: str | os.PathLike, what: str) -> dict[str, int]:
+    """{image_name: label}, in file order, from an `image_name,label` CSV (the course's
+    train.csv / val.csv and every prediction CSV); a bad header, a short row, a repeated name
+    or a label that is not an integer is a CLIError naming the file and line."""
+    path = require_file(path, what)
+    labels: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
+            reader = csv.reader(f)
+            header = tuple(cell.strip() for cell in next(reader, ()))
+            if header[:2] != LABEL_CSV_HEADER:
+                raise CLIError(f"{path}: header is {','.join(header) or 'missing'}, expected {','.join(LABEL_CSV_HEADER)}")
+            for line, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) < 2:
+                    raise CLIError(f"{path}:{line}: expected image_name,label, got {','.join(row)}")
+                name, label = row[0].strip(), row[1].strip()
+                if name in labels:
+                    raise CLIError(f"{path}:{line}: {name} appears twice")
+                try:
+                    labels[name] = int(label)
+                except ValueError:
+                    raise CLIError(f"{path}:{line}: label {label!r} of {name} is not an integer") from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{path} is not a text CSV ({e.reason})") from None
+    if not labels:
+        raise CLIError(f"{path} has no rows")
+    return labels
 
 
 def open_rgb(path: str | os.PathLike):
@@ -217,6 +319,18 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int,
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the official CIFAR-10 batches (dicts of bytes, lists and numpy arrays) and
+    nothing else: any other class in the file is refused, so a crafted batch cannot run code."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
 def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 split ("train" or "test") as (N, 32, 32, 3) uint8 RGB and (N,) int64 labels
     in CIFAR-10's class order, the first `limit` in file order. `path` is any of:
@@ -224,7 +338,6 @@ def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) 
       an .npz with SPLIT_images / SPLIT_labels: the shared 5,085/1,017 official-pixel slice;
       a folder with SPLIT.npz holding `jpeg`, `offsets`, `labels`: the shared whole CIFAR-10,
       a lossy JPEG copy (quote its accuracies as "CIFAR-10 (JPEG copy)")."""
-    import pickle
     import zipfile
 
     if split not in ("train", "test"):
@@ -240,7 +353,7 @@ def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) 
             for name in names:
                 with open(require_file(batches / name, f"CIFAR-10 {split} batch",
                                        "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html"), "rb") as f:
-                    parts.append(pickle.load(f, encoding="bytes"))
+                    parts.append(_ArrayUnpickler(f, encoding="bytes").load())
             images = np.concatenate([b[b"data"] for b in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             labels = np.concatenate([np.asarray(b[b"labels"]) for b in parts])
         elif path.is_dir():
@@ -250,7 +363,7 @@ def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) 
                 if f"{split}_images" not in z or f"{split}_labels" not in z:
                     raise CLIError(f"{path} must hold {split}_images and {split}_labels arrays")
                 images, labels = z[f"{split}_images"], z[f"{split}_labels"]
-    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
         raise CLIError(f"{path} is not readable CIFAR-10 ({error_summary(e, 120)})") from None

@@ -18,13 +18,14 @@ import contextlib
 import csv
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from hw2_utils.cli import CLIError, check_output_path, finite_float, positive_int
+from hw2_utils.cli import CLIError, add_option, check_output_path, error_summary, positive_float, positive_int, seed_int
 from hw2_utils.files import atomic_path, save_json
 from hw2_utils.runtime import describe_hardware
 
@@ -59,27 +60,27 @@ def add_common_args(parser: argparse.ArgumentParser, *, data: tuple, out: tuple,
     if limit is not None:
         _add(parser, "limit", (None, limit), positive_int)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default %(default)s)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of every random draw (default %(default)s)")
     if precision is not None:
         parser.add_argument("--precision", default=precision, help="fp32 | bf16 | fp16 | auto: autocast precision "
                             "(default %(default)s; fp16 falls back to fp32 on the CPU; auto = bf16 where the hardware has it)")
     _add(parser, "ckpt_every", (ckpt_every, "save OUT/last.pt every N steps and at the end (default %(default)s)"),
          positive_int)
     if grad_clip is not None:
-        _add(parser, "grad_clip", (grad_clip, "clip the global gradient norm to this (default %(default)s)"), finite_float)
+        _add(parser, "grad_clip", (grad_clip, "clip the global gradient norm to this (default %(default)s)"),
+             positive_float)
     parser.add_argument("--no-resume", action="store_true", help="start over although OUT/last.pt exists: its checkpoint "
                         "and log are reset, other files are replaced as the new run writes them")
+    parser.add_argument("--force-resume", action="store_true", help="resume from OUT/last.pt although what identifies "
+                        "the run changed (e.g. the data folder moved); the differences are printed")
 
 
 def _add(parser: argparse.ArgumentParser, dest: str, spec: tuple, type_) -> None:
     """--DEST with its hidden old spellings (ALIASES). argparse's required=True would refuse an
     old spelling, so a required option and its aliases form a required either-or group."""
     default, help_ = spec
-    group = parser.add_mutually_exclusive_group(required=True) if default is REQUIRED else parser
-    group.add_argument(f"--{dest.replace('_', '-')}", type=type_, help=help_,
-                       **({} if default is REQUIRED else {"default": default}))
-    for alias in ALIASES.get(dest, ()):
-        group.add_argument(alias, dest=dest, type=type_, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_option(parser, dest.replace("_", "-"), aliases=ALIASES.get(dest, ()), required=default is REQUIRED, type=type_,
+               help=help_, **({} if default is REQUIRED else {"default": default}))
 
 
 def git_commit(repo: Path = REPO) -> str | None:
@@ -118,12 +119,22 @@ class RunFolder:
 
     Every method may run on every DDP rank; only the main rank writes."""
 
-    def __init__(self, out: str | os.PathLike, *, ckpt_every: int, resume: bool = True, main: bool = True):
+    def __init__(self, out: str | os.PathLike, *, ckpt_every: int, resume: bool = True, main: bool = True,
+                 force: bool = False):
         self.out = check_output_path(out, folder=True)  # a bad --out fails before any slow work
         self.checkpoint = self.out / "last.pt"
-        self.ckpt_every, self.resume, self.main = ckpt_every, resume, main
+        self.ckpt_every, self.resume, self.main, self.force = ckpt_every, resume, main, force
         self.identity: dict = {}
         self.resumed, self.step, self._files = False, 0, []
+
+    @classmethod
+    def from_args(cls, args, default_out: str | None = None, main: bool = True) -> "RunFolder":
+        """The run folder add_common_args' options name: --out (else `default_out`), --ckpt-every,
+        --no-resume and --force-resume."""
+        if not (args.out or default_out):
+            raise CLIError("--out is required")
+        return cls(args.out or default_out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=main,
+                   force=args.force_resume)
 
     def load(self, identity: dict, **stateful) -> dict | None:
         """The checkpoint to resume from, or None when starting over (no OUT/last.pt, or
@@ -134,17 +145,25 @@ class RunFolder:
         self.identity = identity
         if not (self.resume and self.checkpoint.is_file()):
             return None
-        # weights_only=False: our own file, and older ones hold argparse values such as Path
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        if "identity" not in state:
+        # weights_only: a last.pt is tensors and plain values, and one crafted by someone else
+        # must not run code on resume (a full unpickle would)
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, empty, text, or holding classes that are not plain data
+            raise CLIError(f"cannot resume from {self.checkpoint} ({error_summary(e)}): use another --out, "
+                           "or --no-resume to start over") from None
+        if not isinstance(state, dict) or "identity" not in state:
             raise CLIError(f"{self.checkpoint} records no run identity (an older train.py wrote it): "
                            "use another --out, or --no-resume to start over")
         saved = state["identity"]
         differ = sorted(k for k in saved.keys() | identity.keys() if saved.get(k) != identity.get(k))
         if differ:
             changes = "; ".join(f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} now" for k in differ)
-            raise CLIError(f"{self.checkpoint} belongs to another run ({changes}): use another --out, "
-                           "or --no-resume to start over")
+            if not self.force:
+                raise CLIError(f"{self.checkpoint} belongs to another run ({changes}): use another --out, "
+                               "--no-resume to start over, or --force-resume if only the data's location changed")
+            # the user vouches that it is the same run (e.g. the data folder moved)
+            print(f"note: --force-resume: resuming {self.checkpoint} although {changes}", file=sys.stderr)
         for name, obj in stateful.items():
             if isinstance(obj, torch.Generator):  # generators keep their state apart from state_dict
                 obj.set_state(state[name])

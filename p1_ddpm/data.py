@@ -2,15 +2,13 @@
 `image_name,label`, loaded once into memory (15k images of 28x28x3 are ~35 MB)."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import TensorDataset
 
-from hw2_utils import CLIError
+from hw2_utils import CLIError, open_rgb, read_label_csv
 
 
 def parse_domains(specs: list[str], data_root: str | Path) -> list[tuple[str, Path]]:
@@ -29,14 +27,14 @@ def parse_domains(specs: list[str], data_root: str | Path) -> list[tuple[str, Pa
 
 
 def load_split(folder: Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N,3,28,28) and int64 labels; grayscale domains become 3-channel."""
-    with open(folder / f"{split}.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or set(rows[0]) != {"image_name", "label"}:
-        raise CLIError(f"{folder / f'{split}.csv'}: expected a header image_name,label and at least one row")
-    images = np.stack([np.asarray(Image.open(folder / "data" / r["image_name"]).convert("RGB").resize((28, 28)))
-                       for r in rows])
-    labels = torch.tensor([int(r["label"]) for r in rows])
+    """uint8 images (N,3,28,28) and int64 labels; grayscale domains become 3-channel. A bad
+    row, a label outside 0-9 or an unreadable image is a CLIError naming the file."""
+    table = read_label_csv(folder / f"{split}.csv", f"{folder.name} {split} table")
+    bad = next((name for name, label in table.items() if not 0 <= label <= 9), None)
+    if bad is not None:
+        raise CLIError(f"{folder / f'{split}.csv'}: label {table[bad]} of {bad} is not a digit 0-9")
+    images = np.stack([np.asarray(open_rgb(folder / "data" / name).resize((28, 28))) for name in table])
+    labels = torch.tensor(list(table.values()))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
 

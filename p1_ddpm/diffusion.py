@@ -95,12 +95,11 @@ class GaussianDiffusion:
     def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
                   noise: torch.Tensor | None = None, clip_x0: bool = True,
                   use_clipped_model_output: bool = False) -> torch.Tensor:
-        """DDIM (Song et al. 2021, eq. 12); t_prev < 0 means the final step to x_0.
-
-        `use_clipped_model_output` is diffusers' DDIMScheduler.step option, with its default: True
-        re-derives eps from the (clipped) x0 for the direction term. P1's `sample` passes True, as
-        its graded images were made; p2_ddim samples with False (the course's reference), and
-        stable-diffusion does not clip its latents at all."""
+        """DDIM (Song et al. 2021, eq. 12) from timestep t to t_prev; t_prev < 0 means the final
+        step, to x_0 (alpha-bar 1, diffusers' set_alpha_to_one). x0 is clipped to [-1, 1] when
+        `clip_x0` (pixels). `use_clipped_model_output` is diffusers' DDIMScheduler.step option:
+        True re-derives eps from the clipped x0 for the direction term; P1's `sample` passes True,
+        as its graded images were made. `noise` is needed when eta > 0."""
         ab = self.alphas_cumprod[t].item()
         ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
         x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5

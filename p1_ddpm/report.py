@@ -10,12 +10,11 @@ process of the first "0" at t = 1000, 800, ..., 0 (1000-step ancestral sampling)
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from hw2_utils import progress, resolve_device, run_cli, save_grid
+from hw2_utils import progress, read_record, record_errors, resolve_device, run_cli, save_grid
 from p1_ddpm import infer
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
@@ -25,11 +24,9 @@ REVERSE_FRAMES = (1000, 800, 600, 400, 200, 0)
 SHIPPED_RECORDS = SHIPPED_CHECKPOINT.parent
 
 
-def _record(d: Path, name: str) -> dict | None:
-    for path in (d / name, SHIPPED_RECORDS / name):
-        if path.is_file():
-            return json.loads(path.read_text())
-    return None
+def _record_path(d: Path, name: str) -> Path:
+    """RUNS_DIR/p1/NAME, else the copy shipped beside the checkpoint (which may not exist either)."""
+    return d / name if (d / name).is_file() else SHIPPED_RECORDS / name
 
 
 def make_figures(checkpoint: str, out: Path, device: torch.device, seed: int = infer.SEED) -> list[Path]:
@@ -48,8 +45,32 @@ def make_figures(checkpoint: str, out: Path, device: torch.device, seed: int = i
     return written
 
 
+def _accuracy(d: Path) -> list[str]:
+    record = read_record(d / "p1_bench.json")
+    if record is None:
+        return [f"_Accuracy missing: run `python -m bench.p1_ddpm --work {d}`._", ""]
+    lines = [f"Digit accuracy ({record['per_digit']} images per digit and domain, checkpoint step "
+             f"{record['checkpoint_step']}, on {record['hardware']}; USPS grader val acc "
+             f"{record['usps_grader_val_acc']:.4f}). Command: `{record.get('command', 'python -m bench.p1_ddpm')}`",
+             "", "| sampler | steps | guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.get('sampler', record.get('sampler'))} | {r.get('steps', record.get('steps'))} | {r['guidance']:g} | "
+              f"{r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |" for r in record["results"]]
+    return lines + [""]
+
+
+def _sweep(d: Path) -> list[str]:
+    record = read_record(d / "p1_cfg_sweep.json")
+    if record is None:
+        return [f"_CFG sweep missing: run `python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
+    lines = [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", "",
+             "| guidance w | MNIST-M acc | USPS acc |", "| --- | --- | --- |"]
+    lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} |" for r in record["results"]]
+    return lines + ["", "Rows: each w (MNIST-M, then USPS), digits 0-9, the same noise:", "",
+                    f"![CFG sweep]({(d / 'cfg_sweep.png').resolve()})", ""]
+
+
 def _steps(d: Path) -> list[str]:
-    record = _record(d, "p1_steps.json")
+    record = read_record(_record_path(d, "p1_steps.json"))
     if record is None:
         return [f"_Accuracy against steps missing: run `python -m bench.p1_ddpm --work {d} --samplers ddim dpm++ "
                 "--steps 10 15 20 25 50`._", ""]
@@ -64,7 +85,7 @@ def _steps(d: Path) -> list[str]:
 
 
 def _speed(d: Path) -> list[str]:
-    record = _record(d, "p1_speed.json")
+    record = read_record(_record_path(d, "p1_speed.json"))
     if record is None:
         return [f"_Sampling speed missing: run `python -m bench.p1_ddpm --work {d} --speed`._", ""]
     lines = [f"Seconds per sampling step, {record['batch']} images with CFG (the UNet sees {2 * record['batch']}), on "
@@ -97,29 +118,10 @@ def section(runs_dir: str | Path) -> str:
                       f"![{domain} reverse]({(d / f'reverse_{domain}.png').resolve()})", ""]
     else:
         lines += [f"_Figures missing: run `python -m p1_ddpm.report --out {d}`._", ""]
-    bench = d / "p1_bench.json"
-    if bench.is_file():
-        record = json.loads(bench.read_text())
-        lines += [f"Digit accuracy ({record['per_digit']} images per digit and domain, checkpoint step "
-                  f"{record['checkpoint_step']}, on {record['hardware']}; USPS grader val acc "
-                  f"{record['usps_grader_val_acc']:.4f}). Command: `{record.get('command', 'python -m bench.p1_ddpm')}`",
-                  "", "| sampler | steps | guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r.get('sampler', record.get('sampler'))} | {r.get('steps', record.get('steps'))} | {r['guidance']:g} | "
-                  f"{r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |" for r in record["results"]]
-        lines.append("")
-    else:
-        lines += [f"_Accuracy missing: run `python -m bench.p1_ddpm --work {d}`._", ""]
-    lines += _steps(d) + _speed(d)
-    sweep = d / "p1_cfg_sweep.json"
-    if sweep.is_file():
-        record = json.loads(sweep.read_text())
-        lines += [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", "",
-                  "| guidance w | MNIST-M acc | USPS acc |", "| --- | --- | --- |"]
-        lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} |" for r in record["results"]]
-        lines += ["", "Rows: each w (MNIST-M, then USPS), digits 0-9, the same noise:", "",
-                  f"![CFG sweep]({(d / 'cfg_sweep.png').resolve()})", ""]
-    else:
-        lines += [f"_CFG sweep missing: run `python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
+    for name, render in (("p1_bench.json", _accuracy), ("p1_steps.json", _steps), ("p1_speed.json", _speed),
+                         ("p1_cfg_sweep.json", _sweep)):
+        with record_errors(_record_path(d, name)):
+            lines += render(d)
     return "\n".join(lines)
 
 

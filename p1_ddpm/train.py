@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       ema_update, finite_float, init_distributed, log_main, make_train_sampler, positive_int, progress,
+                       ema_update, error_summary, fraction_below_one, init_distributed, log_main, make_train_sampler,
+                       non_negative_float, non_negative_int, positive_float, positive_int, probability, progress,
                        resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
@@ -39,6 +40,7 @@ DEFAULTS = dict(
     cond_drop=0.1,       # P(drop both labels): trains the unconditional branch CFG needs
     snr_gamma=5.0,       # Min-SNR-5 loss weights (0 = plain DDPM loss); gamma = 5 as in Hang et al.
 )
+TYPES = dict(lr=positive_float, ema_decay=fraction_below_one, cond_drop=probability, snr_gamma=non_negative_float)
 LOG_FIELDS = ["step", "loss", "lr", "seconds"]
 
 
@@ -50,11 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--domains", nargs="+", default=["mnistm", "svhn"],
                    help="domain names (sub-folders of --data) or NAME=PATH; order = domain index")
     for name, value in DEFAULTS.items():  # counts must be >= 1 (--warmup 1 is no warmup)
-        p.add_argument(f"--{name.replace('_', '-')}", type=finite_float if isinstance(value, float) else positive_int, default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
     p.add_argument("--repeat", type=positive_int, nargs="+", help="times each domain's images appear per epoch, in --domains "
                    "order (default 1 each); e.g. 2 1 doubles the share of the first domain")
     p.add_argument("--base-channels", type=positive_int, default=UNetConfig.base_channels)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (data is in memory; 0 is fine)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (data is in memory; 0 is fine)")
     p.add_argument("--sample-every", type=positive_int, default=1000)
     p.add_argument("--init-from", help="warm start from exported weights (e.g. the shipped checkpoint) when OUT/last.pt "
                    "does not exist; the optimizer starts fresh and the step count continues from the checkpoint's")
@@ -82,7 +84,7 @@ def sample_grid(ema: ConditionalUNet, n_domains: int, path: Path, device: torch.
 def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
+    run = RunFolder.from_args(args, main=info.is_main)
     dtype = resolve_dtype(args.precision, device)
     seed_everything(args.seed, info.rank)
     domains = parse_domains(args.domains, args.data)
@@ -94,9 +96,15 @@ def main(argv=None) -> None:
     loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
                         shuffle=sampler is None, drop_last=True, num_workers=args.workers,
                         generator=torch.Generator().manual_seed(args.seed))
+    if len(loader) == 0:  # drop_last leaves no batch: the step loop would wait for one forever
+        raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
     log_main(f"{len(dataset)} training images from {', '.join(f'{n} ({p})' for n, p in domains)}")
 
-    model = ConditionalUNet(UNetConfig(num_domains=len(domains), base_channels=args.base_channels)).to(device)
+    try:  # GroupNorm needs every width divisible by its groups, the time embedding an even width
+        model = ConditionalUNet(UNetConfig(num_domains=len(domains), base_channels=args.base_channels)).to(device)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(f"--base-channels {args.base_channels} builds no UNet ({error_summary(e)}): use 8, 16 or a "
+                       "multiple of 32") from None
     model = model.to(memory_format=torch.channels_last)  # ~1.2x faster convs on CPU and GPU
     ema = ConditionalUNet(model.config).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())

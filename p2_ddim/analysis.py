@@ -16,8 +16,8 @@ import argparse
 import torch
 
 import hw2_utils
-from hw2_utils import (CLIError, command_line, describe_hardware, ensure_writable_dir, progress, resolve_device, resolve_dtype,
-                       run_cli, save_json)
+from hw2_utils import (CLIError, add_option, check_output_path, command_line, describe_hardware, positive_int,
+                       progress, resolve_device, resolve_dtype, run_cli, save_json, seed_int)
 from p2_ddim.pipeline import load_noises, load_unet, sample, to_unit_range
 
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -69,10 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("noise_dir", help="folder holding at least 00.pt-03.pt")
     p.add_argument("unet", help="the course's UNet.pt state dict")
     p.add_argument("out_dir", help="where the figures go (e.g. runs/p2)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (50 is the graded setting)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the eta > 0 noise (the same for every eta)")
+    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (50 is the graded setting)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise (the same for every eta)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 for the UNet")
+    add_option(p, "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16 for the UNet")
     return p.parse_args(argv)
 
 
@@ -87,8 +87,8 @@ def main(argv=None) -> None:
         raise CLIError(f"{args.noise_dir} lacks {', '.join(n + '.pt' for n in missing)} (the analysis uses 00-03)")
     pick = {n: noises[names.index(n)] for n in GRID_NOISES}
     unet = load_unet(args.unet, device)
-    out = ensure_writable_dir(args.out_dir)
-    run = dict(steps=args.steps, seed=args.seed, dtype=resolve_dtype(args.dtype, device), progress=progress)
+    out = check_output_path(args.out_dir, folder=True)  # created by its first file, after the work
+    run = dict(steps=args.steps, seed=args.seed, dtype=resolve_dtype(args.precision, device), progress=progress)
 
     grid = torch.stack([pick[n] for n in GRID_NOISES])
     rows = [to_unit_range(sample(unet, grid, eta=eta, **run), "clip") for eta in progress(ETAS, desc="eta")]

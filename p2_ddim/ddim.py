@@ -31,18 +31,19 @@ def uniform_timesteps(steps: int = 50, num_timesteps: int = NUM_TRAIN_TIMESTEPS,
     return [i * ratio + offset for i in range(steps)][::-1]
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float,
+def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float,
               eta: float = 0.0, noise: torch.Tensor | None = None, clip_x0: bool = True,
               use_clipped_model_output: bool = False) -> torch.Tensor:
-    """One DDIM update x_t -> x_prev.
+    """One DDIM update x_t -> x_prev (Song et al. 2021, eq. 12), the argument order of the
+    project's other two DDIM steps (p1_ddpm.diffusion, stable_diffusion.ddim) and of diffusers'
+    step (model output first); this one takes the alpha-bars rather than the timesteps.
 
-    x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), optionally clipped to [-1, 1];
+    x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), clipped to [-1, 1] when `clip_x0`;
     sigma = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev));
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
-    `use_clipped_model_output` is diffusers' DDIMScheduler.step option, with its default: False
-    keeps the model's eps in the direction term even when x0 was clipped (the course's reference,
-    which P2's outputs reproduce); True re-derives it from the clipped x0 (GLIDE's choice, and
-    what p1_ddpm's sampler passes). stable-diffusion's step does not clip latents at all.
+    `use_clipped_model_output` is diffusers' DDIMScheduler.step option: False (P2's default, the
+    course's reference, which P2's outputs reproduce) keeps the model's eps in the direction term
+    even when x0 was clipped; True re-derives it from the clipped x0.
     """
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
@@ -93,5 +94,5 @@ def ddim_sample(eps_model: EpsModel, x_T: torch.Tensor, *, timesteps: Sequence[i
         a_prev = alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else alphas_cumprod[0]
         eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
         noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if eta > 0 else None
-        x = ddim_step(x, eps.to(x.dtype), alphas_cumprod[t], a_prev, eta, noise, clip_x0, use_clipped_model_output)
+        x = ddim_step(eps.to(x.dtype), x, alphas_cumprod[t], a_prev, eta, noise, clip_x0, use_clipped_model_output)
     return x

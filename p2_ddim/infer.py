@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, resolve_device,
-                       resolve_dtype, run_cli, save_images)
+from hw2_utils import (CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
+                       resolve_device, resolve_dtype, run_cli, save_images, seed_int)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 
 
@@ -25,10 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out_dir", help="output folder for NN.png (created if missing)")
     p.add_argument("unet", help="the course's UNet.pt state dict")
     p.add_argument("--pixel-map", choices=list(PIXEL_MAPS), default="clip", help="how the final tensor becomes 8-bit pixels")
-    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--steps", type=positive_int, default=50, help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)")
     p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the eta > 0 noise")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
     p.add_argument("--dtype", dest="precision", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling, one release

@@ -65,9 +65,10 @@ def load_noises(noise_dir: str | Path) -> tuple[list[str], torch.Tensor]:
             raise CLIError(f"noise file {f} holds a {type(x).__name__}, not a tensor")
         if x.ndim == 4 and x.shape[0] == 1:
             x = x[0]
-        if x.ndim != 3 or x.shape[0] != 3 or x.shape[1] % DOWNSAMPLE_FACTOR or x.shape[2] % DOWNSAMPLE_FACTOR:
+        if (x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < DOWNSAMPLE_FACTOR
+                or x.shape[1] % DOWNSAMPLE_FACTOR or x.shape[2] % DOWNSAMPLE_FACTOR):
             raise CLIError(f"noise file {f} has shape {tuple(x.shape)}: expected (1, 3, H, W) or (3, H, W) "
-                           f"with H and W divisible by {DOWNSAMPLE_FACTOR}")
+                           f"with H and W positive multiples of {DOWNSAMPLE_FACTOR}")
         if not x.is_floating_point():
             raise CLIError(f"noise file {f} has dtype {x.dtype}: expected a floating-point tensor")
         require_finite(x, f"noise file {f}")

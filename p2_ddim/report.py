@@ -3,17 +3,11 @@ p2_ddim/analysis.py and bench/p2_ddim.py write. A missing input is named togethe
 the command that produces it; no number appears unless a file holds it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from hw2_utils import read_record, record_errors
+
 NOISE, UNET, GT = "hw2_data/face/noise", "UNet.pt", "hw2_data/face/GT"  # the course's layout
-
-
-def _load(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _missing(what: str, command: str) -> str:
@@ -26,7 +20,7 @@ def _provenance(info: dict) -> str:
 
 def _figures(d: Path) -> str:
     command = f"python -m p2_ddim.analysis {NOISE} {UNET} {d}"
-    info = _load(d / "analysis.json")
+    info = read_record(d / "analysis.json")
     names = ("eta_grid.png", "interp_slerp.png", "interp_lerp.png")
     if info is None or not all((d / n).is_file() for n in names):
         return _missing("η grid and interpolation figures", command)
@@ -57,7 +51,7 @@ def _figures(d: Path) -> str:
 
 def _mse(d: Path) -> str:
     command = f"python -m bench.p2_ddim gt {NOISE} {UNET} {GT} --out {d}/gt --json {d}/mse.json"
-    info = _load(d / "mse.json")
+    info = read_record(d / "mse.json")
     if info is None or "maps" not in info:
         return _missing("MSE against GT", command)
     maps = info["maps"]
@@ -71,32 +65,35 @@ def _mse(d: Path) -> str:
         f"Sampling took {info['sampling_seconds']:.1f} s in that run.\n" if "sampling_seconds" in info else "")
 
 
-def _cost(d: Path) -> str:
-    parts = []
-    speed = _load(d / "speed.json")
+def _speed(d: Path) -> str:
+    speed = read_record(d / "speed.json")
     if speed is None:
-        parts.append(_missing("Sampling time", f"python -m bench.p2_ddim speed --n 10 --size 256 --device cuda --json {d}/speed.json"))
-    else:
-        times = ", ".join(f"{s:.1f}" for s in speed["sampling_seconds"])
-        peak = f", peak CUDA memory {speed['peak_cuda_gib']:.2f} GiB" if "peak_cuda_gib" in speed else ""
-        parts.append(f"{speed['n']} images at {speed['size']}², {speed['steps']} steps: {times} s per run "
-                     f"(first run cold){peak}.\n\n" + _provenance(speed))
-    cost = _load(d / "cost.json")
+        return _missing("Sampling time", f"python -m bench.p2_ddim speed --n 10 --size 256 --device cuda --json {d}/speed.json")
+    times = ", ".join(f"{s:.1f}" for s in speed["sampling_seconds"])
+    peak = f", peak CUDA memory {speed['peak_cuda_gib']:.2f} GiB" if "peak_cuda_gib" in speed else ""
+    return (f"{speed['n']} images at {speed['size']}², {speed['steps']} steps: {times} s per run "
+            f"(first run cold){peak}.\n\n" + _provenance(speed))
+
+
+def _cost(d: Path) -> str:
+    cost = read_record(d / "cost.json")
     if cost is None:
-        parts.append(_missing("FLOPs and memory estimate", f"python -m bench.p2_ddim cost --n 10 --size 256 --json {d}/cost.json"))
-    else:
-        parts.append(f"{cost['parameters'] / 1e6:.1f} M parameters; {cost['gflop_per_image_forward']:.0f} GFLOP per image "
-                     f"and forward at {cost['size']}²; {cost['tflop_per_run']:.0f} TFLOP for {cost['n']} images × "
-                     f"{cost['steps']} steps. Estimated peak memory for {cost['n']} images in fp32: "
-                     f"{cost['estimate_gib']:.2f} GiB (weights {cost['weights_gib']:.2f} + live activations "
-                     f"{cost['peak_activations_gib']:.2f}), before the CUDA context and cuDNN workspaces.\n\n"
-                     + _provenance(cost))
-    return "\n".join(parts)
+        return _missing("FLOPs and memory estimate", f"python -m bench.p2_ddim cost --n 10 --size 256 --json {d}/cost.json")
+    return (f"{cost['parameters'] / 1e6:.1f} M parameters; {cost['gflop_per_image_forward']:.0f} GFLOP per image "
+            f"and forward at {cost['size']}²; {cost['tflop_per_run']:.0f} TFLOP for {cost['n']} images × "
+            f"{cost['steps']} steps. Estimated peak memory for {cost['n']} images in fp32: "
+            f"{cost['estimate_gib']:.2f} GiB (weights {cost['weights_gib']:.2f} + live activations "
+            f"{cost['peak_activations_gib']:.2f}), before the CUDA context and cuDNN workspaces.\n\n"
+            + _provenance(cost))
 
 
 def section(runs_dir: str | Path) -> str:
     """Markdown for P2, from RUNS_DIR/p2 (figures, mse.json, speed.json, cost.json)."""
     d = Path(runs_dir) / "p2"
+    parts = {}
+    for name, render in (("analysis", _figures), ("mse", _mse), ("speed", _speed), ("cost", _cost)):
+        with record_errors(d / f"{name}.json"):
+            parts[name] = render(d)
     return "\n".join([
         "## P2: DDIM with the pretrained face UNet",
         "",
@@ -107,11 +104,11 @@ def section(runs_dir: str | Path) -> str:
         "",
         "### η and interpolation",
         "",
-        _figures(d),
+        parts["analysis"],
         "### MSE against the course's GT (0-255 pixels)",
         "",
-        _mse(d),
+        parts["mse"],
         "### Cost",
         "",
-        _cost(d),
+        parts["speed"] + "\n" + parts["cost"],
     ])

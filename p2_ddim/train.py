@@ -29,8 +29,9 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       ema_update, init_distributed, list_images, log_main, make_generator, make_train_sampler, open_rgb,
-                       progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
+                       ema_update, fraction_below_one, init_distributed, list_images, log_main, make_generator,
+                       make_train_sampler, non_negative_float, open_rgb, positive_float, positive_int, progress,
+                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
 from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
 from p2_ddim.pipeline import sample, to_unit_range
 from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
@@ -45,6 +46,8 @@ DEFAULTS = dict(
     ema_decay=0.9999,    # DDPM's; ramped up as (1+s)/(10+s) so early samples are not the random init
     dropout=0.1,         # DDPM's CIFAR-10 value (0 for its larger sets)
 )
+TYPES = dict(lr=positive_float, weight_decay=non_negative_float, ema_decay=fraction_below_one,
+             dropout=fraction_below_one)  # the rest are counts
 GRAD_CLIP = 1.0          # DDPM's global-norm clip
 IMAGE_SIZE = 64          # the course's face crops; H and W must be divisible by 32
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
@@ -56,12 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     out=("runs/p2_train", "run folder: last.pt, UNet.pt, log.csv, run.json, samples/"),
                     image_size=(IMAGE_SIZE, "training size, a multiple of 32 (default %(default)s)"), grad_clip=GRAD_CLIP)
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value,
                        help="default %(default)s (why: DEFAULTS at the top of p2_ddim/train.py)")
-    p.add_argument("--base-channels", type=int, default=128, help="UNet width: 128 is UNet.pt's; 32 is the narrowest")
-    p.add_argument("--sample-every", type=int, default=5000, help="steps between sample grids (also at the end)")
-    p.add_argument("--sample-n", type=int, default=16, help="images per sample grid")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sample grids")
+    p.add_argument("--base-channels", type=positive_int, default=128, help="UNet width: 128 is UNet.pt's; 32 is the narrowest")
+    p.add_argument("--sample-every", type=positive_int, default=5000, help="steps between sample grids (also at the end)")
+    p.add_argument("--sample-n", type=positive_int, default=16, help="images per sample grid")
+    p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of the sample grids")
     return p.parse_args(argv)
 
 
@@ -175,7 +178,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     check_args(args, info.world_size)
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
+    run = RunFolder.from_args(args, main=info.is_main)
     dtype = resolve_dtype(args.precision, device)
     faces = load_faces(args.data, args.image_size).to(device)
     sampler = make_train_sampler(faces, args.seed)

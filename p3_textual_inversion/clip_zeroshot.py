@@ -1,7 +1,7 @@
 """CLIP zero-shot classification: each image gets the label whose "A photo of {object}." text
 embedding is closest (cosine) to the image embedding.
 
-    python -m p3_textual_inversion.clip_zeroshot --images hw2_data/clip_zeroshot/val \\
+    python -m p3_textual_inversion.clip_zeroshot --data hw2_data/clip_zeroshot/val \\
         --id2label hw2_data/clip_zeroshot/id2label.json --clip PATH/clip-vit-base-patch32 \\
         --figure runs/p3/clip_cases.png --json runs/p3/clip_zeroshot.json [--ensemble]
 
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 import hw2_utils
 from evaluation.clip_scores import load_clip, unit_features
-from hw2_utils import CLIError, list_images, open_rgb, progress, require_file, resolve_device, run_cli, save_json
+from hw2_utils import (CLIError, add_option, list_images, open_rgb, positive_int, progress, require_file,
+                       resolve_device, run_cli, save_json)
 
 PROMPT = "A photo of {}."
 ENSEMBLE = [PROMPT, "A photo of a {}.", "A blurry photo of a {}.", "A close-up photo of a {}.",
@@ -33,13 +34,13 @@ NAME = re.compile(r"(\d+)_(\d+)\.(png|jpg|jpeg)", re.IGNORECASE)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, help="folder of {class_id}_{image_id}.png")
+    add_option(p, "data", aliases=("--images",), required=True, help="folder of {class_id}_{image_id}.png")
     p.add_argument("--id2label", required=True, help="json {class_id: object name}")
     p.add_argument("--clip", required=True, help="local transformers CLIP folder (model + processor files)")
     p.add_argument("--ensemble", action="store_true", help="average text embeddings over %d templates" % len(ENSEMBLE))
     p.add_argument("--figure", default=None, help="PNG of the 5 successful and 5 failed cases")
     p.add_argument("--json", default=None, help="write accuracy and per-image predictions here")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -55,7 +56,7 @@ def read_labels(path: str | Path) -> dict[int, str]:
 def labelled_images(folder: str | Path, labels: dict[int, str]) -> list[tuple[Path, int]]:
     """(image, class id) for every image in `folder`, named {class_id}_{image_id}.png."""
     items = []
-    for f in list_images(folder, "--images", extensions=(".png", ".jpg", ".jpeg")):
+    for f in list_images(folder, "--data", extensions=(".png", ".jpg", ".jpeg")):
         m = NAME.fullmatch(f.name)
         if not m:
             raise CLIError(f"{f.name}: image names must be {{class_id}}_{{image_id}}.png")
@@ -87,7 +88,7 @@ def image_features(model, processor, files: list[Path], batch_size: int) -> torc
 
 def classify(args: argparse.Namespace) -> dict:
     labels = read_labels(args.id2label)
-    items = labelled_images(args.images, labels)
+    items = labelled_images(args.data, labels)
     model, processor = load_clip(args.clip, resolve_device(args.device))
     class_ids = sorted(labels)
     names = [labels[c].replace("_", " ") for c in class_ids]  # "willow_tree" -> "willow tree"
@@ -135,7 +136,7 @@ def main(argv=None) -> dict:
         for case in result[kind]:
             print(f"  {kind:7s} {case['file']}: true {case['true']!r}, predicted {case['pred']!r} (p={case['prob']:.3f})")
     if args.figure:
-        plot_cases(result, Path(args.images), args.figure)
+        plot_cases(result, Path(args.data), args.figure)
         print(f"figure: {args.figure}")
     if args.json:
         save_json(args.json, result)

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from hw2_utils import (CLIError, check_output_path, finite_float, output_dir, positive_int, progress, require_file,
-                       resolve_device, resolve_dtype, run_cli, save_images)
+from hw2_utils import (CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
+                       require_file, resolve_device, resolve_dtype, run_cli, save_images, seed_int)
 from p3_textual_inversion.embeddings import HOW_TO_TRAIN, PLACEHOLDER, add_tokens, check_vectors, load_embeds
 from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion, text_width
 from stable_diffusion.pipeline import text_to_image
@@ -37,10 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file model")
     p.add_argument("--n", type=positive_int, default=25, help="images per prompt (at most 10000)")
     p.add_argument("--steps", type=positive_int, default=STEPS, help="DDIM steps (at most 1000)")
-    p.add_argument("--guidance", type=finite_float, default=GUIDANCE, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=non_negative_float, default=GUIDANCE, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=positive_int, default=5, help="images per UNet batch (x2 with guidance)")
     p.add_argument("--precision", default="fp16", help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)")
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seed", type=seed_int, default=SEED)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -59,9 +59,9 @@ def read_concepts(path: str | Path) -> dict[str, list[str]]:
         prompts = concept.get("prompt") if isinstance(concept, dict) else None
         if not isinstance(prompts, list) or not prompts or not all(isinstance(s, str) for s in prompts):
             raise CLIError(f"{path}: concept {key!r} needs a non-empty list of strings under 'prompt'")
-        if not str(key) or "/" in str(key) or str(key) in (".", ".."):
+        if not key or "/" in key or "\0" in key or key in (".", "..") or len(key.encode()) > 200:
             raise CLIError(f"{path}: concept key {key!r} cannot be a folder name")
-        concepts[str(key)] = prompts
+        concepts[key] = prompts
     return concepts
 
 

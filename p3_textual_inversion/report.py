@@ -9,8 +9,9 @@ What is missing is reported as missing, with the command that would produce it.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+
+from hw2_utils import read_record, record_errors
 
 
 def _training(p3: Path) -> list[str]:
@@ -24,15 +25,17 @@ def _training(p3: Path) -> list[str]:
             rows = list(csv.DictReader(f))  # train.py's LOG_FIELDS: step, loss, shift, seconds
         if not rows:
             continue
-        losses = [float(r["loss"]) for r in rows]
+        with record_errors(run / "log.csv"):
+            losses = [float(r["loss"]) for r in rows]
+            last = {k: rows[-1][k] for k in ("step", "shift", "seconds")}
         token = "?"
         embeds = run / "learned_embeds.safetensors"
         if embeds.is_file():
             from safetensors import safe_open
             with safe_open(str(embeds), "pt") as f:
                 token = ", ".join(f.keys())
-        lines.append(f"| {run.name} | `{token}` | {rows[-1]['step']} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
-                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {rows[-1]['shift']} | {rows[-1]['seconds']} |")
+        lines.append(f"| {run.name} | `{token}` | {last['step']} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
+                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {last['shift']} | {last['seconds']} |")
         grids = sorted((run / "samples").glob("*.png"))
         if grids:
             lines.append(f"\n![{run.name} validation samples]({grids[-1]})\n")
@@ -43,14 +46,15 @@ def _zeroshot(p3: Path) -> list[str]:
     lines = []
     for name, label in (("clip_zeroshot.json", '"A photo of {object}."'), ("clip_zeroshot_ensemble.json", "prompt ensemble")):
         path = p3 / name
-        if not path.is_file():
+        r = read_record(path)
+        if r is None:
             lines.append(f"- {label}: not run (`python -m p3_textual_inversion.clip_zeroshot ... --json {path}`).")
             continue
-        r = json.loads(path.read_text())
-        lines.append(f"- {label}: accuracy **{r['accuracy']:.4f}** on {r['n']} images (`{path}`).")
-        for kind in ("success", "failure"):
-            cases = "; ".join(f"{c['file']} {c['true']}→{c['pred']}" for c in r[kind])
-            lines.append(f"  - {kind}: {cases or 'none'}")
+        with record_errors(path):
+            lines.append(f"- {label}: accuracy **{r['accuracy']:.4f}** on {r['n']} images (`{path}`).")
+            for kind in ("success", "failure"):
+                cases = "; ".join(f"{c['file']} {c['true']}→{c['pred']}" for c in r[kind])
+                lines.append(f"  - {kind}: {cases or 'none'}")
     return lines
 
 

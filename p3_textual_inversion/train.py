@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (REQUIRED, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       init_distributed, log_main, progress, resolve_device, resolve_dtype, run_cli, save_grid,
-                       seed_everything)
+                       init_distributed, log_main, non_negative_float, non_negative_int, positive_float, positive_int,
+                       probability, progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
 from p3_textual_inversion.data import TEMPLATES, load_concept_images
 from p3_textual_inversion.embeddings import add_tokens, initializer_vector, learned_rows, save_embeds
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
@@ -41,6 +41,7 @@ DEFAULTS = dict(
     weight_decay=1e-2,  # on the new vector only: keeps its norm near real token embeddings
     flip_p=0.5,         # horizontal flips double the 3-5 images; off for text/asymmetric concepts
 )
+TYPES = dict(lr=positive_float, weight_decay=non_negative_float, flip_p=probability)  # the rest are counts
 LOG_FIELDS = ["step", "loss", "shift", "seconds"]  # shift: |v - v0|, the vector's distance from its initializer
 
 
@@ -56,11 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder")
     p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model")
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
     p.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
                    help="multiply --lr by batch-size x grad-accum x number of GPUs")
-    p.add_argument("--validation-every", type=int, default=500, help="steps between sample grids (0 = never)")
-    p.add_argument("--validation-steps", type=int, default=25, help="DDIM steps for the sample grids")
+    p.add_argument("--validation-every", type=non_negative_int, default=500, help="steps between sample grids (0 = never)")
+    p.add_argument("--validation-steps", type=positive_int, default=25, help="DDIM steps for the sample grids")
     return p.parse_args(argv)
 
 
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
 def train(args: argparse.Namespace):
     """Run (or resume) training; returns the model with the learned token installed."""
     info, device = init_distributed(resolve_device(args.device))
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
+    run = RunFolder.from_args(args, main=info.is_main)
     dtype = resolve_dtype(args.precision, device)
     seed_everything(args.seed, info.rank)
     templates = TEMPLATES[args.templates]

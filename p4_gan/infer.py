@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from hw2_utils import CLIError, check_output_path, positive_int, resolve_device, run_cli
+from hw2_utils import CLIError, check_output_path, positive_int, resolve_device, run_cli, seed_int
 from p4_gan.pipeline import DEFAULT_CHECKPOINT, generate, load_generator, write_images
 
 SEED = 2022
@@ -21,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("out", help="output directory (created if missing; other files in it are left alone)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="generator file written by p4_gan/train.py")
     p.add_argument("--n", type=positive_int, default=1000, help="number of images (names have four digits)")
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seed", type=seed_int, default=SEED)
     p.add_argument("--batch-size", type=positive_int, default=500, help="part of the seed contract: it can change the last bit")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)

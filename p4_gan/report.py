@@ -7,20 +7,14 @@ file holds it."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
+
+from hw2_utils import read_record, record_errors
 
 MODELS = {"dcgan": "(A) DCGAN", "improved": "(B) improved GAN"}
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # the shipped bench record and training logs
 # Course baselines (DLCV 2022 HW2 P1) and the best student result we know of.
 BASELINE_FID, BASELINE_FACE_RATE, BEST_STUDENT_FID = 27.0, 0.90, 22.97
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _missing(what: str, command: str) -> str:
@@ -32,8 +26,12 @@ def _final_command(d: Path) -> str:
             f"--json {d}/final.json")
 
 
+def _results_path(d: Path, shipped: Path) -> Path:
+    return d / "final.json" if (d / "final.json").is_file() else shipped / "p4_bench_final.json"
+
+
 def _results(d: Path, shipped: Path) -> str:
-    info = _read(d / "final.json") or _read(shipped / "p4_bench_final.json")
+    info = read_record(_results_path(d, shipped))
     if info is None:
         return _missing("FID and face rate", _final_command(d))
     real = info["real_train"]
@@ -142,7 +140,7 @@ def _lessons(d: Path, shipped: Path) -> str:
 
 
 def _cost(d: Path) -> str:
-    info = _read(d / "cost.json")
+    info = read_record(d / "cost.json")
     if info is None:
         return _missing("Cost", f"python -m bench.p4_gan cost --device cuda --json {d}/cost.json")
     lines = [f"Batch {info['batch_size']}. GFLOP counted by PyTorch's FlopCounterMode; seconds measured.", "",
@@ -159,6 +157,10 @@ def _cost(d: Path) -> str:
 def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
     """Markdown for P4, from RUNS_DIR/p4, else from the shipped record and logs."""
     d = Path(runs_dir) / "p4"
+    with record_errors(_results_path(d, shipped)):
+        results = _results(d, shipped)
+    with record_errors(d / "cost.json"):
+        cost = _cost(d)
     return "\n".join([
         "## P4: GANs for 64×64 faces, trained from scratch",
         "",
@@ -174,7 +176,7 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
         "",
         "### FID and face-recognition rate",
         "",
-        _results(d, shipped),
+        results,
         "### Samples, architectures, training curves",
         "",
         _figures(d),
@@ -183,5 +185,5 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
         _lessons(d, shipped),
         "### Cost",
         "",
-        _cost(d),
+        cost,
     ])

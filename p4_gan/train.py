@@ -29,8 +29,9 @@ import torch
 
 from evaluation.fid import (DEFAULT_WEIGHTS, frechet_distance, image_statistics, load_inception, save_statistics,
                              statistics)
-from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line, finite_float,
-                       init_distributed, log_main, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid,
+from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line,
+                       fraction_below_one, init_distributed, log_main, non_negative_float, non_negative_int,
+                       positive_float, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid,
                        seed_everything, to_uint8)
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
@@ -54,6 +55,7 @@ DEFAULTS = dict(
     d_steps=1,         # D updates per G update (WGAN-GP usually takes 5, with lr 1e-4, betas 0, 0.9)
     gp_weight=10.0,    # wgan-gp only
 )
+TYPES = dict(lr=positive_float, beta1=fraction_below_one, beta2=fraction_below_one, gp_weight=non_negative_float)
 GRID = 64  # images in each epoch's sample grid
 LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "seconds"]
 
@@ -64,8 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(p, data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),
                     out=(None, "run folder (default runs/p4/MODEL)"), ckpt_every=1000)
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=positive_int if isinstance(value, int) else finite_float,
-                       default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
     p.add_argument("--arch", choices=ARCHS, help="override the preset's networks (both presets use dcgan). resnet: "
                    "SNGAN's residual G and D, with --d-norm spectral or none (as --model improved has); ~12 M "
                    "parameters in G and 10 M in D at the default channels, ~3.4 M and 2.5 M with "
@@ -73,15 +74,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss")
     p.add_argument("--d-norm", choices=["batch", "spectral", "none"], help="override the preset's D normalisation")
     p.add_argument("--diffaug", help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none")
-    p.add_argument("--ema-decay", type=finite_float, help="override the preset's EMA decay (0 = no EMA)")
+    p.add_argument("--ema-decay", type=fraction_below_one, help="override the preset's EMA decay (0 = no EMA)")
     p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels,
                    help="G's last hidden width c: widths 8c..c for dcgan, 16c..c for resnet (default %(default)s)")
     p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels,
                    help="D's first width c: widths c..8c for dcgan, c..16c for resnet (default %(default)s)")
     p.add_argument("--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)")
-    p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids (0 = only at the end)")
-    p.add_argument("--fid-every", type=int, default=10, help="epochs between FID measurements (0 = never)")
-    p.add_argument("--snapshot-every", type=int, default=0,
+    p.add_argument("--sample-every", type=non_negative_int, default=1, help="epochs between sample grids (0 = only at the end)")
+    p.add_argument("--fid-every", type=non_negative_int, default=10, help="epochs between FID measurements (0 = never)")
+    p.add_argument("--snapshot-every", type=non_negative_int, default=0,
                    help="epochs between exports of the generator, as generator.pt is exported, to "
                    "OUT/snapshots/generator_epochNNNN.pt (default 0: none)")
     p.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID measurement")
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
     if args.batch_size % info.world_size:
         raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
     command = command_line("p4_gan.train", argv)
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
+    run = RunFolder.from_args(args, main=info.is_main)
 
     trainer = build_trainer(args, device, dtype, info.rank)  # bad options fail before the slow parts
     source = split_source(args.data, "train")

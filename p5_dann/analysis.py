@@ -19,6 +19,7 @@ import torch
 from hw2_utils import make_generator, resolve_device, run_cli, save_figure
 from p5_dann.data import domain_folder, load_split
 from p5_dann.infer import load_checkpoint
+from p5_dann.train import DEFAULTS
 
 POINTS_PER_DOMAIN = 1000  # t-SNE cost grows fast; 1000 per domain keeps it under a minute on a CPU
 
@@ -66,11 +67,15 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
 
 
 def row_name(meta: dict) -> str:
-    """The bench row a checkpoint was trained as: its mode, then the target-side losses it used."""
+    """The bench row a checkpoint was trained as: its mode, the target-side losses it used, and
+    its lambda_max where that is not train.py's default (bench/p5_dann.py's names)."""
     config = meta.get("config", {})
-    losses = [name for name, key in (("entropy", "entropy_weight"), ("fixmatch", "consistency_weight"))
+    parts = [str(meta.get("mode", "model"))]
+    parts += [name for name, key in (("entropy", "entropy_weight"), ("fixmatch", "consistency_weight"))
               if config.get(key, 0) > 0]
-    return "_".join([str(meta.get("mode", "model")), *losses])
+    if config.get("lambda_max", DEFAULTS["lambda_max"]) != DEFAULTS["lambda_max"]:
+        parts.append(f"lambda{config['lambda_max']:g}")
+    return "_".join(parts)
 
 
 def main(argv=None) -> None:

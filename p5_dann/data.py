@@ -3,14 +3,13 @@ for training, a bare folder of images for inference. Every image becomes 3x28x28
 digits such as USPS are repeated over the channels) normalised to [-1, 1]."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from hw2_utils import CLIError, progress
+from hw2_utils import CLIError, progress, read_label_csv
 
 TO_TENSOR = v2.Compose([v2.Resize((28, 28), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                         v2.Normalize([0.5] * 3, [0.5] * 3)])
@@ -40,10 +39,10 @@ def load_split(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tens
     if not table.is_file():
         raise CLIError(f"{table} not found (expected the course layout <set>/{{data/, train.csv, val.csv}}; "
                        "see get_dataset.sh)")
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise CLIError(f"{table} has no rows")
-    images = torch.stack([load_image(folder / "data" / r["image_name"]) for r in progress(rows, desc=f"{folder.name} {split}",
-                                                                                      leave=False)])
-    return images, torch.tensor([int(r["label"]) for r in rows])
+    rows = read_label_csv(table, f"{folder.name} {split} table")
+    bad = next((name for name, label in rows.items() if not 0 <= label <= 9), None)
+    if bad is not None:
+        raise CLIError(f"{table}: label {rows[bad]} of {bad} is not a digit 0-9")
+    images = torch.stack([load_image(folder / "data" / name) for name in progress(rows, desc=f"{folder.name} {split}",
+                                                                                  leave=False)])
+    return images, torch.tensor(list(rows.values()))

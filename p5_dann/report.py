@@ -4,49 +4,69 @@ checkpoint, p5_dann/checkpoints/mnistm_usps_bench.json) and RUNS_DIR/p5/tsne_*.p
 A missing input is named with the command that produces it; no number is typed in here."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from hw2_utils import read_record, record_errors
 
 SHIPPED_BENCH = Path(__file__).resolve().parent / "checkpoints" / "mnistm_usps_bench.json"
 
 METHOD = (
     "Feature extractor (2 conv blocks) -> label head, and -> our gradient reversal layer (identity forward, "
     "-lambda * grad backward) -> domain head (p5_dann/model.py). DANN trains on source images + labels and target "
-    "images only; every checkpoint is the epoch with the best *source* val accuracy, so no target label takes part "
-    "in training or selection. Source: the whole MNIST-M (59,001 training images; its 9,001 test images are the source "
-    "val). Departures from Ganin et al., made in short trial runs of an earlier version (8,000 source images) that did "
-    "look at USPS val accuracy (so the hyperparameters, unlike the checkpoints, are tuned on the target): Adam instead "
-    "of SGD with the paper's annealing lr / (1 + 10p)^0.75; the paper's lambda schedule 2/(1+exp(-10p))-1 scaled by "
-    "lambda_max = 0.3 (lambda -> 1 made the domain head win and lowered target accuracy); source and target batches "
-    "pass through the network separately, so BatchNorm normalises each domain with its own statistics; random "
-    "rotation, zoom up to 1.5x and shift for both domains (USPS digits fill their frame, MNIST-M ones do not), "
-    "random grayscale and channel shuffles for the source. Improvements on top, none using a target label, each its "
-    "own row: `dann_entropy` adds the entropy of the target predictions (weight 0.1; Grandvalet & Bengio 2004); "
-    "`dann_fixmatch` adds FixMatch's consistency (Sohn et al. 2020): a weakly augmented target view's prediction, "
-    "where at least 0.95 confident, is the label of a strongly augmented view (jitter, colour, 10x10 cutout). The "
-    "AdaBN column (Li et al. 2016) re-estimates every BatchNorm's statistics on the unlabelled USPS train images "
-    "before scoring. The shipped model (`p5_dann/run.sh`) is `dann_fixmatch`, a row fixed before the runs, together "
-    "with AdaBN; AdaBN was then dropped because it lowered USPS val accuracy for every adapted row, a choice between "
-    "two options made by looking at target labels. Two more caveats: BatchNorm's running statistics (used at "
-    "evaluation) are updated by both domains' passes in training, so source val, the selection criterion, is scored "
-    "under mixed statistics; and `target_only`, the upper bound, is selected on the USPS val set it is scored on. "
-    "Images are 28x28 RGB (grayscale is repeated over the channels). USPS stands in for SVHN, which these "
-    "machines do not have: for MNIST-M -> SVHN run `python -m bench.p5_dann --data hw2_data/digits --source "
-    "mnistm --target svhn` on the course data.")
+    "images only. Source: the whole MNIST-M (59,001 training images; its 9,001 test images are the source val). "
+    "Departures from Ganin et al.: Adam instead of SGD with the paper's annealing lr / (1 + 10p)^0.75; the paper's "
+    "lambda schedule 2/(1+exp(-10p))-1 scaled by lambda_max (the domain loss is the sum of both domains' terms, as "
+    "in the paper's eq. 9, so lambda is in the paper's units); source and target batches pass through the network "
+    "separately, so BatchNorm normalises each domain with its own batch statistics in training (the running "
+    "statistics used at evaluation mix the source, weak-target and strong-target passes); random rotation, zoom up "
+    "to 1.5x and shift for both domains, random grayscale and channel shuffles for the source. Improvements, each "
+    "its own row: target entropy (Grandvalet & Bengio 2004) and FixMatch consistency (Sohn et al. 2020: a weakly "
+    "augmented target view's prediction, where at least 0.95 confident, labels a strongly augmented view). "
+    "**Selection without target labels.** After every epoch train.py scores the model by criteria that read only "
+    "source labels and *unlabelled* USPS train images (p5_dann/selection.py): SND (Saito et al. 2021, the entropy "
+    "of each target image's soft neighbourhood among the predictions; higher is better), DEV (You et al. 2019, the "
+    "source val error importance-weighted by a domain classifier's density ratio, with its control variate; an "
+    "estimate of the target error) and source val accuracy. SND, fixed before these runs, chooses each row's epoch "
+    "and, among the adapted rows (lambda_max included), the shipped model. DEV's weights are reported with their "
+    "effective sample size: the MNIST-M and USPS features are almost perfectly separable, which leaves DEV's "
+    "importance weights on a handful of source images. The upper bound `target_only` trains on 90% of USPS train "
+    "and chooses its epoch on the other 10%. USPS val is read once per row, after every choice was made; the "
+    "other columns show what source-val selection and the oracle (the best epoch by USPS val, never shipped) "
+    "would have given. Still chosen in an earlier version by looking at USPS val: the departures above (Adam, "
+    "the lambda cap, the augmentation) and the entropy weight. Images are 28x28 RGB (grayscale is repeated over "
+    "the channels). USPS stands in for SVHN, which these machines do not have: for MNIST-M -> SVHN run "
+    "`python -m bench.p5_dann --data hw2_data/digits --source mnistm --target svhn` on the course data.")
 
 
 def _table(record: dict, source: Path) -> list[str]:
-    adabn = all("target_val_acc_adabn" in r["selected"] for r in record["rows"].values())
+    criterion = record["criterion"]
     lines = [f"Accuracy on {record['target'].upper()} val, {record['epochs']} epochs per row unless its arguments say "
-             f"otherwise, {record['hardware']}; measured with `{record['command']}` (read from `{source}`).", "",
-             "| row | what | target val acc (epoch chosen by source val) |" + (" with AdaBN |" if adabn else "")
-             + " target val acc, last epoch | source val acc (chosen epoch) | wall time |",
-             "| --- | --- | --- |" + (" --- |" if adabn else "") + " --- | --- | --- |"]
+             f"otherwise, {record['hardware']}; measured with `{record['command']}` (read from `{source}`). Each "
+             f"cell: USPS val accuracy of the epoch that column's criterion chose (epoch in brackets).", "",
+             f"| row | what | chosen by {criterion.upper()} (used) | by DEV | by source val | oracle (never used) | "
+             f"with AdaBN | DEV weights' ESS | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(by: dict, key: str) -> str:
+        return f"{by[key]['target_val_acc']:.4f} ({by[key]['epoch']})" if key in by else "–"
+
     for name, r in record["rows"].items():
-        chosen, last = r["selected"], r["final"]
-        lines.append(f"| {name} | {r['what']} | {chosen['target_val_acc']:.4f} (epoch {chosen['epoch']}) | "
-                     + (f"{chosen['target_val_acc_adabn']:.4f} | " if adabn else "")
-                     + f"{last['target_val_acc']:.4f} | {chosen['source_val_acc']:.4f} | {r['seconds']:.0f} s |")
+        by = r["selected_by"]
+        used = cell(by, r["select"]) + (" held-out" if r["select"] == "source_val_acc" else "")
+        ess = next((h["dev_ess"] for h in r["history"] if "dev" in by and h["epoch"] == by["dev"]["epoch"]), None)
+        shipped = " **shipped**" if record.get("shipped", {}).get("row") == name else ""
+        lines.append(f"| {name}{shipped} | {r['what']} | {used if r['select'] == criterion else '–'} | {cell(by, 'dev')} | "
+                     f"{used if r['select'] == 'source_val_acc' else cell(by, 'source_val_acc')} | {cell(by, 'oracle')} | "
+                     f"{r['target_val_acc_adabn']:.4f} | {f'{ess:.4f}' if ess is not None else '–'} | {r['seconds']:.0f} s |")
+    if "shipped" in record:
+        s = record["shipped"]
+        oracle = record["rows"][s["row"]]["selected_by"]["oracle"]
+        best = max(r["selected_by"]["oracle"]["target_val_acc"] for n, r in record["rows"].items()
+                   if r["select"] != "source_val_acc")
+        lines += ["", f"Shipped: `{s['row']}`, epoch {s['epoch']}, chosen by {s['selected_by'].upper()} "
+                      f"({s['score']:.4f}, the highest of the adapted rows): USPS val {s['target_val_acc']:.4f}; its "
+                      f"row's oracle epoch scores {oracle['target_val_acc']:.4f}, the best adapted epoch of any row "
+                      f"{best:.4f}."]
     if "inference" in record:
         i = record["inference"]
         lines += ["", f"`python -m p5_dann.infer` (what run.sh calls) with the shipped `{i['row']}` model"
@@ -59,10 +79,12 @@ def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p5"
     lines = ["## P5: DANN domain adaptation (MNIST-M -> USPS)", "", METHOD, ""]
     bench = d / "p5_bench.json" if (d / "p5_bench.json").is_file() else SHIPPED_BENCH
-    try:
-        lines += _table(json.loads(bench.read_text()), bench)
-    except (OSError, ValueError, KeyError):
+    record = read_record(bench)
+    if record is None:
         lines += [f"_Accuracy table: not produced yet. Run `python -m bench.p5_dann --work {d}`._", ""]
+    else:
+        with record_errors(bench):
+            lines += _table(record, bench)
     figures = sorted(d.glob("tsne_*.png"))
     if figures:
         lines += ["t-SNE of the feature extractor's outputs on val images of both domains (1000 per domain):", ""]

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, command_line, run_cli, save_figure
+from hw2_utils import CLIError, atomic_path, command_line, positive_int, run_cli, save_figure, seed_int
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
@@ -114,13 +114,13 @@ def main(argv=None) -> dict:
                                 allow_abbrev=False)
     p.add_argument("--data", default="data/cifar10")
     p.add_argument("--out", default="outputs/p6/aug")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"default: all ({' '.join(PRESETS)})")
     p.add_argument("--spread-preset", default="flip_crop", help="the preset also run with --spread-seeds")
-    p.add_argument("--seed", type=int, default=0, help="the seed of every preset's run")
-    p.add_argument("--spread-seeds", type=int, nargs="*", default=[1, 2],
+    p.add_argument("--seed", type=seed_int, default=0, help="the seed of every preset's run")
+    p.add_argument("--spread-seeds", type=seed_int, nargs="*", default=[1, 2],
                    help="extra seeds of --spread-preset (with --seed they measure the seed-to-seed spread)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each its own train.py process")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, each its own train.py process")
     argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = p.parse_known_args(argv)
     unknown = sorted(set(args.presets) - set(PRESETS))

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import CLIError, atomic_path, command_line, resolve_device, run_cli, save_figure
+from hw2_utils import (CLIError, atomic_path, command_line, non_negative_int, positive_int, resolve_device, run_cli,
+                       save_figure, seed_int)
 from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, load_cifar
 from p6_classification.infer import SHIPPED, load_checkpoint
@@ -237,13 +238,13 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED), help="final.pt of train.py or vit_finetune.py (default: the shipped ResNet-18)")
     p.add_argument("--data", default=str(SHARED_CIFAR), help="CIFAR-10 (any hw2_utils.load_cifar10 source; its test images are used)")
-    p.add_argument("--n", type=int, default=8, help="number of test images in the figure (the first N)")
-    p.add_argument("--correct", type=int, help="the figure shows the first K correctly classified test images ...")
-    p.add_argument("--wrong", type=int, help="... and the first K wrongly classified ones")
-    p.add_argument("--deletion", type=int, default=0, metavar="N",
+    p.add_argument("--n", type=positive_int, default=8, help="number of test images in the figure (the first N)")
+    p.add_argument("--correct", type=non_negative_int, help="the figure shows the first K correctly classified test images ...")
+    p.add_argument("--wrong", type=non_negative_int, help="... and the first K wrongly classified ones")
+    p.add_argument("--deletion", type=non_negative_int, default=0, metavar="N",
                    help="deletion and insertion curves on the first N test images (0 = skip)")
-    p.add_argument("--steps", type=int, default=CURVE_STEPS, help="intervals of the curves (points: steps + 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-pixel order and of ties in the maps")
+    p.add_argument("--steps", type=positive_int, default=CURVE_STEPS, help="intervals of the curves (points: steps + 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random-pixel order and of ties in the maps")
     p.add_argument("--out", default="outputs/p6/cam")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -6,9 +6,9 @@ fine-tune, GPU and weights only); where RUNS_DIR/p6 lacks a record, the copy tha
 the command that produces it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from hw2_utils import read_record, record_errors
 from p6_classification.aug_study import table as aug_table
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
@@ -20,13 +20,6 @@ def _find(d: Path, record: str) -> Path:
     """RUNS_DIR/p6/<record>, or the copy shipped beside the model (a fresh clone has only that)."""
     own = d / record
     return own if own.is_file() else CHECKPOINTS / SHIPPED_RECORDS[record]
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _measured(record: dict, command: str) -> str:
@@ -93,7 +86,7 @@ def _full(bench: dict, d: Path) -> list[str]:
 
 def _aug(d: Path) -> list[str]:
     lines = ["### Augmentation study", ""]
-    study = _read(_find(d, "aug/aug_study.json"))
+    study = read_record(_find(d, "aug/aug_study.json"))
     if study is None:
         return lines + _missing(f"{BENCH} --work {d} --parts aug")
     arch, noise = study["arch"], study.get("spread")
@@ -121,7 +114,7 @@ def _cams(d: Path) -> list[str]:
     lines += ["CAM (ours: the predicted class's FC weights times the last feature maps) beside the grad-cam library's "
               "Grad-CAM on layer4, for 5 correctly and 5 wrongly classified test images (official pixels); each row "
               "is titled with the predicted and the true class.", "", f"![CAM and Grad-CAM]({figure.resolve()})", ""]
-    record = _read(_find(d, "cam/deletion_resnet18.json"))
+    record = read_record(_find(d, "cam/deletion_resnet18.json"))
     if record is None or "paired_auc_gap" not in record:
         return lines + _missing(command)
     figure = _find(d, "cam/deletion_resnet18.png")
@@ -152,7 +145,7 @@ def _cams(d: Path) -> list[str]:
 
 
 def _vit(d: Path) -> list[str]:
-    r = _read(d / "vit" / "result.json")
+    r = read_record(d / "vit" / "result.json")
     if r is None:
         return ["### ViT fine-tuning", "", f"_No ViT fine-tune in {d}/vit (no pretrained ViT weights can be had on the "
                 "machines this repository was developed on): run `python -m p6_classification.vit_finetune --data DATA "
@@ -163,7 +156,7 @@ def _vit(d: Path) -> list[str]:
 
 def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p6"
-    bench = _read(_find(d, "bench.json")) or {}
+    bench = read_record(_find(d, "bench.json")) or {}
     lines = ["## P6: CIFAR-10 classification: ResNet-18, augmentation, CAM, ViT fine-tuning", "",
              "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool) or torchvision's (p6_classification/models.py), "
              "SGD with Nesterov momentum, linear warmup then cosine decay. Honest protocol: a tenth of the training "
@@ -171,5 +164,11 @@ def section(runs_dir: str | Path) -> str:
              "evaluated once, after the last epoch, and that final-epoch accuracy is reported. The whole CIFAR-10 here "
              "is a lossy JPEG copy, so its numbers are quoted as \"CIFAR-10 (JPEG copy)\" beside the 1,017 test images "
              "with the official pixels.", ""]
-    lines += _throughput(bench, d) + _full(bench, d) + _aug(d) + _cams(d) + _vit(d)
+    with record_errors(_find(d, "bench.json")):
+        lines += _throughput(bench, d) + _full(bench, d)
+    for record, render in (("aug/aug_study.json", _aug), ("cam/deletion_resnet18.json", _cams)):
+        with record_errors(_find(d, record)):
+            lines += render(d)
+    with record_errors(d / "vit" / "result.json"):
+        lines += _vit(d)
     return "\n".join(lines)

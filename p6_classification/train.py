@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
                        describe_hardware, init_distributed, log_main, make_train_sampler, non_negative_float,
-                       positive_int, progress, resolve_device, resolve_dtype, run_cli, save_figure, seed_everything,
-                       to_device, unwrap)
+                       non_negative_int, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_figure,
+                       seed_everything, to_device, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -82,12 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", help="vit: pretrained weights file, 'hub' (online only) or 'none' (random init)")
     p.add_argument("--vit-name", default=VIT_NAME, help="vit: timm model name")
     p.add_argument("--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments")
-    p.add_argument("--trainable-blocks", type=int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
+    p.add_argument("--trainable-blocks", type=non_negative_int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
     p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="channels_last is the faster in fp32 and bf16 on the CPUs measured "
                    "(bench/p6_classification.py --parts throughput) and on GPUs")
     p.add_argument("--also-test", metavar="DATA", help="a second CIFAR-10 source whose test split is also scored once at the end")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
+    p.add_argument("--workers", type=non_negative_int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
@@ -208,8 +208,7 @@ def main(argv=None) -> dict:
     channels_last = args.memory_format == "channels_last"
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick its fastest kernels
     command = command_line("p6_classification.train", argv)
-    run = RunFolder(args.out or f"runs/p6/{args.model}", ckpt_every=args.ckpt_every, resume=not args.no_resume,
-                    main=info.is_main)
+    run = RunFolder.from_args(args, f"runs/p6/{args.model}", main=info.is_main)
 
     # With --download under torchrun, rank 0 fetches the archive while the other ranks wait.
     cifar = load_cifar(args.data, download=args.download) if info.is_main else None

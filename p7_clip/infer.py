@@ -2,10 +2,10 @@
 `image_name,label` (label = class index 0..9, in CIFAR-10's order), written atomically.
 
     python -m p7_clip.infer --probe outputs/p7/probe/ViT-B-32/probe.pt --images IMG_DIR --out pred.csv
-    python -m p7_clip.infer --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --cifar cifar-10-batches-py --out pred.csv
+    python -m p7_clip.infer --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --data cifar-10-batches-py --out pred.csv
     python -m p7_clip.infer --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv   # also prints accuracy
 
---images takes every image directly inside a folder (sorted by name); --cifar the test set of
+--images takes every image directly inside a folder (sorted by name); --data the test set of
 cifar-10-batches-py/ or an .npz (rows named cifar_test_00000, ...), whose labels give the
 accuracy. --labels is a CSV `image_name,label` (index or class name) for an image folder. The
 probe knows its CLIP model; --clip overrides where its weights are (same architecture).
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CIFAR10_CLASSES, CLIError, atomic_path, list_images, load_cifar10, open_rgb, require_file, resolve_device, run_cli
+from hw2_utils import (CIFAR10_CLASSES, CLIError, add_option, atomic_path, list_images, load_cifar10, open_rgb,
+                       positive_int, require_file, resolve_device, run_cli)
 from p7_clip import zeroshot
 from p7_clip.models import check_spec, encode_images, load_clip, parse_spec
 from p7_clip.probe import load_probe, probe_predict
@@ -32,14 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     how.add_argument("--zeroshot", action="store_true", help="zero-shot with --clip and the --design prompts")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", metavar="DIR", help="folder of images to classify")
-    what.add_argument("--cifar", help="cifar-10-batches-py/ folder or .npz: classify its test set")
+    add_option(what, "data", aliases=("--cifar",), help="CIFAR-10 (cifar-10-batches-py/ folder or .npz): classify its test set")
     p.add_argument("--out", required=True, metavar="OUT_CSV", help="predictions, image_name,label")
     p.add_argument("--clip", metavar="ARCH=WEIGHTS", help="the CLIP model (required with --zeroshot)")
     p.add_argument("--design", default=zeroshot.ENSEMBLE, choices=list(zeroshot.DESIGNS), help="zero-shot prompts")
     p.add_argument("--labels", metavar="CSV", help="image_name,label for --images: print the accuracy")
-    p.add_argument("--limit", type=int, default=None, help="with --cifar: the first N test images")
+    p.add_argument("--limit", type=positive_int, default=None, help="with --data: the first N test images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     return p.parse_args(argv)
 
 
@@ -74,10 +75,10 @@ def read_labels(path: str | Path, names: list[str]) -> np.ndarray:
 
 def load_inputs(args: argparse.Namespace) -> tuple[list[str], Sequence, Callable, np.ndarray | None]:
     """(row names, images, loader that turns one into a PIL image, true labels or None)."""
-    if args.cifar:
+    if args.data:
         from PIL import Image
 
-        images, labels = load_cifar10(args.cifar, "test", args.limit)
+        images, labels = load_cifar10(args.data, "test", args.limit)
         return [f"cifar_test_{i:05d}" for i in range(len(images))], images, Image.fromarray, labels
     files = list_images(args.images)
     names = [f.name for f in files]

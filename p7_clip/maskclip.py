@@ -1,7 +1,7 @@
 """(d) MaskCLIP (Zhou, Loy & Dai, ECCV 2022), written here on top of open_clip: dense
 zero-shot segmentation from a frozen CLIP image encoder.
 
-    python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai --images IMG_DIR \\
+    python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai --data IMG_DIR \\
         --classes pascal-context-59 --masks MASK_DIR --reduce-zero-label --out outputs/p7/maskclip
 
 CLIP's image embedding comes from one token that attends to all the others; the value
@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, list_images,
-                       open_rgb, require_dir, resolve_device, run_cli, save_figure, save_json)
+from hw2_utils import (CLIError, add_option, atomic_path, check_output_path, command_line, describe_hardware,
+                       list_images, open_rgb, positive_float, positive_int, require_dir, resolve_device, run_cli,
+                       save_figure, save_json)
 from p7_clip.models import Clip, check_spec, load_clip
 from p7_clip.records import pyplot
 from p7_clip.zeroshot import class_embeddings
@@ -51,19 +52,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", required=True, metavar="ARCH=WEIGHTS", help="one model: ARCH=FOLDER, ARCH=FILE or ARCH=tiny")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--images", required=True, help="folder of .png/.jpg images")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images (file-name order)")
+    add_option(p, "data", aliases=("--images",), required=True, help="folder of .png/.jpg images")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images (file-name order)")
     p.add_argument("--classes", required=True, help="comma list, a file with one name per line, or pascal-context-59")
     p.add_argument("--masks", default=None, help="folder of PNG label maps named like the images, for mIoU")
     p.add_argument("--reduce-zero-label", action="store_true", help="mask value 0 -> ignore, k -> k-1")
-    p.add_argument("--size", type=int, default=448, help="shorter image side fed to the encoder (rounded to the patch)")
+    p.add_argument("--size", type=positive_int, default=448, help="shorter image side fed to the encoder (rounded to the patch)")
     p.add_argument("--templates", choices=["single", "imagenet80", "maskclip85"], default="maskclip85",
                    help="'a photo of a {}.', CLIP's 80 ImageNet templates, or those plus MaskCLIP's 5 scene "
                         "templates (the official list), averaged")
-    p.add_argument("--key-smoothing", type=float, default=None, metavar="T",
+    p.add_argument("--key-smoothing", type=positive_float, default=None, metavar="T",
                    help="confidence threshold in [0, 1] below which a patch is smoothed over similar keys "
                         "(official configs: 1.0)")
-    p.add_argument("--denoise", type=float, default=None, metavar="T",
+    p.add_argument("--denoise", type=positive_float, default=None, metavar="T",
                    help="class-probability threshold in [0, 1] for prompt denoising (official configs: 0.5)")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
@@ -300,10 +301,10 @@ def main(argv=None) -> dict:
             raise CLIError(f"{flag} {threshold:g}: a probability threshold, in [0, 1]")
     check_spec(args.clip)
     device = resolve_device(args.device)
-    files = list_images(args.images)[:args.limit]
+    files = list_images(args.data)[:args.limit]
     classes = read_classes(args.classes)
     masks = require_dir(args.masks, "--masks") if args.masks else None
-    out = ensure_writable_dir(args.out)
+    out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     clip = load_clip(args.clip, device)
     class_emb = class_embeddings(clip, classes, templates(args.templates))
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)

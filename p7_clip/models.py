@@ -18,13 +18,14 @@ ln_post, proj) and the studies compare architectures, such as RN50, that transfo
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, error_summary, progress
+from hw2_utils import CLIError, error_summary, positive_int, progress
 
 # Where the OpenAI weights live on the Hugging Face hub, for the "how to get it" hint.
 HUB_REPOS = {"ViT-B-32": "timm/vit_base_patch32_clip_224.openai", "ViT-B-16": "timm/vit_base_patch16_clip_224.openai",
@@ -121,7 +122,8 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> Clip:
             torch.manual_seed(TINY_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(source, **kwargs)
         tokenizer = open_clip.get_tokenizer(source)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
+    except (RuntimeError, ValueError, OSError, KeyError, EOFError, TypeError, pickle.UnpicklingError) as e:
+        # a 0-byte, truncated or foreign weights file fails inside torch.load with any of these
         raise CLIError(f"cannot load {arch} from {weights} ({error_summary(e, 300)})") from None
     finally:
         logging.getLogger().setLevel(level)
@@ -160,4 +162,4 @@ def add_model_args(parser, default_batch: int = 128) -> None:
     parser.add_argument("--clip", action="append", required=True, metavar="ARCH=WEIGHTS",
                         help="model to run, repeatable: ARCH=FOLDER, ARCH=FILE or ARCH=tiny (see p7_clip/models.py)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--batch-size", type=int, default=default_batch, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=default_batch, help="images per forward pass")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hw2_utils import read_record, record_errors
+
 MODELS = "--clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai"
 # open_clip's published zero-shot CIFAR-10 accuracy of the OpenAI weights (its results table,
 # as quoted in issue 10): a reference to compare with, not a number measured here.
@@ -16,13 +18,11 @@ TINY_NOTE = ("_These numbers come from tiny random-weight models: they only show
 
 def _load(path: Path, command: str) -> tuple[dict | None, str]:
     """(the record, a line citing its command and hardware), or (None, the command that writes it)."""
-    try:
-        text = path.read_text()
-        info = json.loads(text)
-    except (OSError, ValueError):
+    info = read_record(path)
+    if info is None:
         return None, f"_Not produced yet. Run `{command}`._\n"
     note = f"_Measured with `{info.get('command', '?')}` on {info.get('hardware', '?')}._\n"
-    return info, note + (TINY_NOTE if "(tiny random)" in text else "")
+    return info, note + (TINY_NOTE if "(tiny random)" in json.dumps(info) else "")
 
 
 def _figure(path: Path, caption: str) -> str:
@@ -30,7 +30,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _similarity(d: Path) -> str:
-    info, note = _load(d / "similarity.json", f"python -m p7_clip.similarity {MODELS} --coco COCO_ROOT --n 10 --out {d}")
+    info, note = _load(d / "similarity.json", f"python -m p7_clip.similarity {MODELS} --data COCO_ROOT --n 10 --out {d}")
     if info is None:
         return note
     lines = [f"{len(info['images'])} COCO val images, each with its first caption; cosine of unit embeddings.", "",
@@ -44,7 +44,7 @@ def _similarity(d: Path) -> str:
 
 
 def _zeroshot(d: Path) -> str:
-    info, note = _load(d / "zeroshot.json", f"python -m p7_clip.zeroshot {MODELS} --cifar cifar-10-batches-py --out {d}")
+    info, note = _load(d / "zeroshot.json", f"python -m p7_clip.zeroshot {MODELS} --data cifar-10-batches-py --out {d}")
     if info is None:
         return note
     models = list(info["accuracy"])
@@ -63,7 +63,7 @@ def _zeroshot(d: Path) -> str:
 
 
 def _retrieval(d: Path) -> str:
-    info, note = _load(d / "retrieval.json", f"python -m p7_clip.retrieval {MODELS} --coco COCO_ROOT --n 100 --out {d}")
+    info, note = _load(d / "retrieval.json", f"python -m p7_clip.retrieval {MODELS} --data COCO_ROOT --n 100 --out {d}")
     if info is None:
         return note
     ks = ("1", "5", "10")
@@ -87,37 +87,48 @@ def _maskclip(d: Path) -> str:
     parts = []
     for path in records:
         info, note = _load(path, "")
-        options = f"key smoothing {info['key_smoothing']}, prompt denoising {info['denoise']}, prompts {info['templates']}"
-        miou = (f" mIoU over the {len(info['images'])} images: {100 * info['miou']:.2f}%." if "miou" in info
-                else " No masks were given, so no mIoU.")
-        parts.append(f"#### {info['model']}\n\n{len(info['classes'])} classes, shorter side {info['size']} px, {options}.{miou}\n")
-        parts += [_figure(path.parent / f"overlay_{Path(name).stem}.png", f"MaskCLIP overlay: {name}")
-                  for name in info["images"][:3]]
-        parts.append(note)
+        with record_errors(path):
+            parts += _maskclip_model(path, info, note)
     return "\n".join(parts)
 
 
+def _maskclip_model(path: Path, info: dict, note: str) -> list[str]:
+    options = f"key smoothing {info['key_smoothing']}, prompt denoising {info['denoise']}, prompts {info['templates']}"
+    miou = (f" mIoU over the {len(info['images'])} images: {100 * info['miou']:.2f}%." if "miou" in info
+            else " No masks were given, so no mIoU.")
+    return [f"#### {info['model']}\n\n{len(info['classes'])} classes, shorter side {info['size']} px, {options}.{miou}\n",
+            *[_figure(path.parent / f"overlay_{Path(name).stem}.png", f"MaskCLIP overlay: {name}")
+              for name in info["images"][:3]], note]
+
+
 def _probe(d: Path) -> str:
-    loaded = [_load(path, "") for path in sorted(d.glob("*/result.json"))]
+    paths = sorted(d.glob("*/result.json"))
+    loaded = [_load(path, "") for path in paths]
     if not loaded:  # worded apart from "Not produced yet", which counts the five studies and the bench
         return (f"_No probe record yet: run `python -m p7_clip.train --clip ViT-B-32=weights/ViT-B-32-openai "
                 f"--data cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
-    designs = list(loaded[0][0]["zero_shot_accuracy"])
+    with record_errors(paths[0]):
+        designs = list(loaded[0][0]["zero_shot_accuracy"])
     lines = ["Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
              "then fitted on all of train; test accuracy beside zero-shot on the same test images.", "",
              "| model | train / test images | C | val | linear probe | " + " | ".join(f"zero-shot `{x}`" for x in designs) + " |",
              "|---|---|---|---|---|" + "---|" * len(designs)]
-    for info, _ in loaded:
-        val = info["val_accuracy"][f"{info['C']:.4g}"]
-        lines.append(f"| {info['model']} | {info['images']['train']} / {info['images']['test']} | {info['C']:g} | "
-                     f"{100 * val:.2f}% | {100 * info['test_accuracy']:.2f}% | "
-                     + " | ".join(f"{100 * info['zero_shot_accuracy'][x]:.2f}%" for x in designs) + " |")
+    for path, (info, _) in zip(paths, loaded):
+        with record_errors(path):
+            lines.append(_probe_row(info, designs))
     notes = dict.fromkeys(line for _, note in loaded for line in note.splitlines(keepends=True))  # tiny note once
     return "\n".join(lines) + "\n\n" + "".join(notes)
 
 
+def _probe_row(info: dict, designs: list[str]) -> str:
+    val = info["val_accuracy"][f"{info['C']:.4g}"]
+    return (f"| {info['model']} | {info['images']['train']} / {info['images']['test']} | {info['C']:g} | "
+            f"{100 * val:.2f}% | {100 * info['test_accuracy']:.2f}% | "
+            + " | ".join(f"{100 * info['zero_shot_accuracy'][x]:.2f}%" for x in designs) + " |")
+
+
 def _robustness(d: Path) -> str:
-    info, note = _load(d / "robustness.json", f"python -m p7_clip.robustness {MODELS} --cifar cifar-10-batches-py "
+    info, note = _load(d / "robustness.json", f"python -m p7_clip.robustness {MODELS} --data cifar-10-batches-py "
                                               f"--limit 1000 --out {d}")
     if info is None:
         return note
@@ -145,22 +156,31 @@ def _bench(d: Path) -> str:
 def section(runs_dir: str | Path) -> str:
     """Markdown for P7, from RUNS_DIR/p7/{similarity,zeroshot,probe/*,retrieval,maskclip/*,robustness}/ and bench.json."""
     d = Path(runs_dir) / "p7"
+    single = {}  # the parts that read one record each
+    for name, render, record in (("similarity", _similarity, "similarity/similarity.json"),
+                                 ("zeroshot", _zeroshot, "zeroshot/zeroshot.json"),
+                                 ("retrieval", _retrieval, "retrieval/retrieval.json"),
+                                 ("robustness", _robustness, "robustness/robustness.json")):
+        with record_errors(d / record):
+            single[name] = render(d / name)
+    with record_errors(d / "bench.json"):
+        bench = _bench(d)
     return "\n".join([
         "## P7: CLIP — similarity, zero-shot prompts, COCO retrieval, MaskCLIP, robustness",
         "",
         "All parts use open_clip models loaded from local weight files (ViT-B-32 and RN50; ViT-B-16 suits "
         "MaskCLIP's finer patches). Embeddings are L2-normalised, so every score is a cosine.",
         "",
-        "### (a) Image-text similarity matrix", "", _similarity(d / "similarity"),
-        "### (b) Zero-shot CIFAR-10 and prompt design", "", _zeroshot(d / "zeroshot"),
+        "### (a) Image-text similarity matrix", "", single["similarity"],
+        "### (b) Zero-shot CIFAR-10 and prompt design", "", single["zeroshot"],
         "### Linear probe vs zero-shot", "", _probe(d / "probe"),
-        "### (c) COCO text-image retrieval", "", _retrieval(d / "retrieval"),
+        "### (c) COCO text-image retrieval", "", single["retrieval"],
         "### (d) MaskCLIP dense segmentation", "",
         "Our MaskCLIP, as the official code (chongzhou96/MaskCLIP) computes it: the last block runs with every "
         "patch attending only to itself (its value and out-projection, then the residual and the MLP), then ln_post "
         "and proj; the class text embeddings (by default averaged over the official 85 prompt templates) act as 1×1 "
         "convolution weights on the unit features. Prompt denoising, then key smoothing, refine softmax(100·cosine) "
         "per patch, and the scores are upsampled bilinearly.", "", _maskclip(d / "maskclip"),
-        "### Robustness to noise, blur and rotation", "", _robustness(d / "robustness"),
-        "### Cost", "", _bench(d),
+        "### Robustness to noise, blur and rotation", "", single["robustness"],
+        "### Cost", "", bench,
     ])

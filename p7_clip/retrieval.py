@@ -1,7 +1,7 @@
 """(c) COCO text <-> image retrieval with CLIP over the first N val images and their captions.
 
     python -m p7_clip.retrieval --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
-        --coco COCO_ROOT --n 100 --query "an airplane flying in the sky" --out outputs/p7/retrieval
+        --data COCO_ROOT --n 100 --query "an airplane flying in the sky" --out outputs/p7/retrieval
 
 COCO_ROOT holds annotations/captions_val2017.json and val2017/. Recall@k, text -> image: the
 fraction of captions whose own image is among the k images most similar to it; image -> text:
@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from hw2_utils import (command_line, describe_hardware, ensure_writable_dir, open_rgb, resolve_device, run_cli,
-                       save_figure, save_json)
+from hw2_utils import (add_option, check_output_path, command_line, describe_hardware, open_rgb, positive_int,
+                       resolve_device, run_cli, save_figure, save_json)
 from p7_clip.data import CocoImage, load_coco
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
 from p7_clip.records import markdown_table, pyplot, save_text
@@ -27,10 +27,10 @@ KS = (1, 5, 10)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, default_batch=64)
-    p.add_argument("--coco", required=True, help="COCO root (annotations/captions_val2017.json + val2017/)")
-    p.add_argument("--n", type=int, default=100, help="first N images of the json (fewer if it lists fewer)")
+    add_option(p, "data", aliases=("--coco",), required=True, help="COCO root (annotations/captions_val2017.json + val2017/)")
+    p.add_argument("--n", type=positive_int, default=100, help="first N images of the json (fewer if it lists fewer)")
     p.add_argument("--query", default="an airplane flying in the sky", help="text whose top images are shown")
-    p.add_argument("--top-k", type=int, default=5, help="images shown for --query")
+    p.add_argument("--top-k", type=positive_int, default=5, help="images shown for --query")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -70,10 +70,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_specs(args.clip)
     device = resolve_device(args.device)
-    images = load_coco(args.coco, limit=args.n)
+    images = load_coco(args.data, limit=args.n)
     captions = [c for im in images for c in im.captions]
     owner = caption_owner(images)
-    out = ensure_writable_dir(args.out)
+    out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     record = {"command": command_line("p7_clip.retrieval", argv), "hardware": describe_hardware(device),
               "images": len(images), "captions": len(captions), "query": args.query, "recall": {}, "top": {}, "tags": {}}
     for spec in args.clip:

@@ -2,7 +2,7 @@
 of growing intensity, on one image set (CIFAR-10 test images).
 
     python -m p7_clip.robustness --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
-        --cifar cifar-10-batches-py --limit 1000 --out outputs/p7/robustness
+        --data cifar-10-batches-py --limit 1000 --out outputs/p7/robustness
 
 Each perturbation is applied to the original 32x32 image (pixel values in [0, 1]) before
 CLIP's own preprocessing. Noise is drawn from a generator seeded with --seed, the same for
@@ -19,8 +19,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hw2_utils import (CIFAR10_CLASSES, command_line, describe_hardware, ensure_writable_dir, load_cifar10,
-                       make_generator, resolve_device, run_cli, save_figure, save_json)
+from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
+                       make_generator, positive_int, resolve_device, run_cli, save_figure, save_json, seed_int)
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
 from p7_clip.records import pyplot
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
@@ -35,10 +35,11 @@ UNITS = {"gaussian_noise": "noise std", "gaussian_blur": "blur sigma (px)", "rot
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, default_batch=256)
-    p.add_argument("--cifar", required=True, help="cifar-10-batches-py/ folder or .npz with test_images/test_labels")
-    p.add_argument("--limit", type=int, default=1000, help="first N test images")
+    add_option(p, "data", aliases=("--cifar",), required=True,
+               help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels")
+    p.add_argument("--limit", type=positive_int, default=1000, help="first N test images")
     p.add_argument("--design", default=ENSEMBLE, choices=list(DESIGNS), help="prompt design for the class embeddings")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the noise")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -87,8 +88,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_specs(args.clip)
     device = resolve_device(args.device)
-    images, labels = load_cifar10(args.cifar, "test", args.limit)
-    out = ensure_writable_dir(args.out)
+    images, labels = load_cifar10(args.data, "test", args.limit)
+    out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     clean = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     labels = torch.from_numpy(labels)
     results = {}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import (atomic_path, command_line, describe_hardware, ensure_writable_dir, open_rgb, resolve_device,
-                       run_cli, save_figure, save_json)
+from hw2_utils import (add_option, atomic_path, check_output_path, command_line, describe_hardware, open_rgb,
+                       positive_int, resolve_device, run_cli, save_figure, save_json)
 from p7_clip.data import load_coco, read_pairs
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
 from p7_clip.records import pyplot
@@ -30,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV with header image,text")
-    src.add_argument("--coco", help="COCO root (annotations/captions_val2017.json + val2017/)")
-    p.add_argument("--n", type=int, default=10, help="pairs taken from --coco (the study uses 10)")
+    add_option(src, "data", aliases=("--coco",), help="COCO root (annotations/captions_val2017.json + val2017/)")
+    p.add_argument("--n", type=positive_int, default=10, help="pairs taken from --data (the study uses 10)")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -44,7 +44,7 @@ def similarity_matrix(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.
 def load_pairs(args) -> list[tuple[Path, str]]:
     if args.pairs:
         return read_pairs(args.pairs)
-    return [(im.path, im.captions[0]) for im in load_coco(args.coco, limit=args.n)]
+    return [(im.path, im.captions[0]) for im in load_coco(args.data, limit=args.n)]
 
 
 def write_csv(path: Path, sim: torch.Tensor, images: list[str], texts: list[str]) -> None:
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     check_specs(args.clip)
     device = resolve_device(args.device)
     pairs = load_pairs(args)
-    out = ensure_writable_dir(args.out)
+    out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     images, texts = [p.name for p, _ in pairs], [t for _, t in pairs]
     record = {"command": command_line("p7_clip.similarity", argv), "hardware": describe_hardware(device),
               "images": images, "texts": texts, "models": {}}

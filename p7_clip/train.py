@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import (CIFAR10_CLASSES, REQUIRED, CLIError, RunFolder, add_common_args, atomic_path, command_line,
-                       describe_hardware, load_cifar10, resolve_device, run_cli, save_json)
+from hw2_utils import (CIFAR10_CLASSES, CLIError, REQUIRED, RunFolder, add_common_args, atomic_path, command_line,
+                       describe_hardware, load_cifar10, positive_int, resolve_device, run_cli, save_json)
 from p7_clip import zeroshot
 from p7_clip.models import TINY, TINY_SEED, Clip, check_spec, encode_images, load_clip
 from p7_clip.probe import probe_predict, probe_state
@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     precision=None, ckpt_every=1, limit="use only the first N images of each split (smoke runs)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default OUT/cache; kept by --no-resume: it is "
                    "keyed by the model and the images)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     return p.parse_args(argv)
 
 
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     check_spec(args.clip)
     device = resolve_device(args.device)
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume)
+    run = RunFolder.from_args(args)
     train_images, train_labels = load_cifar10(args.data, "train", args.limit)
     test_images, test_labels = load_cifar10(args.data, "test", args.limit)
     missing = sorted(set(range(len(CIFAR10_CLASSES))) - set(train_labels.tolist()))

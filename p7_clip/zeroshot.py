@@ -1,7 +1,7 @@
 """(b) Zero-shot CIFAR-10 test classification with several prompt designs.
 
     python -m p7_clip.zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai \\
-        --cifar cifar-10-batches-py --out outputs/p7/zeroshot
+        --data cifar-10-batches-py --out outputs/p7/zeroshot
 
 --cifar is the official `cifar-10-batches-py/` folder (its 10,000-image test_batch) or an .npz
 with test_images/test_labels (e.g. ../shared/data/cifar10/cifar10_slice.npz, 1,017 images).
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CIFAR10_CLASSES, command_line, describe_hardware, ensure_writable_dir, load_cifar10,
-                       resolve_device, run_cli, save_figure, save_json)
+from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
+                       positive_int, resolve_device, run_cli, save_figure, save_json)
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
 from p7_clip.records import markdown_table, pyplot, save_text
 
@@ -43,8 +43,9 @@ BASELINE, ENSEMBLE = "a photo of a {}.", "ensemble of 18 templates"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, default_batch=256)
-    p.add_argument("--cifar", required=True, help="cifar-10-batches-py/ folder or .npz with test_images/test_labels")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    add_option(p, "data", aliases=("--cifar",), required=True,
+               help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N test images")
     p.add_argument("--confusion", default=ENSEMBLE, choices=list(DESIGNS), help="design whose confusion matrix is plotted")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
@@ -93,12 +94,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     check_specs(args.clip)
     device = resolve_device(args.device)
-    images, labels = load_cifar10(args.cifar, "test", args.limit)
-    out = ensure_writable_dir(args.out)
+    images, labels = load_cifar10(args.data, "test", args.limit)
+    out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     from PIL import Image
 
     record = {"command": command_line("p7_clip.zeroshot", argv), "hardware": describe_hardware(device),
-              "images": len(images), "data": str(args.cifar), "designs": DESIGNS, "accuracy": {}, "confusion": {}}
+              "images": len(images), "data": str(args.data), "designs": DESIGNS, "accuracy": {}, "confusion": {}}
     for spec in args.clip:
         clip = load_clip(spec, device)
         image_emb = encode_images(clip, images, args.batch_size, load=Image.fromarray, desc=clip.name)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images, save_json
+from hw2_utils import (command_line, non_negative_float, non_negative_int, output_dir, positive_int, run_cli, save_images,
+                       save_json)
 from p8_controlnet.controls import BUILTIN, CANNY_HIGH, CANNY_LOW, make_control
-from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
+from p8_controlnet.pipelines import (add_control_guidance_args, add_pipeline_args, call_size, check_sampling_args, generate,
+                                    pipeline_from_args)
 from p8_controlnet.records import environment, image_grid
 
 
@@ -29,19 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--control-type", default="canny",
                    help=f"{', '.join(BUILTIN)}, or any other name for a ready control image (default: %(default)s)")
     p.add_argument("--annotators", help="local lllyasviel/Annotators folder (depth, hed)")
-    p.add_argument("--canny-low", type=int, default=CANNY_LOW, help="OpenCV Canny low threshold")
-    p.add_argument("--canny-high", type=int, default=CANNY_HIGH, help="OpenCV Canny high threshold")
-    p.add_argument("--scale", type=float, nargs="+", default=[1.0], help="conditioning scale(s) (default: 1.0)")
-    p.add_argument("--guidance-start", type=float, default=0.0, help="fraction of steps before the ControlNet starts")
-    p.add_argument("--guidance-end", type=float, default=1.0, help="fraction of steps after which it stops")
-    p.add_argument("--n", type=int, default=2, help="images per scale (default: %(default)s)")
+    p.add_argument("--canny-low", type=non_negative_int, default=CANNY_LOW, help="OpenCV Canny low threshold")
+    p.add_argument("--canny-high", type=non_negative_int, default=CANNY_HIGH, help="OpenCV Canny high threshold")
+    p.add_argument("--scale", type=non_negative_float, nargs="+", default=[1.0], help="conditioning scale(s) (default: 1.0)")
+    add_control_guidance_args(p)
+    p.add_argument("--n", type=positive_int, default=2, help="images per scale (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
     args = p.parse_args(argv)
-    if not 0 <= args.guidance_start < args.guidance_end <= 1:
-        raise CLIError("need 0 <= --guidance-start < --guidance-end <= 1")
-    if args.n < 1:
-        raise CLIError("--n must be at least 1")
+    check_sampling_args(args)  # before the control image is read
     return args
 
 

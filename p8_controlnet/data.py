@@ -9,19 +9,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from hw2_utils import CLIError, require_dir, require_file
+from hw2_utils import CLIError, error_summary, require_dir, require_file
 from p8_controlnet.controls import canny, open_rgb, square
 
 
 def read_captions(captions_json: str | Path, images_dir: str | Path) -> list[tuple[Path, list[str]]]:
     """(image path, its captions) for every image of the json that exists in images_dir, sorted by file name."""
     images_dir = require_dir(images_dir, "COCO image folder")
-    data = json.loads(require_file(captions_json, "COCO captions json").read_text())
-    captions: dict[int, list[str]] = {}
-    for a in data.get("annotations", []):
-        captions.setdefault(a["image_id"], []).append(a["caption"].strip())
-    pairs = sorted((images_dir / im["file_name"], captions[im["id"]]) for im in data.get("images", [])
-                   if im["id"] in captions and (images_dir / im["file_name"]).is_file())
+    path = require_file(captions_json, "COCO captions json")
+    try:
+        data = json.loads(path.read_text())
+        captions: dict[int, list[str]] = {}
+        for a in data.get("annotations", []):
+            captions.setdefault(a["image_id"], []).append(a["caption"].strip())
+        pairs = sorted((images_dir / im["file_name"], captions[im["id"]]) for im in data.get("images", [])
+                       if im["id"] in captions and (images_dir / im["file_name"]).is_file())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not COCO's captions layout
+        raise CLIError(f"{path} is not a COCO captions json ({error_summary(e)})") from None
     if not pairs:
         raise CLIError(f"no image of {captions_json} with captions was found in {images_dir}")
     return pairs

@@ -31,7 +31,7 @@ from textwrap import shorten
 
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, progress, run_cli, save_figure, save_json
+from hw2_utils import command_line, output_dir, positive_int, probability, progress, run_cli, save_figure, save_json
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, timesteps, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
@@ -47,18 +47,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", default="a serene landscape with mountains at night", help="the original prompt")
     p.add_argument("--edit", default="a serene landscape with mountains during daylight",
                    help="the prompt with one attribute changed")
-    p.add_argument("--strengths", type=float, nargs="+", default=[0, 0.2, 0.4, 0.6, 0.8, 1],
+    p.add_argument("--strengths", type=probability, nargs="+", default=[0, 0.2, 0.4, 0.6, 0.8, 1],
                    help="edit strengths s in [0, 1]: the share of the steps under the edited prompt")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--n", type=int, default=1, help="seeds (seed, seed + 1, ...) (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=1, help="seeds (seed, seed + 1, ...) (default: %(default)s)")
     p.add_argument("--clip", required=True, help="CLIP folder (model + processor) for the scores")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
     args = p.parse_args(argv)
-    if not all(0 <= s <= 1 for s in args.strengths):
-        raise CLIError("--strengths must lie in [0, 1]")
-    if args.n < 1:
-        raise CLIError("--n must be at least 1")
     return args
 
 

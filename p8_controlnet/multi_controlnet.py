@@ -19,9 +19,10 @@ import argparse
 import itertools
 import time
 
-from hw2_utils import CLIError, command_line, output_dir, run_cli, save_images, save_json
+from hw2_utils import CLIError, command_line, non_negative_float, output_dir, positive_int, run_cli, save_images, save_json
 from p8_controlnet.controls import make_control
-from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
+from p8_controlnet.pipelines import (add_control_guidance_args, add_pipeline_args, call_size, check_sampling_args, generate,
+                                    pipeline_from_args)
 from p8_controlnet.records import environment, image_grid
 
 
@@ -32,14 +33,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="one control (repeat for several)")
     p.add_argument("--controlnet", action="append", required=True, metavar="TYPE=DIR",
                    help="diffusers ControlNet folder for a control type (repeat per type)")
-    p.add_argument("--grid-scales", type=float, nargs="+", help="scale values tried for every control")
+    p.add_argument("--grid-scales", type=non_negative_float, nargs="+", help="scale values tried for every control")
     p.add_argument("--annotators", help="local lllyasviel/Annotators folder (depth, hed)")
-    p.add_argument("--guidance-start", type=float, default=0.0, help="fraction of steps before the ControlNets start")
-    p.add_argument("--guidance-end", type=float, default=1.0, help="fraction of steps after which they stop")
-    p.add_argument("--n", type=int, default=1, help="images per combination (default: %(default)s)")
+    add_control_guidance_args(p, "ControlNets")
+    p.add_argument("--n", type=positive_int, default=1, help="images per combination (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
     args = p.parse_args(argv)
+    check_sampling_args(args)
+    if len(args.control) < 2:
+        raise CLIError("multi_controlnet combines at least two --control; for one, use p8_controlnet/controlnet.py")
     args.controls = [parse_triple(*triple) for triple in args.control]
     args.controlnets = dict(parse_pair(pair) for pair in args.controlnet)
     missing = {kind for kind, _, _ in args.controls} - args.controlnets.keys()
@@ -50,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_triple(kind: str, image: str, scale: str) -> tuple[str, str, float]:
     try:
-        return kind, image, float(scale)
-    except ValueError:
-        raise CLIError(f"--control {kind} {image} {scale}: the scale must be a number") from None
+        return kind, image, non_negative_float(scale)
+    except argparse.ArgumentTypeError as e:
+        raise CLIError(f"--control {kind} {image} {scale}: the scale {e}") from None
 
 
 def parse_pair(pair: str) -> tuple[str, str]:

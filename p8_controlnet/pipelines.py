@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, error_summary, resolve_device, resolve_dtype
+from hw2_utils import (CLIError, error_summary, non_negative_float, positive_int, probability, resolve_device,
+                       resolve_dtype, seed_int)
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
@@ -142,12 +143,12 @@ def add_pipeline_args(p: argparse.ArgumentParser, steps: int = 30, guidance: flo
     g.add_argument("--sd-config", default=str(V1_CONFIG_DIR),
                    help="configs for a single-file model (default: the committed SD v1 configs)")
     g.add_argument("--scheduler", default="dpm++2m", choices=list(SCHEDULERS), help="sampler (default: %(default)s)")
-    g.add_argument("--steps", type=int, default=steps, help="denoising steps (default: %(default)s)")
-    g.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance scale (default: %(default)s)")
+    g.add_argument("--steps", type=positive_int, default=steps, help="denoising steps (default: %(default)s)")
+    g.add_argument("--guidance", type=non_negative_float, default=guidance, help="classifier-free guidance scale (default: %(default)s)")
     g.add_argument("--negative-prompt", default="", help="text the guidance steers away from")
-    g.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's, 512 for SD v1)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
-    g.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    g.add_argument("--size", type=positive_int, default=None, help="image side in pixels (default: the model's, 512 for SD v1)")
+    g.add_argument("--batch-size", type=positive_int, default=4, help="images per pipeline call")
+    g.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"],
                    help="weights' dtype; fp16 falls back to fp32 on the CPU and for NaN batches (default: %(default)s)")
@@ -157,9 +158,17 @@ def add_pipeline_args(p: argparse.ArgumentParser, steps: int = 30, guidance: flo
     m.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (CUDA only)")
 
 
+def add_control_guidance_args(p: argparse.ArgumentParser, nets: str = "ControlNet") -> None:
+    """--guidance-start / --guidance-end, the fraction of the steps a ControlNet acts on, checked
+    by check_sampling_args: one spelling and one check for every ControlNet command."""
+    p.add_argument("--guidance-start", type=probability, default=0.0, help=f"fraction of steps before the {nets} start")
+    p.add_argument("--guidance-end", type=probability, default=1.0, help=f"fraction of steps after which the {nets} stop")
+
+
 def check_sampling_args(args: argparse.Namespace) -> None:
-    if args.steps < 1 or args.batch_size < 1:
-        raise CLIError("--steps and --batch-size must be at least 1")
+    """What argparse's types cannot see: options that depend on each other."""
+    if hasattr(args, "guidance_start") and not args.guidance_start < args.guidance_end:
+        raise CLIError(f"--guidance-start {args.guidance_start:g} must be below --guidance-end {args.guidance_end:g}")
     if args.size is not None and args.size % 8:
         raise CLIError(f"--size must be a multiple of 8, got {args.size}")
 

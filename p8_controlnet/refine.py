@@ -26,7 +26,8 @@ from typing import Iterator
 
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, run_cli, save_figure, save_json
+from hw2_utils import (CLIError, command_line, non_negative_float, non_negative_int, output_dir, positive_float,
+                       positive_int, run_cli, save_figure, save_json)
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
@@ -39,23 +40,19 @@ OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", action="append", help="prompt to refine towards (repeat for several)")
-    p.add_argument("--n", type=int, default=1, help="images per prompt (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=1, help="images per prompt (default: %(default)s)")
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=50, help="optimiser steps (default: %(default)s)")
-    p.add_argument("--penalty", type=float, default=0.0,
+    p.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: %(default)s)")
+    p.add_argument("--iterations", type=positive_int, default=50, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--penalty", type=non_negative_float, default=0.0,
                    help="weight of mean((z - z0)^2), 0 for none (default: %(default)s)")
-    p.add_argument("--show-iterations", type=int, nargs="+",
+    p.add_argument("--show-iterations", type=non_negative_int, nargs="+",
                    help="iterations whose images refine_images.png shows (default: 5 evenly spaced, from 0)")
     p.add_argument("--clip", required=True, help="CLIP folder (model + processor): the objective and the scores")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]
-    if args.n < 1 or args.iterations < 1:
-        raise CLIError("--n and --iterations must be at least 1")
-    if not args.lr > 0 or not args.penalty >= 0:
-        raise CLIError("--lr must be positive and --penalty at least 0")
     args.show_iterations = args.show_iterations or sorted({round(args.iterations * k / 4) for k in range(5)})
     if not all(0 <= i <= args.iterations for i in args.show_iterations):
         raise CLIError(f"--show-iterations must lie in 0..--iterations ({args.iterations})")

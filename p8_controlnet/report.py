@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hw2_utils import read_record, record_errors
+
 # (sub-folder, figure, caption, the command that writes it)
 FIGURES = [
     ("sampling_study", "by_scheduler.png", "CLIP score and seconds per image by scheduler", "study"),
@@ -39,10 +41,8 @@ COMMANDS = {
 
 
 def _speed(d: Path) -> list[str]:
-    path = d / "p8_bench.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    record = read_record(d / "p8_bench.json")
+    if record is None:
         return [f"_Speed: not produced yet. Run `python -m bench.p8_controlnet --json {d}/p8_bench.json`._", ""]
     cpu = record["tiny_cpu"]
     lines = [f"Tiny model, {cpu['size']} px, {cpu['steps']} steps, CPU seconds per step on {cpu['threads']} thread(s) "
@@ -59,10 +59,9 @@ def _speed(d: Path) -> list[str]:
 def _sidecar_command(folder: Path) -> str | None:
     """The command recorded in the folder's JSON sidecar (study.json, run.json, edit.json, ...)."""
     for path in sorted(folder.glob("*.json")):
-        try:
-            return json.loads(path.read_text())["command"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+        record = read_record(path)
+        if record is not None and isinstance(record.get("command"), str):
+            return record["command"]
     return None
 
 
@@ -74,7 +73,8 @@ def section(runs_dir: str | Path) -> str:
              "latent refinement in our own denoising loop; a JSON sidecar per run. Where the runs below used the "
              "tiny random-weight models (`python -m p8_controlnet.tiny`), the images and CLIP scores only show that "
              "every script runs end to end.", ""]
-    lines += _speed(d)
+    with record_errors(d / "p8_bench.json"):
+        lines += _speed(d)
     quoted = set()  # each run's command once, before its first figure
     for folder, name, caption, command in FIGURES:
         figure = d / folder / name

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import CLIError, command_line, output_dir, progress, run_cli, save_figure, save_json
+from hw2_utils import (CLIError, command_line, non_negative_float, output_dir, positive_int, probability, progress,
+                       run_cli, save_figure, save_json, seed_int)
 from p8_controlnet.pipelines import (SCHEDULERS, add_pipeline_args, call_size, generate, make_scheduler, pipeline_from_args,
                                      scheduler_config)
 from p8_controlnet.records import environment, image_grid, pyplot, save_csv
@@ -42,16 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument("--prompt", action="append", help="prompt(s) of the grid and schedule experiments (repeat)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fixed seeds of the grid (default: 0 1)")
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1], help="fixed seeds of the grid (default: 0 1)")
     p.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=list(SCHEDULERS))
-    p.add_argument("--steps-list", type=int, nargs="+", default=[10, 20, 50])
-    p.add_argument("--guidances", type=float, nargs="+", default=[1.0, 3.0, 7.5, 12.0])
+    p.add_argument("--steps-list", type=positive_int, nargs="+", default=[10, 20, 50])
+    p.add_argument("--guidances", type=non_negative_float, nargs="+", default=[1.0, 3.0, 7.5, 12.0])
     p.add_argument("--clip", help="CLIP folder (model + processor) for CLIP scores")
-    p.add_argument("--intermediate-steps", type=int, nargs="+", help="steps (1-based) whose latents are decoded "
+    p.add_argument("--intermediate-steps", type=positive_int, nargs="+", help="steps (1-based) whose latents are decoded "
                    "(default: 5 evenly spaced, ending with the last)")
     p.add_argument("--interp-prompts", nargs=2, metavar=("A", "B"),
                    default=["a photograph of a red sports car", "a watercolour painting of a lighthouse"])
-    p.add_argument("--alphas", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1], help="interpolation weights of B")
+    p.add_argument("--alphas", type=probability, nargs="+", default=[0, 0.25, 0.5, 0.75, 1], help="interpolation weights of B")
     add_pipeline_args(p, steps=20)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]

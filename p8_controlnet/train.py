@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (REQUIRED, CLIError, RunFolder, add_common_args, autocast, command_line, output_dir, progress,
-                       resolve_device, resolve_dtype, run_cli, save_json, seed_everything)
+from hw2_utils import (REQUIRED, RunFolder, add_common_args, autocast, command_line, output_dir, positive_float,
+                       positive_int, probability, progress, resolve_device, resolve_dtype, run_cli, save_json,
+                       seed_everything)
 from p8_controlnet.data import CannyCaptions, read_captions, step_batch
 from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
@@ -36,6 +37,7 @@ DEFAULTS = dict(
     lr=1e-5,               # the paper's: larger rates destroy the copied encoder's features
     drop_caption=0.5,      # the paper's prompt dropout
 )
+TYPES = dict(lr=positive_float, drop_caption=probability)  # the rest are counts
 LOG_FIELDS = ["step", "loss", "seconds"]
 
 
@@ -51,11 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--controlnet", help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)")
     p.add_argument("--captions", required=True, help="COCO captions json")
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or not 0 <= args.drop_caption <= 1:
-        raise CLIError("--steps and --batch-size must be >= 1 and --drop-caption in [0, 1]")
-    return args
+        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
+    return p.parse_args(argv)
 
 
 def controlnet_loss(sd: StableDiffusion, controlnet, batch: dict, captions: list[str],
@@ -107,7 +106,7 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
-    run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume)
+    run = RunFolder.from_args(args)
     pairs = read_captions(args.captions, args.data)[:args.limit]
     # Everything that defines the run but its length (--steps may grow) and where it runs.
     identity = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()),

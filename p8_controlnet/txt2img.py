@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import CLIError, command_line, output_dir, require_file, resolve_device, run_cli, save_images, save_json
+from hw2_utils import (CLIError, clip_score, command_line, output_dir, positive_int, require_file, resolve_device,
+                       run_cli, save_images, save_json)
 from p8_controlnet.pipelines import add_pipeline_args, call_size, generate, pipeline_from_args
 from p8_controlnet.records import environment, image_grid, read_json
 
@@ -37,9 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--gallery", help="text file of prompts, one per line: gallery mode")
     p.add_argument("--replay", help="run.json of an earlier run: redo it with its settings")
-    p.add_argument("--n", type=int, default=4, help="images per prompt (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=4, help="images per prompt (default: %(default)s)")
     p.add_argument("--clip", help="CLIP folder (model + processor) to score gallery images")
-    p.add_argument("--min-clip", type=float, default=20.0,
+    p.add_argument("--min-clip", type=clip_score, default=20.0,
                    help="gallery: CLIP score (100 x cosine) below which an image is off-prompt (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p, model_required=False)
@@ -57,7 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.gallery:
         lines = require_file(args.gallery, "gallery prompt file").read_text().splitlines()
-        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not prompts:
+            raise CLIError(f"{args.gallery} holds no prompt (one per line; # starts a comment)")
+        return prompts
     if not args.prompt:
         raise CLIError("give --prompt (repeatable), --gallery FILE or --replay run.json")
     return args.prompt

@@ -1,6 +1,7 @@
-"""Makes `import stable_diffusion` work from a plain checkout (repo root on PYTHONPATH, as
-the hw2_N.sh scripts set it, no `pip install -e .`): the code lives in `stable-diffusion/`,
-a folder name Python cannot import, so this package's search path points there."""
+"""Stable Diffusion v1 loaded offline and sampled: the package P3 and P8 share
+(`from stable_diffusion.loader import load_stable_diffusion`). Its committed model configs and
+tokenizer files, the course's files, live in the design card's `stable-diffusion/configs/`
+(CONFIG_ROOT)."""
 from pathlib import Path
 
-__path__ = [str(Path(__file__).resolve().parent.parent / "stable-diffusion")]
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "stable-diffusion" / "configs"

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -81,6 +82,11 @@ def inp(tmp_path_factory) -> Path:
         Image.new("RGB", (28, 28), (80 * i, 40, 200)).save(d / "digits" / "mnistm" / f"{i}_001.png")
     (d / "runs").mkdir()
     (d / "labels_bad.csv").write_text("name,class\n00000.png,cat\n")
+    (d / "captions.json").write_text("not json\n")
+    np.savez(d / "cifar.npz", test_images=np.zeros((2, 32, 32, 3), np.uint8), test_labels=np.zeros(2, np.int64))
+    (d / "empty_gallery.txt").write_text("# only a comment\n\n")
+    (d / "noise_empty").mkdir()
+    torch.save(torch.zeros(1, 3, 0, 0), d / "noise_empty" / "00.pt")
     return d
 
 
@@ -209,6 +215,20 @@ CASES = [
      "--presets"),
     ("ddp-teardown-negative-drain", "bench.ddp_teardown", lambda i, w: ["--drain", "-1", "--out", w / "dt.json"],
      "--drain"),
+    # issue 32's second probe
+    ("p7-clip-zero-byte-weights", "p7_clip.zeroshot", lambda i, w: ["--clip", f"ViT-B-32={i / 'zero.pt'}", "--cifar",
+                                                                     i / "cifar.npz", "--out", w / "zs"], "zero.pt"),
+    ("p8-train-captions-not-json", "p8_controlnet.train", lambda i, w: ["--model", i / "sd", "--data", i / "images",
+                                                                         "--captions", i / "captions.json", "--out",
+                                                                         w / "run"], "not a COCO captions json"),
+    ("p8-empty-gallery", "p8_controlnet.txt2img", lambda i, w: ["--model", i / "sd", "--gallery",
+                                                                 i / "empty_gallery.txt", "--out", w / "g"], "no prompt"),
+    ("p2-zero-size-noise", "p2_ddim.infer", lambda i, w: [i / "noise_empty", w / "out", i / "unet.pt"],
+     "positive multiples of 32"),
+    ("p1-seed-huge", "p1_ddpm.infer", lambda i, w: [w / "out", "--seed", "99999999999999999999999"], "--seed"),
+    ("p1-folders-twice", "p1_ddpm.infer", lambda i, w: [w / "out", "--checkpoint", i / "p1.pt", "--folders", "a", "./a"],
+     "names a folder twice"),
+    ("p4-out-name-too-long", "p4_gan.infer", lambda i, w: [w / ("x" * 250)], "name too long"),
 ]
 
 

@@ -91,7 +91,7 @@ def test_explicit_timesteps_chain_steps_and_end_on_alpha_bar_0(x_T):
     ab = linear_alphas_cumprod()
     x = x_T
     for t, prev in ((900, 400), (400, 3), (3, 0)):  # the last step goes to alpha_bar[0]
-        x = ddim_step(x, toy_eps(x, torch.full((2,), t)), ab[t], ab[prev])
+        x = ddim_step(toy_eps(x, torch.full((2,), t)), x, ab[t], ab[prev])
     assert torch.equal(ddim_sample(toy_eps, x_T, timesteps=[900, 400, 3]), x)
     for bad in ([1, 500], [1000, 1], [], [500, 500]):
         with pytest.raises(ValueError):

@@ -140,43 +140,59 @@ def test_adabn_sets_the_target_statistics_and_nothing_else():
     assert model.features[1].momentum == 0.1  # restored for any further training
 
 
-def test_dann_selects_by_source_val_and_resumes_exactly(tmp_path, monkeypatch):
+def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, monkeypatch):
     root = small_digits(tmp_path / "digits", n=96, splits=("train", "val"))
+    (root / "usps" / "val.csv").unlink()  # the run may not read the target's val split, labels or images
 
     def run(out, epochs=3):
         return train.main(["--mode", "dann", "--data", str(root), "--out", str(tmp_path / out), "--batch-size",
                            "32", "--device", "cpu", "--entropy-weight", "0.1", "--consistency-weight", "1",
                            "--pseudo-threshold", "0.2", "--epochs", str(epochs), "--source", f"mnistm={root / 'mnistm'}"])
 
-    real_accuracy, calls = train.accuracy, []
+    real_scores, calls = train.selection_scores, []
 
-    def interrupted_in_epoch_3(*args):  # two evaluations per epoch; epoch 2's checkpoint is written by now
+    def interrupted_in_epoch_3(*args, **kwargs):  # one scoring per epoch; epoch 2's checkpoint is written by now
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_accuracy(*args)
+        return real_scores(*args, **kwargs)
 
-    monkeypatch.setattr(train, "accuracy", interrupted_in_epoch_3)
+    monkeypatch.setattr(train, "selection_scores", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
-    monkeypatch.setattr(train, "accuracy", real_accuracy)
+    monkeypatch.setattr(train, "selection_scores", real_scores)
     result = run("resumed")
     run("straight")
     with open(tmp_path / "resumed" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 and float(r["consistency"]) > 0 for r in rows)
-    best_row = max(rows, key=lambda r: float(r["source_val_acc"]))  # first maximum, as the trainer keeps it
-    assert result["selected"]["epoch"] == int(best_row["epoch"])
+    assert result["select"] == "snd" and [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    densest = max(reversed(result["history"]), key=lambda h: h["snd"])  # highest SND; ties to the later epoch
+    assert result["selected"] == densest
     saved = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
     assert saved["epoch"] == result["selected"]["epoch"] and saved["mode"] == "dann"
-    assert saved["config"]["entropy_weight"] == 0.1
+    assert saved["config"]["entropy_weight"] == 0.1 and saved["snd"] == densest["snd"] and 0 < saved["dev_ess"] <= 1
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("epoch_*.pt")) == ["epoch_01.pt", "epoch_02.pt",
+                                                                               "epoch_03.pt"]
     resumed, straight = (torch.load(tmp_path / d / "final.pt", weights_only=True)["state_dict"]
                          for d in ("resumed", "straight"))
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     # The lr and lambda schedules depend on the run's length: a longer resume would rewind them.
     with pytest.raises(CLIError, match="trained for 3 epochs"):
         run("straight", epochs=5)
+
+
+def test_target_only_selects_on_held_out_target_train_images(tmp_path):
+    root = small_digits(tmp_path / "digits", n=60, splits=("train",))  # no val split anywhere
+    result = train.main(["--mode", "target_only", "--data", str(root), "--out", str(tmp_path / "run"),
+                         "--batch-size", "18", "--device", "cpu", "--epochs", "2"])
+    assert result["select"] == "source_val_acc" and set(result["history"][0]) == {"epoch", "source_val_acc"}
+    (_, y_kept), (_, y_held) = train.holdout_split(torch.zeros(60, 1), torch.arange(60))
+    assert len(y_held) == 6 and not set(y_kept.tolist()) & set(y_held.tolist())
+    assert torch.equal(train.holdout_split(torch.zeros(60, 1), torch.arange(60))[1][1], y_held)  # one fixed split
+    with pytest.raises(CLIError, match="held-out"):
+        train.main(["--mode", "target_only", "--data", str(root), "--out", str(tmp_path / "r2"), "--select", "dev"])
 
 
 def test_dann_step_lowers_the_label_loss_on_a_real_batch():
@@ -265,8 +281,8 @@ def test_loader_reads_the_whole_mnistm_named_by_path():
 
 
 def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
-    """The shipped model through run.sh on the first 300 real USPS val images: 0.9633 when
-    shipped (0.9606 on all 2,007; bench/p5_dann.py), so 0.93 leaves room only for noise."""
+    """The shipped model through run.sh on the first 300 real USPS val images: 0.9467 when
+    shipped (0.9497 on all 2,007; bench/p5_dann.py), so 0.92 leaves room only for noise."""
     usps = require_shared("hw2_data", "digits", "usps")
     with open(usps / "val.csv", newline="") as f:
         labels = {r["image_name"]: int(r["label"]) for r in list(csv.DictReader(f))[:300]}
@@ -281,4 +297,4 @@ def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted(r["image_name"] for r in rows) == sorted(labels)
     accuracy = sum(int(r["label"]) == labels[r["image_name"]] for r in rows) / len(rows)
-    assert accuracy >= 0.93
+    assert accuracy >= 0.92

@@ -14,21 +14,46 @@ from p5_dann.model import DANN
 
 
 def _bench_record():
-    row = {"what": "DANN", "args": ["--mode", "dann"], "seconds": 123.4,
-           "selected": {"epoch": 7, "source_val_acc": 0.9123, "target_val_acc": 0.9031, "target_val_acc_adabn": 0.9456},
-           "final": {"epoch": 20, "source_val_acc": 0.9, "target_val_acc": 0.8987}}
+    dann = {"what": "DANN", "args": ["--mode", "dann"], "seconds": 123.4, "select": "snd",
+            "history": [{"epoch": 1, "snd": 6.1, "dev": 0.5, "dev_ess": 0.0012, "source_val_acc": 0.81},
+                        {"epoch": 2, "snd": 6.3, "dev": 0.4, "dev_ess": 0.0034, "source_val_acc": 0.80}],
+            "selected_by": {"snd": {"epoch": 2, "score": 6.3, "target_val_acc": 0.9031},
+                            "dev": {"epoch": 2, "score": 0.4, "target_val_acc": 0.9031},
+                            "source_val_acc": {"epoch": 1, "score": 0.81, "target_val_acc": 0.8876},
+                            "oracle": {"epoch": 2, "target_val_acc": 0.9031}},
+            "target_val_acc_adabn": 0.9456}
+    bound = {"what": "upper bound", "args": ["--mode", "target_only"], "seconds": 45.0, "select": "source_val_acc",
+             "history": [{"epoch": 1, "source_val_acc": 0.95}],
+             "selected_by": {"source_val_acc": {"epoch": 1, "score": 0.95, "target_val_acc": 0.9701},
+                             "oracle": {"epoch": 1, "target_val_acc": 0.9701}},
+             "target_val_acc_adabn": 0.9688}
     return {"command": "python -m bench.p5_dann --ship", "hardware": "x86_64 CPU, 2 torch thread(s)",
-            "source": "mnistm", "target": "usps", "epochs": 20, "rows": {"dann": row},
+            "source": "mnistm", "target": "usps", "epochs": 20, "criterion": "snd",
+            "rows": {"dann": dann, "target_only": bound},
+            "shipped": {"row": "dann", "selected_by": "snd", "epoch": 2, "score": 6.3, "target_val_acc": 0.9031},
             "inference": {"row": "dann", "images": 2007, "accuracy": 0.9031, "seconds": 1.5}}
 
 
+def _cells(text: str, row: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {row}"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_section_reads_every_number_from_the_bench_json(tmp_path):
+    record = _bench_record()
     (tmp_path / "p5").mkdir()
-    (tmp_path / "p5" / "p5_bench.json").write_text(json.dumps(_bench_record()))
+    (tmp_path / "p5" / "p5_bench.json").write_text(json.dumps(record))
     text = report.section(tmp_path)
-    row = next(line for line in text.splitlines() if line.startswith("| dann |"))
-    assert "| 0.9031 (epoch 7) | 0.9456 | 0.8987 | 0.9123 | 123 s |" in row
-    assert "python -m bench.p5_dann --ship" in text and "2007 val images: CSV accuracy 0.9031" in text
+    by = record["rows"]["dann"]["selected_by"]
+    cells = _cells(text, "dann")
+    assert cells[0] == "dann **shipped**"
+    assert cells[2:6] == [f"{by[k]['target_val_acc']:.4f} ({by[k]['epoch']})" for k in ("snd", "dev", "source_val_acc",
+                                                                                      "oracle")]
+    assert float(cells[6]) == record["rows"]["dann"]["target_val_acc_adabn"]
+    assert float(cells[7]) == record["rows"]["dann"]["history"][1]["dev_ess"]  # at DEV's epoch
+    bound = _cells(text, "target_only")
+    assert bound[2] == bound[3] == "–" and bound[4] == "0.9701 (1) held-out"
+    assert record["command"] in text and f"{record['inference']['images']} val images" in text
     assert "python -m p5_dann.analysis" in text  # no figures yet: the command that makes them
 
 
@@ -51,8 +76,10 @@ def test_tsne_writes_a_class_and_a_domain_figure(tmp_path, monkeypatch):
 
 
 def test_tsne_files_are_named_by_the_checkpoints_row():
-    """The shipped model is the dann_fixmatch row: its t-SNE files say so, not just its mode."""
+    """The shipped model's t-SNE files name the bench row it came from, not just its mode."""
     shipped = torch.load(Path(report.__file__).parent / "checkpoints" / "mnistm_usps_dann.pt", weights_only=True)
-    assert analysis.row_name(shipped) == "dann_fixmatch"
+    assert analysis.row_name(shipped) == json.loads(report.SHIPPED_BENCH.read_text())["shipped"]["row"]
+    assert analysis.row_name({"mode": "dann", "config": {"consistency_weight": 1.0, "lambda_max": 0.5}}) == \
+        "dann_fixmatch_lambda0.5"
     assert analysis.row_name({"mode": "dann", "config": {"entropy_weight": 0.1, "consistency_weight": 0.0}}) == "dann_entropy"
     assert analysis.row_name({"mode": "source_only", "config": {"entropy_weight": 0.0}}) == "source_only"

@@ -62,8 +62,8 @@ def test_ddim_step_matches_diffusers_with_use_clipped_model_output_either_way(cl
         x_t, eps = 3 * torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
         expected = ref.step(eps, t, x_t, eta=0.5, use_clipped_model_output=clipped_eps,
                             generator=torch.Generator().manual_seed(9)).prev_sample
-        got = ours.ddim_step(eps, x_t, t, t_prev, 0.5, torch.Generator().manual_seed(9),
-                             use_clipped_model_output=clipped_eps)
+        noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(9))  # as diffusers draws it
+        got = ours.ddim_step(eps, x_t, t, t_prev, 0.5, noise, use_clipped_model_output=clipped_eps)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # diffusers: a float32 schedule
 
 

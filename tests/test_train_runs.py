@@ -232,7 +232,8 @@ def test_old_spellings_are_hidden_aliases_of_the_common_options():
     new = p.parse_args(["--data", "d", "--image-size", "32", "--limit", "5", "--ckpt-every", "7", "--grad-clip", "2"])
     old = p.parse_args(["--images", "d", "--resolution", "32", "--subset", "5", "--save-every", "7", "--max-grad-norm", "2"])
     assert vars(new) == vars(old) == {"data": "d", "out": "runs/x", "image_size": 32, "limit": 5, "device": "auto", "seed": 0,
-                                      "precision": "fp32", "ckpt_every": 7, "grad_clip": 2.0, "no_resume": False}
+                                      "precision": "fp32", "ckpt_every": 7, "grad_clip": 2.0, "no_resume": False,
+                                      "force_resume": False}
     for alias in ("--data-root", "--cifar"):
         assert p.parse_args([alias, "d"]).data == "d"
     usage = p.format_help()
@@ -257,3 +258,14 @@ def test_every_train_py_offers_the_common_spellings_only(module, capsys):
     shown = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
     assert {"--data", "--out", "--device", "--seed", "--ckpt-every", "--no-resume"} <= shown
     assert not shown & {alias for aliases in ALIASES.values() for alias in aliases}
+
+
+def test_force_resume_accepts_a_moved_data_folder_and_says_so(tmp_path, capsys):
+    run = RunFolder(tmp_path / "run", ckpt_every=1)
+    run.load({"data": "/old/place/mnistm"})
+    run.start(0, ["step"], "python -m x", torch.device("cpu"))
+    run.save({"step": 1})
+    with pytest.raises(CLIError, match="--force-resume if only the data's location changed"):
+        RunFolder(tmp_path / "run", ckpt_every=1).load({"data": "/new/place/mnistm"})
+    state = RunFolder(tmp_path / "run", ckpt_every=1, force=True).load({"data": "/new/place/mnistm"})
+    assert state["step"] == 1 and "resuming" in capsys.readouterr().err

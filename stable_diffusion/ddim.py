@@ -49,12 +49,11 @@ class NoiseSchedule:
         return [i * ratio + self.steps_offset for i in range(steps)][::-1]
 
     def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  generator: torch.Generator | None = None, use_clipped_model_output: bool = False) -> torch.Tensor:
-        """One DDIM update. Latents are not images in [-1, 1], so x0 is never clipped (SD's
-        scheduler config: clip_sample false). `use_clipped_model_output` is diffusers'
-        DDIMScheduler.step option, with its default: True re-derives eps from x0, which without
-        clipping changes nothing but rounding, as in diffusers. p1_ddpm and p2_ddim clip their
-        pixel-space x0, where the option matters: p1_ddpm samples with True, p2_ddim with False."""
+                  noise: torch.Tensor | None = None, use_clipped_model_output: bool = False) -> torch.Tensor:
+        """DDIM (Song et al. 2021, eq. 12) from timestep t to t_prev; t_prev < 0 means the final
+        step, to alpha-bar(0) (SD's set_alpha_to_one false). Latents are not images in [-1, 1], so
+        x0 is never clipped (SD's clip_sample false), and `use_clipped_model_output` (diffusers'
+        option) changes nothing but rounding. `noise` is needed when eta > 0."""
         ab = self.alphas_cumprod[t].item()
         ab_prev = self.alphas_cumprod[max(t_prev, 0)].item()  # t_prev < 0: the final step, alpha-bar(0)
         x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
@@ -63,7 +62,7 @@ class NoiseSchedule:
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
         x_prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(x_t.shape, generator=generator).to(x_t.device, x_t.dtype)
+            x_prev = x_prev + sigma * noise
         return x_prev
 
     def ddim_sample(self, eps_fn: EpsFn, x_T: torch.Tensor, steps: int, eta: float = 0.0,
@@ -73,7 +72,8 @@ class NoiseSchedule:
         ts = self.ddim_timesteps(steps)
         ratio = self.T // steps
         for t in progress(ts, desc="ddim", leave=False):
-            x = self.ddim_step(eps_fn(x, t), x, t, t - ratio, eta, generator)
+            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if eta > 0 else None
+            x = self.ddim_step(eps_fn(x, t), x, t, t - ratio, eta, noise)
         return x
 
 

@@ -3,9 +3,9 @@
 SD v1's text encoder is OpenAI's CLIP ViT-L/14, whose tokenizer is the 49,408-entry byte-level
 BPE that open_clip also ships as `bpe_simple_vocab_16e6.txt.gz`. `build_files` turns that file
 into the `vocab.json` / `merges.txt` pair transformers reads; the pair is committed under
-configs/sd-v1/tokenizer/ so inference needs neither open_clip nor the hub.
+stable-diffusion/configs/sd-v1/tokenizer/ so inference needs neither open_clip nor the hub.
 
-    python stable-diffusion/tokenizer.py          # regenerate the committed files
+    python -m stable_diffusion.tokenizer          # regenerate the committed files
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 
 from hw2_utils import CLIError, run_cli
+from stable_diffusion import CONFIG_ROOT
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1" / "tokenizer"
+TOKENIZER_DIR = CONFIG_ROOT / "sd-v1" / "tokenizer"
 VOCAB_SIZE = 49408
 N_MERGES = VOCAB_SIZE - 2 * 256 - 2  # bytes, bytes + "</w>", start/end of text
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -68,7 +69,7 @@ def load_tokenizer(tokenizer_dir: str | Path = TOKENIZER_DIR):
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     for f in (vocab, merges):
         if not f.is_file():
-            raise CLIError(f"tokenizer file not found: {f} (regenerate with python stable-diffusion/tokenizer.py)")
+            raise CLIError(f"tokenizer file not found: {f} (regenerate with python -m stable_diffusion.tokenizer)")
     try:
         tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_LENGTH)
         ids = tokenizer("a photo").input_ids

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from hw2_utils import CLIError, error_summary
+from stable_diffusion import CONFIG_ROOT
 from stable_diffusion.ddim import NoiseSchedule
 from stable_diffusion.model import StableDiffusion
 from stable_diffusion.tokenizer import load_tokenizer
 
-V1_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1"
+V1_CONFIG_DIR = CONFIG_ROOT / "sd-v1"
 HOW_TO_GET = "bash hw2_download_ckpt.sh sd-v1-4.ckpt writes checkpoints/sd-v1-4.ckpt; or pass a diffusers folder of SD v1.x"
 
 
