@@ -4,7 +4,5 @@
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash hw2_1.sh OUT_DIR [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# $PYTHON if set, else the repository's virtual environment, else python3 from PATH.
-if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the problem packages import without an install
+source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
 exec "$PYTHON" "$ROOT/p1_ddpm/infer.py" "$@"

@@ -11,7 +11,5 @@ if [ $# -lt 3 ] && [[ "${1:-}" != -h && "${1:-}" != --help ]]; then  # --help: i
     exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# $PYTHON if set, else the repository's virtual environment, else python3 from PATH.
-if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the problem packages import without an install
+source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
 exec "$PYTHON" "$ROOT/p3_textual_inversion/infer.py" "$@"

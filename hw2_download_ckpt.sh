@@ -10,8 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TABLE="${HW2_CKPT_TABLE:-$ROOT/checkpoints.tsv}"
 DEST="${HW2_CKPT_DIR:-$ROOT/checkpoints}"
-# $PYTHON if set, else the repository's virtual environment, else python3 from PATH (for pip).
-if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
+source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3 (for pip)
 die() { echo "hw2_download_ckpt.sh: error: $*" >&2; exit 2; }  # exit 2, as every command here
 
 hash_ok() {  # file, expected full sha256 or prefix

@@ -11,8 +11,9 @@ from hw2_utils.cli import (CLIError, Number, add_option, check_output_path, clip
                            fraction_below_one, load_torch_file, non_negative_float, non_negative_int, positive_float,
                            positive_int, probability, require_dir, require_file, require_finite, run_cli, seed_int)
 from hw2_utils.files import (CIFAR10_CLASSES, IMAGE_EXTENSIONS, atomic_path, ensure_writable_dir, list_images, load_cifar10,
-                             open_rgb, output_dir, output_lock, read_label_csv, read_record, record_errors, save_figure,
-                             save_grid, save_images, save_json, to_uint8)
+                             markdown_table, missing, open_rgb, output_dir, output_lock, pyplot, read_label_csv,
+                             read_record, record_errors, save_figure, save_grid, save_images, save_json, save_text,
+                             to_uint8)
 from hw2_utils.runs import ALIASES, REQUIRED, RunFolder, add_common_args, git_commit
 from hw2_utils.runtime import (DistInfo, autocast, cleanup_distributed, cpu_has_bf16, describe_hardware, dist_info,
                                ema_update, init_distributed, log_main, make_generator, make_train_sampler, progress, quiet,
@@ -22,9 +23,10 @@ __all__ = [
     "CLIError", "Number", "add_option", "check_output_path", "clip_score", "command_line", "error_summary", "fraction_below_one",
     "load_torch_file", "non_negative_float", "non_negative_int", "positive_float", "positive_int", "probability",
     "require_dir", "require_file", "require_finite", "run_cli", "seed_int",
-    "CIFAR10_CLASSES", "IMAGE_EXTENSIONS", "atomic_path", "ensure_writable_dir", "list_images", "load_cifar10", "open_rgb",
+    "CIFAR10_CLASSES", "IMAGE_EXTENSIONS", "atomic_path", "ensure_writable_dir", "list_images", "load_cifar10", "markdown_table",
+    "missing", "open_rgb", "pyplot",
     "output_dir", "output_lock", "read_label_csv", "read_record", "record_errors", "save_figure", "save_grid",
-    "save_images", "save_json", "to_uint8",
+    "save_images", "save_json", "save_text", "to_uint8",
     "ALIASES", "REQUIRED", "RunFolder", "add_common_args", "git_commit",
     "DistInfo", "autocast", "cleanup_distributed", "cpu_has_bf16", "describe_hardware", "dist_info", "ema_update",
     "init_distributed", "log_main", "make_generator", "make_train_sampler", "progress", "quiet", "resolve_device",

@@ -206,6 +206,31 @@ def record_errors(path: str | os.PathLike) -> Iterator[None]:
                        "that writes it, or delete it") from None
 
 
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown pipe table: every report and every study's .md file."""
+    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def missing(what: str, command: str) -> str:
+    """A report's line for an input not produced yet, naming the command that produces it."""
+    return f"_{what}: not produced yet. Run `{command}`._"
+
+
+def save_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on a grading machine); every
+    figure goes through save_figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = False) -> None:
     """Write a matplotlib figure as PNG atomically, then close it (figures pile up otherwise)."""
     import matplotlib.pyplot as plt

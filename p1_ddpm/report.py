@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import progress, read_record, record_errors, resolve_device, run_cli, save_grid
+from hw2_utils import missing, progress, read_record, record_errors, resolve_device, run_cli, save_grid
 from p1_ddpm import infer
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
@@ -48,7 +48,7 @@ def make_figures(checkpoint: str, out: Path, device: torch.device, seed: int = i
 def _accuracy(d: Path) -> list[str]:
     record = read_record(d / "p1_bench.json")
     if record is None:
-        return [f"_Accuracy missing: run `python -m bench.p1_ddpm --work {d}`._", ""]
+        return [missing("Accuracy", f"python -m bench.p1_ddpm --work {d}"), ""]
     lines = [f"Digit accuracy ({record['per_digit']} images per digit and domain, checkpoint step "
              f"{record['checkpoint_step']}, on {record['hardware']}; USPS grader val acc "
              f"{record['usps_grader_val_acc']:.4f}). Command: `{record.get('command', 'python -m bench.p1_ddpm')}`",
@@ -61,7 +61,7 @@ def _accuracy(d: Path) -> list[str]:
 def _sweep(d: Path) -> list[str]:
     record = read_record(d / "p1_cfg_sweep.json")
     if record is None:
-        return [f"_CFG sweep missing: run `python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10`._", ""]
+        return [missing("CFG sweep", f"python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10"), ""]
     lines = [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", "",
              "| guidance w | MNIST-M acc | USPS acc |", "| --- | --- | --- |"]
     lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} |" for r in record["results"]]
@@ -72,8 +72,8 @@ def _sweep(d: Path) -> list[str]:
 def _steps(d: Path) -> list[str]:
     record = read_record(_record_path(d, "p1_steps.json"))
     if record is None:
-        return [f"_Accuracy against steps missing: run `python -m bench.p1_ddpm --work {d} --samplers ddim dpm++ "
-                "--steps 10 15 20 25 50`._", ""]
+        return [missing("Accuracy against steps", f"python -m bench.p1_ddpm --work {d} --samplers ddim dpm++ "
+                                                          "--steps 10 15 20 25 50"), ""]
     best = record.get("fewest_steps_at_target")
     lines = [f"Accuracy and time against steps (1000 images, {record['precision']}, on {record['hardware']}; "
              f"`{record['command']}`):", "", "| sampler | steps | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- |"]
@@ -87,7 +87,7 @@ def _steps(d: Path) -> list[str]:
 def _speed(d: Path) -> list[str]:
     record = read_record(_record_path(d, "p1_speed.json"))
     if record is None:
-        return [f"_Sampling speed missing: run `python -m bench.p1_ddpm --work {d} --speed`._", ""]
+        return [missing("Sampling speed", f"python -m bench.p1_ddpm --work {d} --speed"), ""]
     lines = [f"Seconds per sampling step, {record['batch']} images with CFG (the UNet sees {2 * record['batch']}), on "
              f"{record['hardware']} (`{record['command']}`): our loop against diffusers' scheduler loop on the same UNet "
              "and batch, then the UNet call under each throughput knob.", "",
@@ -117,7 +117,7 @@ def section(runs_dir: str | Path) -> str:
                       f"Reverse process of the first '0' at t = {', '.join(map(str, REVERSE_FRAMES))}:", "",
                       f"![{domain} reverse]({(d / f'reverse_{domain}.png').resolve()})", ""]
     else:
-        lines += [f"_Figures missing: run `python -m p1_ddpm.report --out {d}`._", ""]
+        lines += [missing("Figures", f"python -m p1_ddpm.report --out {d}"), ""]
     for name, render in (("p1_bench.json", _accuracy), ("p1_steps.json", _steps), ("p1_speed.json", _speed),
                          ("p1_cfg_sweep.json", _sweep)):
         with record_errors(_record_path(d, name)):

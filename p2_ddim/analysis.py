@@ -17,7 +17,7 @@ import torch
 
 import hw2_utils
 from hw2_utils import (CLIError, add_option, check_output_path, command_line, describe_hardware, positive_int,
-                       progress, resolve_device, resolve_dtype, run_cli, save_json, seed_int)
+                       progress, pyplot, resolve_device, resolve_dtype, run_cli, save_json, seed_int)
 from p2_ddim.pipeline import load_noises, load_unet, sample, to_unit_range
 
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -46,9 +46,7 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def save_figure(images: torch.Tensor, path, rows: int, row_labels, col_labels) -> None:
     """A rows x cols grid of [0, 1] images with labels, written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = len(images) // rows
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.6, 1.5 * rows + 0.3), squeeze=False)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 
 NOISE, UNET, GT = "hw2_data/face/noise", "UNet.pt", "hw2_data/face/GT"  # the course's layout
 
 
 def _missing(what: str, command: str) -> str:
-    return f"_{what}: not produced yet. Run `{command}`._\n"
+    return missing(what, command) + "\n"
 
 
 def _provenance(info: dict) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import hw2_utils
 from evaluation.clip_scores import load_clip, unit_features
-from hw2_utils import (CLIError, add_option, list_images, open_rgb, positive_int, progress, require_file,
+from hw2_utils import (CLIError, add_option, list_images, open_rgb, positive_int, progress, pyplot, require_file,
                        resolve_device, run_cli, save_json)
 
 PROMPT = "A photo of {}."
@@ -105,9 +105,7 @@ def classify(args: argparse.Namespace) -> dict:
 
 
 def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from PIL import Image
 
     fig, axes = plt.subplots(2, 5, figsize=(15, 7))

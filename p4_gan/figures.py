@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, require_dir, resolve_device, run_cli, save_figure, save_grid
+from hw2_utils import CLIError, atomic_path, pyplot, require_dir, resolve_device, run_cli, save_figure, save_grid
 from p4_gan.infer import SEED
 from p4_gan.models import Discriminator, GANConfig, Generator
 from p4_gan.pipeline import generate, load_generator
@@ -58,10 +58,7 @@ def write_first32(run_dir: Path, device) -> Path:
 
 def side_by_side(runs: Path, device) -> Path:
     """A's and B's first 32 images as two 4x8 grids, next to each other, titled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from torchvision.utils import make_grid
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
@@ -85,10 +82,7 @@ def series(path: Path, x: str, y: str) -> tuple[list[float], list[float]]:
 
 def plot_curves(run_dir: Path) -> Path:
     """Losses and mean D logits against step from log.csv; FID against epoch from fid.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     log, fid_file = run_dir / "log.csv", run_dir / "fid.csv"
     fid = series(fid_file, "epoch", "fid") if fid_file.is_file() else ([], [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 
 MODELS = {"dcgan": "(A) DCGAN", "improved": "(B) improved GAN"}
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # the shipped bench record and training logs
@@ -18,7 +18,7 @@ BASELINE_FID, BASELINE_FACE_RATE, BEST_STUDENT_FID = 27.0, 0.90, 22.97
 
 
 def _missing(what: str, command: str) -> str:
-    return f"_{what}: missing. Run `{command}`._\n"
+    return missing(what, command) + "\n"
 
 
 def _final_command(d: Path) -> str:

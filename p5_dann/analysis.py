@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import make_generator, resolve_device, run_cli, save_figure
+from hw2_utils import make_generator, pyplot, resolve_device, run_cli, save_figure
 from p5_dann.data import domain_folder, load_split
 from p5_dann.infer import load_checkpoint
 from p5_dann.train import DEFAULTS
@@ -32,9 +32,7 @@ def features(model, images: torch.Tensor, device) -> np.ndarray:
 def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: Path, device,
                seed: int = 0) -> list[Path]:
     """t-SNE of the features of val images of both domains (NAME or NAME=PATH, as train.py takes them)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from openTSNE import TSNE
 
     feats, digits, domains = [], [], []

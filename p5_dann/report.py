@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 
 SHIPPED_BENCH = Path(__file__).resolve().parent / "checkpoints" / "mnistm_usps_bench.json"
 
@@ -81,7 +81,7 @@ def section(runs_dir: str | Path) -> str:
     bench = d / "p5_bench.json" if (d / "p5_bench.json").is_file() else SHIPPED_BENCH
     record = read_record(bench)
     if record is None:
-        lines += [f"_Accuracy table: not produced yet. Run `python -m bench.p5_dann --work {d}`._", ""]
+        lines += [missing("Accuracy table", f"python -m bench.p5_dann --work {d}"), ""]
     else:
         with record_errors(bench):
             lines += _table(record, bench)
@@ -91,6 +91,6 @@ def section(runs_dir: str | Path) -> str:
         lines += [f"![{f.stem}]({f.resolve()})" for f in figures]
         lines.append("")
     else:
-        lines += [f"_t-SNE figures: not produced yet. Run `python -m p5_dann.analysis --checkpoint "
-                  f"p5_dann/checkpoints/mnistm_usps_dann.pt --data <digits> --out {d}`._", ""]
+        lines += [missing("t-SNE figures", "python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt "
+                                             f"--data <digits> --out {d}"), ""]
     return "\n".join(lines)

@@ -5,6 +5,5 @@
 set -euo pipefail
 [ $# -ge 2 ] || [[ "${1:-}" == -h || "${1:-}" == --help ]] || { echo "usage: bash p5_dann/run.sh IMG_DIR OUT_CSV [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then PYTHON=python3; [ -x "$ROOT/.venv/bin/python" ] && PYTHON="$ROOT/.venv/bin/python"; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
 exec "$PYTHON" "$ROOT/p5_dann/infer.py" "$@"

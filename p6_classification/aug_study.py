@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, command_line, positive_int, run_cli, save_figure, seed_int
+from hw2_utils import CLIError, atomic_path, command_line, positive_int, pyplot, run_cli, save_figure, seed_int
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
@@ -57,9 +57,7 @@ def table(rows: list[dict], reference: str | None = None, noise: dict | None = N
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     y = np.arange(len(rows))

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, atomic_path, command_line, non_negative_int, positive_int, resolve_device, run_cli,
-                       save_figure, seed_int)
+from hw2_utils import (CLIError, atomic_path, command_line, non_negative_int, positive_int, pyplot, resolve_device,
+                       run_cli, save_figure, seed_int)
 from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, load_cifar
 from p6_classification.infer import SHIPPED, load_checkpoint
@@ -162,9 +162,7 @@ def area(curve: torch.Tensor) -> torch.Tensor:
 
 def curve_figure(record: dict, path: Path) -> None:
     """The mean deletion and insertion curves of every order, side by side, areas in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode, better in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
@@ -194,9 +192,7 @@ def paired_gap(a: torch.Tensor, b: torch.Tensor) -> list[float]:
 
 def overlay_figure(images: torch.Tensor, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
     """One row per image: the image, then each map over it (jet, half transparent)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = 1 + len(maps)
     fig, axes = plt.subplots(len(images), columns, figsize=(2.2 * columns, 2.2 * len(images)), squeeze=False)

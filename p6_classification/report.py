@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 from p6_classification.aug_study import table as aug_table
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
@@ -28,7 +28,7 @@ def _measured(record: dict, command: str) -> str:
 
 
 def _missing(command: str) -> list[str]:
-    return [f"_Missing: run `{command}`._", ""]
+    return [missing("This part", command), ""]
 
 
 def _throughput(bench: dict, d: Path) -> list[str]:

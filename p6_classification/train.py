@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
                        describe_hardware, init_distributed, log_main, make_train_sampler, non_negative_float,
-                       non_negative_int, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_figure,
-                       seed_everything, to_device, unwrap)
+                       non_negative_int, positive_int, progress, pyplot, resolve_device, resolve_dtype, run_cli,
+                       save_figure, seed_everything, to_device, unwrap)
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -145,9 +145,7 @@ LOG_FIELDS = ["epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "h
 
 def plot_curves(run_dir: Path) -> Path:
     """Training loss, validation accuracy and the learning rate (at each epoch's end) from log.csv."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with open(run_dir / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))

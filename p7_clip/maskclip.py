@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (CLIError, add_option, atomic_path, check_output_path, command_line, describe_hardware,
-                       list_images, open_rgb, positive_float, positive_int, require_dir, resolve_device, run_cli,
-                       save_figure, save_json)
+                       list_images, open_rgb, positive_float, positive_int, pyplot, require_dir, resolve_device,
+                       run_cli, save_figure, save_json)
 from p7_clip.models import Clip, check_spec, load_clip
-from p7_clip.records import pyplot
 from p7_clip.zeroshot import class_embeddings
 
 PASCAL_CONTEXT_59 = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 
 MODELS = "--clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai"
 # open_clip's published zero-shot CIFAR-10 accuracy of the OpenAI weights (its results table,
@@ -20,7 +20,7 @@ def _load(path: Path, command: str) -> tuple[dict | None, str]:
     """(the record, a line citing its command and hardware), or (None, the command that writes it)."""
     info = read_record(path)
     if info is None:
-        return None, f"_Not produced yet. Run `{command}`._\n"
+        return None, missing("This study", command) + "\n"
     note = f"_Measured with `{info.get('command', '?')}` on {info.get('hardware', '?')}._\n"
     return info, note + (TINY_NOTE if "(tiny random)" in json.dumps(info) else "")
 
@@ -81,9 +81,8 @@ def _retrieval(d: Path) -> str:
 def _maskclip(d: Path) -> str:
     records = sorted(d.glob("*/maskclip.json"))
     if not records:
-        return (f"_Not produced yet. Run `python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai "
-                f"--images IMG_DIR --classes pascal-context-59 --masks MASK_DIR --reduce-zero-label "
-                f"--out {d}/ViT-B-16`._\n")
+        return missing("This study", "python -m p7_clip.maskclip --clip ViT-B-16=weights/ViT-B-16-openai --data IMG_DIR "
+                       f"--classes pascal-context-59 --masks MASK_DIR --reduce-zero-label --out {d}/ViT-B-16") + "\n"
     parts = []
     for path in records:
         info, note = _load(path, "")
@@ -104,7 +103,7 @@ def _maskclip_model(path: Path, info: dict, note: str) -> list[str]:
 def _probe(d: Path) -> str:
     paths = sorted(d.glob("*/result.json"))
     loaded = [_load(path, "") for path in paths]
-    if not loaded:  # worded apart from "Not produced yet", which counts the five studies and the bench
+    if not loaded:  # worded apart from "not produced yet", which counts the five studies and the bench
         return (f"_No probe record yet: run `python -m p7_clip.train --clip ViT-B-32=weights/ViT-B-32-openai "
                 f"--data cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n")
     with record_errors(paths[0]):

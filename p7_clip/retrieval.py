@@ -15,11 +15,10 @@ import argparse
 
 import torch
 
-from hw2_utils import (add_option, check_output_path, command_line, describe_hardware, open_rgb, positive_int,
-                       resolve_device, run_cli, save_figure, save_json)
+from hw2_utils import (add_option, check_output_path, command_line, describe_hardware, markdown_table, open_rgb,
+                       positive_int, pyplot, resolve_device, run_cli, save_figure, save_json, save_text)
 from p7_clip.data import CocoImage, load_coco
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import markdown_table, pyplot, save_text
 
 KS = (1, 5, 10)
 
@@ -88,7 +87,8 @@ def main(argv=None) -> dict:
     rows = [[name, *(f"{100 * r[d][k]:.1f}" for d in ("text_to_image", "image_to_text") for k in KS)]
             for name, r in record["recall"].items()]
     table = markdown_table(["model", *(f"{d} R@{k}" for d in ("T2I", "I2T") for k in KS)], rows)
-    save_text(out / "retrieval.md", f"COCO val, {len(images)} images and their {len(captions)} captions; recall in %.\n\n{table}")
+    save_text(out / "retrieval.md", f"COCO val, {len(images)} images and their {len(captions)} captions; recall in %.\n\n"
+              + "\n".join(table) + "\n")
     print(table)
     save_json(out / "retrieval.json", record)
     return record

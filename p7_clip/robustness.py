@@ -20,9 +20,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
-                       make_generator, positive_int, resolve_device, run_cli, save_figure, save_json, seed_int)
+                       make_generator, positive_int, pyplot, resolve_device, run_cli, save_figure, save_json, seed_int)
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
-from p7_clip.records import pyplot
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
 
 # Intensities, from none to strong; the x axis of each panel.

@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (add_option, atomic_path, check_output_path, command_line, describe_hardware, open_rgb,
-                       positive_int, resolve_device, run_cli, save_figure, save_json)
+                       positive_int, pyplot, resolve_device, run_cli, save_figure, save_json)
 from p7_clip.data import load_coco, read_pairs
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import pyplot
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
-                       positive_int, resolve_device, run_cli, save_figure, save_json)
+                       markdown_table, positive_int, pyplot, resolve_device, run_cli, save_figure, save_json,
+                       save_text)
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
-from p7_clip.records import markdown_table, pyplot, save_text
 
 # The 18 CIFAR-10 templates of the CLIP authors' prompt-engineering notebook.
 CIFAR_TEMPLATES = [f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     table = markdown_table(["prompt design", *record["accuracy"]],
                            [[f"`{d}`" if d != ENSEMBLE else d, *(f"{100 * a[d]:.2f}%" for a in record["accuracy"].values())]
                             for d in DESIGNS])
-    save_text(out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n{table}")
+    save_text(out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n" + "\n".join(table) + "\n")
     print(table)
     save_json(out / "zeroshot.json", record)
     return record

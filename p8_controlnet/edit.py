@@ -31,11 +31,12 @@ from textwrap import shorten
 
 import torch
 
-from hw2_utils import command_line, output_dir, positive_int, probability, progress, run_cli, save_figure, save_json
+from hw2_utils import (command_line, output_dir, positive_int, probability, progress, pyplot, run_cli, save_figure,
+                       save_json)
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, timesteps, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv
+from p8_controlnet.records import environment, image_grid, save_csv
 from p8_controlnet.sampling_study import summarize
 
 METHODS = ("switch", "sdedit")

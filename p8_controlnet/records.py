@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, describe_hardware, require_file, save_figure
+from hw2_utils import CLIError, atomic_path, describe_hardware, pyplot, require_file, save_figure
 
 
 def environment(device: torch.device) -> dict:
@@ -36,14 +36,6 @@ def save_csv(path: str | Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_labels: list[str] | None = None,

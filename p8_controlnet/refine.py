@@ -27,11 +27,11 @@ from typing import Iterator
 import torch
 
 from hw2_utils import (CLIError, command_line, non_negative_float, non_negative_int, output_dir, positive_float,
-                       positive_int, run_cli, save_figure, save_json)
+                       positive_int, pyplot, run_cli, save_figure, save_json)
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv
+from p8_controlnet.records import environment, image_grid, save_csv
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")

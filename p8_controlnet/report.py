@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import missing, read_record, record_errors
 
 # (sub-folder, figure, caption, the command that writes it)
 FIGURES = [
@@ -43,7 +43,7 @@ COMMANDS = {
 def _speed(d: Path) -> list[str]:
     record = read_record(d / "p8_bench.json")
     if record is None:
-        return [f"_Speed: not produced yet. Run `python -m bench.p8_controlnet --json {d}/p8_bench.json`._", ""]
+        return [missing("Speed", f"python -m bench.p8_controlnet --json {d}/p8_bench.json"), ""]
     cpu = record["tiny_cpu"]
     lines = [f"Tiny model, {cpu['size']} px, {cpu['steps']} steps, CPU seconds per step on {cpu['threads']} thread(s) "
              f"(`{record['command']}`, {record['environment']['hardware']}):", "",
@@ -85,5 +85,5 @@ def section(runs_dir: str | Path) -> str:
                 quoted.add(folder)
             lines += [f"{caption}:", "", f"![{caption}]({figure.resolve()})", ""]
         else:
-            lines += [f"_{caption}: not produced yet. Run `{COMMANDS[command].format(d=d)}`._", ""]
+            lines += [missing(caption, COMMANDS[command].format(d=d)), ""]
     return "\n".join(lines)

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from hw2_utils import (CLIError, command_line, non_negative_float, output_dir, positive_int, probability, progress,
-                       run_cli, save_figure, save_json, seed_int)
+                       pyplot, run_cli, save_figure, save_json, seed_int)
 from p8_controlnet.pipelines import (SCHEDULERS, add_pipeline_args, call_size, generate, make_scheduler, pipeline_from_args,
                                      scheduler_config)
-from p8_controlnet.records import environment, image_grid, pyplot, save_csv
+from p8_controlnet.records import environment, image_grid, save_csv
 from p8_controlnet.schedules import SCHEDULES, custom_betas, lerp, slerp
 
 EXPERIMENTS = ("grid", "schedules", "intermediates", "interpolation")

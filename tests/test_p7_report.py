@@ -11,7 +11,7 @@ from p7_clip.report import section
 def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     text = section(tmp_path)
     assert text.splitlines()[0].startswith("## P7: ")
-    assert text.count("Not produced yet") == 6
+    assert text.count("not produced yet") == 6
     for command in ("-m p7_clip.similarity", "-m p7_clip.zeroshot", "-m p7_clip.retrieval", "-m p7_clip.maskclip",
                     "-m p7_clip.robustness", "-m bench.p7_clip"):
         assert f"python {command}" in text
@@ -37,4 +37,4 @@ def test_numbers_come_from_the_records(tmp_path):
     assert "| `a photo of a {}.` | 88.12% |" in text and "| `ensemble of 18 templates` | 89.91% |" in text
     assert "ViT-B-32 89.8%" in text and "RN50 71.6%" not in text  # the quoted anchor only for models shown
     assert "| RN50 | 30.0 | 55.0 | 70.0 | 42.0 | 70.0 | 81.0 |" in text
-    assert "on GPU-X" in text and "tiny random" not in text and text.count("Not produced yet") == 4
+    assert "on GPU-X" in text and "tiny random" not in text and text.count("not produced yet") == 4

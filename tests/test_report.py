@@ -48,4 +48,4 @@ def test_missing_inputs_name_their_command_and_invent_nothing(tmp_path, monkeypa
     md = (build(tmp_path / "runs", tmp_path / "report") / "report.md").read_text()
     p1 = md.split("## P1", 1)[1].split("\n## ", 1)[0]
     assert "python -m p1_ddpm.report --out" in p1 and "python -m bench.p1_ddpm --work" in p1
-    assert "0." not in p1.split("Accuracy missing", 1)[1]  # no accuracy figure without a bench record
+    assert "0." not in p1.split("Accuracy: not produced yet", 1)[1]  # no accuracy figure without a bench record
