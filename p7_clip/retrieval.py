@@ -87,8 +87,9 @@ def main(argv=None) -> dict:
     rows = [[name, *(f"{100 * r[d][k]:.1f}" for d in ("text_to_image", "image_to_text") for k in KS)]
             for name, r in record["recall"].items()]
     table = markdown_table(["model", *(f"{d} R@{k}" for d in ("T2I", "I2T") for k in KS)], rows)
+    table = "\n".join(table) + "\n"
     save_text(out / "retrieval.md", f"COCO val, {len(images)} images and their {len(captions)} captions; recall in %.\n\n"
-              + "\n".join(table) + "\n")
+              f"{table}")
     print(table)
     save_json(out / "retrieval.json", record)
     return record

@@ -118,7 +118,8 @@ def main(argv=None) -> dict:
     table = markdown_table(["prompt design", *record["accuracy"]],
                            [[f"`{d}`" if d != ENSEMBLE else d, *(f"{100 * a[d]:.2f}%" for a in record["accuracy"].values())]
                             for d in DESIGNS])
-    save_text(out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n" + "\n".join(table) + "\n")
+    table = "\n".join(table) + "\n"
+    save_text(out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n{table}")
     print(table)
     save_json(out / "zeroshot.json", record)
     return record

@@ -64,7 +64,7 @@ def test_zeroshot_cli_on_real_cifar_slice(tmp_path):
     assert matrix.sum() == 40 and np.trace(matrix) / 40 == pytest.approx(acc[zeroshot.ENSEMBLE], abs=1e-4)
     with np.load(npz) as z:  # rows of the confusion matrix are the true class counts of the first 40
         np.testing.assert_array_equal(matrix.sum(1), np.bincount(z["test_labels"][:40], minlength=10))
-    assert (tmp_path / "zeroshot.md").read_text().count("\n| ") == 1 + len(zeroshot.DESIGNS)
+    assert (tmp_path / "zeroshot.md").read_text().count("\n| ") == 2 + len(zeroshot.DESIGNS)  # header, separator, rows
 
 
 def test_recall_at_k_on_a_hand_made_ranking():
