@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import missing, progress, read_record, record_errors, resolve_device, run_cli, save_grid
+from hw2_utils import markdown_table, missing, progress, read_record, record_errors, resolve_device, run_cli, save_grid
 from p1_ddpm import infer
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, generate, load_model
 
@@ -52,9 +52,11 @@ def _accuracy(d: Path) -> list[str]:
     lines = [f"Digit accuracy ({record['per_digit']} images per digit and domain, checkpoint step "
              f"{record['checkpoint_step']}, on {record['hardware']}; USPS grader val acc "
              f"{record['usps_grader_val_acc']:.4f}). Command: `{record.get('command', 'python -m bench.p1_ddpm')}`",
-             "", "| sampler | steps | guidance w | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.get('sampler', record.get('sampler'))} | {r.get('steps', record.get('steps'))} | {r['guidance']:g} | "
-              f"{r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |" for r in record["results"]]
+             ""]
+    lines += markdown_table(["sampler", "steps", "guidance w", "MNIST-M acc", "USPS acc", "seconds"],
+                            [[r.get("sampler", record.get("sampler")), r.get("steps", record.get("steps")), f"{r['guidance']:g}",
+                              f"{r['mnistm_acc']:.4f}", f"{r['second_domain_acc']:.4f}", f"{r['seconds']:.0f}"]
+                             for r in record["results"]])
     return lines + [""]
 
 
@@ -62,9 +64,10 @@ def _sweep(d: Path) -> list[str]:
     record = read_record(d / "p1_cfg_sweep.json")
     if record is None:
         return [missing("CFG sweep", f"python -m bench.p1_ddpm --work {d} --guidance 0 1 2 3 5 --per-digit 10"), ""]
-    lines = [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", "",
-             "| guidance w | MNIST-M acc | USPS acc |", "| --- | --- | --- |"]
-    lines += [f"| {r['guidance']:g} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} |" for r in record["results"]]
+    lines = [f"CFG sweep ({record['per_digit']} images per digit and domain; `{record['command']}`):", ""]
+    lines += markdown_table(["guidance w", "MNIST-M acc", "USPS acc"],
+                            [[f"{r['guidance']:g}", f"{r['mnistm_acc']:.4f}", f"{r['second_domain_acc']:.4f}"]
+                             for r in record["results"]])
     return lines + ["", "Rows: each w (MNIST-M, then USPS), digits 0-9, the same noise:", "",
                     f"![CFG sweep]({(d / 'cfg_sweep.png').resolve()})", ""]
 
@@ -76,9 +79,10 @@ def _steps(d: Path) -> list[str]:
                                                           "--steps 10 15 20 25 50"), ""]
     best = record.get("fewest_steps_at_target")
     lines = [f"Accuracy and time against steps (1000 images, {record['precision']}, on {record['hardware']}; "
-             f"`{record['command']}`):", "", "| sampler | steps | MNIST-M acc | USPS acc | seconds |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['sampler']} | {r['steps']} | {r['mnistm_acc']:.4f} | {r['second_domain_acc']:.4f} | {r['seconds']:.0f} |"
-              for r in record["results"]]
+             f"`{record['command']}`):", ""]
+    lines += markdown_table(["sampler", "steps", "MNIST-M acc", "USPS acc", "seconds"],
+                            [[r["sampler"], r["steps"], f"{r['mnistm_acc']:.4f}", f"{r['second_domain_acc']:.4f}",
+                              f"{r['seconds']:.0f}"] for r in record["results"]])
     lines += ["", f"Fewest steps with both accuracies >= 0.99: {best['sampler']} with {best['steps']} steps."
               if best else "No setting reached 0.99 on both graders.", ""]
     return lines
@@ -90,14 +94,14 @@ def _speed(d: Path) -> list[str]:
         return [missing("Sampling speed", f"python -m bench.p1_ddpm --work {d} --speed"), ""]
     lines = [f"Seconds per sampling step, {record['batch']} images with CFG (the UNet sees {2 * record['batch']}), on "
              f"{record['hardware']} (`{record['command']}`): our loop against diffusers' scheduler loop on the same UNet "
-             "and batch, then the UNet call under each throughput knob.", "",
-             "| sampler | ours, s/step | diffusers, s/step | ours / diffusers |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {r['ours_s_per_step']:.3f} | {r['diffusers_s_per_step']:.3f} | {r['ratio']:.3f} |"
-              for name, r in record["loops"].items()]
-    lines += ["", "| precision | memory format | mode | s per UNet call | first call (compiles), s |",
-              "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {k['dtype']} | {'channels_last' if k['channels_last'] else 'NCHW'} | {k['mode']} | {k['s_per_unet_call']:.3f} | "
-              f"{k['first_call_s'] if 'first_call_s' in k else '-'} |" for k in record["unet_calls"]]
+             "and batch, then the UNet call under each throughput knob.", ""]
+    lines += markdown_table(["sampler", "ours, s/step", "diffusers, s/step", "ours / diffusers"],
+                            [[name, f"{r['ours_s_per_step']:.3f}", f"{r['diffusers_s_per_step']:.3f}", f"{r['ratio']:.3f}"]
+                             for name, r in record["loops"].items()])
+    lines += [""] + markdown_table(
+        ["precision", "memory format", "mode", "s per UNet call", "first call (compiles), s"],
+        [[k["dtype"], "channels_last" if k["channels_last"] else "NCHW", k["mode"], f"{k['s_per_unet_call']:.3f}",
+          k["first_call_s"] if "first_call_s" in k else "-"] for k in record["unet_calls"]])
     return lines + [""]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 NOISE, UNET, GT = "hw2_data/face/noise", "UNet.pt", "hw2_data/face/GT"  # the course's layout
 
@@ -56,11 +56,9 @@ def _mse(d: Path) -> str:
         return _missing("MSE against GT", command)
     maps = info["maps"]
     names = sorted(next(iter(maps.values()))["per_image"])
-    lines = ["| pixel map | " + " | ".join(n.rsplit(".", 1)[0] for n in names) + " | mean |",
-             "|---" * (len(names) + 2) + "|"]
-    for pixel_map, result in maps.items():
-        cells = [f"{result['per_image'][n]:.2f}" for n in names]
-        lines.append(f"| {pixel_map} | " + " | ".join(cells) + f" | **{result['mse']:.2f}** |")
+    lines = markdown_table(["pixel map", *(n.rsplit(".", 1)[0] for n in names), "mean"],
+                           [[pixel_map, *(f"{result['per_image'][n]:.2f}" for n in names), f"**{result['mse']:.2f}**"]
+                            for pixel_map, result in maps.items()])
     return "\n".join(lines) + "\n\n" + _provenance(info) + (
         f"Sampling took {info['sampling_seconds']:.1f} s in that run.\n" if "sampling_seconds" in info else "")
 

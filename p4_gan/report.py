@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 MODELS = {"dcgan": "(A) DCGAN", "improved": "(B) improved GAN"}
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # the shipped bench record and training logs
@@ -39,18 +39,18 @@ def _results(d: Path, shipped: Path) -> str:
              f"epochs); the val faces were used for nothing but this table. {info['n']} images from run.sh's seed "
              f"({info['seed']}) against the {info['reference']}; face rate = share of images in which "
              f"evaluation/face_rate.py finds exactly one face. Feature spread = trace of the Inception feature "
-             f"covariance over the val faces' (below 1: less varied than real faces).", "",
-             "| model | trained | chosen checkpoint | FID vs val | face rate | feature spread |",
-             "|---|---|---|---|---|---|"]
+             f"covariance over the val faces' (below 1: less varied than real faces).", ""]
+    rows = []
     for model, title in MODELS.items():
         m = info["models"].get(model)
         if m is None:
             continue
         chosen = f"epoch {m['best_epoch']} (train-face FID {m['best_train_fid']:.1f})" if m["best_train_fid"] else "last"
-        lines.append(f"| {title} | {m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h | "
-                     f"{chosen} | {m['fid']:.2f} | {100 * m['face_rate']:.1f}% | {m['feature_spread']:.2f} |")
-    lines.append(f"| {info['n']} real training faces (the floor this sample size sets) | - | - | {real['fid']:.2f} | "
-                 f"{100 * real['face_rate']:.1f}% | {real['feature_spread']:.2f} |")
+        rows.append([title, f"{m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h", chosen,
+                     f"{m['fid']:.2f}", f"{100 * m['face_rate']:.1f}%", f"{m['feature_spread']:.2f}"])
+    rows.append([f"{info['n']} real training faces (the floor this sample size sets)", "-", "-", f"{real['fid']:.2f}",
+                 f"{100 * real['face_rate']:.1f}%", f"{real['feature_spread']:.2f}"])
+    lines += markdown_table(["model", "trained", "chosen checkpoint", "FID vs val", "face rate", "feature spread"], rows)
     lines += ["", f"_Measured with `{info['command']}` on {info['hardware']}; training commands:_", ""]
     lines += [f"- {MODELS[model]}: `{m['command']}`" for model, m in info["models"].items()]
     if {"dcgan", "improved"} <= info["models"].keys():
@@ -143,12 +143,11 @@ def _cost(d: Path) -> str:
     info = read_record(d / "cost.json")
     if info is None:
         return _missing("Cost", f"python -m bench.p4_gan cost --device cuda --json {d}/cost.json")
-    lines = [f"Batch {info['batch_size']}. GFLOP counted by PyTorch's FlopCounterMode; seconds measured.", "",
-             "| model | GFLOP D step | GFLOP G step | s / iteration | hours for train.py's epochs (extrapolated) |",
-             "|---|---|---|---|---|"]
-    for model, c in info["models"].items():
-        lines.append(f"| {model} | {c['gflop_d_step']:.0f} | {c['gflop_g_step']:.0f} | {c['seconds_per_iteration']:.3f} | "
-                     f"{c['hours_for_default_epochs_extrapolated']:.2f} |")
+    lines = [f"Batch {info['batch_size']}. GFLOP counted by PyTorch's FlopCounterMode; seconds measured.", ""]
+    lines += markdown_table(["model", "GFLOP D step", "GFLOP G step", "s / iteration",
+                             "hours for train.py's epochs (extrapolated)"],
+                            [[model, f"{c['gflop_d_step']:.0f}", f"{c['gflop_g_step']:.0f}", f"{c['seconds_per_iteration']:.3f}",
+                              f"{c['hours_for_default_epochs_extrapolated']:.2f}"] for model, c in info["models"].items()])
     lines.append(f"\nrun.sh's 1000 images from a full-size generator: {info['infer_1000_seconds']:.1f} s "
                  "(course limit: 10 min).")
     return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 SHIPPED_BENCH = Path(__file__).resolve().parent / "checkpoints" / "mnistm_usps_bench.json"
 
@@ -42,22 +42,22 @@ def _table(record: dict, source: Path) -> list[str]:
     criterion = record["criterion"]
     lines = [f"Accuracy on {record['target'].upper()} val, {record['epochs']} epochs per row unless its arguments say "
              f"otherwise, {record['hardware']}; measured with `{record['command']}` (read from `{source}`). Each "
-             f"cell: USPS val accuracy of the epoch that column's criterion chose (epoch in brackets).", "",
-             f"| row | what | chosen by {criterion.upper()} (used) | by DEV | by source val | oracle (never used) | "
-             f"with AdaBN | DEV weights' ESS | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"cell: USPS val accuracy of the epoch that column's criterion chose (epoch in brackets).", ""]
 
     def cell(by: dict, key: str) -> str:
         return f"{by[key]['target_val_acc']:.4f} ({by[key]['epoch']})" if key in by else "–"
 
+    rows = []
     for name, r in record["rows"].items():
         by = r["selected_by"]
         used = cell(by, r["select"]) + (" held-out" if r["select"] == "source_val_acc" else "")
         ess = next((h["dev_ess"] for h in r["history"] if "dev" in by and h["epoch"] == by["dev"]["epoch"]), None)
         shipped = " **shipped**" if record.get("shipped", {}).get("row") == name else ""
-        lines.append(f"| {name}{shipped} | {r['what']} | {used if r['select'] == criterion else '–'} | {cell(by, 'dev')} | "
-                     f"{used if r['select'] == 'source_val_acc' else cell(by, 'source_val_acc')} | {cell(by, 'oracle')} | "
-                     f"{r['target_val_acc_adabn']:.4f} | {f'{ess:.4f}' if ess is not None else '–'} | {r['seconds']:.0f} s |")
+        rows.append([name + shipped, r["what"], used if r["select"] == criterion else "–", cell(by, "dev"),
+                     used if r["select"] == "source_val_acc" else cell(by, "source_val_acc"), cell(by, "oracle"),
+                     f"{r['target_val_acc_adabn']:.4f}", f"{ess:.4f}" if ess is not None else "–", f"{r['seconds']:.0f} s"])
+    lines += markdown_table(["row", "what", f"chosen by {criterion.upper()} (used)", "by DEV", "by source val",
+                             "oracle (never used)", "with AdaBN", "DEV weights' ESS", "train time"], rows)
     if "shipped" in record:
         s = record["shipped"]
         oracle = record["rows"][s["row"]]["selected_by"]["oracle"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 MODELS = "--clip ViT-B-32=weights/ViT-B-32-openai --clip RN50=weights/RN50-openai"
 # open_clip's published zero-shot CIFAR-10 accuracy of the OpenAI weights (its results table,
@@ -33,12 +33,10 @@ def _similarity(d: Path) -> str:
     info, note = _load(d / "similarity.json", f"python -m p7_clip.similarity {MODELS} --data COCO_ROOT --n 10 --out {d}")
     if info is None:
         return note
-    lines = [f"{len(info['images'])} COCO val images, each with its first caption; cosine of unit embeddings.", "",
-             "| model | mean cosine, own pair | mean cosine, other pairs | images ranking their own text first |",
-             "|---|---|---|---|"]
-    for name, m in info["models"].items():
-        lines.append(f"| {name} | {m['diagonal_mean']:.4f} | {m['off_diagonal_mean']:.4f} | "
-                     f"{m['own_text_first']}/{len(info['images'])} |")
+    lines = [f"{len(info['images'])} COCO val images, each with its first caption; cosine of unit embeddings.", ""]
+    lines += markdown_table(["model", "mean cosine, own pair", "mean cosine, other pairs", "images ranking their own text first"],
+                            [[name, f"{m['diagonal_mean']:.4f}", f"{m['off_diagonal_mean']:.4f}",
+                              f"{m['own_text_first']}/{len(info['images'])}"] for name, m in info["models"].items()])
     figures = [_figure(d / f"similarity_{m['tag']}.png", f"{name}: similarity matrix") for name, m in info["models"].items()]
     return "\n".join(lines) + "\n\n" + "\n".join(figures) + "\n" + note
 
@@ -49,10 +47,10 @@ def _zeroshot(d: Path) -> str:
         return note
     models = list(info["accuracy"])
     lines = [f"CIFAR-10 test, {info['images']} images ({info['data']}). With several templates the class "
-             "embedding is the renormalised mean of their unit text embeddings.", "",
-             "| prompt design | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-    for design in info["designs"]:
-        lines.append(f"| `{design}` | " + " | ".join(f"{100 * info['accuracy'][m][design]:.2f}%" for m in models) + " |")
+             "embedding is the renormalised mean of their unit text embeddings.", ""]
+    lines += markdown_table(["prompt design", *models],
+                            [[f"`{design}`", *(f"{100 * info['accuracy'][m][design]:.2f}%" for m in models)]
+                             for design in info["designs"]])
     quoted = [f"{arch} {acc}" for arch, acc in ANCHORS.items() if any(m.split(" ")[0] == arch for m in models)]
     if quoted:
         lines += ["", "Reference, quoted from open_clip's results table (OpenAI weights, all 10,000 test images): "
@@ -69,11 +67,10 @@ def _retrieval(d: Path) -> str:
     ks = ("1", "5", "10")
     lines = [f"The first {info['images']} COCO val images and their {info['captions']} captions; recall in %. "
              "T2I: a caption's own image is among the k closest images; I2T: one of an image's own captions is "
-             "among the k closest captions.", "",
-             "| model | " + " | ".join(f"{d_} R@{k}" for d_ in ("T2I", "I2T") for k in ks) + " |", "|---|" + "---|" * 6]
-    for name, r in info["recall"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * r[d_][k]:.1f}" for d_ in ("text_to_image", "image_to_text")
-                                                 for k in ks) + " |")
+             "among the k closest captions.", ""]
+    lines += markdown_table(["model", *(f"{d_} R@{k}" for d_ in ("T2I", "I2T") for k in ks)],
+                            [[name, *(f"{100 * r[d_][k]:.1f}" for d_ in ("text_to_image", "image_to_text") for k in ks)]
+                             for name, r in info["recall"].items()])
     figures = [_figure(d / f"query_{tag}.png", f"{m}: top images for \"{info['query']}\"") for m, tag in info["tags"].items()]
     return "\n".join(lines) + "\n\n" + "\n".join(figures) + "\n" + note
 
@@ -109,21 +106,21 @@ def _probe(d: Path) -> str:
     with record_errors(paths[0]):
         designs = list(loaded[0][0]["zero_shot_accuracy"])
     lines = ["Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
-             "then fitted on all of train; test accuracy beside zero-shot on the same test images.", "",
-             "| model | train / test images | C | val | linear probe | " + " | ".join(f"zero-shot `{x}`" for x in designs) + " |",
-             "|---|---|---|---|---|" + "---|" * len(designs)]
+             "then fitted on all of train; test accuracy beside zero-shot on the same test images.", ""]
+    rows = []
     for path, (info, _) in zip(paths, loaded):
         with record_errors(path):
-            lines.append(_probe_row(info, designs))
+            rows.append(_probe_row(info, designs))
+    lines += markdown_table(["model", "train / test images", "C", "val", "linear probe",
+                             *(f"zero-shot `{x}`" for x in designs)], rows)
     notes = dict.fromkeys(line for _, note in loaded for line in note.splitlines(keepends=True))  # tiny note once
     return "\n".join(lines) + "\n\n" + "".join(notes)
 
 
-def _probe_row(info: dict, designs: list[str]) -> str:
+def _probe_row(info: dict, designs: list[str]) -> list[str]:
     val = info["val_accuracy"][f"{info['C']:.4g}"]
-    return (f"| {info['model']} | {info['images']['train']} / {info['images']['test']} | {info['C']:g} | "
-            f"{100 * val:.2f}% | {100 * info['test_accuracy']:.2f}% | "
-            + " | ".join(f"{100 * info['zero_shot_accuracy'][x]:.2f}%" for x in designs) + " |")
+    return [info["model"], f"{info['images']['train']} / {info['images']['test']}", f"{info['C']:g}", f"{100 * val:.2f}%",
+            f"{100 * info['test_accuracy']:.2f}%", *(f"{100 * info['zero_shot_accuracy'][x]:.2f}%" for x in designs)]
 
 
 def _robustness(d: Path) -> str:
@@ -134,11 +131,10 @@ def _robustness(d: Path) -> str:
     lines = [f"Zero-shot CIFAR-10 ({info['images']} test images, prompts: {info['design']}). Each cell: accuracy / "
              "mean probability of the true class, from no perturbation to the strongest.", ""]
     for kind, levels in info["levels"].items():
-        lines += [f"**{kind.replace('_', ' ')}**", "", "| model | " + " | ".join(str(v) for v in levels) + " |",
-                  "|---|" + "---|" * len(levels)]
-        for name, by_kind in info["results"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{r['accuracy']:.3f} / {r['true_class_probability']:.3f}"
-                                                     for r in by_kind[kind]) + " |")
+        lines += [f"**{kind.replace('_', ' ')}**", ""]
+        lines += markdown_table(["model", *levels],
+                                [[name, *(f"{r['accuracy']:.3f} / {r['true_class_probability']:.3f}" for r in by_kind[kind])]
+                                 for name, by_kind in info["results"].items()])
         lines.append("")
     return "\n".join(lines) + "\n" + _figure(d / "robustness.png", "accuracy and true-class probability") + "\n" + note
 

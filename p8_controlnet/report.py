@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 # (sub-folder, figure, caption, the command that writes it)
 FIGURES = [
@@ -46,10 +46,10 @@ def _speed(d: Path) -> list[str]:
         return [missing("Speed", f"python -m bench.p8_controlnet --json {d}/p8_bench.json"), ""]
     cpu = record["tiny_cpu"]
     lines = [f"Tiny model, {cpu['size']} px, {cpu['steps']} steps, CPU seconds per step on {cpu['threads']} thread(s) "
-             f"(`{record['command']}`, {record['environment']['hardware']}):", "",
-             "| scheduler | CPU s/step | wall s/step |", "| --- | --- | --- |"]
+             f"(`{record['command']}`, {record['environment']['hardware']}):", ""]
     rows = {**cpu["per_scheduler"], "ddim + ControlNet": cpu["ddim_with_controlnet"]}
-    lines += [f"| {name} | {r['cpu_s_per_step']:.3f} | {r['wall_s_per_step']:.3f} |" for name, r in rows.items()]
+    lines += markdown_table(["scheduler", "CPU s/step", "wall s/step"],
+                            [[name, f"{r['cpu_s_per_step']:.3f}", f"{r['wall_s_per_step']:.3f}"] for name, r in rows.items()])
     gpu = record.get("gpu_512")
     lines += ["", "GPU at 512²: " + (json.dumps(gpu) if gpu else "not measured (no GPU on the machine that ran the bench)."),
               ""]
