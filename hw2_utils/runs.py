@@ -31,6 +31,9 @@ from hw2_utils.runtime import describe_hardware
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = object()  # add_common_args: an option without a default
+# One name per kind of state in every last.pt: "optimizer", and "generator" for the run's own seeded
+# random draws. The names train.py scripts used before are still read, for one release.
+RENAMED_STATES = {"optimizer": ("opt",), "generator": ("gen", "noise_gen", "aug_rng")}
 
 # Spellings train.py scripts used before add_common_args: still accepted, hidden from --help,
 # for one release, so README commands and user scripts keep working. Then delete this table.
@@ -165,10 +168,11 @@ class RunFolder:
             # the user vouches that it is the same run (e.g. the data folder moved)
             print(f"note: --force-resume: resuming {self.checkpoint} although {changes}", file=sys.stderr)
         for name, obj in stateful.items():
+            saved_as = next((key for key in (name, *RENAMED_STATES.get(name, ())) if key in state), name)
             if isinstance(obj, torch.Generator):  # generators keep their state apart from state_dict
-                obj.set_state(state[name])
+                obj.set_state(state[saved_as])
             else:
-                obj.load_state_dict(state[name])
+                obj.load_state_dict(state[saved_as])
         self.resumed = True
         return state
 

@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     identity = {"domains": [[n, str(p.resolve())] for n, p in domains], "repeat": args.repeat,
                 "base_channels": args.base_channels, "grad_clip": args.grad_clip, "seed": args.seed,
                 **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
-    state = run.load(identity, model=model, ema=ema, opt=opt, noise_gen=noise_gen)
+    state = run.load(identity, model=model, ema=ema, optimizer=opt, generator=noise_gen)
     if state is not None:
         step, epoch, start, recipe = state["step"], state["epoch"], state["start"], state["recipe"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
                 log.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
             if run.checkpoint_due(step, args.steps):
                 run.save({"step": step, "epoch": epoch, "start": start, "recipe": recipe},
-                         model=model, ema=ema, opt=opt, noise_gen=noise_gen)
+                         model=model, ema=ema, optimizer=opt, generator=noise_gen)
                 if info.is_main:
                     with atomic_path(run.out / "ema.pt") as tmp:
                         torch.save(export_weights(ema, domain_names, step, recipe), tmp)

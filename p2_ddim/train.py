@@ -199,7 +199,7 @@ def main(argv=None) -> None:
     # Everything that defines the run but its length (--steps may grow) and where it runs.
     identity = {"data": str(Path(args.data).resolve()), "base_channels": args.base_channels, "image_size": args.image_size,
                 "grad_clip": args.grad_clip, "seed": args.seed, **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
-    state = run.load(identity, model=model, ema=ema, opt=opt, scaler=scaler)
+    state = run.load(identity, model=model, ema=ema, optimizer=opt, scaler=scaler)
     if state is not None:
         step = state["step"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
@@ -233,7 +233,7 @@ def main(argv=None) -> None:
         if log:
             log.writerow([step, epoch, f"{loss:.6f}", f"{lr:.3e}", f"{grad_norm.item():.4f}", f"{time.time() - t0:.1f}"])
         if run.checkpoint_due(step, args.steps):
-            run.save({"step": step}, model=model, ema=ema, opt=opt, scaler=scaler)
+            run.save({"step": step}, model=model, ema=ema, optimizer=opt, scaler=scaler)
             if info.is_main:
                 with atomic_path(run.out / "UNet.pt") as tmp:
                     torch.save(export_state_dict(ema), tmp)

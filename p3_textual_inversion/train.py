@@ -125,7 +125,7 @@ def train(args: argparse.Namespace):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     step = 0
-    state = run.load(identity, opt=opt, scaler=scaler, gen=gen)
+    state = run.load(identity, optimizer=opt, scaler=scaler, generator=gen)
     if state is not None:
         with torch.no_grad():
             rows.new.copy_(state["rows"])
@@ -154,7 +154,7 @@ def train(args: argparse.Namespace):
         if log:
             log.writerow([step, f"{loss_sum:.5f}", f"{(rows.new.detach() - init).norm().item():.4f}", f"{time.time() - t0:.1f}"])
         if run.checkpoint_due(step, args.steps):
-            run.save({"rows": rows.new.detach().cpu(), "step": step}, opt=opt, scaler=scaler, gen=gen)
+            run.save({"rows": rows.new.detach().cpu(), "step": step}, optimizer=opt, scaler=scaler, generator=gen)
             if info.is_main:
                 with atomic_path(run.out / "learned_embeds.safetensors") as tmp:
                     save_embeds(tmp, {args.placeholder: rows.new[0]},

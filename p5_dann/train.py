@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
     identity = {"mode": args.mode, "source": str(source_dir.resolve()), "target": str(target_dir.resolve()),
                 "seed": args.seed, "augment": not args.no_augment, "select": select,
                 **{name: getattr(args, name) for name in DEFAULTS if name != "epochs"}}
-    state = run.load(identity, model=model, opt=opt, aug_rng=aug_gen)
+    state = run.load(identity, model=model, optimizer=opt, generator=aug_gen)
     epoch, history, elapsed = 0, [], 0.0
     steps_per_epoch = len(loaders[0])
     total_steps = args.epochs * steps_per_epoch
@@ -287,7 +287,7 @@ def main(argv=None) -> dict:
         if run.checkpoint_due(epoch, args.epochs):
             run.save({"epoch": epoch, "history": history, "rng": torch.get_rng_state(),
                       "seconds": time.time() - start, "total_steps": total_steps},
-                     model=unwrap(model), opt=opt, aug_rng=aug_gen)
+                     model=unwrap(model), optimizer=opt, generator=aug_gen)
     run.close()
     best = best_epoch(history, select)
     log_main(f"done: {select} chose epoch {best['epoch']} of {epoch}")

@@ -256,7 +256,7 @@ def main(argv=None) -> dict:
     # What a resumed run must share with the one that wrote last.pt (the epochs too: they shape the schedule).
     identity = {"arch": arch, "data": cifar.source, **{k: getattr(args, k) for k in (
         "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")}}
-    state = run.load(identity, model=model, opt=opt)
+    state = run.load(identity, model=model, optimizer=opt)
     epoch, seconds, val_acc = (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
     log = run.start(epoch, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
@@ -290,7 +290,7 @@ def main(argv=None) -> dict:
             log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{train_loss:.4f}", f"{val_acc:.4f}", f"{seconds:.1f}",
                           str(dtype).removeprefix("torch."), describe_hardware(device)])
         if run.checkpoint_due(epoch, args.epochs):
-            run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, model=unwrap(model), opt=opt)
+            run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, model=unwrap(model), optimizer=opt)
     run.close()
 
     # The one look at the test set: the final epoch's model, whatever the val curve did.

@@ -104,8 +104,8 @@ def test_resumed_run_equals_uninterrupted_run(straight, tmp_path):
         assert a[part].keys() == b[part].keys()
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key}"
-    for i, moments in a["opt"]["state"].items():
-        assert all(torch.equal(v, b["opt"]["state"][i][k]) for k, v in moments.items()), f"optimizer state {i}"
+    for i, moments in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in moments.items()), f"optimizer state {i}"
     ua, ub = (torch.load(p / "UNet.pt", weights_only=True) for p in (straight, resumed))
     assert all(torch.equal(v, ub[k]) for k, v in ua.items())
     rows_a, rows_b = _log(straight), _log(resumed)

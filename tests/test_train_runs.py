@@ -269,3 +269,21 @@ def test_force_resume_accepts_a_moved_data_folder_and_says_so(tmp_path, capsys):
         RunFolder(tmp_path / "run", ckpt_every=1).load({"data": "/new/place/mnistm"})
     state = RunFolder(tmp_path / "run", ckpt_every=1, force=True).load({"data": "/new/place/mnistm"})
     assert state["step"] == 1 and "resuming" in capsys.readouterr().err
+
+
+def test_a_last_pt_with_the_old_state_names_still_resumes(tmp_path):
+    """optimizer / generator are the one spelling now; opt, gen, noise_gen, aug_rng are read for one release."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    generator = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=generator)  # move it off its seed
+    (tmp_path / "run").mkdir()
+    torch.save({"identity": {}, "step": 4, "model": model.state_dict(), "opt": opt.state_dict(),
+                "noise_gen": generator.get_state()}, tmp_path / "run" / "last.pt")
+    fresh_model, fresh_gen = torch.nn.Linear(2, 2), torch.Generator()
+    fresh_opt = torch.optim.SGD(fresh_model.parameters(), lr=0.1, momentum=0.9)
+    state = RunFolder(tmp_path / "run", ckpt_every=1).load({}, model=fresh_model, optimizer=fresh_opt, generator=fresh_gen)
+    assert state["step"] == 4 and torch.equal(fresh_gen.get_state(), generator.get_state())
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
