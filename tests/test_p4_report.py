@@ -2,6 +2,7 @@
 shows no number; with them, the numbers are the files' own."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -43,4 +44,6 @@ def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
     shipped = json.loads((SHIPPED / "p4_bench_final.json").read_text())
     text = section(tmp_path)
     assert f"| {shipped['models']['improved']['fid']:.2f} |" in text
-    assert "(B) improved GAN: last epoch D loss" in text and "Train-face FID: 73 (epoch 50) → 62 (epoch 90)" in text
+    with open(SHIPPED / "improved_fid_train_faces.csv", newline="") as f:  # each logged FID, from the shipped log
+        logged = " → ".join(f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in csv.DictReader(f))
+    assert "(B) improved GAN: last epoch D loss" in text and f"Train-face FID: {logged}." in text
