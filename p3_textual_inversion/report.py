@@ -11,15 +11,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from hw2_utils import read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 
 
 def _training(p3: Path) -> list[str]:
     runs = sorted(log.parent for log in p3.glob("*/log.csv"))
     if not runs:
-        return ["No Textual Inversion runs found (`python -m p3_textual_inversion.train ... --out RUNS/p3/<run>`)."]
-    lines = ["| run | token | steps | loss, first 100 steps | loss, last 100 steps | ‖v − v₀‖ | seconds |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+        return [missing("Textual Inversion runs", "python -m p3_textual_inversion.train ... --out RUNS/p3/<run>")]
+    table, figures = [], []
     for run in runs:
         with open(run / "log.csv", newline="") as f:
             rows = list(csv.DictReader(f))  # train.py's LOG_FIELDS: step, loss, shift, seconds
@@ -34,12 +33,13 @@ def _training(p3: Path) -> list[str]:
             from safetensors import safe_open
             with safe_open(str(embeds), "pt") as f:
                 token = ", ".join(f.keys())
-        lines.append(f"| {run.name} | `{token}` | {last['step']} | {sum(losses[:100]) / len(losses[:100]):.4f} | "
-                     f"{sum(losses[-100:]) / len(losses[-100:]):.4f} | {last['shift']} | {last['seconds']} |")
+        table.append([run.name, f"`{token}`", last["step"], f"{sum(losses[:100]) / len(losses[:100]):.4f}",
+                      f"{sum(losses[-100:]) / len(losses[-100:]):.4f}", last["shift"], last["seconds"]])
         grids = sorted((run / "samples").glob("*.png"))
         if grids:
-            lines.append(f"\n![{run.name} validation samples]({grids[-1]})\n")
-    return lines
+            figures += ["", f"![{run.name} validation samples]({grids[-1]})"]
+    return markdown_table(["run", "token", "steps", "loss, first 100 steps", "loss, last 100 steps", "‖v − v₀‖",
+                           "seconds"], table) + figures
 
 
 def _zeroshot(p3: Path) -> list[str]:
@@ -48,7 +48,7 @@ def _zeroshot(p3: Path) -> list[str]:
         path = p3 / name
         r = read_record(path)
         if r is None:
-            lines.append(f"- {label}: not run (`python -m p3_textual_inversion.clip_zeroshot ... --json {path}`).")
+            lines.append("- " + missing(label, f"python -m p3_textual_inversion.clip_zeroshot ... --json {path}"))
             continue
         with record_errors(path):
             lines.append(f"- {label}: accuracy **{r['accuracy']:.4f}** on {r['n']} images (`{path}`).")

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, command_line, positive_int, pyplot, run_cli, save_figure, seed_int
+from hw2_utils import (CLIError, atomic_path, command_line, markdown_table, positive_int, pyplot, run_cli,
+                       save_figure, seed_int)
 from p6_classification import train
 from p6_classification.augment import DESCRIPTIONS, PRESETS
 
@@ -49,11 +50,10 @@ def verdict(row: dict, reference: dict, noise: dict | None) -> str:
 
 def table(rows: list[dict], reference: str | None = None, noise: dict | None = None) -> str:
     ref = next((r for r in rows if r["preset"] == reference), None)
-    lines = ["| preset | augmentation | val acc | test acc | test vs " + (reference or "-") + " | train time |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['preset']} | {DESCRIPTIONS[r['preset']]} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
-              f"{verdict(r, ref, noise) if ref else ''} | {r['train_seconds']:.0f} s |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(
+        ["preset", "augmentation", "val acc", "test acc", f"test vs {reference or '-'}", "train time"],
+        [[r["preset"], DESCRIPTIONS[r["preset"]], f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
+          verdict(r, ref, noise) if ref else "", f"{r['train_seconds']:.0f} s"] for r in rows]))
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hw2_utils import missing, read_record, record_errors
+from hw2_utils import markdown_table, missing, read_record, record_errors
 from p6_classification.aug_study import table as aug_table
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 
@@ -43,12 +43,12 @@ def _throughput(bench: dict, d: Path) -> list[str]:
               f"ratio the median of the rounds' ratios. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
               f"{'yes' if t['cpu_has_bf16'] else 'no'}; the defaults (`--precision auto`, `--memory-format channels_last`) pick "
               f"{t['auto']['dtype']} {'channels_last' if t['auto']['channels_last'] else 'NCHW'}"
-              f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.", "",
-              "| precision | memory format | ours, images/s |" + (" torchvision, images/s | ours / torchvision |" if tv else ""),
-              "| --- | --- | --- |" + (" --- | --- |" if tv else "")]
-    for r in t["rows"]:
-        row = f"| {r['dtype']} | {'channels_last' if r['channels_last'] else 'NCHW'} | {r['ours_images_per_s']:.1f} |"
-        lines.append(row + (f" {r['torchvision_images_per_s']:.1f} | {r['ours_over_torchvision']:.3f} |" if tv else ""))
+              f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.", ""]
+    lines += markdown_table(
+        ["precision", "memory format", "ours, images/s", *(["torchvision, images/s", "ours / torchvision"] if tv else [])],
+        [[r["dtype"], "channels_last" if r["channels_last"] else "NCHW", f"{r['ours_images_per_s']:.1f}",
+          *([f"{r['torchvision_images_per_s']:.1f}", f"{r['ours_over_torchvision']:.3f}"] if tv else [])]
+         for r in t["rows"]])
     costs = t["augmentation_us_per_image"]
     lines += ["", f"Per-image cost of each preset's training transform (on one thread) "
                   f"against the model's training step at the fastest setting, {t['model_step_us_per_image']:.0f} µs "
@@ -65,12 +65,11 @@ def _full(bench: dict, d: Path) -> list[str]:
     lines += [f"ResNet-18 ({arch['stem']} stem, width {arch['width']}), preset {r['preset']}, {r['epochs']} epochs of "
               f"{r['batch_size']}, {r['precision'].removeprefix('torch.')}, {r['world_size']} process(es); "
               f"{r['train_images']} training / {r['val_images']} validation images; the test sets are scored once, "
-              f"after the last epoch. Train command: `{r['command']}`. {_measured(r, r['bench_command'])}", "",
-              "| val acc | test acc, CIFAR-10 (JPEG copy) | test acc, official pixels | training time |",
-              "| --- | --- | --- | --- |",
-              f"| {r['val_acc']:.4f} | {r['test_acc']:.4f} ({r['test_images']} images) | "
-              + (f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-")
-              + f" | {r['train_seconds'] / 60:.0f} min |", ""]
+              f"after the last epoch. Train command: `{r['command']}`. {_measured(r, r['bench_command'])}", ""]
+    lines += markdown_table(["val acc", "test acc, CIFAR-10 (JPEG copy)", "test acc, official pixels", "training time"],
+                            [[f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f} ({r['test_images']} images)",
+                              f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-",
+                              f"{r['train_seconds'] / 60:.0f} min"]]) + [""]
     exported = r.get("exported_fp16_test_acc")
     if exported:
         lines += ["The shipped file holds fp16 weights; loaded as `infer.py` loads it (fp32 compute) it scores "
@@ -124,23 +123,23 @@ def _cams(d: Path) -> list[str]:
               "pixels, *another* image's map (image i gets image i-1's: the same kind of blob, placed without regard to "
               "this image) and the map's own order reversed (least salient first). Area under the predicted class's "
               f"probability, mean ± 95% interval; deletion: lower is better, insertion: higher. `{record['command']}`.",
-              "", "| pixel order | deletion area | insertion area |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {record['deletion'][name]['auc']:.3f} ± {record['deletion'][name]['auc_ci']:.3f} | "
-              f"{record['insertion'][name]['auc']:.3f} ± {record['insertion'][name]['auc_ci']:.3f} |"
-              for name in record["deletion"]]
+              ""]
+    lines += markdown_table(["pixel order", "deletion area", "insertion area"],
+                            [[name, *(f"{record[mode][name]['auc']:.3f} ± {record[mode][name]['auc_ci']:.3f}"
+                                      for mode in ("deletion", "insertion"))] for name in record["deletion"]])
     if figure.is_file():
         lines += ["", f"![deletion and insertion curves]({figure.resolve()})"]
     lines += ["", "Paired gaps of the areas, the map's minus the baseline's (mean ± 95% interval; n.s. where the "
-              "interval holds 0):", "", "| map | baseline | deletion (below 0: map better) | insertion (above 0: map better) |",
-              "| --- | --- | --- | --- |"]
+              "interval holds 0):", ""]
 
     def gap(mode: str, name: str, base: str, sign: int) -> str:
         mean, half = record["paired_auc_gap"][mode][name][base]
         verdict = "n.s." if abs(mean) <= half else ("map better" if sign * mean > 0 else "baseline better")
         return f"{mean:+.3f} ± {half:.3f} ({verdict})"
-    for name, bases in record["paired_auc_gap"]["deletion"].items():
-        lines += [f"| {name} | {base.removeprefix(name + ', ') if base != 'random' else base} | "
-                  f"{gap('deletion', name, base, -1)} | {gap('insertion', name, base, +1)} |" for base in bases]
+    lines += markdown_table(["map", "baseline", "deletion (below 0: map better)", "insertion (above 0: map better)"],
+                            [[name, base.removeprefix(name + ", ") if base != "random" else base,
+                              gap("deletion", name, base, -1), gap("insertion", name, base, +1)]
+                             for name, bases in record["paired_auc_gap"]["deletion"].items() for base in bases])
     return lines + [""]
 
 
