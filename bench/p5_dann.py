@@ -32,7 +32,7 @@ from hw2_utils import CLIError, atomic_path, command_line, describe_hardware, re
 from p5_dann import infer, train
 from p5_dann.data import load_split
 from p5_dann.model import adapt_batchnorm
-from p5_dann.selection import CRITERIA
+from p5_dann.selection import CRITERIA, best_epoch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DIGITS, MNISTM_FULL = SHARED / "hw2_data" / "digits", SHARED / "mnistm_full" / "digits" / "mnistm"
@@ -89,11 +89,9 @@ def adabn_accuracy(checkpoint: Path, target_dir: Path, target_val: tuple) -> flo
 
 def score_row(result: dict, accuracies: list[float]) -> dict:
     """What each criterion's choice of epoch scores on target val, beside the oracle's."""
-    criteria = [c for c in CRITERIA if c in result["history"][0]]
     by = {}
-    for c in criteria:
-        higher = CRITERIA[c][1]
-        chosen = max(reversed(result["history"]), key=lambda h: h[c] if higher else -h[c])
+    for c in (c for c in CRITERIA if c in result["history"][0]):
+        chosen = best_epoch(result["history"], c)
         by[c] = {"epoch": chosen["epoch"], "score": chosen[c], "target_val_acc": accuracies[chosen["epoch"] - 1]}
     oracle = max(range(len(accuracies)), key=lambda i: (accuracies[i], i))
     by["oracle"] = {"epoch": oracle + 1, "target_val_acc": accuracies[oracle]}
@@ -121,9 +119,9 @@ def main(argv=None) -> None:
                          **train.main([*row_args, "--source", args.source, "--target", args.target, "--data",
                                        str(data_root), "--out", str(work / f"{args.target}_{name}"), *extra])}
     candidates = {n: r for n, r in results.items() if r["select"] == SHIP_BY}
-    higher = CRITERIA[SHIP_BY][1]
-    shipped = (max(candidates, key=lambda n: candidates[n]["selected"][SHIP_BY] * (1 if higher else -1))
-               if candidates else None)  # 2.
+    # 2. the best of the rows' chosen epochs, by the same criterion
+    shipped = (best_epoch([{"row": n, SHIP_BY: r["selected"][SHIP_BY]} for n, r in candidates.items()], SHIP_BY)["row"]
+               if candidates else None)
 
     target_val = load_split(data_root / args.target, "val")  # 3. the target labels, read after every choice is made
     for name, r in results.items():

@@ -37,8 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.eta < 0:
-        raise CLIError(f"--eta must be >= 0, got {args.eta}")
     if args.steps > 1000:
         raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
     check_output_path(args.out_dir, folder=True)

@@ -69,9 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_args(args, world_size: int) -> None:
-    for name in ("steps", "batch_size", "sample_every", "sample_n", "sample_steps"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.image_size % DOWNSAMPLE_FACTOR:
         raise CLIError(f"--image-size must be a positive multiple of {DOWNSAMPLE_FACTOR}, got {args.image_size}")
     if args.base_channels < 32 or args.base_channels % 32:

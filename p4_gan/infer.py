@@ -31,8 +31,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if not 1 <= args.n <= 10_000:
         raise CLIError(f"--n must be in 1..10000 (file names have four digits), got {args.n}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
     out = check_output_path(args.out, folder=True)

@@ -93,8 +93,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = Path(args.out or f"runs/p4/{args.model}")
-    if args.snapshot_every < 0:
-        p.error(f"--snapshot-every must be 0 (off) or a number of epochs, got {args.snapshot_every}")
     if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
         p.error(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
     return args

@@ -131,8 +131,6 @@ def main(argv=None) -> dict:
                        "a repeated seed repeats a run and understates the spread")
     if args.spread_seeds and args.spread_preset not in args.presets:
         raise CLIError(f"--spread-preset {args.spread_preset} must be one of the --presets")
-    if args.jobs < 1:
-        raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
     out = Path(args.out)
     # name -> train.py arguments: every preset with --seed, then the spread preset with the other seeds.
     runs = {preset: ["--data", args.data, "--epochs", str(args.epochs), "--preset", preset,

@@ -244,8 +244,6 @@ def main(argv=None) -> Path:
     p.add_argument("--out", default="outputs/p6/cam")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if min(args.n, args.correct or 0, args.wrong or 0, args.deletion) < 0 or args.n < 1 or args.steps < 1:
-        raise CLIError("--n and --steps must be at least 1, and --correct, --wrong, --deletion non-negative")
     if (args.correct is not None or args.wrong is not None) and (args.correct or 0) + (args.wrong or 0) < 1:
         raise CLIError("--correct and --wrong together must pick at least one image")
     device = resolve_device(args.device)

@@ -96,8 +96,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     # channels corrupts the heap (ResNet's first downsample at width < 8); nothing that narrow is useful.
     if args.width < 8:
         p.error("--width must be at least 8")
-    if (args.workers or 0) < 0 or args.trainable_blocks < 0:
-        p.error("--workers and --trainable-blocks must be at least 0")
     if args.preset not in PRESETS:
         p.error(f"--preset must be one of {', '.join(PRESETS)}")
     return args

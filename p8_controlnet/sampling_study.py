@@ -56,8 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_pipeline_args(p, steps=20)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]
-    if min(args.steps_list) < 1:
-        raise CLIError("--steps-list values must be at least 1")
     args.intermediate_steps = args.intermediate_steps or sorted({round(args.steps * k / 5) or 1 for k in range(1, 6)})
     if not all(1 <= s <= args.steps for s in args.intermediate_steps):
         raise CLIError(f"--intermediate-steps must lie in 1..--steps ({args.steps})")

@@ -77,8 +77,6 @@ def verdicts(images, clip_scores: np.ndarray | None, min_clip: float) -> list[st
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.prompt = read_prompts(args)
-    if args.n < 1:
-        raise CLIError("--n must be at least 1")
     pipe, sd, device = pipeline_from_args(args)
     prompts = [prompt for prompt in args.prompt for _ in range(args.n)]
     seeds = [args.seed + i for _ in args.prompt for i in range(args.n)]
