@@ -46,7 +46,7 @@ RUNS ?= outputs
 REPORT_OUT ?= report_out
 BENCH_ARGS ?=
 DIGITS := $(SHARED_DATA)/hw2_data/digits
-P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --digits-root $(DIGITS) --classifier $(SHARED_DATA)/grader/Classifier.pth
+P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --data $(DIGITS) --classifier $(SHARED_DATA)/grader/Classifier.pth
 REPORT_INPUTS := $(RUNS)/p1/grid_mnistm.png $(RUNS)/p1/p1_bench.json $(RUNS)/p1/p1_cfg_sweep.json \
                  $(RUNS)/p2/cost.json $(RUNS)/p5/tsne_usps_dann_fixmatch_class.png
 

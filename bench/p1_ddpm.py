@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from evaluation.digit_accuracy import PREPROCESS, USPS_GRADER, LeNet, load_mnistm_classifier, score_folder
-from hw2_utils import (CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator,
+from hw2_utils import (add_option, CLIError, atomic_path, autocast, command_line, describe_hardware, make_generator,
                        non_negative_float, open_rgb, positive_int, progress, resolve_device, resolve_dtype, run_cli,
                        save_grid, seed_everything)
 from p1_ddpm import infer
@@ -113,7 +113,8 @@ def speed(checkpoint: str, batch: int, device: torch.device, steps: int = 4) -> 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    p.add_argument("--digits-root", default=str(SHARED / "hw2_data" / "digits"), help="course layout holding usps/")
+    add_option(p, "data", aliases=("--digits-root",), default=str(SHARED / "hw2_data" / "digits"),
+               help="course layout holding usps/")
     p.add_argument("--classifier", default=str(SHARED / "grader" / "Classifier.pth"), help="course MNIST-M grader")
     p.add_argument("--work", default="outputs/p1", help="generated images, cached USPS grader, results json")
     p.add_argument("--guidance", type=non_negative_float, nargs="+", default=[infer.GUIDANCE], help="one run per value")
@@ -176,7 +177,7 @@ def main(argv=None) -> None:
         return
     mnistm_grader = load_mnistm_classifier(args.classifier, device)
     # The shipped grader when present (the same training, cached), else trained here into WORK.
-    usps_model, usps_val = usps_grader(Path(args.digits_root), USPS_GRADER if USPS_GRADER.is_file() else work / "usps_lenet.pt",
+    usps_model, usps_val = usps_grader(Path(args.data), USPS_GRADER if USPS_GRADER.is_file() else work / "usps_lenet.pt",
                                        device)
     print(f"USPS grader (course LeNet trained on USPS train): val acc = {usps_val:.4f} on 2007 images")
     if usps_val < USPS_MIN_VAL_ACC:

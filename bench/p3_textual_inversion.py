@@ -2,7 +2,7 @@
 
     python -m bench.p3_textual_inversion --device cuda                       # 100 images, 50 steps, fp16, batch 5
     python -m bench.p3_textual_inversion --device cuda --model sd-v1-4.ckpt  # + checkpoint load time
-    python -m bench.p3_textual_inversion --tiny --images 10 --steps 5        # the CPU smoke version
+    python -m bench.p3_textual_inversion --tiny --n 10 --steps 5                 # the CPU smoke version
 
 Without --model the weights are random (built from the committed SD v1 configs): the time
 per image does not depend on the weight values, so the budget can be checked without the
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hw2_utils import describe_hardware, positive_int, resolve_device, resolve_dtype, run_cli
+from hw2_utils import add_option, describe_hardware, positive_int, resolve_device, resolve_dtype, run_cli
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.pipeline import text_to_image
 
@@ -43,7 +43,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="real SD v1.x checkpoint (default: random weights)")
     p.add_argument("--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)")
-    p.add_argument("--images", type=positive_int, default=100, help="the public json: 2 concepts x 2 prompts x 25")
+    add_option(p, "n", aliases=("--images",), type=positive_int, default=100,
+               help="images to generate (the public json: 2 concepts x 2 prompts x 25)")
     p.add_argument("--batch-size", type=positive_int, default=5)
     p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--precision", default="fp16")
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
 
     text_to_image(sd, PROMPT, args.batch_size, seed=0, steps=2, batch_size=args.batch_size)  # warm-up
     t0 = time.perf_counter()
-    images = text_to_image(sd, PROMPT, args.images, seed=0, steps=args.steps, batch_size=args.batch_size)
+    images = text_to_image(sd, PROMPT, args.n, seed=0, steps=args.steps, batch_size=args.batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0

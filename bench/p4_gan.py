@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import (CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, positive_int,
+from hw2_utils import (add_option, CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, positive_int,
                        require_file, resolve_device, run_cli, seed_int, to_uint8)
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
@@ -90,13 +90,13 @@ def cmd_smoke(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    result = {"images": str(args.images)}
-    rate = face_rate(args.images)
+    result = {"images": str(args.gen)}
+    rate = face_rate(args.gen)
     result.update(face_rate=rate["rate"], one_face=rate["one_face"], total=rate["total"])
     print(f"face rate: {100 * rate['rate']:.2f}% ({rate['one_face']}/{rate['total']})")
     if args.ref:
         device = resolve_device(args.device)
-        result.update(ref=str(args.ref), fid=fid_from_dirs(args.images, args.ref, args.fid_weights, device=str(device)),
+        result.update(ref=str(args.ref), fid=fid_from_dirs(args.gen, args.ref, args.fid_weights, device=str(device)),
                       hardware=describe_hardware(device))
         print(f"FID vs {args.ref}: {result['fid']:.3f}")
     return result
@@ -229,7 +229,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
     s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
-    s.add_argument("--images", required=True)
+    add_option(s, "gen", aliases=("--images",), required=True, help="folder of generated images (evaluation.fid's GEN)")
     s.add_argument("--ref", help="reference folder or .npz statistics for FID (e.g. hw2_data/face/val)")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")

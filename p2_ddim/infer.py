@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from hw2_utils import (CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
+from hw2_utils import (add_option, CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
                        resolve_device, resolve_dtype, run_cli, save_images, seed_int)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 
@@ -30,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
-    p.add_argument("--dtype", dest="precision", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling, one release
+    add_option(p, "precision", aliases=("--dtype",), default="fp32",
+               help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
     return p.parse_args(argv)
 
 

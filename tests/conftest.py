@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -107,3 +108,34 @@ def small_digits(root: Path, n: int = 32, splits: tuple[str, ...] = ("train",)) 
             for name, _ in rows[1:]:
                 shutil.copy(src / domain / "data" / name, root / domain / "data" / name)
     return root
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """Every row of every Markdown pipe table in `text`, as {column header: cell}: report tests
+    look a number up by its row and column and compare it with the record it came from, so a
+    re-worded sentence or a re-ordered column does not break them."""
+    rows, header, lines = [], None, text.splitlines()
+    for line, following in zip(lines, lines[1:] + [""]):
+        if not line.startswith("|"):
+            header = None
+        elif following.replace(" ", "").startswith("|---"):
+            header = _cells(line)
+        elif header and not line.replace(" ", "").startswith("|---"):
+            rows.append(dict(zip(header, _cells(line))))
+    return rows
+
+
+def table_row(text: str, value: str, column: str | None = None) -> dict[str, str]:
+    """The one table row of `text` whose `column` (default: its first) is `value`."""
+    found = [row for row in table_rows(text) if (row.get(column) if column else next(iter(row.values()))) == value]
+    assert len(found) == 1, f"{len(found)} rows with {column or 'first cell'} {value!r}"
+    return found[0]
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers a table cell shows, in order ('0.9387 (10000 images)' -> [0.9387, 10000.0])."""
+    return [float(n) for n in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", ""))]

@@ -216,7 +216,7 @@ CASES = [
     ("ddp-teardown-negative-drain", "bench.ddp_teardown", lambda i, w: ["--drain", "-1", "--out", w / "dt.json"],
      "--drain"),
     # issue 32's second probe
-    ("p7-clip-zero-byte-weights", "p7_clip.zeroshot", lambda i, w: ["--clip", f"ViT-B-32={i / 'zero.pt'}", "--cifar",
+    ("p7-clip-zero-byte-weights", "p7_clip.zeroshot", lambda i, w: ["--clip", f"ViT-B-32={i / 'zero.pt'}", "--data",
                                                                      i / "cifar.npz", "--out", w / "zs"], "zero.pt"),
     ("p8-train-captions-not-json", "p8_controlnet.train", lambda i, w: ["--model", i / "sd", "--data", i / "images",
                                                                          "--captions", i / "captions.json", "--out",

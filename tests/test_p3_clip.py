@@ -41,7 +41,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def _args(root, *extra):
-    return ["--images", str(root / "images"), "--id2label", str(root / "id2label.json"), "--clip", str(root / "clip"),
+    return ["--data", str(root / "images"), "--id2label", str(root / "id2label.json"), "--clip", str(root / "clip"),
             "--device", "cpu", "--batch-size", "5", *extra]
 
 
@@ -82,7 +82,7 @@ def test_bad_inputs(tiny_clip, tmp_path):
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "dog.png")
     with pytest.raises(CLIError, match="class_id"):
-        clip_zeroshot.main(_args(tiny_clip) + ["--images", str(tmp_path / "imgs")])
+        clip_zeroshot.main(_args(tiny_clip) + ["--data", str(tmp_path / "imgs")])
     with pytest.raises(CLIError, match="CLIP model not found"):  # offline, not cached: evaluation's loader says so
         clip_zeroshot.main(_args(tiny_clip) + ["--clip", "openai/clip-vit-base-patch32"])
 

@@ -6,6 +6,9 @@ import csv
 import json
 import re
 
+import pytest
+
+from conftest import numbers, table_row, table_rows
 from p4_gan.report import SHIPPED, section
 
 
@@ -32,10 +35,18 @@ def test_measured_values_come_from_the_json_file(tmp_path):
         "reference": "2000 val faces", "models": models,
         "real_train": {"fid": 17.25, "feature_spread": 1.01, "face_rate": 0.94, "one_face": 940, "total": 1000}}))
     text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
-    assert "| (A) DCGAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 40.1) | 31.23 | 87.1% | 0.71 |" in text
-    assert "| (B) improved GAN | 5000 steps, 40 epochs, 2.0 h | epoch 32 (train-face FID 30.2) | 24.50 | 96.2% | 0.93 |" in text
-    assert "| 17.25 | 94.0% | 1.01 |" in text
-    assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text
+    for name, model in (("(A) DCGAN", models["dcgan"]), ("(B) improved GAN", models["improved"])):
+        row = table_row(text, name)
+        assert numbers(row["trained"]) == [model["steps"], model["epochs"], model["train_seconds"] / 3600]
+        assert numbers(row["chosen checkpoint"]) == [model["best_epoch"], model["best_train_fid"]]
+        assert numbers(row["FID vs val"]) == [round(model["fid"], 2)]
+        assert numbers(row["face rate"]) == pytest.approx([model["face_rate"] * 100], abs=0.05)
+        assert numbers(row["feature spread"]) == [model["feature_spread"]]
+    real = json.loads((d / "final.json").read_text())["real_train"]
+    floor = next(row for row in table_rows(text) if "real training faces" in row["model"])
+    assert [numbers(floor[c])[0] for c in ("FID vs val", "face rate", "feature spread")] == \
+        pytest.approx([real["fid"], real["face_rate"] * 100, real["feature_spread"]], abs=0.005)
+    assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text  # the verdicts
     assert "on CPU-X" in text and "`python -m p4_gan.train --model improved`" in text
 
 
@@ -43,7 +54,7 @@ def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
     """With no run folders, the FID table and the D/G lessons come from p4_gan/checkpoints/."""
     shipped = json.loads((SHIPPED / "p4_bench_final.json").read_text())
     text = section(tmp_path)
-    assert f"| {shipped['models']['improved']['fid']:.2f} |" in text
+    assert table_row(text, "(B) improved GAN")["FID vs val"] == f"{shipped['models']['improved']['fid']:.2f}"
     with open(SHIPPED / "improved_fid_train_faces.csv", newline="") as f:  # each logged FID, from the shipped log
         logged = " → ".join(f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in csv.DictReader(f))
     assert "(B) improved GAN: last epoch D loss" in text and f"Train-face FID: {logged}." in text

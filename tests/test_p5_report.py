@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import require_shared
+from conftest import require_shared, table_row
 from p5_dann import analysis, report
 from p5_dann.model import DANN
 
@@ -34,24 +34,18 @@ def _bench_record():
             "inference": {"row": "dann", "images": 2007, "accuracy": 0.9031, "seconds": 1.5}}
 
 
-def _cells(text: str, row: str) -> list[str]:
-    line = next(line for line in text.splitlines() if line.startswith(f"| {row}"))
-    return [c.strip() for c in line.strip("|").split("|")]
-
-
 def test_section_reads_every_number_from_the_bench_json(tmp_path):
     record = _bench_record()
     (tmp_path / "p5").mkdir()
     (tmp_path / "p5" / "p5_bench.json").write_text(json.dumps(record))
     text = report.section(tmp_path)
     by = record["rows"]["dann"]["selected_by"]
-    cells = _cells(text, "dann")
-    assert cells[0] == "dann **shipped**"
+    cells = list(table_row(text, "dann **shipped**").values())
     assert cells[2:6] == [f"{by[k]['target_val_acc']:.4f} ({by[k]['epoch']})" for k in ("snd", "dev", "source_val_acc",
                                                                                       "oracle")]
     assert float(cells[6]) == record["rows"]["dann"]["target_val_acc_adabn"]
     assert float(cells[7]) == record["rows"]["dann"]["history"][1]["dev_ess"]  # at DEV's epoch
-    bound = _cells(text, "target_only")
+    bound = list(table_row(text, "target_only").values())
     assert bound[2] == bound[3] == "–" and bound[4] == "0.9701 (1) held-out"
     assert record["command"] in text and f"{record['inference']['images']} val images" in text
     assert "python -m p5_dann.analysis" in text  # no figures yet: the command that makes them

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from bench import p6_classification as bench
-from conftest import require_shared
+from conftest import numbers, require_shared, table_row, table_rows
 from p6_classification.report import SMOKE, section
 
 
@@ -72,12 +74,26 @@ def test_section_shows_recorded_numbers(tmp_path):
         "rows": [{"preset": "flip", "val_acc": 0.5551, "test_acc": 0.5432, "train_seconds": 100.4},
                  {"preset": "flip_crop", "val_acc": 0.8, "test_acc": 0.79, "train_seconds": 101}]}))
     text = section(tmp_path)
-    assert "| float32 | channels_last | 12.3 | 12.5 | 0.987 |" in text and "on Test CPU" in text
-    assert "| 0.9412 | 0.9387 (10000 images) | 0.9351 (1017 images) | 150 min |" in text
+    speed = table_row(text, row["dtype"])
+    assert speed["memory format"] == "channels_last" and "on Test CPU" in text
+    assert [numbers(speed[c])[0] for c in ("ours, images/s", "torchvision, images/s", "ours / torchvision")] == \
+        pytest.approx([row["ours_images_per_s"], row["torchvision_images_per_s"], row["ours_over_torchvision"]], abs=0.05)
+    full = table_row(text, f"{run['val_acc']:.4f}")
+    assert numbers(full["test acc, CIFAR-10 (JPEG copy)"]) == [run["test_acc"], run["test_images"]]
+    assert numbers(full["test acc, official pixels"]) == [run["also_test"]["test_acc"], run["also_test"]["test_images"]]
+    assert numbers(full["training time"]) == [run["train_seconds"] / 60]
     assert SMOKE in text.split("### ResNet-18 on the whole")[1].split("###")[0]  # the full record is a smoke run
     assert SMOKE not in text.split("### Training throughput")[1].split("###")[0]
-    assert "| flip | random horizontal flip | 0.5551 | 0.5432 | -0.2468 | 100 s |" in text
-    assert "Seed-to-seed spread of flip_crop over 2 seeds (main: 0.7900, 1: 0.8000): 0.0100 test" in text
+    study = json.loads((d / "aug" / "aug_study.json").read_text())
+    flip, baseline = study["rows"]
+    cells = table_row(text, "flip")
+    assert [numbers(cells[c])[0] for c in ("val acc", "test acc", "test vs flip_crop", "train time")] == \
+        pytest.approx([flip["val_acc"], flip["test_acc"], flip["test_acc"] - baseline["test_acc"], flip["train_seconds"]],
+                      abs=0.5)  # train time in whole seconds; the accuracies exact to 4 places below
+    assert cells["val acc"] == f"{flip['val_acc']:.4f}" and cells["test vs flip_crop"] == f"{flip['test_acc'] - 0.79:+.4f}"
+    spread = re.search(r"Seed-to-seed spread of flip_crop over (\d) seeds \(main: ([\d.]+), 1: ([\d.]+)\): ([\d.]+) test", text)
+    assert [float(g) for g in spread.groups()] == [len(study["seed_runs"]), *(r["test_acc"] for r in study["seed_runs"]),
+                                                   study["spread"]["test_acc_spread"]]
 
 
 def bench_cmd() -> str:
@@ -114,7 +130,14 @@ def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_p
     monkeypatch.setattr(report, "CHECKPOINTS", shipped)
     text = section(tmp_path / "runs")
     assert f"![CAM and Grad-CAM]({shipped / 'cam_resnet18.png'})" in text
-    assert "| CAM (ours) | 0.300 ± 0.020 | 0.700 ± 0.030 |" in text
-    assert "| CAM (ours) | random | -0.200 ± 0.050 (map better) | +0.200 ± 0.050 (map better) |" in text
-    assert "| CAM (ours) | another image's map | -0.010 ± 0.020 (n.s.) | +0.010 ± 0.020 (n.s.) |" in text
+    cam = table_row(text, "CAM (ours)", column="pixel order")
+    assert numbers(cam["deletion area"]) == [area["CAM (ours)"]["auc"], area["CAM (ours)"]["auc_ci"]]
+    assert numbers(cam["insertion area"]) == [1 - area["CAM (ours)"]["auc"], 0.03]
+    gaps = {r["baseline"]: r for r in table_rows(text) if r.get("map") == "CAM (ours)"}
+    assert set(gaps) == {"random", "another image's map"}
+    for baseline, (gap, ci) in (("random", (-0.2, 0.05)), ("another image's map", (-0.01, 0.02))):
+        deletion, insertion = gaps[baseline]["deletion (below 0: map better)"], gaps[baseline]["insertion (above 0: map better)"]
+        assert numbers(deletion) == [gap, ci] and numbers(insertion) == [-gap, ci]
+        verdict = "(map better)" if abs(gap) > ci else "(n.s.)"  # ci: the half-width of a 95% interval
+        assert deletion.endswith(verdict) and insertion.endswith(verdict)
     assert "python -m bench.p6_classification --work " + str(tmp_path / "runs" / "p6") + " --parts aug" in text  # not shipped

@@ -184,7 +184,7 @@ def test_segment_never_labels_a_removed_class_at_any_output_size(model, request)
 
 def test_templates_are_the_official_85():
     t = maskclip.templates("maskclip85")
-    assert len(t) == len(set(t)) == 85 and maskclip.parse_args(["--clip", "x", "--images", "i", "--classes", "a,b",
+    assert len(t) == len(set(t)) == 85 and maskclip.parse_args(["--clip", "x", "--data", "i", "--classes", "a,b",
                                                                 "--out", "o"]).templates == "maskclip85"
     assert t[:80] == maskclip.templates("imagenet80") and t[0] == "a bad photo of a {}."
     assert t[80:] == ["there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
@@ -194,7 +194,7 @@ def test_templates_are_the_official_85():
 @pytest.mark.parametrize("flag", ["--key-smoothing", "--denoise"])
 def test_thresholds_outside_0_1_are_cli_errors(flag, tmp_path):
     with pytest.raises(maskclip.CLIError, match=flag):
-        maskclip.main(["--clip", "ViT-B-32=tiny", "--images", str(tmp_path), "--classes", "a,b", flag, "1.5",
+        maskclip.main(["--clip", "ViT-B-32=tiny", "--data", str(tmp_path), "--classes", "a,b", flag, "1.5",
                        "--out", str(tmp_path / "out")])
 
 
@@ -223,7 +223,7 @@ def test_maskclip_cli_on_real_images_with_masks(tmp_path):
         label[:24, :32] = 1
         Image.fromarray(label).save(masks / f"{name.rsplit('.', 1)[0]}.png")
     out = tmp_path / "out"
-    record = maskclip.main(["--clip", "ViT-B-32=tiny", "--images", str(images), "--classes", "sky,grass,person",
+    record = maskclip.main(["--clip", "ViT-B-32=tiny", "--data", str(images), "--classes", "sky,grass,person",
                             "--masks", str(masks), "--reduce-zero-label", "--size", "48", "--templates", "single",
                             "--key-smoothing", "1.0", "--denoise", "0.5", "--out", str(out)])
     stems = [n.rsplit(".", 1)[0] for n in names]

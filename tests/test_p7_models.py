@@ -29,7 +29,7 @@ def _images(n: int, size: int = 40) -> list[Image.Image]:
 def test_missing_weight_file_is_one_line_naming_file_and_source(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "open_clip_pytorch_model.bin"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: zeroshot.main(["--clip", f"ViT-B-32={missing}", "--cifar", str(tmp_path / "x.npz"),
+        run_cli(lambda: zeroshot.main(["--clip", f"ViT-B-32={missing}", "--data", str(tmp_path / "x.npz"),
                                        "--out", str(tmp_path / "out")]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()

@@ -116,7 +116,7 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
 
 def test_infer_on_cifar_test_set_matches_the_training_record(trained, tmp_path, capsys):
     npz, out, record = trained
-    preds = infer.main(["--probe", str(out / "probe.pt"), "--cifar", str(npz), "--out", str(tmp_path / "p.csv")])
+    preds = infer.main(["--probe", str(out / "probe.pt"), "--data", str(npz), "--out", str(tmp_path / "p.csv")])
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["image_name", "label"] and len(rows) == 1018
@@ -182,7 +182,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
     (tmp_path / "one").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "x.png")
     torch.save({"coef": torch.zeros(2)}, tmp_path / "foreign.pt")
-    cifar, one = ["--cifar", str(npz)], ["--images", str(tmp_path / "one")]
+    cifar, one = ["--data", str(npz)], ["--images", str(tmp_path / "one")]
     cases = {f"probe checkpoint not found: {tmp_path / 'none.pt'}": ["--probe", str(tmp_path / "none.pt"), *one],
              "holds no images": ["--probe", probe, "--images", str(tmp_path / "empty")],
              "is not a P7 probe checkpoint (torch.load": ["--probe", str(npz), *cifar],

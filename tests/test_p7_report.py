@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
+from conftest import numbers, table_row
 from p7_clip.report import section
 
 
@@ -34,7 +37,10 @@ def test_numbers_come_from_the_records(tmp_path):
         "recall": {"RN50": {"text_to_image": {"1": 0.3, "5": 0.55, "10": 0.7},
                             "image_to_text": {"1": 0.42, "5": 0.7, "10": 0.81}}}}))
     text = section(tmp_path)
-    assert "| `a photo of a {}.` | 88.12% |" in text and "| `ensemble of 18 templates` | 89.91% |" in text
+    for design, accuracy in json.loads((d / "zeroshot" / "zeroshot.json").read_text())["accuracy"]["ViT-B-32"].items():
+        assert numbers(table_row(text, f"`{design}`")["ViT-B-32"]) == pytest.approx([accuracy * 100], abs=0.005)
     assert "ViT-B-32 89.8%" in text and "RN50 71.6%" not in text  # the quoted anchor only for models shown
-    assert "| RN50 | 30.0 | 55.0 | 70.0 | 42.0 | 70.0 | 81.0 |" in text
+    recall, row = json.loads((d / "retrieval" / "retrieval.json").read_text())["recall"]["RN50"], table_row(text, "RN50")
+    assert [numbers(row[f"{short} R@{k}"])[0] for short in ("T2I", "I2T") for k in (1, 5, 10)] == \
+        pytest.approx([recall[way][str(k)] * 100 for way in ("text_to_image", "image_to_text") for k in (1, 5, 10)], abs=0.05)
     assert "on GPU-X" in text and "tiny random" not in text and text.count("not produced yet") == 4

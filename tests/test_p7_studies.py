@@ -56,7 +56,7 @@ def test_confusion_matrix_agrees_with_sklearn():
 
 def test_zeroshot_cli_on_real_cifar_slice(tmp_path):
     npz = require_shared("cifar10", "cifar10_slice.npz")
-    record = zeroshot.main(["--clip", "ViT-B-32=tiny", "--cifar", str(npz), "--limit", "40", "--out", str(tmp_path)])
+    record = zeroshot.main(["--clip", "ViT-B-32=tiny", "--data", str(npz), "--limit", "40", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_ViT-B-32_tiny.png", "zeroshot.json", "zeroshot.md"]
     acc = record["accuracy"]["ViT-B-32 (tiny random)"]
     assert list(acc) == list(zeroshot.DESIGNS)
@@ -99,7 +99,7 @@ def test_coco_loader_on_the_shared_slice():
 
 def test_retrieval_cli_on_real_coco(tmp_path):
     root = require_shared("coco")
-    record = retrieval.main(["--clip", "ViT-B-32=tiny", "--coco", str(root), "--n", "6", "--top-k", "3",
+    record = retrieval.main(["--clip", "ViT-B-32=tiny", "--data", str(root), "--n", "6", "--top-k", "3",
                              "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["query_ViT-B-32_tiny.png", "retrieval.json", "retrieval.md"]
     assert record["images"] == 6 and record["captions"] == 30 and len(record["top"]["ViT-B-32 (tiny random)"]) == 3
@@ -126,7 +126,7 @@ def test_robustness_scores_and_cli(tmp_path):
     s = robustness.scores(emb, torch.eye(3), torch.tensor([0, 1, 0]), scale=100.0)
     assert s["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and s["true_class_probability"] == pytest.approx(2 / 3, abs=1e-3)
     npz = require_shared("cifar10", "cifar10_slice.npz")
-    record = robustness.main(["--clip", "ViT-B-32=tiny", "--cifar", str(npz), "--limit", "12", "--out", str(tmp_path)])
+    record = robustness.main(["--clip", "ViT-B-32=tiny", "--data", str(npz), "--limit", "12", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["robustness.json", "robustness.png"]
     by_kind = record["results"]["ViT-B-32 (tiny random)"]
     assert {k: len(v) for k, v in by_kind.items()} == {k: len(v) for k, v in robustness.LEVELS.items()}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from conftest import numbers, table_row
 from p8_controlnet.report import FIGURES, section
 
 BENCH = {"tiny_cpu": {"device": "cpu", "threads": 1, "size": 32, "steps": 20, "repeats": 3,
@@ -26,8 +29,11 @@ def test_section_quotes_the_bench_and_links_existing_figures(tmp_path):
     (d / "p8_bench.json").write_text(json.dumps(BENCH))
     (d / "controlnet" / "grid.png").write_bytes(b"png")
     text = section(tmp_path)
-    assert "| ddim | 0.040 | 0.040 |" in text and "| unipc | 0.043 | 0.131 |" in text
-    assert "| ddim + ControlNet | 0.061 | 0.184 |" in text
+    tiny = BENCH["tiny_cpu"]
+    for name, measured in (*tiny["per_scheduler"].items(), ("ddim + ControlNet", tiny["ddim_with_controlnet"])):
+        row = table_row(text, name)
+        assert [numbers(row["CPU s/step"])[0], numbers(row["wall s/step"])[0]] == \
+            pytest.approx([measured["cpu_s_per_step"], measured["wall_s_per_step"]], abs=0.0005)  # shown to 3 places
     assert "not measured" in text
     assert f"]({(d / 'controlnet' / 'grid.png').resolve()})" in text
     assert text.count("not produced yet") == len(FIGURES) - 1
