@@ -210,7 +210,7 @@ def probe_p6_epoch(device: torch.device, batch_size: int, train_images: int, ste
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps * (train_images // batch_size)
-    del model, opt, images
+    model = opt = images = None  # release the GPU memory for empty_cache (step() is not called again)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return seconds

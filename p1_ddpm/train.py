@@ -81,6 +81,68 @@ def sample_grid(ema: ConditionalUNet, n_domains: int, path: Path, device: torch.
     save_grid(images, path, nrow=n_domains * 5)
 
 
+def make_loader(dataset, args, info):
+    sampler = make_train_sampler(dataset, args.seed)
+    loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
+                        shuffle=sampler is None, drop_last=True, num_workers=args.workers,
+                        generator=torch.Generator().manual_seed(args.seed))
+    if len(loader) == 0:  # drop_last leaves no batch: the step loop would wait for one forever
+        raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
+    return loader, sampler
+
+
+def build_unet(args, n_domains: int, device) -> tuple[ConditionalUNet, ConditionalUNet]:
+    """The trained UNet and its EMA copy (starting equal, never trained directly)."""
+    try:  # GroupNorm needs every width divisible by its groups, the time embedding an even width
+        model = ConditionalUNet(UNetConfig(num_domains=n_domains, base_channels=args.base_channels)).to(device)
+    except (ValueError, RuntimeError) as e:
+        raise CLIError(f"--base-channels {args.base_channels} builds no UNet ({error_summary(e)}): use 8, 16 or a "
+                       "multiple of 32") from None
+    model = model.to(memory_format=torch.channels_last)  # ~1.2x faster convs on CPU and GPU
+    ema = ConditionalUNet(model.config).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    return model, ema
+
+
+def warm_start(args, model, ema, domain_names: list[str], command: str, device) -> tuple[int, str]:
+    """--init-from: continue an exported ema.pt as a new stage; returns its step and the recipe
+    that names every stage."""
+    init, init_domains = load_model(args.init_from, device)
+    if init_domains != domain_names or init.config != model.config:
+        raise CLIError(f"--init-from {args.init_from}: domains {init_domains} / config differ from this run's")
+    model.load_state_dict(init.state_dict())
+    ema.load_state_dict(init.state_dict())
+    blob = torch.load(args.init_from, weights_only=True)
+    if blob["step"] >= args.steps:
+        raise CLIError(f"--init-from {args.init_from} is at step {blob['step']}; --steps ({args.steps}) must be larger")
+    log_main(f"warm start from {args.init_from} (step {blob['step']})")
+    return blob["step"], f"{blob['recipe']}  &&  {command}"
+
+
+def train_step(train_model, model, ema, opt, diffusion, batch, step: int, start: int, args, device, dtype,
+               noise_gen) -> tuple[torch.Tensor, float]:
+    """One optimisation step: labels dropped together (CFG's unconditional branch), the
+    epsilon-MSE loss, clipped gradients, the EMA update. Returns the loss and the learning rate."""
+    x, digit, domain = batch
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    digit, domain = digit.to(device), domain.to(device)
+    drop = (torch.rand(len(x), generator=noise_gen) < args.cond_drop).to(device)
+    digit = torch.where(drop, model.null_digit, digit)
+    domain = torch.where(drop, model.null_domain, domain)
+    lr = lr_at(step, args, start)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast(device, dtype):
+        loss = diffusion.training_loss(train_model, x, digit, domain, generator=noise_gen,
+                                       snr_gamma=args.snr_gamma or None)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    opt.step()
+    ema_update(ema, unwrap(model), min(args.ema_decay, (1 + step) / (10 + step)))
+    return loss, lr
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
@@ -92,22 +154,9 @@ def main(argv=None) -> None:
     command = command_line("p1_ddpm.train", argv)
 
     dataset = digit_domain_dataset(domains, args.repeat)
-    sampler = make_train_sampler(dataset, args.seed)
-    loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
-                        shuffle=sampler is None, drop_last=True, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed))
-    if len(loader) == 0:  # drop_last leaves no batch: the step loop would wait for one forever
-        raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
+    loader, sampler = make_loader(dataset, args, info)
     log_main(f"{len(dataset)} training images from {', '.join(f'{n} ({p})' for n, p in domains)}")
-
-    try:  # GroupNorm needs every width divisible by its groups, the time embedding an even width
-        model = ConditionalUNet(UNetConfig(num_domains=len(domains), base_channels=args.base_channels)).to(device)
-    except (ValueError, RuntimeError) as e:
-        raise CLIError(f"--base-channels {args.base_channels} builds no UNet ({error_summary(e)}): use 8, 16 or a "
-                       "multiple of 32") from None
-    model = model.to(memory_format=torch.channels_last)  # ~1.2x faster convs on CPU and GPU
-    ema = ConditionalUNet(model.config).to(device).eval().requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
+    model, ema = build_unet(args, len(domains), device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     noise_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     diffusion = GaussianDiffusion()
@@ -122,17 +171,8 @@ def main(argv=None) -> None:
         step, epoch, start, recipe = state["step"], state["epoch"], state["start"], state["recipe"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
     elif args.init_from:
-        init, init_domains = load_model(args.init_from, device)
-        if init_domains != domain_names or init.config != model.config:
-            raise CLIError(f"--init-from {args.init_from}: domains {init_domains} / config differ from this run's")
-        model.load_state_dict(init.state_dict())
-        ema.load_state_dict(init.state_dict())
-        blob = torch.load(args.init_from, weights_only=True)
-        step = start = blob["step"]
-        recipe = f"{blob['recipe']}  &&  {command}"  # the exported recipe names every stage
-        if step >= args.steps:
-            raise CLIError(f"--init-from {args.init_from} is at step {step}; --steps ({args.steps}) must be larger")
-        log_main(f"warm start from {args.init_from} (step {step})")
+        step, recipe = warm_start(args, model, ema, domain_names, command, device)
+        start = step
     log = run.start(step, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
     n_params = sum(p.numel() for p in model.parameters())
@@ -143,23 +183,9 @@ def main(argv=None) -> None:
     while step < args.steps:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        for x, digit, domain in loader:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            digit, domain = digit.to(device), domain.to(device)
-            drop = (torch.rand(len(x), generator=noise_gen) < args.cond_drop).to(device)
-            digit = torch.where(drop, model.null_digit, digit)
-            domain = torch.where(drop, model.null_domain, domain)
-            lr = lr_at(step, args, start)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with autocast(device, dtype):
-                loss = diffusion.training_loss(train_model, x, digit, domain, generator=noise_gen,
-                                               snr_gamma=args.snr_gamma or None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            opt.step()
-            ema_update(ema, unwrap(model), min(args.ema_decay, (1 + step) / (10 + step)))
+        for batch in loader:
+            loss, lr = train_step(train_model, model, ema, opt, diffusion, batch, step, start, args, device, dtype,
+                                  noise_gen)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -95,11 +95,29 @@ def initializer_vector(sd: StableDiffusion, word: str) -> torch.Tensor:
 
 
 def save_embeds(path: str | Path, vectors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """{token: (D,) float32}, the layout diffusers' load_textual_inversion also reads."""
-    from safetensors.torch import save_file
+    """{token: (D,) float32}, the layout diffusers' load_textual_inversion also reads; the same
+    vectors and metadata give the same bytes in every process."""
+    from safetensors.torch import save
 
-    save_file({t: v.detach().float().cpu().contiguous() for t, v in vectors.items()}, str(path),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
+    blob = save({t: v.detach().float().cpu().contiguous() for t, v in vectors.items()},
+                metadata={k: str(v) for k, v in (metadata or {}).items()})
+    Path(path).write_bytes(sorted_metadata(blob))
+
+
+def sorted_metadata(blob: bytes) -> bytes:
+    """A safetensors file with its __metadata__ keys sorted. safetensors writes them from a Rust
+    HashMap, whose order changes from one process to the next, so the same command would
+    otherwise write different bytes. The header is JSON padded to 8 bytes; the tensor data after
+    it is addressed relative to its own start, so a rewritten header leaves it valid."""
+    import json
+
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
 
 
 def load_embeds(paths: list[str | Path]) -> dict[str, torch.Tensor]:

@@ -87,6 +87,40 @@ def main(argv=None) -> None:
     train(parse_args(argv))
 
 
+def concept_posteriors(sd: StableDiffusion, data: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior (mean, std) of every concept image and its mirror, computed once:
+    encoding is the costliest part of a step at 512 px and the images never change. Latents
+    are sampled from it per step."""
+    images = load_concept_images(data, size)
+    images = torch.cat([images, images.flip(-1)])
+    with torch.no_grad():
+        posteriors = [sd.encode_images(chunk) for chunk in images.split(4)]
+        return torch.cat([p.mean.float() for p in posteriors]), torch.cat([p.std.float() for p in posteriors])
+
+
+def optimisation_step(sd: StableDiffusion, rows, mean, std, templates, args, gen, dtype, opt, scaler, info) -> float:
+    """--grad-accum micro-batches, then one update of the new embedding row; returns the loss."""
+    loss_sum = 0.0
+    for _ in range(args.grad_accum):
+        loss = micro_batch_loss(sd, mean, std, templates, args, gen, dtype) / args.grad_accum
+        scaler.scale(loss).backward()
+        loss_sum += loss.item()
+    if info.enabled:  # one vector: averaging its gradient by hand is all DDP would do
+        torch.distributed.all_reduce(rows.new.grad)
+        rows.new.grad /= info.world_size
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def export(path: Path, vector: torch.Tensor, args, step: int, command: str) -> None:
+    """learned_embeds.safetensors: the token's vector and how it was made (hw2_3.sh reads it)."""
+    with atomic_path(path) as tmp:
+        save_embeds(tmp, {args.placeholder: vector}, {"initializer": args.initializer, "templates": args.templates,
+                                                      "step": step, "final": step == args.steps, "recipe": command})
+
+
 def train(args: argparse.Namespace):
     """Run (or resume) training; returns the model with the learned token installed."""
     info, device = init_distributed(resolve_device(args.device))
@@ -109,15 +143,8 @@ def train(args: argparse.Namespace):
     rows = learned_rows(sd)
     init = rows.new.detach().clone()
 
-    # The VAE posterior of every image and its mirror, computed once: encoding is the costliest
-    # part of a step at 512 px and the images never change. Latents are sampled from it per step.
-    images = load_concept_images(args.data, size)
-    images = torch.cat([images, images.flip(-1)])
-    with torch.no_grad():
-        posteriors = [sd.encode_images(chunk) for chunk in images.split(4)]
-        mean = torch.cat([p.mean.float() for p in posteriors])
-        std = torch.cat([p.std.float() for p in posteriors])
-    log_main(f"{len(images) // 2} images of {args.placeholder} (id {token_id}) from {args.data} at {size} px; "
+    mean, std = concept_posteriors(sd, args.data, size)
+    log_main(f"{len(mean) // 2} images of {args.placeholder} (id {token_id}) from {args.data} at {size} px; "
              f"{args.templates} templates; {device} {dtype}")
 
     lr = args.lr * (args.batch_size * args.grad_accum * info.world_size if args.scale_lr else 1)
@@ -137,17 +164,7 @@ def train(args: argparse.Namespace):
     bar = progress(total=args.steps, initial=step, desc=f"train {args.placeholder}")
     t0 = time.time()
     while step < args.steps:
-        loss_sum = 0.0
-        for _ in range(args.grad_accum):
-            loss = micro_batch_loss(sd, mean, std, templates, args, gen, dtype) / args.grad_accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        if info.enabled:  # one vector: averaging its gradient by hand is all DDP would do
-            torch.distributed.all_reduce(rows.new.grad)
-            rows.new.grad /= info.world_size
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        loss_sum = optimisation_step(sd, rows, mean, std, templates, args, gen, dtype, opt, scaler, info)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}")
@@ -156,10 +173,7 @@ def train(args: argparse.Namespace):
         if run.checkpoint_due(step, args.steps):
             run.save({"rows": rows.new.detach().cpu(), "step": step}, optimizer=opt, scaler=scaler, generator=gen)
             if info.is_main:
-                with atomic_path(run.out / "learned_embeds.safetensors") as tmp:
-                    save_embeds(tmp, {args.placeholder: rows.new[0]},
-                                {"initializer": args.initializer, "templates": args.templates, "step": step,
-                                 "final": step == args.steps, "recipe": command})
+                export(run.out / "learned_embeds.safetensors", rows.new[0], args, step, command)
         if info.is_main and args.validation_every and (step % args.validation_every == 0 or step == args.steps):
             grid = text_to_image(sd, templates[0].format(args.placeholder), 4, seed=args.seed, steps=args.validation_steps,
                                  size=size, batch_size=4)

@@ -137,6 +137,78 @@ def export(path: Path, generator, args, step: int, epoch: int, command: str) -> 
         save_generator(tmp, generator, {"model": args.model, "step": step, "epoch": epoch, "recipe": command})
 
 
+def train_step(trainer: GANTrainer, faces: torch.Tensor, indices: torch.Tensor, step: int, d_steps: int) -> dict:
+    """One D step on a batch of real faces (each flipped with p = 0.5), and a G step every
+    `d_steps`-th step (`step` counts from 1). Returns the losses, left on the device."""
+    real = batch(faces, indices, torch.rand(len(indices), generator=trainer.noise) < 0.5)
+    stats = trainer.d_step(real)
+    if step % d_steps == 0:
+        stats.update(trainer.g_step(len(indices)))
+    return stats
+
+
+class RunningMeans:
+    """Each loss's mean since the last log line; read (one device sync) only when logged."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def add(self, stats: dict) -> None:
+        for key, value in stats.items():
+            self.sums[key] = self.sums.get(key, 0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: (self.sums[k] / self.counts[k]).item() for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+class EpochOutputs:
+    """What a run writes at the end of an epoch, each on its own schedule: a sample grid
+    (--sample-every), a generator snapshot (--snapshot-every), FID against the training faces
+    (--fid-every; the best so far becomes generator_best.pt) and the checkpoint with
+    generator.pt (--ckpt-every). Every one is the exported generator with standing BN
+    statistics: what run.sh would sample from at that step."""
+
+    def __init__(self, run: RunFolder, args, extractor, ref_stats, steps_per_epoch: int, total_steps: int,
+                 command: str, device, info):
+        self.run, self.args, self.extractor, self.ref_stats = run, args, extractor, ref_stats
+        self.steps_per_epoch, self.total_steps, self.command, self.device, self.info = (
+            steps_per_epoch, total_steps, command, device, info)
+        self.fid_log = run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
+
+    def write(self, step: int, trainer: GANTrainer, best_fid: float, start: float) -> float:
+        """Write what is due after `step` (training began at time.time() `start`); returns the best FID so far."""
+        args, main = self.args, self.info.is_main
+        epoch, within = divmod(step, self.steps_per_epoch)
+        epoch_done, last_step = within == 0, step == self.total_steps
+        grid_due = epoch_done and ((args.sample_every and epoch % args.sample_every == 0) or last_step)
+        fid_due = epoch_done and self.extractor is not None and (epoch % args.fid_every == 0 or last_step)
+        snapshot_due = epoch_done and args.snapshot_every > 0 and epoch % args.snapshot_every == 0
+        checkpoint_due = self.run.checkpoint_due(step, self.total_steps)
+        if not (grid_due or fid_due or snapshot_due or checkpoint_due):
+            return best_fid
+        frozen = with_standing_stats(trainer.exported_generator()) if main else None
+        if grid_due and main:
+            save_grid(generate(frozen, GRID, args.seed), self.run.out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
+        if snapshot_due and main:
+            export(self.run.out / "snapshots" / f"generator_epoch{epoch:04d}.pt", frozen, args, step, epoch, self.command)
+        if fid_due:
+            fid = measure_fid(frozen, self.extractor, self.ref_stats, args.fid_n, args.seed, self.device)
+            self.fid_log.writerow([step, epoch, f"{fid:.4f}"])
+            log_main(f"epoch {epoch}: FID {fid:.2f} (best so far {min(fid, best_fid):.2f})")
+            if fid < best_fid:
+                best_fid = fid
+                export(self.run.out / "generator_best.pt", frozen, args, step, epoch, self.command)
+        if checkpoint_due:
+            assert_ranks_in_sync(trainer.G, trainer.D)  # every rank takes part before rank 0 writes
+            self.run.save({"step": step, "best_fid": best_fid, "seconds": time.time() - start}, trainer=trainer)
+            if main:
+                export(self.run.out / "generator.pt", frozen, args, step, epoch, self.command)
+        return best_fid
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
@@ -164,14 +236,13 @@ def main(argv=None) -> None:
     state = run.load(identity, trainer=trainer)
     step, best_fid, seconds = (state["step"], state["best_fid"], state.get("seconds", 0.0)) if state else (0, float("inf"), 0.0)
     log = run.start(step, LOG_FIELDS, command, device)
-    fid_log = run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
+    outputs = EpochOutputs(run, args, extractor, ref_stats, steps_per_epoch, total_steps, command, device, info)
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (trainer.G, trainer.D))
     log_main(f"{args.model} ({args.arch}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
              f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), {trainer.recipe}"
              + (f"; resumed at step {step}" if state else ""))
 
-    per_rank = args.batch_size // info.world_size
-    sums, counts = {}, {}
+    means = RunningMeans()
     bar = progress(total=total_steps, initial=step, desc=f"train {args.model}")
     start = time.time() - seconds  # seconds count training time across resumes
     order, order_epoch = None, -1
@@ -180,49 +251,16 @@ def main(argv=None) -> None:
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(faces), args.seed, epoch), epoch
         indices = order[index * args.batch_size:(index + 1) * args.batch_size][info.rank::info.world_size]
-        real = batch(faces, indices, torch.rand(per_rank, generator=trainer.noise) < 0.5)
-        stats = trainer.d_step(real)
         step += 1
-        if step % args.d_steps == 0:
-            stats.update(trainer.g_step(per_rank))
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0) + value
-            counts[key] = counts.get(key, 0) + 1
+        means.add(train_step(trainer, faces, indices, step, args.d_steps))
         bar.update(1)
         if step % args.log_every == 0 or step == total_steps:
-            means = {k: (sums[k] / counts[k]).item() for k in sums}
+            logged = means.pop()
             if log:
-                log.writerow([step, f"{step / steps_per_epoch:.3f}", *(f"{means[k]:.5f}" if k in means else ""
+                log.writerow([step, f"{step / steps_per_epoch:.3f}", *(f"{logged[k]:.5f}" if k in logged else ""
                                                                       for k in LOG_FIELDS[2:-1]), f"{time.time() - start:.1f}"])
-            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()})
-            sums, counts = {}, {}
-
-        epoch_done, last_step = step % steps_per_epoch == 0, step == total_steps
-        grid_due = epoch_done and ((args.sample_every and (step // steps_per_epoch) % args.sample_every == 0) or last_step)
-        fid_due = epoch_done and extractor is not None and ((step // steps_per_epoch) % args.fid_every == 0 or last_step)
-        snapshot_due = epoch_done and args.snapshot_every > 0 and (step // steps_per_epoch) % args.snapshot_every == 0
-        checkpoint_due = run.checkpoint_due(step, total_steps)
-        if not (grid_due or fid_due or snapshot_due or checkpoint_due):
-            continue
-        epoch = step // steps_per_epoch
-        # The exported generator, with standing BN statistics: what run.sh would sample from now.
-        frozen = with_standing_stats(trainer.exported_generator()) if info.is_main else None
-        if grid_due and info.is_main:
-            save_grid(generate(frozen, GRID, args.seed), run.out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
-        if snapshot_due and info.is_main:
-            export(run.out / "snapshots" / f"generator_epoch{epoch:04d}.pt", frozen, args, step, epoch, command)
-        if fid_due:
-            fid = measure_fid(frozen, extractor, ref_stats, args.fid_n, args.seed, device)
-            fid_log.writerow([step, epoch, f"{fid:.4f}"])
-            log_main(f"epoch {epoch}: FID {fid:.2f} (best so far {min(fid, best_fid):.2f})")
-            if fid < best_fid:
-                best_fid = fid
-                export(run.out / "generator_best.pt", frozen, args, step, epoch, command)
-        if checkpoint_due:
-            assert_ranks_in_sync(trainer.G, trainer.D)  # every rank takes part before rank 0 writes
-            run.save({"step": step, "best_fid": best_fid, "seconds": time.time() - start}, trainer=trainer)
-            if info.is_main:
-                export(run.out / "generator.pt", frozen, args, step, epoch, command)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
+        best_fid = outputs.write(step, trainer, best_fid, start)
     bar.close()
     run.close()
     log_main(f"done: {run.out / 'generator.pt'} (step {step}, {time.time() - start:.0f} s of training)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +200,59 @@ def train_step(train_model, opt, x, y, x_target, args, aug_gen: torch.Generator,
     return torch.stack([label_loss, domain_loss, target_entropy, consistency]).detach().cpu()
 
 
+def training_images(mode: str, source_dir, target_dir):
+    """Labelled images to train on and to validate with: the source's train / val splits, or for
+    the target-only bound the target train split, part of it held out (target val stays unread).
+    Also the unlabelled target train images (DANN, DEV and SND read them) and a source sample of
+    the same size (DEV's domain classifier sees as many source images as target ones)."""
+    if mode == "target_only":
+        train, val = holdout_split(*load_split(target_dir, "train"))
+        return train, val, None, None
+    train, val = load_split(source_dir, "train"), load_split(source_dir, "val")
+    x_target = load_split(target_dir, "train")[0]  # labels dropped
+    x_source_sample = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:len(x_target)]]
+    return train, val, x_target, x_source_sample
+
+
+def train_epoch(train_model, opt, loaders, epoch: int, total_steps: int, args, aug_gen, device) -> tuple[torch.Tensor, float]:
+    """One pass over the labelled loader (the target loader cycling beside it for DANN) with the
+    paper's lr and lambda schedules; returns the summed step losses and the last lambda."""
+    train_model.train()
+    for index, data in enumerate(loaders):  # per-epoch seeds: a resumed run shuffles as an unbroken one
+        data.generator.manual_seed(args.seed + index + 1000 * epoch)
+        if hasattr(data.sampler, "set_epoch"):
+            data.sampler.set_epoch(epoch)
+    target_batches = endless(loaders[1], epoch) if args.mode == "dann" else itertools.repeat((None,))
+    sums, steps_per_epoch = torch.zeros(4), len(loaders[0])
+    for i, ((x, y), (x_t,)) in enumerate(zip(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
+                                             target_batches)):
+        p = (epoch * steps_per_epoch + i) / total_steps
+        lambda_ = args.lambda_max * grl_lambda(p)
+        for group in opt.param_groups:
+            group["lr"] = args.lr / (1 + 10 * p) ** 0.75
+        sums += train_step(train_model, opt, x, y, x_t, args, aug_gen, lambda_, device)
+    return sums, lambda_
+
+
+def export_epoch(out: Path, model: DANN, args, source: str, target: str, epoch: int, scores: dict,
+                 history: list[dict], select: str) -> None:
+    """epoch_NN.pt every epoch; final.pt, and best.pt when --select prefers this epoch."""
+    export = {"state_dict": model.state_dict(), "mode": args.mode, "source": source, "target": target,
+              "config": {name: getattr(args, name) for name in DEFAULTS}, "epoch": epoch, **scores}
+    for name in (f"epoch_{epoch:02d}.pt", "final.pt",
+                 *(("best.pt",) if best_epoch(history, select)["epoch"] == epoch else ())):
+        with atomic_path(out / name) as tmp:
+            torch.save(export, tmp)
+
+
+def check_schedule_length(out: Path, state: dict, total_steps: int, steps_per_epoch: int) -> None:
+    """A resumed run must have the length its lr and lambda schedules were computed for."""
+    if state.get("total_steps", total_steps) != total_steps:
+        epochs = state["total_steps"] // steps_per_epoch
+        raise CLIError(f"{out} was trained for {epochs} epochs and its lr and lambda schedules depend on that "
+                       f"length: resume with --epochs {epochs}, or start a new run (--no-resume or another --out)")
+
+
 def main(argv=None) -> dict:
     """Train; return the epoch --select chose, every epoch's scores (history), the last epoch's and the seconds."""
     args = parse_args(argv)
@@ -211,16 +265,8 @@ def main(argv=None) -> dict:
         raise CLIError("target_only selects on its held-out target images: drop --select")
     select = "source_val_acc" if args.mode == "target_only" else args.select or "snd"
     run = RunFolder.from_args(args, f"runs/p5/{target}_{args.mode}", main=info.is_main)
-    # Labelled images to train on and to validate with: the source's train / val splits, or for
-    # the target-only bound the target train split, part of it held out (target val stays unread).
-    if args.mode == "target_only":
-        (x_train, y_train), (x_val, y_val) = holdout_split(*load_split(target_dir, "train"))
-    else:
-        (x_train, y_train), (x_val, y_val) = load_split(source_dir, "train"), load_split(source_dir, "val")
-        x_tgt = load_split(target_dir, "train")[0]  # labels dropped; DEV and SND read these images too
-        # DEV's domain classifier sees as many source train images as there are target ones
-        x_src_sample = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:len(x_tgt)]]
 
+    (x_train, y_train), (x_val, y_val), x_tgt, x_src_sample = training_images(args.mode, source_dir, target_dir)
     loaders = [loader(x_train, y_train, batch_size=args.batch_size, seed=args.seed)]
     if args.mode == "dann":
         loaders.append(loader(x_tgt, batch_size=args.batch_size, seed=args.seed + 1))
@@ -240,10 +286,7 @@ def main(argv=None) -> dict:
     steps_per_epoch = len(loaders[0])
     total_steps = args.epochs * steps_per_epoch
     if state:
-        if state.get("total_steps", total_steps) != total_steps:
-            raise CLIError(f"{run.out} was trained for {state['total_steps'] // steps_per_epoch} epochs and its lr and "
-                           f"lambda schedules depend on that length: resume with --epochs "
-                           f"{state['total_steps'] // steps_per_epoch}, or start a new run (--no-resume or another --out)")
+        check_schedule_length(run.out, state, total_steps, steps_per_epoch)
         epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         torch.set_rng_state(state["rng"])
     log = run.start(epoch, LOG_FIELDS, command_line("p5_dann.train", argv), device)
@@ -252,20 +295,7 @@ def main(argv=None) -> dict:
     start = time.time() - elapsed  # seconds count training time across resumes
 
     while epoch < args.epochs:
-        train_model.train()
-        for index, data in enumerate(loaders):  # per-epoch seeds: a resumed run shuffles as an unbroken one
-            data.generator.manual_seed(args.seed + index + 1000 * epoch)
-            if hasattr(data.sampler, "set_epoch"):
-                data.sampler.set_epoch(epoch)
-        target_batches = endless(loaders[1], epoch) if args.mode == "dann" else itertools.repeat((None,))
-        sums = torch.zeros(4)
-        for i, ((x, y), (x_t,)) in enumerate(zip(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
-                                                 target_batches)):
-            p = (epoch * steps_per_epoch + i) / total_steps
-            lambda_ = args.lambda_max * grl_lambda(p)
-            for group in opt.param_groups:
-                group["lr"] = args.lr / (1 + 10 * p) ** 0.75
-            sums += train_step(train_model, opt, x, y, x_t, args, aug_gen, lambda_, device)
+        sums, lambda_ = train_epoch(train_model, opt, loaders, epoch, total_steps, args, aug_gen, device)
         epoch += 1
         scores = ({"source_val_acc": accuracy(unwrap(model), x_val, y_val, device)} if args.mode == "target_only"
                   else selection_scores(unwrap(model), x_src_sample, x_val, y_val, x_tgt, device))
@@ -277,13 +307,7 @@ def main(argv=None) -> dict:
                           *(f"{scores[k]:.4f}" if k in scores else "" for k in ("source_val_acc", "snd", "dev", "dev_ess")),
                           f"{time.time() - start:.1f}"])
         if info.is_main:
-            export = {"state_dict": unwrap(model).state_dict(), "mode": args.mode, "source": source, "target": target,
-                      "config": {name: getattr(args, name) for name in DEFAULTS}, "epoch": epoch, **scores}
-            with atomic_path(run.out / f"epoch_{epoch:02d}.pt") as tmp:
-                torch.save(export, tmp)
-            for name in ("final.pt", *(("best.pt",) if best_epoch(history, select)["epoch"] == epoch else ())):
-                with atomic_path(run.out / name) as tmp:
-                    torch.save(export, tmp)
+            export_epoch(run.out, unwrap(model), args, source, target, epoch, scores, history, select)
         if run.checkpoint_due(epoch, args.epochs):
             run.save({"epoch": epoch, "history": history, "rng": torch.get_rng_state(),
                       "seconds": time.time() - start, "total_steps": total_steps},

@@ -25,6 +25,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -197,15 +198,17 @@ def train_epoch(train_model, batches, steps: int, preset, opt, epoch: int, args,
     return loss_sum.item() / steps
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    info, device = init_distributed(resolve_device(args.device))
-    dtype = resolve_dtype(args.precision, device)
-    channels_last = args.memory_format == "channels_last"
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick its fastest kernels
-    command = command_line("p6_classification.train", argv)
-    run = RunFolder.from_args(args, f"runs/p6/{args.model}", main=info.is_main)
+class Splits(NamedTuple):
+    """The images of one run, uint8 NCHW with their labels; `val` already on the training device
+    (it is scored every epoch), `extra` the --also-test source (or None)."""
+    source: str
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    extra: object
 
+
+def load_splits(args, info, device) -> Splits:
     # With --download under torchrun, rank 0 fetches the archive while the other ranks wait.
     cifar = load_cifar(args.data, download=args.download) if info.is_main else None
     if info.enabled and args.download:
@@ -218,99 +221,139 @@ def main(argv=None) -> dict:
         train_x, train_y = random_subset(train_x, train_y, args.limit)
         test_x, test_y = random_subset(test_x, test_y, max(1, args.limit // 5))
     train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
-    val_x, val_y = val_x.to(device), val_y.to(device)  # scored every epoch: kept where the model is
+    return Splits(cifar.source, (train_x, train_y), (val_x.to(device), val_y.to(device)), (test_x, test_y), extra)
 
+
+def build_classifier(args, device, channels_last: bool):
+    """The model (seeded: the same initial weights on every rank; DDP also broadcasts rank 0's),
+    its architecture dict and its input normalisation."""
     arch = model_arch(args)
     if arch["model"] == "vit" and args.weights is None:
         raise CLIError("the ViT needs --weights PATH (pretrained timm weights), --weights hub, or --weights none")
     if arch["model"] == "resnet18" and args.weights is not None:
         raise CLIError("--weights is for the ViT; ResNet-18 trains from scratch")
-    weights = None if args.weights in (None, "none") else args.weights
-    seed_everything(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(arch, len(CLASSES), weights).to(device)
+    seed_everything(args.seed)
+    model = build_model(arch, len(CLASSES), None if args.weights in (None, "none") else args.weights).to(device)
     mean, std = input_normalization(model) or (CIFAR_MEAN, CIFAR_STD)
-    preset = build_preset(args.preset, mean, std, len(CLASSES))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, arch, (mean, std)
 
-    shuffle_gen = torch.Generator()  # reseeded every epoch: the shuffle and every augmentation draw
-    if preset.device_train is not None:
-        # Flips, crops and cutout run on whole batches of images kept on the training device.
-        on_device = train_x.to(device), train_y.to(device)
-        sampler = loader = None
-    else:  # per-image policies (AutoAugment, TrivialAugment, ...) run in loader workers
-        dataset = ImageTensors(train_x, train_y, preset.train)
-        sampler = make_train_sampler(dataset, args.seed)
-        workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-        loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=sampler,
-                            shuffle=sampler is None, drop_last=True, num_workers=workers, generator=shuffle_gen,
-                            pin_memory=device.type == "cuda")
-    steps = len(train_y) // args.batch_size if loader is None else len(loader)
-    if steps == 0:
-        raise CLIError(f"{len(train_y)} training images: fewer than one batch of {args.batch_size}")
+
+class EpochBatches:
+    """Each epoch's training batches. Flips, crops and cutout run on whole batches of images kept
+    on the training device; per-image policies (AutoAugment, TrivialAugment, ...) run in
+    DataLoader workers. Seeding per epoch makes the shuffle order and every augmentation draw a
+    function of (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one."""
+
+    def __init__(self, images, labels, preset, args, device, info):
+        self.preset, self.seed, self.batch_size, self.info = preset, args.seed, args.batch_size, info
+        self.generator = torch.Generator()  # reseeded every epoch: the shuffle and every augmentation draw
+        if preset.device_train is not None:
+            self.on_device = images.to(device), labels.to(device)
+            self.sampler = self.loader = None
+            self.steps = len(labels) // args.batch_size
+        else:
+            dataset = ImageTensors(images, labels, preset.train)
+            self.sampler = make_train_sampler(dataset, args.seed)
+            workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+            self.loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=self.sampler,
+                                     shuffle=self.sampler is None, drop_last=True, num_workers=workers,
+                                     generator=self.generator, pin_memory=device.type == "cuda")
+            self.steps = len(self.loader)
+        if self.steps == 0:
+            raise CLIError(f"{len(labels)} training images: fewer than one batch of {args.batch_size}")
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int):
+        seed_everything(self.seed * 1000 + epoch, self.info.rank)
+        # It also seeds the DataLoader workers' augmentation draws: each rank its own (the
+        # shuffle itself comes from the DistributedSampler under DDP, not from this generator).
+        self.generator.manual_seed(self.seed * 1000 + epoch + 7919 * self.info.rank)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if self.loader is not None:
+            return self.loader
+        # One order for all ranks, so that their shares of a batch are disjoint.
+        order = torch.randperm(len(self.on_device[1]), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        return device_batches(*self.on_device, self.preset.device_train, order, self.batch_size, self.generator,
+                              self.info.rank, self.info.world_size)
+
+
+def export(out: Path, model, arch, mean, std, args, epoch: int, val_acc: float, command: str) -> None:
+    """final.pt in fp16: half the size (ResNet-18: 22 MB, small enough to ship);
+    bench/p6_classification.py --parts full measures the exported file's test accuracy against
+    the in-training one."""
+    with atomic_path(out / "final.pt") as tmp:
+        half = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std, "classes": CLASSES,
+                    "preset": args.preset, "epochs": epoch, "val_acc": val_acc, "command": command}, tmp)
+
+
+def score_test_sets(model, data: Splits, preset, device, dtype, channels_last: bool) -> tuple[float, dict | None]:
+    """The one look at the test set(s): the final epoch's model, whatever the val curve did."""
+    test_acc = evaluate(model, *data.test, preset.eval, device, dtype, channels_last)
+    if data.extra is None:
+        return test_acc, None
+    extra = data.extra
+    return test_acc, {"data": extra.source, "test_images": len(extra.test_labels),
+                      "test_acc": evaluate(model, extra.test_images, extra.test_labels, preset.eval, device, dtype,
+                                           channels_last)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    info, device = init_distributed(resolve_device(args.device))
+    dtype = resolve_dtype(args.precision, device)
+    channels_last = args.memory_format == "channels_last"
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick its fastest kernels
+    command = command_line("p6_classification.train", argv)
+    run = RunFolder.from_args(args, f"runs/p6/{args.model}", main=info.is_main)
+
+    data = load_splits(args, info, device)
+    model, arch, (mean, std) = build_classifier(args, device, channels_last)
+    preset = build_preset(args.preset, mean, std, len(CLASSES))
+    batches = EpochBatches(*data.train, preset, args, device, info)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay)
 
     # What a resumed run must share with the one that wrote last.pt (the epochs too: they shape the schedule).
-    identity = {"arch": arch, "data": cifar.source, **{k: getattr(args, k) for k in (
+    identity = {"arch": arch, "data": data.source, **{k: getattr(args, k) for k in (
         "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")}}
     state = run.load(identity, model=model, optimizer=opt)
     epoch, seconds, val_acc = (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
     log = run.start(epoch, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
-    n_train = sum(p.numel() for p in trainable)
-    log_main(f"{arch} ({n_train / 1e6:.2f} M trainable parameters), preset {args.preset}; {len(train_y)} train / "
-             f"{len(val_y)} val / {len(test_y)} test images from {cifar.source}; {device} {dtype}"
-             + (f"; resumed after epoch {epoch}" if state else ""))
+    log_main(f"{arch} ({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters), preset {args.preset}; "
+             f"{len(data.train[1])} train / {len(data.val[1])} val / {len(data.test[1])} test images from "
+             f"{data.source}; {device} {dtype}" + (f"; resumed after epoch {epoch}" if state else ""))
 
     while epoch < args.epochs:
-        # Seeding per epoch makes the shuffle order and every augmentation draw a function of
-        # (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one.
-        seed_everything(args.seed * 1000 + epoch, info.rank)
-        # It also seeds the DataLoader workers' augmentation draws: each rank its own (the
-        # shuffle itself comes from the DistributedSampler under DDP, not from this generator).
-        shuffle_gen.manual_seed(args.seed * 1000 + epoch + 7919 * info.rank)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if loader is None:  # one order for all ranks, so that their shares of a batch are disjoint
-            order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-            batches = device_batches(*on_device, preset.device_train, order, args.batch_size, shuffle_gen,
-                                     info.rank, info.world_size)
-        else:
-            batches = loader
+        epoch_batches = batches.epoch(epoch)
         start = time.perf_counter()
-        train_loss = train_epoch(train_model, batches, steps, preset, opt, epoch, args, device, dtype, channels_last)
+        train_loss = train_epoch(train_model, epoch_batches, len(batches), preset, opt, epoch, args, device, dtype,
+                                 channels_last)
         epoch += 1
         seconds += time.perf_counter() - start
-        val_acc = evaluate(unwrap(model), val_x, val_y, preset.eval, device, dtype, channels_last)
+        val_acc = evaluate(unwrap(model), *data.val, preset.eval, device, dtype, channels_last)
         log_main(f"epoch {epoch}: train loss {train_loss:.4f}, val acc {val_acc:.4f}")
         if log:
-            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{train_loss:.4f}", f"{val_acc:.4f}", f"{seconds:.1f}",
-                          str(dtype).removeprefix("torch."), describe_hardware(device)])
+            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{train_loss:.4f}", f"{val_acc:.4f}",
+                          f"{seconds:.1f}", str(dtype).removeprefix("torch."), describe_hardware(device)])
         if run.checkpoint_due(epoch, args.epochs):
             run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, model=unwrap(model), optimizer=opt)
     run.close()
 
-    # The one look at the test set: the final epoch's model, whatever the val curve did.
-    test_acc = evaluate(unwrap(model), test_x, test_y, preset.eval, device, dtype, channels_last)
-    also = None
-    if extra is not None:
-        also = {"data": extra.source, "test_images": len(extra.test_labels),
-                "test_acc": evaluate(unwrap(model), extra.test_images, extra.test_labels, preset.eval, device, dtype,
-                                     channels_last)}
+    test_acc, also = score_test_sets(unwrap(model), data, preset, device, dtype, channels_last)
     result = {"command": command, "hardware": describe_hardware(device), "world_size": info.world_size, "arch": arch,
               "preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size, "precision": str(dtype),
-              "channels_last": channels_last, "data": cifar.source, "train_images": len(train_y),
-              "val_images": len(val_y), "test_images": len(test_y), "val_acc": val_acc, "test_acc": test_acc,
-              "train_seconds": round(seconds, 1), "also_test": also}
+              "channels_last": channels_last, "data": data.source, "train_images": len(data.train[1]),
+              "val_images": len(data.val[1]), "test_images": len(data.test[1]), "val_acc": val_acc,
+              "test_acc": test_acc, "train_seconds": round(seconds, 1), "also_test": also}
     if info.is_main:
-        with atomic_path(run.out / "final.pt") as tmp:
-            # fp16 weights: half the size (ResNet-18: 22 MB, small enough to ship); bench/p6_classification.py
-            # --parts full measures the exported file's test accuracy against the in-training one.
-            half = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in unwrap(model).state_dict().items()}
-            torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std,
-                        "classes": CLASSES, "preset": args.preset, "epochs": epoch, "val_acc": val_acc,
-                        "command": command}, tmp)
+        export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
         with atomic_path(run.out / "result.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         plot_curves(run.out)

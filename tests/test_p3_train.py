@@ -107,3 +107,24 @@ def test_caption_templates_are_the_textual_inversion_reference_lists():
     assert (OBJECT_TEMPLATES[0], OBJECT_TEMPLATES[-1]) == ("a photo of a {}", "a photo of a small {}")
     assert (STYLE_TEMPLATES[0], STYLE_TEMPLATES[-1]) == ("a painting in the style of {}",
                                                          "a large painting in the style of {}")
+
+
+def test_learned_embeds_are_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders its metadata by a per-process hash seed; save_embeds sorts it, so the same
+    command writes the same file (and the file still reads back, metadata and all)."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    script = ("import sys, torch; from p3_textual_inversion.embeddings import save_embeds; "
+              "save_embeds(sys.argv[1], {'<new1>': torch.arange(8.0), '<new2>': -torch.arange(8.0)}, "
+              "{k: k * 3 for k in 'abcdefgh'} | {'recipe': 'python -m p3 --out é'})")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == {**{k: k * 3 for k in "abcdefgh"}, "recipe": "python -m p3 --out é"}
+        assert torch.equal(f.get_tensor("<new2>"), -torch.arange(8.0))
+    assert torch.equal(load_embeds([paths[0]])["<new1>"], torch.arange(8.0))
