@@ -142,8 +142,8 @@ def usps_grader(digits_root: Path, cache: Path, device: torch.device) -> tuple[L
     else:
         seed_everything(0)
         x, y = tensors("train")
-        # One-cycle Adam, 30 epochs: 0.962 on USPS val (a constant rate for 15 epochs gave 0.940-0.956,
-        # depending on the thread count).
+        # One-cycle Adam, 30 epochs (its USPS val accuracy: p1_ddpm/checkpoints/README.md); a
+        # constant rate for 15 epochs scored lower and varied with the thread count.
         epochs, batches = 30, (len(x) + 127) // 128
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * batches)

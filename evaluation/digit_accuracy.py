@@ -36,7 +36,7 @@ from hw2_utils import (CLIError, error_summary, list_images, load_torch_file, op
                        resolve_device, run_cli)
 
 REPO = Path(__file__).resolve().parents[1]
-# The course LeNet trained on USPS train by bench/p1_ddpm.py (0.962 on USPS val; command and log in
+# The course LeNet trained on USPS train by bench/p1_ddpm.py (USPS val accuracy, command and log in
 # p1_ddpm/checkpoints/README.md): grades P1's second domain, USPS on these machines (no SVHN).
 USPS_GRADER = REPO / "p1_ddpm" / "checkpoints" / "usps_grader_lenet.pt"
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 class UNetConfig:
     num_digits: int = 10
     num_domains: int = 2
-    # Sized for CPU training: 2.67 M parameters, ~2.5 s per 128-image step on 2 cores
-    # (tests/ and bench/ time it). Width grows where the maps are small, so extra
-    # capacity costs little: 28x28x32 -> 14x14x64 -> 7x7x128.
+    # Sized for CPU training: 2.67 M parameters (python -m bench.p1_ddpm --speed times a step).
+    # Width grows where the maps are small, so extra capacity costs little:
+    # 28x28x32 -> 14x14x64 -> 7x7x128.
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 4)
     blocks_per_level: int = 1

@@ -28,11 +28,12 @@ from p1_ddpm.model import ConditionalUNet, UNetConfig
 from p1_ddpm.pipeline import export_weights, generate, load_model
 
 # The recipe behind the shipped checkpoint, trained on this project's 2-core CPU in two stages
-# (README "P1" has both commands and the measured accuracy; ema.pt's "recipe" records them):
-#   stage 1: --steps 2000 --snr-gamma 0                          plain DDPM loss, 87 min on 1 core
-#   stage 2: --init-from <stage 1 ema.pt> --repeat 2 1           these defaults, stopped at step 6750 (2 h, 2 cores)
+# (p1_ddpm/checkpoints/README.md has both commands and their logs, seconds included; ema.pt's
+# "recipe" records them; README "P1" the measured accuracy):
+#   stage 1: --steps 2000 --snr-gamma 0                          plain DDPM loss
+#   stage 2: --init-from <stage 1 ema.pt> --repeat 2 1           these defaults, stopped at step 6750
 DEFAULTS = dict(
-    steps=7500,          # total, counting a warm start's steps; ~1.3 s/step at batch 64 on 2 CPU cores
+    steps=7500,          # total, counting a warm start's steps
     batch_size=64,       # more optimizer steps per CPU-second than 128 at this model size
     lr=5e-4,             # high for a diffusion model, fine for 2.7 M params with warmup + EMA
     warmup=200,
@@ -98,7 +99,7 @@ def build_unet(args, n_domains: int, device) -> tuple[ConditionalUNet, Condition
     except (ValueError, RuntimeError) as e:
         raise CLIError(f"--base-channels {args.base_channels} builds no UNet ({error_summary(e)}): use 8, 16 or a "
                        "multiple of 32") from None
-    model = model.to(memory_format=torch.channels_last)  # ~1.2x faster convs on CPU and GPU
+    model = model.to(memory_format=torch.channels_last)  # the faster convs (python -m bench.p1_ddpm --speed)
     ema = ConditionalUNet(model.config).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     return model, ema

@@ -41,7 +41,7 @@ from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, I
 from p6_classification.models import VIT_NAME, build_model, input_normalization
 
 # Per model. resnet18's is the recipe of the shipped model, a GPU recipe (one H200: bench/gpu_session.py;
-# on 2 CPU threads an epoch takes ~8 minutes, so pass a smaller --epochs there). Long schedules
+# on 2 CPU threads an epoch takes minutes (README "P6"), so pass a smaller --epochs there). Long schedules
 # are where stronger augmentation pays off (the study); cutout is the cheapest that does.
 DEFAULTS = {
     "resnet18": dict(
@@ -67,7 +67,7 @@ MOMENTUM = 0.9  # Nesterov
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(DEFAULTS), default="resnet18")
-    # A checkpoint every epoch (~8 minutes of ResNet-18 on 2 CPU threads).
+    # A checkpoint every epoch (minutes of ResNet-18 on a CPU).
     add_common_args(p, data=("data/cifar10", "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice"),
                     out=(None, "run folder (default runs/p6/<model>)"), precision="auto", ckpt_every=1,
                     image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
