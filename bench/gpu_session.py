@@ -24,6 +24,7 @@ to OUT as one tar split into parts: logs, records, the P6 model, P4 generator sn
 for FID here (the Inception weights cannot travel with the data). OUT/session.json says what
 ran, what was stopped and when. `run --device cpu --tiny` rehearses the whole call here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,14 @@ from pathlib import Path
 import torch
 
 from bench.p6_classification import STUDY_ARGS, STUDY_PRESETS
-from hw2_utils import CLIError, command_line, describe_hardware, positive_float, resolve_device, run_cli
+from hw2_utils import (
+    CLIError,
+    command_line,
+    describe_hardware,
+    positive_float,
+    resolve_device,
+    run_cli,
+)
 from p6_classification.train import DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +62,9 @@ STAGED_DATA = REPO / ".device" / "data"
 # ~3x (every small JPEG repeats the same headers), so CIFAR-10 and the faces fit one call
 # (raw 82 MiB; the call carries 64 MiB in all).
 DATA_FILES = ("cifar10_full/train.npz", "cifar10_full/test.npz", "celeba10k/train.npz")
-RETURN_BYTES = 60 * 2**20   # what the call brings back: at most 64 MiB in 8 files
+RETURN_BYTES = 60 * 2**20  # what the call brings back: at most 64 MiB in 8 files
 PART_BYTES = 15 * 2**20
-COLLECT_SECONDS = 25        # kept free at the end for stopping jobs and packing
+COLLECT_SECONDS = 25  # kept free at the end for stopping jobs and packing
 
 # ---- the plan: every run of the call, with why ----
 # P6's main run is train.py's default recipe (DEFAULTS["resnet18"]); the probe may shorten it.
@@ -68,27 +76,75 @@ STUDY_RUNS = [*STUDY_PRESETS, "flip_crop_seed1"]
 CONTENTION = 1.3
 # P4: the shipped recipe run longer, and the ResNet (SNGAN-style) networks, one change at a time.
 # All train until the deadline; a snapshot every 10 epochs is what FID later chooses from.
-P4_COMMON = ["--epochs", "5000", "--precision", "bf16", "--fid-every", "0", "--sample-every", "10",
-             "--snapshot-every", "10", "--ckpt-every", "20000", "--beta1", "0", "--beta2", "0.9"]
+P4_COMMON = [
+    "--epochs",
+    "5000",
+    "--precision",
+    "bf16",
+    "--fid-every",
+    "0",
+    "--sample-every",
+    "10",
+    "--snapshot-every",
+    "10",
+    "--ckpt-every",
+    "20000",
+    "--beta1",
+    "0",
+    "--beta2",
+    "0.9",
+]
 P4_VARIANTS = {
     "improved_b64": ["--model", "improved", "--batch-size", "64", "--d-steps", "2"],
-    "resnet32_b64": ["--model", "improved", "--arch", "resnet", "--g-channels", "32", "--d-channels", "32",
-                     "--batch-size", "64", "--d-steps", "2"],
+    "resnet32_b64": [
+        "--model",
+        "improved",
+        "--arch",
+        "resnet",
+        "--g-channels",
+        "32",
+        "--d-channels",
+        "32",
+        "--batch-size",
+        "64",
+        "--d-steps",
+        "2",
+    ],
 }
 # --tiny: the same call in a few minutes on a CPU, to rehearse it (numbers meaningless).
-TINY_P6 = ["--limit", "400", "--width", "8", "--batch-size", "40", "--precision", "fp32"]  # on the slice
-TINY_P4 = ["--g-channels", "8", "--d-channels", "8", "--snapshot-every", "1", "--sample-every", "1",
-           "--batch-size", "8"]  # on the 24 faces of hw2_data/face
+# on the slice
+TINY_P6 = ["--limit", "400", "--width", "8", "--batch-size", "40", "--precision", "fp32"]
+# on the 24 faces of hw2_data/face
+TINY_P4 = [
+    "--g-channels",
+    "8",
+    "--d-channels",
+    "8",
+    "--snapshot-every",
+    "1",
+    "--sample-every",
+    "1",
+    "--batch-size",
+    "8",
+]
 
 
 def pack(args) -> None:
     """xz-compress DATA_FILES from ../shared/data into .device/data (the call's extra path), and
     note the commit in .device/commit (the device's copy of .git may not be this checkout's)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (REPO / ".device").mkdir(exist_ok=True)
-    (REPO / ".device" / "commit").write_text(head + (" (with uncommitted changes)" if dirty else "") + "\n")
+    (REPO / ".device" / "commit").write_text(
+        head + (" (with uncommitted changes)" if dirty else "") + "\n"
+    )
     for name in DATA_FILES:
         source, target = Path(args.shared) / name, STAGED_DATA / f"{name}.xz"
         if not source.is_file():
@@ -97,7 +153,9 @@ def pack(args) -> None:
         with open(source, "rb") as f, lzma.open(target.with_suffix(".tmp"), "wb", preset=9) as out:
             shutil.copyfileobj(f, out, 2**22)
         target.with_suffix(".tmp").replace(target)
-        print(f"{source} ({source.stat().st_size / 2**20:.1f} MiB) -> {target} ({target.stat().st_size / 2**20:.1f} MiB)")
+        print(
+            f"{source} ({source.stat().st_size / 2**20:.1f} MiB) -> {target} ({target.stat().st_size / 2**20:.1f} MiB)"
+        )
 
 
 def unpack_data(root: Path) -> None:
@@ -118,8 +176,14 @@ class Job:
         self.log = work / "logs" / f"{name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "w") as f:
-            self.proc = subprocess.Popen([sys.executable, *argv], stdout=f, stderr=subprocess.STDOUT, env=env,
-                                         cwd=REPO, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
         self.started, self.ended, self.stopped = time.time(), None, None
 
     def running(self) -> bool:
@@ -140,8 +204,12 @@ class Job:
         self.running()
 
     def record(self) -> dict:
-        return {"argv": self.argv, "returncode": self.proc.returncode, "seconds": round(self.ended - self.started, 1),
-                "stopped": self.stopped}
+        return {
+            "argv": self.argv,
+            "returncode": self.proc.returncode,
+            "seconds": round(self.ended - self.started, 1),
+            "stopped": self.stopped,
+        }
 
 
 def epochs_done(log_csv: Path) -> int:
@@ -156,21 +224,48 @@ def time_entry_points(work: Path, env: dict, device: str, tiny: bool) -> dict:
     """Wall seconds of the TA's GPU entry points as a user runs them (the first run includes
     CUDA's start), and the benches that time the rest with random weights."""
     p1 = ["--per-digit", "1", "--steps", "2"] if tiny else []
-    p2 = ["--n", "1", "--size", "32", "--steps", "2", "--width", "32"] if tiny else ["--n", "10", "--size", "256"]
+    p2 = (
+        ["--n", "1", "--size", "32", "--steps", "2", "--width", "32"]
+        if tiny
+        else ["--n", "10", "--size", "256"]
+    )
     p4 = ["--batch-size", "8", "--repeats", "1"] if tiny else []
-    runs = {"hw2_1.sh (1000 digits)": ["bash", "hw2_1.sh", str(work / "timing" / "hw2_1"), *p1],
-            "bench.p2_ddim speed (10 faces 256x256, 50 DDIM steps, one cold run)": [
-                sys.executable, "-m", "bench.p2_ddim", "speed", *p2, "--repeats", "1", "--device", device,
-                "--json", str(work / "timing" / "p2_speed.json")],
-            "bench.p4_gan cost (training step, run.sh's 1000 faces)": [
-                sys.executable, "-m", "bench.p4_gan", "cost", *p4, "--device", device,
-                "--json", str(work / "timing" / "p4_cost.json")]}
+    runs = {
+        "hw2_1.sh (1000 digits)": ["bash", "hw2_1.sh", str(work / "timing" / "hw2_1"), *p1],
+        "bench.p2_ddim speed (10 faces 256x256, 50 DDIM steps, one cold run)": [
+            sys.executable,
+            "-m",
+            "bench.p2_ddim",
+            "speed",
+            *p2,
+            "--repeats",
+            "1",
+            "--device",
+            device,
+            "--json",
+            str(work / "timing" / "p2_speed.json"),
+        ],
+        "bench.p4_gan cost (training step, run.sh's 1000 faces)": [
+            sys.executable,
+            "-m",
+            "bench.p4_gan",
+            "cost",
+            *p4,
+            "--device",
+            device,
+            "--json",
+            str(work / "timing" / "p4_cost.json"),
+        ],
+    }
     result = {}
     for what, cmd in runs.items():
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        result[what] = {"seconds": round(time.perf_counter() - start, 2), "returncode": proc.returncode,
-                        "output_tail": (proc.stdout + proc.stderr)[-600:]}
+        result[what] = {
+            "seconds": round(time.perf_counter() - start, 2),
+            "returncode": proc.returncode,
+            "output_tail": (proc.stdout + proc.stderr)[-600:],
+        }
         print(f"timed {what}: {result[what]['seconds']} s (exit {proc.returncode})", flush=True)
     return result
 
@@ -186,10 +281,14 @@ def probe_p6_epoch(device: torch.device, batch_size: int, train_images: int, ste
     torch.backends.cudnn.benchmark = device.type == "cuda"
     dtype = resolve_dtype("auto", device)
     model = ResNet18(10, width=64).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     augment = build_preset("cutout", CIFAR_MEAN, CIFAR_STD).device_train
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator).to(device)
+    images = torch.randint(
+        0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator
+    ).to(device)
     labels = torch.randint(0, 10, (batch_size,), generator=generator).to(device)
 
     def step():
@@ -210,7 +309,8 @@ def probe_p6_epoch(device: torch.device, batch_size: int, train_images: int, ste
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps * (train_images // batch_size)
-    model = opt = images = None  # release the GPU memory for empty_cache (step() is not called again)
+    # release the GPU memory for empty_cache (step() is not called again)
+    model = opt = images = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return seconds
@@ -230,7 +330,9 @@ def fp16_generator(path: Path, target: Path) -> None:
     """A P4 generator file with its floating-point tensors in fp16: half the bytes to bring back;
     pipeline.load_generator loads it as it is (FID is measured on exactly this file)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    state["state_dict"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in state["state_dict"].items()
+    }
     torch.save(state, target)
 
 
@@ -239,13 +341,29 @@ def collect(work: Path, out: Path, p4_names: list[str], session: dict) -> dict:
     RETURN_BYTES: records and logs, the P6 model, each P4 run's last snapshot, then the one at
     ~60% of each run (fp16 copies, so ~half the bytes)."""
     files: list[Path] = []
-    for pattern in ("timing/*.json", "logs/*.log", "p6/resnet18/*.json", "p6/resnet18/*.csv", "p6/resnet18/*.png",
-                    "p6/aug/*.json", "p6/aug/*.md", "p6/aug/*.png", "p6/aug/runs/*/*.json", "p6/aug/runs/*/*.csv",
-                    "p6/aug/runs/*.log", "p4/*/*.csv", "p4/*/run.json", "p6/resnet18/final.pt"):
+    for pattern in (
+        "timing/*.json",
+        "logs/*.log",
+        "p6/resnet18/*.json",
+        "p6/resnet18/*.csv",
+        "p6/resnet18/*.png",
+        "p6/aug/*.json",
+        "p6/aug/*.md",
+        "p6/aug/*.png",
+        "p6/aug/runs/*/*.json",
+        "p6/aug/runs/*/*.csv",
+        "p6/aug/runs/*.log",
+        "p4/*/*.csv",
+        "p4/*/run.json",
+        "p6/resnet18/final.pt",
+    ):
         files += sorted(work.glob(pattern))
     for name in p4_names:  # the last sample grid of each P4 run
         files += sorted((work / "p4" / name / "samples").glob("*.png"))[-1:]
-    snapshots = {name: sorted((work / "p4" / name / "snapshots").glob("generator_epoch*.pt")) for name in p4_names}
+    snapshots = {
+        name: sorted((work / "p4" / name / "snapshots").glob("generator_epoch*.pt"))
+        for name in p4_names
+    }
     chosen = [s[-1] for s in snapshots.values() if s]
     chosen += [s[math.floor(0.6 * (len(s) - 1))] for s in snapshots.values() if len(s) > 2]
     total, kept, left = 64 * 1024, [], []  # session.json and tar headers
@@ -271,8 +389,11 @@ def collect(work: Path, out: Path, p4_names: list[str], session: dict) -> dict:
     data = buffer.getvalue()
     out.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(data), PART_BYTES):
-        (out / f"session.tar.part-{i // PART_BYTES:02d}").write_bytes(data[i:i + PART_BYTES])
-    print(f"packed {len(kept)} files ({len(data) / 2**20:.1f} MiB) into {out}; left behind {len(left)}", flush=True)
+        (out / f"session.tar.part-{i // PART_BYTES:02d}").write_bytes(data[i : i + PART_BYTES])
+    print(
+        f"packed {len(kept)} files ({len(data) / 2**20:.1f} MiB) into {out}; left behind {len(left)}",
+        flush=True,
+    )
     return session
 
 
@@ -286,12 +407,23 @@ def run(args, argv: list[str]) -> dict:
     work.mkdir(parents=True)
     data = Path(args.data).resolve()
     unpack_data(data)
-    env = {**os.environ, "HW2_QUIET": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HW2_QUIET": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     commit_file = REPO / ".device" / "commit"
-    session = {"command": command_line("bench.gpu_session", argv), "hardware": describe_hardware(device),
-               "commit": commit_file.read_text().strip() if commit_file.is_file() else None,
-               "budget_seconds": args.budget, "tiny": args.tiny, "events": [], "jobs": {}}
+    session = {
+        "command": command_line("bench.gpu_session", argv),
+        "hardware": describe_hardware(device),
+        "commit": commit_file.read_text().strip() if commit_file.is_file() else None,
+        "budget_seconds": args.budget,
+        "tiny": args.tiny,
+        "events": [],
+        "jobs": {},
+    }
 
     def event(text: str) -> None:
         session["events"].append({"second": round(time.time() - started, 1), "event": text})
@@ -299,8 +431,11 @@ def run(args, argv: list[str]) -> dict:
 
     event(f"data unpacked; {session['hardware']}")
     if device.type == "cuda":
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         session["nvidia_smi"] = smi.stdout.strip()
     if args.timings:
         session["timings"] = time_entry_points(work, env, str(device), args.tiny)
@@ -313,33 +448,87 @@ def run(args, argv: list[str]) -> dict:
     batch_size = 40 if args.tiny else DEFAULTS["resnet18"]["batch_size"]
     fallback = []
     try:
-        epoch_seconds = probe_p6_epoch(device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30)
+        epoch_seconds = probe_p6_epoch(
+            device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30
+        )
     except Exception as e:  # noqa: BLE001 - one call, no second chance: train anyway on the loader path
-        fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1  # ../shared/device/README.md
+        # ../shared/device/README.md
+        fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1
         event(f"P6 probe failed ({type(e).__name__}: {e}); main falls back to {' '.join(fallback)}")
     window = deadline - time.time()
     main_epochs, study = (2, True) if args.tiny else plan_p6(epoch_seconds, window)
     study = study and not fallback
-    session["p6_plan"] = {"probe_epoch_seconds": round(epoch_seconds, 2), "window_seconds": round(window),
-                          "main_epochs": main_epochs, "study": study, "fallback": fallback}
-    event(f"P6 probe: {epoch_seconds:.2f} s/epoch alone -> main {main_epochs} epochs, study {'yes' if study else 'no'}")
+    session["p6_plan"] = {
+        "probe_epoch_seconds": round(epoch_seconds, 2),
+        "window_seconds": round(window),
+        "main_epochs": main_epochs,
+        "study": study,
+        "fallback": fallback,
+    }
+    event(
+        f"P6 probe: {epoch_seconds:.2f} s/epoch alone -> main {main_epochs} epochs, study {'yes' if study else 'no'}"
+    )
 
     # The bench's layout (WORK/p6/resnet18, WORK/p6/aug): bench/p6_classification.py --trained-elsewhere reads it.
     jobs: dict[str, Job] = {}
     main_out = work / "p6" / "resnet18"
-    shorter = [] if main_epochs == DEFAULTS["resnet18"]["epochs"] else ["--epochs", str(main_epochs)]
-    jobs["p6_main"] = Job("p6_main", ["-m", "p6_classification.train", "--data", str(cifar), "--out", str(main_out),
-                                      *shorter, *fallback, *tiny_p6], work, env)
+    shorter = (
+        [] if main_epochs == DEFAULTS["resnet18"]["epochs"] else ["--epochs", str(main_epochs)]
+    )
+    jobs["p6_main"] = Job(
+        "p6_main",
+        [
+            "-m",
+            "p6_classification.train",
+            "--data",
+            str(cifar),
+            "--out",
+            str(main_out),
+            *shorter,
+            *fallback,
+            *tiny_p6,
+        ],
+        work,
+        env,
+    )
     study_epochs = 1 if args.tiny else STUDY_EPOCHS
     if study:
-        jobs["p6_study"] = Job("p6_study", ["-m", "p6_classification.aug_study", "--data", str(cifar),
-                                            "--out", str(work / "p6" / "aug"), *STUDY_ARGS, "--epochs", str(study_epochs),
-                                            *tiny_p6], work, env)
+        jobs["p6_study"] = Job(
+            "p6_study",
+            [
+                "-m",
+                "p6_classification.aug_study",
+                "--data",
+                str(cifar),
+                "--out",
+                str(work / "p6" / "aug"),
+                *STUDY_ARGS,
+                "--epochs",
+                str(study_epochs),
+                *tiny_p6,
+            ],
+            work,
+            env,
+        )
     p4_names = list(P4_VARIANTS)[:2] if args.tiny else list(P4_VARIANTS)
     for name in p4_names:
         extra = [*TINY_P4, "--epochs", "3", "--precision", "fp32"] if args.tiny else []
-        jobs[f"p4_{name}"] = Job(f"p4_{name}", ["-m", "p4_gan.train", "--data", str(faces), "--out", str(work / "p4" / name),
-                                               *P4_VARIANTS[name], *P4_COMMON, *extra], work, env)
+        jobs[f"p4_{name}"] = Job(
+            f"p4_{name}",
+            [
+                "-m",
+                "p4_gan.train",
+                "--data",
+                str(faces),
+                "--out",
+                str(work / "p4" / name),
+                *P4_VARIANTS[name],
+                *P4_COMMON,
+                *extra,
+            ],
+            work,
+            env,
+        )
     event(f"started {', '.join(jobs)}")
 
     # Watch the P6 runs' epochs (all of them share the GPU, so the work left over the recent rate
@@ -351,38 +540,66 @@ def run(args, argv: list[str]) -> dict:
         while time.time() < deadline and any(job.running() for job in jobs.values()):
             time.sleep(2)
             main = jobs["p6_main"]
-            if not main.running() and main.proc.returncode != 0 and not fallback:  # one retry, on the loader path
+            # one retry, on the loader path
+            if not main.running() and main.proc.returncode != 0 and not fallback:
                 fallback = ["--preset", "flip_crop_ls", "--workers", "12", "--no-resume"]
                 main_epochs = max(10, int((deadline - time.time()) / (3.1 * CONTENTION)))
-                event(f"p6_main failed ({main.log.read_text().strip().splitlines()[-1:]}); "
-                      f"again with {' '.join(fallback)} for {main_epochs} epochs")
+                event(
+                    f"p6_main failed ({main.log.read_text().strip().splitlines()[-1:]}); "
+                    f"again with {' '.join(fallback)} for {main_epochs} epochs"
+                )
                 jobs["p6_main_failed"], marks = main, []
-                jobs["p6_main"] = Job("p6_main_retry", [*main.argv, *fallback, "--epochs", str(main_epochs)], work, env)
+                jobs["p6_main"] = Job(
+                    "p6_main_retry",
+                    [*main.argv, *fallback, "--epochs", str(main_epochs)],
+                    work,
+                    env,
+                )
                 session["p6_plan"].update(fallback=fallback, main_epochs=main_epochs)
             main_done = epochs_done(main_out / "log.csv")
             studying = "p6_study" in jobs and jobs["p6_study"].running()
             if studying != was_studying:  # the count below changes meaning: measure the rate afresh
                 marks, was_studying = [], studying
-            done = main_done + (sum(epochs_done(r / "log.csv") for r in study_runs) if studying else 0)
-            left = main_epochs - main_done + (len(study_runs) * study_epochs + main_done - done if studying else 0)
-            if main_done >= 1 and (not marks or marks[-1][1] != done):  # from the main's epoch 1: past the start-up
+            done = main_done + (
+                sum(epochs_done(r / "log.csv") for r in study_runs) if studying else 0
+            )
+            left = (
+                main_epochs
+                - main_done
+                + (len(study_runs) * study_epochs + main_done - done if studying else 0)
+            )
+            # from the main's epoch 1: past the start-up
+            if main_done >= 1 and (not marks or marks[-1][1] != done):
                 marks.append((time.time(), done))
             # a rate over 40 s at least: over 20 s, one 2026-12-04 run projected its end 50 s late and
             # stopped a P4 run it did not need to
             if jobs["p6_main"].running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 40:
                 (t0, d0), (t1, d1) = marks[0], marks[-1]
                 finish = t1 + left * (t1 - t0) / max(1, d1 - d0)
-                victim = next((j for j in [jobs.get("p6_study"), *(jobs[f"p4_{n}"] for n in reversed(p4_names))]
-                               if j is not None and j.running()), None)
+                victim = next(
+                    (
+                        j
+                        for j in [
+                            jobs.get("p6_study"),
+                            *(jobs[f"p4_{n}"] for n in reversed(p4_names)),
+                        ]
+                        if j is not None and j.running()
+                    ),
+                    None,
+                )
                 if finish > deadline and victim is not None:
-                    victim.stop(f"to give the main P6 run the GPU (its projected end: {finish - started:.0f} s)")
+                    victim.stop(
+                        f"to give the main P6 run the GPU (its projected end: {finish - started:.0f} s)"
+                    )
                     event(f"stopped {victim.name}: {victim.stopped}")
                     marks = []
                 marks = marks[-45:]  # the rate of about the last 90 s
             if time.time() - last_report > 30:
                 last_report = time.time()
-                event(f"P6 main epoch {main_done}/{main_epochs}, P6 epochs left {left}; "
-                      f"running: {', '.join(n for n, j in jobs.items() if j.running())}")
+                event(
+                    f"P6 main epoch {main_done}/{main_epochs}, P6 epochs left {left}; "
+                    f"running: {', '.join(n for n, j in jobs.items() if j.running())}"
+                )
     except Exception as e:  # noqa: BLE001
         event(f"watching failed ({type(e).__name__}: {e}); stopping and collecting")
     for name, job in jobs.items():
@@ -412,19 +629,31 @@ def unpack(args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("pack", help="xz-compress the data sets into .device/data")
     s.add_argument("--shared", default=str(SHARED))
     s = sub.add_parser("run", help="the call itself (on the GPU machine)")
     s.add_argument("--out", required=True, help="what comes back ($OUT there)")
-    s.add_argument("--data", default=str(STAGED_DATA), help="the staged data (xz files are unpacked in place)")
+    s.add_argument(
+        "--data", default=str(STAGED_DATA), help="the staged data (xz files are unpacked in place)"
+    )
     s.add_argument("--work", default="outputs/gpu_session", help="the runs' folders (replaced)")
-    s.add_argument("--budget", type=positive_float, default=570, help="seconds for the whole command (a call allows 600, or "
-                   "the session's device time left)")
+    s.add_argument(
+        "--budget",
+        type=positive_float,
+        default=570,
+        help="seconds for the whole command (a call allows 600, or the session's device time left)",
+    )
     s.add_argument("--device", default="cuda")
-    s.add_argument("--no-timings", dest="timings", action="store_false", help="skip timing the entry points")
-    s.add_argument("--tiny", action="store_true", help="rehearsal on a CPU: tiny models and data, minutes")
+    s.add_argument(
+        "--no-timings", dest="timings", action="store_false", help="skip timing the entry points"
+    )
+    s.add_argument(
+        "--tiny", action="store_true", help="rehearsal on a CPU: tiny models and data, minutes"
+    )
     s = sub.add_parser("unpack", help="join and unpack what the call brought back")
     s.add_argument("files_at", help="the folder the device tool put OUT's files in")
     s.add_argument("--work", default="outputs/gpu")

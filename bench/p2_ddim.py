@@ -11,6 +11,7 @@ command and hardware) for p2_ddim/report.py.
     # FLOPs per forward and a device-free estimate of peak memory (meta tensors, no compute)
     python -m bench.p2_ddim cost --n 10 --size 256 --json runs/p2/cost.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,24 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.ddim_mse import mse_dirs
-from hw2_utils import (CLIError, add_option, command_line, describe_hardware, ensure_writable_dir, positive_int,
-                       progress, resolve_device, resolve_dtype, run_cli, save_images, save_json)
+from hw2_utils import (
+    CLIError,
+    add_option,
+    command_line,
+    describe_hardware,
+    ensure_writable_dir,
+    positive_int,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_images,
+    save_json,
+)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 from p2_ddim.unet import FaceUNet
 
-GiB = 2 ** 30
+GiB = 2**30
 
 
 def write_json(path: str | None, result: dict, argv: list[str] | None) -> None:
@@ -56,13 +69,28 @@ def cmd_gt(args) -> dict:
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
     start = time.perf_counter()
-    images = sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.precision, device), progress=progress)
+    images = sample(
+        unet,
+        noises,
+        steps=args.steps,
+        dtype=resolve_dtype(args.precision, device),
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
-    result = {"hardware": describe_hardware(device), "dtype": args.precision, "steps": args.steps,
-              "sampling_seconds": seconds, "maps": {}}
+    result = {
+        "hardware": describe_hardware(device),
+        "dtype": args.precision,
+        "steps": args.steps,
+        "sampling_seconds": seconds,
+        "maps": {},
+    }
     for pixel_map in PIXEL_MAPS:
         folder = ensure_writable_dir(Path(args.out) / pixel_map)
-        save_images(to_unit_range(images, pixel_map), [folder / f"{n}.png" for n in names], value_range=(0.0, 1.0))
+        save_images(
+            to_unit_range(images, pixel_map),
+            [folder / f"{n}.png" for n in names],
+            value_range=(0.0, 1.0),
+        )
         result["maps"][pixel_map] = mse_dirs(folder, args.gt)
         print_mse(pixel_map, result["maps"][pixel_map])
     print(f"sampling {len(names)} images: {seconds:.1f} s on {result['hardware']}")
@@ -78,16 +106,32 @@ def cmd_speed(args) -> dict:
         torch.manual_seed(0)
         unet = FaceUNet(args.width).to(device).eval()
     load_seconds = time.perf_counter() - start
-    noises = torch.randn(args.n, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    noises = torch.randn(
+        args.n, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(args.repeats):  # the first run includes CUDA/cuDNN start-up, as in a grading run
         start = time.perf_counter()
-        sample(unet, noises, steps=args.steps, dtype=resolve_dtype(args.precision, device), progress=progress)
+        sample(
+            unet,
+            noises,
+            steps=args.steps,
+            dtype=resolve_dtype(args.precision, device),
+            progress=progress,
+        )
         times.append(time.perf_counter() - start)  # sample() returns on the CPU, so the GPU is done
-    result = {"hardware": describe_hardware(device), "n": args.n, "size": args.size, "steps": args.steps,
-              "width": unet.base_channels, "dtype": args.precision, "load_seconds": load_seconds, "sampling_seconds": times}
+    result = {
+        "hardware": describe_hardware(device),
+        "n": args.n,
+        "size": args.size,
+        "steps": args.steps,
+        "width": unet.base_channels,
+        "dtype": args.precision,
+        "load_seconds": load_seconds,
+        "sampling_seconds": times,
+    }
     if device.type == "cuda":
         result["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / GiB
     print(json.dumps(result, indent=2))
@@ -131,19 +175,27 @@ def cmd_cost(args) -> dict:
     with torch.no_grad(), LiveTensorBytes() as tracker:
         eps = unet(x, t)
         del eps
-    result = {"hardware": "meta tensors (no device: counts, not timings)",
-              "n": args.n, "size": args.size, "width": args.width, "steps": args.steps,
-              "parameters": sum(p.numel() for p in unet.parameters()),
-              "gflop_per_image_forward": flops.get_total_flops() / args.n / 1e9,
-              "tflop_per_run": flops.get_total_flops() * args.steps / 1e12,
-              "weights_gib": weight_bytes / GiB, "peak_activations_gib": tracker.peak / GiB,
-              "estimate_gib": (weight_bytes + tracker.peak) / GiB}
+    result = {
+        "hardware": "meta tensors (no device: counts, not timings)",
+        "n": args.n,
+        "size": args.size,
+        "width": args.width,
+        "steps": args.steps,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "gflop_per_image_forward": flops.get_total_flops() / args.n / 1e9,
+        "tflop_per_run": flops.get_total_flops() * args.steps / 1e12,
+        "weights_gib": weight_bytes / GiB,
+        "peak_activations_gib": tracker.peak / GiB,
+        "estimate_gib": (weight_bytes + tracker.peak) / GiB,
+    }
     print(json.dumps(result, indent=2))
     return result
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("mse", help="MSE of an existing folder against GT")
     s.add_argument("--pred", required=True)
@@ -162,22 +214,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=10)
     s.add_argument("--size", type=positive_int, default=256)
     for s in sub.choices.values():
-        s.add_argument("--json", help="also save the numbers here (p2_ddim/report.py reads runs/p2/*.json)")
+        s.add_argument(
+            "--json", help="also save the numbers here (p2_ddim/report.py reads runs/p2/*.json)"
+        )
     for name in ("gt", "speed", "cost"):
         sub.choices[name].add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     for name in ("gt", "speed"):
         sub.choices[name].add_argument("--device", default="auto")
-        add_option(sub.choices[name], "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16")
+        add_option(
+            sub.choices[name],
+            "precision",
+            aliases=("--dtype",),
+            default="fp32",
+            help="fp32 | bf16 | fp16",
+        )
     for name in ("speed", "cost"):
-        sub.choices[name].add_argument("--width", type=positive_int, default=128, help="base channels (128 = the real UNet)")
+        sub.choices[name].add_argument(
+            "--width", type=positive_int, default=128, help="base channels (128 = the real UNet)"
+        )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if getattr(args, "size", 32) % 32 or getattr(args, "steps", 50) > 1000:  # the types check the lower bounds
+    # the types check the lower bounds
+    if getattr(args, "size", 32) % 32 or getattr(args, "steps", 50) > 1000:
         raise CLIError("--size must be a multiple of 32 and --steps at most 1000")
-    result = {"mse": cmd_mse, "gt": cmd_gt, "speed": cmd_speed, "cost": cmd_cost}[args.command](args)
+    result = {"mse": cmd_mse, "gt": cmd_gt, "speed": cmd_speed, "cost": cmd_cost}[args.command](
+        args
+    )
     write_json(args.json, result, argv)
     return result
 

@@ -8,6 +8,7 @@ Without --model the weights are random (built from the committed SD v1 configs):
 per image does not depend on the weight values, so the budget can be checked without the
 4 GB checkpoint. Prints one line of JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,14 @@ import time
 
 import torch
 
-from hw2_utils import add_option, describe_hardware, positive_int, resolve_device, resolve_dtype, run_cli
+from hw2_utils import (
+    add_option,
+    describe_hardware,
+    positive_int,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+)
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.pipeline import text_to_image
 
@@ -32,19 +40,38 @@ def random_sd_v1(device: torch.device, dtype: torch.dtype):
     from stable_diffusion.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
-    cfg = {sub: json.loads((V1_CONFIG_DIR / sub / "config.json").read_text()) for sub in ("unet", "vae", "text_encoder")}
-    sd = StableDiffusion(UNet2DConditionModel.from_config(cfg["unet"]), AutoencoderKL.from_config(cfg["vae"]),
-                         CLIPTextModel(CLIPTextConfig.from_dict(cfg["text_encoder"])), load_tokenizer(),
-                         NoiseSchedule.from_config(V1_CONFIG_DIR / "scheduler" / "scheduler_config.json"))
+    cfg = {
+        sub: json.loads((V1_CONFIG_DIR / sub / "config.json").read_text())
+        for sub in ("unet", "vae", "text_encoder")
+    }
+    sd = StableDiffusion(
+        UNet2DConditionModel.from_config(cfg["unet"]),
+        AutoencoderKL.from_config(cfg["vae"]),
+        CLIPTextModel(CLIPTextConfig.from_dict(cfg["text_encoder"])),
+        load_tokenizer(),
+        NoiseSchedule.from_config(V1_CONFIG_DIR / "scheduler" / "scheduler_config.json"),
+    )
     return sd.to(device, dtype).eval_frozen()
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="real SD v1.x checkpoint (default: random weights)")
-    p.add_argument("--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)")
-    add_option(p, "n", aliases=("--images",), type=positive_int, default=100,
-               help="images to generate (the public json: 2 concepts x 2 prompts x 25)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", default=None, help="real SD v1.x checkpoint (default: random weights)"
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)"
+    )
+    add_option(
+        p,
+        "n",
+        aliases=("--images",),
+        type=positive_int,
+        default=100,
+        help="images to generate (the public json: 2 concepts x 2 prompts x 25)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=5)
     p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--precision", default="fp16")
@@ -56,6 +83,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     if args.tiny:
         from stable_diffusion.tiny import build_tiny_sd
+
         sd = build_tiny_sd().to(device, dtype)
     elif args.model:
         sd = load_stable_diffusion(args.model, device=device, dtype=dtype)
@@ -66,19 +94,32 @@ def main(argv=None) -> None:
         torch.cuda.reset_peak_memory_stats()
     load_s = time.perf_counter() - t0
 
-    text_to_image(sd, PROMPT, args.batch_size, seed=0, steps=2, batch_size=args.batch_size)  # warm-up
+    # warm-up
+    text_to_image(sd, PROMPT, args.batch_size, seed=0, steps=2, batch_size=args.batch_size)
     t0 = time.perf_counter()
     images = text_to_image(sd, PROMPT, args.n, seed=0, steps=args.steps, batch_size=args.batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
-    print(json.dumps({
-        "hardware": describe_hardware(device),
-        "weights": "tiny" if args.tiny else (args.model or "random SD v1"), "dtype": str(dtype).replace("torch.", ""),
-        "images": len(images), "size": sd.resolution, "steps": args.steps, "batch_size": args.batch_size,
-        "load_s": round(load_s, 1), "generate_s": round(gen_s, 1), "s_per_image": round(gen_s / len(images), 3),
-        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "hardware": describe_hardware(device),
+                "weights": "tiny" if args.tiny else (args.model or "random SD v1"),
+                "dtype": str(dtype).replace("torch.", ""),
+                "images": len(images),
+                "size": sd.resolution,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "load_s": round(load_s, 1),
+                "generate_s": round(gen_s, 1),
+                "s_per_image": round(gen_s / len(images), 3),
+                "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                if device.type == "cuda"
+                else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

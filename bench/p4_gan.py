@@ -9,19 +9,22 @@ the command and the hardware; p4_gan/report.py reads those files.
 
     # a short real run of both models on the 24 train faces (CPU, one thread): loss trends,
     # seconds per step, and the face rate of 100 images from each result
-    OMP_NUM_THREADS=1 python bench/p4_gan.py smoke --data ../shared/data/hw2_data/face --out /tmp/p4_smoke --json runs/p4/smoke.json
+    OMP_NUM_THREADS=1 python -m bench.p4_gan smoke --data ../shared/data/hw2_data/face --out /tmp/p4_smoke \
+        --json runs/p4/smoke.json
     # FID against val and the face-recognition rate of a folder (run.sh's output, or real faces
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
-    python bench/p4_gan.py eval --images OUT --ref hw2_data/face/val \
+    python -m bench.p4_gan eval --gen OUT --ref hw2_data/face/val \
         --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
     # a run trained elsewhere with --fid-every 0 (bench/gpu_session.py): FID on the first 2000
     # training faces of every snapshot in RUN/snapshots/, written to RUN/fid.csv as train.py would,
     # and the lowest copied to RUN/generator_best.pt (val faces never seen)
-    python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k --json outputs/p4/select.json
+    python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k \
+        --json outputs/p4/select.json
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
-    python bench/p4_gan.py cost --device cuda --json runs/p4/cost.json
+    python -m bench.p4_gan cost --device cuda --json runs/p4/cost.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +40,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
-from hw2_utils import (add_option, CLIError, atomic_path, command_line, describe_hardware, ensure_writable_dir, positive_int,
-                       require_file, resolve_device, run_cli, seed_int, to_uint8)
+from hw2_utils import (
+    add_option,
+    CLIError,
+    atomic_path,
+    command_line,
+    describe_hardware,
+    ensure_writable_dir,
+    positive_int,
+    require_file,
+    resolve_device,
+    run_cli,
+    seed_int,
+    to_uint8,
+)
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
-from p4_gan.pipeline import generate, load_generator, save_generator, with_standing_stats, write_images
+from p4_gan.pipeline import (
+    generate,
+    load_generator,
+    save_generator,
+    with_standing_stats,
+    write_images,
+)
 
 MODELS = tuple(train.PRESETS)
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
@@ -63,27 +84,62 @@ def window_means(path: Path, key: str, fraction: float = 0.2) -> tuple[float, fl
 
 def cmd_smoke(args) -> dict:
     torch.manual_seed(args.seed)
-    result = {"hardware": describe_hardware(torch.device("cpu")), "data": str(args.data), "epochs": args.epochs,
-              "batch_size": args.batch_size, "models": {}}
+    result = {
+        "hardware": describe_hardware(torch.device("cpu")),
+        "data": str(args.data),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "models": {},
+    }
     for model in args.models:
         run = Path(args.out) / model
-        train.main(["--model", model, "--data", str(args.data), "--out", str(run), "--no-resume",
-                    "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-                    "--fid-every", "0", "--sample-every", "0", "--ckpt-every", str(10 ** 9), "--log-every", "1",
-                    "--device", "cpu"])
+        train.main(
+            [
+                "--model",
+                model,
+                "--data",
+                str(args.data),
+                "--out",
+                str(run),
+                "--no-resume",
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--seed",
+                str(args.seed),
+                "--fid-every",
+                "0",
+                "--sample-every",
+                "0",
+                "--ckpt-every",
+                str(10**9),
+                "--log-every",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
         log = run / "log.csv"
         steps, seconds = series(log, "step", "seconds")
         summary = {"steps": int(steps[-1]), "seconds_per_step": seconds[-1] / steps[-1]}
         for key in ("d_loss", "g_loss", "d_real", "d_fake"):
             first, last = window_means(log, key)
             summary[key] = {"first_20pct": first, "last_20pct": last}
-        summary["all_finite"] = all(math.isfinite(v) for key in ("d_loss", "g_loss") for v in series(log, "step", key)[1])
+        summary["all_finite"] = all(
+            math.isfinite(v) for key in ("d_loss", "g_loss") for v in series(log, "step", key)[1]
+        )
         generator, _ = load_generator(run / "generator.pt")
         samples = ensure_writable_dir(run / f"samples_{args.n}")
         write_images(generate(generator, args.n, infer.SEED), samples)
         rate = face_rate(samples)
-        summary.update(face_rate=rate["rate"], one_face=rate["one_face"], images=rate["total"],
-                       curves=str(plot_curves(run)), grid=str(run / "samples" / f"epoch{args.epochs:04d}.png"))
+        summary.update(
+            face_rate=rate["rate"],
+            one_face=rate["one_face"],
+            images=rate["total"],
+            curves=str(plot_curves(run)),
+            grid=str(run / "samples" / f"epoch{args.epochs:04d}.png"),
+        )
         result["models"][model] = summary
         print(f"{model}: {json.dumps(summary, indent=2)}")
     return result
@@ -96,8 +152,11 @@ def cmd_eval(args) -> dict:
     print(f"face rate: {100 * rate['rate']:.2f}% ({rate['one_face']}/{rate['total']})")
     if args.ref:
         device = resolve_device(args.device)
-        result.update(ref=str(args.ref), fid=fid_from_dirs(args.gen, args.ref, args.fid_weights, device=str(device)),
-                      hardware=describe_hardware(device))
+        result.update(
+            ref=str(args.ref),
+            fid=fid_from_dirs(args.gen, args.ref, args.fid_weights, device=str(device)),
+            hardware=describe_hardware(device),
+        )
         print(f"FID vs {args.ref}: {result['fid']:.3f}")
     return result
 
@@ -106,15 +165,25 @@ def training_record(run: Path) -> dict:
     """What the run folder says about its training: steps, epochs, wall time, and the epoch
     and training-face FID of the generator_best.pt it picked."""
     steps, seconds = series(run / "log.csv", "step", "seconds")
-    epochs, fids = series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
+    epochs, fids = (
+        series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
+    )
     _, meta = load_generator(run / "generator_best.pt")
     best = fids.index(min(fids)) if fids else None
     # log.csv's clock restarts with each process (a resumed run): add up the segments.
-    total = sum(before for before, after in zip(seconds, seconds[1:]) if after < before) + seconds[-1]
-    return {"steps": int(steps[-1]), "epochs": steps[-1] / (meta["step"] / meta["epoch"]) if meta.get("epoch") else None,
-            "train_seconds": total, "command": meta.get("recipe"), "best_step": meta.get("step"),
-            "best_epoch": meta.get("epoch"), "best_train_fid": fids[best] if best is not None else None,
-            "fid_curve": list(zip(epochs, fids))}
+    total = (
+        sum(before for before, after in zip(seconds, seconds[1:]) if after < before) + seconds[-1]
+    )
+    return {
+        "steps": int(steps[-1]),
+        "epochs": steps[-1] / (meta["step"] / meta["epoch"]) if meta.get("epoch") else None,
+        "train_seconds": total,
+        "command": meta.get("recipe"),
+        "best_step": meta.get("step"),
+        "best_epoch": meta.get("epoch"),
+        "best_train_fid": fids[best] if best is not None else None,
+        "fid_curve": list(zip(epochs, fids)),
+    }
 
 
 def spread(stats: tuple, reference: tuple) -> float:
@@ -132,25 +201,50 @@ def cmd_final(args) -> dict:
     out = Path(args.out)
     write_images(real.float() / 127.5 - 1, out / "real_train")  # exact: the uint8 pixels come back
     rate = face_rate(out / "real_train")
-    result = {"hardware": describe_hardware(device), "data": str(args.data), "n": args.n,
-              "reference": f"{len(val)} val faces", "seed": infer.SEED,
-              "real_train": {"fid": frechet_distance(real_stats := image_statistics(real, extractor, device=device), reference),
-                             "feature_spread": spread(real_stats, reference),
-                             "face_rate": rate["rate"], "one_face": rate["one_face"], "total": rate["total"]},
-              "models": {}}
-    print(f"floor, {args.n} real training faces: FID {result['real_train']['fid']:.2f}, face rate {rate['rate']:.3f}")
+    result = {
+        "hardware": describe_hardware(device),
+        "data": str(args.data),
+        "n": args.n,
+        "reference": f"{len(val)} val faces",
+        "seed": infer.SEED,
+        "real_train": {
+            "fid": frechet_distance(
+                real_stats := image_statistics(real, extractor, device=device), reference
+            ),
+            "feature_spread": spread(real_stats, reference),
+            "face_rate": rate["rate"],
+            "one_face": rate["one_face"],
+            "total": rate["total"],
+        },
+        "models": {},
+    }
+    print(
+        f"floor, {args.n} real training faces: FID {result['real_train']['fid']:.2f}, face rate {rate['rate']:.3f}"
+    )
     for model in args.models:
         run = Path(args.runs) / model
-        generator, _ = load_generator(require_file(run / "generator_best.pt", f"{model} generator",
-                                                   f"train it: python -m p4_gan.train --model {model} --out {run}"), device)
+        generator, _ = load_generator(
+            require_file(
+                run / "generator_best.pt",
+                f"{model} generator",
+                f"train it: python -m p4_gan.train --model {model} --out {run}",
+            ),
+            device,
+        )
         images = generate(generator, args.n, infer.SEED)  # what run.sh writes
         write_images(images, out / model)
         rate = face_rate(out / model)
         stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
         fid = frechet_distance(stats, reference)
-        result["models"][model] = {**training_record(run), "fid": fid, "feature_spread": spread(stats, reference),
-                                   "face_rate": rate["rate"],
-                                   "one_face": rate["one_face"], "total": rate["total"], "images": str(out / model)}
+        result["models"][model] = {
+            **training_record(run),
+            "fid": fid,
+            "feature_spread": spread(stats, reference),
+            "face_rate": rate["rate"],
+            "one_face": rate["one_face"],
+            "total": rate["total"],
+            "images": str(out / model),
+        }
         print(f"{model}: FID {fid:.2f} against {len(val)} val faces, face rate {rate['rate']:.3f}")
     return result
 
@@ -158,16 +252,20 @@ def cmd_final(args) -> dict:
 def cmd_cost(args) -> dict:
     device = resolve_device(args.device)
     result = {"hardware": describe_hardware(device), "batch_size": args.batch_size, "models": {}}
-    real = torch.rand(args.batch_size, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    real = (
+        torch.rand(args.batch_size, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )
     for model in MODELS:
-        meta = trainer_for(model, torch.device("meta"), args.batch_size)  # shapes only: counts cost no compute
+        # shapes only: counts cost no compute
+        meta = trainer_for(model, torch.device("meta"), args.batch_size)
         with FlopCounterMode(display=False) as d_count:
             meta.d_step(real.to("meta"))
         with FlopCounterMode(display=False) as g_count:
             meta.g_step(args.batch_size)
         trainer = trainer_for(model, device, args.batch_size)
         times = []
-        for _ in range(args.repeats + 1):  # the first iteration warms up (cuDNN autotuning, allocations)
+        # the first iteration warms up (cuDNN autotuning, allocations)
+        for _ in range(args.repeats + 1):
             start = time.perf_counter()
             trainer.d_step(real.to(device))
             trainer.g_step(args.batch_size)
@@ -175,16 +273,32 @@ def cmd_cost(args) -> dict:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
         per_step = sum(times[1:]) / args.repeats
-        result["models"][model] = {"gflop_d_step": d_count.get_total_flops() / 1e9,
-                                   "gflop_g_step": g_count.get_total_flops() / 1e9,
-                                   "seconds_per_iteration": per_step,
-                                   "hours_for_default_epochs_extrapolated":
-                                       per_step * (COURSE_TRAIN_FACES // args.batch_size) * train.DEFAULTS["epochs"] / 3600}
+        result["models"][model] = {
+            "gflop_d_step": d_count.get_total_flops() / 1e9,
+            "gflop_g_step": g_count.get_total_flops() / 1e9,
+            "seconds_per_iteration": per_step,
+            "hours_for_default_epochs_extrapolated": per_step
+            * (COURSE_TRAIN_FACES // args.batch_size)
+            * train.DEFAULTS["epochs"]
+            / 3600,
+        }
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        save_generator(Path(tmp) / "g.pt", with_standing_stats(trainer_for("dcgan", torch.device("cpu"), 1).G), {})
+        save_generator(
+            Path(tmp) / "g.pt",
+            with_standing_stats(trainer_for("dcgan", torch.device("cpu"), 1).G),
+            {},
+        )
         start = time.perf_counter()
-        infer.main([str(Path(tmp) / "out"), "--checkpoint", str(Path(tmp) / "g.pt"), "--device", str(device)])
+        infer.main(
+            [
+                str(Path(tmp) / "out"),
+                "--checkpoint",
+                str(Path(tmp) / "g.pt"),
+                "--device",
+                str(device),
+            ]
+        )
         result["infer_1000_seconds"] = time.perf_counter() - start
     print(json.dumps(result, indent=2))
     return result
@@ -196,8 +310,13 @@ def cmd_select(args) -> dict:
     extractor = load_inception(args.fid_weights, device)
     faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
     reference = image_statistics(faces, extractor, device=device)
-    result = {"hardware": describe_hardware(device), "data": str(args.data), "fid_ref_n": len(faces),
-              "fid_n": args.fid_n, "runs": {}}
+    result = {
+        "hardware": describe_hardware(device),
+        "data": str(args.data),
+        "fid_ref_n": len(faces),
+        "fid_n": args.fid_n,
+        "runs": {},
+    }
     for run in map(Path, args.runs):
         snapshots = sorted((run / "snapshots").glob("generator_epoch*.pt"))
         if not snapshots:
@@ -206,10 +325,18 @@ def cmd_select(args) -> dict:
         for path in snapshots:
             generator, meta = load_generator(path, device)
             fid = train.measure_fid(generator, extractor, reference, args.fid_n, args.seed, device)
-            rows.append({"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid})
-            print(f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {len(faces)} training faces", flush=True)
+            rows.append(
+                {"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid}
+            )
+            print(
+                f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {len(faces)} training faces",
+                flush=True,
+            )
         with atomic_path(run / "fid.csv") as tmp, open(tmp, "w") as f:
-            f.write("step,epoch,fid\n" + "".join(f"{r['step']},{r['epoch']},{r['fid']:.4f}\n" for r in rows))
+            f.write(
+                "step,epoch,fid\n"
+                + "".join(f"{r['step']},{r['epoch']},{r['fid']:.4f}\n" for r in rows)
+            )
         best = min(rows, key=lambda r: r["fid"])
         with atomic_path(run / "generator_best.pt") as tmp:
             shutil.copy(run / "snapshots" / best["file"], tmp)
@@ -218,10 +345,16 @@ def cmd_select(args) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("smoke", help="short real training of both models on CPU, with loss trends and face rate")
-    s.add_argument("--data", required=True, help="folder with train/ (e.g. ../shared/data/hw2_data/face)")
+    s = sub.add_parser(
+        "smoke", help="short real training of both models on CPU, with loss trends and face rate"
+    )
+    s.add_argument(
+        "--data", required=True, help="folder with train/ (e.g. ../shared/data/hw2_data/face)"
+    )
     s.add_argument("--out", required=True, help="run folders OUT/dcgan and OUT/improved (replaced)")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     s.add_argument("--epochs", type=positive_int, default=40)
@@ -229,39 +362,89 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
     s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
-    add_option(s, "gen", aliases=("--images",), required=True, help="folder of generated images (evaluation.fid's GEN)")
-    s.add_argument("--ref", help="reference folder or .npz statistics for FID (e.g. hw2_data/face/val)")
+    add_option(
+        s,
+        "gen",
+        aliases=("--images",),
+        required=True,
+        help="folder of generated images (evaluation.fid's GEN)",
+    )
+    s.add_argument(
+        "--ref", help="reference folder or .npz statistics for FID (e.g. hw2_data/face/val)"
+    )
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
-    s = sub.add_parser("final", help="FID against val and face rate of each run's chosen generator, beside real faces")
-    s.add_argument("--runs", default="runs/p4", help="folder holding dcgan/ and improved/ run folders")
-    s.add_argument("--data", required=True, help="folder with train and val faces (folders or celeba10k .npz)")
+    s = sub.add_parser(
+        "final",
+        help="FID against val and face rate of each run's chosen generator, beside real faces",
+    )
+    s.add_argument(
+        "--runs", default="runs/p4", help="folder holding dcgan/ and improved/ run folders"
+    )
+    s.add_argument(
+        "--data", required=True, help="folder with train and val faces (folders or celeba10k .npz)"
+    )
     s.add_argument("--out", required=True, help="where the generated and real images are written")
     s.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    s.add_argument("--n", type=positive_int, default=1000, help="images per model (and real training faces for the floor)")
+    s.add_argument(
+        "--n",
+        type=positive_int,
+        default=1000,
+        help="images per model (and real training faces for the floor)",
+    )
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
-    s = sub.add_parser("select", help="FID on training faces of each snapshot of runs trained with --fid-every 0")
+    s = sub.add_parser(
+        "select", help="FID on training faces of each snapshot of runs trained with --fid-every 0"
+    )
     s.add_argument("runs", nargs="+", help="run folders holding snapshots/generator_epochNNNN.pt")
-    s.add_argument("--data", required=True, help="folder with the training faces (train/ or train.npz)")
-    s.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID (train.py's default)")
-    s.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces FID is measured against (ditto)")
-    s.add_argument("--seed", type=seed_int, default=0, help="z of the generated images (train.py's --seed default)")
+    s.add_argument(
+        "--data", required=True, help="folder with the training faces (train/ or train.npz)"
+    )
+    s.add_argument(
+        "--fid-n",
+        type=positive_int,
+        default=1000,
+        help="generated images per FID (train.py's default)",
+    )
+    s.add_argument(
+        "--fid-ref-n",
+        type=positive_int,
+        default=2000,
+        help="training faces FID is measured against (ditto)",
+    )
+    s.add_argument(
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="z of the generated images (train.py's --seed default)",
+    )
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
-    s = sub.add_parser("cost", help="FLOPs and measured seconds per training iteration; inference seconds")
+    s = sub.add_parser(
+        "cost", help="FLOPs and measured seconds per training iteration; inference seconds"
+    )
     s.add_argument("--batch-size", type=positive_int, default=train.DEFAULTS["batch_size"])
-    s.add_argument("--repeats", type=positive_int, default=3, help="timed iterations after one warm-up")
+    s.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed iterations after one warm-up"
+    )
     s.add_argument("--device", default="auto")
     for s in sub.choices.values():
-        s.add_argument("--json", help="also save the numbers here (p4_gan/report.py reads runs/p4/*.json)")
+        s.add_argument(
+            "--json", help="also save the numbers here (p4_gan/report.py reads runs/p4/*.json)"
+        )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = {"smoke": cmd_smoke, "eval": cmd_eval, "final": cmd_final, "select": cmd_select,
-              "cost": cmd_cost}[args.command](args)
+    result = {
+        "smoke": cmd_smoke,
+        "eval": cmd_eval,
+        "final": cmd_final,
+        "select": cmd_select,
+        "cost": cmd_cost,
+    }[args.command](args)
     if args.json:
         result = {"command": command_line("bench.p4_gan", argv), **result}
         with atomic_path(args.json) as tmp:

@@ -17,6 +17,7 @@ The protocol, fixed before any run:
 Finally p5_dann/infer.py (what run.sh calls) runs over the USPS val images with the shipped
 model and its CSV is checked against the labels. Re-running resumes every unfinished run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,22 @@ FIXMATCH = ["--mode", "dann", "--consistency-weight", "1"]
 ROWS = {
     "source_only": ("lower bound: source labels only", ["--mode", "source_only"]),
     "dann": ("DANN (Ganin et al. 2016)", ["--mode", "dann"]),
-    "dann_entropy": ("DANN + target entropy 0.1 (Grandvalet & Bengio 2004)", ["--mode", "dann", "--entropy-weight", "0.1"]),
+    "dann_entropy": (
+        "DANN + target entropy 0.1 (Grandvalet & Bengio 2004)",
+        ["--mode", "dann", "--entropy-weight", "0.1"],
+    ),
     "dann_fixmatch": ("DANN + FixMatch consistency on the target (Sohn et al. 2020)", FIXMATCH),
     # lambda_max around the default (0.15), for the criterion to choose from
     "dann_fixmatch_lambda0.05": ("the same, lambda_max 0.05", [*FIXMATCH, "--lambda-max", "0.05"]),
     "dann_fixmatch_lambda0.5": ("the same, lambda_max 0.5", [*FIXMATCH, "--lambda-max", "0.5"]),
     # 6,562 USPS images (90% of train) make 51 steps an epoch: 20 epochs give the bound a comparable number of steps
-    "target_only": ("upper bound: target labels (epoch chosen on held-out USPS train)",
-                    ["--mode", "target_only", "--epochs", "20"]),
+    "target_only": (
+        "upper bound: target labels (epoch chosen on held-out USPS train)",
+        ["--mode", "target_only", "--epochs", "20"],
+    ),
 }
-SHIP_BY = "snd"  # the criterion that chooses each row's epoch and the shipped row (p5_dann/selection.py says why)
+# the criterion that chooses each row's epoch and the shipped row (p5_dann/selection.py says why)
+SHIP_BY = "snd"
 
 
 def check_predictions(data_root: Path, target: str, checkpoint: Path, work: Path) -> dict:
@@ -64,7 +71,18 @@ def check_predictions(data_root: Path, target: str, checkpoint: Path, work: Path
             (images / name).symlink_to((data_root / target / "data" / name).resolve())
     out_csv = work / f"{target}_val_pred.csv"
     start = time.time()
-    infer.main([str(images), str(out_csv), "--target", target, "--checkpoint", str(checkpoint), "--device", "cpu"])
+    infer.main(
+        [
+            str(images),
+            str(out_csv),
+            "--target",
+            target,
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+        ]
+    )
     seconds = time.time() - start
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -76,8 +94,14 @@ def check_predictions(data_root: Path, target: str, checkpoint: Path, work: Path
 
 def target_val_by_epoch(run: Path, epochs: int, target_val: tuple) -> list[float]:
     """USPS val accuracy of each epoch's checkpoint: the one read of the target's labels per row."""
-    return [train.accuracy(infer.load_checkpoint(run / f"epoch_{e:02d}.pt", torch.device("cpu"))[0], *target_val,
-                           torch.device("cpu")) for e in range(1, epochs + 1)]
+    return [
+        train.accuracy(
+            infer.load_checkpoint(run / f"epoch_{e:02d}.pt", torch.device("cpu"))[0],
+            *target_val,
+            torch.device("cpu"),
+        )
+        for e in range(1, epochs + 1)
+    ]
 
 
 def adabn_accuracy(checkpoint: Path, target_dir: Path, target_val: tuple) -> float:
@@ -92,76 +116,140 @@ def score_row(result: dict, accuracies: list[float]) -> dict:
     by = {}
     for c in (c for c in CRITERIA if c in result["history"][0]):
         chosen = best_epoch(result["history"], c)
-        by[c] = {"epoch": chosen["epoch"], "score": chosen[c], "target_val_acc": accuracies[chosen["epoch"] - 1]}
+        by[c] = {
+            "epoch": chosen["epoch"],
+            "score": chosen[c],
+            "target_val_acc": accuracies[chosen["epoch"] - 1],
+        }
     oracle = max(range(len(accuracies)), key=lambda i: (accuracies[i], i))
     by["oracle"] = {"epoch": oracle + 1, "target_val_acc": accuracies[oracle]}
     return by
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=str(DIGITS), help="the course's digits layout (usps/, ...)")
-    p.add_argument("--source", default=f"mnistm={MNISTM_FULL}", help="train.py's --source (default: the whole MNIST-M)")
+    p.add_argument(
+        "--source",
+        default=f"mnistm={MNISTM_FULL}",
+        help="train.py's --source (default: the whole MNIST-M)",
+    )
     p.add_argument("--target", default="usps")
     p.add_argument("--work", default="outputs/p5", help="runs and p5_bench.json")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    p.add_argument("--ship", action="store_true",
-                   help="copy the criterion's choice and p5_bench.json to p5_dann/checkpoints/ (what run.sh and the "
-                        "report use); needs every row")
-    args, extra = p.parse_known_args(argv)  # anything else goes to train.py (e.g. --epochs, --device)
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the criterion's choice and p5_bench.json to p5_dann/checkpoints/ (what run.sh and the "
+        "report use); needs every row",
+    )
+    # anything else goes to train.py (e.g. --epochs, --device)
+    args, extra = p.parse_known_args(argv)
     if args.ship and set(args.rows) != set(ROWS):
         raise CLIError("--ship compares every row: drop --rows")
     data_root, work = require_dir(args.data, "digits data root"), Path(args.work)
     results = {}
     for name in args.rows:  # 1. train and select, no target label read
         what, row_args = ROWS[name]
-        results[name] = {"what": what, "args": row_args,
-                         **train.main([*row_args, "--source", args.source, "--target", args.target, "--data",
-                                       str(data_root), "--out", str(work / f"{args.target}_{name}"), *extra])}
+        results[name] = {
+            "what": what,
+            "args": row_args,
+            **train.main(
+                [
+                    *row_args,
+                    "--source",
+                    args.source,
+                    "--target",
+                    args.target,
+                    "--data",
+                    str(data_root),
+                    "--out",
+                    str(work / f"{args.target}_{name}"),
+                    *extra,
+                ]
+            ),
+        }
     candidates = {n: r for n, r in results.items() if r["select"] == SHIP_BY}
     # 2. the best of the rows' chosen epochs, by the same criterion
-    shipped = (best_epoch([{"row": n, SHIP_BY: r["selected"][SHIP_BY]} for n, r in candidates.items()], SHIP_BY)["row"]
-               if candidates else None)
+    shipped = (
+        best_epoch(
+            [{"row": n, SHIP_BY: r["selected"][SHIP_BY]} for n, r in candidates.items()], SHIP_BY
+        )["row"]
+        if candidates
+        else None
+    )
 
-    target_val = load_split(data_root / args.target, "val")  # 3. the target labels, read after every choice is made
+    # 3. the target labels, read after every choice is made
+    target_val = load_split(data_root / args.target, "val")
     for name, r in results.items():
         run = work / f"{args.target}_{name}"
         accuracies = target_val_by_epoch(run, len(r["history"]), target_val)
         r["selected_by"] = score_row(r, accuracies)
-        r["target_val_acc_adabn"] = adabn_accuracy(run / "best.pt", data_root / args.target, target_val)
+        r["target_val_acc_adabn"] = adabn_accuracy(
+            run / "best.pt", data_root / args.target, target_val
+        )
         r["last"] = {"epoch": len(accuracies), "target_val_acc": accuracies[-1]}
         chosen = r["selected_by"][r["select"]]
-        print(f"{name}: {r['select']} chose epoch {chosen['epoch']} -> target val {chosen['target_val_acc']:.4f} "
-              f"(oracle {r['selected_by']['oracle']['target_val_acc']:.4f} at epoch "
-              f"{r['selected_by']['oracle']['epoch']}), {r['seconds']:.0f} s")
-    record = {"command": command_line("bench.p5_dann", argv), "hardware": describe_hardware(torch.device("cpu")),
-              "source": args.source, "target": args.target, "epochs": train.parse_args(extra).epochs,
-              "criterion": SHIP_BY, "rows": results}
+        print(
+            f"{name}: {r['select']} chose epoch {chosen['epoch']} -> target val {chosen['target_val_acc']:.4f} "
+            f"(oracle {r['selected_by']['oracle']['target_val_acc']:.4f} at epoch "
+            f"{r['selected_by']['oracle']['epoch']}), {r['seconds']:.0f} s"
+        )
+    record = {
+        "command": command_line("bench.p5_dann", argv),
+        "hardware": describe_hardware(torch.device("cpu")),
+        "source": args.source,
+        "target": args.target,
+        "epochs": train.parse_args(extra).epochs,
+        "criterion": SHIP_BY,
+        "rows": results,
+    }
     if shipped:
         run = work / f"{args.target}_{shipped}"
-        record["shipped"] = {"row": shipped, "selected_by": SHIP_BY, **results[shipped]["selected_by"][SHIP_BY]}
+        record["shipped"] = {
+            "row": shipped,
+            "selected_by": SHIP_BY,
+            **results[shipped]["selected_by"][SHIP_BY],
+        }
         with atomic_path(run / "shipped.pt") as tmp:  # best.pt is the epoch the criterion chose
             shutil.copy(run / "best.pt", tmp)
-        record["inference"] = {"row": shipped, "adabn": False,
-                               **check_predictions(data_root, args.target, run / "shipped.pt", work)}
+        record["inference"] = {
+            "row": shipped,
+            "adabn": False,
+            **check_predictions(data_root, args.target, run / "shipped.pt", work),
+        }
     with atomic_path(work / "p5_bench.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     if args.ship:
         infer.CHECKPOINTS.mkdir(exist_ok=True)
-        for src, name in ((run / "shipped.pt", f"mnistm_{args.target}_dann.pt"),
-                          (work / "p5_bench.json", f"mnistm_{args.target}_bench.json")):
+        for src, name in (
+            (run / "shipped.pt", f"mnistm_{args.target}_dann.pt"),
+            (work / "p5_bench.json", f"mnistm_{args.target}_bench.json"),
+        ):
             with atomic_path(infer.CHECKPOINTS / name) as tmp:
                 shutil.copy(src, tmp)
-    print(f"\n| MNIST-M -> {args.target.upper()} | SND's epoch | DEV's | source val's | oracle | SND | wall time |")
+    print(
+        f"\n| MNIST-M -> {args.target.upper()} | SND's epoch | DEV's | source val's | oracle | SND | wall time |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         by = r["selected_by"]
-        cells = [f"{by[c]['target_val_acc']:.4f}" if c in by else "–" for c in ("snd", "dev", "source_val_acc", "oracle")]
+        cells = [
+            f"{by[c]['target_val_acc']:.4f}" if c in by else "–"
+            for c in ("snd", "dev", "source_val_acc", "oracle")
+        ]
         score = f"{by['snd']['score']:.4f}" if "snd" in by else "–"
-        print(f"| {name}{' (shipped)' if name == shipped else ''} | {' | '.join(cells)} | {score} | {r['seconds']:.0f} s |")
+        print(
+            f"| {name}{' (shipped)' if name == shipped else ''} | {' | '.join(cells)} | {score} "
+            f"| {r['seconds']:.0f} s |"
+        )
     if "inference" in record:
         i = record["inference"]
-        print(f"\ninfer.py on {i['images']} val images: accuracy {i['accuracy']:.4f}, {i['seconds']:.1f} s")
+        print(
+            f"\ninfer.py on {i['images']} val images: accuracy {i['accuracy']:.4f}, {i['seconds']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ val held out / 10,000 test) and the 1,017 official-pixel test images of the shar
     python -m bench.p6_classification --parts full                # the shipped model: a GPU run (~20 h on 2 threads)
     python -m bench.p6_classification --parts aug                 # the study: 8 runs of 30 epochs at once, a GPU
     python -m bench.p6_classification --parts cam                 # figures + deletion/insertion on 500 test images
+    # runs a GPU session brought back (bench/gpu_session.py):
     python -m bench.p6_classification --work outputs/gpu/p6 --parts full aug --trained-elsewhere --ship
-                                                                  # runs a GPU session brought back (bench/gpu_session.py)
     python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 --aug-width 8 \\
         --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
 
@@ -19,13 +19,15 @@ Parts:
 - full: train.py's default recipe (the shipped model) on --data, also scored on --also-test.
 - aug: the augmentation study (p6_classification/aug_study.py): STUDY_PRESETS with train.py's
   recipe at --aug-epochs epochs, plus seed 1 of flip_crop for the spread, all runs at once.
-- cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct + 5 wrong test images, and
-  the deletion and insertion curves on the first --deletion test images of the official-pixel slice.
+- cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct
+  + 5 wrong test images, and the deletion and insertion curves on the first --deletion test
+  images of the official-pixel slice.
 WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
 run), aug/ and cam/. Every part resumes or is cheap to redo. --trained-elsewhere takes full's
 and aug's runs as they came back from a GPU session (without last.pt, so they cannot resume):
 full's exported model is scored here on both test sets, aug's record is kept as it is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw2_utils import (CLIError, atomic_path, autocast, command_line, cpu_has_bf16, describe_hardware, positive_int,
-                       require_file, resolve_device, resolve_dtype, run_cli, seed_int)
+from hw2_utils import (
+    CLIError,
+    atomic_path,
+    autocast,
+    command_line,
+    cpu_has_bf16,
+    describe_hardware,
+    positive_int,
+    require_file,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    seed_int,
+)
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -55,13 +69,34 @@ FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
 PARTS = ("throughput", "full", "aug", "cam")
 # The study (issue #31: ResNet-18 width 64, >= 30 epochs, one schedule for every preset, a spread):
 # train.py's recipe at 30 epochs for the seven presets that matter, a second seed of flip_crop.
-STUDY_PRESETS = ("none", "flip_crop", "flip_crop_ls", "cutout", "autoaugment", "trivialaugment", "mixup_cutmix")
-STUDY_ARGS = ["--presets", *STUDY_PRESETS, "--spread-preset", "flip_crop", "--spread-seeds", "1",
-              "--jobs", str(len(STUDY_PRESETS) + 1), "--workers", "3"]  # all at once: one GPU holds them
+STUDY_PRESETS = (
+    "none",
+    "flip_crop",
+    "flip_crop_ls",
+    "cutout",
+    "autoaugment",
+    "trivialaugment",
+    "mixup_cutmix",
+)
+# all at once: one GPU holds them
+STUDY_ARGS = [
+    "--presets",
+    *STUDY_PRESETS,
+    "--spread-preset",
+    "flip_crop",
+    "--spread-seeds",
+    "1",
+    "--jobs",
+    str(len(STUDY_PRESETS) + 1),
+    "--workers",
+    "3",
+]
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
-SHIPPED_PARTS = {"full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
-                 "aug": ("aug/aug_study.json", "aug/aug_study.png"),
-                 "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png")}
+SHIPPED_PARTS = {
+    "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
+    "aug": ("aug/aug_study.json", "aug/aug_study.png"),
+    "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png"),
+}
 
 
 def torchvision_resnet18() -> nn.Module:
@@ -73,8 +108,14 @@ def torchvision_resnet18() -> nn.Module:
     return model
 
 
-def step_seconds(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype,
-                 device: torch.device) -> float:
+def step_seconds(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> float:
     """Seconds of one training step (forward, backward, SGD step)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,7 +130,9 @@ def step_seconds(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, 
     return time.perf_counter() - start
 
 
-def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device) -> dict:
+def throughput(
+    images: torch.Tensor, width: int, batch: int, steps: int, device: torch.device
+) -> dict:
     """Training images/s of each configuration. Ours and torchvision's take their timed steps
     in alternation (the order flipping every round), so that a slower or busier spell of the
     machine hits both alike; images/s come from the median step, the ratio is the median of the
@@ -114,7 +157,7 @@ def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device:
                     step_seconds(model, opt, xi, y, dtype, device)
                 runs[name] = (model, opt, [])
             for round_ in range(steps):
-                for name in (builders if round_ % 2 == 0 else reversed(list(builders))):
+                for name in builders if round_ % 2 == 0 else reversed(list(builders)):
                     model, opt, times = runs[name]
                     times.append(step_seconds(model, opt, xi, y, dtype, device))
             row = {"dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last}
@@ -127,10 +170,19 @@ def throughput(images: torch.Tensor, width: int, batch: int, steps: int, device:
             print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     fastest = max(rows, key=lambda r: r["ours_images_per_s"])
     auto_dtype = resolve_dtype("auto", device)
-    auto = {"dtype": str(auto_dtype).removeprefix("torch."),
-            "channels_last": train.parse_args([]).memory_format == "channels_last"}
-    return {"width": width, "batch": batch, "steps": steps, "rows": rows, "cpu_has_bf16": cpu_has_bf16(),
-            "auto": auto, "auto_is_fastest": auto == {k: fastest[k] for k in ("dtype", "channels_last")}}
+    auto = {
+        "dtype": str(auto_dtype).removeprefix("torch."),
+        "channels_last": train.parse_args([]).memory_format == "channels_last",
+    }
+    return {
+        "width": width,
+        "batch": batch,
+        "steps": steps,
+        "rows": rows,
+        "cpu_has_bf16": cpu_has_bf16(),
+        "auto": auto,
+        "auto_is_fastest": auto == {k: fastest[k] for k in ("dtype", "channels_last")},
+    }
 
 
 def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
@@ -163,14 +215,21 @@ def ship(work: Path, parts: list[str]) -> None:
             print(f"shipped {target}")
 
 
-def exported_accuracy(final_pt: Path, sources: dict[str, str], device: torch.device) -> dict[str, float]:
+def exported_accuracy(
+    final_pt: Path, sources: dict[str, str], device: torch.device
+) -> dict[str, float]:
     """Test accuracy of the exported fp16 final.pt, loaded as infer.py loads it (fp32 compute), on
     each named source's test split: it should match the in-training (bf16 autocast) evaluation."""
     model, meta = load_checkpoint(final_pt, device)
     accuracy = {}
     for name, source in sources.items():
         cifar = load_cifar(source)
-        accuracy[name] = (predict(model, meta, cifar.test_images, device) == cifar.test_labels).float().mean().item()
+        accuracy[name] = (
+            (predict(model, meta, cifar.test_images, device) == cifar.test_labels)
+            .float()
+            .mean()
+            .item()
+        )
     return accuracy
 
 
@@ -178,47 +237,118 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
     """train.py's result.json of a run that finished elsewhere, with the --also-test set (which
     did not travel) scored here on its exported final.pt, as infer.py loads it. `recipe_only`:
     refuse a run whose hyperparameters are not train.py's defaults (what --ship may ship)."""
-    result = json.loads(require_file(run / "result.json", "the run's result (train.py writes it at the end)").read_text())
+    result = json.loads(
+        require_file(
+            run / "result.json", "the run's result (train.py writes it at the end)"
+        ).read_text()
+    )
     require_file(run / "final.pt", "the run's exported model")
     if recipe_only:
         ran = train.parse_args(shlex.split(result["command"])[3:])
         recipe = train.parse_args([])
-        differ = [k for k in ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "preset",
-                              "width", "stem", "limit", "seed") if getattr(ran, k) != getattr(recipe, k)]
+        differ = [
+            k
+            for k in (
+                "model",
+                "epochs",
+                "batch_size",
+                "lr",
+                "weight_decay",
+                "warmup_epochs",
+                "preset",
+                "width",
+                "stem",
+                "limit",
+                "seed",
+            )
+            if getattr(ran, k) != getattr(recipe, k)
+        ]
         if differ:
-            raise CLIError(f"{run} was not trained with the recipe ({', '.join(differ)} differ): not shipped")
+            raise CLIError(
+                f"{run} was not trained with the recipe ({', '.join(differ)} differ): not shipped"
+            )
     if result.get("also_test") is None:
         cifar = load_cifar(also_test)
         model, meta = load_checkpoint(run / "final.pt", device)
-        accuracy = (predict(model, meta, cifar.test_images, device) == cifar.test_labels).float().mean().item()
-        result["also_test"] = {"data": cifar.source, "test_images": len(cifar.test_labels), "test_acc": accuracy,
-                               "scored_on": describe_hardware(device)}
+        accuracy = (
+            (predict(model, meta, cifar.test_images, device) == cifar.test_labels)
+            .float()
+            .mean()
+            .item()
+        )
+        result["also_test"] = {
+            "data": cifar.source,
+            "test_images": len(cifar.test_labels),
+            "test_acc": accuracy,
+            "scored_on": describe_hardware(device),
+        }
     return result
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(FULL), help="CIFAR-10 to train on (default: the shared whole-CIFAR-10 JPEG copy)")
-    p.add_argument("--also-test", default=str(SLICE), help="second test set (default: the 1,017 official-pixel images)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default=str(FULL),
+        help="CIFAR-10 to train on (default: the shared whole-CIFAR-10 JPEG copy)",
+    )
+    p.add_argument(
+        "--also-test",
+        default=str(SLICE),
+        help="second test set (default: the 1,017 official-pixel images)",
+    )
     p.add_argument("--work", default="outputs/p6", help="RUNS_DIR/p6 for the report")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--throughput-width", type=positive_int, default=64)
-    p.add_argument("--throughput-batch", type=positive_int, default=train.DEFAULTS["resnet18"]["batch_size"])
-    p.add_argument("--throughput-steps", type=positive_int, default=8, help="timed steps per model and configuration")
-    p.add_argument("--epochs", type=positive_int, help="full: override the recipe's epochs (smoke runs)")
-    p.add_argument("--aug-width", type=positive_int, default=64, help="aug: ResNet-18's width (smoke runs)")
-    p.add_argument("--aug-epochs", type=positive_int, default=30, help="aug: epochs of every run (smoke runs)")
-    p.add_argument("--trained-elsewhere", action="store_true",
-                   help="full, aug: take WORK's finished runs as a GPU session brought them back instead of training")
-    p.add_argument("--checkpoint", default=str(SHIPPED),
-                   help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)")
-    p.add_argument("--ship", action="store_true",
-                   help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
-                   "WORK/bench.json, aug's table and plot, cam's figures and curve record beside it (what infer.py, "
-                   "cam.py and the report use on a fresh clone)")
-    p.add_argument("--deletion", type=positive_int, default=500, help="cam: test images for the deletion and insertion curves")
-    p.add_argument("--limit", type=positive_int, help="smoke runs only: train.py's --limit (a fixed random draw of N training "
-                   "and N/5 test images)")
+    p.add_argument(
+        "--throughput-batch", type=positive_int, default=train.DEFAULTS["resnet18"]["batch_size"]
+    )
+    p.add_argument(
+        "--throughput-steps",
+        type=positive_int,
+        default=8,
+        help="timed steps per model and configuration",
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, help="full: override the recipe's epochs (smoke runs)"
+    )
+    p.add_argument(
+        "--aug-width", type=positive_int, default=64, help="aug: ResNet-18's width (smoke runs)"
+    )
+    p.add_argument(
+        "--aug-epochs", type=positive_int, default=30, help="aug: epochs of every run (smoke runs)"
+    )
+    p.add_argument(
+        "--trained-elsewhere",
+        action="store_true",
+        help="full, aug: take WORK's finished runs as a GPU session brought them back instead of training",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=str(SHIPPED),
+        help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)",
+    )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
+        "WORK/bench.json, aug's table and plot, cam's figures and curve record beside it (what infer.py, "
+        "cam.py and the report use on a fresh clone)",
+    )
+    p.add_argument(
+        "--deletion",
+        type=positive_int,
+        default=500,
+        help="cam: test images for the deletion and insertion curves",
+    )
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        help="smoke runs only: train.py's --limit (a fixed random draw of N training "
+        "and N/5 test images)",
+    )
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -228,15 +358,30 @@ def main(argv=None) -> dict:
     common = ["--data", args.data, "--seed", str(args.seed), "--device", args.device]
     if args.limit:
         common += ["--limit", str(args.limit)]
-    changed = [f"--{name.replace('_', '-')}" for name in ("limit", "epochs", "also_test", "aug_width", "aug_epochs",
-                                                          "checkpoint", "deletion", "seed")
-               if getattr(args, name) != p.get_default(name)]
+    changed = [
+        f"--{name.replace('_', '-')}"
+        for name in (
+            "limit",
+            "epochs",
+            "also_test",
+            "aug_width",
+            "aug_epochs",
+            "checkpoint",
+            "deletion",
+            "seed",
+        )
+        if getattr(args, name) != p.get_default(name)
+    ]
     if Path(args.data).resolve() != FULL.resolve():
         changed.append("--data")
     if args.ship and changed:
         raise CLIError(f"--ship ships only the recipe's own runs, without {', '.join(changed)}")
     # cam explains the model this invocation trains, when it trains one, else --checkpoint.
-    explained = work / "resnet18" / "final.pt" if "full" in args.parts and args.checkpoint == str(SHIPPED) else args.checkpoint
+    explained = (
+        work / "resnet18" / "final.pt"
+        if "full" in args.parts and args.checkpoint == str(SHIPPED)
+        else args.checkpoint
+    )
     command = command_line("bench.p6_classification", argv)
     bench_file = work / "bench.json"  # parts run separately are merged; each keeps its own command
 
@@ -249,7 +394,9 @@ def main(argv=None) -> dict:
 
     if "throughput" in args.parts:
         images = load_cifar(args.data).train_images
-        result = throughput(images, args.throughput_width, args.throughput_batch, args.throughput_steps, device)
+        result = throughput(
+            images, args.throughput_width, args.throughput_batch, args.throughput_steps, device
+        )
         step_us = 1e6 / max(r["ours_images_per_s"] for r in result["rows"])
         result["augmentation_us_per_image"] = augmentation_cost(images, 512)
         result["model_step_us_per_image"] = round(step_us, 1)
@@ -259,23 +406,62 @@ def main(argv=None) -> dict:
         if args.trained_elsewhere:
             result = adopted_run(work / "resnet18", args.also_test, device, recipe_only=args.ship)
         else:
-            result = train.main([*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")])
+            result = train.main(
+                [*common, *epochs, "--also-test", args.also_test, "--out", str(work / "resnet18")]
+            )
         if not args.limit:  # smoke runs: the whole test sets would cost more than the run
-            result["exported_fp16_test_acc"] = exported_accuracy(work / "resnet18" / "final.pt",
-                                                                 {"test": args.data, "also_test": args.also_test}, device)
+            result["exported_fp16_test_acc"] = exported_accuracy(
+                work / "resnet18" / "final.pt",
+                {"test": args.data, "also_test": args.also_test},
+                device,
+            )
         save("full", result)
     if "aug" in args.parts and args.trained_elsewhere:
-        record = json.loads(require_file(work / "aug" / "aug_study.json", "the study's record").read_text())
-        if args.ship and ([r["preset"] for r in record["rows"]] != list(STUDY_PRESETS) or record["epochs"] != 30
-                          or record["arch"].get("width") != 64):
-            raise CLIError(f"{work / 'aug'} is not the study's budget (STUDY_PRESETS, 30 epochs, width 64): not shipped")
+        record = json.loads(
+            require_file(work / "aug" / "aug_study.json", "the study's record").read_text()
+        )
+        if args.ship and (
+            [r["preset"] for r in record["rows"]] != list(STUDY_PRESETS)
+            or record["epochs"] != 30
+            or record["arch"].get("width") != 64
+        ):
+            raise CLIError(
+                f"{work / 'aug'} is not the study's budget (STUDY_PRESETS, 30 epochs, width 64): not shipped"
+            )
     elif "aug" in args.parts:
-        aug_study.main([*common, *STUDY_ARGS, "--width", str(args.aug_width), "--epochs", str(args.aug_epochs),
-                        "--out", str(work / "aug")])
+        aug_study.main(
+            [
+                *common,
+                *STUDY_ARGS,
+                "--width",
+                str(args.aug_width),
+                "--epochs",
+                str(args.aug_epochs),
+                "--out",
+                str(work / "aug"),
+            ]
+        )
     if "cam" in args.parts:
-        cam.main(["--checkpoint", str(explained), "--data", args.also_test, "--correct", "5", "--wrong", "5",
-                  "--deletion", str(args.deletion), "--seed", str(args.seed), "--device", args.device,
-                  "--out", str(work / "cam")])
+        cam.main(
+            [
+                "--checkpoint",
+                str(explained),
+                "--data",
+                args.also_test,
+                "--correct",
+                "5",
+                "--wrong",
+                "5",
+                "--deletion",
+                str(args.deletion),
+                "--seed",
+                str(args.seed),
+                "--device",
+                args.device,
+                "--out",
+                str(work / "cam"),
+            ]
+        )
     if args.ship:
         ship(work, args.parts)
     return json.loads(bench_file.read_text()) if bench_file.is_file() else {}

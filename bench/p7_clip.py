@@ -10,13 +10,21 @@ are chance level and only show that every pipeline runs end to end on real image
 similarity/, zeroshot/, probe/MODEL/, retrieval/, maskclip/MODEL/, robustness/ (each with its
 own JSON that records its exact command) and bench.json with the wall time of each part.
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
 
-from hw2_utils import command_line, describe_hardware, positive_int, resolve_device, run_cli, save_json
+from hw2_utils import (
+    command_line,
+    describe_hardware,
+    positive_int,
+    resolve_device,
+    run_cli,
+    save_json,
+)
 from p7_clip import maskclip, retrieval, robustness, similarity, train, zeroshot
 from p7_clip.models import parse_spec
 
@@ -30,14 +38,30 @@ def folder(spec: str) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", action="append", default=None, metavar="ARCH=WEIGHTS",
-                   help="repeatable; default ViT-B-32=tiny and RN50=tiny")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--clip",
+        action="append",
+        default=None,
+        metavar="ARCH=WEIGHTS",
+        help="repeatable; default ViT-B-32=tiny and RN50=tiny",
+    )
     p.add_argument("--cifar", default=str(SHARED / "cifar10" / "cifar10_slice.npz"))
     p.add_argument("--coco", default=str(SHARED / "coco"))
-    p.add_argument("--maskclip-images", default=None, help="image folder for MaskCLIP (default: COCO val2017)")
-    p.add_argument("--maskclip-limit", type=positive_int, default=4, help="MaskCLIP overlays per model")
-    p.add_argument("--robustness-limit", type=positive_int, default=1000, help="CIFAR test images in the robustness study")
+    p.add_argument(
+        "--maskclip-images", default=None, help="image folder for MaskCLIP (default: COCO val2017)"
+    )
+    p.add_argument(
+        "--maskclip-limit", type=positive_int, default=4, help="MaskCLIP overlays per model"
+    )
+    p.add_argument(
+        "--robustness-limit",
+        type=positive_int,
+        default=1000,
+        help="CIFAR test images in the robustness study",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="outputs/p7")
     args = p.parse_args(argv)
@@ -46,18 +70,64 @@ def main(argv=None) -> dict:
     common = [*models, "--device", args.device]
     out = Path(args.out)
     parts = {
-        "similarity": lambda: similarity.main([*common, "--data", args.coco, "--n", "10", "--out", str(out / "similarity")]),
-        "zeroshot": lambda: zeroshot.main([*common, "--data", args.cifar, "--out", str(out / "zeroshot")]),
-        "probe": lambda: [train.main(["--clip", s, "--device", args.device, "--data", args.cifar,
-                                      "--out", str(out / "probe" / folder(s))]) for s in specs],
-        "retrieval": lambda: retrieval.main([*common, "--data", args.coco, "--n", "100", "--out", str(out / "retrieval")]),
-        "maskclip": lambda: [maskclip.main(["--clip", s, "--device", args.device, "--data",
-                                            args.maskclip_images or str(Path(args.coco) / "val2017"),
-                                            "--limit", str(args.maskclip_limit), "--classes", "pascal-context-59",
-                                            "--key-smoothing", "1.0", "--denoise", "0.5",  # the official configs
-                                            "--out", str(out / "maskclip" / folder(s))]) for s in specs],
-        "robustness": lambda: robustness.main([*common, "--data", args.cifar, "--limit", str(args.robustness_limit),
-                                               "--out", str(out / "robustness")]),
+        "similarity": lambda: similarity.main(
+            [*common, "--data", args.coco, "--n", "10", "--out", str(out / "similarity")]
+        ),
+        "zeroshot": lambda: zeroshot.main(
+            [*common, "--data", args.cifar, "--out", str(out / "zeroshot")]
+        ),
+        "probe": lambda: [
+            train.main(
+                [
+                    "--clip",
+                    s,
+                    "--device",
+                    args.device,
+                    "--data",
+                    args.cifar,
+                    "--out",
+                    str(out / "probe" / folder(s)),
+                ]
+            )
+            for s in specs
+        ],
+        "retrieval": lambda: retrieval.main(
+            [*common, "--data", args.coco, "--n", "100", "--out", str(out / "retrieval")]
+        ),
+        "maskclip": lambda: [
+            maskclip.main(
+                [
+                    "--clip",
+                    s,
+                    "--device",
+                    args.device,
+                    "--data",
+                    args.maskclip_images or str(Path(args.coco) / "val2017"),
+                    "--limit",
+                    str(args.maskclip_limit),
+                    "--classes",
+                    "pascal-context-59",
+                    "--key-smoothing",
+                    "1.0",
+                    "--denoise",
+                    "0.5",  # the official configs
+                    "--out",
+                    str(out / "maskclip" / folder(s)),
+                ]
+            )
+            for s in specs
+        ],
+        "robustness": lambda: robustness.main(
+            [
+                *common,
+                "--data",
+                args.cifar,
+                "--limit",
+                str(args.robustness_limit),
+                "--out",
+                str(out / "robustness"),
+            ]
+        ),
     }
     seconds = {}
     for name, run in parts.items():
@@ -65,8 +135,12 @@ def main(argv=None) -> dict:
         run()
         seconds[name] = round(time.perf_counter() - start, 1)
         print(f"== {name}: {seconds[name]:.1f} s")
-    record = {"command": command_line("bench.p7_clip", argv), "models": specs, "seconds": seconds,
-              "hardware": describe_hardware(resolve_device(args.device))}
+    record = {
+        "command": command_line("bench.p7_clip", argv),
+        "models": specs,
+        "seconds": seconds,
+        "hardware": describe_hardware(resolve_device(args.device)),
+    }
     save_json(out / "bench.json", record)
     return record
 

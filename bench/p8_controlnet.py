@@ -13,6 +13,7 @@ Without --model the weights are random, built from the committed SD v1 configs: 
 does not depend on the weight values.
 Writes --json (default outputs/p8/p8_bench.json) and prints it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ import time
 import torch
 
 from hw2_utils import command_line, positive_int, resolve_device, run_cli, save_json
-from p8_controlnet.pipelines import (SCHEDULERS, apply_memory_options, build_pipeline, load_controlnet,
-                                     make_scheduler)
+from p8_controlnet.pipelines import (
+    SCHEDULERS,
+    apply_memory_options,
+    build_pipeline,
+    load_controlnet,
+    make_scheduler,
+)
 from p8_controlnet.records import environment
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 
@@ -47,15 +53,24 @@ def step_times(pipe, steps: int, repeats: int, **kwargs) -> tuple[list[float], l
     wall, cpu = [], []
     for r in range(repeats):
         stamps.clear()
-        pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(r), output_type="latent",
-             callback_on_step_end=stamp, **kwargs)
+        pipe(
+            PROMPT,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(r),
+            output_type="latent",
+            callback_on_step_end=stamp,
+            **kwargs,
+        )
         wall += [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
         cpu += [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
     return wall, cpu
 
 
 def medians(wall: list[float], cpu: list[float]) -> dict:
-    return {"cpu_s_per_step": round(statistics.median(cpu), 5), "wall_s_per_step": round(statistics.median(wall), 5)}
+    return {
+        "cpu_s_per_step": round(statistics.median(cpu), 5),
+        "wall_s_per_step": round(statistics.median(wall), 5),
+    }
 
 
 def tiny_cpu(steps: int, repeats: int) -> dict:
@@ -70,10 +85,19 @@ def tiny_cpu(steps: int, repeats: int) -> dict:
         pipe.scheduler = make_scheduler(name, SCHEDULER_CONFIG)
         per_scheduler[name] = medians(*step_times(pipe, steps, repeats))
     control = torch.zeros(1, 3, sd.resolution, sd.resolution)
-    cpipe = build_pipeline(sd, make_scheduler("ddim", SCHEDULER_CONFIG), [build_tiny_controlnet(sd.unet, 1)])
+    cpipe = build_pipeline(
+        sd, make_scheduler("ddim", SCHEDULER_CONFIG), [build_tiny_controlnet(sd.unet, 1)]
+    )
     with_controlnet = medians(*step_times(cpipe, steps, repeats, image=control))
-    return {"device": "cpu", "threads": torch.get_num_threads(), "size": sd.resolution, "steps": steps, "repeats": repeats,
-            "per_scheduler": per_scheduler, "ddim_with_controlnet": with_controlnet}
+    return {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "size": sd.resolution,
+        "steps": steps,
+        "repeats": repeats,
+        "per_scheduler": per_scheduler,
+        "ddim_with_controlnet": with_controlnet,
+    }
 
 
 def random_sd_v1(dtype: torch.dtype):
@@ -84,34 +108,59 @@ def random_sd_v1(dtype: torch.dtype):
     from stable_diffusion.model import StableDiffusion
     from stable_diffusion.tokenizer import load_tokenizer
 
-    cfg = {sub: json.loads((V1_CONFIG_DIR / sub / "config.json").read_text()) for sub in ("unet", "vae", "text_encoder")}
+    cfg = {
+        sub: json.loads((V1_CONFIG_DIR / sub / "config.json").read_text())
+        for sub in ("unet", "vae", "text_encoder")
+    }
     torch.manual_seed(0)
-    sd = StableDiffusion(UNet2DConditionModel.from_config(cfg["unet"]), AutoencoderKL.from_config(cfg["vae"]),
-                         CLIPTextModel(CLIPTextConfig.from_dict(cfg["text_encoder"])), load_tokenizer(),
-                         NoiseSchedule.from_config(V1_CONFIG_DIR / "scheduler" / "scheduler_config.json"))
+    sd = StableDiffusion(
+        UNet2DConditionModel.from_config(cfg["unet"]),
+        AutoencoderKL.from_config(cfg["vae"]),
+        CLIPTextModel(CLIPTextConfig.from_dict(cfg["text_encoder"])),
+        load_tokenizer(),
+        NoiseSchedule.from_config(V1_CONFIG_DIR / "scheduler" / "scheduler_config.json"),
+    )
     return sd.to(dtype=dtype).eval_frozen()
 
 
-def gpu_512(device: torch.device, model: str | None, controlnet: str | None, steps: int, repeats: int) -> dict:
+def gpu_512(
+    device: torch.device, model: str | None, controlnet: str | None, steps: int, repeats: int
+) -> dict:
     from diffusers import ControlNetModel
 
     sd = load_stable_diffusion(model, dtype=torch.float16) if model else random_sd_v1(torch.float16)
-    net = load_controlnet(controlnet, torch.float16) if controlnet else \
-        torch.nn.Module.to(ControlNetModel.from_unet(sd.unet), dtype=torch.float16)
+    net = (
+        load_controlnet(controlnet, torch.float16)
+        if controlnet
+        else torch.nn.Module.to(ControlNetModel.from_unet(sd.unet), dtype=torch.float16)
+    )
     control = torch.zeros(1, 3, 512, 512)
-    result = {"weights": model or "random SD v1", "dtype": "float16",  # the GPU: the record's environment
-              "size": 512, "steps": steps, "scheduler": "dpm++2m", "batch": 1, "cfg": True}
+    result = {
+        "weights": model or "random SD v1",
+        "dtype": "float16",  # the GPU: the record's environment
+        "size": 512,
+        "steps": steps,
+        "scheduler": "dpm++2m",
+        "batch": 1,
+        "cfg": True,
+    }
     # cpu_offload last: its hooks stay on the shared modules.
     for name in ("plain", "controlnet", "attention_slicing", "vae_tiling", "cpu_offload"):
         kwargs, nets = ({"image": control}, [net]) if name == "controlnet" else ({}, [])
         pipe = build_pipeline(sd, make_scheduler("dpm++2m", SCHEDULER_CONFIG), nets)
-        apply_memory_options(pipe, device, name == "attention_slicing", name == "vae_tiling", name == "cpu_offload")
-        step_times(pipe, 3, 1, height=512, width=512, **kwargs)  # warm-up (cuDNN autotuning, allocator)
+        apply_memory_options(
+            pipe, device, name == "attention_slicing", name == "vae_tiling", name == "cpu_offload"
+        )
+        # warm-up (cuDNN autotuning, allocator)
+        step_times(pipe, 3, 1, height=512, width=512, **kwargs)
         torch.cuda.reset_peak_memory_stats(device)
         gaps, _ = step_times(pipe, steps, repeats, height=512, width=512, **kwargs)
-        pipe(PROMPT, num_inference_steps=1, height=512, width=512, **kwargs)  # the VAE decode counts in the peak
-        result[name] = {"it_per_s": round(1 / statistics.median(gaps), 2),
-                        "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+        # the VAE decode counts in the peak
+        pipe(PROMPT, num_inference_steps=1, height=512, width=512, **kwargs)
+        result[name] = {
+            "it_per_s": round(1 / statistics.median(gaps), 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+        }
         if name == "controlnet":
             torch.nn.Module.to(net, "cpu")  # off the GPU, so later peaks are SD's alone
             torch.cuda.empty_cache()
@@ -121,18 +170,33 @@ def gpu_512(device: torch.device, model: str | None, controlnet: str | None, ste
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu (tiny part only) | cuda | cuda:N (both parts)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device", default="cpu", help="cpu (tiny part only) | cuda | cuda:N (both parts)"
+    )
     p.add_argument("--model", help="real SD v1.x weights for the GPU part (default: random)")
-    p.add_argument("--controlnet", help="real ControlNet folder for the GPU part (default: random, from the UNet)")
+    p.add_argument(
+        "--controlnet",
+        help="real ControlNet folder for the GPU part (default: random, from the UNet)",
+    )
     p.add_argument("--steps", type=positive_int, default=20, help="denoising steps per image")
     p.add_argument("--repeats", type=positive_int, default=3, help="images per measurement")
     p.add_argument("--json", default="outputs/p8/p8_bench.json")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
-    gpu = gpu_512(device, args.model, args.controlnet, args.steps, args.repeats) if device.type == "cuda" else None
-    record = {"tiny_cpu": tiny_cpu(args.steps, args.repeats), "gpu_512": gpu,
-              "command": command_line("bench.p8_controlnet", argv), "environment": environment(device)}
+    gpu = (
+        gpu_512(device, args.model, args.controlnet, args.steps, args.repeats)
+        if device.type == "cuda"
+        else None
+    )
+    record = {
+        "tiny_cpu": tiny_cpu(args.steps, args.repeats),
+        "gpu_512": gpu,
+        "command": command_line("bench.p8_controlnet", argv),
+        "environment": environment(device),
+    }
     save_json(args.json, record)
     print(json.dumps(record, indent=1))
     return record

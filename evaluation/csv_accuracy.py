@@ -6,6 +6,7 @@ Both files have the header `image_name,label`. Rows are joined on image_name, so
 order does not matter; a name found in only one file, a repeated name or a label that is
 not an integer is an error that names the row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ import os
 
 from hw2_utils import read_label_csv, run_cli
 from evaluation.common import check_same_names
+
 
 def csv_accuracy(pred_csv: str | os.PathLike, gt_csv: str | os.PathLike) -> dict:
     """{'acc', 'correct', 'total'} over the rows of the ground truth."""
@@ -24,7 +26,9 @@ def csv_accuracy(pred_csv: str | os.PathLike, gt_csv: str | os.PathLike) -> dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("pred", help="predictions: image_name,label")
     p.add_argument("gt", help="ground truth: image_name,label")
     return p.parse_args(argv)

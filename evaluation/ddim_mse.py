@@ -7,6 +7,7 @@ the per-image MSE is the mean squared difference over all pixels and channels, a
 score is the mean of the per-image values. A file without a partner, or a pair whose
 sizes differ, is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,21 @@ def mse_dirs(pred: str | os.PathLike, gt: str | os.PathLike) -> dict:
         a = np.asarray(open_rgb(pred_files[name]), dtype=np.float64)
         b = np.asarray(open_rgb(gt_files[name]), dtype=np.float64)
         if a.shape != b.shape:
-            raise CLIError(f"{name}: prediction is {a.shape[1]}x{a.shape[0]} but ground truth is {b.shape[1]}x{b.shape[0]}")
+            raise CLIError(
+                f"{name}: prediction is {a.shape[1]}x{a.shape[0]} but ground truth is {b.shape[1]}x{b.shape[0]}"
+            )
         per_image[name] = float(np.mean((a - b) ** 2))
     return {"mse": float(np.mean(list(per_image.values()))), "per_image": per_image}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pred", required=True, help="folder of generated images")
-    p.add_argument("--gt", required=True, help="folder of ground-truth images with the same file names")
+    p.add_argument(
+        "--gt", required=True, help="folder of ground-truth images with the same file names"
+    )
     p.add_argument("--per-image", action="store_true", help="also print each image's MSE")
     return p.parse_args(argv)
 

@@ -17,6 +17,7 @@ Without it the SVHN half is reported as skipped and no average is printed.
 --usps-checkpoint scores OUT/svhn with the course LeNet trained on USPS instead, for checkpoints
 whose second domain is USPS (the shipped P1 checkpoint: no SVHN exists on these machines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,31 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from hw2_utils import (CLIError, error_summary, list_images, load_torch_file, open_rgb, progress, require_dir, require_file,
-                       resolve_device, run_cli)
+from hw2_utils import (
+    CLIError,
+    error_summary,
+    list_images,
+    load_torch_file,
+    open_rgb,
+    progress,
+    require_dir,
+    require_file,
+    resolve_device,
+    run_cli,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The course LeNet trained on USPS train by bench/p1_ddpm.py (USPS val accuracy, command and log in
 # p1_ddpm/checkpoints/README.md): grades P1's second domain, USPS on these machines (no SVHN).
 USPS_GRADER = REPO / "p1_ddpm" / "checkpoints" / "usps_grader_lenet.pt"
 
-PREPROCESS = transforms.Compose([
-    transforms.Resize(28),
-    transforms.ToTensor(),
-    transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-])
+PREPROCESS = transforms.Compose(
+    [
+        transforms.Resize(28),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    ]
+)
 
 
 class LeNet(nn.Module):
@@ -65,10 +78,12 @@ class LeNet(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
-def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
-                           what: str = "MNIST-M classifier checkpoint",
-                           hint: str = "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth"
-                           ) -> nn.Module:
+def load_mnistm_classifier(
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    what: str = "MNIST-M classifier checkpoint",
+    hint: str = "the course's Classifier.pth; a copy is at ../shared/data/grader/Classifier.pth",
+) -> nn.Module:
     """The course LeNet from a state dict (bare or under 'state_dict'): Classifier.pth, or the
     same architecture trained on USPS (USPS_GRADER)."""
     path = Path(checkpoint)
@@ -78,24 +93,35 @@ def load_mnistm_classifier(checkpoint: str | os.PathLike, device: str | torch.de
     model = LeNet()
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys or shapes, or not a dict at all
-        lines = str(e).strip().splitlines() or [type(e).__name__]  # line 1 is a generic header; line 2 names the keys
-        raise CLIError(f"{path} is not the course LeNet: {lines[min(1, len(lines) - 1)].strip()[:200]}") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # wrong keys or shapes, or not a dict at all
+        # line 1 is a generic header; line 2 names the keys
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise CLIError(
+            f"{path} is not the course LeNet: {lines[min(1, len(lines) - 1)].strip()[:200]}"
+        ) from None
     return model.eval().to(device)
 
 
-def load_svhn_classifier(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_svhn_classifier(
+    checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+) -> nn.Module:
     """A classifier saved with torch.export.save (.pt2): the file carries its own
     architecture, which is not known here for the course's SVHN model."""
     path = require_file(checkpoint, "SVHN classifier checkpoint")
     if path.suffix != ".pt2":
         raise CLIError(f"{path}: the SVHN classifier must be a torch.export program (.pt2)")
     # Checked first, because torch.export.load logs a traceback as a warning before it fails.
-    if not zipfile.is_zipfile(path) or not any(n.split("/")[-1] == "archive_format" for n in zipfile.ZipFile(path).namelist()):
-        raise CLIError(f"{path} is not a torch.export program (no .pt2 archive; save it with torch.export.save)")
+    if not zipfile.is_zipfile(path) or not any(
+        n.split("/")[-1] == "archive_format" for n in zipfile.ZipFile(path).namelist()
+    ):
+        raise CLIError(
+            f"{path} is not a torch.export program (no .pt2 archive; save it with torch.export.save)"
+        )
     try:
         return torch.export.load(path).module().to(device)
-    except Exception as e:  # a foreign or truncated file fails anywhere in the loader (BadZipFile, KeyError, ...)
+    except Exception as e:
+        # a foreign or truncated file fails anywhere in the loader (BadZipFile, KeyError, ...)
         raise CLIError(f"{path} is not a torch.export program ({error_summary(e)})") from None
 
 
@@ -106,8 +132,13 @@ def label_of(path: Path) -> int:
 
 
 @torch.no_grad()
-def score_images(model: nn.Module, images: Sequence[Image.Image] | np.ndarray, labels: Sequence[int],
-                 device: str | torch.device = "cpu", batch_size: int = 500) -> dict:
+def score_images(
+    model: nn.Module,
+    images: Sequence[Image.Image] | np.ndarray,
+    labels: Sequence[int],
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+) -> dict:
     """Accuracy of `model` on in-memory images: PIL images, or uint8 arrays (N, H, W, 3)
     such as hw2_utils.to_uint8 returns. They go through PREPROCESS exactly as saved PNGs
     would, so a batch scores the same here as written to disk and graded from the folder.
@@ -119,16 +150,24 @@ def score_images(model: nn.Module, images: Sequence[Image.Image] | np.ndarray, l
     device = torch.device(device)
     correct = 0
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        batch = torch.stack([PREPROCESS(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
-                             for im in chunk])
+        chunk = images[start : start + batch_size]
+        batch = torch.stack(
+            [
+                PREPROCESS(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
+                for im in chunk
+            ]
+        )
         predictions = model(batch.to(device)).argmax(1).cpu()
-        correct += int((predictions == torch.as_tensor(labels[start:start + batch_size])).sum())
+        correct += int((predictions == torch.as_tensor(labels[start : start + batch_size])).sum())
     return {"acc": correct / len(images), "correct": correct, "total": len(images)}
 
 
-def score_folder(model: nn.Module, folder: str | os.PathLike, device: str | torch.device = "cpu",
-                 batch_size: int = 500) -> dict:
+def score_folder(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+) -> dict:
     """Accuracy over the images of `folder`, each labelled by its name's first character."""
     files = list_images(folder, "image folder")
     labels = [label_of(f) for f in files]
@@ -136,40 +175,74 @@ def score_folder(model: nn.Module, folder: str | os.PathLike, device: str | torc
     return score_images(model, images, labels, device, batch_size)
 
 
-def digit_accuracy(folder: str | os.PathLike, checkpoint: str | os.PathLike,
-                   svhn_checkpoint: str | os.PathLike | None = None, device: str = "auto",
-                   usps_checkpoint: str | os.PathLike | None = None) -> dict:
+def digit_accuracy(
+    folder: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    svhn_checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    usps_checkpoint: str | os.PathLike | None = None,
+) -> dict:
     """{'mnistm': {acc, correct, total}, 'svhn': same or None, 'acc': mean of the two
     accuracies, or None when the SVHN half was skipped, 'usps': the svhn/ folder scored by the
     USPS LeNet when the second domain is USPS, or None}."""
     device = resolve_device(device)
     root = require_dir(folder, "output folder")
-    mnistm = score_folder(load_mnistm_classifier(checkpoint, device), require_dir(root / "mnistm", "MNIST-M folder"), device)
+    mnistm = score_folder(
+        load_mnistm_classifier(checkpoint, device),
+        require_dir(root / "mnistm", "MNIST-M folder"),
+        device,
+    )
     svhn = usps = None
     if svhn_checkpoint is not None:
-        svhn = score_folder(load_svhn_classifier(svhn_checkpoint, device), require_dir(root / "svhn", "SVHN folder"), device)
+        svhn = score_folder(
+            load_svhn_classifier(svhn_checkpoint, device),
+            require_dir(root / "svhn", "SVHN folder"),
+            device,
+        )
     if usps_checkpoint is not None:
-        grader = load_mnistm_classifier(usps_checkpoint, device, "USPS grader checkpoint",
-                                        f"the shipped one is {USPS_GRADER}; python -m bench.p1_ddpm trains it")
+        grader = load_mnistm_classifier(
+            usps_checkpoint,
+            device,
+            "USPS grader checkpoint",
+            f"the shipped one is {USPS_GRADER}; python -m bench.p1_ddpm trains it",
+        )
         usps = score_folder(grader, require_dir(root / "svhn", "second-domain folder"), device)
-    return {"mnistm": mnistm, "svhn": svhn, "acc": None if svhn is None else (mnistm["acc"] + svhn["acc"]) / 2,
-            "usps": usps}
+    return {
+        "mnistm": mnistm,
+        "svhn": svhn,
+        "acc": None if svhn is None else (mnistm["acc"] + svhn["acc"]) / 2,
+        "usps": usps,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folder", required=True, help="folder holding mnistm/ (and svhn/) with the generated images")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--folder",
+        required=True,
+        help="folder holding mnistm/ (and svhn/) with the generated images",
+    )
     p.add_argument("--checkpoint", required=True, help="the course's MNIST-M Classifier.pth")
-    p.add_argument("--svhn-checkpoint", help="SVHN classifier saved with torch.export (.pt2); omitted: SVHN is skipped")
-    p.add_argument("--usps-checkpoint", help=f"the course LeNet trained on USPS (shipped: {USPS_GRADER.relative_to(REPO)}): "
-                   "scores OUT/svhn when the second domain is USPS, as for the shipped P1 checkpoint")
+    p.add_argument(
+        "--svhn-checkpoint",
+        help="SVHN classifier saved with torch.export (.pt2); omitted: SVHN is skipped",
+    )
+    p.add_argument(
+        "--usps-checkpoint",
+        help=f"the course LeNet trained on USPS (shipped: {USPS_GRADER.relative_to(REPO)}): "
+        "scores OUT/svhn when the second domain is USPS, as for the shipped P1 checkpoint",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = digit_accuracy(args.folder, args.checkpoint, args.svhn_checkpoint, args.device, args.usps_checkpoint)
+    result = digit_accuracy(
+        args.folder, args.checkpoint, args.svhn_checkpoint, args.device, args.usps_checkpoint
+    )
     m, s = result["mnistm"], result["svhn"]
     print(f"MNIST-M acc = {m['acc']} (correct/total = {m['correct']}/{m['total']})")
     if s is None:
@@ -180,7 +253,9 @@ def main(argv=None) -> dict:
         print(f"acc = {result['acc']}")
     if result["usps"] is not None:
         u = result["usps"]
-        print(f"USPS acc (svhn/ folder, second domain USPS) = {u['acc']} (correct/total = {u['correct']}/{u['total']})")
+        print(
+            f"USPS acc (svhn/ folder, second domain USPS) = {u['acc']} (correct/total = {u['correct']}/{u['total']})"
+        )
     return result
 
 

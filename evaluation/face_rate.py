@@ -13,6 +13,7 @@ dlib comes from the `dlib-bin` wheel.
 As in the course script, every entry of the folder counts except those that cannot be
 read, which are dropped from the total.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ def hog_face_counter() -> Callable[[np.ndarray], int]:
     return lambda image: len(detector(image, UPSAMPLE))
 
 
-def face_rate(image_dir: str | os.PathLike, count_faces: Callable[[np.ndarray], int] | None = None) -> dict:
+def face_rate(
+    image_dir: str | os.PathLike, count_faces: Callable[[np.ndarray], int] | None = None
+) -> dict:
     """{'rate': one-face images / readable images, 'one_face', 'total', 'unreadable': names}."""
     folder = require_dir(image_dir, "image folder")
     count_faces = count_faces or hog_face_counter()
@@ -45,18 +48,26 @@ def face_rate(image_dir: str | os.PathLike, count_faces: Callable[[np.ndarray], 
         try:
             with Image.open(path) as image:
                 array = np.array(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError):  # a folder or a non-image: dropped, as the course does
+        except (UnidentifiedImageError, OSError, ValueError):
+            # a folder or a non-image: dropped, as the course does
             unreadable.append(path.name)
             continue
         one_face += int(count_faces(array) == 1)
     total = len(entries) - len(unreadable)
     if total == 0:
         raise CLIError(f"image folder {folder} holds no readable images")
-    return {"rate": one_face / total, "one_face": one_face, "total": total, "unreadable": unreadable}
+    return {
+        "rate": one_face / total,
+        "one_face": one_face,
+        "total": total,
+        "unreadable": unreadable,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--image_dir", required=True, help="folder of generated face images")
     return p.parse_args(argv)
 
@@ -66,7 +77,10 @@ def main(argv=None) -> dict:
     result = face_rate(args.image_dir)
     for name in result["unreadable"]:
         print(f"can't open {name}: left out of the total")
-    print(f"Face recognition Accuracy: {100 * result['rate']:.3f}% ({result['one_face']}/{result['total']} images with exactly one face)")
+    print(
+        f"Face recognition Accuracy: {100 * result['rate']:.3f}% "
+        f"({result['one_face']}/{result['total']} images with exactly one face)"
+    )
     return result
 
 

@@ -5,6 +5,7 @@ names, and the `python -m ...` command line that records cite.
 What belongs here: anything about reading the user's command line and refusing bad input
 before work starts. Not here: writing outputs (files.py), devices and ranks (runtime.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,13 @@ def run_cli(main: Callable[[], object]) -> None:
         main()
     except CLIError as e:
         _fail(str(e), 2)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
@@ -64,12 +71,23 @@ class Number:
     option of every command uses one (tests/test_cli_numbers.py walks all parsers), so a new
     option cannot silently accept -1, NaN or 1e30."""
 
-    def __init__(self, kind: type, low: float, high: float, *, name: str, phrase: str = "", open_low: bool = False,
-                 open_high: bool = False):
+    def __init__(
+        self,
+        kind: type,
+        low: float,
+        high: float,
+        *,
+        name: str,
+        phrase: str = "",
+        open_low: bool = False,
+        open_high: bool = False,
+    ):
         self.kind, self.low, self.high, self.__name__ = kind, low, high, name
         self.open_low, self.open_high = open_low, open_high
-        self.phrase = phrase or (f"{'an integer' if kind is int else 'a number'} {'above' if open_low else 'from'} "
-                                 f"{low:g} {'and below' if open_high else 'to'} {high:g}")
+        self.phrase = phrase or (
+            f"{'an integer' if kind is int else 'a number'} {'above' if open_low else 'from'} "
+            f"{low:g} {'and below' if open_high else 'to'} {high:g}"
+        )
 
     def __repr__(self) -> str:
         return self.__name__
@@ -78,34 +96,57 @@ class Number:
         try:
             value = self.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if self.kind is int else 'a number'}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if self.kind is int else 'a number'}"
+            ) from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if (value <= self.low if self.open_low else value < self.low) or (
-                value >= self.high if self.open_high else value > self.high):
+            value >= self.high if self.open_high else value > self.high
+        ):
             raise argparse.ArgumentTypeError(f"must be {self.phrase}, got {text}")
         return value
 
 
-MAX_INT = 2**31 - 1  # counts, sizes, steps: past this a value is a typo, and some libraries take int32
-MAX_FLOAT = 1e6      # rates, weights, scales, seconds: no option here means anything larger
+# counts, sizes, steps: past this a value is a typo, and some libraries take int32
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e6  # rates, weights, scales, seconds: no option here means anything larger
 # batch sizes, steps, counts, intervals
-positive_int = Number(int, 1, MAX_INT, name="positive_int", phrase=f"a positive integer (at most {MAX_INT})")
+positive_int = Number(
+    int, 1, MAX_INT, name="positive_int", phrase=f"a positive integer (at most {MAX_INT})"
+)
 # counts where 0 means none (workers, intervals with 0 = never)
-non_negative_int = Number(int, 0, MAX_INT, name="non_negative_int", phrase=f"an integer from 0 to {MAX_INT}")
-seed_int = Number(int, 0, 2**32 - 1, name="seed_int", phrase=f"an integer from 0 to {2**32 - 1}")  # numpy's seed range
+non_negative_int = Number(
+    int, 0, MAX_INT, name="non_negative_int", phrase=f"an integer from 0 to {MAX_INT}"
+)
+# numpy's seed range
+seed_int = Number(int, 0, 2**32 - 1, name="seed_int", phrase=f"an integer from 0 to {2**32 - 1}")
 # learning rates, temperatures, seconds
-positive_float = Number(float, 0, MAX_FLOAT, open_low=True, name="positive_float",
-                        phrase=f"a number above 0 (at most {MAX_FLOAT:g})")
+positive_float = Number(
+    float,
+    0,
+    MAX_FLOAT,
+    open_low=True,
+    name="positive_float",
+    phrase=f"a number above 0 (at most {MAX_FLOAT:g})",
+)
 # weights and scales where 0 turns a term off
-non_negative_float = Number(float, 0, MAX_FLOAT, name="non_negative_float", phrase=f"a number from 0 to {MAX_FLOAT:g}")
-probability = Number(float, 0, 1, name="probability", phrase="a probability, from 0 to 1")  # also fractions, thresholds
-clip_score = Number(float, -100, 100, name="clip_score", phrase="a CLIP score, from -100 to 100")  # 100 x cosine
+non_negative_float = Number(
+    float, 0, MAX_FLOAT, name="non_negative_float", phrase=f"a number from 0 to {MAX_FLOAT:g}"
+)
+# also fractions, thresholds
+probability = Number(float, 0, 1, name="probability", phrase="a probability, from 0 to 1")
+# 100 x cosine
+clip_score = Number(float, -100, 100, name="clip_score", phrase="a CLIP score, from -100 to 100")
 # EMA decays, Adam betas, dropout: 1 would freeze the average or drop everything
-fraction_below_one = Number(float, 0, 1, open_high=True, name="fraction_below_one", phrase="a number from 0 to below 1")
+fraction_below_one = Number(
+    float, 0, 1, open_high=True, name="fraction_below_one", phrase="a number from 0 to below 1"
+)
 
 
-def add_option(parser, name: str, *, aliases: Iterable[str] = (), required: bool = False, **kwargs) -> None:
+def add_option(
+    parser, name: str, *, aliases: Iterable[str] = (), required: bool = False, **kwargs
+) -> None:
     """--NAME on `parser` (or an argument group), with `aliases`: older spellings that still work
     but stay out of --help, so one flag names one concept across every command. argparse's
     required=True would refuse an alias, so a required option and its aliases form a required
@@ -115,7 +156,9 @@ def add_option(parser, name: str, *, aliases: Iterable[str] = (), required: bool
     group.add_argument(f"--{name}", dest=dest, required=required and not aliases, **kwargs)
     hidden = {k: v for k, v in kwargs.items() if k not in ("help", "default", "metavar")}
     for alias in aliases:
-        group.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden)
+        group.add_argument(
+            alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden
+        )
 
 
 def require_file(path: str | os.PathLike, what: str, how_to_get: str = "") -> Path:
@@ -140,8 +183,11 @@ def load_torch_file(path: str | os.PathLike, what: str, how_to_get: str = ""):
     path = require_file(path, what, how_to_get)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler raises nearly anything on a foreign file (KeyError, IndexError, ...)
-        raise CLIError(f"{what} {path} is not a readable PyTorch file ({error_summary(e)})") from None
+    except Exception as e:
+        # the unpickler raises nearly anything on a foreign file (KeyError, IndexError, ...)
+        raise CLIError(
+            f"{what} {path} is not a readable PyTorch file ({error_summary(e)})"
+        ) from None
 
 
 def require_finite(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -162,11 +208,17 @@ def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
     p = Path(path)
     kind = "folder" if folder else "file"
     # 255 bytes a name on Linux file systems, less what the hidden staging sibling adds (.NAME.partial.XXXXXXXX)
-    if any(len(part.encode()) > 255 for part in p.parts) or len(p.name.encode()) > 255 - STAGING_NAME_EXTRA:
-        raise CLIError(f"output {kind} name too long (at most {255 - STAGING_NAME_EXTRA} bytes a name): {str(p)[:80]}...")
+    if (
+        any(len(part.encode()) > 255 for part in p.parts)
+        or len(p.name.encode()) > 255 - STAGING_NAME_EXTRA
+    ):
+        raise CLIError(
+            f"output {kind} name too long (at most {255 - STAGING_NAME_EXTRA} bytes a name): {str(p)[:80]}..."
+        )
     if p.exists() and p.is_dir() != folder:
         raise CLIError(f"output {kind} {p} exists and is not a {kind}")
-    if folder and p.is_dir() and not os.access(p, os.W_OK | os.X_OK):  # its entries are replaced in place
+    # its entries are replaced in place
+    if folder and p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
         raise CLIError(f"output folder {p} is not writable")
     parent = p.parent
     while not parent.exists():

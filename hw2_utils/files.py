@@ -5,6 +5,7 @@ published as a whole, and the CIFAR-10 layouts the problems read.
 What belongs here: anything that touches a file the user reads or names. Not here: checks
 of the command line (cli.py), devices and ranks (runtime.py), run folders (runs.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,10 +37,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=final.suffix or ".tmp", dir=final.parent
+        )
         os.close(fd)
         tmp = Path(name)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the final file normal permissions
+        # mkstemp makes 0600; give the final file normal permissions
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         os.replace(tmp, final)
     except OSError as e:
@@ -86,7 +90,8 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
                 os.replace(final / name, trash / name)
             for name in written:
                 target = final / name
-                if target.is_dir() and not target.is_symlink():  # os.replace cannot replace a folder
+                # os.replace cannot replace a folder
+                if target.is_dir() and not target.is_symlink():
                     os.replace(target, trash / name)
                 os.replace(stage / name, target)
     except OSError as e:
@@ -97,7 +102,8 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-_HELD_LOCKS: dict[str, list] = {}  # folder -> [open descriptor, depth]: output_lock is re-entrant in a process
+# folder -> [open descriptor, depth]: output_lock is re-entrant in a process
+_HELD_LOCKS: dict[str, list] = {}
 
 
 @contextlib.contextmanager
@@ -114,7 +120,10 @@ def output_lock(folder: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"note: another command is writing into {folder}: waiting for it to finish", file=sys.stderr)
+            print(
+                f"note: another command is writing into {folder}: waiting for it to finish",
+                file=sys.stderr,
+            )
             fcntl.flock(fd, fcntl.LOCK_EX)
         held = _HELD_LOCKS[key] = [fd, 0]
     held[1] += 1
@@ -187,11 +196,15 @@ def read_record(path: str | os.PathLike) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CLIError(f"record {path} is not readable JSON ({error_summary(e)}): re-run the command that writes it, "
-                       "or delete it") from None
+        raise CLIError(
+            f"record {path} is not readable JSON ({error_summary(e)}): re-run the command that writes it, "
+            "or delete it"
+        ) from None
     if not isinstance(record, dict):
-        raise CLIError(f"record {path} holds a JSON {type(record).__name__}, not an object: re-run the command that "
-                       "writes it, or delete it")
+        raise CLIError(
+            f"record {path} holds a JSON {type(record).__name__}, not an object: re-run the command that "
+            "writes it, or delete it"
+        )
     return record
 
 
@@ -202,14 +215,17 @@ def record_errors(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
-        raise CLIError(f"record {path} lacks a field or holds a wrong type ({error_summary(e)}): re-run the command "
-                       "that writes it, or delete it") from None
+        raise CLIError(
+            f"record {path} lacks a field or holds a wrong type ({error_summary(e)}): re-run the command "
+            "that writes it, or delete it"
+        ) from None
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     """The lines of a Markdown pipe table: every report and every study's .md file."""
-    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 def missing(what: str, command: str) -> str:
@@ -226,8 +242,10 @@ def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display on a grading machine); every
     figure goes through save_figure."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -246,7 +264,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110, tight: bool = Fals
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def list_images(folder: str | os.PathLike, what: str = "image folder", extensions=IMAGE_EXTENSIONS) -> list[Path]:
+def list_images(
+    folder: str | os.PathLike, what: str = "image folder", extensions=IMAGE_EXTENSIONS
+) -> list[Path]:
     """Image files directly inside `folder`, sorted by name; a CLIError if there are none."""
     root = require_dir(folder, what)
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
@@ -269,7 +289,9 @@ def read_label_csv(path: str | os.PathLike, what: str) -> dict[str, int]:
             reader = csv.reader(f)
             header = tuple(cell.strip() for cell in next(reader, ()))
             if header[:2] != LABEL_CSV_HEADER:
-                raise CLIError(f"{path}: header is {','.join(header) or 'missing'}, expected {','.join(LABEL_CSV_HEADER)}")
+                raise CLIError(
+                    f"{path}: header is {','.join(header) or 'missing'}, expected {','.join(LABEL_CSV_HEADER)}"
+                )
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue
@@ -281,7 +303,9 @@ def read_label_csv(path: str | os.PathLike, what: str) -> dict[str, int]:
                 try:
                     labels[name] = int(label)
                 except ValueError:
-                    raise CLIError(f"{path}:{line}: label {label!r} of {name} is not an integer") from None
+                    raise CLIError(
+                        f"{path}:{line}: label {label!r} of {name} is not an integer"
+                    ) from None
     except UnicodeDecodeError as e:
         raise CLIError(f"{path} is not a text CSV ({e.reason})") from None
     if not labels:
@@ -307,8 +331,11 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def save_images(images: torch.Tensor, paths: Iterable[str | os.PathLike],
-                value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+def save_images(
+    images: torch.Tensor,
+    paths: Iterable[str | os.PathLike],
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> None:
     """Save each image of a (N,C,H,W) batch as PNG (RGB, or L for one channel); a CLIError
     before any file is written if an image holds NaN or infinite values."""
     from PIL import Image
@@ -319,36 +346,60 @@ def save_images(images: torch.Tensor, paths: Iterable[str | os.PathLike],
     finite = torch.isfinite(images.detach()).flatten(1).all(1).cpu()
     if not finite.all():  # NaN would become black pixels and the run would look like a success
         first = paths[int((~finite).nonzero()[0])].name
-        raise CLIError(f"{int((~finite).sum())} of {len(paths)} images (first: {first}) hold NaN or infinite values, "
-                       "e.g. from a checkpoint with non-finite weights; nothing was written")
+        raise CLIError(
+            f"{int((~finite).sum())} of {len(paths)} images (first: {first}) hold NaN or infinite values, "
+            "e.g. from a checkpoint with non-finite weights; nothing was written"
+        )
     arrays = to_uint8(images, value_range).numpy()
     for array, path in zip(arrays, paths):
         mode = "L" if array.shape[-1] == 1 else "RGB"
         Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode=mode).save(path)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int,
-              value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
+def save_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    nrow: int,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    padding: int = 2,
+) -> None:
     """Tile a (N,C,H,W) batch into one PNG with `nrow` images per row, written atomically."""
     from torchvision.utils import make_grid
 
     lo, hi = value_range
-    grid = make_grid((images.detach().float().cpu() - lo) / (hi - lo), nrow=nrow,
-                     padding=padding, pad_value=1.0)
+    grid = make_grid(
+        (images.detach().float().cpu() - lo) / (hi - lo), nrow=nrow, padding=padding, pad_value=1.0
+    )
     with atomic_path(path) as tmp:
         save_images(grid.unsqueeze(0), [tmp], value_range=(0.0, 1.0))
 
 
 # --------------------------------------------------------------------------- CIFAR-10
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR-10 batches (dicts of bytes, lists and numpy arrays) and
     nothing else: any other class in the file is refused, so a crafted batch cannot run code."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -356,7 +407,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(
+    path: str | os.PathLike, split: str, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 split ("train" or "test") as (N, 32, 32, 3) uint8 RGB and (N,) int64 labels
     in CIFAR-10's class order, the first `limit` in file order. `path` is any of:
       torchvision's `cifar-10-batches-py/` (or the folder holding it): the official pickles;
@@ -376,24 +429,46 @@ def load_cifar10(path: str | os.PathLike, split: str, limit: int | None = None) 
             names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
             parts = []
             for name in names:
-                with open(require_file(batches / name, f"CIFAR-10 {split} batch",
-                                       "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html"), "rb") as f:
+                with open(
+                    require_file(
+                        batches / name,
+                        f"CIFAR-10 {split} batch",
+                        "unpack cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html",
+                    ),
+                    "rb",
+                ) as f:
                     parts.append(_ArrayUnpickler(f, encoding="bytes").load())
-            images = np.concatenate([b[b"data"] for b in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            images = (
+                np.concatenate([b[b"data"] for b in parts])
+                .reshape(-1, 3, 32, 32)
+                .transpose(0, 2, 3, 1)
+            )
             labels = np.concatenate([np.asarray(b[b"labels"]) for b in parts])
         elif path.is_dir():
-            images, labels = _cifar10_jpeg_archive(require_file(path / f"{split}.npz", f"CIFAR-10 {split} archive"), limit)
+            images, labels = _cifar10_jpeg_archive(
+                require_file(path / f"{split}.npz", f"CIFAR-10 {split} archive"), limit
+            )
         else:
             with np.load(require_file(path, "CIFAR-10 npz")) as z:
                 if f"{split}_images" not in z or f"{split}_labels" not in z:
                     raise CLIError(f"{path} must hold {split}_images and {split}_labels arrays")
                 images, labels = z[f"{split}_images"], z[f"{split}_labels"]
-    except (OSError, ValueError, KeyError, EOFError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        TypeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
         raise CLIError(f"{path} is not readable CIFAR-10 ({error_summary(e, 120)})") from None
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
-        raise CLIError(f"{path}: expected (N, 32, 32, 3) {split} images and N labels, got {images.shape} and {labels.shape}")
+        raise CLIError(
+            f"{path}: expected (N, 32, 32, 3) {split} images and N labels, got {images.shape} and {labels.shape}"
+        )
     return np.ascontiguousarray(images[:limit], dtype=np.uint8), labels[:limit].astype(np.int64)
 
 
@@ -407,6 +482,6 @@ def _cifar10_jpeg_archive(path: Path, limit: int | None) -> tuple[np.ndarray, np
     n = len(labels) if limit is None else min(limit, len(labels))
     images = np.empty((n, 32, 32, 3), np.uint8)
     for i in range(n):
-        with Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())) as image:
+        with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as image:
             images[i] = np.asarray(image.convert("RGB"))
     return images, labels[:n]

@@ -11,6 +11,7 @@ from last.pt and trims the log to it, so a crash between checkpoints leaves no d
 
 What belongs here: what every train.py does the same way. Not here: what one problem trains.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,15 @@ from typing import Sequence
 
 import torch
 
-from hw2_utils.cli import CLIError, add_option, check_output_path, error_summary, positive_float, positive_int, seed_int
+from hw2_utils.cli import (
+    CLIError,
+    add_option,
+    check_output_path,
+    error_summary,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from hw2_utils.files import atomic_path, save_json
 from hw2_utils.runtime import describe_hardware
 
@@ -46,9 +55,17 @@ ALIASES = {
 }
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, data: tuple, out: tuple, precision: str | None = "fp32",
-                    ckpt_every: int = 1000, image_size: tuple | None = None, limit: str | None = None,
-                    grad_clip: float | None = None) -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    data: tuple,
+    out: tuple,
+    precision: str | None = "fp32",
+    ckpt_every: int = 1000,
+    image_size: tuple | None = None,
+    limit: str | None = None,
+    grad_clip: float | None = None,
+) -> None:
     """Add the options every train.py spells the same way: --data --out --device --seed
     --ckpt-every --no-resume, and where the script has them --precision --image-size --limit
     --grad-clip (None: the script has no such option).
@@ -63,40 +80,74 @@ def add_common_args(parser: argparse.ArgumentParser, *, data: tuple, out: tuple,
     if limit is not None:
         _add(parser, "limit", (None, limit), positive_int)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed of every random draw (default %(default)s)")
+    parser.add_argument(
+        "--seed", type=seed_int, default=0, help="seed of every random draw (default %(default)s)"
+    )
     if precision is not None:
-        parser.add_argument("--precision", default=precision, help="fp32 | bf16 | fp16 | auto: autocast precision "
-                            "(default %(default)s; fp16 falls back to fp32 on the CPU; auto = bf16 where the hardware has it)")
-    _add(parser, "ckpt_every", (ckpt_every, "save OUT/last.pt every N steps and at the end (default %(default)s)"),
-         positive_int)
+        parser.add_argument(
+            "--precision",
+            default=precision,
+            help="fp32 | bf16 | fp16 | auto: autocast precision "
+            "(default %(default)s; fp16 falls back to fp32 on the CPU; auto = bf16 where the hardware has it)",
+        )
+    _add(
+        parser,
+        "ckpt_every",
+        (ckpt_every, "save OUT/last.pt every N steps and at the end (default %(default)s)"),
+        positive_int,
+    )
     if grad_clip is not None:
-        _add(parser, "grad_clip", (grad_clip, "clip the global gradient norm to this (default %(default)s)"),
-             positive_float)
-    parser.add_argument("--no-resume", action="store_true", help="start over although OUT/last.pt exists: its checkpoint "
-                        "and log are reset, other files are replaced as the new run writes them")
-    parser.add_argument("--force-resume", action="store_true", help="resume from OUT/last.pt although what identifies "
-                        "the run changed (e.g. the data folder moved); the differences are printed")
+        _add(
+            parser,
+            "grad_clip",
+            (grad_clip, "clip the global gradient norm to this (default %(default)s)"),
+            positive_float,
+        )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over although OUT/last.pt exists: its checkpoint "
+        "and log are reset, other files are replaced as the new run writes them",
+    )
+    parser.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume from OUT/last.pt although what identifies "
+        "the run changed (e.g. the data folder moved); the differences are printed",
+    )
 
 
 def _add(parser: argparse.ArgumentParser, dest: str, spec: tuple, type_) -> None:
     """--DEST with its hidden old spellings (ALIASES). argparse's required=True would refuse an
     old spelling, so a required option and its aliases form a required either-or group."""
     default, help_ = spec
-    add_option(parser, dest.replace("_", "-"), aliases=ALIASES.get(dest, ()), required=default is REQUIRED, type=type_,
-               help=help_, **({} if default is REQUIRED else {"default": default}))
+    add_option(
+        parser,
+        dest.replace("_", "-"),
+        aliases=ALIASES.get(dest, ()),
+        required=default is REQUIRED,
+        type=type_,
+        help=help_,
+        **({} if default is REQUIRED else {"default": default}),
+    )
 
 
 def git_commit(repo: Path = REPO) -> str | None:
     """The checked-out commit, read from .git without running git; None outside a checkout."""
     git = repo / ".git"
     with contextlib.suppress(OSError, IndexError):
-        if git.is_file():  # a worktree: ".git" names the real folder, whose refs live in its commondir
+        # a worktree: ".git" names the real folder, whose refs live in its commondir
+        if git.is_file():
             git = (repo / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
-        refs = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        refs = (
+            (git / (git / "commondir").read_text().strip()).resolve()
+            if (git / "commondir").is_file()
+            else git
+        )
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head  # detached HEAD
-        ref = head[len("ref: "):]
+        ref = head[len("ref: ") :]
         if (refs / ref).is_file():
             return (refs / ref).read_text().strip()
         packed = (refs / "packed-refs").read_text().splitlines()
@@ -122,8 +173,15 @@ class RunFolder:
 
     Every method may run on every DDP rank; only the main rank writes."""
 
-    def __init__(self, out: str | os.PathLike, *, ckpt_every: int, resume: bool = True, main: bool = True,
-                 force: bool = False):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        *,
+        ckpt_every: int,
+        resume: bool = True,
+        main: bool = True,
+        force: bool = False,
+    ):
         self.out = check_output_path(out, folder=True)  # a bad --out fails before any slow work
         self.checkpoint = self.out / "last.pt"
         self.ckpt_every, self.resume, self.main, self.force = ckpt_every, resume, main, force
@@ -136,8 +194,13 @@ class RunFolder:
         --no-resume and --force-resume."""
         if not (args.out or default_out):
             raise CLIError("--out is required")
-        return cls(args.out or default_out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=main,
-                   force=args.force_resume)
+        return cls(
+            args.out or default_out,
+            ckpt_every=args.ckpt_every,
+            resume=not args.no_resume,
+            main=main,
+            force=args.force_resume,
+        )
 
     def load(self, identity: dict, **stateful) -> dict | None:
         """The checkpoint to resume from, or None when starting over (no OUT/last.pt, or
@@ -153,23 +216,39 @@ class RunFolder:
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, empty, text, or holding classes that are not plain data
-            raise CLIError(f"cannot resume from {self.checkpoint} ({error_summary(e)}): use another --out, "
-                           "or --no-resume to start over") from None
+            raise CLIError(
+                f"cannot resume from {self.checkpoint} ({error_summary(e)}): use another --out, "
+                "or --no-resume to start over"
+            ) from None
         if not isinstance(state, dict) or "identity" not in state:
-            raise CLIError(f"{self.checkpoint} records no run identity (an older train.py wrote it): "
-                           "use another --out, or --no-resume to start over")
+            raise CLIError(
+                f"{self.checkpoint} records no run identity (an older train.py wrote it): "
+                "use another --out, or --no-resume to start over"
+            )
         saved = state["identity"]
-        differ = sorted(k for k in saved.keys() | identity.keys() if saved.get(k) != identity.get(k))
+        differ = sorted(
+            k for k in saved.keys() | identity.keys() if saved.get(k) != identity.get(k)
+        )
         if differ:
-            changes = "; ".join(f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} now" for k in differ)
+            changes = "; ".join(
+                f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} now" for k in differ
+            )
             if not self.force:
-                raise CLIError(f"{self.checkpoint} belongs to another run ({changes}): use another --out, "
-                               "--no-resume to start over, or --force-resume if only the data's location changed")
+                raise CLIError(
+                    f"{self.checkpoint} belongs to another run ({changes}): use another --out, "
+                    "--no-resume to start over, or --force-resume if only the data's location changed"
+                )
             # the user vouches that it is the same run (e.g. the data folder moved)
-            print(f"note: --force-resume: resuming {self.checkpoint} although {changes}", file=sys.stderr)
+            print(
+                f"note: --force-resume: resuming {self.checkpoint} although {changes}",
+                file=sys.stderr,
+            )
         for name, obj in stateful.items():
-            saved_as = next((key for key in (name, *RENAMED_STATES.get(name, ())) if key in state), name)
-            if isinstance(obj, torch.Generator):  # generators keep their state apart from state_dict
+            saved_as = next(
+                (key for key in (name, *RENAMED_STATES.get(name, ())) if key in state), name
+            )
+            # generators keep their state apart from state_dict
+            if isinstance(obj, torch.Generator):
                 obj.set_state(state[saved_as])
             else:
                 obj.load_state_dict(state[saved_as])
@@ -189,8 +268,15 @@ class RunFolder:
                     record["sessions"] = json.loads((self.out / "run.json").read_text())["sessions"]
             else:
                 self.checkpoint.unlink(missing_ok=True)
-            record["sessions"].append({"command": command, "commit": git_commit(), "hardware": describe_hardware(device),
-                                       "from_step": step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            record["sessions"].append(
+                {
+                    "command": command,
+                    "commit": git_commit(),
+                    "hardware": describe_hardware(device),
+                    "from_step": step,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+            )
             save_json(self.out / "run.json", record)
         return self.open_log(log_fields)
 
@@ -202,11 +288,17 @@ class RunFolder:
             return None
         path, kept = self.out / name, []
         if self.resumed and path.is_file():
-            with open(path, newline="") as f:  # the header (or an old header) is not a step: rewritten below
-                kept = [row for row in csv.reader(f) if row and row[0].isdigit() and int(row[0]) <= self.step]
+            # the header (or an old header) is not a step: rewritten below
+            with open(path, newline="") as f:
+                kept = [
+                    row
+                    for row in csv.reader(f)
+                    if row and row[0].isdigit() and int(row[0]) <= self.step
+                ]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([list(fields), *kept])
-        file = open(path, "a", newline="", buffering=1)  # line-buffered: tail -f works, a crash loses no row
+        # line-buffered: tail -f works, a crash loses no row
+        file = open(path, "a", newline="", buffering=1)
         self._files.append(file)
         return csv.writer(file)
 
@@ -218,8 +310,10 @@ class RunFolder:
         from), the state of each object in `stateful` under its name (what load() restores), and
         the identity."""
         if self.main:
-            states = {name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
-                      for name, obj in stateful.items()}
+            states = {
+                name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+                for name, obj in stateful.items()
+            }
             with atomic_path(self.checkpoint) as tmp:
                 torch.save({**values, **states, "identity": self.identity}, tmp)
 

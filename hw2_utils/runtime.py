@@ -5,6 +5,7 @@ unwrapping DDP, EMA).
 What belongs here: anything about the process, its device and its ranks. Not here: files
 (files.py), command lines (cli.py), run folders (runs.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def cpu_has_bf16() -> bool:
@@ -85,7 +92,14 @@ def cpu_has_bf16() -> bool:
     benches, 2.1x on P6's ResNet-18 step); without them PyTorch emulates bf16 and it runs several
     times slower."""
     with contextlib.suppress(OSError):
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        flags = next(
+            (
+                line
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            "",
+        )
         return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
     return False
 
@@ -97,9 +111,12 @@ def describe_hardware(device: torch.device) -> str:
     import platform
 
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):  # Linux names the CPU model here; platform.processor() often does not
+    # Linux names the CPU model here; platform.processor() often does not
+    with contextlib.suppress(OSError):
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu
+        )
     bf16 = ", bf16 units" if cpu_has_bf16() else ""
     return f"{cpu} CPU{bf16}, {torch.get_num_threads()} thread(s) (torch {torch.__version__})"
 
@@ -137,11 +154,14 @@ def quiet() -> bool:
     return os.environ.get("HW2_QUIET", "") not in ("", "0")
 
 
-if quiet():  # the loading bars of transformers / huggingface_hub too; they read this when first imported
+# the loading bars of transformers / huggingface_hub too; they read this when first imported
+if quiet():
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs
+) -> Iterator[T]:
     """tqdm that stays quiet under HW2_QUIET=1, off the main rank, or when told to."""
     from tqdm.auto import tqdm
 
@@ -171,8 +191,9 @@ class DistInfo:
 def dist_info() -> DistInfo:
     """Rank, local rank and world size as set by torchrun / accelerate launch."""
     env = os.environ
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
-                    int(env.get("WORLD_SIZE", 1)))
+    return DistInfo(
+        int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    )
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
@@ -221,17 +242,29 @@ def cleanup_distributed() -> None:
             time.sleep(_GLOO_DRAIN_SECONDS)
 
 
-def run_torchrun_cpu(args: list[str], timeout: float, nproc: int = 2) -> subprocess.CompletedProcess:
+def run_torchrun_cpu(
+    args: list[str], timeout: float, nproc: int = 2
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=NPROC ARGS` on the CPU (gloo, one thread per rank)
     from the repository root, with the root on PYTHONPATH so that a script run by path imports
     hw2_utils without an install of the repo; output captured. The tests and benches that check
     DDP on a CPU machine launch through this."""
     repo = Path(__file__).resolve().parents[1]
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--standalone",
-           f"--nproc_per_node={nproc}", *args]
+    cmd = [
+        str(torchrun) if torchrun.exists() else shutil.which("torchrun"),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *args,
+    ]
     path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "HW2_QUIET": "1", "PYTHONPATH": path}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "HW2_QUIET": "1",
+        "PYTHONPATH": path,
+    }
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
 
 
@@ -243,8 +276,14 @@ def make_train_sampler(dataset, seed: int, shuffle: bool = True):
         return None
     from torch.utils.data.distributed import DistributedSampler
 
-    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                              shuffle=shuffle, seed=seed, drop_last=True)
+    return DistributedSampler(
+        dataset,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=True,
+    )
 
 
 def log_main(*args, **kwargs) -> None:

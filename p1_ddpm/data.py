@@ -1,5 +1,6 @@
 """Digits in the course layout, `<root>/<domain>/{data/, train.csv}` with header
 `image_name,label`, loaded once into memory (15k images of 28x28x3 are ~35 MB)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,10 @@ def parse_domains(specs: list[str], data_root: str | Path) -> list[tuple[str, Pa
         name, _, path = spec.partition("=")
         folder = Path(path) if path else Path(data_root) / name
         if not (folder / "train.csv").is_file():
-            raise CLIError(f"domain {name!r}: {folder / 'train.csv'} not found "
-                           "(expected the course layout <domain>/{data/, train.csv}; see get_dataset.sh)")
+            raise CLIError(
+                f"domain {name!r}: {folder / 'train.csv'} not found "
+                "(expected the course layout <domain>/{data/, train.csv}; see get_dataset.sh)"
+            )
         out.append((name, folder))
     if len({n for n, _ in out}) != len(out):
         raise CLIError(f"duplicate domain names in {specs}")
@@ -33,17 +36,23 @@ def load_split(folder: Path, split: str = "train") -> tuple[torch.Tensor, torch.
     bad = next((name for name, label in table.items() if not 0 <= label <= 9), None)
     if bad is not None:
         raise CLIError(f"{folder / f'{split}.csv'}: label {table[bad]} of {bad} is not a digit 0-9")
-    images = np.stack([np.asarray(open_rgb(folder / "data" / name).resize((28, 28))) for name in table])
+    images = np.stack(
+        [np.asarray(open_rgb(folder / "data" / name).resize((28, 28))) for name in table]
+    )
     labels = torch.tensor(list(table.values()))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
 
-def digit_domain_dataset(domains: list[tuple[str, Path]], repeats: list[int] | None = None) -> TensorDataset:
+def digit_domain_dataset(
+    domains: list[tuple[str, Path]], repeats: list[int] | None = None
+) -> TensorDataset:
     """(image in [-1,1], digit, domain index) over all domains' train splits; domain i's
     images appear repeats[i] times per epoch (oversampling a harder domain)."""
     repeats = repeats or [1] * len(domains)
     if len(repeats) != len(domains) or min(repeats) < 1:
-        raise CLIError(f"--repeat needs one positive count per domain ({len(domains)}), got {repeats}")
+        raise CLIError(
+            f"--repeat needs one positive count per domain ({len(domains)}), got {repeats}"
+        )
     images, digits, domain_ids = [], [], []
     for index, ((_, folder), k) in enumerate(zip(domains, repeats)):
         x, y = load_split(folder)

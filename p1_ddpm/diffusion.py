@@ -4,6 +4,7 @@ DPM-Solver++(2M) (Lu et al. 2022) and classifier-free guidance. tests/test_p1_di
 checks the step math against diffusers' DDPMScheduler, DDIMScheduler and
 DPMSolverMultistepScheduler.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,19 @@ class GaussianDiffusion:
         self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.alphas_cumprod_prev = torch.cat(
+            [torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]]
+        )
         # Posterior q(x_{t-1} | x_t, x_0) (DDPM eq. 6-7); beta-tilde is "fixed_small".
-        self.posterior_variance = self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
-        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        self.posterior_variance = (
+            self.betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
+        )
+        self.posterior_mean_coef1 = (
+            self.betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
+        )
+        self.posterior_mean_coef2 = (
+            (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        )
 
     @staticmethod
     def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -47,8 +56,14 @@ class GaussianDiffusion:
         ab = self.alphas_cumprod[t.cpu()]
         return (ab / (1 - ab)).float().to(t.device)
 
-    def training_loss(self, eps_model: Callable[..., torch.Tensor], x0: torch.Tensor, *cond: torch.Tensor,
-                      generator: torch.Generator | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+    def training_loss(
+        self,
+        eps_model: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        *cond: torch.Tensor,
+        generator: torch.Generator | None = None,
+        snr_gamma: float | None = None,
+    ) -> torch.Tensor:
         """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), MSE(eps, eps_theta(x_t, t, cond)).
 
         With `snr_gamma`, each sample's MSE is weighted by min(SNR_t, gamma) / SNR_t
@@ -60,7 +75,9 @@ class GaussianDiffusion:
         prediction = eps_model(self.q_sample(x0, t, noise), t, *cond)
         if snr_gamma is None:
             return F.mse_loss(prediction, noise)
-        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=tuple(range(1, x0.ndim)))
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(
+            dim=tuple(range(1, x0.ndim))
+        )
         snr = self.snr(t)
         return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
 
@@ -70,11 +87,20 @@ class GaussianDiffusion:
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-        mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
+        mean = (
+            self._at(self.posterior_mean_coef1, t, x_t) * x0
+            + self._at(self.posterior_mean_coef2, t, x_t) * x_t
+        )
         return mean, self._at(self.posterior_variance, t, x_t)
 
-    def ddpm_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, noise: torch.Tensor,
-                  clip_x0: bool = True) -> torch.Tensor:
+    def ddpm_step(
+        self,
+        eps: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int,
+        noise: torch.Tensor,
+        clip_x0: bool = True,
+    ) -> torch.Tensor:
         """Algorithm 2 with sigma_t^2 = beta-tilde_t. Written through the predicted x_0 so
         it can be clipped to [-1, 1]; without clipping the mean equals
         (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t) exactly."""
@@ -92,9 +118,17 @@ class GaussianDiffusion:
         ratio = self.T // steps
         return list(range(0, steps * ratio, ratio))[::-1]
 
-    def ddim_step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  noise: torch.Tensor | None = None, clip_x0: bool = True,
-                  use_clipped_model_output: bool = False) -> torch.Tensor:
+    def ddim_step(
+        self,
+        eps: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int,
+        t_prev: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+        clip_x0: bool = True,
+        use_clipped_model_output: bool = False,
+    ) -> torch.Tensor:
         """DDIM (Song et al. 2021, eq. 12) from timestep t to t_prev; t_prev < 0 means the final
         step, to x_0 (alpha-bar 1, diffusers' set_alpha_to_one). x0 is clipped to [-1, 1] when
         `clip_x0` (pixels). `use_clipped_model_output` is diffusers' DDIMScheduler.step option:
@@ -102,13 +136,13 @@ class GaussianDiffusion:
         as its graded images were made. `noise` is needed when eta > 0."""
         ab = self.alphas_cumprod[t].item()
         ab_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
-        x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab ** 0.5
+        x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab**0.5
         if clip_x0:
             x0 = x0.clamp(-1, 1)
         if use_clipped_model_output:
-            eps = (x_t - ab ** 0.5 * x0) / (1 - ab) ** 0.5
+            eps = (x_t - ab**0.5 * x0) / (1 - ab) ** 0.5
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
-        x_prev = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
+        x_prev = ab_prev**0.5 * x0 + (1 - ab_prev - sigma**2) ** 0.5 * eps
         if eta > 0:
             x_prev = x_prev + sigma * noise
         return x_prev
@@ -125,10 +159,17 @@ class GaussianDiffusion:
         if t < 0:
             return 1.0, 0.0
         ab = self.alphas_cumprod[t].item()
-        return ab ** 0.5, (1 - ab) ** 0.5
+        return ab**0.5, (1 - ab) ** 0.5
 
-    def dpm_solver_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, t_next: int,
-                        x0_prev: torch.Tensor | None = None, t_prev: int | None = None) -> torch.Tensor:
+    def dpm_solver_step(
+        self,
+        x_t: torch.Tensor,
+        x0: torch.Tensor,
+        t: int,
+        t_next: int,
+        x0_prev: torch.Tensor | None = None,
+        t_prev: int | None = None,
+    ) -> torch.Tensor:
         """One step of DPM-Solver++(2M) from t to t_next (< 0: to the clean image), in data
         prediction with log-SNR time lambda_t = log(alpha_t / sigma_t) and h = lambda_next - lambda_t:
           first order (no previous x0, or the last step):
@@ -152,12 +193,22 @@ class GaussianDiffusion:
         return x_next - (0.5 * alpha_n * phi / r) * (x0 - x0_prev)
 
     @torch.no_grad()
-    def sample(self, eps_fn: EpsFn, shape: Sequence[int], generator: torch.Generator, device: torch.device,
-               sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-               record_at: Sequence[int] = (), progress: Callable = lambda it, **kw: it):
+    def sample(
+        self,
+        eps_fn: EpsFn,
+        shape: Sequence[int],
+        generator: torch.Generator,
+        device: torch.device,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
+        record_at: Sequence[int] = (),
+        progress: Callable = lambda it, **kw: it,
+    ):
         """Run the reverse process from pure noise. All noise comes from `generator` on
         the CPU, so a seed gives the same images on any device. Returns the final x_0 and
         {t: x_t} for every t in `record_at` (t = 0 is the final output)."""
+
         def randn() -> torch.Tensor:
             return torch.randn(tuple(shape), generator=generator).to(device)
 
@@ -166,7 +217,9 @@ class GaussianDiffusion:
         if sampler == "ddpm":
             schedule = [(t, t - 1) for t in range(self.T - 1, -1, -1)]
         elif sampler in SAMPLERS:
-            ts = (self.ddim_timesteps if sampler == "ddim" else self.dpm_timesteps)(50 if steps is None else steps)
+            ts = (self.ddim_timesteps if sampler == "ddim" else self.dpm_timesteps)(
+                50 if steps is None else steps
+            )
             schedule = list(zip(ts, ts[1:] + [-1]))
         else:
             raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
@@ -176,29 +229,54 @@ class GaussianDiffusion:
             if sampler == "ddpm":
                 x = self.ddpm_step(eps, x, t, randn() if t > 0 else None)
             elif sampler == "ddim":
-                x = self.ddim_step(eps, x, t, t_prev, eta, randn() if eta > 0 else None, use_clipped_model_output=True)
+                x = self.ddim_step(
+                    eps,
+                    x,
+                    t,
+                    t_prev,
+                    eta,
+                    randn() if eta > 0 else None,
+                    use_clipped_model_output=True,
+                )
             else:
                 # The last step is first order (diffusers' lower_order_final): it lands on x0.
-                x0 = self.predict_x0(x, torch.full((shape[0],), t, dtype=torch.long), eps).clamp(-1, 1)
-                x = self.dpm_solver_step(x, x0, t, t_prev, *(history if history and t_prev >= 0 else (None, None)))
+                x0 = self.predict_x0(x, torch.full((shape[0],), t, dtype=torch.long), eps).clamp(
+                    -1, 1
+                )
+                x = self.dpm_solver_step(
+                    x, x0, t, t_prev, *(history if history and t_prev >= 0 else (None, None))
+                )
                 history = (x0, t)
             if t_prev + 1 in record_at and t_prev + 1 < self.T:
                 frames[t_prev + 1] = x.cpu()
         return x, frames
 
 
-def guided_eps(model: Callable[..., torch.Tensor], digit: torch.Tensor, domain: torch.Tensor,
-               null_digit: int, null_domain: int, guidance: float) -> EpsFn:
+def guided_eps(
+    model: Callable[..., torch.Tensor],
+    digit: torch.Tensor,
+    domain: torch.Tensor,
+    null_digit: int,
+    null_domain: int,
+    guidance: float,
+) -> EpsFn:
     """Classifier-free guidance: eps = eps_uncond + w * (eps_cond - eps_uncond).
     w = 0 is the unconditional model, w = 1 the conditional one; conditional and
     unconditional passes share one batch."""
+
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if guidance == 1.0:
             return model(x, t, digit, domain)
         if guidance == 0.0:
-            return model(x, t, torch.full_like(digit, null_digit), torch.full_like(domain, null_domain))
-        eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]),
-                             torch.cat([digit, torch.full_like(digit, null_digit)]),
-                             torch.cat([domain, torch.full_like(domain, null_domain)])).chunk(2)
+            return model(
+                x, t, torch.full_like(digit, null_digit), torch.full_like(domain, null_domain)
+            )
+        eps_c, eps_u = model(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([digit, torch.full_like(digit, null_digit)]),
+            torch.cat([domain, torch.full_like(domain, null_domain)]),
+        ).chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
+
     return eps_fn

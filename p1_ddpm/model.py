@@ -1,6 +1,7 @@
 """The network only: a small UNet for 28x28 RGB digits conditioned on (timestep, digit,
 domain). Both labels have an extra "null" index so classifier-free guidance can drop them.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ class UNetConfig:
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Transformer sinusoidal embedding of integer timesteps, (N,) -> (N, dim)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
@@ -70,7 +73,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
-        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        a = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
         return x + self.out(a.transpose(-1, -2).reshape(n, c, h, w))
 
 
@@ -83,7 +88,9 @@ class ConditionalUNet(nn.Module):
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.null_digit, self.null_domain = cfg.num_digits, cfg.num_domains
-        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.digit_emb = nn.Embedding(cfg.num_digits + 1, emb_dim)
         self.domain_emb = nn.Embedding(cfg.num_domains + 1, emb_dim)
         self.stem = nn.Conv2d(3, ch, 3, padding=1)
@@ -99,8 +106,13 @@ class ConditionalUNet(nn.Module):
                 self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
                 skips.append(cur)
 
-        self.mid = nn.ModuleList([ResBlock(cur, cur, emb_dim, cfg.dropout), SelfAttention(cur),
-                                  ResBlock(cur, cur, emb_dim, cfg.dropout)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+                SelfAttention(cur),
+                ResBlock(cur, cur, emb_dim, cfg.dropout),
+            ]
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
@@ -109,7 +121,9 @@ class ConditionalUNet(nn.Module):
                 cur = ch * mult
             if level > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.head = nn.Sequential(nn.GroupNorm(min(32, cur // 4), cur), nn.SiLU(), nn.Conv2d(cur, 3, 3, padding=1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(min(32, cur // 4), cur), nn.SiLU(), nn.Conv2d(cur, 3, 3, padding=1)
+        )
 
     def _block(self, cin: int, cout: int, emb_dim: int, level: int) -> nn.Module:
         res = ResBlock(cin, cout, emb_dim, self.config.dropout)
@@ -117,7 +131,9 @@ class ConditionalUNet(nn.Module):
             return nn.ModuleList([res, SelfAttention(cout)])
         return nn.ModuleList([res])
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, digit: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, digit: torch.Tensor, domain: torch.Tensor
+    ) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         emb = emb + self.digit_emb(digit) + self.domain_emb(domain)
 

@@ -9,6 +9,7 @@ writes into OUT_DIR:
   interp_lerp.png   the same with linear interpolation
   analysis.json     the settings and command, for the report
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,21 @@ import argparse
 import torch
 
 import hw2_utils
-from hw2_utils import (CLIError, add_option, check_output_path, command_line, describe_hardware, positive_int,
-                       progress, pyplot, resolve_device, resolve_dtype, run_cli, save_json, seed_int)
+from hw2_utils import (
+    CLIError,
+    add_option,
+    check_output_path,
+    command_line,
+    describe_hardware,
+    positive_int,
+    progress,
+    pyplot,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_json,
+    seed_int,
+)
 from p2_ddim.pipeline import load_noises, load_unet, sample, to_unit_range
 
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -49,7 +63,9 @@ def save_figure(images: torch.Tensor, path, rows: int, row_labels, col_labels) -
     plt = pyplot()
 
     cols = len(images) // rows
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.6, 1.5 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.5 * cols + 0.6, 1.5 * rows + 0.3), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
         ax.set_xticks([])
@@ -63,14 +79,25 @@ def save_figure(images: torch.Tensor, path, rows: int, row_labels, col_labels) -
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("noise_dir", help="folder holding at least 00.pt-03.pt")
     p.add_argument("unet", help="the course's UNet.pt state dict")
     p.add_argument("out_dir", help="where the figures go (e.g. runs/p2)")
-    p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (50 is the graded setting)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise (the same for every eta)")
+    p.add_argument(
+        "--steps", type=positive_int, default=50, help="DDIM steps (50 is the graded setting)"
+    )
+    p.add_argument(
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="seed of the eta > 0 noise (the same for every eta)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_option(p, "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16 for the UNet")
+    add_option(
+        p, "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16 for the UNet"
+    )
     return p.parse_args(argv)
 
 
@@ -82,15 +109,31 @@ def main(argv=None) -> None:
     names, noises = load_noises(args.noise_dir)
     missing = [n for n in GRID_NOISES if n not in names]
     if missing:
-        raise CLIError(f"{args.noise_dir} lacks {', '.join(n + '.pt' for n in missing)} (the analysis uses 00-03)")
+        raise CLIError(
+            f"{args.noise_dir} lacks {', '.join(n + '.pt' for n in missing)} (the analysis uses 00-03)"
+        )
     pick = {n: noises[names.index(n)] for n in GRID_NOISES}
     unet = load_unet(args.unet, device)
     out = check_output_path(args.out_dir, folder=True)  # created by its first file, after the work
-    run = dict(steps=args.steps, seed=args.seed, dtype=resolve_dtype(args.precision, device), progress=progress)
+    run = dict(
+        steps=args.steps,
+        seed=args.seed,
+        dtype=resolve_dtype(args.precision, device),
+        progress=progress,
+    )
 
     grid = torch.stack([pick[n] for n in GRID_NOISES])
-    rows = [to_unit_range(sample(unet, grid, eta=eta, **run), "clip") for eta in progress(ETAS, desc="eta")]
-    save_figure(torch.cat(rows), out / "eta_grid.png", len(ETAS), [f"η = {e:g}" for e in ETAS], list(GRID_NOISES))
+    rows = [
+        to_unit_range(sample(unet, grid, eta=eta, **run), "clip")
+        for eta in progress(ETAS, desc="eta")
+    ]
+    save_figure(
+        torch.cat(rows),
+        out / "eta_grid.png",
+        len(ETAS),
+        [f"η = {e:g}" for e in ETAS],
+        list(GRID_NOISES),
+    )
 
     x0, x1 = (pick[n] for n in INTERP_PAIR)
     for name, fn in (("slerp", slerp), ("lerp", lerp)):
@@ -98,9 +141,15 @@ def main(argv=None) -> None:
         images = to_unit_range(sample(unet, noises_a, eta=0.0, **run), "clip")
         save_figure(images, out / f"interp_{name}.png", 1, [name], [f"α = {a:.1f}" for a in ALPHAS])
 
-    info = {"command": command_line("p2_ddim.analysis", argv), "steps": args.steps, "seed": args.seed,
-            "dtype": str(run["dtype"]).replace("torch.", ""), "hardware": describe_hardware(device),
-            "unet_base_channels": unet.base_channels, "image_size": list(grid.shape[-2:])}
+    info = {
+        "command": command_line("p2_ddim.analysis", argv),
+        "steps": args.steps,
+        "seed": args.seed,
+        "dtype": str(run["dtype"]).replace("torch.", ""),
+        "hardware": describe_hardware(device),
+        "unet_base_channels": unet.base_channels,
+        "image_size": list(grid.shape[-2:]),
+    }
     save_json(out / "analysis.json", info)
     print(f"wrote eta_grid.png, interp_slerp.png, interp_lerp.png, analysis.json to {out}")
 

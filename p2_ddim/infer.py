@@ -10,28 +10,68 @@ predicted x0 clipped to [-1, 1]. Pixel maps:
   minmax  per-image min-max stretch, as torchvision's save_image(normalize=True)
 `python -m bench.p2_ddim gt` measures the MSE of both against a GT folder.
 """
+
 from __future__ import annotations
 
 import argparse
 
-from hw2_utils import (add_option, CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
-                       resolve_device, resolve_dtype, run_cli, save_images, seed_int)
+from hw2_utils import (
+    add_option,
+    CLIError,
+    check_output_path,
+    non_negative_float,
+    output_dir,
+    positive_int,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_images,
+    seed_int,
+)
 from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit_range
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("noise_dir", help="folder of NN.pt noise tensors, (1,3,H,W) or (3,H,W), H and W divisible by 32")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "noise_dir",
+        help="folder of NN.pt noise tensors, (1,3,H,W) or (3,H,W), H and W divisible by 32",
+    )
     p.add_argument("out_dir", help="output folder for NN.png (created if missing)")
     p.add_argument("unet", help="the course's UNet.pt state dict")
-    p.add_argument("--pixel-map", choices=list(PIXEL_MAPS), default="clip", help="how the final tensor becomes 8-bit pixels")
-    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--steps", type=positive_int, default=50, help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)")
-    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false", help="do not clip the predicted x0 to [-1, 1]")
+    p.add_argument(
+        "--pixel-map",
+        choices=list(PIXEL_MAPS),
+        default="clip",
+        help="how the final tensor becomes 8-bit pixels",
+    )
+    p.add_argument(
+        "--eta", type=non_negative_float, default=0.0, help="DDIM eta (0 = deterministic)"
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=50,
+        help="uniform DDIM steps (timesteps range(0, 1000, 1000 // steps) + 1)",
+    )
+    p.add_argument(
+        "--no-clip-x0",
+        dest="clip_x0",
+        action="store_false",
+        help="do not clip the predicted x0 to [-1, 1]",
+    )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_option(p, "precision", aliases=("--dtype",), default="fp32",
-               help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)")
+    add_option(
+        p,
+        "precision",
+        aliases=("--dtype",),
+        default="fp32",
+        help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)",
+    )
     return p.parse_args(argv)
 
 
@@ -44,8 +84,16 @@ def main(argv=None) -> None:
     dtype = resolve_dtype(args.precision, device)
     names, noises = load_noises(args.noise_dir)
     unet = load_unet(args.unet, device)
-    images = sample(unet, noises, eta=args.eta, steps=args.steps, clip_x0=args.clip_x0, seed=args.seed,
-                    dtype=dtype, progress=progress)
+    images = sample(
+        unet,
+        noises,
+        eta=args.eta,
+        steps=args.steps,
+        clip_x0=args.clip_x0,
+        seed=args.seed,
+        dtype=dtype,
+        progress=progress,
+    )
     pixels = to_unit_range(images, args.pixel_map)
     # One set: all images appear together, and NN.png files of an earlier run that this
     # one did not write are removed; other files in OUT_DIR are left alone.

@@ -1,5 +1,6 @@
 """Loading the face UNet and the noise files, batched DDIM sampling and the pixel
 mappings; shared by infer.py, analysis.py and bench/p2_ddim.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,8 @@ PIXEL_MAPS = {
     # without a value_range, which some public submissions used.
     "minmax": "per-image min-max stretch to 0..255 (save_image(normalize=True))",
 }
+
+
 def _listing(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
@@ -28,7 +31,9 @@ def load_unet(path: str | Path, device: torch.device) -> FaceUNet:
     `down1.weight`, so narrow test copies load too; any mismatch with the architecture
     is one CLIError naming the missing, unexpected and mis-shaped keys."""
     path = Path(path)
-    state = load_torch_file(path, "UNet weights", "the course's UNet.pt, a state dict for p2_ddim/unet.py")
+    state = load_torch_file(
+        path, "UNet weights", "the course's UNet.pt, a state dict for p2_ddim/unet.py"
+    )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CLIError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
     first = state.get("down1.weight")
@@ -40,13 +45,18 @@ def load_unet(path: str | Path, device: torch.device) -> FaceUNet:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mis_shaped:
-        raise CLIError(f"{path} does not match the face UNet (base width {width}): "
-                       f"{len(missing)} missing keys [{_listing(missing)}]; "
-                       f"{len(unexpected)} unexpected keys [{_listing(unexpected)}]; "
-                       f"{len(mis_shaped)} shape mismatches [{_listing(mis_shaped)}]")
+        raise CLIError(
+            f"{path} does not match the face UNet (base width {width}): "
+            f"{len(missing)} missing keys [{_listing(missing)}]; "
+            f"{len(unexpected)} unexpected keys [{_listing(unexpected)}]; "
+            f"{len(mis_shaped)} shape mismatches [{_listing(mis_shaped)}]"
+        )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
@@ -65,37 +75,65 @@ def load_noises(noise_dir: str | Path) -> tuple[list[str], torch.Tensor]:
             raise CLIError(f"noise file {f} holds a {type(x).__name__}, not a tensor")
         if x.ndim == 4 and x.shape[0] == 1:
             x = x[0]
-        if (x.ndim != 3 or x.shape[0] != 3 or min(x.shape[1:]) < DOWNSAMPLE_FACTOR
-                or x.shape[1] % DOWNSAMPLE_FACTOR or x.shape[2] % DOWNSAMPLE_FACTOR):
-            raise CLIError(f"noise file {f} has shape {tuple(x.shape)}: expected (1, 3, H, W) or (3, H, W) "
-                           f"with H and W positive multiples of {DOWNSAMPLE_FACTOR}")
+        if (
+            x.ndim != 3
+            or x.shape[0] != 3
+            or min(x.shape[1:]) < DOWNSAMPLE_FACTOR
+            or x.shape[1] % DOWNSAMPLE_FACTOR
+            or x.shape[2] % DOWNSAMPLE_FACTOR
+        ):
+            raise CLIError(
+                f"noise file {f} has shape {tuple(x.shape)}: expected (1, 3, H, W) or (3, H, W) "
+                f"with H and W positive multiples of {DOWNSAMPLE_FACTOR}"
+            )
         if not x.is_floating_point():
             raise CLIError(f"noise file {f} has dtype {x.dtype}: expected a floating-point tensor")
         require_finite(x, f"noise file {f}")
         if noises and x.shape != noises[0].shape:
-            raise CLIError(f"noise file {f} has shape {tuple(x.shape)} but {files[0].name} has {tuple(noises[0].shape)}")
+            raise CLIError(
+                f"noise file {f} has shape {tuple(x.shape)} but {files[0].name} has {tuple(noises[0].shape)}"
+            )
         noises.append(x.float())
     return [f.stem for f in files], torch.stack(noises)
 
 
-def eps_model(unet: FaceUNet, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def eps_model(
+    unet: FaceUNet, dtype: torch.dtype
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The UNet under autocast; the DDIM arithmetic itself stays in float32."""
     device = next(unet.parameters()).device
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast(device, dtype):
             return unet(x, t).float()
+
     return eps
 
 
-def sample(unet: FaceUNet, noises: torch.Tensor, *, eta: float = 0.0, steps: int = 50, clip_x0: bool = True,
-           seed: int = 0, dtype: torch.dtype = torch.float32, progress: Callable = lambda it, **kw: it) -> torch.Tensor:
+def sample(
+    unet: FaceUNet,
+    noises: torch.Tensor,
+    *,
+    eta: float = 0.0,
+    steps: int = 50,
+    clip_x0: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable = lambda it, **kw: it,
+) -> torch.Tensor:
     """DDIM from `noises` (N, 3, H, W) as one batch; returns the final x0 on the CPU
     (float32, not yet clipped). `seed` matters only for eta > 0."""
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(seed) if eta > 0 else None
-    x = ddim_sample(eps_model(unet, dtype), noises.to(device), timesteps=uniform_timesteps(steps),
-                    eta=eta, clip_x0=clip_x0, generator=generator, progress=progress)
+    x = ddim_sample(
+        eps_model(unet, dtype),
+        noises.to(device),
+        timesteps=uniform_timesteps(steps),
+        eta=eta,
+        clip_x0=clip_x0,
+        generator=generator,
+        progress=progress,
+    )
     return x.cpu()
 
 

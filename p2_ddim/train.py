@@ -13,6 +13,7 @@ what infer.py, hw2_2.sh and analysis.py load), OUT/samples/stepNNNNNN.png (DDIM 
 --sample-steps, of the same noise), OUT/log.csv (step, epoch, loss, lr, grad_norm, seconds
 since this process started), OUT/run.json (the command, commit and hardware of every session).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,39 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       ema_update, fraction_below_one, init_distributed, list_images, log_main, make_generator,
-                       make_train_sampler, non_negative_float, open_rgb, positive_float, positive_int, progress,
-                       resolve_device, resolve_dtype, run_cli, save_grid, seed_everything, unwrap)
+from hw2_utils import (
+    CLIError,
+    RunFolder,
+    add_common_args,
+    atomic_path,
+    autocast,
+    cleanup_distributed,
+    command_line,
+    ema_update,
+    fraction_below_one,
+    init_distributed,
+    list_images,
+    log_main,
+    make_generator,
+    make_train_sampler,
+    non_negative_float,
+    open_rgb,
+    positive_float,
+    positive_int,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_grid,
+    seed_everything,
+    unwrap,
+)
 from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
 from p2_ddim.pipeline import sample, to_unit_range
 from p2_ddim.unet import DOWNSAMPLE_FACTOR, FaceUNet
 
 # DDPM's recipe (Ho et al. 2020, CIFAR-10): the course's 38,464 64x64 faces are a CIFAR-sized set.
+# fmt: off
 DEFAULTS = dict(
     steps=100_000,       # ~330 epochs of the course faces at batch 128; not run here (needs a GPU)
     batch_size=128,      # global batch, split over DDP ranks
@@ -46,37 +71,73 @@ DEFAULTS = dict(
     ema_decay=0.9999,    # DDPM's; ramped up as (1+s)/(10+s) so early samples are not the random init
     dropout=0.1,         # DDPM's CIFAR-10 value (0 for its larger sets)
 )
-TYPES = dict(lr=positive_float, weight_decay=non_negative_float, ema_decay=fraction_below_one,
-             dropout=fraction_below_one)  # the rest are counts
-GRAD_CLIP = 1.0          # DDPM's global-norm clip
-IMAGE_SIZE = 64          # the course's face crops; H and W must be divisible by 32
+# fmt: on
+# the rest are counts
+TYPES = dict(
+    lr=positive_float,
+    weight_decay=non_negative_float,
+    ema_decay=fraction_below_one,
+    dropout=fraction_below_one,
+)
+GRAD_CLIP = 1.0  # DDPM's global-norm clip
+IMAGE_SIZE = 64  # the course's face crops; H and W must be divisible by 32
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, data=("hw2_data/face/train", "folder of face images (other sizes are resized)"),
-                    out=("runs/p2_train", "run folder: last.pt, UNet.pt, log.csv, run.json, samples/"),
-                    image_size=(IMAGE_SIZE, "training size, a multiple of 32 (default %(default)s)"), grad_clip=GRAD_CLIP)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(
+        p,
+        data=("hw2_data/face/train", "folder of face images (other sizes are resized)"),
+        out=("runs/p2_train", "run folder: last.pt, UNet.pt, log.csv, run.json, samples/"),
+        image_size=(IMAGE_SIZE, "training size, a multiple of 32 (default %(default)s)"),
+        grad_clip=GRAD_CLIP,
+    )
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value,
-                       help="default %(default)s (why: DEFAULTS at the top of p2_ddim/train.py)")
-    p.add_argument("--base-channels", type=positive_int, default=128, help="UNet width: 128 is UNet.pt's; 32 is the narrowest")
-    p.add_argument("--sample-every", type=positive_int, default=5000, help="steps between sample grids (also at the end)")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=TYPES.get(name, positive_int),
+            default=value,
+            help="default %(default)s (why: DEFAULTS at the top of p2_ddim/train.py)",
+        )
+    p.add_argument(
+        "--base-channels",
+        type=positive_int,
+        default=128,
+        help="UNet width: 128 is UNet.pt's; 32 is the narrowest",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=positive_int,
+        default=5000,
+        help="steps between sample grids (also at the end)",
+    )
     p.add_argument("--sample-n", type=positive_int, default=16, help="images per sample grid")
-    p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of the sample grids")
+    p.add_argument(
+        "--sample-steps", type=positive_int, default=50, help="DDIM steps of the sample grids"
+    )
     return p.parse_args(argv)
 
 
 def check_args(args, world_size: int) -> None:
     if args.image_size % DOWNSAMPLE_FACTOR:
-        raise CLIError(f"--image-size must be a positive multiple of {DOWNSAMPLE_FACTOR}, got {args.image_size}")
+        raise CLIError(
+            f"--image-size must be a positive multiple of {DOWNSAMPLE_FACTOR}, got {args.image_size}"
+        )
     if args.base_channels < 32 or args.base_channels % 32:
-        raise CLIError(f"--base-channels must be a positive multiple of 32 (GroupNorm groups), got {args.base_channels}")
+        raise CLIError(
+            f"--base-channels must be a positive multiple of 32 (GroupNorm groups), got {args.base_channels}"
+        )
     if args.batch_size % world_size:
-        raise CLIError(f"--batch-size {args.batch_size} is not divisible by the {world_size} DDP ranks")
+        raise CLIError(
+            f"--batch-size {args.batch_size} is not divisible by the {world_size} DDP ranks"
+        )
     if not 1 <= args.sample_steps <= NUM_TRAIN_TIMESTEPS:
-        raise CLIError(f"--sample-steps must be in 1..{NUM_TRAIN_TIMESTEPS}, got {args.sample_steps}")
+        raise CLIError(
+            f"--sample-steps must be in 1..{NUM_TRAIN_TIMESTEPS}, got {args.sample_steps}"
+        )
 
 
 # --------------------------------------------------------------------------- data
@@ -117,25 +178,33 @@ def to_model_range(faces: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the DDPM objective
 
 
-def add_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def add_noise(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) eps, coefficients taken from the float64 schedule."""
     a = alphas_cumprod[t.cpu()].view(-1, 1, 1, 1)
     return a.sqrt().float().to(x0.device) * x0 + (1 - a).sqrt().float().to(x0.device) * noise
 
 
-def draw_t_and_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_t_and_noise(
+    n: int, shape: tuple[int, ...], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's draws, on the CPU so a seed means the same batch on any device."""
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=generator)
     return t, torch.randn((n, *shape), generator=generator)
 
 
-def eps_loss(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def eps_loss(
+    model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """MSE between the true noise and the model's prediction from x_t (float32 even under autocast)."""
     t, noise = t.to(x0.device), noise.to(x0.device)
     return F.mse_loss(model(add_noise(x0, t, noise, alphas_cumprod), t).float(), noise)
 
 
-def train_step(model, opt, scaler, x0, t, noise, alphas_cumprod, grad_clip: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model, opt, scaler, x0, t, noise, alphas_cumprod, grad_clip: float, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns (loss, gradient norm before clipping)."""
     with autocast(x0.device, dtype):
         loss = eps_loss(model, x0, t, noise, alphas_cumprod)
@@ -165,10 +234,17 @@ def mean_over_ranks(x: torch.Tensor, enabled: bool) -> float:
     return x.item()
 
 
-def save_samples(ema: FaceUNet, noise: torch.Tensor, steps: int, dtype: torch.dtype, path: Path) -> None:
+def save_samples(
+    ema: FaceUNet, noise: torch.Tensor, steps: int, dtype: torch.dtype, path: Path
+) -> None:
     """A DDIM grid (p2_ddim's own sampler: eta 0, x0 clipped) of the same noise at every step of training."""
     images = sample(ema, noise, steps=steps, dtype=dtype)
-    save_grid(to_unit_range(images, "clip"), path, nrow=math.ceil(math.sqrt(len(noise))), value_range=(0.0, 1.0))
+    save_grid(
+        to_unit_range(images, "clip"),
+        path,
+        nrow=math.ceil(math.sqrt(len(noise))),
+        value_range=(0.0, 1.0),
+    )
 
 
 def main(argv=None) -> None:
@@ -182,7 +258,9 @@ def main(argv=None) -> None:
     rank_batch = args.batch_size // info.world_size
     per_epoch = (len(sampler) if sampler is not None else len(faces)) // rank_batch
     if per_epoch == 0:
-        raise CLIError(f"--batch-size {args.batch_size} is larger than the {len(faces)} images in {args.data}")
+        raise CLIError(
+            f"--batch-size {args.batch_size} is larger than the {len(faces)} images in {args.data}"
+        )
 
     seed_everything(args.seed)  # the same initial weights on every rank
     model = FaceUNet(args.base_channels, dropout=args.dropout).to(device)
@@ -194,19 +272,29 @@ def main(argv=None) -> None:
     step = 0
 
     # Everything that defines the run but its length (--steps may grow) and where it runs.
-    identity = {"data": str(Path(args.data).resolve()), "base_channels": args.base_channels, "image_size": args.image_size,
-                "grad_clip": args.grad_clip, "seed": args.seed, **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+    identity = {
+        "data": str(Path(args.data).resolve()),
+        "base_channels": args.base_channels,
+        "image_size": args.image_size,
+        "grad_clip": args.grad_clip,
+        "seed": args.seed,
+        **{k: getattr(args, k) for k in DEFAULTS if k != "steps"},
+    }
     state = run.load(identity, model=model, ema=ema, optimizer=opt, scaler=scaler)
     if state is not None:
         step = state["step"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
     log = run.start(step, LOG_FIELDS, command_line("p2_ddim.train", argv), device)
     train_model = DDP(model) if info.enabled else model
-    log_main(f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.data}; face UNet width "
-             f"{args.base_channels}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
-             f"{args.steps} steps of {args.batch_size} on {device} ({dtype})")
+    log_main(
+        f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.data}; face UNet width "
+        f"{args.base_channels}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
+        f"{args.steps} steps of {args.batch_size} on {device} ({dtype})"
+    )
 
-    sample_noise = torch.randn(args.sample_n, 3, args.image_size, args.image_size, generator=make_generator(args.seed))
+    sample_noise = torch.randn(
+        args.sample_n, 3, args.image_size, args.image_size, generator=make_generator(args.seed)
+    )
     bar = progress(total=args.steps, initial=step, desc="train")
     t0, order_epoch = time.time(), None
     while step < args.steps:
@@ -216,26 +304,45 @@ def main(argv=None) -> None:
         gen = make_generator(derived_seed("noise", args.seed, info.rank, step))
         torch.manual_seed(derived_seed("dropout", args.seed, info.rank, step))
         flips = torch.rand(rank_batch, generator=gen) < 0.5  # faces are left-right symmetric
-        x0 = to_model_range(faces[order[offset * rank_batch:(offset + 1) * rank_batch].to(device)], flips)
+        x0 = to_model_range(
+            faces[order[offset * rank_batch : (offset + 1) * rank_batch].to(device)], flips
+        )
         t, noise = draw_t_and_noise(rank_batch, tuple(x0.shape[1:]), gen)
         lr = lr_at(step, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, grad_norm = train_step(train_model, opt, scaler, x0, t, noise, alphas_cumprod, args.grad_clip, dtype)
+        loss, grad_norm = train_step(
+            train_model, opt, scaler, x0, t, noise, alphas_cumprod, args.grad_clip, dtype
+        )
         ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
         step += 1
         loss = mean_over_ranks(loss, info.enabled)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if log:
-            log.writerow([step, epoch, f"{loss:.6f}", f"{lr:.3e}", f"{grad_norm.item():.4f}", f"{time.time() - t0:.1f}"])
+            log.writerow(
+                [
+                    step,
+                    epoch,
+                    f"{loss:.6f}",
+                    f"{lr:.3e}",
+                    f"{grad_norm.item():.4f}",
+                    f"{time.time() - t0:.1f}",
+                ]
+            )
         if run.checkpoint_due(step, args.steps):
             run.save({"step": step}, model=model, ema=ema, optimizer=opt, scaler=scaler)
             if info.is_main:
                 with atomic_path(run.out / "UNet.pt") as tmp:
                     torch.save(export_state_dict(ema), tmp)
         if info.is_main and (step % args.sample_every == 0 or step == args.steps):
-            save_samples(ema, sample_noise, args.sample_steps, dtype, run.out / "samples" / f"step{step:06d}.png")
+            save_samples(
+                ema,
+                sample_noise,
+                args.sample_steps,
+                dtype,
+                run.out / "samples" / f"step{step:06d}.png",
+            )
     bar.close()
     run.close()
     log_main(f"done: {run.out / 'UNet.pt'} (step {step}, {time.time() - t0:.0f} s this run)")

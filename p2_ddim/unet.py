@@ -6,6 +6,7 @@ are the state dict's, which is why the layers are numbered flat instead of neste
 `base_channels` (128 in the real model) scales every width, so tests can run a narrow
 copy of the same layout; GroupNorm always has 32 groups, hence it must be a multiple of 32.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,10 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.register_buffer("inv_freq", torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim)))
+        self.register_buffer(
+            "inv_freq",
+            torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim)),
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = t.float()[:, None] * self.inv_freq.float()[None]  # float32 even in a half model
@@ -49,7 +53,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h + self.time(temb)[:, :, None, None])  # the spec's order: norm2 after the time shift
+        # the spec's order: norm2 after the time shift
+        h = self.norm2(h + self.time(temb)[:, :, None, None])
         h = self.conv2(self.dropout(F.silu(h)))
         return h + self.skip(x)
 
@@ -65,7 +70,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # (B, HW, C) each
+        # (B, HW, C) each
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)
         o = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
         return self.out(o.transpose(1, 2).reshape(b, c, h, w)) + x
 
@@ -88,7 +94,9 @@ def downsample(channels: int) -> nn.Sequential:
 
 
 def upsample(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)
+    )
 
 
 class FaceUNet(nn.Module):
@@ -97,10 +105,17 @@ class FaceUNet(nn.Module):
     def __init__(self, base_channels: int = 128, dropout: float = 0.1):
         super().__init__()
         if base_channels <= 0 or base_channels % GROUPS:
-            raise ValueError(f"base_channels must be a positive multiple of {GROUPS}, got {base_channels}")
+            raise ValueError(
+                f"base_channels must be a positive multiple of {GROUPS}, got {base_channels}"
+            )
         self.base_channels = ch = base_channels
         time_dim = 4 * ch
-        self.time = nn.Sequential(SinusoidalEmbedding(ch), nn.Linear(ch, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.time = nn.Sequential(
+            SinusoidalEmbedding(ch),
+            nn.Linear(ch, time_dim),
+            nn.SiLU(),
+            nn.Linear(time_dim, time_dim),
+        )
 
         def block(cin: int, cout: int, level: int) -> Block:
             return Block(cin, cout, time_dim, dropout, attention=level in ATTENTION_LEVELS)
@@ -134,11 +149,15 @@ class FaceUNet(nn.Module):
         for i, module in enumerate(ups, 1):
             self.add_module(f"up{i}", module)
         self.n_up = len(ups)
-        self.out = nn.Sequential(nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv2d(width, 3, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv2d(width, 3, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % DOWNSAMPLE_FACTOR or x.shape[-1] % DOWNSAMPLE_FACTOR:
-            raise ValueError(f"H and W must be divisible by {DOWNSAMPLE_FACTOR}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"H and W must be divisible by {DOWNSAMPLE_FACTOR}, got {tuple(x.shape[-2:])}"
+            )
         temb = self.time(t)
         h, stack = x, []
         for i in range(1, self.n_down + 1):
@@ -148,5 +167,9 @@ class FaceUNet(nn.Module):
         h = self.mid2(self.mid1(h, temb), temb)
         for i in range(1, self.n_up + 1):
             module = getattr(self, f"up{i}")
-            h = module(torch.cat([h, stack.pop()], dim=1), temb) if isinstance(module, Block) else module(h)
+            h = (
+                module(torch.cat([h, stack.pop()], dim=1), temb)
+                if isinstance(module, Block)
+                else module(h)
+            )
         return self.out(h)

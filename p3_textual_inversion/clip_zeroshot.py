@@ -11,6 +11,7 @@ the text embedding over several prompt templates, as a comparison with the singl
 --clip is a local transformers CLIP folder (the course uses openai/clip-vit-base-patch32), loaded
 by the grader's loader, evaluation.clip_scores.load_clip.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,21 +24,50 @@ import torch.nn.functional as F
 
 import hw2_utils
 from evaluation.clip_scores import load_clip, unit_features
-from hw2_utils import (CLIError, add_option, list_images, open_rgb, positive_int, progress, pyplot, require_file,
-                       resolve_device, run_cli, save_json)
+from hw2_utils import (
+    CLIError,
+    add_option,
+    list_images,
+    open_rgb,
+    positive_int,
+    progress,
+    pyplot,
+    require_file,
+    resolve_device,
+    run_cli,
+    save_json,
+)
 
 PROMPT = "A photo of {}."
-ENSEMBLE = [PROMPT, "A photo of a {}.", "A blurry photo of a {}.", "A close-up photo of a {}.",
-            "A bright photo of the {}.", "A cropped photo of the {}.", "A good photo of a {}.", "An image of a {}."]
+ENSEMBLE = [
+    PROMPT,
+    "A photo of a {}.",
+    "A blurry photo of a {}.",
+    "A close-up photo of a {}.",
+    "A bright photo of the {}.",
+    "A cropped photo of the {}.",
+    "A good photo of a {}.",
+    "An image of a {}.",
+]
 NAME = re.compile(r"(\d+)_(\d+)\.(png|jpg|jpeg)", re.IGNORECASE)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_option(p, "data", aliases=("--images",), required=True, help="folder of {class_id}_{image_id}.png")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_option(
+        p, "data", aliases=("--images",), required=True, help="folder of {class_id}_{image_id}.png"
+    )
     p.add_argument("--id2label", required=True, help="json {class_id: object name}")
-    p.add_argument("--clip", required=True, help="local transformers CLIP folder (model + processor files)")
-    p.add_argument("--ensemble", action="store_true", help="average text embeddings over %d templates" % len(ENSEMBLE))
+    p.add_argument(
+        "--clip", required=True, help="local transformers CLIP folder (model + processor files)"
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="average text embeddings over %d templates" % len(ENSEMBLE),
+    )
     p.add_argument("--figure", default=None, help="PNG of the 5 successful and 5 failed cases")
     p.add_argument("--json", default=None, help="write accuracy and per-image predictions here")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -71,7 +101,9 @@ def text_features(model, processor, names: list[str], templates: list[str]) -> t
     """(C, D) unit vectors: per class, the mean over templates of the unit text embeddings."""
     per_template = []
     for template in templates:
-        tokens = processor.tokenizer([template.format(n) for n in names], padding=True, return_tensors="pt")
+        tokens = processor.tokenizer(
+            [template.format(n) for n in names], padding=True, return_tensors="pt"
+        )
         per_template.append(unit_features(model.get_text_features(**tokens.to(model.device))))
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)
 
@@ -80,9 +112,11 @@ def text_features(model, processor, names: list[str], templates: list[str]) -> t
 def image_features(model, processor, files: list[Path], batch_size: int) -> torch.Tensor:
     feats = []
     for start in progress(range(0, len(files), batch_size), desc="images"):
-        images = [open_rgb(f) for f in files[start:start + batch_size]]
+        images = [open_rgb(f) for f in files[start : start + batch_size]]
         pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
-        feats.append(unit_features(model.get_image_features(pixel_values=pixels.to(model.device))).cpu())
+        feats.append(
+            unit_features(model.get_image_features(pixel_values=pixels.to(model.device))).cpu()
+        )
     return torch.cat(feats)
 
 
@@ -96,12 +130,24 @@ def classify(args: argparse.Namespace) -> dict:
     images = image_features(model, processor, [f for f, _ in items], args.batch_size)
     probs = (model.logit_scale.exp().item() * images @ text.T).softmax(-1)
     conf, pred = probs.max(-1)
-    cases = [{"file": f.name, "true": labels[c], "pred": labels[class_ids[p]], "prob": round(float(q), 4)}
-             for (f, c), p, q in zip(items, pred.tolist(), conf)]
+    cases = [
+        {
+            "file": f.name,
+            "true": labels[c],
+            "pred": labels[class_ids[p]],
+            "prob": round(float(q), 4),
+        }
+        for (f, c), p, q in zip(items, pred.tolist(), conf)
+    ]
     correct = [labels[c] == case["pred"] for (_, c), case in zip(items, cases)]
-    return {"accuracy": sum(correct) / len(items), "n": len(items), "ensemble": args.ensemble,
-            "success": [c for c, ok in zip(cases, correct) if ok][:5],
-            "failure": [c for c, ok in zip(cases, correct) if not ok][:5], "cases": cases}
+    return {
+        "accuracy": sum(correct) / len(items),
+        "n": len(items),
+        "ensemble": args.ensemble,
+        "success": [c for c, ok in zip(cases, correct) if ok][:5],
+        "failure": [c for c, ok in zip(cases, correct) if not ok][:5],
+        "cases": cases,
+    }
 
 
 def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
@@ -117,10 +163,15 @@ def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
                 case = result[kind][col]
                 with Image.open(images_dir / case["file"]) as im:
                     ax.imshow(im.convert("RGB"))
-                ax.set_title(f"{case['file']}\ntrue: {case['true']}\npred: {case['pred']} ({case['prob']:.2f})",
-                             fontsize=9, color="green" if kind == "success" else "red")
-    fig.suptitle(f"CLIP zero-shot: accuracy {result['accuracy']:.4f} on {result['n']} images"
-                 f"{' (prompt ensemble)' if result['ensemble'] else ''}")
+                ax.set_title(
+                    f"{case['file']}\ntrue: {case['true']}\npred: {case['pred']} ({case['prob']:.2f})",
+                    fontsize=9,
+                    color="green" if kind == "success" else "red",
+                )
+    fig.suptitle(
+        f"CLIP zero-shot: accuracy {result['accuracy']:.4f} on {result['n']} images"
+        f"{' (prompt ensemble)' if result['ensemble'] else ''}"
+    )
     fig.tight_layout()
     hw2_utils.save_figure(fig, path, dpi=100)
 
@@ -128,11 +179,15 @@ def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     result = classify(args)
-    print(f"accuracy {result['accuracy']:.4f} ({round(result['accuracy'] * result['n'])}/{result['n']})"
-          f"{' with prompt ensemble' if args.ensemble else ''}")
+    print(
+        f"accuracy {result['accuracy']:.4f} ({round(result['accuracy'] * result['n'])}/{result['n']})"
+        f"{' with prompt ensemble' if args.ensemble else ''}"
+    )
     for kind in ("success", "failure"):
         for case in result[kind]:
-            print(f"  {kind:7s} {case['file']}: true {case['true']!r}, predicted {case['pred']!r} (p={case['prob']:.3f})")
+            print(
+                f"  {kind:7s} {case['file']}: true {case['true']!r}, predicted {case['pred']!r} (p={case['prob']:.3f})"
+            )
     if args.figure:
         plot_cases(result, Path(args.data), args.figure)
         print(f"figure: {args.figure}")

@@ -4,6 +4,7 @@ The frozen table is never touched: a learned token's id (>= the base vocabulary 
 looked up in a separate parameter holding only the new rows, so training them cannot move
 any other row, and optimizer state is a few vectors rather than 49k x 768.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,10 @@ from stable_diffusion.model import StableDiffusion
 # How a learned token is spelled in a prompt: "<new1>", "<cat-toy>" ...
 PLACEHOLDER = re.compile(r"<[^<>\s]+>")
 # No download exists for them (checkpoints.tsv has none): they are trained, then copied in.
-HOW_TO_TRAIN = ("train them with `python -m p3_textual_inversion.train ... --out RUN` (README \"P3\") and copy "
-                "RUN/learned_embeds.safetensors to p3_textual_inversion/checkpoints/NAME.safetensors, or pass --embeds")
+HOW_TO_TRAIN = (
+    'train them with `python -m p3_textual_inversion.train ... --out RUN` (README "P3") and copy '
+    "RUN/learned_embeds.safetensors to p3_textual_inversion/checkpoints/NAME.safetensors, or pass --embeds"
+)
 
 
 class TokenEmbeddingWithNew(nn.Module):
@@ -58,15 +61,21 @@ def add_tokens(sd: StableDiffusion, vectors: dict[str, torch.Tensor]) -> dict[st
     ids = {}
     for token in vectors:
         if sd.tokenizer.add_tokens([token]) != 1:
-            raise CLIError(f"token {token} already exists in the tokenizer; pick another placeholder")
+            raise CLIError(
+                f"token {token} already exists in the tokenizer; pick another placeholder"
+            )
         ids[token] = sd.tokenizer.convert_tokens_to_ids(token)
     rows = torch.stack([v.float() for v in vectors.values()]) if vectors else torch.zeros(0, dim)
     if isinstance(emb, TokenEmbeddingWithNew):
         emb.new = nn.Parameter(torch.cat([emb.new.detach(), rows.to(emb.new.device)]))
     else:
         emb = owner.token_embedding = TokenEmbeddingWithNew(emb, rows)
-    if list(ids.values()) != list(range(emb.num_base + len(emb.new) - len(ids), emb.num_base + len(emb.new))):
-        raise CLIError(f"tokenizer ids {list(ids.values())} do not follow the text encoder's {emb.num_base} rows")
+    if list(ids.values()) != list(
+        range(emb.num_base + len(emb.new) - len(ids), emb.num_base + len(emb.new))
+    ):
+        raise CLIError(
+            f"tokenizer ids {list(ids.values())} do not follow the text encoder's {emb.num_base} rows"
+        )
     return ids
 
 
@@ -76,7 +85,9 @@ def check_vectors(vectors: dict[str, torch.Tensor], dim: int) -> None:
         if not PLACEHOLDER.fullmatch(token):
             raise CLIError(f"learned token {token!r} must look like <name> (no spaces)")
         if vector.shape != (dim,):
-            raise CLIError(f"learned token {token} has {tuple(vector.shape)} values but the text encoder needs ({dim},)")
+            raise CLIError(
+                f"learned token {token} has {tuple(vector.shape)} values but the text encoder needs ({dim},)"
+            )
 
 
 def learned_rows(sd: StableDiffusion) -> TokenEmbeddingWithNew:
@@ -90,17 +101,23 @@ def initializer_vector(sd: StableDiffusion, word: str) -> torch.Tensor:
     """The embedding of `word`, which must be a single CLIP token (e.g. "dog", "painting")."""
     ids = sd.tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:
-        raise CLIError(f"initializer {word!r} is {len(ids)} CLIP tokens; pick a word that is exactly one")
+        raise CLIError(
+            f"initializer {word!r} is {len(ids)} CLIP tokens; pick a word that is exactly one"
+        )
     return _token_embedding_owner(sd).token_embedding.weight[ids[0]].detach().float().cpu()
 
 
-def save_embeds(path: str | Path, vectors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_embeds(
+    path: str | Path, vectors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """{token: (D,) float32}, the layout diffusers' load_textual_inversion also reads; the same
     vectors and metadata give the same bytes in every process."""
     from safetensors.torch import save
 
-    blob = save({t: v.detach().float().cpu().contiguous() for t, v in vectors.items()},
-                metadata={k: str(v) for k, v in (metadata or {}).items()})
+    blob = save(
+        {t: v.detach().float().cpu().contiguous() for t, v in vectors.items()},
+        metadata={k: str(v) for k, v in (metadata or {}).items()},
+    )
     Path(path).write_bytes(sorted_metadata(blob))
 
 
@@ -112,12 +129,12 @@ def sorted_metadata(blob: bytes) -> bytes:
     import json
 
     size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + size])
+    header = json.loads(blob[8 : 8 + size])
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def load_embeds(paths: list[str | Path]) -> dict[str, torch.Tensor]:
@@ -136,6 +153,9 @@ def load_embeds(paths: list[str | Path]) -> dict[str, torch.Tensor]:
             raise CLIError(f"cannot read {path} as safetensors ({error_summary(e)})") from None
         for token, vector in loaded.items():
             if token in vectors:
-                raise CLIError(f"token {token} is defined in more than one embeddings file ({path})")
-            vectors[token] = require_finite(vector.reshape(-1), f"learned token {token} of {path}")  # diffusers' older format stores (1, D)
+                raise CLIError(
+                    f"token {token} is defined in more than one embeddings file ({path})"
+                )
+            # diffusers' older format stores (1, D)
+            vectors[token] = require_finite(vector.reshape(-1), f"learned token {token} of {path}")
     return vectors

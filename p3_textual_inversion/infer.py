@@ -7,6 +7,7 @@ any number of concepts and prompts. A prompt may use several learned tokens ("a 
 a <new2>"). Each prompt's images come from the same seed, so a prompt's files depend only on
 (prompt, seed, model, embeddings) and the same command writes the same bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,27 @@ import json
 import sys
 from pathlib import Path
 
-from hw2_utils import (CLIError, check_output_path, non_negative_float, output_dir, positive_int, progress,
-                       require_file, resolve_device, resolve_dtype, run_cli, save_images, seed_int)
-from p3_textual_inversion.embeddings import HOW_TO_TRAIN, PLACEHOLDER, add_tokens, check_vectors, load_embeds
+from hw2_utils import (
+    CLIError,
+    check_output_path,
+    non_negative_float,
+    output_dir,
+    positive_int,
+    progress,
+    require_file,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_images,
+    seed_int,
+)
+from p3_textual_inversion.embeddings import (
+    HOW_TO_TRAIN,
+    PLACEHOLDER,
+    add_tokens,
+    check_vectors,
+    load_embeds,
+)
 from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion, text_width
 from stable_diffusion.pipeline import text_to_image
 
@@ -28,18 +47,40 @@ STEPS, GUIDANCE, SEED = 50, 7.5, 2024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("input_json", help="concepts: {key: {token_name, prompt: [...], ...}}")
     p.add_argument("out", help="output directory (created if missing)")
     p.add_argument("model", help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder")
-    p.add_argument("--embeds", nargs="+", default=None,
-                   help=f"learned_embeds.safetensors file(s) (default: every *.safetensors in {SHIPPED_EMBEDS_DIR})")
-    p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file model")
+    p.add_argument(
+        "--embeds",
+        nargs="+",
+        default=None,
+        help=f"learned_embeds.safetensors file(s) (default: every *.safetensors in {SHIPPED_EMBEDS_DIR})",
+    )
+    p.add_argument(
+        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file model"
+    )
     p.add_argument("--n", type=positive_int, default=25, help="images per prompt (at most 10000)")
     p.add_argument("--steps", type=positive_int, default=STEPS, help="DDIM steps (at most 1000)")
-    p.add_argument("--guidance", type=non_negative_float, default=GUIDANCE, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=positive_int, default=5, help="images per UNet batch (x2 with guidance)")
-    p.add_argument("--precision", default="fp16", help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)")
+    p.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=GUIDANCE,
+        help="classifier-free guidance scale",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=5,
+        help="images per UNet batch (x2 with guidance)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp16",
+        help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)",
+    )
     p.add_argument("--seed", type=seed_int, default=SEED)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
@@ -53,12 +94,18 @@ def read_concepts(path: str | Path) -> dict[str, list[str]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CLIError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not data:
-        raise CLIError(f"{path} must hold an object of concepts, e.g. {{\"0\": {{\"prompt\": [...]}}}}")
+        raise CLIError(f'{path} must hold an object of concepts, e.g. {{"0": {{"prompt": [...]}}}}')
     concepts = {}
     for key, concept in data.items():
         prompts = concept.get("prompt") if isinstance(concept, dict) else None
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(s, str) for s in prompts):
-            raise CLIError(f"{path}: concept {key!r} needs a non-empty list of strings under 'prompt'")
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(s, str) for s in prompts)
+        ):
+            raise CLIError(
+                f"{path}: concept {key!r} needs a non-empty list of strings under 'prompt'"
+            )
         if not key or "/" in key or "\0" in key or key in (".", "..") or len(key.encode()) > 200:
             raise CLIError(f"{path}: concept key {key!r} cannot be a folder name")
         concepts[key] = prompts
@@ -70,8 +117,10 @@ def check_tokens(concepts: dict[str, list[str]], known: set[str], embeds: list[s
         for prompt in prompts:
             unknown = [t for t in PLACEHOLDER.findall(prompt) if t not in known]
             if unknown:
-                raise CLIError(f"concept {key}: prompt {prompt!r} uses {', '.join(unknown)}, which is not in "
-                               f"{', '.join(embeds)} (it has {', '.join(sorted(known)) or 'no tokens'})")
+                raise CLIError(
+                    f"concept {key}: prompt {prompt!r} uses {', '.join(unknown)}, which is not in "
+                    f"{', '.join(embeds)} (it has {', '.join(sorted(known)) or 'no tokens'})"
+                )
 
 
 def warn_long_prompts(sd, jobs: list[tuple[str, int, str]]) -> None:
@@ -80,7 +129,10 @@ def warn_long_prompts(sd, jobs: list[tuple[str, int, str]]) -> None:
     for key, p, prompt in jobs:
         n = len(sd.tokenizer(prompt, truncation=False).input_ids)
         if n > limit:
-            print(f"warning: concept {key} prompt {p} is {n} CLIP tokens; only the first {limit} are used", file=sys.stderr)
+            print(
+                f"warning: concept {key} prompt {p} is {n} CLIP tokens; only the first {limit} are used",
+                file=sys.stderr,
+            )
 
 
 def main(argv=None) -> None:
@@ -97,20 +149,34 @@ def main(argv=None) -> None:
     model = Path(args.model)
     if not model.exists():
         raise CLIError(f"Stable Diffusion checkpoint not found: {model} ({HOW_TO_GET})")
-    check_vectors(vectors, text_width(model, args.sd_config))  # before the minute it takes to load SD
+    # before the minute it takes to load SD
+    check_vectors(vectors, text_width(model, args.sd_config))
     out = Path(args.out)
-    jobs = [(key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)]
+    jobs = [
+        (key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)
+    ]
     for key, p, _ in jobs:
         check_output_path(out / key / str(p), folder=True)  # creates nothing
     device = resolve_device(args.device)
-    sd = load_stable_diffusion(model, args.sd_config, device=device, dtype=resolve_dtype(args.precision, device))
+    sd = load_stable_diffusion(
+        model, args.sd_config, device=device, dtype=resolve_dtype(args.precision, device)
+    )
     add_tokens(sd, vectors)
     warn_long_prompts(sd, jobs)
 
     for key, p, prompt in progress(jobs, desc="prompts"):
-        images = text_to_image(sd, prompt, args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                               batch_size=args.batch_size, progress=progress)
-        with output_dir(out / key / str(p), owned=(f"source{key}_prompt{p}_*.png",)) as tmp:  # a prompt's folder appears only when complete
+        images = text_to_image(
+            sd,
+            prompt,
+            args.n,
+            seed=args.seed,
+            steps=args.steps,
+            guidance=args.guidance,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        # a prompt's folder appears only when complete
+        with output_dir(out / key / str(p), owned=(f"source{key}_prompt{p}_*.png",)) as tmp:
             save_images(images, [tmp / f"source{key}_prompt{p}_{i}.png" for i in range(args.n)])
     print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
 

@@ -13,6 +13,7 @@ resumes from OUT/last.pt (--no-resume starts over). OUT/learned_embeds.safetenso
 result; OUT/samples/ holds validation images every --validation-every steps; OUT/log.csv the
 loss and the vector's distance from its initializer per step; OUT/run.json the provenance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,42 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (REQUIRED, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       init_distributed, log_main, non_negative_float, non_negative_int, positive_float, positive_int,
-                       probability, progress, resolve_device, resolve_dtype, run_cli, save_grid, seed_everything)
+from hw2_utils import (
+    REQUIRED,
+    RunFolder,
+    add_common_args,
+    atomic_path,
+    autocast,
+    cleanup_distributed,
+    command_line,
+    init_distributed,
+    log_main,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_grid,
+    seed_everything,
+)
 from p3_textual_inversion.data import TEMPLATES, load_concept_images
-from p3_textual_inversion.embeddings import add_tokens, initializer_vector, learned_rows, save_embeds
+from p3_textual_inversion.embeddings import (
+    add_tokens,
+    initializer_vector,
+    learned_rows,
+    save_embeds,
+)
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 from stable_diffusion.pipeline import text_to_image
 
 # The reference recipe (the TI paper's LDM setup as in diffusers' textual_inversion example):
 # about 1 h on a V100 at 512 px with fp16 (an estimate, not measured here).
+# fmt: off
 DEFAULTS = dict(
     steps=3000,         # optimizer steps; the concept is usually recognisable from ~1000
     batch_size=1,       # images per micro-batch: at 512 px a larger batch mostly costs memory
@@ -41,32 +67,77 @@ DEFAULTS = dict(
     weight_decay=1e-2,  # on the new vector only: keeps its norm near real token embeddings
     flip_p=0.5,         # horizontal flips double the 3-5 images; off for text/asymmetric concepts
 )
-TYPES = dict(lr=positive_float, weight_decay=non_negative_float, flip_p=probability)  # the rest are counts
-LOG_FIELDS = ["step", "loss", "shift", "seconds"]  # shift: |v - v0|, the vector's distance from its initializer
+# fmt: on
+# the rest are counts
+TYPES = dict(lr=positive_float, weight_decay=non_negative_float, flip_p=probability)
+# shift: |v - v0|, the vector's distance from its initializer
+LOG_FIELDS = ["step", "loss", "shift", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, data=(REQUIRED, "folder with the concept's images"),
-                    out=(REQUIRED, "run folder: learned_embeds.safetensors, last.pt, log.csv, run.json, samples/"),
-                    precision="fp16", ckpt_every=250,
-                    image_size=(None, "training size (default: the model's, 512 for SD v1)"))
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(
+        p,
+        data=(REQUIRED, "folder with the concept's images"),
+        out=(
+            REQUIRED,
+            "run folder: learned_embeds.safetensors, last.pt, log.csv, run.json, samples/",
+        ),
+        precision="fp16",
+        ckpt_every=250,
+        image_size=(None, "training size (default: the model's, 512 for SD v1)"),
+    )
     p.add_argument("--placeholder", required=True, help="the new token, e.g. '<new1>'")
-    p.add_argument("--initializer", required=True, help="one-token word the vector starts from, e.g. dog")
-    p.add_argument("--templates", choices=sorted(TEMPLATES), default="object", help="caption set: object or style")
-    p.add_argument("--model", required=True, help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder")
-    p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model")
+    p.add_argument(
+        "--initializer", required=True, help="one-token word the vector starts from, e.g. dog"
+    )
+    p.add_argument(
+        "--templates",
+        choices=sorted(TEMPLATES),
+        default="object",
+        help="caption set: object or style",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder",
+    )
+    p.add_argument(
+        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model"
+    )
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
-    p.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
-                   help="multiply --lr by batch-size x grad-accum x number of GPUs")
-    p.add_argument("--validation-every", type=non_negative_int, default=500, help="steps between sample grids (0 = never)")
-    p.add_argument("--validation-steps", type=positive_int, default=25, help="DDIM steps for the sample grids")
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
+        )
+    p.add_argument(
+        "--scale-lr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="multiply --lr by batch-size x grad-accum x number of GPUs",
+    )
+    p.add_argument(
+        "--validation-every",
+        type=non_negative_int,
+        default=500,
+        help="steps between sample grids (0 = never)",
+    )
+    p.add_argument(
+        "--validation-steps", type=positive_int, default=25, help="DDIM steps for the sample grids"
+    )
     return p.parse_args(argv)
 
 
-def micro_batch_loss(sd: StableDiffusion, mean: torch.Tensor, std: torch.Tensor, captions: list[str], args,
-                     gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+def micro_batch_loss(
+    sd: StableDiffusion,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    captions: list[str],
+    args,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """SD's eps-MSE on `args.batch_size` latents sampled from the cached VAE posteriors (the
     second half of `mean`/`std` holds the mirrored images), all draws from `gen` on the CPU."""
     n_images = len(mean) // 2
@@ -76,10 +147,14 @@ def micro_batch_loss(sd: StableDiffusion, mean: torch.Tensor, std: torch.Tensor,
     latents = (mean[idx] + std[idx] * noise_z) * sd.latent_scale
     t = torch.randint(0, sd.schedule.T, (args.batch_size,), generator=gen).to(sd.device)
     noise = torch.randn(latents.shape, generator=gen).to(sd.device)
-    chosen = [captions[i] for i in torch.randint(0, len(captions), (args.batch_size,), generator=gen)]
+    chosen = [
+        captions[i] for i in torch.randint(0, len(captions), (args.batch_size,), generator=gen)
+    ]
     with autocast(sd.device, dtype):
         context = sd.encode_text([c.format(args.placeholder) for c in chosen])
-        pred = sd.unet(sd.schedule.q_sample(latents, t, noise).to(dtype), t, encoder_hidden_states=context).sample
+        pred = sd.unet(
+            sd.schedule.q_sample(latents, t, noise).to(dtype), t, encoder_hidden_states=context
+        ).sample
     return F.mse_loss(pred.float(), noise)
 
 
@@ -87,7 +162,9 @@ def main(argv=None) -> None:
     train(parse_args(argv))
 
 
-def concept_posteriors(sd: StableDiffusion, data: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def concept_posteriors(
+    sd: StableDiffusion, data: str, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posterior (mean, std) of every concept image and its mirror, computed once:
     encoding is the costliest part of a step at 512 px and the images never change. Latents
     are sampled from it per step."""
@@ -95,10 +172,14 @@ def concept_posteriors(sd: StableDiffusion, data: str, size: int) -> tuple[torch
     images = torch.cat([images, images.flip(-1)])
     with torch.no_grad():
         posteriors = [sd.encode_images(chunk) for chunk in images.split(4)]
-        return torch.cat([p.mean.float() for p in posteriors]), torch.cat([p.std.float() for p in posteriors])
+        return torch.cat([p.mean.float() for p in posteriors]), torch.cat(
+            [p.std.float() for p in posteriors]
+        )
 
 
-def optimisation_step(sd: StableDiffusion, rows, mean, std, templates, args, gen, dtype, opt, scaler, info) -> float:
+def optimisation_step(
+    sd: StableDiffusion, rows, mean, std, templates, args, gen, dtype, opt, scaler, info
+) -> float:
     """--grad-accum micro-batches, then one update of the new embedding row; returns the loss."""
     loss_sum = 0.0
     for _ in range(args.grad_accum):
@@ -117,8 +198,17 @@ def optimisation_step(sd: StableDiffusion, rows, mean, std, templates, args, gen
 def export(path: Path, vector: torch.Tensor, args, step: int, command: str) -> None:
     """learned_embeds.safetensors: the token's vector and how it was made (hw2_3.sh reads it)."""
     with atomic_path(path) as tmp:
-        save_embeds(tmp, {args.placeholder: vector}, {"initializer": args.initializer, "templates": args.templates,
-                                                      "step": step, "final": step == args.steps, "recipe": command})
+        save_embeds(
+            tmp,
+            {args.placeholder: vector},
+            {
+                "initializer": args.initializer,
+                "templates": args.templates,
+                "step": step,
+                "final": step == args.steps,
+                "recipe": command,
+            },
+        )
 
 
 def train(args: argparse.Namespace):
@@ -129,23 +219,34 @@ def train(args: argparse.Namespace):
     seed_everything(args.seed, info.rank)
     templates = TEMPLATES[args.templates]
     # Everything that defines the run but its length (--steps may grow) and where it runs.
-    identity = {"data": str(Path(args.data).resolve()), "model": str(Path(args.model).resolve()),
-                "placeholder": args.placeholder, "initializer": args.initializer, "templates": args.templates,
-                "image_size": args.image_size, "scale_lr": args.scale_lr, "seed": args.seed,
-                **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+    identity = {
+        "data": str(Path(args.data).resolve()),
+        "model": str(Path(args.model).resolve()),
+        "placeholder": args.placeholder,
+        "initializer": args.initializer,
+        "templates": args.templates,
+        "image_size": args.image_size,
+        "scale_lr": args.scale_lr,
+        "seed": args.seed,
+        **{k: getattr(args, k) for k in DEFAULTS if k != "steps"},
+    }
 
     sd = load_stable_diffusion(args.model, args.sd_config, device=device)
     # Frozen UNet and VAE in half precision halve memory; the text encoder stays fp32 because
     # the gradient to the new vector flows through it.
     sd.to(dtype=dtype, parts=("unet", "vae"))
     size = args.image_size or sd.resolution
-    token_id = add_tokens(sd, {args.placeholder: initializer_vector(sd, args.initializer)})[args.placeholder]
+    token_id = add_tokens(sd, {args.placeholder: initializer_vector(sd, args.initializer)})[
+        args.placeholder
+    ]
     rows = learned_rows(sd)
     init = rows.new.detach().clone()
 
     mean, std = concept_posteriors(sd, args.data, size)
-    log_main(f"{len(mean) // 2} images of {args.placeholder} (id {token_id}) from {args.data} at {size} px; "
-             f"{args.templates} templates; {device} {dtype}")
+    log_main(
+        f"{len(mean) // 2} images of {args.placeholder} (id {token_id}) from {args.data} at {size} px; "
+        f"{args.templates} templates; {device} {dtype}"
+    )
 
     lr = args.lr * (args.batch_size * args.grad_accum * info.world_size if args.scale_lr else 1)
     opt = torch.optim.AdamW([rows.new], lr=lr, weight_decay=args.weight_decay)
@@ -164,23 +265,50 @@ def train(args: argparse.Namespace):
     bar = progress(total=args.steps, initial=step, desc=f"train {args.placeholder}")
     t0 = time.time()
     while step < args.steps:
-        loss_sum = optimisation_step(sd, rows, mean, std, templates, args, gen, dtype, opt, scaler, info)
+        loss_sum = optimisation_step(
+            sd, rows, mean, std, templates, args, gen, dtype, opt, scaler, info
+        )
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}")
         if log:
-            log.writerow([step, f"{loss_sum:.5f}", f"{(rows.new.detach() - init).norm().item():.4f}", f"{time.time() - t0:.1f}"])
+            log.writerow(
+                [
+                    step,
+                    f"{loss_sum:.5f}",
+                    f"{(rows.new.detach() - init).norm().item():.4f}",
+                    f"{time.time() - t0:.1f}",
+                ]
+            )
         if run.checkpoint_due(step, args.steps):
-            run.save({"rows": rows.new.detach().cpu(), "step": step}, optimizer=opt, scaler=scaler, generator=gen)
+            run.save(
+                {"rows": rows.new.detach().cpu(), "step": step},
+                optimizer=opt,
+                scaler=scaler,
+                generator=gen,
+            )
             if info.is_main:
                 export(run.out / "learned_embeds.safetensors", rows.new[0], args, step, command)
-        if info.is_main and args.validation_every and (step % args.validation_every == 0 or step == args.steps):
-            grid = text_to_image(sd, templates[0].format(args.placeholder), 4, seed=args.seed, steps=args.validation_steps,
-                                 size=size, batch_size=4)
+        if (
+            info.is_main
+            and args.validation_every
+            and (step % args.validation_every == 0 or step == args.steps)
+        ):
+            grid = text_to_image(
+                sd,
+                templates[0].format(args.placeholder),
+                4,
+                seed=args.seed,
+                steps=args.validation_steps,
+                size=size,
+                batch_size=4,
+            )
             save_grid(grid, run.out / "samples" / f"step{step:06d}.png", nrow=4)
     bar.close()
     run.close()
-    log_main(f"done: {run.out / 'learned_embeds.safetensors'} (step {step}, {time.time() - t0:.0f} s this run)")
+    log_main(
+        f"done: {run.out / 'learned_embeds.safetensors'} (step {step}, {time.time() - t0:.0f} s this run)"
+    )
     cleanup_distributed()
     return sd
 

@@ -8,6 +8,7 @@ Two layouts, one per split name (`train`, `val`) under a data root:
                         course's 64x64 face with the standard CelebA crop (CROP_BOX)
 The val faces are the FID reference only: never trained on, never used to choose a checkpoint.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,10 @@ def split_source(root: str | os.PathLike, split: str) -> Path:
     for candidate in (root / split, root / f"{split}.npz"):
         if candidate.exists():
             return candidate
-    raise CLIError(f"no {split} faces under {root}: expected the folder {root / split} (course layout) "
-                   f"or the archive {root / f'{split}.npz'} (celeba10k)")
+    raise CLIError(
+        f"no {split} faces under {root}: expected the folder {root / split} (course layout) "
+        f"or the archive {root / f'{split}.npz'} (celeba10k)"
+    )
 
 
 def load_faces(source: str | os.PathLike, limit: int | None = None) -> torch.Tensor:
@@ -45,7 +48,10 @@ def load_faces(source: str | os.PathLike, limit: int | None = None) -> torch.Ten
         arrays = _archive_faces(source, limit)
     else:
         files = list_images(source, "face folder")[:limit]
-        arrays = [np.asarray(_to_face(open_rgb(path))) for path in progress(files, desc="loading faces", leave=False)]
+        arrays = [
+            np.asarray(_to_face(open_rgb(path)))
+            for path in progress(files, desc="loading faces", leave=False)
+        ]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -62,13 +68,20 @@ def _archive_faces(path: Path, limit: int | None) -> list[np.ndarray]:
         with np.load(path) as archive:
             jpeg, offsets = archive["jpeg"], archive["offsets"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise CLIError(f"{path} is not a face archive with jpeg and offsets ({type(e).__name__})") from None
+        raise CLIError(
+            f"{path} is not a face archive with jpeg and offsets ({type(e).__name__})"
+        ) from None
     count = len(offsets) - 1 if limit is None else min(limit, len(offsets) - 1)
     faces = []
     for i in progress(range(count), desc=f"decoding {path.name}", leave=False):
-        with Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())) as image:
-            faces.append(np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC,
-                                                                box=CROP_BOX)))
+        with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as image:
+            faces.append(
+                np.asarray(
+                    image.convert("RGB").resize(
+                        (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC, box=CROP_BOX
+                    )
+                )
+            )
     return faces
 
 

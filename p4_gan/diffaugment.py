@@ -6,6 +6,7 @@ the `generator` passed in, on the CPU, so a run is reproducible and draws the sa
 any device. Only the small draws travel (hw2_utils.to_device, which does not stall the host on
 a GPU); the grids and masks they parametrise are built on the images' device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 
 from hw2_utils import to_device
 
-TRANSLATION_RATIO = 1 / 8   # shift by up to 1/8 of the side: +-8 px at 64x64
-CUTOUT_RATIO = 1 / 2        # erase a square of half the side
+TRANSLATION_RATIO = 1 / 8  # shift by up to 1/8 of the side: +-8 px at 64x64
+CUTOUT_RATIO = 1 / 2  # erase a square of half the side
 
 
 def _uniform(n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -63,15 +64,19 @@ AUGMENTS = {"color": color, "translation": translation, "cutout": cutout}
 
 
 def parse_policy(spec: str) -> tuple[str, ...]:
-    """"color,translation,cutout" -> a tuple of names; "" or "none" -> ()."""
+    """ "color,translation,cutout" -> a tuple of names; "" or "none" -> ()."""
     names = tuple(s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none")
     unknown = [n for n in names if n not in AUGMENTS]
     if unknown:
-        raise ValueError(f"unknown DiffAugment op(s) {unknown}: use a comma-separated subset of {list(AUGMENTS)} or none")
+        raise ValueError(
+            f"unknown DiffAugment op(s) {unknown}: use a comma-separated subset of {list(AUGMENTS)} or none"
+        )
     return names
 
 
-def diff_augment(x: torch.Tensor, policy: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
+def diff_augment(
+    x: torch.Tensor, policy: tuple[str, ...], generator: torch.Generator
+) -> torch.Tensor:
     for name in policy:
         x = AUGMENTS[name](x, generator)
     return x

@@ -6,6 +6,7 @@ curves.png (log.csv and fid.csv); with both runs, RUNS/first32_ab.png puts A and
     python -m p4_gan.figures runs/p4
     python -m p4_gan.figures runs/p4 --models dcgan --device cpu
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, pyplot, require_dir, resolve_device, run_cli, save_figure, save_grid
+from hw2_utils import (
+    CLIError,
+    atomic_path,
+    pyplot,
+    require_dir,
+    resolve_device,
+    run_cli,
+    save_figure,
+    save_grid,
+)
 from p4_gan.infer import SEED
 from p4_gan.models import Discriminator, GANConfig, Generator
 from p4_gan.pipeline import generate, load_generator
@@ -26,12 +36,17 @@ PRESET_D_NORM = {"dcgan": "batch", "improved": "spectral"}  # as train.py's PRES
 def write_architecture(run_dir: Path, model: str) -> Path:
     """Both networks as PyTorch prints them, with the trained run's sizes when it exists."""
     generator_file = run_dir / "generator.pt"
-    config = (load_generator(generator_file)[0].config if generator_file.is_file()
-              else GANConfig(d_norm=PRESET_D_NORM[model]))
+    config = (
+        load_generator(generator_file)[0].config
+        if generator_file.is_file()
+        else GANConfig(d_norm=PRESET_D_NORM[model])
+    )
     g, d = Generator(config), Discriminator(config)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    text = (f"# {model}: {config}\n\n## Generator ({count(g):,} parameters)\n{g}\n\n"
-            f"## Discriminator ({count(d):,} parameters)\n{d}\n")
+    text = (
+        f"# {model}: {config}\n\n## Generator ({count(g):,} parameters)\n{g}\n\n"
+        f"## Discriminator ({count(d):,} parameters)\n{d}\n"
+    )
     path = run_dir / "architecture.txt"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -62,7 +77,9 @@ def side_by_side(runs: Path, device) -> Path:
     from torchvision.utils import make_grid
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
-    for ax, (model, title) in zip(axes, (("dcgan", "(A) DCGAN"), ("improved", "(B) improved GAN (EMA)"))):
+    for ax, (model, title) in zip(
+        axes, (("dcgan", "(A) DCGAN"), ("improved", "(B) improved GAN (EMA)"))
+    ):
         grid = make_grid((first32(runs / model, device) + 1) / 2, nrow=8, padding=2, pad_value=1.0)
         ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy())
         ax.set_title(title)
@@ -109,7 +126,9 @@ def plot_curves(run_dir: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", help="folder holding one train.py run folder per model (e.g. runs/p4)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -122,7 +141,10 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     found = [m for m in args.models if (runs / m).is_dir()]
     if not found:
-        raise CLIError(f"no run folder {' or '.join(str(runs / m) for m in args.models)}: train with p4_gan/train.py --out RUNS/MODEL")
+        raise CLIError(
+            f"no run folder {' or '.join(str(runs / m) for m in args.models)}: "
+            "train with python -m p4_gan.train --out RUNS/MODEL"
+        )
     for model in found:
         run_dir = runs / model
         written = [write_architecture(run_dir, model)]

@@ -1,6 +1,7 @@
 """GAN losses, the gradient penalty, and one D update / one G update with their optimisers,
 EMA and (under torchrun) gradient averaging. train.py runs the loop around GANTrainer;
 the tests drive it directly."""
+
 from __future__ import annotations
 
 import copy
@@ -36,13 +37,16 @@ def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+def gradient_penalty(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): mean of (||grad_x critic(x)||_2 - 1)^2 at random
     points x on the segments between real and fake images."""
-    alpha = to_device(torch.rand(len(real), 1, 1, 1, generator=generator).to(real.dtype), real.device)
+    alpha = to_device(
+        torch.rand(len(real), 1, 1, 1, generator=generator).to(real.dtype), real.device
+    )
     between = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    grad, = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
+    (grad,) = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
@@ -60,7 +64,7 @@ def average_gradients(module: nn.Module) -> None:
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -75,15 +79,17 @@ def assert_ranks_in_sync(*modules: nn.Module) -> None:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
-        raise RuntimeError(f"ranks hold different weights (max gap {(high - low).abs().max().item():.3g})")
+        raise RuntimeError(
+            f"ranks hold different weights (max gap {(high - low).abs().max().item():.3g})"
+        )
 
 
 @dataclass(frozen=True)
 class Recipe:
     loss: str = "dcgan"
-    diffaug: tuple[str, ...] = ()    # DiffAugment ops applied to everything D sees
-    ema_decay: float = 0.0           # 0: export G itself
-    gp_weight: float = 10.0          # wgan-gp only
+    diffaug: tuple[str, ...] = ()  # DiffAugment ops applied to everything D sees
+    ema_decay: float = 0.0  # 0: export G itself
+    gp_weight: float = 10.0  # wgan-gp only
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
 
@@ -97,25 +103,41 @@ class GANTrainer:
     generator every random draw of training comes from (z, DiffAugment, the penalty's
     interpolation, flips); `state_dict` holds all of it, so a resumed run is the same run."""
 
-    def __init__(self, config: GANConfig, recipe: Recipe, device: torch.device = torch.device("cpu"),
-                 dtype: torch.dtype = torch.float32, seed: int = 0, rank: int = 0):
+    def __init__(
+        self,
+        config: GANConfig,
+        recipe: Recipe,
+        device: torch.device = torch.device("cpu"),
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        rank: int = 0,
+    ):
         if recipe.loss == "wgan-gp" and config.d_norm == "batch":
-            raise ValueError("wgan-gp penalises per-sample gradients, which batch norm in D couples: "
-                             "use d_norm 'none' or 'spectral' (--d-norm)")
+            raise ValueError(
+                "wgan-gp penalises per-sample gradients, which batch norm in D couples: "
+                "use d_norm 'none' or 'spectral' (--d-norm)"
+            )
         self.config, self.recipe, self.device, self.dtype = config, recipe, device, dtype
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights on every rank
             self.G, self.D = Generator(config).to(device), Discriminator(config).to(device)
-        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False) if recipe.ema_decay > 0 else None
+        self.ema = (
+            copy.deepcopy(self.G).eval().requires_grad_(False) if recipe.ema_decay > 0 else None
+        )
         # Fused on CUDA: one kernel per step instead of several per tensor (the small nets' steps are
         # launch-bound), and it takes the fp16 scaler's inf check without a host sync.
         fused = device.type == "cuda"
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused)
+        self.opt_g = torch.optim.Adam(
+            self.G.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused
+        )
+        self.opt_d = torch.optim.Adam(
+            self.D.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused
+        )
         fp16 = dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
-        self.noise = torch.Generator().manual_seed(seed * 1000 + rank)  # differs per rank: each draws its own z
+        # differs per rank: each draws its own z
+        self.noise = torch.Generator().manual_seed(seed * 1000 + rank)
         self.g_steps = 0
 
     def sample_z(self, n: int) -> torch.Tensor:
@@ -124,11 +146,17 @@ class GANTrainer:
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.recipe.diffaug, self.noise)
 
-    def _update(self, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler) -> None:
+    def _update(
+        self,
+        loss: torch.Tensor,
+        module: nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        average_gradients(module)  # before the scaler's inf check, so every rank skips or steps alike
+        # before the scaler's inf check, so every rank skips or steps alike
+        average_gradients(module)
         scaler.step(opt)
         scaler.update()
 
@@ -141,9 +169,14 @@ class GANTrainer:
             real_in, fake_in = self.augment(real), self.augment(fake)
             real_logits, fake_logits = self.D(real_in).float(), self.D(fake_in).float()
             loss = discriminator_loss(self.recipe.loss, real_logits, fake_logits)
-        stats = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        stats = {
+            "d_loss": loss.detach(),
+            "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean(),
+        }
         if self.recipe.loss == "wgan-gp":
-            penalty = gradient_penalty(self.D, real_in.float(), fake_in.float(), self.noise)  # fp32: a second derivative
+            # fp32: a second derivative
+            penalty = gradient_penalty(self.D, real_in.float(), fake_in.float(), self.noise)
             loss = loss + self.recipe.gp_weight * penalty
             stats["gp"] = penalty.detach()
         self._update(loss, self.D, self.opt_d, self.scaler_d)
@@ -175,9 +208,16 @@ class GANTrainer:
         return self.ema if self.ema is not None else self.G
 
     def state_dict(self) -> dict:
-        state = {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                 "opt_d": self.opt_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
-                 "scaler_d": self.scaler_d.state_dict(), "noise": self.noise.get_state(), "g_steps": self.g_steps}
+        state = {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "noise": self.noise.get_state(),
+            "g_steps": self.g_steps,
+        }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state

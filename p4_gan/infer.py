@@ -6,6 +6,7 @@
 The checkpoint is a generator exported by train.py (OUT/generator.pt or generator_best.pt).
 The same checkpoint, --seed and --batch-size give the same bytes on every run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,27 @@ SEED = 2022
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="output directory (created if missing; other files in it are left alone)")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="generator file written by p4_gan/train.py")
-    p.add_argument("--n", type=positive_int, default=1000, help="number of images (names have four digits)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "out", help="output directory (created if missing; other files in it are left alone)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_CHECKPOINT),
+        help="generator file written by p4_gan/train.py",
+    )
+    p.add_argument(
+        "--n", type=positive_int, default=1000, help="number of images (names have four digits)"
+    )
     p.add_argument("--seed", type=seed_int, default=SEED)
-    p.add_argument("--batch-size", type=positive_int, default=500, help="part of the seed contract: it can change the last bit")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=500,
+        help="part of the seed contract: it can change the last bit",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -35,7 +51,11 @@ def main(argv=None) -> None:
     generator, meta = load_generator(args.checkpoint, device)
     out = check_output_path(args.out, folder=True)
     write_images(generate(generator, args.n, args.seed, args.batch_size), out)
-    trained = f", {meta['model']} trained for {meta['step']} steps" if {"model", "step"} <= meta.keys() else ""
+    trained = (
+        f", {meta['model']} trained for {meta['step']} steps"
+        if {"model", "step"} <= meta.keys()
+        else ""
+    )
     print(f"wrote {args.n} images to {out}/ from {args.checkpoint}{trained}")
 
 

@@ -15,6 +15,7 @@ offered for resnet), "spectral" wraps every convolution and linear layer in spec
 normalisation (the improved model's hinge-loss critic), "none" is for WGAN-GP, whose
 per-sample gradient penalty batch norm would couple across the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,11 @@ D_NORMS = ("batch", "spectral", "none")
 
 @dataclass(frozen=True)
 class GANConfig:
-    z_dim: int = 100        # the paper's z
-    g_channels: int = 64    # G's last hidden width c (ngf); dcgan widths 8c..c, resnet 16c..c
-    d_channels: int = 64    # D's first width c (ndf); dcgan widths c..8c, resnet c..16c
+    z_dim: int = 100  # the paper's z
+    g_channels: int = 64  # G's last hidden width c (ngf); dcgan widths 8c..c, resnet 16c..c
+    d_channels: int = 64  # D's first width c (ndf); dcgan widths c..8c, resnet c..16c
     d_norm: str = "batch"
-    arch: str = "dcgan"     # last, with a default: configs saved before it existed load as dcgan
+    arch: str = "dcgan"  # last, with a default: configs saved before it existed load as dcgan
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -43,8 +44,10 @@ class GANConfig:
         if self.d_norm not in D_NORMS:
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {self.d_norm!r}")
         if self.arch == "resnet" and self.d_norm == "batch":
-            raise ValueError("d_norm 'batch' is not offered for arch 'resnet' (its critic is SNGAN's): "
-                             "use d_norm 'spectral' or 'none' (--d-norm)")
+            raise ValueError(
+                "d_norm 'batch' is not offered for arch 'resnet' (its critic is SNGAN's): "
+                "use d_norm 'spectral' or 'none' (--d-norm)"
+            )
         if min(self.z_dim, self.g_channels, self.d_channels) < 1:
             raise ValueError(f"sizes must be positive: {self}")
 
@@ -71,10 +74,17 @@ def dcgan_generator(config: GANConfig) -> nn.Sequential:
     """Takes z as a (N, z_dim, 1, 1) image."""
     c = config.g_channels
     widths = [c * 8, c * 4, c * 2, c]
-    layers = [nn.ConvTranspose2d(config.z_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
-              nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+    layers = [
+        nn.ConvTranspose2d(config.z_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(True),
+    ]
     for w_in, w_out in zip(widths, widths[1:]):  # 4 -> 8 -> 16 -> 32
-        layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
+        layers += [
+            nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(w_out),
+            nn.ReLU(True),
+        ]
     layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # 32 -> 64
     net = nn.Sequential(*layers)
     dcgan_init(net)
@@ -101,7 +111,8 @@ def dcgan_discriminator(config: GANConfig) -> nn.Sequential:
 # --------------------------------------------------------------------------- ResNet (SNGAN)
 
 
-RESIDUAL_GAIN = math.sqrt(2)  # the 3x3 convs of the residual paths work on ReLU outputs, half of them zero
+# the 3x3 convs of the residual paths work on ReLU outputs, half of them zero
+RESIDUAL_GAIN = math.sqrt(2)
 
 
 def initialised(layer: nn.Conv2d | nn.Linear, gain: float = 1.0) -> nn.Conv2d | nn.Linear:
@@ -133,24 +144,39 @@ class Residual(nn.Module):
 
 def up_block(w_in: int, w_out: int) -> Residual:
     """G's block, doubling the side: BN, ReLU, nearest x2, conv3x3, BN, ReLU, conv3x3; shortcut x2, conv1x1."""
-    return Residual(nn.Sequential(nn.BatchNorm2d(w_in), nn.ReLU(), nn.Upsample(scale_factor=2), conv3x3(w_in, w_out),
-                                  nn.BatchNorm2d(w_out), nn.ReLU(), conv3x3(w_out, w_out)),
-                    nn.Sequential(nn.Upsample(scale_factor=2), conv1x1(w_in, w_out)))
+    return Residual(
+        nn.Sequential(
+            nn.BatchNorm2d(w_in),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2),
+            conv3x3(w_in, w_out),
+            nn.BatchNorm2d(w_out),
+            nn.ReLU(),
+            conv3x3(w_out, w_out),
+        ),
+        nn.Sequential(nn.Upsample(scale_factor=2), conv1x1(w_in, w_out)),
+    )
 
 
 def down_block(w_in: int, w_out: int) -> Residual:
     """D's block, halving the side: ReLU, conv3x3 (w_in wide, as SNGAN), ReLU, conv3x3, avgpool;
     shortcut conv1x1, avgpool."""
-    return Residual(nn.Sequential(nn.ReLU(), conv3x3(w_in, w_in), nn.ReLU(), conv3x3(w_in, w_out), nn.AvgPool2d(2)),
-                    nn.Sequential(conv1x1(w_in, w_out), nn.AvgPool2d(2)))
+    return Residual(
+        nn.Sequential(
+            nn.ReLU(), conv3x3(w_in, w_in), nn.ReLU(), conv3x3(w_in, w_out), nn.AvgPool2d(2)
+        ),
+        nn.Sequential(conv1x1(w_in, w_out), nn.AvgPool2d(2)),
+    )
 
 
 def first_down_block(w_in: int, w_out: int) -> Residual:
     """SNGAN's "optimized" first block, on the image itself: no ReLU before the first conv (it
     would clip the image's negative half), and the shortcut pools before its 1x1 conv (the same
     map, both being linear, on a quarter of the pixels)."""
-    return Residual(nn.Sequential(conv3x3(w_in, w_out), nn.ReLU(), conv3x3(w_out, w_out), nn.AvgPool2d(2)),
-                    nn.Sequential(nn.AvgPool2d(2), conv1x1(w_in, w_out)))
+    return Residual(
+        nn.Sequential(conv3x3(w_in, w_out), nn.ReLU(), conv3x3(w_out, w_out), nn.AvgPool2d(2)),
+        nn.Sequential(nn.AvgPool2d(2), conv1x1(w_in, w_out)),
+    )
 
 
 class SumPool(nn.Module):
@@ -164,17 +190,29 @@ def resnet_generator(config: GANConfig) -> nn.Sequential:
     """Takes z as (N, z_dim)."""
     c = config.g_channels
     widths = [c * 16, c * 8, c * 4, c * 2, c]
-    return nn.Sequential(initialised(nn.Linear(config.z_dim, 4 * 4 * widths[0])), nn.Unflatten(1, (widths[0], 4, 4)),
-                         *(up_block(w_in, w_out) for w_in, w_out in zip(widths, widths[1:])),  # 4 -> 8 -> 16 -> 32 -> 64
-                         nn.BatchNorm2d(c), nn.ReLU(), conv3x3(c, 3, gain=1.0), nn.Tanh())
+    return nn.Sequential(
+        initialised(nn.Linear(config.z_dim, 4 * 4 * widths[0])),
+        nn.Unflatten(1, (widths[0], 4, 4)),
+        # 4 -> 8 -> 16 -> 32 -> 64
+        *(up_block(w_in, w_out) for w_in, w_out in zip(widths, widths[1:])),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        conv3x3(c, 3, gain=1.0),
+        nn.Tanh(),
+    )
 
 
 def resnet_discriminator(config: GANConfig) -> nn.Sequential:
     c = config.d_channels
     widths = [c, c * 2, c * 4, c * 8, c * 16]
-    return nn.Sequential(first_down_block(3, c),  # 64 -> 32
-                         *(down_block(w_in, w_out) for w_in, w_out in zip(widths, widths[1:])),  # 32 -> 16 -> 8 -> 4 -> 2
-                         nn.ReLU(), SumPool(), initialised(nn.Linear(widths[-1], 1)))
+    return nn.Sequential(
+        first_down_block(3, c),  # 64 -> 32
+        # 32 -> 16 -> 8 -> 4 -> 2
+        *(down_block(w_in, w_out) for w_in, w_out in zip(widths, widths[1:])),
+        nn.ReLU(),
+        SumPool(),
+        initialised(nn.Linear(widths[-1], 1)),
+    )
 
 
 # --------------------------------------------------------------------------- the two networks
@@ -197,8 +235,11 @@ class Discriminator(nn.Module):
     def __init__(self, config: GANConfig = GANConfig()):
         super().__init__()
         self.config = config
-        self.net = dcgan_discriminator(config) if config.arch == "dcgan" else resnet_discriminator(config)
-        if config.d_norm == "spectral":  # after the init, so the power iteration starts from the final weights
+        self.net = (
+            dcgan_discriminator(config) if config.arch == "dcgan" else resnet_discriminator(config)
+        )
+        # after the init, so the power iteration starts from the final weights
+        if config.d_norm == "spectral":
             for m in list(self.modules()):
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     spectral_norm(m)

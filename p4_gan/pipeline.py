@@ -1,6 +1,7 @@
 """The exported generator: freezing its batch-norm statistics, saving and loading the
 checkpoint file, and seeded generation of numbered PNGs; shared by train.py, infer.py,
 figures.py and bench/p4_gan.py."""
+
 from __future__ import annotations
 
 import copy
@@ -10,13 +11,24 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from hw2_utils import CLIError, error_summary, load_torch_file, make_generator, output_dir, require_file, save_images
+from hw2_utils import (
+    CLIError,
+    error_summary,
+    load_torch_file,
+    make_generator,
+    output_dir,
+    require_file,
+    save_images,
+)
 from p4_gan.models import GANConfig, Generator
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p4_gan.pt"  # shipped: README "P4"
-TRAIN_COMMAND = ("python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved, "
-                 "then pass --checkpoint runs/p4/improved/generator_best.pt")
+# shipped: README "P4"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p4_gan.pt"
+TRAIN_COMMAND = (
+    "python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved, "
+    "then pass --checkpoint runs/p4/improved/generator_best.pt"
+)
 FORMAT = "hw2-p4-gan-generator/1"
 STANDING_STATS = (8, 128)  # batches x size of z used to measure BN statistics: 1024 samples
 
@@ -39,30 +51,45 @@ def with_standing_stats(generator: Generator, seed: int = 0) -> Generator:
     batches, size = STANDING_STATS
     for _ in range(batches):
         frozen(torch.randn(size, frozen.config.z_dim, generator=draws).to(device))
-    for m, original in zip(norms, (m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))):
+    for m, original in zip(
+        norms, (m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
+    ):
         m.momentum = original.momentum
     return frozen.eval().requires_grad_(False)
 
 
 def save_generator(path: str | os.PathLike, generator: Generator, meta: dict) -> None:
     """Write the eval-ready generator (standing statistics already in its buffers)."""
-    torch.save({"format": FORMAT, "config": generator.config.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()}, **meta}, path)
+    torch.save(
+        {
+            "format": FORMAT,
+            "config": generator.config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+            **meta,
+        },
+        path,
+    )
 
 
-def load_generator(path: str | os.PathLike, device: torch.device = torch.device("cpu")) -> tuple[Generator, dict]:
+def load_generator(
+    path: str | os.PathLike, device: torch.device = torch.device("cpu")
+) -> tuple[Generator, dict]:
     """The generator saved by save_generator, in eval mode on `device`, and its metadata.
     A missing, unreadable or foreign file is a one-line CLIError."""
     path = require_file(path, "GAN generator checkpoint", f"train one: {TRAIN_COMMAND}")
     state = load_torch_file(path, "GAN generator checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CLIError(f"{path} is not a P4 generator checkpoint (expected format {FORMAT!r}; "
-                       "train.py writes OUT/generator.pt, OUT/last.pt is the training state)")
+        raise CLIError(
+            f"{path} is not a P4 generator checkpoint (expected format {FORMAT!r}; "
+            "train.py writes OUT/generator.pt, OUT/last.pt is the training state)"
+        )
     try:
         model = Generator(GANConfig(**state["config"]))
         model.load_state_dict(state["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CLIError(f"{path}: weights do not fit the generator ({error_summary(e, 160)})") from None
+        raise CLIError(
+            f"{path}: weights do not fit the generator ({error_summary(e, 160)})"
+        ) from None
     meta = {k: v for k, v in state.items() if k not in ("state_dict",)}
     return model.to(device).eval().requires_grad_(False), meta
 

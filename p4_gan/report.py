@@ -4,6 +4,7 @@ RUNS_DIR/p4/{dcgan,improved}/, falling back to the shipped copies under p4_gan/c
 for the FID table and the training logs. A missing
 input is named together with the command that produces it; no number appears unless a
 file holds it."""
+
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,8 @@ from pathlib import Path
 from hw2_utils import markdown_table, missing, read_record, record_errors
 
 MODELS = {"dcgan": "(A) DCGAN", "improved": "(B) improved GAN"}
-SHIPPED = Path(__file__).resolve().parent / "checkpoints"  # the shipped bench record and training logs
+# the shipped bench record and training logs
+SHIPPED = Path(__file__).resolve().parent / "checkpoints"
 # Course baselines (DLCV 2022 HW2 P1) and the best student result we know of.
 BASELINE_FID, BASELINE_FACE_RATE, BEST_STUDENT_FID = 27.0, 0.90, 22.97
 
@@ -22,8 +24,10 @@ def _missing(what: str, command: str) -> str:
 
 
 def _final_command(d: Path) -> str:
-    return (f"python -m bench.p4_gan final --runs {d} --data ../shared/data/celeba10k --out {d}/final "
-            f"--json {d}/final.json")
+    return (
+        f"python -m bench.p4_gan final --runs {d} --data ../shared/data/celeba10k --out {d}/final "
+        f"--json {d}/final.json"
+    )
 
 
 def _results_path(d: Path, shipped: Path) -> Path:
@@ -35,33 +39,69 @@ def _results(d: Path, shipped: Path) -> str:
     if info is None:
         return _missing("FID and face rate", _final_command(d))
     real = info["real_train"]
-    lines = [f"Each model's checkpoint was chosen by FID against the first 2,000 *training* faces (logged every few "
-             f"epochs); the val faces were used for nothing but this table. {info['n']} images from run.sh's seed "
-             f"({info['seed']}) against the {info['reference']}; face rate = share of images in which "
-             f"evaluation/face_rate.py finds exactly one face. Feature spread = trace of the Inception feature "
-             f"covariance over the val faces' (below 1: less varied than real faces).", ""]
+    lines = [
+        f"Each model's checkpoint was chosen by FID against the first 2,000 *training* faces (logged every few "
+        f"epochs); the val faces were used for nothing but this table. {info['n']} images from run.sh's seed "
+        f"({info['seed']}) against the {info['reference']}; face rate = share of images in which "
+        f"evaluation/face_rate.py finds exactly one face. Feature spread = trace of the Inception feature "
+        f"covariance over the val faces' (below 1: less varied than real faces).",
+        "",
+    ]
     rows = []
     for model, title in MODELS.items():
         m = info["models"].get(model)
         if m is None:
             continue
-        chosen = f"epoch {m['best_epoch']} (train-face FID {m['best_train_fid']:.1f})" if m["best_train_fid"] else "last"
-        rows.append([title, f"{m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h", chosen,
-                     f"{m['fid']:.2f}", f"{100 * m['face_rate']:.1f}%", f"{m['feature_spread']:.2f}"])
-    rows.append([f"{info['n']} real training faces (the floor this sample size sets)", "-", "-", f"{real['fid']:.2f}",
-                 f"{100 * real['face_rate']:.1f}%", f"{real['feature_spread']:.2f}"])
-    lines += markdown_table(["model", "trained", "chosen checkpoint", "FID vs val", "face rate", "feature spread"], rows)
-    lines += ["", f"_Measured with `{info['command']}` on {info['hardware']}; training commands:_", ""]
+        chosen = (
+            f"epoch {m['best_epoch']} (train-face FID {m['best_train_fid']:.1f})"
+            if m["best_train_fid"]
+            else "last"
+        )
+        rows.append(
+            [
+                title,
+                f"{m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h",
+                chosen,
+                f"{m['fid']:.2f}",
+                f"{100 * m['face_rate']:.1f}%",
+                f"{m['feature_spread']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            f"{info['n']} real training faces (the floor this sample size sets)",
+            "-",
+            "-",
+            f"{real['fid']:.2f}",
+            f"{100 * real['face_rate']:.1f}%",
+            f"{real['feature_spread']:.2f}",
+        ]
+    )
+    lines += markdown_table(
+        ["model", "trained", "chosen checkpoint", "FID vs val", "face rate", "feature spread"], rows
+    )
+    lines += [
+        "",
+        f"_Measured with `{info['command']}` on {info['hardware']}; training commands:_",
+        "",
+    ]
     lines += [f"- {MODELS[model]}: `{m['command']}`" for model, m in info["models"].items()]
     if {"dcgan", "improved"} <= info["models"].keys():
         a, b = info["models"]["dcgan"]["fid"], info["models"]["improved"]["fid"]
-        verdict = "lower: (B) is the shipped model" if b < a else "not lower: (B) did not pay off in this run"
+        verdict = (
+            "lower: (B) is the shipped model"
+            if b < a
+            else "not lower: (B) did not pay off in this run"
+        )
         best = info["models"]["improved" if b < a else "dcgan"]
-        lines += ["", f"FID of (B) {b:.2f} against (A) {a:.2f}: {verdict}. Course baselines: FID < {BASELINE_FID:g} "
-                  f"({'met' if best['fid'] < BASELINE_FID else 'not met'}) and face rate > {BASELINE_FACE_RATE:.0%} "
-                  f"({'met' if best['face_rate'] > BASELINE_FACE_RATE else 'not met'}); the best student FID we know "
-                  f"of is {BEST_STUDENT_FID} with the course's 38,464 faces on a GPU. The floor row is what 1,000 real "
-                  "faces score: no generator can be expected below it at this sample size."]
+        lines += [
+            "",
+            f"FID of (B) {b:.2f} against (A) {a:.2f}: {verdict}. Course baselines: FID < {BASELINE_FID:g} "
+            f"({'met' if best['fid'] < BASELINE_FID else 'not met'}) and face rate > {BASELINE_FACE_RATE:.0%} "
+            f"({'met' if best['face_rate'] > BASELINE_FACE_RATE else 'not met'}); the best student FID we know "
+            f"of is {BEST_STUDENT_FID} with the course's 38,464 faces on a GPU. The floor row is what 1,000 real "
+            "faces score: no generator can be expected below it at this sample size.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -73,7 +113,10 @@ def _figures(d: Path) -> str:
     parts = []
     both = d / "first32_ab.png"
     if both.is_file():
-        parts.append(f"The first 32 of run.sh's 1,000 images, (A) left and (B) right:\n\n![first 32: A and B]({both.as_posix()})\n")
+        parts.append(
+            "The first 32 of run.sh's 1,000 images, (A) left and (B) right:\n\n"
+            f"![first 32: A and B]({both.as_posix()})\n"
+        )
     else:
         parts.append(_missing("the first 32 images of A and B", f"python -m p4_gan.figures {d}"))
     for model, title in MODELS.items():
@@ -86,10 +129,17 @@ def _figures(d: Path) -> str:
             parts.append(_missing("architecture", f"python -m p4_gan.figures {d} --models {model}"))
         curves = run / "curves.png"
         if curves.is_file():
-            parts.append(f"![{title}: losses, D logits and FID on training faces]({curves.as_posix()})\n")
+            parts.append(
+                f"![{title}: losses, D logits and FID on training faces]({curves.as_posix()})\n"
+            )
         else:
-            parts.append(_missing("training curves", f"python -m p4_gan.train --model {model} --out {run} "
-                                                      f"&& python -m p4_gan.figures {d} --models {model}"))
+            parts.append(
+                _missing(
+                    "training curves",
+                    f"python -m p4_gan.train --model {model} --out {run} "
+                    f"&& python -m p4_gan.figures {d} --models {model}",
+                )
+            )
     return "\n".join(parts)
 
 
@@ -112,30 +162,52 @@ def _lessons(d: Path, shipped: Path) -> str:
     """What the logs say about the D/G balance, read from each run's log.csv and fid.csv."""
     lines = []
     for model, title, reading in [
-        ("dcgan", MODELS["dcgan"], "BCE on logits: the BN discriminator wins throughout (it separates real from "
-                                    "fake by several logits), and G still learns because its non-saturating loss "
-                                    "keeps a gradient when D is confident."),
-        ("improved", MODELS["improved"], "hinge loss, where 2 is chance: D stays only just ahead of G, which is the "
-                                          "balance spectral normalisation aims for."),
-        ("improved_try1", "(B), first recipe, stopped", "Adam β₁ 0.5 and one D step per G step: the spectrally "
-                                                         "normalised D sat at chance (D(real) ≈ D(fake)) and G "
-                                                         "collapsed to a few blurred faces, so the run was stopped and "
-                                                         "replaced by β = (0, 0.9) with two D steps per G step.")]:
+        (
+            "dcgan",
+            MODELS["dcgan"],
+            "BCE on logits: the BN discriminator wins throughout (it separates real from "
+            "fake by several logits), and G still learns because its non-saturating loss "
+            "keeps a gradient when D is confident.",
+        ),
+        (
+            "improved",
+            MODELS["improved"],
+            "hinge loss, where 2 is chance: D stays only just ahead of G, which is the "
+            "balance spectral normalisation aims for.",
+        ),
+        (
+            "improved_try1",
+            "(B), first recipe, stopped",
+            "Adam β₁ 0.5 and one D step per G step: the spectrally "
+            "normalised D sat at chance (D(real) ≈ D(fake)) and G "
+            "collapsed to a few blurred faces, so the run was stopped and "
+            "replaced by β = (0, 0.9) with two D steps per G step.",
+        ),
+    ]:
         log = _read_csv(d / model / "log.csv") or _read_csv(shipped / f"{model}_train_log.csv")
-        fid = _read_csv(d / model / "fid.csv") or _read_csv(shipped / f"{model}_fid_train_faces.csv")
+        fid = _read_csv(d / model / "fid.csv") or _read_csv(
+            shipped / f"{model}_fid_train_faces.csv"
+        )
         if not log:
             continue
         m = _last_epoch_means(log)
-        trajectory = " → ".join(f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in fid)
-        lines.append(f"- {title}: last epoch D loss {m['d_loss']:.2f}, D(real) {m['d_real']:+.2f}, "
-                     f"D(fake) {m['d_fake']:+.2f}; {reading} Train-face FID: {trajectory or 'not logged'}.")
+        trajectory = " → ".join(
+            f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in fid
+        )
+        lines.append(
+            f"- {title}: last epoch D loss {m['d_loss']:.2f}, D(real) {m['d_real']:+.2f}, "
+            f"D(fake) {m['d_fake']:+.2f}; {reading} Train-face FID: {trajectory or 'not logged'}."
+        )
     if not lines:
         return _missing("training logs", "python -m p4_gan.train --model improved ...")
-    lines += ["", "(A)'s samples swing between evaluations before settling, (B)'s FID falls smoothly; "
-                  "the EMA generator's faces have a smaller feature spread than (A)'s (the record's table), i.e. it "
-                  "concentrates on the common faces. (A)'s FID was still falling when its 40 CPU epochs ended, and (B)'s "
-                  "when the GPU session stopped it after 96: both far above the real-face floor, so a longer run is "
-                  "the first thing to try."]
+    lines += [
+        "",
+        "(A)'s samples swing between evaluations before settling, (B)'s FID falls smoothly; "
+        "the EMA generator's faces have a smaller feature spread than (A)'s (the record's table), i.e. it "
+        "concentrates on the common faces. (A)'s FID was still falling when its 40 CPU epochs ended, and (B)'s "
+        "when the GPU session stopped it after 96: both far above the real-face floor, so a longer run is "
+        "the first thing to try.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -143,13 +215,33 @@ def _cost(d: Path) -> str:
     info = read_record(d / "cost.json")
     if info is None:
         return _missing("Cost", f"python -m bench.p4_gan cost --device cuda --json {d}/cost.json")
-    lines = [f"Batch {info['batch_size']}. GFLOP counted by PyTorch's FlopCounterMode; seconds measured.", ""]
-    lines += markdown_table(["model", "GFLOP D step", "GFLOP G step", "s / iteration",
-                             "hours for train.py's epochs (extrapolated)"],
-                            [[model, f"{c['gflop_d_step']:.0f}", f"{c['gflop_g_step']:.0f}", f"{c['seconds_per_iteration']:.3f}",
-                              f"{c['hours_for_default_epochs_extrapolated']:.2f}"] for model, c in info["models"].items()])
-    lines.append(f"\nrun.sh's 1000 images from a full-size generator: {info['infer_1000_seconds']:.1f} s "
-                 "(course limit: 10 min).")
+    lines = [
+        f"Batch {info['batch_size']}. GFLOP counted by PyTorch's FlopCounterMode; seconds measured.",
+        "",
+    ]
+    lines += markdown_table(
+        [
+            "model",
+            "GFLOP D step",
+            "GFLOP G step",
+            "s / iteration",
+            "hours for train.py's epochs (extrapolated)",
+        ],
+        [
+            [
+                model,
+                f"{c['gflop_d_step']:.0f}",
+                f"{c['gflop_g_step']:.0f}",
+                f"{c['seconds_per_iteration']:.3f}",
+                f"{c['hours_for_default_epochs_extrapolated']:.2f}",
+            ]
+            for model, c in info["models"].items()
+        ],
+    )
+    lines.append(
+        f"\nrun.sh's 1000 images from a full-size generator: {info['infer_1000_seconds']:.1f} s "
+        "(course limit: 10 min)."
+    )
     return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"
 
 
@@ -160,29 +252,31 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
         results = _results(d, shipped)
     with record_errors(d / "cost.json"):
         cost = _cost(d)
-    return "\n".join([
-        "## P4: GANs for 64×64 faces, trained from scratch",
-        "",
-        "(A) is the DCGAN of Radford et al.: z of 100 dimensions, transposed convolutions with BN and ReLU, tanh "
-        "output; D with stride-2 convolutions, LeakyReLU(0.2), BN (not on the first layer) and no pooling; "
-        "non-saturating BCE loss, Adam(2e-4, β = 0.5, 0.999). (B) keeps both architectures and changes the "
-        "training: hinge loss with spectral normalisation on every D convolution instead of BN (D stays "
-        "1-Lipschitz per layer without the cost of a gradient penalty), DiffAugment (colour, translation, cutout) "
-        "on everything D sees, so that D cannot memorise a small training set, and an EMA of G's weights (decay "
-        "0.999) as the shipped generator. For both, the exported G uses BN statistics measured over 1024 samples, "
-        "so an image depends only on its own z. (B) as shipped also uses Adam β = (0, 0.9) and two D steps per "
-        "G step (see below for why).",
-        "",
-        "### FID and face-recognition rate",
-        "",
-        results,
-        "### Samples, architectures, training curves",
-        "",
-        _figures(d),
-        "### What the runs showed",
-        "",
-        _lessons(d, shipped),
-        "### Cost",
-        "",
-        cost,
-    ])
+    return "\n".join(
+        [
+            "## P4: GANs for 64×64 faces, trained from scratch",
+            "",
+            "(A) is the DCGAN of Radford et al.: z of 100 dimensions, transposed convolutions with BN and ReLU, tanh "
+            "output; D with stride-2 convolutions, LeakyReLU(0.2), BN (not on the first layer) and no pooling; "
+            "non-saturating BCE loss, Adam(2e-4, β = 0.5, 0.999). (B) keeps both architectures and changes the "
+            "training: hinge loss with spectral normalisation on every D convolution instead of BN (D stays "
+            "1-Lipschitz per layer without the cost of a gradient penalty), DiffAugment (colour, translation, cutout) "
+            "on everything D sees, so that D cannot memorise a small training set, and an EMA of G's weights (decay "
+            "0.999) as the shipped generator. For both, the exported G uses BN statistics measured over 1024 samples, "
+            "so an image depends only on its own z. (B) as shipped also uses Adam β = (0, 0.9) and two D steps per "
+            "G step (see below for why).",
+            "",
+            "### FID and face-recognition rate",
+            "",
+            results,
+            "### Samples, architectures, training curves",
+            "",
+            _figures(d),
+            "### What the runs showed",
+            "",
+            _lessons(d, shipped),
+            "### Cost",
+            "",
+            cost,
+        ]
+    )

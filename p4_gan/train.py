@@ -19,6 +19,7 @@ every --fid-every epochs on --fid-n generated images against the first --fid-ref
 never looks at val, the faces the final FID is reported on. The Inception weights are
 evaluation/fid.py's default (--fid-weights to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,36 @@ from pathlib import Path
 
 import torch
 
-from evaluation.fid import (DEFAULT_WEIGHTS, frechet_distance, image_statistics, load_inception, save_statistics,
-                             statistics)
-from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line,
-                       fraction_below_one, init_distributed, log_main, non_negative_float, non_negative_int,
-                       positive_float, positive_int, progress, resolve_device, resolve_dtype, run_cli, save_grid,
-                       seed_everything, to_uint8)
+from evaluation.fid import (
+    DEFAULT_WEIGHTS,
+    frechet_distance,
+    image_statistics,
+    load_inception,
+    save_statistics,
+    statistics,
+)
+from hw2_utils import (
+    CLIError,
+    RunFolder,
+    add_common_args,
+    atomic_path,
+    cleanup_distributed,
+    command_line,
+    fraction_below_one,
+    init_distributed,
+    log_main,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_grid,
+    seed_everything,
+    to_uint8,
+)
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
@@ -40,12 +65,16 @@ from p4_gan.models import ARCHS, GANConfig
 from p4_gan.pipeline import generate, save_generator, with_standing_stats
 
 # What distinguishes the two models; --arch/--loss/--d-norm/--diffaug/--ema-decay override one entry.
+# fmt: off
 PRESETS = {
     "dcgan": dict(arch="dcgan", loss="dcgan", d_norm="batch", diffaug="none", ema_decay=0.0),
     # Hinge + spectral norm (SNGAN) keeps D Lipschitz without a costly penalty; DiffAugment stops
     # D memorising 38k faces; EMA averages away G's step-to-step oscillation (~1k-step horizon).
-    "improved": dict(arch="dcgan", loss="hinge", d_norm="spectral", diffaug="color,translation,cutout", ema_decay=0.999),
+    "improved": dict(arch="dcgan", loss="hinge", d_norm="spectral", diffaug="color,translation,cutout",
+                     ema_decay=0.999),
 }
+# fmt: on
+# fmt: off
 DEFAULTS = dict(
     epochs=100,        # 300 steps/epoch at batch 128: 30k steps, beyond DCGAN's ~20 epochs of CelebA's 200k faces
     batch_size=128,    # the DCGAN paper's
@@ -55,54 +84,130 @@ DEFAULTS = dict(
     d_steps=1,         # D updates per G update (WGAN-GP usually takes 5, with lr 1e-4, betas 0, 0.9)
     gp_weight=10.0,    # wgan-gp only
 )
-TYPES = dict(lr=positive_float, beta1=fraction_below_one, beta2=fraction_below_one, gp_weight=non_negative_float)
+# fmt: on
+TYPES = dict(
+    lr=positive_float,
+    beta1=fraction_below_one,
+    beta2=fraction_below_one,
+    gp_weight=non_negative_float,
+)
 GRID = 64  # images in each epoch's sample grid
 LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", choices=sorted(PRESETS), required=True)
-    add_common_args(p, data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),
-                    out=(None, "run folder (default runs/p4/MODEL)"), ckpt_every=1000)
+    add_common_args(
+        p,
+        data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),
+        out=(None, "run folder (default runs/p4/MODEL)"),
+        ckpt_every=1000,
+    )
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
-    p.add_argument("--arch", choices=ARCHS, help="override the preset's networks (both presets use dcgan). resnet: "
-                   "SNGAN's residual G and D, with --d-norm spectral or none (as --model improved has); ~12 M "
-                   "parameters in G and 10 M in D at the default channels, ~3.4 M and 2.5 M with "
-                   "--g-channels 32 --d-channels 32")
-    p.add_argument("--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss")
-    p.add_argument("--d-norm", choices=["batch", "spectral", "none"], help="override the preset's D normalisation")
-    p.add_argument("--diffaug", help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none")
-    p.add_argument("--ema-decay", type=fraction_below_one, help="override the preset's EMA decay (0 = no EMA)")
-    p.add_argument("--g-channels", type=positive_int, default=GANConfig.g_channels,
-                   help="G's last hidden width c: widths 8c..c for dcgan, 16c..c for resnet (default %(default)s)")
-    p.add_argument("--d-channels", type=positive_int, default=GANConfig.d_channels,
-                   help="D's first width c: widths c..8c for dcgan, c..16c for resnet (default %(default)s)")
-    p.add_argument("--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)")
-    p.add_argument("--sample-every", type=non_negative_int, default=1, help="epochs between sample grids (0 = only at the end)")
-    p.add_argument("--fid-every", type=non_negative_int, default=10, help="epochs between FID measurements (0 = never)")
-    p.add_argument("--snapshot-every", type=non_negative_int, default=0,
-                   help="epochs between exports of the generator, as generator.pt is exported, to "
-                   "OUT/snapshots/generator_epochNNNN.pt (default 0: none)")
-    p.add_argument("--fid-n", type=positive_int, default=1000, help="generated images per FID measurement")
-    p.add_argument("--fid-ref-n", type=positive_int, default=2000, help="training faces that FID is measured against")
-    p.add_argument("--fid-weights", help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)")
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
+        )
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="override the preset's networks (both presets use dcgan). resnet: "
+        "SNGAN's residual G and D, with --d-norm spectral or none (as --model improved has); ~12 M "
+        "parameters in G and 10 M in D at the default channels, ~3.4 M and 2.5 M with "
+        "--g-channels 32 --d-channels 32",
+    )
+    p.add_argument(
+        "--loss", choices=["dcgan", "hinge", "wgan-gp"], help="override the preset's loss"
+    )
+    p.add_argument(
+        "--d-norm",
+        choices=["batch", "spectral", "none"],
+        help="override the preset's D normalisation",
+    )
+    p.add_argument(
+        "--diffaug",
+        help="override the preset's DiffAugment ops: comma-separated color,translation,cutout or none",
+    )
+    p.add_argument(
+        "--ema-decay", type=fraction_below_one, help="override the preset's EMA decay (0 = no EMA)"
+    )
+    p.add_argument(
+        "--g-channels",
+        type=positive_int,
+        default=GANConfig.g_channels,
+        help="G's last hidden width c: widths 8c..c for dcgan, 16c..c for resnet (default %(default)s)",
+    )
+    p.add_argument(
+        "--d-channels",
+        type=positive_int,
+        default=GANConfig.d_channels,
+        help="D's first width c: widths c..8c for dcgan, c..16c for resnet (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-every", type=positive_int, default=10, help="steps per log.csv row (means over them)"
+    )
+    p.add_argument(
+        "--sample-every",
+        type=non_negative_int,
+        default=1,
+        help="epochs between sample grids (0 = only at the end)",
+    )
+    p.add_argument(
+        "--fid-every",
+        type=non_negative_int,
+        default=10,
+        help="epochs between FID measurements (0 = never)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=non_negative_int,
+        default=0,
+        help="epochs between exports of the generator, as generator.pt is exported, to "
+        "OUT/snapshots/generator_epochNNNN.pt (default 0: none)",
+    )
+    p.add_argument(
+        "--fid-n", type=positive_int, default=1000, help="generated images per FID measurement"
+    )
+    p.add_argument(
+        "--fid-ref-n",
+        type=positive_int,
+        default=2000,
+        help="training faces that FID is measured against",
+    )
+    p.add_argument(
+        "--fid-weights",
+        help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)",
+    )
     args = p.parse_args(argv)
     for key, value in PRESETS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.out = Path(args.out or f"runs/p4/{args.model}")
     if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
-        p.error(f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}")
+        p.error(
+            f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}"
+        )
     return args
 
 
 def build_trainer(args, device, dtype, rank) -> GANTrainer:
     try:
-        config = GANConfig(g_channels=args.g_channels, d_channels=args.d_channels, d_norm=args.d_norm, arch=args.arch)
-        recipe = Recipe(loss=args.loss, diffaug=parse_policy(args.diffaug), ema_decay=args.ema_decay,
-                        gp_weight=args.gp_weight, lr=args.lr, betas=(args.beta1, args.beta2))
+        config = GANConfig(
+            g_channels=args.g_channels,
+            d_channels=args.d_channels,
+            d_norm=args.d_norm,
+            arch=args.arch,
+        )
+        recipe = Recipe(
+            loss=args.loss,
+            diffaug=parse_policy(args.diffaug),
+            ema_decay=args.ema_decay,
+            gp_weight=args.gp_weight,
+            lr=args.lr,
+            betas=(args.beta1, args.beta2),
+        )
         return GANTrainer(config, recipe, device, dtype, seed=args.seed, rank=rank)
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -121,7 +226,7 @@ def fid_setup(args, faces: torch.Tensor, device):
     if cache.is_file():
         return extractor, statistics(cache, extractor)
     log_main(f"FID reference: the first {args.fid_ref_n} training faces")
-    mu, sigma = image_statistics(faces[:args.fid_ref_n], extractor, device=device)
+    mu, sigma = image_statistics(faces[: args.fid_ref_n], extractor, device=device)
     save_statistics(cache, mu, sigma)
     return extractor, (mu, sigma)
 
@@ -134,10 +239,14 @@ def measure_fid(generator, extractor, ref_stats, n: int, seed: int, device) -> f
 
 def export(path: Path, generator, args, step: int, epoch: int, command: str) -> None:
     with atomic_path(path) as tmp:
-        save_generator(tmp, generator, {"model": args.model, "step": step, "epoch": epoch, "recipe": command})
+        save_generator(
+            tmp, generator, {"model": args.model, "step": step, "epoch": epoch, "recipe": command}
+        )
 
 
-def train_step(trainer: GANTrainer, faces: torch.Tensor, indices: torch.Tensor, step: int, d_steps: int) -> dict:
+def train_step(
+    trainer: GANTrainer, faces: torch.Tensor, indices: torch.Tensor, step: int, d_steps: int
+) -> dict:
     """One D step on a batch of real faces (each flipped with p = 0.5), and a G step every
     `d_steps`-th step (`step` counts from 1). Returns the losses, left on the device."""
     real = batch(faces, indices, torch.rand(len(indices), generator=trainer.noise) < 0.5)
@@ -171,31 +280,65 @@ class EpochOutputs:
     generator.pt (--ckpt-every). Every one is the exported generator with standing BN
     statistics: what run.sh would sample from at that step."""
 
-    def __init__(self, run: RunFolder, args, extractor, ref_stats, steps_per_epoch: int, total_steps: int,
-                 command: str, device, info):
+    def __init__(
+        self,
+        run: RunFolder,
+        args,
+        extractor,
+        ref_stats,
+        steps_per_epoch: int,
+        total_steps: int,
+        command: str,
+        device,
+        info,
+    ):
         self.run, self.args, self.extractor, self.ref_stats = run, args, extractor, ref_stats
         self.steps_per_epoch, self.total_steps, self.command, self.device, self.info = (
-            steps_per_epoch, total_steps, command, device, info)
-        self.fid_log = run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
+            steps_per_epoch,
+            total_steps,
+            command,
+            device,
+            info,
+        )
+        self.fid_log = (
+            run.open_log(["step", "epoch", "fid"], "fid.csv") if extractor is not None else None
+        )
 
     def write(self, step: int, trainer: GANTrainer, best_fid: float, start: float) -> float:
         """Write what is due after `step` (training began at time.time() `start`); returns the best FID so far."""
         args, main = self.args, self.info.is_main
         epoch, within = divmod(step, self.steps_per_epoch)
         epoch_done, last_step = within == 0, step == self.total_steps
-        grid_due = epoch_done and ((args.sample_every and epoch % args.sample_every == 0) or last_step)
-        fid_due = epoch_done and self.extractor is not None and (epoch % args.fid_every == 0 or last_step)
+        grid_due = epoch_done and (
+            (args.sample_every and epoch % args.sample_every == 0) or last_step
+        )
+        fid_due = (
+            epoch_done and self.extractor is not None and (epoch % args.fid_every == 0 or last_step)
+        )
         snapshot_due = epoch_done and args.snapshot_every > 0 and epoch % args.snapshot_every == 0
         checkpoint_due = self.run.checkpoint_due(step, self.total_steps)
         if not (grid_due or fid_due or snapshot_due or checkpoint_due):
             return best_fid
         frozen = with_standing_stats(trainer.exported_generator()) if main else None
         if grid_due and main:
-            save_grid(generate(frozen, GRID, args.seed), self.run.out / "samples" / f"epoch{epoch:04d}.png", nrow=8)
+            save_grid(
+                generate(frozen, GRID, args.seed),
+                self.run.out / "samples" / f"epoch{epoch:04d}.png",
+                nrow=8,
+            )
         if snapshot_due and main:
-            export(self.run.out / "snapshots" / f"generator_epoch{epoch:04d}.pt", frozen, args, step, epoch, self.command)
+            export(
+                self.run.out / "snapshots" / f"generator_epoch{epoch:04d}.pt",
+                frozen,
+                args,
+                step,
+                epoch,
+                self.command,
+            )
         if fid_due:
-            fid = measure_fid(frozen, self.extractor, self.ref_stats, args.fid_n, args.seed, self.device)
+            fid = measure_fid(
+                frozen, self.extractor, self.ref_stats, args.fid_n, args.seed, self.device
+            )
             self.fid_log.writerow([step, epoch, f"{fid:.4f}"])
             log_main(f"epoch {epoch}: FID {fid:.2f} (best so far {min(fid, best_fid):.2f})")
             if fid < best_fid:
@@ -203,7 +346,10 @@ class EpochOutputs:
                 export(self.run.out / "generator_best.pt", frozen, args, step, epoch, self.command)
         if checkpoint_due:
             assert_ranks_in_sync(trainer.G, trainer.D)  # every rank takes part before rank 0 writes
-            self.run.save({"step": step, "best_fid": best_fid, "seconds": time.time() - start}, trainer=trainer)
+            self.run.save(
+                {"step": step, "best_fid": best_fid, "seconds": time.time() - start},
+                trainer=trainer,
+            )
             if main:
                 export(self.run.out / "generator.pt", frozen, args, step, epoch, self.command)
         return best_fid
@@ -213,15 +359,19 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
-    if device.type == "cuda":  # every step has the same shapes: time cuDNN's algorithms once, keep the fastest
+    # every step has the same shapes: time cuDNN's algorithms once, keep the fastest
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(args.seed, info.rank)
     if args.batch_size % info.world_size:
-        raise CLIError(f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes")
+        raise CLIError(
+            f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes"
+        )
     command = command_line("p4_gan.train", argv)
     run = RunFolder.from_args(args, main=info.is_main)
 
-    trainer = build_trainer(args, device, dtype, info.rank)  # bad options fail before the slow parts
+    # bad options fail before the slow parts
+    trainer = build_trainer(args, device, dtype, info.rank)
     source = split_source(args.data, "train")
     faces = load_faces(source)
     extractor, ref_stats = fid_setup(args, faces, device) if info.is_main else (None, None)
@@ -231,16 +381,29 @@ def main(argv=None) -> None:
         raise CLIError(f"{len(faces)} training faces are fewer than one batch of {args.batch_size}")
     total_steps = args.epochs * steps_per_epoch
     # What a resumed run must share with the one that wrote last.pt (not its length: --epochs may grow).
-    identity = {"model": args.model, "config": trainer.config.to_dict(), "recipe": repr(trainer.recipe),
-                "data": str(source.resolve()), "fid_ref_n": args.fid_ref_n}
+    identity = {
+        "model": args.model,
+        "config": trainer.config.to_dict(),
+        "recipe": repr(trainer.recipe),
+        "data": str(source.resolve()),
+        "fid_ref_n": args.fid_ref_n,
+    }
     state = run.load(identity, trainer=trainer)
-    step, best_fid, seconds = (state["step"], state["best_fid"], state.get("seconds", 0.0)) if state else (0, float("inf"), 0.0)
+    step, best_fid, seconds = (
+        (state["step"], state["best_fid"], state.get("seconds", 0.0))
+        if state
+        else (0, float("inf"), 0.0)
+    )
     log = run.start(step, LOG_FIELDS, command, device)
-    outputs = EpochOutputs(run, args, extractor, ref_stats, steps_per_epoch, total_steps, command, device, info)
+    outputs = EpochOutputs(
+        run, args, extractor, ref_stats, steps_per_epoch, total_steps, command, device, info
+    )
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (trainer.G, trainer.D))
-    log_main(f"{args.model} ({args.arch}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
-             f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), {trainer.recipe}"
-             + (f"; resumed at step {step}" if state else ""))
+    log_main(
+        f"{args.model} ({args.arch}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
+        f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), "
+        f"{trainer.recipe}" + (f"; resumed at step {step}" if state else "")
+    )
 
     means = RunningMeans()
     bar = progress(total=total_steps, initial=step, desc=f"train {args.model}")
@@ -250,20 +413,30 @@ def main(argv=None) -> None:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(faces), args.seed, epoch), epoch
-        indices = order[index * args.batch_size:(index + 1) * args.batch_size][info.rank::info.world_size]
+        indices = order[index * args.batch_size : (index + 1) * args.batch_size][
+            info.rank :: info.world_size
+        ]
         step += 1
         means.add(train_step(trainer, faces, indices, step, args.d_steps))
         bar.update(1)
         if step % args.log_every == 0 or step == total_steps:
             logged = means.pop()
             if log:
-                log.writerow([step, f"{step / steps_per_epoch:.3f}", *(f"{logged[k]:.5f}" if k in logged else ""
-                                                                      for k in LOG_FIELDS[2:-1]), f"{time.time() - start:.1f}"])
+                log.writerow(
+                    [
+                        step,
+                        f"{step / steps_per_epoch:.3f}",
+                        *(f"{logged[k]:.5f}" if k in logged else "" for k in LOG_FIELDS[2:-1]),
+                        f"{time.time() - start:.1f}",
+                    ]
+                )
             bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
         best_fid = outputs.write(step, trainer, best_fid, start)
     bar.close()
     run.close()
-    log_main(f"done: {run.out / 'generator.pt'} (step {step}, {time.time() - start:.0f} s of training)")
+    log_main(
+        f"done: {run.out / 'generator.pt'} (step {step}, {time.time() - start:.0f} s of training)"
+    )
     cleanup_distributed()
 
 

@@ -8,6 +8,7 @@ fixed seed); the tag defaults to the checkpoint's row name (its mode and target-
 e.g. dann_fixmatch for the shipped model). A source-only checkpoint
 gives the unadapted picture to compare with.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ def features(model, images: torch.Tensor, device) -> np.ndarray:
     return torch.cat([model.features(x.to(device)).cpu() for x in images.split(500)]).numpy()
 
 
-def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: Path, device,
-               seed: int = 0) -> list[Path]:
+def tsne_plots(
+    model, tag: str, data_root: str, source: str, target: str, out: Path, device, seed: int = 0
+) -> list[Path]:
     """t-SNE of the features of val images of both domains (NAME or NAME=PATH, as train.py takes them)."""
     plt = pyplot()
     from openTSNE import TSNE
@@ -48,7 +50,10 @@ def tsne_plots(model, tag: str, data_root: str, source: str, target: str, out: P
     embedding = np.asarray(TSNE(random_state=seed, n_jobs=1).fit(np.concatenate(feats)))
     digits, domains = np.concatenate(digits), np.concatenate(domains)
     written = []
-    for kind, colours, names in (("class", digits, [str(d) for d in range(10)]), ("domain", domains, domain_names)):
+    for kind, colours, names in (
+        ("class", digits, [str(d) for d in range(10)]),
+        ("domain", domains, domain_names),
+    ):
         fig, ax = plt.subplots(figsize=(6, 6))
         cmap = plt.get_cmap("tab10")
         for value, label in enumerate(names):
@@ -69,21 +74,33 @@ def row_name(meta: dict) -> str:
     its lambda_max where that is not train.py's default (bench/p5_dann.py's names)."""
     config = meta.get("config", {})
     parts = [str(meta.get("mode", "model"))]
-    parts += [name for name, key in (("entropy", "entropy_weight"), ("fixmatch", "consistency_weight"))
-              if config.get(key, 0) > 0]
+    parts += [
+        name
+        for name, key in (("entropy", "entropy_weight"), ("fixmatch", "consistency_weight"))
+        if config.get(key, 0) > 0
+    ]
     if config.get("lambda_max", DEFAULTS["lambda_max"]) != DEFAULTS["lambda_max"]:
         parts.append(f"lambda{config['lambda_max']:g}")
     return "_".join(parts)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default="hw2_data/digits", help="folder holding the domains' folders (NAME), unless NAME=PATH")
+    p.add_argument(
+        "--data",
+        default="hw2_data/digits",
+        help="folder holding the domains' folders (NAME), unless NAME=PATH",
+    )
     p.add_argument("--source", default="mnistm")
     p.add_argument("--target", default="usps")
     p.add_argument("--out", default="outputs/p5")
-    p.add_argument("--tag", help="name in the file names and titles (default: the checkpoint's row, e.g. dann_fixmatch)")
+    p.add_argument(
+        "--tag",
+        help="name in the file names and titles (default: the checkpoint's row, e.g. dann_fixmatch)",
+    )
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     device = resolve_device(args.device)

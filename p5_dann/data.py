@@ -1,6 +1,7 @@
 """Digit images for DANN: the course layout (`<root>/<set>/{data/, train.csv, val.csv}`)
 for training, a bare folder of images for inference. Every image becomes 3x28x28 (grayscale
 digits such as USPS are repeated over the channels) normalised to [-1, 1]."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,14 @@ from torchvision.transforms import v2
 
 from hw2_utils import CLIError, progress, read_label_csv
 
-TO_TENSOR = v2.Compose([v2.Resize((28, 28), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                        v2.Normalize([0.5] * 3, [0.5] * 3)])
+TO_TENSOR = v2.Compose(
+    [
+        v2.Resize((28, 28), antialias=True),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.5] * 3, [0.5] * 3),
+    ]
+)
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -37,12 +44,18 @@ def load_split(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tens
     folder = Path(folder)
     table = folder / f"{split}.csv"
     if not table.is_file():
-        raise CLIError(f"{table} not found (expected the course layout <set>/{{data/, train.csv, val.csv}}; "
-                       "see get_dataset.sh)")
+        raise CLIError(
+            f"{table} not found (expected the course layout <set>/{{data/, train.csv, val.csv}}; "
+            "see get_dataset.sh)"
+        )
     rows = read_label_csv(table, f"{folder.name} {split} table")
     bad = next((name for name, label in rows.items() if not 0 <= label <= 9), None)
     if bad is not None:
         raise CLIError(f"{table}: label {rows[bad]} of {bad} is not a digit 0-9")
-    images = torch.stack([load_image(folder / "data" / name) for name in progress(rows, desc=f"{folder.name} {split}",
-                                                                                  leave=False)])
+    images = torch.stack(
+        [
+            load_image(folder / "data" / name)
+            for name in progress(rows, desc=f"{folder.name} {split}", leave=False)
+        ]
+    )
     return images, torch.tensor(list(rows.values()))

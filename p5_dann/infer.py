@@ -1,8 +1,9 @@
 """Predict digits for every image in a folder: IMG_DIR -> OUT_CSV with `image_name,label`.
 
-    python -m p5_dann.infer IMG_DIR OUT_CSV                 # target read from the path (usps / svhn); = bash p5_dann/run.sh
-    python -m p5_dann.infer IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/best.pt
+python -m p5_dann.infer IMG_DIR OUT_CSV                 # target read from the path (usps / svhn); = bash p5_dann/run.sh
+python -m p5_dann.infer IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/best.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,18 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import (CLIError, atomic_path, check_output_path, error_summary, list_images, load_torch_file, positive_int,
-                       progress, resolve_device, run_cli)
+from hw2_utils import (
+    CLIError,
+    atomic_path,
+    check_output_path,
+    error_summary,
+    list_images,
+    load_torch_file,
+    positive_int,
+    progress,
+    resolve_device,
+    run_cli,
+)
 from p5_dann.data import load_image
 from p5_dann.model import DANN
 
@@ -25,16 +36,24 @@ def pick_target(img_dir: Path, target: str | None) -> str:
         return target
     found = [t for t in TARGETS if t in str(img_dir.resolve()).lower()]
     if len(found) != 1:
-        raise CLIError(f"cannot tell the target domain from {img_dir}: pass --target usps or --target svhn")
+        raise CLIError(
+            f"cannot tell the target domain from {img_dir}: pass --target usps or --target svhn"
+        )
     return found[0]
 
 
 def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
-    blob = load_torch_file(path, "P5 checkpoint", "train it: python -m bench.p5_dann --ship, "
-                           "or python -m p5_dann.train --mode dann --target <target>")
+    blob = load_torch_file(
+        path,
+        "P5 checkpoint",
+        "train it: python -m bench.p5_dann --ship, "
+        "or python -m p5_dann.train --mode dann --target <target>",
+    )
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         found = f"keys {sorted(blob)[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"
-        raise CLIError(f"{path} is not a P5 checkpoint: expected a dict with a state_dict, found {found}")
+        raise CLIError(
+            f"{path} is not a P5 checkpoint: expected a dict with a state_dict, found {found}"
+        )
     try:
         model = DANN()
         model.load_state_dict(blob["state_dict"])
@@ -44,7 +63,9 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("img_dir")
     p.add_argument("out_csv")
     p.add_argument("--target", choices=TARGETS, help="default: read from IMG_DIR's path")
@@ -55,12 +76,16 @@ def main(argv=None) -> None:
     check_output_path(args.out_csv, folder=False)
     files = list_images(args.img_dir)
     device = resolve_device(args.device)
-    ckpt = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"
+    ckpt = (
+        Path(args.checkpoint)
+        if args.checkpoint
+        else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"
+    )
     model, _ = load_checkpoint(ckpt, device)
     labels = []
     with torch.no_grad():
         for start in progress(range(0, len(files), args.batch_size), desc="predict"):
-            x = torch.stack([load_image(f) for f in files[start:start + args.batch_size]])
+            x = torch.stack([load_image(f) for f in files[start : start + args.batch_size]])
             labels += model.classify(x.to(device)).argmax(1).tolist()
     with atomic_path(args.out_csv) as tmp:
         with open(tmp, "w", newline="") as f:

@@ -1,5 +1,6 @@
 """DANN (Ganin et al. 2016): feature extractor, label classifier, domain classifier, and
 the gradient reversal layer between features and the domain classifier."""
+
 from __future__ import annotations
 
 import math
@@ -35,19 +36,37 @@ class DANN(nn.Module):
     def __init__(self, feature_dim: int = 64 * 4 * 4, dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 5), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),        # 28 -> 24 -> 12
-            nn.Conv2d(32, 64, 5), nn.BatchNorm2d(64), nn.Dropout2d(0.1), nn.ReLU(), nn.MaxPool2d(2),  # -> 8 -> 4
-            nn.Flatten())
+            nn.Conv2d(3, 32, 5),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 28 -> 24 -> 12
+            nn.Conv2d(32, 64, 5),
+            nn.BatchNorm2d(64),
+            nn.Dropout2d(0.1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 8 -> 4
+            nn.Flatten(),
+        )
         self.label_head = nn.Sequential(
-            nn.Linear(feature_dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
+            nn.Linear(feature_dim, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(256, 128),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+        )
         self.domain_head = nn.Sequential(
-            nn.Linear(feature_dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 2))
+            nn.Linear(feature_dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 2)
+        )
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.label_head(self.features(x))
 
-    def forward(self, *batches: torch.Tensor, lambda_: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, *batches: torch.Tensor, lambda_: float = 0.0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(label logits, domain logits) for each batch. Batches of different domains go
         through the network one by one, so in training every BatchNorm normalises each
         domain with its own statistics (with one concatenated batch, training was unstable
@@ -55,20 +74,28 @@ class DANN(nn.Module):
         outputs = []
         for x in batches:
             f = self.features(x)
-            outputs.append((self.label_head(f), self.domain_head(GradientReversal.apply(f, lambda_))))
+            outputs.append(
+                (self.label_head(f), self.domain_head(GradientReversal.apply(f, lambda_)))
+            )
         return outputs
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: DANN, images: torch.Tensor, device: torch.device, batch_size: int = 500) -> DANN:
+def adapt_batchnorm(
+    model: DANN, images: torch.Tensor, device: torch.device, batch_size: int = 500
+) -> DANN:
     """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by the mean and
     variance of the features of `images` (unlabelled target images; averaged over batches of
     `batch_size`), so that at test time the target is normalised with its own statistics, as
     each domain was in training (forward() normalises the domains one by one). Only BN buffers
     change; the model is left in eval mode."""
     # The classifier's path only: the domain head is not run here, so its statistics stay as trained.
-    norms = [m for part in (model.features, model.label_head) for m in part.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m
+        for part in (model.features, model.label_head)
+        for m in part.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     saved = [m.momentum for m in norms]
     model.eval()
     for m in norms:

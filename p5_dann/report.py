@@ -2,6 +2,7 @@
 p5_dann/analysis.py write: RUNS_DIR/p5/p5_bench.json (else the copy shipped next to the
 checkpoint, p5_dann/checkpoints/mnistm_usps_bench.json) and RUNS_DIR/p5/tsne_*.png.
 A missing input is named with the command that produces it; no number is typed in here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,14 +36,18 @@ METHOD = (
     "would have given. Still chosen in an earlier version by looking at USPS val: the departures above (Adam, "
     "the lambda cap, the augmentation) and the entropy weight. Images are 28x28 RGB (grayscale is repeated over "
     "the channels). USPS stands in for SVHN, which these machines do not have: for MNIST-M -> SVHN run "
-    "`python -m bench.p5_dann --data hw2_data/digits --source mnistm --target svhn` on the course data.")
+    "`python -m bench.p5_dann --data hw2_data/digits --source mnistm --target svhn` on the course data."
+)
 
 
 def _table(record: dict, source: Path) -> list[str]:
     criterion = record["criterion"]
-    lines = [f"Accuracy on {record['target'].upper()} val, {record['epochs']} epochs per row unless its arguments say "
-             f"otherwise, {record['hardware']}; measured with `{record['command']}` (read from `{source}`). Each "
-             f"cell: USPS val accuracy of the epoch that column's criterion chose (epoch in brackets).", ""]
+    lines = [
+        f"Accuracy on {record['target'].upper()} val, {record['epochs']} epochs per row unless its arguments say "
+        f"otherwise, {record['hardware']}; measured with `{record['command']}` (read from `{source}`). Each "
+        f"cell: USPS val accuracy of the epoch that column's criterion chose (epoch in brackets).",
+        "",
+    ]
 
     def cell(by: dict, key: str) -> str:
         return f"{by[key]['target_val_acc']:.4f} ({by[key]['epoch']})" if key in by else "–"
@@ -51,27 +56,65 @@ def _table(record: dict, source: Path) -> list[str]:
     for name, r in record["rows"].items():
         by = r["selected_by"]
         used = cell(by, r["select"]) + (" held-out" if r["select"] == "source_val_acc" else "")
-        ess = next((h["dev_ess"] for h in r["history"] if "dev" in by and h["epoch"] == by["dev"]["epoch"]), None)
+        ess = next(
+            (
+                h["dev_ess"]
+                for h in r["history"]
+                if "dev" in by and h["epoch"] == by["dev"]["epoch"]
+            ),
+            None,
+        )
         shipped = " **shipped**" if record.get("shipped", {}).get("row") == name else ""
-        rows.append([name + shipped, r["what"], used if r["select"] == criterion else "–", cell(by, "dev"),
-                     used if r["select"] == "source_val_acc" else cell(by, "source_val_acc"), cell(by, "oracle"),
-                     f"{r['target_val_acc_adabn']:.4f}", f"{ess:.4f}" if ess is not None else "–", f"{r['seconds']:.0f} s"])
-    lines += markdown_table(["row", "what", f"chosen by {criterion.upper()} (used)", "by DEV", "by source val",
-                             "oracle (never used)", "with AdaBN", "DEV weights' ESS", "train time"], rows)
+        rows.append(
+            [
+                name + shipped,
+                r["what"],
+                used if r["select"] == criterion else "–",
+                cell(by, "dev"),
+                used if r["select"] == "source_val_acc" else cell(by, "source_val_acc"),
+                cell(by, "oracle"),
+                f"{r['target_val_acc_adabn']:.4f}",
+                f"{ess:.4f}" if ess is not None else "–",
+                f"{r['seconds']:.0f} s",
+            ]
+        )
+    lines += markdown_table(
+        [
+            "row",
+            "what",
+            f"chosen by {criterion.upper()} (used)",
+            "by DEV",
+            "by source val",
+            "oracle (never used)",
+            "with AdaBN",
+            "DEV weights' ESS",
+            "train time",
+        ],
+        rows,
+    )
     if "shipped" in record:
         s = record["shipped"]
         oracle = record["rows"][s["row"]]["selected_by"]["oracle"]
-        best = max(r["selected_by"]["oracle"]["target_val_acc"] for n, r in record["rows"].items()
-                   if r["select"] != "source_val_acc")
-        lines += ["", f"Shipped: `{s['row']}`, epoch {s['epoch']}, chosen by {s['selected_by'].upper()} "
-                      f"({s['score']:.4f}, the highest of the adapted rows): USPS val {s['target_val_acc']:.4f}; its "
-                      f"row's oracle epoch scores {oracle['target_val_acc']:.4f}, the best adapted epoch of any row "
-                      f"{best:.4f}."]
+        best = max(
+            r["selected_by"]["oracle"]["target_val_acc"]
+            for n, r in record["rows"].items()
+            if r["select"] != "source_val_acc"
+        )
+        lines += [
+            "",
+            f"Shipped: `{s['row']}`, epoch {s['epoch']}, chosen by {s['selected_by'].upper()} "
+            f"({s['score']:.4f}, the highest of the adapted rows): USPS val {s['target_val_acc']:.4f}; its "
+            f"row's oracle epoch scores {oracle['target_val_acc']:.4f}, the best adapted epoch of any row "
+            f"{best:.4f}.",
+        ]
     if "inference" in record:
         i = record["inference"]
-        lines += ["", f"`python -m p5_dann.infer` (what run.sh calls) with the shipped `{i['row']}` model"
-                      f"{' (AdaBN)' if i.get('adabn') else ''} on the {i['images']} val images: CSV accuracy "
-                      f"{i['accuracy']:.4f}, {i['seconds']:.1f} s on the CPU."]
+        lines += [
+            "",
+            f"`python -m p5_dann.infer` (what run.sh calls) with the shipped `{i['row']}` model"
+            f"{' (AdaBN)' if i.get('adabn') else ''} on the {i['images']} val images: CSV accuracy "
+            f"{i['accuracy']:.4f}, {i['seconds']:.1f} s on the CPU.",
+        ]
     return lines + [""]
 
 
@@ -87,10 +130,19 @@ def section(runs_dir: str | Path) -> str:
             lines += _table(record, bench)
     figures = sorted(d.glob("tsne_*.png"))
     if figures:
-        lines += ["t-SNE of the feature extractor's outputs on val images of both domains (1000 per domain):", ""]
+        lines += [
+            "t-SNE of the feature extractor's outputs on val images of both domains (1000 per domain):",
+            "",
+        ]
         lines += [f"![{f.stem}]({f.resolve()})" for f in figures]
         lines.append("")
     else:
-        lines += [missing("t-SNE figures", "python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt "
-                                             f"--data <digits> --out {d}"), ""]
+        lines += [
+            missing(
+                "t-SNE figures",
+                "python -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt "
+                f"--data <digits> --out {d}",
+            ),
+            "",
+        ]
     return "\n".join(lines)

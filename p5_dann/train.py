@@ -22,6 +22,7 @@ wherever it is at least --pseudo-threshold confident; as in self-ensembling for 
 adaptation (French et al. 2018), consistency on the target pulls its clusters apart along
 the decision boundary that DANN's aligned features leave.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,28 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
-from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, cleanup_distributed, command_line, dist_info,
-                       fraction_below_one, init_distributed, log_main, make_train_sampler, non_negative_float, positive_float, positive_int,
-                       probability, progress,
-                       resolve_device, run_cli, seed_everything, unwrap)
+from hw2_utils import (
+    CLIError,
+    RunFolder,
+    add_common_args,
+    atomic_path,
+    cleanup_distributed,
+    command_line,
+    dist_info,
+    fraction_below_one,
+    init_distributed,
+    log_main,
+    make_train_sampler,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    progress,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    unwrap,
+)
 from p5_dann.data import domain_folder, load_split
 from p5_dann.model import DANN, grl_lambda
 from p5_dann.selection import CRITERIA, best_epoch, selection_scores
@@ -45,6 +64,7 @@ from p5_dann.selection import CRITERIA, best_epoch, selection_scores
 # The paper's recipe (Ganin et al. 2016, sec. 5.2.2) except where noted; the departures
 # were chosen in short trial runs because the paper's exact recipe trained too slowly
 # (SGD) or too unstably (lambda -> 1) within a CPU budget of ~1000 steps.
+# fmt: off
 DEFAULTS = dict(
     epochs=6,            # 2,760 steps on the whole MNIST-M (59,001 images); about twice the steps of
                          # the first recipe (20 epochs of the course's 8,000); seconds: the bench record
@@ -58,11 +78,19 @@ DEFAULTS = dict(
     pseudo_threshold=0.95,   # FixMatch's confidence threshold for a pseudo-label
     dropout=0.5,         # in the label head
 )
-TYPES = dict(lr=positive_float, lambda_max=non_negative_float, entropy_weight=non_negative_float,
-             consistency_weight=non_negative_float, pseudo_threshold=probability, dropout=fraction_below_one)
+# fmt: on
+TYPES = dict(
+    lr=positive_float,
+    lambda_max=non_negative_float,
+    entropy_weight=non_negative_float,
+    consistency_weight=non_negative_float,
+    pseudo_threshold=probability,
+    dropout=fraction_below_one,
+)
 HOLDOUT = 0.1  # target_only: the fraction of target train images held out to choose its epoch
 HOLDOUT_SEED = 0  # one split for every run, whatever --seed
-CUTOUT = 10  # side of the square the strong view erases (FixMatch's cutout covers up to half the image side)
+# side of the square the strong view erases (FixMatch's cutout covers up to half the image side)
+CUTOUT = 10
 # Geometric jitter for both domains. The zoom goes up to 1.5 because MNIST-M digits sit in a
 # padded frame while USPS digits fill theirs, so scale invariance is what transfers.
 MAX_ROTATION_DEG, SCALE_RANGE, MAX_SHIFT = 10.0, (0.9, 1.5), 0.1
@@ -77,7 +105,9 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u[:, 1]
     shift = (2 * u[:, 2:] - 1) * MAX_SHIFT * 2  # affine_grid coordinates span [-1, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
@@ -105,7 +135,9 @@ def strong_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return cutout(random_colour(random_affine(x, generator), generator), generator)
 
 
-def consistency_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+def consistency_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """FixMatch's unlabelled loss: cross-entropy of the strong view against the weak view's
     argmax, over the batch, counting only images whose weak prediction is >= threshold
     confident (the others contribute 0, as in the paper's mean over the whole batch)."""
@@ -119,19 +151,36 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mode", choices=["source_only", "dann", "target_only"], default="dann")
     p.add_argument("--source", default="mnistm", help="NAME (a folder under --data) or NAME=PATH")
-    p.add_argument("--target", default="usps", help="usps or svhn: NAME (a folder under --data) or NAME=PATH")
+    p.add_argument(
+        "--target", default="usps", help="usps or svhn: NAME (a folder under --data) or NAME=PATH"
+    )
     # A checkpoint every epoch: an epoch of the whole MNIST-M takes minutes on a CPU thread.
-    add_common_args(p, data=("hw2_data/digits", "folder holding one sub-folder per digit domain (the course layout)"),
-                    out=(None, "run folder (default runs/p5/<target>_<mode>)"), precision=None, ckpt_every=1)
+    add_common_args(
+        p,
+        data=(
+            "hw2_data/digits",
+            "folder holding one sub-folder per digit domain (the course layout)",
+        ),
+        out=(None, "run folder (default runs/p5/<target>_<mode>)"),
+        precision=None,
+        ckpt_every=1,
+    )
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
+        )
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--select", choices=list(CRITERIA),
-                   help="the criterion that picks OUT/best.pt: snd (default), dev (lower is better) or source_val_acc "
-                        "(target_only always uses its held-out accuracy)")
+    p.add_argument(
+        "--select",
+        choices=list(CRITERIA),
+        help="the criterion that picks OUT/best.pt: snd (default), dev (lower is better) or source_val_acc "
+        "(target_only always uses its held-out accuracy)",
+    )
     return p.parse_args(argv)
 
 
@@ -139,8 +188,14 @@ def loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
     """Shuffled batches (a DistributedSampler's shard under DDP); main() reseeds its generator every epoch."""
     data = TensorDataset(*tensors)
     sampler = make_train_sampler(data, seed)
-    return DataLoader(data, batch_size=batch_size // dist_info().world_size, sampler=sampler, drop_last=True,
-                      shuffle=sampler is None, generator=torch.Generator())
+    return DataLoader(
+        data,
+        batch_size=batch_size // dist_info().world_size,
+        sampler=sampler,
+        drop_last=True,
+        shuffle=sampler is None,
+        generator=torch.Generator(),
+    )
 
 
 def endless(batches: DataLoader, epoch: int):
@@ -154,33 +209,60 @@ def endless(batches: DataLoader, epoch: int):
 
 
 @torch.no_grad()
-def accuracy(model: DANN, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+def accuracy(
+    model: DANN, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> float:
     model.eval()
-    correct = sum((model.classify(x.to(device)).argmax(1).cpu() == y).sum().item()
-                  for x, y in zip(images.split(500), labels.split(500)))
+    correct = sum(
+        (model.classify(x.to(device)).argmax(1).cpu() == y).sum().item()
+        for x, y in zip(images.split(500), labels.split(500))
+    )
     return correct / len(labels)
 
 
-LOG_FIELDS = ["epoch", "lambda", "lr", "label_loss", "domain_loss", "entropy", "consistency", "source_val_acc",
-              "snd", "dev", "dev_ess", "seconds"]
+LOG_FIELDS = [
+    "epoch",
+    "lambda",
+    "lr",
+    "label_loss",
+    "domain_loss",
+    "entropy",
+    "consistency",
+    "source_val_acc",
+    "snd",
+    "dev",
+    "dev_ess",
+    "seconds",
+]
 
 
 def holdout_split(images: torch.Tensor, labels: torch.Tensor) -> tuple[tuple, tuple]:
     """(train, held-out) parts of one labelled set: a fixed HOLDOUT share, drawn with HOLDOUT_SEED."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
-    held, kept = order[:round(HOLDOUT * len(labels))], order[round(HOLDOUT * len(labels)):]
+    held, kept = order[: round(HOLDOUT * len(labels))], order[round(HOLDOUT * len(labels)) :]
     return (images[kept], labels[kept]), (images[held], labels[held])
 
 
-def train_step(train_model, opt, x, y, x_target, args, aug_gen: torch.Generator, lambda_: float,
-               device: torch.device) -> torch.Tensor:
+def train_step(
+    train_model,
+    opt,
+    x,
+    y,
+    x_target,
+    args,
+    aug_gen: torch.Generator,
+    lambda_: float,
+    device: torch.device,
+) -> torch.Tensor:
     """One update on a source batch (x, y) and, for DANN, an unlabelled target batch; returns the
     label, domain, entropy and consistency losses (zeros where a term is off)."""
     if not args.no_augment:
         x = random_colour(random_affine(x, aug_gen), aug_gen)
     batches = [x.to(device)]
     if x_target is not None:
-        batches.append((x_target if args.no_augment else random_affine(x_target, aug_gen)).to(device))
+        batches.append(
+            (x_target if args.no_augment else random_affine(x_target, aug_gen)).to(device)
+        )
         if args.consistency_weight:  # the target's strong view: a third per-domain batch
             batches.append(strong_view(x_target, aug_gen).to(device))
     outputs = train_model(*batches, lambda_=lambda_)
@@ -189,13 +271,19 @@ def train_step(train_model, opt, x, y, x_target, args, aug_gen: torch.Generator,
     if x_target is not None:
         (_, domain_s), (logits_t, domain_t) = outputs[:2]
         # The sum of the two domains' terms, as in Ganin et al. eq. 9 (so lambda is in the paper's units)
-        domain_loss = (F.cross_entropy(domain_s, torch.zeros(len(domain_s), dtype=torch.long, device=device))
-                       + F.cross_entropy(domain_t, torch.ones(len(domain_t), dtype=torch.long, device=device)))
+        domain_loss = F.cross_entropy(
+            domain_s, torch.zeros(len(domain_s), dtype=torch.long, device=device)
+        ) + F.cross_entropy(domain_t, torch.ones(len(domain_t), dtype=torch.long, device=device))
         target_entropy = entropy(logits_t)
         if args.consistency_weight:
             consistency = consistency_loss(logits_t, outputs[2][0], args.pseudo_threshold)
     opt.zero_grad(set_to_none=True)
-    (label_loss + domain_loss + args.entropy_weight * target_entropy + args.consistency_weight * consistency).backward()
+    (
+        label_loss
+        + domain_loss
+        + args.entropy_weight * target_entropy
+        + args.consistency_weight * consistency
+    ).backward()
     opt.step()
     return torch.stack([label_loss, domain_loss, target_entropy, consistency]).detach().cpu()
 
@@ -210,22 +298,33 @@ def training_images(mode: str, source_dir, target_dir):
         return train, val, None, None
     train, val = load_split(source_dir, "train"), load_split(source_dir, "val")
     x_target = load_split(target_dir, "train")[0]  # labels dropped
-    x_source_sample = train[0][torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[:len(x_target)]]
+    x_source_sample = train[0][
+        torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(0))[: len(x_target)]
+    ]
     return train, val, x_target, x_source_sample
 
 
-def train_epoch(train_model, opt, loaders, epoch: int, total_steps: int, args, aug_gen, device) -> tuple[torch.Tensor, float]:
+def train_epoch(
+    train_model, opt, loaders, epoch: int, total_steps: int, args, aug_gen, device
+) -> tuple[torch.Tensor, float]:
     """One pass over the labelled loader (the target loader cycling beside it for DANN) with the
     paper's lr and lambda schedules; returns the summed step losses and the last lambda."""
     train_model.train()
-    for index, data in enumerate(loaders):  # per-epoch seeds: a resumed run shuffles as an unbroken one
+    # per-epoch seeds: a resumed run shuffles as an unbroken one
+    for index, data in enumerate(loaders):
         data.generator.manual_seed(args.seed + index + 1000 * epoch)
         if hasattr(data.sampler, "set_epoch"):
             data.sampler.set_epoch(epoch)
-    target_batches = endless(loaders[1], epoch) if args.mode == "dann" else itertools.repeat((None,))
+    target_batches = (
+        endless(loaders[1], epoch) if args.mode == "dann" else itertools.repeat((None,))
+    )
     sums, steps_per_epoch = torch.zeros(4), len(loaders[0])
-    for i, ((x, y), (x_t,)) in enumerate(zip(progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
-                                             target_batches)):
+    for i, ((x, y), (x_t,)) in enumerate(
+        zip(
+            progress(loaders[0], desc=f"epoch {epoch + 1}/{args.epochs}", leave=False),
+            target_batches,
+        )
+    ):
         p = (epoch * steps_per_epoch + i) / total_steps
         lambda_ = args.lambda_max * grl_lambda(p)
         for group in opt.param_groups:
@@ -234,13 +333,32 @@ def train_epoch(train_model, opt, loaders, epoch: int, total_steps: int, args, a
     return sums, lambda_
 
 
-def export_epoch(out: Path, model: DANN, args, source: str, target: str, epoch: int, scores: dict,
-                 history: list[dict], select: str) -> None:
+def export_epoch(
+    out: Path,
+    model: DANN,
+    args,
+    source: str,
+    target: str,
+    epoch: int,
+    scores: dict,
+    history: list[dict],
+    select: str,
+) -> None:
     """epoch_NN.pt every epoch; final.pt, and best.pt when --select prefers this epoch."""
-    export = {"state_dict": model.state_dict(), "mode": args.mode, "source": source, "target": target,
-              "config": {name: getattr(args, name) for name in DEFAULTS}, "epoch": epoch, **scores}
-    for name in (f"epoch_{epoch:02d}.pt", "final.pt",
-                 *(("best.pt",) if best_epoch(history, select)["epoch"] == epoch else ())):
+    export = {
+        "state_dict": model.state_dict(),
+        "mode": args.mode,
+        "source": source,
+        "target": target,
+        "config": {name: getattr(args, name) for name in DEFAULTS},
+        "epoch": epoch,
+        **scores,
+    }
+    for name in (
+        f"epoch_{epoch:02d}.pt",
+        "final.pt",
+        *(("best.pt",) if best_epoch(history, select)["epoch"] == epoch else ()),
+    ):
         with atomic_path(out / name) as tmp:
             torch.save(export, tmp)
 
@@ -249,8 +367,10 @@ def check_schedule_length(out: Path, state: dict, total_steps: int, steps_per_ep
     """A resumed run must have the length its lr and lambda schedules were computed for."""
     if state.get("total_steps", total_steps) != total_steps:
         epochs = state["total_steps"] // steps_per_epoch
-        raise CLIError(f"{out} was trained for {epochs} epochs and its lr and lambda schedules depend on that "
-                       f"length: resume with --epochs {epochs}, or start a new run (--no-resume or another --out)")
+        raise CLIError(
+            f"{out} was trained for {epochs} epochs and its lr and lambda schedules depend on that "
+            f"length: resume with --epochs {epochs}, or start a new run (--no-resume or another --out)"
+        )
 
 
 def main(argv=None) -> dict:
@@ -258,7 +378,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     info, device = init_distributed(resolve_device(args.device))
     seed_everything(args.seed, info.rank)
-    (source, source_dir), (target, target_dir) = (domain_folder(s, args.data) for s in (args.source, args.target))
+    (source, source_dir), (target, target_dir) = (
+        domain_folder(s, args.data) for s in (args.source, args.target)
+    )
     if args.consistency_weight and args.mode != "dann":
         raise CLIError("--consistency-weight needs the target images: use --mode dann")
     if args.mode == "target_only" and args.select not in (None, "source_val_acc"):
@@ -266,21 +388,31 @@ def main(argv=None) -> dict:
     select = "source_val_acc" if args.mode == "target_only" else args.select or "snd"
     run = RunFolder.from_args(args, f"runs/p5/{target}_{args.mode}", main=info.is_main)
 
-    (x_train, y_train), (x_val, y_val), x_tgt, x_src_sample = training_images(args.mode, source_dir, target_dir)
+    (x_train, y_train), (x_val, y_val), x_tgt, x_src_sample = training_images(
+        args.mode, source_dir, target_dir
+    )
     loaders = [loader(x_train, y_train, batch_size=args.batch_size, seed=args.seed)]
     if args.mode == "dann":
         loaders.append(loader(x_tgt, batch_size=args.batch_size, seed=args.seed + 1))
     if any(len(batches) == 0 for batches in loaders):  # drop_last leaves no batch to train on
-        raise CLIError(f"{min(len(x_train), len(x_tgt) if args.mode == 'dann' else len(x_train))} training images: "
-                       f"fewer than one batch of {args.batch_size}")
+        raise CLIError(
+            f"{min(len(x_train), len(x_tgt) if args.mode == 'dann' else len(x_train))} training images: "
+            f"fewer than one batch of {args.batch_size}"
+        )
     model = DANN(dropout=args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
     # What a resumed run must share with the one that wrote last.pt. Its length is checked below,
     # against the steps the lr and lambda schedules were computed for.
-    identity = {"mode": args.mode, "source": str(source_dir.resolve()), "target": str(target_dir.resolve()),
-                "seed": args.seed, "augment": not args.no_augment, "select": select,
-                **{name: getattr(args, name) for name in DEFAULTS if name != "epochs"}}
+    identity = {
+        "mode": args.mode,
+        "source": str(source_dir.resolve()),
+        "target": str(target_dir.resolve()),
+        "seed": args.seed,
+        "augment": not args.no_augment,
+        "select": select,
+        **{name: getattr(args, name) for name in DEFAULTS if name != "epochs"},
+    }
     state = run.load(identity, model=model, optimizer=opt, generator=aug_gen)
     epoch, history, elapsed = 0, [], 0.0
     steps_per_epoch = len(loaders[0])
@@ -295,29 +427,59 @@ def main(argv=None) -> dict:
     start = time.time() - elapsed  # seconds count training time across resumes
 
     while epoch < args.epochs:
-        sums, lambda_ = train_epoch(train_model, opt, loaders, epoch, total_steps, args, aug_gen, device)
+        sums, lambda_ = train_epoch(
+            train_model, opt, loaders, epoch, total_steps, args, aug_gen, device
+        )
         epoch += 1
-        scores = ({"source_val_acc": accuracy(unwrap(model), x_val, y_val, device)} if args.mode == "target_only"
-                  else selection_scores(unwrap(model), x_src_sample, x_val, y_val, x_tgt, device))
+        scores = (
+            {"source_val_acc": accuracy(unwrap(model), x_val, y_val, device)}
+            if args.mode == "target_only"
+            else selection_scores(unwrap(model), x_src_sample, x_val, y_val, x_tgt, device)
+        )
         history.append({"epoch": epoch, **scores})
         log_main(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if log:
-            log.writerow([epoch, f"{lambda_:.3f}", f"{opt.param_groups[0]['lr']:.6f}",
-                          *(f"{m:.4f}" for m in (sums / steps_per_epoch).tolist()),
-                          *(f"{scores[k]:.4f}" if k in scores else "" for k in ("source_val_acc", "snd", "dev", "dev_ess")),
-                          f"{time.time() - start:.1f}"])
+            log.writerow(
+                [
+                    epoch,
+                    f"{lambda_:.3f}",
+                    f"{opt.param_groups[0]['lr']:.6f}",
+                    *(f"{m:.4f}" for m in (sums / steps_per_epoch).tolist()),
+                    *(
+                        f"{scores[k]:.4f}" if k in scores else ""
+                        for k in ("source_val_acc", "snd", "dev", "dev_ess")
+                    ),
+                    f"{time.time() - start:.1f}",
+                ]
+            )
         if info.is_main:
-            export_epoch(run.out, unwrap(model), args, source, target, epoch, scores, history, select)
+            export_epoch(
+                run.out, unwrap(model), args, source, target, epoch, scores, history, select
+            )
         if run.checkpoint_due(epoch, args.epochs):
-            run.save({"epoch": epoch, "history": history, "rng": torch.get_rng_state(),
-                      "seconds": time.time() - start, "total_steps": total_steps},
-                     model=unwrap(model), optimizer=opt, generator=aug_gen)
+            run.save(
+                {
+                    "epoch": epoch,
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                    "seconds": time.time() - start,
+                    "total_steps": total_steps,
+                },
+                model=unwrap(model),
+                optimizer=opt,
+                generator=aug_gen,
+            )
     run.close()
     best = best_epoch(history, select)
     log_main(f"done: {select} chose epoch {best['epoch']} of {epoch}")
     cleanup_distributed()
-    return {"select": select, "selected": best, "history": history, "final": history[-1],
-            "seconds": round(time.time() - start, 1)}
+    return {
+        "select": select,
+        "selected": best,
+        "history": history,
+        "final": history[-1],
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 if __name__ == "__main__":

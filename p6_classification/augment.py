@@ -10,6 +10,7 @@ on a whole uint8 batch at once, on whatever device holds it. train.py uses it so
 trains from images kept on the GPU, with no loader workers (per-image transforms in worker
 processes were the limit there); the per-image `train` stays the reference it is tested against.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -28,17 +29,23 @@ class BatchAugment:
     normalisation and one cutout square, each optional, in the per-image presets' order;
     `draws` makes every random choice of a batch (from a CPU generator: the same on any
     device), `apply` carries them out."""
+
     flip: bool = False
-    padding: int = 0                           # crop offsets 0..2*padding of the padded image
-    mean: tuple[float, ...] | None = None      # normalise when given
+    padding: int = 0  # crop offsets 0..2*padding of the padded image
+    mean: tuple[float, ...] | None = None  # normalise when given
     std: tuple[float, ...] | None = None
-    cutout: int = 0                            # side of the erased square (0 = none)
+    cutout: int = 0  # side of the erased square (0 = none)
 
     def draws(self, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 5) int64: flip (0/1), crop top, crop left, cutout top, cutout left."""
-        return torch.stack([torch.randint(0, 2, (n,), generator=generator),
-                            *torch.randint(0, 2 * self.padding + 1, (2, n), generator=generator),
-                            *torch.randint(0, size - self.cutout + 1, (2, n), generator=generator)], dim=1)
+        return torch.stack(
+            [
+                torch.randint(0, 2, (n,), generator=generator),
+                *torch.randint(0, 2 * self.padding + 1, (2, n), generator=generator),
+                *torch.randint(0, size - self.cutout + 1, (2, n), generator=generator),
+            ],
+            dim=1,
+        )
 
     def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """uint8 (N,C,H,W) -> float32, with `draws` (on the images' device) from draws()."""
@@ -48,17 +55,30 @@ class BatchAugment:
             x = torch.where(draws[:, 0].bool().view(n, 1, 1, 1), x.flip(-1), x)
         if self.padding:
             x = F.pad(x, (self.padding,) * 4)
-            rows = (draws[:, 1, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, x.shape[3])
+            rows = (
+                (draws[:, 1, None] + torch.arange(h, device=x.device))
+                .view(n, 1, h, 1)
+                .expand(n, x.shape[1], h, x.shape[3])
+            )
             x = x.gather(2, rows)
-            cols = (draws[:, 2, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+            cols = (
+                (draws[:, 2, None] + torch.arange(w, device=x.device))
+                .view(n, 1, 1, w)
+                .expand(n, x.shape[1], h, w)
+            )
             x = x.gather(3, cols)
         x = v2.functional.to_dtype(x, torch.float32, scale=True)
         if self.mean is not None:
             x = v2.functional.normalize(x, list(self.mean), list(self.std))
         if self.cutout:
-            ys, xs = torch.arange(h, device=x.device).view(1, h, 1), torch.arange(w, device=x.device).view(1, 1, w)
+            ys, xs = (
+                torch.arange(h, device=x.device).view(1, h, 1),
+                torch.arange(w, device=x.device).view(1, 1, w),
+            )
             top, left = draws[:, 3, None, None], draws[:, 4, None, None]
-            inside = (ys >= top) & (ys < top + self.cutout) & (xs >= left) & (xs < left + self.cutout)
+            inside = (
+                (ys >= top) & (ys < top + self.cutout) & (xs >= left) & (xs < left + self.cutout)
+            )
             x = x.masked_fill(inside.unsqueeze(1), 0.0)
         return x
 
@@ -70,48 +90,66 @@ class BatchAugment:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    train: Callable             # per image, uint8 -> float32
+    train: Callable  # per image, uint8 -> float32
     eval: Callable
-    batch: Callable | None      # per batch (images, int labels) -> (images, soft labels), e.g. MixUp
+    # per batch (images, int labels) -> (images, soft labels), e.g. MixUp
+    batch: Callable | None
     label_smoothing: float
-    device_train: BatchAugment | None = None  # `train` on a whole uint8 batch, where the preset allows
+    # `train` on a whole uint8 batch, where the preset allows
+    device_train: BatchAugment | None = None
 
 
-CROP_PADDING = 4   # the standard CIFAR crop: 32x32 out of the image zero-padded by 4
-CUTOUT_SIDE = 16   # DeVries & Taylor's square for CIFAR-10: a quarter of the image
+CROP_PADDING = 4  # the standard CIFAR crop: 32x32 out of the image zero-padded by 4
+CUTOUT_SIDE = 16  # DeVries & Taylor's square for CIFAR-10: a quarter of the image
 
 # name -> (one-line description, the per-image uint8 augmentations before conversion)
 _GEOMETRY = {
     "none": ("no augmentation, pixels scaled to [0, 1]", []),
     "flip": ("random horizontal flip", [v2.RandomHorizontalFlip()]),
-    "crop": ("random 32x32 crop of the image zero-padded by 4", [v2.RandomCrop(32, padding=CROP_PADDING)]),
+    "crop": (
+        "random 32x32 crop of the image zero-padded by 4",
+        [v2.RandomCrop(32, padding=CROP_PADDING)],
+    ),
     "rotation": ("random rotation within +-15 degrees", [v2.RandomRotation(15)]),
     # A fixed zoom on the training images only: no diversity, and a scale mismatch with the
     # un-cropped test images; the study shows what that costs.
-    "center_crop": ("centre 28x28 crop resized back to 32 (training only)", [v2.CenterCrop(28), v2.Resize(32)]),
+    "center_crop": (
+        "centre 28x28 crop resized back to 32 (training only)",
+        [v2.CenterCrop(28), v2.Resize(32)],
+    ),
 }
 _FLIP_CROP = [v2.RandomHorizontalFlip(), v2.RandomCrop(32, padding=CROP_PADDING)]
 # Cutout (DeVries & Taylor 2017): one 16x16 square per image, filled with the mean (0 after Normalize).
 _CUTOUT = v2.RandomErasing(p=1.0, scale=((CUTOUT_SIDE / 32) ** 2,) * 2, ratio=(1.0, 1.0), value=0)
 # The presets that BatchAugment can do, as its arguments (mean/std added when normalised).
-_BATCHED = {"none": {}, "flip": dict(flip=True), "crop": dict(padding=CROP_PADDING), "normalize": {},
-            "flip_crop": dict(flip=True, padding=CROP_PADDING), "flip_crop_ls": dict(flip=True, padding=CROP_PADDING),
-            "cutout": dict(flip=True, padding=CROP_PADDING, cutout=CUTOUT_SIDE)}
+_BATCHED = {
+    "none": {},
+    "flip": dict(flip=True),
+    "crop": dict(padding=CROP_PADDING),
+    "normalize": {},
+    "flip_crop": dict(flip=True, padding=CROP_PADDING),
+    "flip_crop_ls": dict(flip=True, padding=CROP_PADDING),
+    "cutout": dict(flip=True, padding=CROP_PADDING, cutout=CUTOUT_SIDE),
+}
 
 
-DESCRIPTIONS = {**{name: text for name, (text, _) in _GEOMETRY.items()},
-                "normalize": "per-channel mean/std normalisation only",
-                "flip_crop": "flip + crop, normalised (the standard CIFAR recipe)",
-                "flip_crop_ls": "flip_crop + label smoothing 0.1 (the shipped model's)",
-                "cutout": "flip_crop + cutout 16x16",
-                "trivialaugment": "flip_crop + TrivialAugmentWide + cutout",
-                "autoaugment": "flip_crop + AutoAugment (CIFAR-10 policy) + cutout",
-                "mixup_cutmix": "trivialaugment + MixUp(0.2) or CutMix(1.0) per batch",
-                "label_smoothing": "mixup_cutmix + label smoothing 0.1"}
+DESCRIPTIONS = {
+    **{name: text for name, (text, _) in _GEOMETRY.items()},
+    "normalize": "per-channel mean/std normalisation only",
+    "flip_crop": "flip + crop, normalised (the standard CIFAR recipe)",
+    "flip_crop_ls": "flip_crop + label smoothing 0.1 (the shipped model's)",
+    "cutout": "flip_crop + cutout 16x16",
+    "trivialaugment": "flip_crop + TrivialAugmentWide + cutout",
+    "autoaugment": "flip_crop + AutoAugment (CIFAR-10 policy) + cutout",
+    "mixup_cutmix": "trivialaugment + MixUp(0.2) or CutMix(1.0) per batch",
+    "label_smoothing": "mixup_cutmix + label smoothing 0.1",
+}
 PRESETS = tuple(DESCRIPTIONS)
 
 
-def build_preset(name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int = 10) -> Preset:
+def build_preset(
+    name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int = 10
+) -> Preset:
     preset = _per_image_preset(name, mean, std, num_classes)
     if name not in _BATCHED:
         return preset
@@ -119,7 +157,9 @@ def build_preset(name: str, mean: tuple[float, ...], std: tuple[float, ...], num
     return replace(preset, device_train=BatchAugment(**_BATCHED[name], **normalisation))
 
 
-def _per_image_preset(name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int) -> Preset:
+def _per_image_preset(
+    name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int
+) -> Preset:
     if name not in DESCRIPTIONS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     to_float = v2.ToDtype(torch.float32, scale=True)
@@ -132,12 +172,25 @@ def _per_image_preset(name: str, mean: tuple[float, ...], std: tuple[float, ...]
         return Preset(name, evaluation, evaluation, None, 0.0)
     if name in ("flip_crop", "flip_crop_ls", "cutout"):
         tail = [_CUTOUT] if name == "cutout" else []
-        return Preset(name, v2.Compose([*_FLIP_CROP, to_float, normalize, *tail]), evaluation, None,
-                      0.1 if name == "flip_crop_ls" else 0.0)
-    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if name == "autoaugment" else v2.TrivialAugmentWide()
+        return Preset(
+            name,
+            v2.Compose([*_FLIP_CROP, to_float, normalize, *tail]),
+            evaluation,
+            None,
+            0.1 if name == "flip_crop_ls" else 0.0,
+        )
+    policy = (
+        v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+        if name == "autoaugment"
+        else v2.TrivialAugmentWide()
+    )
     train = v2.Compose([*_FLIP_CROP, policy, to_float, normalize, _CUTOUT])
     batch = None
     if name in ("mixup_cutmix", "label_smoothing"):
-        batch = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=num_classes),
-                                 v2.CutMix(alpha=1.0, num_classes=num_classes)])
+        batch = v2.RandomChoice(
+            [
+                v2.MixUp(alpha=0.2, num_classes=num_classes),
+                v2.CutMix(alpha=1.0, num_classes=num_classes),
+            ]
+        )
     return Preset(name, train, evaluation, batch, 0.1 if name == "label_smoothing" else 0.0)

@@ -1,6 +1,7 @@
 """CIFAR-10 in memory as uint8 tensors (N,3,32,32), read by hw2_utils.load_cifar10 (torchvision's
 `cifar-10-batches-py`, the shared official-pixel slice, or the shared whole-CIFAR-10 JPEG copy),
 plus the honest train/val split and a plain folder of images for inference."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,12 @@ def load_cifar(path: str | Path, download: bool = False) -> Cifar:
             CIFAR10(str(root), train=True, download=True)
         except (RuntimeError, OSError) as e:
             raise CLIError(f"cannot download CIFAR-10 into {root} ({e})") from None
-    (train_x, train_y), (test_x, test_y) = (load_cifar10(path, split) for split in ("train", "test"))
-    return Cifar(_chw(train_x), torch.from_numpy(train_y), _chw(test_x), torch.from_numpy(test_y), str(path))
+    (train_x, train_y), (test_x, test_y) = (
+        load_cifar10(path, split) for split in ("train", "test")
+    )
+    return Cifar(
+        _chw(train_x), torch.from_numpy(train_y), _chw(test_x), torch.from_numpy(test_y), str(path)
+    )
 
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, fraction: float = VAL_FRACTION):
@@ -70,7 +75,6 @@ class ImageTensors(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(self.images[index]), self.labels[index]
-
 
 
 def load_images(files: list[Path], size: int = 32) -> torch.Tensor:

@@ -10,6 +10,7 @@ hw2_utils.load_cifar10 reads), whose test images are named 00000.png, 00001.png,
 `label` is the class index (0 airplane ... 9 truck). Accuracy is printed when labels are
 known: always for CIFAR-10, and for a folder given --labels (a CSV `image_name,label`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,15 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import CLIError, atomic_path, list_images, positive_int, progress, resolve_device, run_cli
+from hw2_utils import (
+    CLIError,
+    atomic_path,
+    list_images,
+    positive_int,
+    progress,
+    resolve_device,
+    run_cli,
+)
 from p6_classification.augment import build_preset
 from p6_classification.data import load_cifar, load_images
 from p6_classification.models import build_model
@@ -29,21 +38,30 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 SHIPPED = CHECKPOINTS / "resnet18_cifar10.pt"
 # What bench/p6_classification.py --ship puts in CHECKPOINTS (bench work-folder path -> name
 # there): the model, and the records beside it that a fresh clone's report shows.
-SHIPPED_RECORDS = {"resnet18/final.pt": SHIPPED.name, "bench.json": "p6_bench.json",
-                   "resnet18/log.csv": "resnet18_train_log.csv",
-                   "resnet18/curves.png": "resnet18_curves.png",
-                   "aug/aug_study.json": "aug_study.json", "aug/aug_study.png": "aug_study.png",
-                   "cam/cam_resnet18.png": "cam_resnet18.png", "cam/deletion_resnet18.json": "deletion_resnet18.json",
-                   "cam/deletion_resnet18.png": "deletion_resnet18.png"}
+SHIPPED_RECORDS = {
+    "resnet18/final.pt": SHIPPED.name,
+    "bench.json": "p6_bench.json",
+    "resnet18/log.csv": "resnet18_train_log.csv",
+    "resnet18/curves.png": "resnet18_curves.png",
+    "aug/aug_study.json": "aug_study.json",
+    "aug/aug_study.png": "aug_study.png",
+    "cam/cam_resnet18.png": "cam_resnet18.png",
+    "cam/deletion_resnet18.json": "deletion_resnet18.json",
+    "cam/deletion_resnet18.png": "deletion_resnet18.png",
+}
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A train.py `final.pt` -> (model in eval mode, its metadata)."""
     path = Path(path)
     if not path.is_file():
-        how = ("the shipped model comes with the repository; remake it with `python -m bench.p6_classification "
-               "--parts full --ship`" if path == SHIPPED else "train one: `python -m p6_classification.train "
-               "--data ../shared/data/cifar10_full --out DIR`, then use DIR/final.pt")
+        how = (
+            "the shipped model comes with the repository; remake it with `python -m bench.p6_classification "
+            "--parts full --ship`"
+            if path == SHIPPED
+            else "train one: `python -m p6_classification.train "
+            "--data ../shared/data/cifar10_full --out DIR`, then use DIR/final.pt"
+        )
         raise CLIError(f"checkpoint not found: {path} ({how})")
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,19 +75,30 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, meta: dict, images: torch.Tensor, device: torch.device,
-            batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module,
+    meta: dict,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Class indices for uint8 (N,3,32,32) images, with the checkpoint's eval transform."""
     transform = build_preset(meta["preset"], meta["mean"], meta["std"], len(meta["classes"])).eval
-    out = [model(transform(x).to(device)).argmax(1).cpu()
-           for x in progress(images.split(batch_size), desc="predict")]
+    out = [
+        model(transform(x).to(device)).argmax(1).cpu()
+        for x in progress(images.split(batch_size), desc="predict")
+    ]
     return torch.cat(out)
 
 
 def is_cifar10(source: Path) -> bool:
     """Whether `source` is one of hw2_utils.load_cifar10's layouts rather than an image folder."""
-    return (source.suffix == ".npz" or source.name == "cifar-10-batches-py" or (source / "cifar-10-batches-py").is_dir()
-            or (source / "test.npz").is_file())
+    return (
+        source.suffix == ".npz"
+        or source.name == "cifar-10-batches-py"
+        or (source / "cifar-10-batches-py").is_dir()
+        or (source / "test.npz").is_file()
+    )
 
 
 def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
@@ -79,7 +108,9 @@ def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
     except OSError as e:
         raise CLIError(f"cannot read --labels {path}: {e.strerror}") from None
     except (KeyError, TypeError, ValueError):
-        raise CLIError(f"--labels {path} must be a CSV with columns image_name,label (integer class indices)") from None
+        raise CLIError(
+            f"--labels {path} must be a CSV with columns image_name,label (integer class indices)"
+        ) from None
     missing = [n for n in names if n not in table]
     if missing:
         raise CLIError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[0]}")
@@ -87,11 +118,18 @@ def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
 
 
 def main(argv=None) -> float | None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="image folder, CIFAR-10 root, cifar-10-batches-py, or the .npz slice")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "input", help="image folder, CIFAR-10 root, cifar-10-batches-py, or the .npz slice"
+    )
     p.add_argument("out_csv")
-    p.add_argument("--checkpoint", default=str(SHIPPED), help="final.pt written by train.py / vit_finetune.py "
-                   "(default: the shipped ResNet-18)")
+    p.add_argument(
+        "--checkpoint",
+        default=str(SHIPPED),
+        help="final.pt written by train.py / vit_finetune.py (default: the shipped ResNet-18)",
+    )
     p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")

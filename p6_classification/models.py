@@ -6,6 +6,7 @@ Our ResNet-18 keeps torchvision's parameter names, and with the ImageNet stem at
 scales every stage, so the CPU study can run a narrower copy of the same architecture.
 A model is rebuilt from its `arch` dict, which every checkpoint stores.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,11 @@ from torch import nn
 from hw2_utils import CLIError
 
 VIT_NAME = "vit_base_patch16_224"
-VIT_WEIGHTS_HINT = ("download model.safetensors of timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, e.g. "
-                    "`huggingface-cli download timm/vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors "
-                    "--local-dir weights/vit_b16`, or pass --weights hub when online")
+VIT_WEIGHTS_HINT = (
+    "download model.safetensors of timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, e.g. "
+    "`huggingface-cli download timm/vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors "
+    "--local-dir weights/vit_b16`, or pass --weights hub when online"
+)
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +35,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -48,7 +53,10 @@ class ResNet18(nn.Module):
         if stem == "cifar":
             self.conv1, self.maxpool = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.Identity()
         elif stem == "imagenet":
-            self.conv1, self.maxpool = nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
+            self.conv1, self.maxpool = (
+                nn.Conv2d(3, width, 7, 2, 3, bias=False),
+                nn.MaxPool2d(3, 2, 1),
+            )
         else:
             raise ValueError(f"unknown stem {stem!r}: use cifar or imagenet")
         self.bn1 = nn.BatchNorm2d(width)
@@ -57,7 +65,11 @@ class ResNet18(nn.Module):
         cin = width
         for index, cout in enumerate(widths):
             stride = 1 if index == 0 else 2
-            setattr(self, f"layer{index + 1}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            setattr(
+                self,
+                f"layer{index + 1}",
+                nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)),
+            )
             cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
@@ -91,7 +103,9 @@ class Resized(nn.Module):
 def freeze_for_finetune(vit: nn.Module, trainable_blocks: int) -> None:
     """Train only the last `trainable_blocks` transformer blocks, the final norm and the head."""
     if not 0 <= trainable_blocks <= len(vit.blocks):
-        raise CLIError(f"--trainable-blocks must be in 0..{len(vit.blocks)}, got {trainable_blocks}")
+        raise CLIError(
+            f"--trainable-blocks must be in 0..{len(vit.blocks)}, got {trainable_blocks}"
+        )
     vit.requires_grad_(False)
     trainable = [vit.head, vit.norm, vit.fc_norm]
     if trainable_blocks:
@@ -113,16 +127,24 @@ def load_vit_weights(vit: nn.Module, path: str | Path) -> None:
         return
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state = tvit.checkpoint_filter_fn(state, vit)  # resamples position embeddings to this image size
+    # resamples position embeddings to this image size
+    state = tvit.checkpoint_filter_fn(state, vit)
     own = vit.state_dict()
-    misfit = [k for k, v in state.items() if k not in own or (v.shape != own[k].shape and not k.startswith("head."))]
+    misfit = [
+        k
+        for k, v in state.items()
+        if k not in own or (v.shape != own[k].shape and not k.startswith("head."))
+    ]
     missing = [k for k in own if k not in state and not k.startswith("head.")]
     if misfit or missing:
-        raise CLIError(f"{path} does not fit {type(vit).__name__}: missing {missing[:3]}, unexpected or "
-                       f"mis-shaped {misfit[:3]}")
+        raise CLIError(
+            f"{path} does not fit {type(vit).__name__}: missing {missing[:3]}, unexpected or "
+            f"mis-shaped {misfit[:3]}"
+        )
     vit.load_state_dict({k: v for k, v in state.items() if v.shape == own[k].shape}, strict=False)
 
 
@@ -134,8 +156,13 @@ def build_model(arch: dict, num_classes: int = 10, weights: str | None = None) -
     if arch["model"] == "vit":
         import timm
 
-        vit = timm.create_model(arch["name"], pretrained=weights == "hub", num_classes=num_classes,
-                                img_size=arch["img_size"], **arch.get("timm_kwargs", {}))
+        vit = timm.create_model(
+            arch["name"],
+            pretrained=weights == "hub",
+            num_classes=num_classes,
+            img_size=arch["img_size"],
+            **arch.get("timm_kwargs", {}),
+        )
         if weights and weights != "hub":
             load_vit_weights(vit, weights)
         freeze_for_finetune(vit, arch["trainable_blocks"])

@@ -4,6 +4,7 @@ aug/ (the augmentation study), cam/ (figures and the deletion metric) and vit/ (
 fine-tune, GPU and weights only); where RUNS_DIR/p6 lacks a record, the copy that
 `bench/p6_classification.py --ship` put beside the shipped model. A missing input is named with
 the command that produces it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,22 +38,46 @@ def _throughput(bench: dict, d: Path) -> list[str]:
     if t is None:
         return lines + _missing(f"{BENCH} --work {d} --parts throughput")
     tv = "torchvision_images_per_s" in t["rows"][0]
-    lines += [f"ResNet-18 (width {t['width']}, CIFAR stem) against torchvision's resnet18 with the same stem, in the "
-              f"same run: batches of {t['batch']} real images, forward + backward + SGD step, {t['steps']} timed steps "
-              f"each after two warm-up steps, the two models' steps alternating; images/s from the median step, the "
-              f"ratio the median of the rounds' ratios. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
-              f"{'yes' if t['cpu_has_bf16'] else 'no'}; the defaults (`--precision auto`, `--memory-format channels_last`) pick "
-              f"{t['auto']['dtype']} {'channels_last' if t['auto']['channels_last'] else 'NCHW'}"
-              f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.", ""]
+    lines += [
+        f"ResNet-18 (width {t['width']}, CIFAR stem) against torchvision's resnet18 with the same stem, in the "
+        f"same run: batches of {t['batch']} real images, forward + backward + SGD step, {t['steps']} timed steps "
+        f"each after two warm-up steps, the two models' steps alternating; images/s from the median step, the "
+        f"ratio the median of the rounds' ratios. {_measured(t, t['bench_command'])} bf16 units on this CPU: "
+        f"{'yes' if t['cpu_has_bf16'] else 'no'}; the defaults (`--precision auto`, "
+        "`--memory-format channels_last`) pick "
+        f"{t['auto']['dtype']} {'channels_last' if t['auto']['channels_last'] else 'NCHW'}"
+        f"{' (the fastest row)' if t['auto_is_fastest'] else ' (not the fastest row here)'}.",
+        "",
+    ]
     lines += markdown_table(
-        ["precision", "memory format", "ours, images/s", *(["torchvision, images/s", "ours / torchvision"] if tv else [])],
-        [[r["dtype"], "channels_last" if r["channels_last"] else "NCHW", f"{r['ours_images_per_s']:.1f}",
-          *([f"{r['torchvision_images_per_s']:.1f}", f"{r['ours_over_torchvision']:.3f}"] if tv else [])]
-         for r in t["rows"]])
+        [
+            "precision",
+            "memory format",
+            "ours, images/s",
+            *(["torchvision, images/s", "ours / torchvision"] if tv else []),
+        ],
+        [
+            [
+                r["dtype"],
+                "channels_last" if r["channels_last"] else "NCHW",
+                f"{r['ours_images_per_s']:.1f}",
+                *(
+                    [f"{r['torchvision_images_per_s']:.1f}", f"{r['ours_over_torchvision']:.3f}"]
+                    if tv
+                    else []
+                ),
+            ]
+            for r in t["rows"]
+        ],
+    )
     costs = t["augmentation_us_per_image"]
-    lines += ["", f"Per-image cost of each preset's training transform (on one thread) "
-                  f"against the model's training step at the fastest setting, {t['model_step_us_per_image']:.0f} µs "
-                  f"per image: " + ", ".join(f"{name} {us:.0f} µs" for name, us in costs.items()) + ".", ""]
+    lines += [
+        "",
+        f"Per-image cost of each preset's training transform (on one thread) "
+        f"against the model's training step at the fastest setting, {t['model_step_us_per_image']:.0f} µs "
+        f"per image: " + ", ".join(f"{name} {us:.0f} µs" for name, us in costs.items()) + ".",
+        "",
+    ]
     return lines
 
 
@@ -62,24 +87,47 @@ def _full(bench: dict, d: Path) -> list[str]:
     if r is None:
         return lines + _missing(f"{BENCH} --work {d} --parts full")
     arch, also = r["arch"], r.get("also_test")
-    lines += [f"ResNet-18 ({arch['stem']} stem, width {arch['width']}), preset {r['preset']}, {r['epochs']} epochs of "
-              f"{r['batch_size']}, {r['precision'].removeprefix('torch.')}, {r['world_size']} process(es); "
-              f"{r['train_images']} training / {r['val_images']} validation images; the test sets are scored once, "
-              f"after the last epoch. Train command: `{r['command']}`. {_measured(r, r['bench_command'])}", ""]
-    lines += markdown_table(["val acc", "test acc, CIFAR-10 (JPEG copy)", "test acc, official pixels", "training time"],
-                            [[f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f} ({r['test_images']} images)",
-                              f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-",
-                              f"{r['train_seconds'] / 60:.0f} min"]]) + [""]
+    lines += [
+        f"ResNet-18 ({arch['stem']} stem, width {arch['width']}), preset {r['preset']}, {r['epochs']} epochs of "
+        f"{r['batch_size']}, {r['precision'].removeprefix('torch.')}, {r['world_size']} process(es); "
+        f"{r['train_images']} training / {r['val_images']} validation images; the test sets are scored once, "
+        f"after the last epoch. Train command: `{r['command']}`. {_measured(r, r['bench_command'])}",
+        "",
+    ]
+    lines += markdown_table(
+        ["val acc", "test acc, CIFAR-10 (JPEG copy)", "test acc, official pixels", "training time"],
+        [
+            [
+                f"{r['val_acc']:.4f}",
+                f"{r['test_acc']:.4f} ({r['test_images']} images)",
+                f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-",
+                f"{r['train_seconds'] / 60:.0f} min",
+            ]
+        ],
+    ) + [""]
     exported = r.get("exported_fp16_test_acc")
     if exported:
-        lines += ["The shipped file holds fp16 weights; loaded as `infer.py` loads it (fp32 compute) it scores "
-                  + " and ".join(f"{exported[k]:.4f} on the {name}" for k, name in (("test", "JPEG test images"),
-                                 ("also_test", "official-pixel images")) if k in exported)
-                  + f" (the table: the model in training, {r['precision'].removeprefix('torch.')}).", ""]
+        lines += [
+            "The shipped file holds fp16 weights; loaded as `infer.py` loads it (fp32 compute) it scores "
+            + " and ".join(
+                f"{exported[k]:.4f} on the {name}"
+                for k, name in (
+                    ("test", "JPEG test images"),
+                    ("also_test", "official-pixel images"),
+                )
+                if k in exported
+            )
+            + f" (the table: the model in training, {r['precision'].removeprefix('torch.')}).",
+            "",
+        ]
     curves = _find(d, "resnet18/curves.png")
     if curves.is_file():
-        lines += [f"![ResNet-18 training curves]({curves.resolve()})", "",
-                  f"Per epoch, as a table: `{_find(d, 'resnet18/log.csv')}`.", ""]
+        lines += [
+            f"![ResNet-18 training curves]({curves.resolve()})",
+            "",
+            f"Per epoch, as a table: `{_find(d, 'resnet18/log.csv')}`.",
+            "",
+        ]
     return lines
 
 
@@ -89,14 +137,20 @@ def _aug(d: Path) -> list[str]:
     if study is None:
         return lines + _missing(f"{BENCH} --work {d} --parts aug")
     arch, noise = study["arch"], study.get("spread")
-    lines += [f"One run per preset with the same seed, split and budget: ResNet-18 width {arch.get('width')}, "
-              f"{study['epochs']} epochs, {study['train_images']} training / {study['val_images']} validation / "
-              f"{study['test_images']} test images, accuracies of the final epoch. {_measured(study, study['command'])}"]
+    lines += [
+        f"One run per preset with the same seed, split and budget: ResNet-18 width {arch.get('width')}, "
+        f"{study['epochs']} epochs, {study['train_images']} training / {study['val_images']} validation / "
+        f"{study['test_images']} test images, accuracies of the final epoch. {_measured(study, study['command'])}"
+    ]
     if noise:
-        seeds = ", ".join(f"{r.get('seed', 'main')}: {r['test_acc']:.4f}" for r in study["seed_runs"])
-        lines += [f"Seed-to-seed spread of {study['spread_preset']} over {len(study['seed_runs'])} seeds ({seeds}): "
-                  f"{noise['test_acc_spread']:.4f} test, {noise['val_acc_spread']:.4f} val; a gap to "
-                  f"{study['spread_preset']} within it is marked n.s. (not significant)."]
+        seeds = ", ".join(
+            f"{r.get('seed', 'main')}: {r['test_acc']:.4f}" for r in study["seed_runs"]
+        )
+        lines += [
+            f"Seed-to-seed spread of {study['spread_preset']} over {len(study['seed_runs'])} seeds ({seeds}): "
+            f"{noise['test_acc_spread']:.4f} test, {noise['val_acc_spread']:.4f} val; a gap to "
+            f"{study['spread_preset']} within it is marked n.s. (not significant)."
+        ]
     lines += ["", aug_table(study["rows"], study.get("spread_preset"), noise), ""]
     figure = _find(d, "aug/aug_study.png")
     if figure.is_file():
@@ -110,59 +164,108 @@ def _cams(d: Path) -> list[str]:
     command = f"{BENCH} --work {d} --parts cam"
     if not figure.is_file():
         return lines + _missing(command)
-    lines += ["CAM (ours: the predicted class's FC weights times the last feature maps) beside the grad-cam library's "
-              "Grad-CAM on layer4, for 5 correctly and 5 wrongly classified test images (official pixels); each row "
-              "is titled with the predicted and the true class.", "", f"![CAM and Grad-CAM]({figure.resolve()})", ""]
+    lines += [
+        "CAM (ours: the predicted class's FC weights times the last feature maps) beside the grad-cam library's "
+        "Grad-CAM on layer4, for 5 correctly and 5 wrongly classified test images (official pixels); each row "
+        "is titled with the predicted and the true class.",
+        "",
+        f"![CAM and Grad-CAM]({figure.resolve()})",
+        "",
+    ]
     record = read_record(_find(d, "cam/deletion_resnet18.json"))
     if record is None or "paired_auc_gap" not in record:
         return lines + _missing(command)
     figure = _find(d, "cam/deletion_resnet18.png")
-    lines += [f"Deletion and insertion curves (Petsiuk et al. 2018) on {record['images']} official-pixel test images, "
-              f"{len(record['fractions'])} points each: the pixels set to the dataset mean (deletion) or restored into "
-              "the all-mean image (insertion) in each map's order, most salient first, against three baselines: random "
-              "pixels, *another* image's map (image i gets image i-1's: the same kind of blob, placed without regard to "
-              "this image) and the map's own order reversed (least salient first). Area under the predicted class's "
-              f"probability, mean ± 95% interval; deletion: lower is better, insertion: higher. `{record['command']}`.",
-              ""]
-    lines += markdown_table(["pixel order", "deletion area", "insertion area"],
-                            [[name, *(f"{record[mode][name]['auc']:.3f} ± {record[mode][name]['auc_ci']:.3f}"
-                                      for mode in ("deletion", "insertion"))] for name in record["deletion"]])
+    lines += [
+        f"Deletion and insertion curves (Petsiuk et al. 2018) on {record['images']} official-pixel test images, "
+        f"{len(record['fractions'])} points each: the pixels set to the dataset mean (deletion) or restored into "
+        "the all-mean image (insertion) in each map's order, most salient first, against three baselines: random "
+        "pixels, *another* image's map (image i gets image i-1's: the same kind of blob, placed without regard to "
+        "this image) and the map's own order reversed (least salient first). Area under the predicted class's "
+        f"probability, mean ± 95% interval; deletion: lower is better, insertion: higher. `{record['command']}`.",
+        "",
+    ]
+    lines += markdown_table(
+        ["pixel order", "deletion area", "insertion area"],
+        [
+            [
+                name,
+                *(
+                    f"{record[mode][name]['auc']:.3f} ± {record[mode][name]['auc_ci']:.3f}"
+                    for mode in ("deletion", "insertion")
+                ),
+            ]
+            for name in record["deletion"]
+        ],
+    )
     if figure.is_file():
         lines += ["", f"![deletion and insertion curves]({figure.resolve()})"]
-    lines += ["", "Paired gaps of the areas, the map's minus the baseline's (mean ± 95% interval; n.s. where the "
-              "interval holds 0):", ""]
+    lines += [
+        "",
+        "Paired gaps of the areas, the map's minus the baseline's (mean ± 95% interval; n.s. where the "
+        "interval holds 0):",
+        "",
+    ]
 
     def gap(mode: str, name: str, base: str, sign: int) -> str:
         mean, half = record["paired_auc_gap"][mode][name][base]
-        verdict = "n.s." if abs(mean) <= half else ("map better" if sign * mean > 0 else "baseline better")
+        verdict = (
+            "n.s."
+            if abs(mean) <= half
+            else ("map better" if sign * mean > 0 else "baseline better")
+        )
         return f"{mean:+.3f} ± {half:.3f} ({verdict})"
-    lines += markdown_table(["map", "baseline", "deletion (below 0: map better)", "insertion (above 0: map better)"],
-                            [[name, base.removeprefix(name + ", ") if base != "random" else base,
-                              gap("deletion", name, base, -1), gap("insertion", name, base, +1)]
-                             for name, bases in record["paired_auc_gap"]["deletion"].items() for base in bases])
+
+    lines += markdown_table(
+        ["map", "baseline", "deletion (below 0: map better)", "insertion (above 0: map better)"],
+        [
+            [
+                name,
+                base.removeprefix(name + ", ") if base != "random" else base,
+                gap("deletion", name, base, -1),
+                gap("insertion", name, base, +1),
+            ]
+            for name, bases in record["paired_auc_gap"]["deletion"].items()
+            for base in bases
+        ],
+    )
     return lines + [""]
 
 
 def _vit(d: Path) -> list[str]:
     r = read_record(d / "vit" / "result.json")
     if r is None:
-        return ["### ViT fine-tuning", "", f"_No ViT fine-tune in {d}/vit (no pretrained ViT weights can be had on the "
-                "machines this repository was developed on): run `python -m p6_classification.vit_finetune --data DATA "
-                f"--weights weights/vit_b16/model.safetensors --out {d}/vit` where they exist._", ""]
-    return ["### ViT fine-tuning", "", f"{r['preset']}, {r['epochs']} epochs: val acc {r['val_acc']:.4f}, test acc "
-            f"{r['test_acc']:.4f} (final epoch), {r['train_seconds'] / 60:.1f} min training. {_measured(r, r['command'])}", ""]
+        return [
+            "### ViT fine-tuning",
+            "",
+            f"_No ViT fine-tune in {d}/vit (no pretrained ViT weights can be had on the "
+            "machines this repository was developed on): run `python -m p6_classification.vit_finetune --data DATA "
+            f"--weights weights/vit_b16/model.safetensors --out {d}/vit` where they exist._",
+            "",
+        ]
+    return [
+        "### ViT fine-tuning",
+        "",
+        f"{r['preset']}, {r['epochs']} epochs: val acc {r['val_acc']:.4f}, test acc "
+        f"{r['test_acc']:.4f} (final epoch), {r['train_seconds'] / 60:.1f} min training. {_measured(r, r['command'])}",
+        "",
+    ]
 
 
 def section(runs_dir: str | Path) -> str:
     d = Path(runs_dir) / "p6"
     bench = read_record(_find(d, "bench.json")) or {}
-    lines = ["## P6: CIFAR-10 classification: ResNet-18, augmentation, CAM, ViT fine-tuning", "",
-             "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool) or torchvision's (p6_classification/models.py), "
-             "SGD with Nesterov momentum, linear warmup then cosine decay. Honest protocol: a tenth of the training "
-             "images (5,000 of CIFAR-10's 50,000) are held out and all choices are made on them; the test set is "
-             "evaluated once, after the last epoch, and that final-epoch accuracy is reported. The whole CIFAR-10 here "
-             "is a lossy JPEG copy, so its numbers are quoted as \"CIFAR-10 (JPEG copy)\" beside the 1,017 test images "
-             "with the official pixels.", ""]
+    lines = [
+        "## P6: CIFAR-10 classification: ResNet-18, augmentation, CAM, ViT fine-tuning",
+        "",
+        "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool) or torchvision's (p6_classification/models.py), "
+        "SGD with Nesterov momentum, linear warmup then cosine decay. Honest protocol: a tenth of the training "
+        "images (5,000 of CIFAR-10's 50,000) are held out and all choices are made on them; the test set is "
+        "evaluated once, after the last epoch, and that final-epoch accuracy is reported. The whole CIFAR-10 here "
+        'is a lossy JPEG copy, so its numbers are quoted as "CIFAR-10 (JPEG copy)" beside the 1,017 test images '
+        "with the official pixels.",
+        "",
+    ]
     with record_errors(_find(d, "bench.json")):
         lines += _throughput(bench, d) + _full(bench, d)
     for record, render in (("aug/aug_study.json", _aug), ("cam/deletion_resnet18.json", _cams)):

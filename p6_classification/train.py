@@ -17,6 +17,7 @@ OUT gets log.csv, last.pt (re-running the same command resumes from it), final.p
 exported model in fp16, for infer.py and cam.py), result.json (val and test accuracy, wall time,
 command, hardware) and curves.png (training loss, validation accuracy and learning rate per epoch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,47 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from hw2_utils import (CLIError, RunFolder, add_common_args, atomic_path, autocast, cleanup_distributed, command_line,
-                       describe_hardware, init_distributed, log_main, make_train_sampler, non_negative_float,
-                       non_negative_int, positive_int, progress, pyplot, resolve_device, resolve_dtype, run_cli,
-                       save_figure, seed_everything, to_device, unwrap)
+from hw2_utils import (
+    CLIError,
+    RunFolder,
+    add_common_args,
+    atomic_path,
+    autocast,
+    cleanup_distributed,
+    command_line,
+    describe_hardware,
+    init_distributed,
+    log_main,
+    make_train_sampler,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    progress,
+    pyplot,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_figure,
+    seed_everything,
+    to_device,
+    unwrap,
+)
 from p6_classification.augment import PRESETS, build_preset
-from p6_classification.data import CIFAR_MEAN, CIFAR_STD, CLASSES, SPLIT_SEED, ImageTensors, load_cifar, split_train_val
+from p6_classification.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    CLASSES,
+    SPLIT_SEED,
+    ImageTensors,
+    load_cifar,
+    split_train_val,
+)
 from p6_classification.models import VIT_NAME, build_model, input_normalization
 
 # Per model. resnet18's is the recipe of the shipped model, a GPU recipe (one H200: bench/gpu_session.py;
 # on 2 CPU threads an epoch takes minutes (README "P6"), so pass a smaller --epochs there). Long schedules
 # are where stronger augmentation pays off (the study); cutout is the cheapest that does.
+# fmt: off
 DEFAULTS = {
     "resnet18": dict(
         epochs=150,
@@ -61,34 +92,89 @@ DEFAULTS = {
         preset="flip_crop",
     ),
 }
+# fmt: on
 MOMENTUM = 0.9  # Nesterov
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", choices=sorted(DEFAULTS), default="resnet18")
     # A checkpoint every epoch (minutes of ResNet-18 on a CPU).
-    add_common_args(p, data=("data/cifar10", "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice"),
-                    out=(None, "run folder (default runs/p6/<model>)"), precision="auto", ckpt_every=1,
-                    image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
-                    limit="smoke runs: a fixed random draw of N training images (10%% of them held out for "
-                          "validation) and N/5 test images")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data when it is missing")
+    add_common_args(
+        p,
+        data=(
+            "data/cifar10",
+            "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice",
+        ),
+        out=(None, "run folder (default runs/p6/<model>)"),
+        precision="auto",
+        ckpt_every=1,
+        image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
+        limit="smoke runs: a fixed random draw of N training images (10%% of them held out for "
+        "validation) and N/5 test images",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download CIFAR-10 into --data when it is missing"
+    )
     for name, value in DEFAULTS["resnet18"].items():
-        kind = str if isinstance(value, str) else positive_int if isinstance(value, int) else non_negative_float
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                       help=f"default {DEFAULTS['resnet18'][name]} (resnet18), {DEFAULTS['vit'][name]} (vit)")
-    p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar", help="resnet18: 3x3 stem or torchvision's")
-    p.add_argument("--width", type=positive_int, default=64, help="resnet18: channels of the first stage (64 = standard)")
-    p.add_argument("--weights", help="vit: pretrained weights file, 'hub' (online only) or 'none' (random init)")
+        kind = (
+            str
+            if isinstance(value, str)
+            else positive_int
+            if isinstance(value, int)
+            else non_negative_float
+        )
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"default {DEFAULTS['resnet18'][name]} (resnet18), {DEFAULTS['vit'][name]} (vit)",
+        )
+    p.add_argument(
+        "--stem",
+        choices=["cifar", "imagenet"],
+        default="cifar",
+        help="resnet18: 3x3 stem or torchvision's",
+    )
+    p.add_argument(
+        "--width",
+        type=positive_int,
+        default=64,
+        help="resnet18: channels of the first stage (64 = standard)",
+    )
+    p.add_argument(
+        "--weights",
+        help="vit: pretrained weights file, 'hub' (online only) or 'none' (random init)",
+    )
     p.add_argument("--vit-name", default=VIT_NAME, help="vit: timm model name")
-    p.add_argument("--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments")
-    p.add_argument("--trainable-blocks", type=non_negative_int, default=4, help="vit: last blocks fine-tuned (the rest frozen)")
-    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
-                   help="channels_last is the faster in fp32 and bf16 on the CPUs measured "
-                   "(bench/p6_classification.py --parts throughput) and on GPUs")
-    p.add_argument("--also-test", metavar="DATA", help="a second CIFAR-10 source whose test split is also scored once at the end")
-    p.add_argument("--workers", type=non_negative_int, help="DataLoader workers (default 4 on CUDA, 0 on the CPU)")
+    p.add_argument(
+        "--vit-kwargs", default="{}", help="vit: JSON of extra timm.create_model arguments"
+    )
+    p.add_argument(
+        "--trainable-blocks",
+        type=non_negative_int,
+        default=4,
+        help="vit: last blocks fine-tuned (the rest frozen)",
+    )
+    p.add_argument(
+        "--memory-format",
+        choices=["channels_last", "contiguous"],
+        default="channels_last",
+        help="channels_last is the faster in fp32 and bf16 on the CPUs measured "
+        "(bench/p6_classification.py --parts throughput) and on GPUs",
+    )
+    p.add_argument(
+        "--also-test",
+        metavar="DATA",
+        help="a second CIFAR-10 source whose test split is also scored once at the end",
+    )
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        help="DataLoader workers (default 4 on CUDA, 0 on the CPU)",
+    )
     args = p.parse_args(argv)
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
@@ -109,11 +195,18 @@ def model_arch(args) -> dict:
         kwargs = json.loads(args.vit_kwargs)
     except json.JSONDecodeError as e:
         raise CLIError(f"--vit-kwargs is not JSON: {e}") from None
-    return {"model": "vit", "name": args.vit_name, "img_size": args.image_size,
-            "trainable_blocks": args.trainable_blocks, "timm_kwargs": kwargs}
+    return {
+        "model": "vit",
+        "name": args.vit_name,
+        "img_size": args.image_size,
+        "trainable_blocks": args.trainable_blocks,
+        "timm_kwargs": kwargs,
+    }
 
 
-def random_subset(images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_subset(
+    images: torch.Tensor, labels: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]
     return images[keep], labels[keep]
 
@@ -150,9 +243,15 @@ def plot_curves(run_dir: Path) -> Path:
         rows = list(csv.DictReader(f))
     epoch = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for ax, key, title in zip(axes, ("train_loss", "val_acc", "lr"),
-                              ("training loss", f"validation accuracy (last {float(rows[-1]['val_acc']):.4f})",
-                               "learning rate at the epoch's end")):
+    for ax, key, title in zip(
+        axes,
+        ("train_loss", "val_acc", "lr"),
+        (
+            "training loss",
+            f"validation accuracy (last {float(rows[-1]['val_acc']):.4f})",
+            "learning rate at the epoch's end",
+        ),
+    ):
         ax.plot(epoch, [float(r[key]) for r in rows], marker="o", ms=3)
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
@@ -163,25 +262,45 @@ def plot_curves(run_dir: Path) -> Path:
     return path
 
 
-def device_batches(images: torch.Tensor, labels: torch.Tensor, augment, order: torch.Tensor, batch_size: int,
-                   generator: torch.Generator, rank: int = 0, world_size: int = 1):
+def device_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment,
+    order: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+):
     """An epoch of (augmented images, labels) batches taken from `images` (uint8, on the device
     that trains) in the shuffled `order` (the same on every rank; each rank takes its share of
     every global batch), augmented by the preset's BatchAugment with draws from `generator`.
     The last incomplete batch is dropped, as the loader path does."""
     for start in range(0, len(order) - batch_size + 1, batch_size):
-        index = to_device(order[start:start + batch_size][rank::world_size], images.device)
+        index = to_device(order[start : start + batch_size][rank::world_size], images.device)
         yield augment(images[index], generator), labels[index]
 
 
-def train_epoch(train_model, batches, steps: int, preset, opt, epoch: int, args, device, dtype,
-                channels_last: bool) -> float:
+def train_epoch(
+    train_model,
+    batches,
+    steps: int,
+    preset,
+    opt,
+    epoch: int,
+    args,
+    device,
+    dtype,
+    channels_last: bool,
+) -> float:
     """One epoch of SGD with the warmup + cosine learning rate; returns the mean training loss.
     The loss is summed on the device: reading it every step would stall the GPU's queue."""
     train_model.train()
     total, warmup = args.epochs * steps, round(args.warmup_epochs * steps)
     loss_sum = torch.zeros((), device=device)
-    for i, (x, y) in enumerate(progress(batches, total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)):
+    for i, (x, y) in enumerate(
+        progress(batches, total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+    ):
         if preset.batch is not None:
             x, y = preset.batch(x, y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -201,6 +320,7 @@ def train_epoch(train_model, batches, steps: int, preset, opt, epoch: int, args,
 class Splits(NamedTuple):
     """The images of one run, uint8 NCHW with their labels; `val` already on the training device
     (it is scored every epoch), `extra` the --also-test source (or None)."""
+
     source: str
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
@@ -215,13 +335,25 @@ def load_splits(args, info, device) -> Splits:
         torch.distributed.barrier()
     if cifar is None:
         cifar = load_cifar(args.data)
-    extra = load_cifar(args.also_test) if args.also_test else None  # read now: a bad path fails before training
-    train_x, train_y, test_x, test_y = cifar.train_images, cifar.train_labels, cifar.test_images, cifar.test_labels
+    # read now: a bad path fails before training
+    extra = load_cifar(args.also_test) if args.also_test else None
+    train_x, train_y, test_x, test_y = (
+        cifar.train_images,
+        cifar.train_labels,
+        cifar.test_images,
+        cifar.test_labels,
+    )
     if args.limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
         train_x, train_y = random_subset(train_x, train_y, args.limit)
         test_x, test_y = random_subset(test_x, test_y, max(1, args.limit // 5))
     train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
-    return Splits(cifar.source, (train_x, train_y), (val_x.to(device), val_y.to(device)), (test_x, test_y), extra)
+    return Splits(
+        cifar.source,
+        (train_x, train_y),
+        (val_x.to(device), val_y.to(device)),
+        (test_x, test_y),
+        extra,
+    )
 
 
 def build_classifier(args, device, channels_last: bool):
@@ -229,11 +361,15 @@ def build_classifier(args, device, channels_last: bool):
     its architecture dict and its input normalisation."""
     arch = model_arch(args)
     if arch["model"] == "vit" and args.weights is None:
-        raise CLIError("the ViT needs --weights PATH (pretrained timm weights), --weights hub, or --weights none")
+        raise CLIError(
+            "the ViT needs --weights PATH (pretrained timm weights), --weights hub, or --weights none"
+        )
     if arch["model"] == "resnet18" and args.weights is not None:
         raise CLIError("--weights is for the ViT; ResNet-18 trains from scratch")
     seed_everything(args.seed)
-    model = build_model(arch, len(CLASSES), None if args.weights in (None, "none") else args.weights).to(device)
+    model = build_model(
+        arch, len(CLASSES), None if args.weights in (None, "none") else args.weights
+    ).to(device)
     mean, std = input_normalization(model) or (CIFAR_MEAN, CIFAR_STD)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -247,8 +383,14 @@ class EpochBatches:
     function of (seed, epoch, rank): a resumed run continues exactly as an uninterrupted one."""
 
     def __init__(self, images, labels, preset, args, device, info):
-        self.preset, self.seed, self.batch_size, self.info = preset, args.seed, args.batch_size, info
-        self.generator = torch.Generator()  # reseeded every epoch: the shuffle and every augmentation draw
+        self.preset, self.seed, self.batch_size, self.info = (
+            preset,
+            args.seed,
+            args.batch_size,
+            info,
+        )
+        # reseeded every epoch: the shuffle and every augmentation draw
+        self.generator = torch.Generator()
         if preset.device_train is not None:
             self.on_device = images.to(device), labels.to(device)
             self.sampler = self.loader = None
@@ -256,13 +398,24 @@ class EpochBatches:
         else:
             dataset = ImageTensors(images, labels, preset.train)
             self.sampler = make_train_sampler(dataset, args.seed)
-            workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-            self.loader = DataLoader(dataset, batch_size=args.batch_size // info.world_size, sampler=self.sampler,
-                                     shuffle=self.sampler is None, drop_last=True, num_workers=workers,
-                                     generator=self.generator, pin_memory=device.type == "cuda")
+            workers = (
+                args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+            )
+            self.loader = DataLoader(
+                dataset,
+                batch_size=args.batch_size // info.world_size,
+                sampler=self.sampler,
+                shuffle=self.sampler is None,
+                drop_last=True,
+                num_workers=workers,
+                generator=self.generator,
+                pin_memory=device.type == "cuda",
+            )
             self.steps = len(self.loader)
         if self.steps == 0:
-            raise CLIError(f"{len(labels)} training images: fewer than one batch of {args.batch_size}")
+            raise CLIError(
+                f"{len(labels)} training images: fewer than one batch of {args.batch_size}"
+            )
 
     def __len__(self) -> int:
         return self.steps
@@ -277,30 +430,63 @@ class EpochBatches:
         if self.loader is not None:
             return self.loader
         # One order for all ranks, so that their shares of a batch are disjoint.
-        order = torch.randperm(len(self.on_device[1]), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        return device_batches(*self.on_device, self.preset.device_train, order, self.batch_size, self.generator,
-                              self.info.rank, self.info.world_size)
+        order = torch.randperm(
+            len(self.on_device[1]),
+            generator=torch.Generator().manual_seed(self.seed * 1000 + epoch),
+        )
+        return device_batches(
+            *self.on_device,
+            self.preset.device_train,
+            order,
+            self.batch_size,
+            self.generator,
+            self.info.rank,
+            self.info.world_size,
+        )
 
 
-def export(out: Path, model, arch, mean, std, args, epoch: int, val_acc: float, command: str) -> None:
+def export(
+    out: Path, model, arch, mean, std, args, epoch: int, val_acc: float, command: str
+) -> None:
     """final.pt in fp16: half the size (ResNet-18: 22 MB, small enough to ship);
     bench/p6_classification.py --parts full measures the exported file's test accuracy against
     the in-training one."""
     with atomic_path(out / "final.pt") as tmp:
-        half = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": half, "arch": arch, "mean": mean, "std": std, "classes": CLASSES,
-                    "preset": args.preset, "epochs": epoch, "val_acc": val_acc, "command": command}, tmp)
+        half = {
+            k: (v.half() if v.is_floating_point() else v).cpu()
+            for k, v in model.state_dict().items()
+        }
+        torch.save(
+            {
+                "state_dict": half,
+                "arch": arch,
+                "mean": mean,
+                "std": std,
+                "classes": CLASSES,
+                "preset": args.preset,
+                "epochs": epoch,
+                "val_acc": val_acc,
+                "command": command,
+            },
+            tmp,
+        )
 
 
-def score_test_sets(model, data: Splits, preset, device, dtype, channels_last: bool) -> tuple[float, dict | None]:
+def score_test_sets(
+    model, data: Splits, preset, device, dtype, channels_last: bool
+) -> tuple[float, dict | None]:
     """The one look at the test set(s): the final epoch's model, whatever the val curve did."""
     test_acc = evaluate(model, *data.test, preset.eval, device, dtype, channels_last)
     if data.extra is None:
         return test_acc, None
     extra = data.extra
-    return test_acc, {"data": extra.source, "test_images": len(extra.test_labels),
-                      "test_acc": evaluate(model, extra.test_images, extra.test_labels, preset.eval, device, dtype,
-                                           channels_last)}
+    return test_acc, {
+        "data": extra.source,
+        "test_images": len(extra.test_labels),
+        "test_acc": evaluate(
+            model, extra.test_images, extra.test_labels, preset.eval, device, dtype, channels_last
+        ),
+    }
 
 
 def main(argv=None) -> dict:
@@ -308,7 +494,8 @@ def main(argv=None) -> dict:
     info, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.precision, device)
     channels_last = args.memory_format == "channels_last"
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick its fastest kernels
+    # fixed input shapes: let cuDNN pick its fastest kernels
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     command = command_line("p6_classification.train", argv)
     run = RunFolder.from_args(args, f"runs/p6/{args.model}", main=info.is_main)
 
@@ -317,48 +504,108 @@ def main(argv=None) -> dict:
     preset = build_preset(args.preset, mean, std, len(CLASSES))
     batches = EpochBatches(*data.train, preset, args, device, info)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay)
+    opt = torch.optim.SGD(
+        trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay
+    )
 
     # What a resumed run must share with the one that wrote last.pt (the epochs too: they shape the schedule).
-    identity = {"arch": arch, "data": data.source, **{k: getattr(args, k) for k in (
-        "preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")}}
+    identity = {
+        "arch": arch,
+        "data": data.source,
+        **{
+            k: getattr(args, k)
+            for k in (
+                "preset",
+                "epochs",
+                "batch_size",
+                "lr",
+                "weight_decay",
+                "warmup_epochs",
+                "limit",
+                "seed",
+            )
+        },
+    }
     state = run.load(identity, model=model, optimizer=opt)
-    epoch, seconds, val_acc = (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
+    epoch, seconds, val_acc = (
+        (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
+    )
     log = run.start(epoch, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
-    log_main(f"{arch} ({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters), preset {args.preset}; "
-             f"{len(data.train[1])} train / {len(data.val[1])} val / {len(data.test[1])} test images from "
-             f"{data.source}; {device} {dtype}" + (f"; resumed after epoch {epoch}" if state else ""))
+    log_main(
+        f"{arch} ({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters), preset {args.preset}; "
+        f"{len(data.train[1])} train / {len(data.val[1])} val / {len(data.test[1])} test images from "
+        f"{data.source}; {device} {dtype}" + (f"; resumed after epoch {epoch}" if state else "")
+    )
 
     while epoch < args.epochs:
         epoch_batches = batches.epoch(epoch)
         start = time.perf_counter()
-        train_loss = train_epoch(train_model, epoch_batches, len(batches), preset, opt, epoch, args, device, dtype,
-                                 channels_last)
+        train_loss = train_epoch(
+            train_model,
+            epoch_batches,
+            len(batches),
+            preset,
+            opt,
+            epoch,
+            args,
+            device,
+            dtype,
+            channels_last,
+        )
         epoch += 1
         seconds += time.perf_counter() - start
         val_acc = evaluate(unwrap(model), *data.val, preset.eval, device, dtype, channels_last)
         log_main(f"epoch {epoch}: train loss {train_loss:.4f}, val acc {val_acc:.4f}")
         if log:
-            log.writerow([epoch, f"{opt.param_groups[0]['lr']:.5f}", f"{train_loss:.4f}", f"{val_acc:.4f}",
-                          f"{seconds:.1f}", str(dtype).removeprefix("torch."), describe_hardware(device)])
+            log.writerow(
+                [
+                    epoch,
+                    f"{opt.param_groups[0]['lr']:.5f}",
+                    f"{train_loss:.4f}",
+                    f"{val_acc:.4f}",
+                    f"{seconds:.1f}",
+                    str(dtype).removeprefix("torch."),
+                    describe_hardware(device),
+                ]
+            )
         if run.checkpoint_due(epoch, args.epochs):
-            run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, model=unwrap(model), optimizer=opt)
+            run.save(
+                {"epoch": epoch, "seconds": seconds, "val_acc": val_acc},
+                model=unwrap(model),
+                optimizer=opt,
+            )
     run.close()
 
     test_acc, also = score_test_sets(unwrap(model), data, preset, device, dtype, channels_last)
-    result = {"command": command, "hardware": describe_hardware(device), "world_size": info.world_size, "arch": arch,
-              "preset": args.preset, "epochs": args.epochs, "batch_size": args.batch_size, "precision": str(dtype),
-              "channels_last": channels_last, "data": data.source, "train_images": len(data.train[1]),
-              "val_images": len(data.val[1]), "test_images": len(data.test[1]), "val_acc": val_acc,
-              "test_acc": test_acc, "train_seconds": round(seconds, 1), "also_test": also}
+    result = {
+        "command": command,
+        "hardware": describe_hardware(device),
+        "world_size": info.world_size,
+        "arch": arch,
+        "preset": args.preset,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "precision": str(dtype),
+        "channels_last": channels_last,
+        "data": data.source,
+        "train_images": len(data.train[1]),
+        "val_images": len(data.val[1]),
+        "test_images": len(data.test[1]),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "train_seconds": round(seconds, 1),
+        "also_test": also,
+    }
     if info.is_main:
         export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
         with atomic_path(run.out / "result.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
         plot_curves(run.out)
     also_line = f", test acc {also['test_acc']:.4f} on {also['data']}" if also else ""
-    log_main(f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training")
+    log_main(
+        f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training"
+    )
     cleanup_distributed()
     return result
 

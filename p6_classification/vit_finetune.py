@@ -11,6 +11,7 @@ decay, flip+crop); every train.py option applies. The weights are timm's
 vit_base_patch16_224.augreg2_in21k_ft_in1k `model.safetensors` (a local file; `--weights hub`
 fetches it when online).
 """
+
 from __future__ import annotations
 
 import sys

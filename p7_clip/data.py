@@ -1,5 +1,6 @@
 """Readers for the P7 inputs: COCO val images with their captions, (image, text) pair lists
 and image folders (CIFAR-10 comes from hw2_utils.load_cifar10). Every bad input is a one-line CLIError."""
+
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw2_utils import CLIError, require_dir, require_file
+
 
 @dataclass(frozen=True)
 class CocoImage:
@@ -20,8 +22,11 @@ def load_coco(root: str | Path, limit: int | None = 100, split: str = "val2017")
     """The first `limit` images of `annotations/captions_{split}.json` (json order) with all
     their captions; every listed image file must exist under `{split}/`."""
     root = require_dir(root, "COCO root")
-    ann = require_file(root / "annotations" / f"captions_{split}.json", "COCO captions json",
-                       "from annotations_trainval2017.zip on cocodataset.org")
+    ann = require_file(
+        root / "annotations" / f"captions_{split}.json",
+        "COCO captions json",
+        "from annotations_trainval2017.zip on cocodataset.org",
+    )
     try:
         data = json.loads(ann.read_text())
         captions: dict[int, list[str]] = {}
@@ -49,5 +54,3 @@ def read_pairs(path: str | Path) -> list[tuple[Path, str]]:
     if not rows or not {"image", "text"} <= set(rows[0]):
         raise CLIError(f"{path} must be a CSV with header image,text and at least one row")
     return [(require_file(path.parent / r["image"], "image in pairs CSV"), r["text"]) for r in rows]
-
-

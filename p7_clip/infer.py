@@ -3,13 +3,14 @@
 
     python -m p7_clip.infer --probe outputs/p7/probe/ViT-B-32/probe.pt --images IMG_DIR --out pred.csv
     python -m p7_clip.infer --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --data cifar-10-batches-py --out pred.csv
-    python -m p7_clip.infer --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv   # also prints accuracy
+    python -m p7_clip.infer --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv  # + accuracy
 
 --images takes every image directly inside a folder (sorted by name); --data the test set of
 cifar-10-batches-py/ or an .npz (rows named cifar_test_00000, ...), whose labels give the
 accuracy. --labels is a CSV `image_name,label` (index or class name) for an image folder. The
 probe knows its CLIP model; --clip overrides where its weights are (same architecture).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,26 +20,57 @@ from pathlib import Path
 
 import numpy as np
 
-from hw2_utils import (CIFAR10_CLASSES, CLIError, add_option, atomic_path, list_images, load_cifar10, open_rgb,
-                       positive_int, require_file, resolve_device, run_cli)
+from hw2_utils import (
+    CIFAR10_CLASSES,
+    CLIError,
+    add_option,
+    atomic_path,
+    list_images,
+    load_cifar10,
+    open_rgb,
+    positive_int,
+    require_file,
+    resolve_device,
+    run_cli,
+)
 from p7_clip import zeroshot
 from p7_clip.models import check_spec, encode_images, load_clip, parse_spec
 from p7_clip.probe import load_probe, probe_predict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--probe", metavar="PROBE_PT", help="a probe.pt written by p7_clip/train.py")
-    how.add_argument("--zeroshot", action="store_true", help="zero-shot with --clip and the --design prompts")
+    how.add_argument(
+        "--zeroshot", action="store_true", help="zero-shot with --clip and the --design prompts"
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", metavar="DIR", help="folder of images to classify")
-    add_option(what, "data", aliases=("--cifar",), help="CIFAR-10 (cifar-10-batches-py/ folder or .npz): classify its test set")
+    add_option(
+        what,
+        "data",
+        aliases=("--cifar",),
+        help="CIFAR-10 (cifar-10-batches-py/ folder or .npz): classify its test set",
+    )
     p.add_argument("--out", required=True, metavar="OUT_CSV", help="predictions, image_name,label")
-    p.add_argument("--clip", metavar="ARCH=WEIGHTS", help="the CLIP model (required with --zeroshot)")
-    p.add_argument("--design", default=zeroshot.ENSEMBLE, choices=list(zeroshot.DESIGNS), help="zero-shot prompts")
-    p.add_argument("--labels", metavar="CSV", help="image_name,label for --images: print the accuracy")
-    p.add_argument("--limit", type=positive_int, default=None, help="with --data: the first N test images")
+    p.add_argument(
+        "--clip", metavar="ARCH=WEIGHTS", help="the CLIP model (required with --zeroshot)"
+    )
+    p.add_argument(
+        "--design",
+        default=zeroshot.ENSEMBLE,
+        choices=list(zeroshot.DESIGNS),
+        help="zero-shot prompts",
+    )
+    p.add_argument(
+        "--labels", metavar="CSV", help="image_name,label for --images: print the accuracy"
+    )
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="with --data: the first N test images"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     return p.parse_args(argv)
@@ -51,7 +83,9 @@ def pick_spec(args: argparse.Namespace, probe: dict | None) -> str:
             raise CLIError("--zeroshot needs --clip ARCH=WEIGHTS")
         return args.clip
     if args.clip and parse_spec(args.clip)[0] != parse_spec(probe["clip"])[0]:
-        raise CLIError(f"--clip {args.clip} is not the architecture the probe was trained on ({probe['clip']})")
+        raise CLIError(
+            f"--clip {args.clip} is not the architecture the probe was trained on ({probe['clip']})"
+        )
     return args.clip or probe["clip"]
 
 
@@ -63,7 +97,10 @@ def read_labels(path: str | Path, names: list[str]) -> np.ndarray:
         if not {"image_name", "label"} <= set(reader.fieldnames or []):
             raise CLIError(f"{path} must be a CSV with header image_name,label")
         rows = {r["image_name"]: r["label"].strip() for r in reader}
-    lookup = {**{str(i): i for i in range(len(CIFAR10_CLASSES))}, **{c: i for i, c in enumerate(CIFAR10_CLASSES)}}
+    lookup = {
+        **{str(i): i for i in range(len(CIFAR10_CLASSES))},
+        **{c: i for i, c in enumerate(CIFAR10_CLASSES)},
+    }
     missing = [n for n in names if n not in rows]
     if missing:
         raise CLIError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[0]}")
@@ -73,7 +110,9 @@ def read_labels(path: str | Path, names: list[str]) -> np.ndarray:
     return np.array([lookup[rows[n]] for n in names])
 
 
-def load_inputs(args: argparse.Namespace) -> tuple[list[str], Sequence, Callable, np.ndarray | None]:
+def load_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[str], Sequence, Callable, np.ndarray | None]:
     """(row names, images, loader that turns one into a PIL image, true labels or None)."""
     if args.data:
         from PIL import Image
@@ -112,7 +151,9 @@ def main(argv=None) -> np.ndarray:
     method = f"probe {args.probe}" if probe is not None else f"zero-shot '{args.design}'"
     print(f"wrote {len(names)} predictions to {args.out} ({clip.name}, {method})")
     if labels is not None:
-        print(f"accuracy {float((preds == labels).mean()):.4f} ({int((preds == labels).sum())}/{len(labels)})")
+        print(
+            f"accuracy {float((preds == labels).mean()):.4f} ({int((preds == labels).sum())}/{len(labels)})"
+        )
     return preds
 
 

@@ -24,6 +24,7 @@ all patches' probabilities (the official configs use T = 1.0: every patch).
 --reduce-zero-label maps 0 to ignore and k to k-1 (mmseg's Pascal Context-59 format).
 OUT gets overlay_STEM.png and pred_STEM.png (label map) per image and maskclip.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CLIError, add_option, atomic_path, check_output_path, command_line, describe_hardware,
-                       list_images, open_rgb, positive_float, positive_int, pyplot, require_dir, resolve_device,
-                       run_cli, save_figure, save_json)
+from hw2_utils import (
+    CLIError,
+    add_option,
+    atomic_path,
+    check_output_path,
+    command_line,
+    describe_hardware,
+    list_images,
+    open_rgb,
+    positive_float,
+    positive_int,
+    pyplot,
+    require_dir,
+    resolve_device,
+    run_cli,
+    save_figure,
+    save_json,
+)
 from p7_clip.models import Clip, check_spec, load_clip
 from p7_clip.zeroshot import class_embeddings
 
@@ -43,28 +59,65 @@ PASCAL_CONTEXT_59 = (
     "aeroplane bag bed bedclothes bench bicycle bird boat book bottle building bus cabinet car cat ceiling chair "
     "cloth computer cow cup curtain dog door fence floor flower food grass ground horse keyboard light motorbike "
     "mountain mouse person plate platform potted_plant road rock sheep shelves sidewalk sign sky snow sofa table "
-    "track train tree truck tv_monitor wall water window wood").split()
+    "track train tree truck tv_monitor wall water window wood"
+).split()
 IGNORE = 255
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", required=True, metavar="ARCH=WEIGHTS", help="one model: ARCH=FOLDER, ARCH=FILE or ARCH=tiny")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--clip",
+        required=True,
+        metavar="ARCH=WEIGHTS",
+        help="one model: ARCH=FOLDER, ARCH=FILE or ARCH=tiny",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_option(p, "data", aliases=("--images",), required=True, help="folder of .png/.jpg images")
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images (file-name order)")
-    p.add_argument("--classes", required=True, help="comma list, a file with one name per line, or pascal-context-59")
-    p.add_argument("--masks", default=None, help="folder of PNG label maps named like the images, for mIoU")
-    p.add_argument("--reduce-zero-label", action="store_true", help="mask value 0 -> ignore, k -> k-1")
-    p.add_argument("--size", type=positive_int, default=448, help="shorter image side fed to the encoder (rounded to the patch)")
-    p.add_argument("--templates", choices=["single", "imagenet80", "maskclip85"], default="maskclip85",
-                   help="'a photo of a {}.', CLIP's 80 ImageNet templates, or those plus MaskCLIP's 5 scene "
-                        "templates (the official list), averaged")
-    p.add_argument("--key-smoothing", type=positive_float, default=None, metavar="T",
-                   help="confidence threshold in [0, 1] below which a patch is smoothed over similar keys "
-                        "(official configs: 1.0)")
-    p.add_argument("--denoise", type=positive_float, default=None, metavar="T",
-                   help="class-probability threshold in [0, 1] for prompt denoising (official configs: 0.5)")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="only the first N images (file-name order)"
+    )
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="comma list, a file with one name per line, or pascal-context-59",
+    )
+    p.add_argument(
+        "--masks", default=None, help="folder of PNG label maps named like the images, for mIoU"
+    )
+    p.add_argument(
+        "--reduce-zero-label", action="store_true", help="mask value 0 -> ignore, k -> k-1"
+    )
+    p.add_argument(
+        "--size",
+        type=positive_int,
+        default=448,
+        help="shorter image side fed to the encoder (rounded to the patch)",
+    )
+    p.add_argument(
+        "--templates",
+        choices=["single", "imagenet80", "maskclip85"],
+        default="maskclip85",
+        help="'a photo of a {}.', CLIP's 80 ImageNet templates, or those plus MaskCLIP's 5 scene "
+        "templates (the official list), averaged",
+    )
+    p.add_argument(
+        "--key-smoothing",
+        type=positive_float,
+        default=None,
+        metavar="T",
+        help="confidence threshold in [0, 1] below which a patch is smoothed over similar keys "
+        "(official configs: 1.0)",
+    )
+    p.add_argument(
+        "--denoise",
+        type=positive_float,
+        default=None,
+        metavar="T",
+        help="class-probability threshold in [0, 1] for prompt denoising (official configs: 0.5)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -83,7 +136,11 @@ def _vit_tokens(visual, pixels: torch.Tensor) -> torch.Tensor:
     patch_pos = pos[1:]
     if (h, w) != (gh, gw):
         grid = patch_pos.reshape(1, gh, gw, width).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(h * w, width)
+        patch_pos = (
+            F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+            .permute(0, 2, 3, 1)
+            .reshape(h * w, width)
+        )
     cls = visual.class_embedding.to(x.dtype).expand(b, 1, width)
     return visual.ln_pre(torch.cat([cls, x], dim=1) + torch.cat([pos[:1], patch_pos]))
 
@@ -96,7 +153,9 @@ def vit_dense(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     blocks = visual.transformer.resblocks
     last = blocks[-1]
     if not isinstance(last.attn, torch.nn.MultiheadAttention) or not visual.transformer.batch_first:
-        raise CLIError("MaskCLIP here supports open_clip ViTs built with nn.MultiheadAttention blocks (the CLIP ViTs)")
+        raise CLIError(
+            "MaskCLIP here supports open_clip ViTs built with nn.MultiheadAttention blocks (the CLIP ViTs)"
+        )
     x = _vit_tokens(visual, pixels)
     for block in blocks[:-1]:
         x = block(x)
@@ -107,7 +166,8 @@ def vit_dense(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     v = x + last.ls_1(out_proj(F.linear(y, v_weight, v_bias)))
     v = v + last.ls_2(last.mlp(last.ln_2(v)))
     features = visual.ln_post(v) @ visual.proj
-    keys = out_proj(F.linear(y, k_weight, k_bias))  # the official code sends q, k and v alike through out_proj
+    # the official code sends q, k and v alike through out_proj
+    keys = out_proj(F.linear(y, k_weight, k_bias))
     h, w = pixels.shape[-2] // visual.patch_size[0], pixels.shape[-1] // visual.patch_size[1]
     return _to_grid(features[:, 1:], h, w), _to_grid(keys[:, 1:], h, w)
 
@@ -134,7 +194,9 @@ def dense_features(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         return resnet_dense(visual, pixels)
     if hasattr(visual, "transformer"):
         return vit_dense(visual, pixels)
-    raise CLIError(f"MaskCLIP needs a CLIP ViT or ModifiedResNet image tower, not {type(visual).__name__}")
+    raise CLIError(
+        f"MaskCLIP needs a CLIP ViT or ModifiedResNet image tower, not {type(visual).__name__}"
+    )
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -179,8 +241,14 @@ def key_smoothing(cosines: torch.Tensor, keys: torch.Tensor, threshold: float) -
     return torch.where(unsure, weighted, probs).reshape(b, c, h, w)
 
 
-def segment(clip: Clip, pixels: torch.Tensor, class_emb: torch.Tensor, out_size: tuple[int, int],
-            smoothing: float | None = None, denoise: float | None = None) -> torch.Tensor:
+def segment(
+    clip: Clip,
+    pixels: torch.Tensor,
+    class_emb: torch.Tensor,
+    out_size: tuple[int, int],
+    smoothing: float | None = None,
+    denoise: float | None = None,
+) -> torch.Tensor:
     """(B, C, H, W) class scores for preprocessed pixels, upsampled bilinearly to out_size: the
     patch cosines, refined in the official order (prompt denoising, then key smoothing, which
     turns them into probabilities). Removed classes are set to -inf only after the upsampling:
@@ -213,7 +281,9 @@ def update_confusion(confusion: np.ndarray, mask: np.ndarray, pred: np.ndarray) 
     valid = mask != IGNORE
     if (mask[valid] >= n).any():
         raise CLIError(f"mask holds class {int(mask[valid].max())} but only {n} classes were given")
-    confusion += np.bincount(mask[valid].astype(np.int64) * n + pred[valid], minlength=n * n).reshape(n, n)
+    confusion += np.bincount(
+        mask[valid].astype(np.int64) * n + pred[valid], minlength=n * n
+    ).reshape(n, n)
 
 
 # --------------------------------------------------------------------------- command line
@@ -233,8 +303,13 @@ def read_classes(spec: str) -> list[str]:
 
 # The 5 templates MaskCLIP's official list (tools/maskclip_utils/prompt_engineering.py) appends to
 # CLIP's 80 ImageNet ones, which it holds in the same order as open_clip.
-SCENE_TEMPLATES = ["there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
-                   "this is the {} in the scene.", "this is one {} in the scene."]
+SCENE_TEMPLATES = [
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+]
 
 
 def templates(kind: str) -> list[str]:
@@ -258,7 +333,8 @@ def to_pixels(clip: Clip, image, size: int) -> torch.Tensor:
     scale = size / min(w, h)
     new_h, new_w = (max(stride, round(s * scale / stride) * stride) for s in (h, w))
     cfg = visual.preprocess_cfg
-    x = TF.to_tensor(image.resize((new_w, new_h), resample=Image.BICUBIC))  # as CLIP's own preprocessing
+    # as CLIP's own preprocessing
+    x = TF.to_tensor(image.resize((new_w, new_h), resample=Image.BICUBIC))
     return TF.normalize(x, cfg["mean"], cfg["std"])[None]
 
 
@@ -269,16 +345,25 @@ def plot_overlay(path: Path, image, pred: np.ndarray, classes: list[str], title:
     axes[0].imshow(image)
     axes[1].imshow(0.45 * np.asarray(image) / 255 + 0.55 * colours[pred])
     present, counts = np.unique(pred, return_counts=True)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in present[np.argsort(-counts)][:10]]
-    axes[1].legend(handles, [classes[c] for c in present[np.argsort(-counts)][:10]], loc="upper left",
-                   bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in present[np.argsort(-counts)][:10]
+    ]
+    axes[1].legend(
+        handles,
+        [classes[c] for c in present[np.argsort(-counts)][:10]],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=8,
+    )
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title)
     save_figure(fig, path, tight=True)
 
 
-def read_mask(folder: Path, stem: str, size: tuple[int, int], reduce_zero_label: bool) -> np.ndarray:
+def read_mask(
+    folder: Path, stem: str, size: tuple[int, int], reduce_zero_label: bool
+) -> np.ndarray:
     from PIL import Image
 
     path = folder / f"{stem}.png"
@@ -287,7 +372,9 @@ def read_mask(folder: Path, stem: str, size: tuple[int, int], reduce_zero_label:
     with Image.open(path) as im:
         mask = np.asarray(im).astype(np.int64)
     if mask.ndim != 2 or mask.shape != size:
-        raise CLIError(f"{path}: expected a {size[0]}x{size[1]} single-channel label map, got shape {mask.shape}")
+        raise CLIError(
+            f"{path}: expected a {size[0]}x{size[1]} single-channel label map, got shape {mask.shape}"
+        )
     if reduce_zero_label:
         mask = np.where((mask == 0) | (mask == IGNORE), IGNORE, mask - 1)
     return mask
@@ -300,7 +387,7 @@ def main(argv=None) -> dict:
             raise CLIError(f"{flag} {threshold:g}: a probability threshold, in [0, 1]")
     check_spec(args.clip)
     device = resolve_device(args.device)
-    files = list_images(args.data)[:args.limit]
+    files = list_images(args.data)[: args.limit]
     classes = read_classes(args.classes)
     masks = require_dir(args.masks, "--masks") if args.masks else None
     out = check_output_path(args.out, folder=True)  # created by its first file, after the work
@@ -312,19 +399,41 @@ def main(argv=None) -> dict:
     for f in files:
         image = open_rgb(f)
         size = (image.height, image.width)
-        logits = segment(clip, to_pixels(clip, image, args.size), class_emb, size, args.key_smoothing, args.denoise)
+        logits = segment(
+            clip,
+            to_pixels(clip, image, args.size),
+            class_emb,
+            size,
+            args.key_smoothing,
+            args.denoise,
+        )
         pred = logits[0].argmax(dim=0).cpu().numpy()
         with atomic_path(out / f"pred_{f.stem}.png") as tmp:
             Image.fromarray(pred.astype(np.uint8)).save(tmp, format="PNG")
-        plot_overlay(out / f"overlay_{f.stem}.png", image, pred, classes, f"MaskCLIP, {clip.name}: {f.name}")
+        plot_overlay(
+            out / f"overlay_{f.stem}.png", image, pred, classes, f"MaskCLIP, {clip.name}: {f.name}"
+        )
         if masks is not None:
-            update_confusion(confusion, read_mask(masks, f.stem, size, args.reduce_zero_label), pred)
-    record = {"command": command_line("p7_clip.maskclip", argv), "hardware": describe_hardware(device), "model": clip.name,
-              "images": [f.name for f in files], "classes": classes, "templates": args.templates, "size": args.size,
-              "key_smoothing": args.key_smoothing, "denoise": args.denoise}
+            update_confusion(
+                confusion, read_mask(masks, f.stem, size, args.reduce_zero_label), pred
+            )
+    record = {
+        "command": command_line("p7_clip.maskclip", argv),
+        "hardware": describe_hardware(device),
+        "model": clip.name,
+        "images": [f.name for f in files],
+        "classes": classes,
+        "templates": args.templates,
+        "size": args.size,
+        "key_smoothing": args.key_smoothing,
+        "denoise": args.denoise,
+    }
     if masks is not None:
         miou, iou = mean_iou(confusion)
-        record.update(miou=round(miou, 4), iou={c: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(classes, iou)})
+        record.update(
+            miou=round(miou, 4),
+            iou={c: (None if np.isnan(v) else round(float(v), 4)) for c, v in zip(classes, iou)},
+        )
         print(f"mIoU {100 * miou:.2f}% over {len(files)} images")
     print(f"{len(files)} overlays in {out}")
     save_json(out / "maskclip.json", record)

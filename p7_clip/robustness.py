@@ -10,6 +10,7 @@ every model. Per model, perturbation and intensity: the accuracy and the mean so
 probability of the true class (CLIP's logit scale, the --design prompts). OUT gets
 robustness.json and robustness.png (one panel per perturbation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,31 +20,65 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
-                       make_generator, positive_int, pyplot, resolve_device, run_cli, save_figure, save_json, seed_int)
+from hw2_utils import (
+    CIFAR10_CLASSES,
+    add_option,
+    check_output_path,
+    command_line,
+    describe_hardware,
+    load_cifar10,
+    make_generator,
+    positive_int,
+    pyplot,
+    resolve_device,
+    run_cli,
+    save_figure,
+    save_json,
+    seed_int,
+)
 from p7_clip.models import add_model_args, check_specs, encode_images, load_clip, logit_scale
 from p7_clip.zeroshot import DESIGNS, ENSEMBLE, class_embeddings
 
 # Intensities, from none to strong; the x axis of each panel.
-LEVELS = {"gaussian_noise": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5],  # std of the added noise, image in [0, 1]
-          "gaussian_blur": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],  # sigma in pixels of the 32x32 image
-          "rotation": [0, 15, 30, 45, 90, 180]}  # degrees, counter-clockwise, corners filled black
-UNITS = {"gaussian_noise": "noise std", "gaussian_blur": "blur sigma (px)", "rotation": "rotation (degrees)"}
+LEVELS = {
+    "gaussian_noise": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5],  # std of the added noise, image in [0, 1]
+    "gaussian_blur": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],  # sigma in pixels of the 32x32 image
+    "rotation": [0, 15, 30, 45, 90, 180],  # degrees, counter-clockwise, corners filled black
+}
+UNITS = {
+    "gaussian_noise": "noise std",
+    "gaussian_blur": "blur sigma (px)",
+    "rotation": "rotation (degrees)",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p, default_batch=256)
-    add_option(p, "data", aliases=("--cifar",), required=True,
-               help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels")
+    add_option(
+        p,
+        "data",
+        aliases=("--cifar",),
+        required=True,
+        help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels",
+    )
     p.add_argument("--limit", type=positive_int, default=1000, help="first N test images")
-    p.add_argument("--design", default=ENSEMBLE, choices=list(DESIGNS), help="prompt design for the class embeddings")
+    p.add_argument(
+        "--design",
+        default=ENSEMBLE,
+        choices=list(DESIGNS),
+        help="prompt design for the class embeddings",
+    )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the noise")
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
 
-def perturb(images: torch.Tensor, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
+def perturb(
+    images: torch.Tensor, kind: str, level: float, generator: torch.Generator
+) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> the same perturbed, still in [0, 1]. Level 0 is the identity."""
     if level == 0:
         return images
@@ -58,11 +93,15 @@ def perturb(images: torch.Tensor, kind: str, level: float, generator: torch.Gene
     raise ValueError(f"unknown perturbation {kind!r}")
 
 
-def scores(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor, scale: float) -> dict[str, float]:
+def scores(
+    image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor, scale: float
+) -> dict[str, float]:
     """Accuracy and mean probability of the true class under CLIP's softmax over the classes."""
     probs = (scale * image_emb @ class_emb.T).softmax(dim=1)
-    return {"accuracy": round(float((probs.argmax(1) == labels).float().mean()), 4),
-            "true_class_probability": round(float(probs[torch.arange(len(labels)), labels].mean()), 4)}
+    return {
+        "accuracy": round(float((probs.argmax(1) == labels).float().mean()), 4),
+        "true_class_probability": round(float(probs[torch.arange(len(labels)), labels].mean()), 4),
+    }
 
 
 def plot(path, results: dict, n: int) -> None:
@@ -71,9 +110,20 @@ def plot(path, results: dict, n: int) -> None:
     for ax, kind in zip(axes, LEVELS):
         for i, (model, by_kind) in enumerate(results.items()):
             colour = f"C{i}"
-            ax.plot(LEVELS[kind], [r["accuracy"] for r in by_kind[kind]], "o-", color=colour, label=f"{model} accuracy")
-            ax.plot(LEVELS[kind], [r["true_class_probability"] for r in by_kind[kind]], "s--", color=colour,
-                    label=f"{model} p(true class)")
+            ax.plot(
+                LEVELS[kind],
+                [r["accuracy"] for r in by_kind[kind]],
+                "o-",
+                color=colour,
+                label=f"{model} accuracy",
+            )
+            ax.plot(
+                LEVELS[kind],
+                [r["true_class_probability"] for r in by_kind[kind]],
+                "s--",
+                color=colour,
+                label=f"{model} p(true class)",
+            )
         ax.axhline(1 / len(CIFAR10_CLASSES), color="grey", lw=0.8, ls=":", label="chance")
         ax.set_xlabel(UNITS[kind])
         ax.set_title(kind.replace("_", " "))
@@ -100,12 +150,28 @@ def main(argv=None) -> dict:
             generator = make_generator(args.seed)  # the same noise for every model
             for level in levels:
                 batch = perturb(clean, kind, level, generator)
-                emb = encode_images(clip, batch, args.batch_size, load=TF.to_pil_image, desc=f"{clip.name} {kind} {level}")
+                emb = encode_images(
+                    clip,
+                    batch,
+                    args.batch_size,
+                    load=TF.to_pil_image,
+                    desc=f"{clip.name} {kind} {level}",
+                )
                 results[clip.name][kind].append(scores(emb, class_emb, labels, logit_scale(clip)))
-            print(f"{clip.name} {kind}: accuracy " + " ".join(f"{r['accuracy']:.3f}" for r in results[clip.name][kind]))
+            print(
+                f"{clip.name} {kind}: accuracy "
+                + " ".join(f"{r['accuracy']:.3f}" for r in results[clip.name][kind])
+            )
     plot(out / "robustness.png", results, len(images))
-    record = {"command": command_line("p7_clip.robustness", argv), "hardware": describe_hardware(device),
-              "images": len(images), "design": args.design, "seed": args.seed, "levels": LEVELS, "results": results}
+    record = {
+        "command": command_line("p7_clip.robustness", argv),
+        "hardware": describe_hardware(device),
+        "images": len(images),
+        "design": args.design,
+        "seed": args.seed,
+        "levels": LEVELS,
+        "results": results,
+    }
     save_json(out / "robustness.json", record)
     return record
 

@@ -9,6 +9,7 @@ first N images of a COCO captions json, each with its first caption. For each mo
 similarity_MODEL.csv (rows: images, columns: texts) and similarity_MODEL.png (heat-map), and
 similarity.json the matrices plus how many images rank their own text first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,19 +19,40 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import (add_option, atomic_path, check_output_path, command_line, describe_hardware, open_rgb,
-                       positive_int, pyplot, resolve_device, run_cli, save_figure, save_json)
+from hw2_utils import (
+    add_option,
+    atomic_path,
+    check_output_path,
+    command_line,
+    describe_hardware,
+    open_rgb,
+    positive_int,
+    pyplot,
+    resolve_device,
+    run_cli,
+    save_figure,
+    save_json,
+)
 from p7_clip.data import load_coco, read_pairs
 from p7_clip.models import add_model_args, check_specs, encode_images, encode_texts, load_clip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV with header image,text")
-    add_option(src, "data", aliases=("--coco",), help="COCO root (annotations/captions_val2017.json + val2017/)")
-    p.add_argument("--n", type=positive_int, default=10, help="pairs taken from --data (the study uses 10)")
+    add_option(
+        src,
+        "data",
+        aliases=("--coco",),
+        help="COCO root (annotations/captions_val2017.json + val2017/)",
+    )
+    p.add_argument(
+        "--n", type=positive_int, default=10, help="pairs taken from --data (the study uses 10)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -56,7 +78,9 @@ def write_csv(path: Path, sim: torch.Tensor, images: list[str], texts: list[str]
         tmp.write_text(buf.getvalue())
 
 
-def plot_heatmap(path: Path, sim: torch.Tensor, images: list[str], texts: list[str], title: str) -> None:
+def plot_heatmap(
+    path: Path, sim: torch.Tensor, images: list[str], texts: list[str], title: str
+) -> None:
     plt = pyplot()
     n_img, n_txt = sim.shape
     fig, ax = plt.subplots(figsize=(2 + 0.9 * n_txt, 1.5 + 0.6 * n_img))
@@ -81,23 +105,40 @@ def main(argv=None) -> dict:
     pairs = load_pairs(args)
     out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     images, texts = [p.name for p, _ in pairs], [t for _, t in pairs]
-    record = {"command": command_line("p7_clip.similarity", argv), "hardware": describe_hardware(device),
-              "images": images, "texts": texts, "models": {}}
+    record = {
+        "command": command_line("p7_clip.similarity", argv),
+        "hardware": describe_hardware(device),
+        "images": images,
+        "texts": texts,
+        "models": {},
+    }
     for spec in args.clip:
         clip = load_clip(spec, device)
         image_emb = encode_images(clip, [p for p, _ in pairs], args.batch_size, load=open_rgb)
         sim = similarity_matrix(image_emb, encode_texts(clip, texts))
         own_first = int((sim.argmax(dim=1) == torch.arange(len(pairs))).sum())
         write_csv(out / f"similarity_{clip.tag}.csv", sim, images, texts)
-        plot_heatmap(out / f"similarity_{clip.tag}.png", sim, images, texts, f"{clip.name}: image-text cosine")
-        record["models"][clip.name] = {"tag": clip.tag, "matrix": [[round(v, 4) for v in r] for r in sim.tolist()],
-                                       "diagonal_mean": round(float(sim.diag().mean()), 4),
-                                       "off_diagonal_mean": round(float((sim.sum() - sim.diag().sum())
-                                                                  / max(sim.numel() - len(pairs), 1)), 4),
-                                       "own_text_first": own_first}
-        print(f"{clip.name}: {own_first}/{len(pairs)} images rank their own text first; "
-              f"mean cosine {record['models'][clip.name]['diagonal_mean']:.4f} on the diagonal, "
-              f"{record['models'][clip.name]['off_diagonal_mean']:.4f} off it")
+        plot_heatmap(
+            out / f"similarity_{clip.tag}.png",
+            sim,
+            images,
+            texts,
+            f"{clip.name}: image-text cosine",
+        )
+        record["models"][clip.name] = {
+            "tag": clip.tag,
+            "matrix": [[round(v, 4) for v in r] for r in sim.tolist()],
+            "diagonal_mean": round(float(sim.diag().mean()), 4),
+            "off_diagonal_mean": round(
+                float((sim.sum() - sim.diag().sum()) / max(sim.numel() - len(pairs), 1)), 4
+            ),
+            "own_text_first": own_first,
+        }
+        print(
+            f"{clip.name}: {own_first}/{len(pairs)} images rank their own text first; "
+            f"mean cosine {record['models'][clip.name]['diagonal_mean']:.4f} on the diagonal, "
+            f"{record['models'][clip.name]['off_diagonal_mean']:.4f} off it"
+        )
     save_json(out / "similarity.json", record)
     return record
 

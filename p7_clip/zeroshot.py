@@ -11,6 +11,7 @@ ensembling). An image gets the class whose embedding has the highest cosine with
 OUT gets zeroshot.json (accuracy per model and design, confusion matrices), zeroshot.md (the
 table) and confusion_MODEL.png for the design named by --confusion.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (CIFAR10_CLASSES, add_option, check_output_path, command_line, describe_hardware, load_cifar10,
-                       markdown_table, positive_int, pyplot, resolve_device, run_cli, save_figure, save_json,
-                       save_text)
+from hw2_utils import (
+    CIFAR10_CLASSES,
+    add_option,
+    check_output_path,
+    command_line,
+    describe_hardware,
+    load_cifar10,
+    markdown_table,
+    positive_int,
+    pyplot,
+    resolve_device,
+    run_cli,
+    save_figure,
+    save_json,
+    save_text,
+)
 from p7_clip.models import Clip, add_model_args, check_specs, encode_images, encode_texts, load_clip
 
 # The 18 CIFAR-10 templates of the CLIP authors' prompt-engineering notebook.
-CIFAR_TEMPLATES = [f"a {q}photo of {a} {{}}." for a in ("a", "the") for q in
-                   ("", "blurry ", "black and white ", "low contrast ", "high contrast ", "bad ", "good ")]
-CIFAR_TEMPLATES += [f"a photo of {a} {size} {{}}." for a in ("a", "the") for size in ("small", "big")]
+CIFAR_TEMPLATES = [
+    f"a {q}photo of {a} {{}}."
+    for a in ("a", "the")
+    for q in ("", "blurry ", "black and white ", "low contrast ", "high contrast ", "bad ", "good ")
+]
+CIFAR_TEMPLATES += [
+    f"a photo of {a} {size} {{}}." for a in ("a", "the") for size in ("small", "big")
+]
 DESIGNS = {
     "class name": ["{}"],
     "a photo of a {}.": ["a photo of a {}."],
@@ -41,12 +60,26 @@ BASELINE, ENSEMBLE = "a photo of a {}.", "ensemble of 18 templates"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p, default_batch=256)
-    add_option(p, "data", aliases=("--cifar",), required=True,
-               help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels")
-    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N test images")
-    p.add_argument("--confusion", default=ENSEMBLE, choices=list(DESIGNS), help="design whose confusion matrix is plotted")
+    add_option(
+        p,
+        "data",
+        aliases=("--cifar",),
+        required=True,
+        help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels",
+    )
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="use only the first N test images"
+    )
+    p.add_argument(
+        "--confusion",
+        default=ENSEMBLE,
+        choices=list(DESIGNS),
+        help="design whose confusion matrix is plotted",
+    )
     p.add_argument("--out", required=True, help="output folder")
     return p.parse_args(argv)
 
@@ -69,7 +102,9 @@ def predict(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
     """(true, predicted) counts."""
-    return np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
 
 
 def plot_confusion(path, matrix: np.ndarray, classes: list[str], title: str) -> None:
@@ -79,8 +114,15 @@ def plot_confusion(path, matrix: np.ndarray, classes: list[str], title: str) -> 
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
@@ -98,28 +140,56 @@ def main(argv=None) -> dict:
     out = check_output_path(args.out, folder=True)  # created by its first file, after the work
     from PIL import Image
 
-    record = {"command": command_line("p7_clip.zeroshot", argv), "hardware": describe_hardware(device),
-              "images": len(images), "data": str(args.data), "designs": DESIGNS, "accuracy": {}, "confusion": {}}
+    record = {
+        "command": command_line("p7_clip.zeroshot", argv),
+        "hardware": describe_hardware(device),
+        "images": len(images),
+        "data": str(args.data),
+        "designs": DESIGNS,
+        "accuracy": {},
+        "confusion": {},
+    }
     for spec in args.clip:
         clip = load_clip(spec, device)
-        image_emb = encode_images(clip, images, args.batch_size, load=Image.fromarray, desc=clip.name)
+        image_emb = encode_images(
+            clip, images, args.batch_size, load=Image.fromarray, desc=clip.name
+        )
         record["accuracy"][clip.name] = {}
         for design, templates in DESIGNS.items():
             preds = predict(image_emb, class_embeddings(clip, CIFAR10_CLASSES, templates)).numpy()
             record["accuracy"][clip.name][design] = round(float((preds == labels).mean()), 4)
             if design == args.confusion:
                 matrix = confusion_matrix(labels, preds, len(CIFAR10_CLASSES))
-                record["confusion"][clip.name] = {"design": design, "tag": clip.tag, "matrix": matrix.tolist()}
-                plot_confusion(out / f"confusion_{clip.tag}.png", matrix, CIFAR10_CLASSES,
-                               f"{clip.name}, {design}: accuracy {(preds == labels).mean():.4f}")
+                record["confusion"][clip.name] = {
+                    "design": design,
+                    "tag": clip.tag,
+                    "matrix": matrix.tolist(),
+                }
+                plot_confusion(
+                    out / f"confusion_{clip.tag}.png",
+                    matrix,
+                    CIFAR10_CLASSES,
+                    f"{clip.name}, {design}: accuracy {(preds == labels).mean():.4f}",
+                )
         acc = record["accuracy"][clip.name]
-        print(f"{clip.name}: '{BASELINE}' {acc[BASELINE]:.4f} -> {ENSEMBLE} {acc[ENSEMBLE]:.4f} "
-              f"({100 * (acc[ENSEMBLE] - acc[BASELINE]):+.2f} points)")
-    table = markdown_table(["prompt design", *record["accuracy"]],
-                           [[f"`{d}`" if d != ENSEMBLE else d, *(f"{100 * a[d]:.2f}%" for a in record["accuracy"].values())]
-                            for d in DESIGNS])
+        print(
+            f"{clip.name}: '{BASELINE}' {acc[BASELINE]:.4f} -> {ENSEMBLE} {acc[ENSEMBLE]:.4f} "
+            f"({100 * (acc[ENSEMBLE] - acc[BASELINE]):+.2f} points)"
+        )
+    table = markdown_table(
+        ["prompt design", *record["accuracy"]],
+        [
+            [
+                f"`{d}`" if d != ENSEMBLE else d,
+                *(f"{100 * a[d]:.2f}%" for a in record["accuracy"].values()),
+            ]
+            for d in DESIGNS
+        ],
+    )
     table = "\n".join(table) + "\n"
-    save_text(out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n{table}")
+    save_text(
+        out / "zeroshot.md", f"Zero-shot CIFAR-10 accuracy on {len(images)} test images.\n\n{table}"
+    )
     print(table)
     save_json(out / "zeroshot.json", record)
     return record

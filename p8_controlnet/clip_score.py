@@ -6,6 +6,7 @@ Scores go through CLIP's own processor on 8-bit images, as a saved PNG would be 
 refinement (refine.py) needs a gradient instead: `similarity` preprocesses in torch (resize,
 centre crop, mean/std) and keeps the graph. CLIP's weights are frozen either way.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,13 +27,20 @@ class ClipScorer:
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """(N, D) unit text embeddings."""
-        tokens = self.processor.tokenizer(list(texts), padding=True, return_tensors="pt").to(self.device)
-        return unit_features(self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                          attention_mask=tokens["attention_mask"]))
+        tokens = self.processor.tokenizer(list(texts), padding=True, return_tensors="pt").to(
+            self.device
+        )
+        return unit_features(
+            self.model.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            )
+        )
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, D) unit image embeddings of preprocessed pixels; differentiable."""
-        return unit_features(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
+        return unit_features(
+            self.model.get_image_features(pixel_values=pixel_values.to(self.device))
+        )
 
     @torch.no_grad()
     def processed(self, images: torch.Tensor) -> torch.Tensor:
@@ -46,10 +54,14 @@ class ClipScorer:
         ip = self.processor.image_processor
         (h, w), side = images.shape[-2:], ip.size["shortest_edge"]
         size = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
-        x = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(
+            images.float(), size=size, mode="bicubic", antialias=True, align_corners=False
+        )
         top, left = (size[0] - ip.crop_size["height"]) // 2, (size[1] - ip.crop_size["width"]) // 2
-        x = x[..., top:top + ip.crop_size["height"], left:left + ip.crop_size["width"]]
-        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (ip.image_mean, ip.image_std))
+        x = x[..., top : top + ip.crop_size["height"], left : left + ip.crop_size["width"]]
+        mean, std = (
+            torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (ip.image_mean, ip.image_std)
+        )
         return (x - mean) / std
 
     def similarity(self, images: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

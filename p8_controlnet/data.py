@@ -1,4 +1,5 @@
 """(image, Canny edges, caption) triples from a COCO-format captions file, for ControlNet training."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,9 @@ from hw2_utils import CLIError, error_summary, require_dir, require_file
 from p8_controlnet.controls import canny, open_rgb, square
 
 
-def read_captions(captions_json: str | Path, images_dir: str | Path) -> list[tuple[Path, list[str]]]:
+def read_captions(
+    captions_json: str | Path, images_dir: str | Path
+) -> list[tuple[Path, list[str]]]:
     """(image path, its captions) for every image of the json that exists in images_dir, sorted by file name."""
     images_dir = require_dir(images_dir, "COCO image folder")
     path = require_file(captions_json, "COCO captions json")
@@ -22,9 +25,13 @@ def read_captions(captions_json: str | Path, images_dir: str | Path) -> list[tup
         captions: dict[int, list[str]] = {}
         for a in data.get("annotations", []):
             captions.setdefault(a["image_id"], []).append(a["caption"].strip())
-        pairs = sorted((images_dir / im["file_name"], captions[im["id"]]) for im in data.get("images", [])
-                       if im["id"] in captions and (images_dir / im["file_name"]).is_file())
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not COCO's captions layout
+        pairs = sorted(
+            (images_dir / im["file_name"], captions[im["id"]])
+            for im in data.get("images", [])
+            if im["id"] in captions and (images_dir / im["file_name"]).is_file()
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # not JSON, or not COCO's captions layout
         raise CLIError(f"{path} is not a COCO captions json ({error_summary(e)})") from None
     if not pairs:
         raise CLIError(f"no image of {captions_json} with captions was found in {images_dir}")
@@ -45,7 +52,10 @@ class CannyCaptions(Dataset):
     def __getitem__(self, i: int) -> dict:
         path, captions = self.pairs[i]
         image = open_rgb(path)
-        pixels = torch.from_numpy(np.array(square(image, self.size))).permute(2, 0, 1).float() / 127.5 - 1
+        pixels = (
+            torch.from_numpy(np.array(square(image, self.size))).permute(2, 0, 1).float() / 127.5
+            - 1
+        )
         control = torch.from_numpy(np.array(canny(image, self.size))).permute(2, 0, 1).float() / 255
         caption = random.Random(f"{self.seed}/{self.epoch}/{i}").choice(captions)
         return {"pixels": pixels, "control": control, "caption": caption}
@@ -55,6 +65,10 @@ def step_batch(dataset: CannyCaptions, step: int, batch_size: int, seed: int) ->
     """The batch of 1-based `step`: epoch e visits the images in a permutation seeded by (seed, e),
     batch_size at a time (the remainder dropped), so the batches are a function of the step."""
     epoch, index = divmod(step - 1, len(dataset) // batch_size)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    order = torch.randperm(
+        len(dataset), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+    )
     dataset.epoch = epoch
-    return default_collate([dataset[int(i)] for i in order[index * batch_size:(index + 1) * batch_size]])
+    return default_collate(
+        [dataset[int(i)] for i in order[index * batch_size : (index + 1) * batch_size]]
+    )

@@ -7,6 +7,7 @@ StableDiffusionPipeline (one CPU generator per image: the initial noise first, t
 sampler's step noise), so one prompt throughout gives the pipeline's image for the same seed
 (tests/test_p8_edit_refine.py checks this for every scheduler).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -30,17 +31,29 @@ def timesteps(pipe, steps: int) -> torch.Tensor:
     return pipe.scheduler.timesteps
 
 
-def guided_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+def guided_eps(
+    unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float
+) -> torch.Tensor:
     if guidance <= 1:  # the pipeline skips the unconditional pass then; so do we, to give its image
         return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
-    eps_uncond, eps_cond = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond]),
-                                return_dict=False)[0].chunk(2)
+    eps_uncond, eps_cond = unet(
+        torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False
+    )[0].chunk(2)
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
 @torch.no_grad()
-def sample(pipe, seed: int, steps: int, cond_at: Callable[[int], torch.Tensor], uncond: torch.Tensor, guidance: float,
-           side: int, renoise: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+def sample(
+    pipe,
+    seed: int,
+    steps: int,
+    cond_at: Callable[[int], torch.Tensor],
+    uncond: torch.Tensor,
+    guidance: float,
+    side: int,
+    renoise: torch.Tensor | None = None,
+    start: int = 0,
+) -> torch.Tensor:
     """Final latents (1, C, h, w) of one image; cond_at(i) is the text embedding of step i (0-based,
     over timesteps(pipe, steps)).
 
@@ -50,17 +63,28 @@ def sample(pipe, seed: int, steps: int, cond_at: Callable[[int], torch.Tensor], 
     scheduler, device, dtype = pipe.scheduler, pipe._execution_device, uncond.dtype
     ts = timesteps(pipe, steps)
     generator = torch.Generator().manual_seed(seed)
-    shape = (1, pipe.unet.config.in_channels, side // pipe.vae_scale_factor, side // pipe.vae_scale_factor)
-    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # as diffusers' randn_tensor draws it
+    shape = (
+        1,
+        pipe.unet.config.in_channels,
+        side // pipe.vae_scale_factor,
+        side // pipe.vae_scale_factor,
+    )
+    # as diffusers' randn_tensor draws it
+    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     if renoise is None:
         latents, start = noise * scheduler.init_noise_sigma, 0
     elif start == len(ts):
         return renoise
     else:
-        if hasattr(scheduler, "set_begin_index"):  # the Karras-style samplers index their sigmas from here
+        # the Karras-style samplers index their sigmas from here
+        if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
-        latents = scheduler.add_noise(renoise, noise, ts[start:start + 1])
-    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        latents = scheduler.add_noise(renoise, noise, ts[start : start + 1])
+    extra = (
+        {"generator": generator}
+        if "generator" in inspect.signature(scheduler.step).parameters
+        else {}
+    )
     for i in range(start, len(ts)):
         x = scheduler.scale_model_input(latents, ts[i])
         eps = guided_eps(pipe.unet, x, ts[i], cond_at(i), uncond, guidance)

@@ -10,6 +10,7 @@
 `python -m p8_controlnet.infer COMMAND --help` explains each. Tiny stand-in weights for a dry run:
 `python -m p8_controlnet.tiny DIR` (DIR/sd, DIR/controlnet-canny, DIR/controlnet-depth, DIR/clip).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,8 +18,14 @@ import sys
 
 from hw2_utils import CLIError, run_cli
 
-COMMANDS = {"txt2img": "txt2img", "study": "sampling_study", "controlnet": "controlnet", "multi": "multi_controlnet",
-            "edit": "edit", "refine": "refine"}
+COMMANDS = {
+    "txt2img": "txt2img",
+    "study": "sampling_study",
+    "controlnet": "controlnet",
+    "multi": "multi_controlnet",
+    "edit": "edit",
+    "refine": "refine",
+}
 
 
 def main(argv=None) -> object:
@@ -28,7 +35,8 @@ def main(argv=None) -> object:
         return None
     if argv[0] not in COMMANDS:
         raise CLIError(f"unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)}")
-    program, sys.argv[0] = sys.argv[0], f"infer.py {argv[0]}"  # usage and error lines name the sub-command
+    # usage and error lines name the sub-command
+    program, sys.argv[0] = sys.argv[0], f"infer.py {argv[0]}"
     try:
         return importlib.import_module(f"p8_controlnet.{COMMANDS[argv[0]]}").main(argv[1:])
     finally:

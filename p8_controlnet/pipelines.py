@@ -4,6 +4,7 @@ schedulers by name, the memory options, and seeded batched generation with an fp
 The SD components come from `stable_diffusion.loader` (a diffusers folder or a CompVis single
 file, offline); diffusers only assembles them, so P3 and P8 load weights the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,16 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import (CLIError, error_summary, non_negative_float, positive_int, probability, resolve_device,
-                       resolve_dtype, seed_int)
+from hw2_utils import (
+    CLIError,
+    error_summary,
+    non_negative_float,
+    positive_int,
+    probability,
+    resolve_device,
+    resolve_dtype,
+    seed_int,
+)
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
@@ -26,17 +35,26 @@ SCHEDULERS = {
     "lms": ("LMSDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
-CONTROLNET_HOW_TO_GET = ("a diffusers ControlNet folder, e.g. `huggingface-cli download lllyasviel/sd-controlnet-canny "
-                         "--local-dir DIR` (SD v1.5 ControlNets also fit SD v1.4)")
+CONTROLNET_HOW_TO_GET = (
+    "a diffusers ControlNet folder, e.g. `huggingface-cli download lllyasviel/sd-controlnet-canny "
+    "--local-dir DIR` (SD v1.5 ControlNets also fit SD v1.4)"
+)
 
 
 def scheduler_config(model: str | Path, sd_config: str | Path = V1_CONFIG_DIR) -> dict:
     """The training noise schedule's config: the model folder's own, else SD v1's."""
     own = Path(model) / "scheduler" / "scheduler_config.json"
-    return json.loads((own if own.is_file() else Path(sd_config) / "scheduler" / "scheduler_config.json").read_text())
+    return json.loads(
+        (
+            own if own.is_file() else Path(sd_config) / "scheduler" / "scheduler_config.json"
+        ).read_text()
+    )
 
 
 def make_scheduler(name: str, config: dict, betas: torch.Tensor | None = None):
@@ -54,8 +72,11 @@ def make_scheduler(name: str, config: dict, betas: torch.Tensor | None = None):
 def load_controlnet(path: str | Path, dtype: torch.dtype = torch.float32):
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise CLIError(f"ControlNet weights not found: {folder / 'config.json'} (pass {CONTROLNET_HOW_TO_GET})")
+        raise CLIError(
+            f"ControlNet weights not found: {folder / 'config.json'} (pass {CONTROLNET_HOW_TO_GET})"
+        )
     from diffusers import ControlNetModel  # a few seconds: only once the path is known to be good
+
     try:
         model = ControlNetModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as e:
@@ -66,12 +87,15 @@ def load_controlnet(path: str | Path, dtype: torch.dtype = torch.float32):
 def check_controlnet_fits(net, unet, path: str | Path) -> None:
     """A ControlNet adds residuals to this UNet's blocks and reads its text context: the channels and
     the cross-attention width must match (an SD 2.x ControlNet on SD v1 would fail deep inside)."""
+
     def shape(config) -> tuple:
         return config.cross_attention_dim, tuple(config.block_out_channels)
 
     if shape(net.config) != shape(unet.config):
-        raise CLIError(f"the ControlNet {path} does not fit this Stable Diffusion: (cross-attention dim, channels) "
-                       f"{shape(net.config)} vs the UNet's {shape(unet.config)}; SD v1.x needs an SD 1.x ControlNet")
+        raise CLIError(
+            f"the ControlNet {path} does not fit this Stable Diffusion: (cross-attention dim, channels) "
+            f"{shape(net.config)} vs the UNet's {shape(unet.config)}; SD v1.x needs an SD 1.x ControlNet"
+        )
 
 
 def build_pipeline(sd: StableDiffusion, scheduler, controlnets: list | None = None):
@@ -80,19 +104,33 @@ def build_pipeline(sd: StableDiffusion, scheduler, controlnets: list | None = No
     research use, and it would need another downloaded model."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    parts = dict(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet, scheduler=scheduler,
-                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    parts = dict(
+        vae=sd.vae,
+        text_encoder=sd.text_encoder,
+        tokenizer=sd.tokenizer,
+        unet=sd.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     if controlnets:
-        pipe = StableDiffusionControlNetPipeline(controlnet=controlnets[0] if len(controlnets) == 1 else list(controlnets),
-                                                 **parts)
+        pipe = StableDiffusionControlNetPipeline(
+            controlnet=controlnets[0] if len(controlnets) == 1 else list(controlnets), **parts
+        )
     else:
         pipe = StableDiffusionPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)  # our own bars count images, not steps
     return pipe
 
 
-def apply_memory_options(pipe, device: torch.device, attention_slicing: bool = False, vae_tiling: bool = False,
-                         cpu_offload: bool = False):
+def apply_memory_options(
+    pipe,
+    device: torch.device,
+    attention_slicing: bool = False,
+    vae_tiling: bool = False,
+    cpu_offload: bool = False,
+):
     """For 11-20 GB cards: sliced attention, tiled VAE decoding and model CPU offload (each
     module moves to the GPU only while it runs). Without offload the pipeline goes to `device`."""
     if attention_slicing:
@@ -101,7 +139,9 @@ def apply_memory_options(pipe, device: torch.device, attention_slicing: bool = F
         pipe.vae.enable_tiling()
     if cpu_offload:
         if device.type != "cuda":
-            raise CLIError("--cpu-offload moves modules between the CPU and a GPU: it needs --device cuda")
+            raise CLIError(
+                "--cpu-offload moves modules between the CPU and a GPU: it needs --device cuda"
+            )
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
@@ -109,7 +149,9 @@ def apply_memory_options(pipe, device: torch.device, attention_slicing: bool = F
 
 
 @torch.no_grad()
-def generate(pipe, seeds: list[int], per_image: dict, batch_size: int = 4, **shared) -> torch.Tensor:
+def generate(
+    pipe, seeds: list[int], per_image: dict, batch_size: int = 4, **shared
+) -> torch.Tensor:
     """Image i from the i-th entry of every `per_image` list/tensor (prompt, negative_prompt or
     their embeddings) and a CPU generator seeded with seeds[i], so it depends neither on the
     batching nor on the device. Returns float32 (N,3,H,W) in [0,1] on the CPU.
@@ -118,10 +160,14 @@ def generate(pipe, seeds: list[int], per_image: dict, batch_size: int = 4, **sha
     fp32 for the rest of the run; non-finite pixels in fp32 are an error."""
     out = []
     for start in range(0, len(seeds), batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in per_image.items()}
+        batch = {k: v[start : start + batch_size] for k, v in per_image.items()}
         for _ in range(2):
-            generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + batch_size]]
-            images = pipe(**batch, **shared, generator=generators, output_type="pt").images.float().cpu()
+            generators = [
+                torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]
+            ]
+            images = (
+                pipe(**batch, **shared, generator=generators, output_type="pt").images.float().cpu()
+            )
             if torch.isfinite(images).all():
                 break
             if pipe.unet.dtype == torch.float32:
@@ -135,40 +181,86 @@ def generate(pipe, seeds: list[int], per_image: dict, batch_size: int = 4, **sha
 # --------------------------------------------------------------------------- CLI glue
 
 
-def add_pipeline_args(p: argparse.ArgumentParser, steps: int = 30, guidance: float = 7.5,
-                      model_required: bool = True) -> None:
+def add_pipeline_args(
+    p: argparse.ArgumentParser, steps: int = 30, guidance: float = 7.5, model_required: bool = True
+) -> None:
     g = p.add_argument_group("model and sampler")
-    g.add_argument("--model", required=model_required,
-                   help="SD v1.x weights: a diffusers folder or a CompVis single file (sd-v1-4.ckpt / .safetensors)")
-    g.add_argument("--sd-config", default=str(V1_CONFIG_DIR),
-                   help="configs for a single-file model (default: the committed SD v1 configs)")
-    g.add_argument("--scheduler", default="dpm++2m", choices=list(SCHEDULERS), help="sampler (default: %(default)s)")
-    g.add_argument("--steps", type=positive_int, default=steps, help="denoising steps (default: %(default)s)")
-    g.add_argument("--guidance", type=non_negative_float, default=guidance, help="classifier-free guidance scale (default: %(default)s)")
+    g.add_argument(
+        "--model",
+        required=model_required,
+        help="SD v1.x weights: a diffusers folder or a CompVis single file (sd-v1-4.ckpt / .safetensors)",
+    )
+    g.add_argument(
+        "--sd-config",
+        default=str(V1_CONFIG_DIR),
+        help="configs for a single-file model (default: the committed SD v1 configs)",
+    )
+    g.add_argument(
+        "--scheduler",
+        default="dpm++2m",
+        choices=list(SCHEDULERS),
+        help="sampler (default: %(default)s)",
+    )
+    g.add_argument(
+        "--steps", type=positive_int, default=steps, help="denoising steps (default: %(default)s)"
+    )
+    g.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=guidance,
+        help="classifier-free guidance scale (default: %(default)s)",
+    )
     g.add_argument("--negative-prompt", default="", help="text the guidance steers away from")
-    g.add_argument("--size", type=positive_int, default=None, help="image side in pixels (default: the model's, 512 for SD v1)")
+    g.add_argument(
+        "--size",
+        type=positive_int,
+        default=None,
+        help="image side in pixels (default: the model's, 512 for SD v1)",
+    )
     g.add_argument("--batch-size", type=positive_int, default=4, help="images per pipeline call")
     g.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"],
-                   help="weights' dtype; fp16 falls back to fp32 on the CPU and for NaN batches (default: %(default)s)")
+    g.add_argument(
+        "--precision",
+        default="fp16",
+        choices=["fp16", "bf16", "fp32"],
+        help="weights' dtype; fp16 falls back to fp32 on the CPU and for NaN batches (default: %(default)s)",
+    )
     m = p.add_argument_group("memory options (11-20 GB cards)")
     m.add_argument("--attention-slicing", action="store_true", help="compute attention in slices")
-    m.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (large images)")
-    m.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (CUDA only)")
+    m.add_argument(
+        "--vae-tiling", action="store_true", help="decode the VAE in tiles (large images)"
+    )
+    m.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep each model on the CPU until it runs (CUDA only)",
+    )
 
 
 def add_control_guidance_args(p: argparse.ArgumentParser, nets: str = "ControlNet") -> None:
     """--guidance-start / --guidance-end, the fraction of the steps a ControlNet acts on, checked
     by check_sampling_args: one spelling and one check for every ControlNet command."""
-    p.add_argument("--guidance-start", type=probability, default=0.0, help=f"fraction of steps before the {nets} start")
-    p.add_argument("--guidance-end", type=probability, default=1.0, help=f"fraction of steps after which the {nets} stop")
+    p.add_argument(
+        "--guidance-start",
+        type=probability,
+        default=0.0,
+        help=f"fraction of steps before the {nets} start",
+    )
+    p.add_argument(
+        "--guidance-end",
+        type=probability,
+        default=1.0,
+        help=f"fraction of steps after which the {nets} stop",
+    )
 
 
 def check_sampling_args(args: argparse.Namespace) -> None:
     """What argparse's types cannot see: options that depend on each other."""
     if hasattr(args, "guidance_start") and not args.guidance_start < args.guidance_end:
-        raise CLIError(f"--guidance-start {args.guidance_start:g} must be below --guidance-end {args.guidance_end:g}")
+        raise CLIError(
+            f"--guidance-start {args.guidance_start:g} must be below --guidance-end {args.guidance_end:g}"
+        )
     if args.size is not None and args.size % 8:
         raise CLIError(f"--size must be a multiple of 8, got {args.size}")
 
@@ -177,12 +269,19 @@ def pipeline_from_args(args: argparse.Namespace, controlnet_paths: list[str] = (
     """(pipeline on its device, the SD it wraps, device): every script's model set-up."""
     check_sampling_args(args)
     device = resolve_device(args.device)
-    controlnets = [load_controlnet(path) for path in controlnet_paths]  # fail on a bad path before the big load
-    sd = load_stable_diffusion(args.model, args.sd_config, device="cpu", dtype=resolve_dtype(args.precision, device))
+    # fail on a bad path before the big load
+    controlnets = [load_controlnet(path) for path in controlnet_paths]
+    sd = load_stable_diffusion(
+        args.model, args.sd_config, device="cpu", dtype=resolve_dtype(args.precision, device)
+    )
     for path, net in zip(controlnet_paths, controlnets):
         check_controlnet_fits(net, sd.unet, path)
         torch.nn.Module.to(net, dtype=sd.dtype)
-    pipe = build_pipeline(sd, make_scheduler(args.scheduler, scheduler_config(args.model, args.sd_config)), controlnets)
+    pipe = build_pipeline(
+        sd,
+        make_scheduler(args.scheduler, scheduler_config(args.model, args.sd_config)),
+        controlnets,
+    )
     apply_memory_options(pipe, device, args.attention_slicing, args.vae_tiling, args.cpu_offload)
     return pipe, sd, device
 

@@ -1,5 +1,6 @@
 """What P8 scripts write next to their images: JSON sidecars (every setting, the command, the
 software and hardware; hw2_utils.save_json), CSV tables, and labelled image-grid figures."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,12 @@ def environment(device: torch.device) -> dict:
     import diffusers
     import transformers
 
-    return {"hardware": describe_hardware(device), "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    return {
+        "hardware": describe_hardware(device),
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def read_json(path: str | Path) -> dict:
@@ -38,13 +43,21 @@ def save_csv(path: str | Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_labels: list[str] | None = None,
-               title: str = "", frame_colors: list[list[str | None]] | None = None) -> None:
+def image_grid(
+    path: str | Path,
+    rows: list[list],
+    row_labels: list[str],
+    col_labels: list[str] | None = None,
+    title: str = "",
+    frame_colors: list[list[str | None]] | None = None,
+) -> None:
     """A figure of images (each (3,H,W) in [0,1], or a PIL image) with row/column labels and an
     optional coloured frame per image (gallery: green success, red failure)."""
     plt = pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols + 1.2, 1.9 * n_rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(1.9 * n_cols + 1.2, 1.9 * n_rows + 0.4), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i][j]
@@ -53,7 +66,11 @@ def image_grid(path: str | Path, rows: list[list], row_labels: list[str], col_la
                 ax.axis("off")
                 continue
             image = row[j]
-            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy() if isinstance(image, torch.Tensor) else image)
+            ax.imshow(
+                image.permute(1, 2, 0).clamp(0, 1).numpy()
+                if isinstance(image, torch.Tensor)
+                else image
+            )
             color = frame_colors[i][j] if frame_colors else None
             for spine in ax.spines.values():
                 spine.set_edgecolor(color or "black")

@@ -16,6 +16,7 @@ rounding to a PNG is an adversarial one), and the latents' RMS distance from z0;
 refine_curve.png draws them, refine_images.png shows the images at --show-iterations,
 refine.json holds the settings, command and versions. Image i of every prompt uses seed + i.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,19 @@ from typing import Iterator
 
 import torch
 
-from hw2_utils import (CLIError, command_line, non_negative_float, non_negative_int, output_dir, positive_float,
-                       positive_int, pyplot, run_cli, save_figure, save_json)
+from hw2_utils import (
+    CLIError,
+    command_line,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    pyplot,
+    run_cli,
+    save_figure,
+    save_json,
+)
 from p8_controlnet.clip_score import ClipScorer
 from p8_controlnet.denoise import embed, sample, to_pixels
 from p8_controlnet.pipelines import add_pipeline_args, call_size, pipeline_from_args
@@ -38,35 +50,69 @@ OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompt", action="append", help="prompt to refine towards (repeat for several)")
-    p.add_argument("--n", type=positive_int, default=1, help="images per prompt (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--prompt", action="append", help="prompt to refine towards (repeat for several)"
+    )
+    p.add_argument(
+        "--n", type=positive_int, default=1, help="images per prompt (default: %(default)s)"
+    )
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS))
-    p.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: %(default)s)")
-    p.add_argument("--iterations", type=positive_int, default=50, help="optimiser steps (default: %(default)s)")
-    p.add_argument("--penalty", type=non_negative_float, default=0.0,
-                   help="weight of mean((z - z0)^2), 0 for none (default: %(default)s)")
-    p.add_argument("--show-iterations", type=non_negative_int, nargs="+",
-                   help="iterations whose images refine_images.png shows (default: 5 evenly spaced, from 0)")
-    p.add_argument("--clip", required=True, help="CLIP folder (model + processor): the objective and the scores")
+    p.add_argument(
+        "--lr", type=positive_float, default=0.05, help="learning rate (default: %(default)s)"
+    )
+    p.add_argument(
+        "--iterations", type=positive_int, default=50, help="optimiser steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--penalty",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of mean((z - z0)^2), 0 for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--show-iterations",
+        type=non_negative_int,
+        nargs="+",
+        help="iterations whose images refine_images.png shows (default: 5 evenly spaced, from 0)",
+    )
+    p.add_argument(
+        "--clip",
+        required=True,
+        help="CLIP folder (model + processor): the objective and the scores",
+    )
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]
-    args.show_iterations = args.show_iterations or sorted({round(args.iterations * k / 4) for k in range(5)})
+    args.show_iterations = args.show_iterations or sorted(
+        {round(args.iterations * k / 4) for k in range(5)}
+    )
     if not all(0 <= i <= args.iterations for i in args.show_iterations):
         raise CLIError(f"--show-iterations must lie in 0..--iterations ({args.iterations})")
     return args
 
 
-def sampler_output(pipe, prompt: str, seed: int, args: argparse.Namespace, side: int) -> torch.Tensor:
+def sampler_output(
+    pipe, prompt: str, seed: int, args: argparse.Namespace, side: int
+) -> torch.Tensor:
     """z0: the final latents of our loop, the pipeline's image for this prompt and seed."""
     cond, uncond = embed(pipe, prompt, args.negative_prompt)
     return sample(pipe, seed, args.steps, lambda i: cond, uncond, args.guidance, side)
 
 
-def ascend(scorer: ClipScorer, sd, z0: torch.Tensor, text_features: torch.Tensor, optimizer: str, lr: float,
-           iterations: int, penalty: float) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def ascend(
+    scorer: ClipScorer,
+    sd,
+    z0: torch.Tensor,
+    text_features: torch.Tensor,
+    optimizer: str,
+    lr: float,
+    iterations: int,
+    penalty: float,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(iteration, images in [0,1], CLIP cosine to the text, RMS distance of z from z0) for
     iterations 0 (z0 itself) .. `iterations`. Each image's loss depends only on its own latents,
     so a batch gives each the gradient it would get alone."""
@@ -93,7 +139,13 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> None:
         it = [r["iteration"] for r in own]
         label = f"{shorten(prompt, 30)}, seed {seed}"
         ax1.plot(it, [r["clip_objective"] for r in own], color=f"C{k}", label=f"{label}: objective")
-        ax1.plot(it, [r["clip_score"] for r in own], color=f"C{k}", linestyle="--", label=f"{label}: 8-bit image")
+        ax1.plot(
+            it,
+            [r["clip_score"] for r in own],
+            color=f"C{k}",
+            linestyle="--",
+            label=f"{label}: 8-bit image",
+        )
         ax2.plot(it, [r["latent_rms_change"] for r in own], color=f"C{k}", label=label)
     ax1.set_ylabel("CLIP score (100 x cosine)"), ax2.set_ylabel("RMS(z - z0)")
     for ax in (ax1, ax2):
@@ -113,24 +165,50 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     z0 = torch.cat([sampler_output(pipe, p, s, args, side) for p, s in zip(prompts, seeds)])
     rows, shown = [], {}
-    for i, images, cosine, rms in ascend(scorer, sd, z0, scorer.text_features(prompts), args.optimizer, args.lr,
-                                         args.iterations, args.penalty):
-        rows += [{"prompt": p, "seed": s, "iteration": i, "clip_objective": round(100 * float(c), 4),
-                  "clip_score": round(float(score), 4), "latent_rms_change": round(float(r), 5)}
-                 for p, s, c, score, r in zip(prompts, seeds, cosine, scorer(images, prompts), rms)]
+    for i, images, cosine, rms in ascend(
+        scorer,
+        sd,
+        z0,
+        scorer.text_features(prompts),
+        args.optimizer,
+        args.lr,
+        args.iterations,
+        args.penalty,
+    ):
+        rows += [
+            {
+                "prompt": p,
+                "seed": s,
+                "iteration": i,
+                "clip_objective": round(100 * float(c), 4),
+                "clip_score": round(float(score), 4),
+                "latent_rms_change": round(float(r), 5),
+            }
+            for p, s, c, score, r in zip(prompts, seeds, cosine, scorer(images, prompts), rms)
+        ]
         if i in args.show_iterations:
             shown[i] = images.cpu()
     wall_s = time.perf_counter() - start
-    title = f"{args.optimizer}, lr {args.lr:g}, penalty {args.penalty:g}: CLIP-guided latent refinement"
-    record = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "dtype": str(pipe.unet.dtype),
-              "wall_s": round(wall_s, 1), "command": command_line("p8_controlnet.refine", argv),
-              "environment": environment(device)}
+    title = (
+        f"{args.optimizer}, lr {args.lr:g}, penalty {args.penalty:g}: CLIP-guided latent refinement"
+    )
+    record = {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "dtype": str(pipe.unet.dtype),
+        "wall_s": round(wall_s, 1),
+        "command": command_line("p8_controlnet.refine", argv),
+        "environment": environment(device),
+    }
     with output_dir(args.out, owned=OUTPUTS) as tmp:
         save_csv(tmp / "refine.csv", rows)
         plot_curves(tmp / "refine_curve.png", rows, title)
-        image_grid(tmp / "refine_images.png", [[shown[i][j] for i in sorted(shown)] for j in range(len(prompts))],
-                   [f"{p}, seed {s}" for p, s in zip(prompts, seeds)], [f"iteration {i}" for i in sorted(shown)],
-                   title=title)
+        image_grid(
+            tmp / "refine_images.png",
+            [[shown[i][j] for i in sorted(shown)] for j in range(len(prompts))],
+            [f"{p}, seed {s}" for p, s in zip(prompts, seeds)],
+            [f"iteration {i}" for i in sorted(shown)],
+            title=title,
+        )
         save_json(tmp / "refine.json", record)
     print(f"{len(prompts)} image(s), {args.iterations} iterations in {wall_s:.1f} s -> {args.out}")
     return record

@@ -3,6 +3,7 @@ from config with fixed seeds, for tests and for running every P8 script at tiny 
 
     python -m p8_controlnet.tiny outputs/p8/tiny_models   # sd/ controlnet-canny/ controlnet-depth/ clip/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,14 @@ def build_tiny_controlnet(unet, seed: int):
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROL_EMBED_CHANNELS)
-    zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    net = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=CONTROL_EMBED_CHANNELS
+    )
+    zero_convs = [
+        *net.controlnet_down_blocks,
+        net.controlnet_mid_block,
+        net.controlnet_cond_embedding.conv_out,
+    ]
     with torch.no_grad():
         for conv in zero_convs:
             for p in conv.parameters():
@@ -40,16 +47,36 @@ def save_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = load_tokenizer()
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    config = CLIPConfig(text_config=dict(vocab_size=VOCAB_SIZE, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=MAX_LENGTH, **special),
-                        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
-                                           num_hidden_layers=1, num_attention_heads=2),
-                        projection_dim=TEXT_DIM)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=MAX_LENGTH,
+            **special,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=TEXT_DIM,
+    )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(folder)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
     return Path(folder)
 
@@ -65,7 +92,9 @@ def save_tiny_models(out: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", help="folder to create")
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)

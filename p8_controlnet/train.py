@@ -14,6 +14,7 @@ so a resumed run ends where an uninterrupted one would. OUT holds controlnet/ (a
 folder for --controlnet, written at every checkpoint), log.csv (step, loss), run.json (the
 provenance) and summary.json (the loss of a fixed held-in batch before and after training).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,54 +24,98 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hw2_utils import (REQUIRED, RunFolder, add_common_args, autocast, command_line, output_dir, positive_float,
-                       positive_int, probability, progress, resolve_device, resolve_dtype, run_cli, save_json,
-                       seed_everything)
+from hw2_utils import (
+    REQUIRED,
+    RunFolder,
+    add_common_args,
+    autocast,
+    command_line,
+    output_dir,
+    positive_float,
+    positive_int,
+    probability,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_cli,
+    save_json,
+    seed_everything,
+)
 from p8_controlnet.data import CannyCaptions, read_captions, step_batch
 from p8_controlnet.pipelines import check_controlnet_fits, load_controlnet
 from stable_diffusion.loader import V1_CONFIG_DIR, load_stable_diffusion
 from stable_diffusion.model import StableDiffusion
 
+# fmt: off
 DEFAULTS = dict(
     steps=5000,            # the paper's Canny model saw far more; edges start to steer at a few thousand steps
     batch_size=4,          # at 512 px on a 24 GB card with fp16 weights
     lr=1e-5,               # the paper's: larger rates destroy the copied encoder's features
     drop_caption=0.5,      # the paper's prompt dropout
 )
+# fmt: on
 TYPES = dict(lr=positive_float, drop_caption=probability)  # the rest are counts
 LOG_FIELDS = ["step", "loss", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, data=(REQUIRED, "COCO image folder, e.g. ../shared/data/coco/val2017"),
-                    out=(REQUIRED, "run folder: controlnet/, last.pt, log.csv, run.json, summary.json"),
-                    precision="fp16", ckpt_every=1000, grad_clip=1.0,
-                    image_size=(None, "training size (default: the model's, 512 for SD v1)"),
-                    limit="use only the first N images (sorted by name)")
-    p.add_argument("--model", required=True, help="SD v1.x: diffusers folder or CompVis single file")
-    p.add_argument("--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model")
-    p.add_argument("--controlnet", help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(
+        p,
+        data=(REQUIRED, "COCO image folder, e.g. ../shared/data/coco/val2017"),
+        out=(REQUIRED, "run folder: controlnet/, last.pt, log.csv, run.json, summary.json"),
+        precision="fp16",
+        ckpt_every=1000,
+        grad_clip=1.0,
+        image_size=(None, "training size (default: the model's, 512 for SD v1)"),
+        limit="use only the first N images (sorted by name)",
+    )
+    p.add_argument(
+        "--model", required=True, help="SD v1.x: diffusers folder or CompVis single file"
+    )
+    p.add_argument(
+        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model"
+    )
+    p.add_argument(
+        "--controlnet",
+        help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)",
+    )
     p.add_argument("--captions", required=True, help="COCO captions json")
     for name, value in DEFAULTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value)
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
+        )
     return p.parse_args(argv)
 
 
-def controlnet_loss(sd: StableDiffusion, controlnet, batch: dict, captions: list[str],
-                    generator: torch.Generator) -> torch.Tensor:
+def controlnet_loss(
+    sd: StableDiffusion, controlnet, batch: dict, captions: list[str], generator: torch.Generator
+) -> torch.Tensor:
     """eps-MSE of the frozen UNet plus ControlNet residuals; all noise from `generator` (CPU)."""
     device = sd.device
     with torch.no_grad():
-        latents = sd.encode_images(batch["pixels"]).mean.float() * sd.latent_scale  # the mean: less noise in the loss
+        # the mean: less noise in the loss
+        latents = sd.encode_images(batch["pixels"]).mean.float() * sd.latent_scale
         context = sd.encode_text(captions)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     t = torch.randint(0, sd.schedule.T, (len(latents),), generator=generator).to(device)
     noisy = sd.schedule.q_sample(latents, t, noise)
-    down, mid = controlnet(noisy, t, encoder_hidden_states=context, controlnet_cond=batch["control"].to(device),
-                           return_dict=False)
-    eps = sd.unet(noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
-                  mid_block_additional_residual=mid).sample
+    down, mid = controlnet(
+        noisy,
+        t,
+        encoder_hidden_states=context,
+        controlnet_cond=batch["control"].to(device),
+        return_dict=False,
+    )
+    eps = sd.unet(
+        noisy,
+        t,
+        encoder_hidden_states=context,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    ).sample
     return F.mse_loss(eps.float(), noise)
 
 
@@ -82,16 +127,31 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> 
 def fixed_batch_loss(sd, controlnet, batch: dict, seed: int, dtype: torch.dtype) -> float:
     """The loss on one batch with fixed noise, t and captions: comparable before and after training."""
     with torch.no_grad(), autocast(sd.device, dtype):
-        return controlnet_loss(sd, controlnet, batch, batch["caption"], torch.Generator().manual_seed(seed)).item()
+        return controlnet_loss(
+            sd, controlnet, batch, batch["caption"], torch.Generator().manual_seed(seed)
+        ).item()
 
 
-def train_step(sd, controlnet, optimizer, scaler, batch: dict, args, generator: torch.Generator,
-               dtype: torch.dtype) -> float:
+def train_step(
+    sd,
+    controlnet,
+    optimizer,
+    scaler,
+    batch: dict,
+    args,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+) -> float:
     """One AdamW step on the ControlNet only (captions dropped with p = args.drop_caption); the loss."""
     batch = {k: v.to(sd.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with autocast(sd.device, dtype):
-        loss = controlnet_loss(sd, controlnet, batch, drop_captions(batch["caption"], args.drop_caption, generator),
-                               generator)
+        loss = controlnet_loss(
+            sd,
+            controlnet,
+            batch,
+            drop_captions(batch["caption"], args.drop_caption, generator),
+            generator,
+        )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -107,12 +167,19 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     run = RunFolder.from_args(args)
-    pairs = read_captions(args.captions, args.data)[:args.limit]
+    pairs = read_captions(args.captions, args.data)[: args.limit]
     # Everything that defines the run but its length (--steps may grow) and where it runs.
-    identity = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()),
-                "captions": str(Path(args.captions).resolve()), "limit": args.limit, "image_size": args.image_size,
-                "controlnet": args.controlnet and str(Path(args.controlnet).resolve()), "grad_clip": args.grad_clip,
-                "seed": args.seed, **{k: getattr(args, k) for k in DEFAULTS if k != "steps"}}
+    identity = {
+        "model": str(Path(args.model).resolve()),
+        "data": str(Path(args.data).resolve()),
+        "captions": str(Path(args.captions).resolve()),
+        "limit": args.limit,
+        "image_size": args.image_size,
+        "controlnet": args.controlnet and str(Path(args.controlnet).resolve()),
+        "grad_clip": args.grad_clip,
+        "seed": args.seed,
+        **{k: getattr(args, k) for k in DEFAULTS if k != "steps"},
+    }
 
     controlnet = load_controlnet(args.controlnet) if args.controlnet else None
     sd = load_stable_diffusion(args.model, args.sd_config, device=device, dtype=dtype)
@@ -120,12 +187,16 @@ def main(argv=None) -> dict:
         check_controlnet_fits(controlnet, sd.unet, args.controlnet)
     else:
         from diffusers import ControlNetModel
+
         # Copied from the fp32 UNet (fp32 master weights), which then goes back to `dtype`. The control
         # embedding downsamples by the VAE's factor: SD v1's (16, 32, 96, 256) for 8x, its prefix for less.
-        channels = (16, 32, 96, 256)[:sd.vae_scale_factor.bit_length()]
-        controlnet = ControlNetModel.from_unet(sd.to(dtype=torch.float32).unet, conditioning_embedding_out_channels=channels)
+        channels = (16, 32, 96, 256)[: sd.vae_scale_factor.bit_length()]
+        controlnet = ControlNetModel.from_unet(
+            sd.to(dtype=torch.float32).unet, conditioning_embedding_out_channels=channels
+        )
         sd.to(dtype=dtype)
-    torch.nn.Module.to(controlnet, device, torch.float32)  # nn's .to: diffusers' warns about keep-in-fp32 modules
+    # nn's .to: diffusers' warns about keep-in-fp32 modules
+    torch.nn.Module.to(controlnet, device, torch.float32)
 
     dataset = CannyCaptions(pairs, args.image_size or sd.resolution, args.seed)
     batch_size = min(args.batch_size, len(dataset))
@@ -135,7 +206,9 @@ def main(argv=None) -> dict:
     # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     generator = torch.Generator().manual_seed(args.seed)
-    state = run.load(identity, controlnet=controlnet, optimizer=optimizer, scaler=scaler, generator=generator)
+    state = run.load(
+        identity, controlnet=controlnet, optimizer=optimizer, scaler=scaler, generator=generator
+    )
     if state is not None:
         done, before = state["step"], state["fixed_batch_loss_before"]
         print(f"resumed from {run.checkpoint} at step {done}")
@@ -146,20 +219,37 @@ def main(argv=None) -> dict:
     controlnet.train().requires_grad_(True)
     t0 = time.time()
     for step in progress(range(done + 1, args.steps + 1), desc="train"):
-        loss = train_step(sd, controlnet, optimizer, scaler, step_batch(dataset, step, batch_size, args.seed), args,
-                          generator, dtype)
+        loss = train_step(
+            sd,
+            controlnet,
+            optimizer,
+            scaler,
+            step_batch(dataset, step, batch_size, args.seed),
+            args,
+            generator,
+            dtype,
+        )
         log.writerow([step, f"{loss:.6f}", f"{time.time() - t0:.1f}"])
         if run.checkpoint_due(step, args.steps):
-            run.save({"step": step, "fixed_batch_loss_before": before}, controlnet=controlnet, optimizer=optimizer,
-                     scaler=scaler, generator=generator)
+            run.save(
+                {"step": step, "fixed_batch_loss_before": before},
+                controlnet=controlnet,
+                optimizer=optimizer,
+                scaler=scaler,
+                generator=generator,
+            )
             with output_dir(run.out / "controlnet") as tmp:
                 controlnet.save_pretrained(tmp)
     run.close()
 
     controlnet.eval()
     after = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
-    summary = {"fixed_batch_loss_before": before, "fixed_batch_loss_after": after, "images": len(dataset),
-               "steps": args.steps}
+    summary = {
+        "fixed_batch_loss_before": before,
+        "fixed_batch_loss_after": after,
+        "images": len(dataset),
+        "steps": args.steps,
+    }
     save_json(run.out / "summary.json", summary)
     print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {run.out / 'controlnet'}")
     return summary

@@ -5,6 +5,7 @@ OUT/report.pdf (reportlab), one section per problem from `pN_*/report.py:section
 
 Sections whose inputs are missing say which command produces them; nothing is invented.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,24 @@ from pathlib import Path
 from hw2_utils import output_dir, require_dir, run_cli
 
 # In report order; each has a report.py whose section(runs_dir) writes its part.
-PROBLEMS = ["p1_ddpm", "p2_ddim", "p3_textual_inversion", "p4_gan", "p5_dann", "p6_classification", "p7_clip",
-            "p8_controlnet"]
+PROBLEMS = [
+    "p1_ddpm",
+    "p2_ddim",
+    "p3_textual_inversion",
+    "p4_gan",
+    "p5_dann",
+    "p6_classification",
+    "p7_clip",
+    "p8_controlnet",
+]
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 
 
 def collect_sections(runs_dir: Path) -> list[str]:
-    return [importlib.import_module(f"{package}.report").section(runs_dir).strip() + "\n" for package in PROBLEMS]
+    return [
+        importlib.import_module(f"{package}.report").section(runs_dir).strip() + "\n"
+        for package in PROBLEMS
+    ]
 
 
 def localise_figures(markdown: str, figures: Path) -> str:
@@ -39,6 +51,7 @@ def localise_figures(markdown: str, figures: Path) -> str:
         dst = figures / f"{len(list(figures.iterdir())):03d}_{src.name}"
         shutil.copy(src, dst)
         return f"![{match.group(1)}](figures/{dst.name})"
+
     return IMAGE.sub(copy, markdown)
 
 
@@ -49,7 +62,15 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import cm
-    from reportlab.platypus import Image, Paragraph, Preformatted, SimpleDocTemplate, Spacer, Table, TableStyle
+    from reportlab.platypus import (
+        Image,
+        Paragraph,
+        Preformatted,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+        TableStyle,
+    )
 
     styles = getSampleStyleSheet()
     width = A4[0] - 4 * cm
@@ -67,7 +88,7 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
             j = i + 1
             while j < len(lines) and not lines[j].startswith("```"):
                 j += 1
-            story.append(Preformatted("\n".join(lines[i + 1:j]), styles["Code"]))
+            story.append(Preformatted("\n".join(lines[i + 1 : j]), styles["Code"]))
             i = j + 1
             continue
         if line.startswith("|"):
@@ -78,15 +99,22 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
                     rows.append([Paragraph(inline(c), styles["BodyText"]) for c in cells])
                 i += 1
             table = Table(rows, repeatRows=1)
-            table.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
-                                       ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke)]))
+            table.setStyle(
+                TableStyle(
+                    [
+                        ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+                        ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
+                    ]
+                )
+            )
             story += [table, Spacer(1, 6)]
             continue
         image = IMAGE.fullmatch(line.strip())
         if image:
             path = base / image.group(2)
             img = Image(str(path))
-            scale = min(width / img.imageWidth, 12 * cm / img.imageHeight)  # small figures scale up too
+            # small figures scale up too
+            scale = min(width / img.imageWidth, 12 * cm / img.imageHeight)
             img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
             story += [img, Spacer(1, 6)]
         elif line.startswith("#"):
@@ -101,22 +129,35 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
 
 
 def build(runs_dir: Path, out: Path) -> Path:
-    header = ["# hw2 report", "",
-              f"Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node() or 'unknown host'} "
-              f"from `{runs_dir}` by `python -m report.build {runs_dir} {out}`. Every number below names the "
-              "command that measured it and its hardware.", ""]
+    header = [
+        "# hw2 report",
+        "",
+        f"Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node() or 'unknown host'} "
+        f"from `{runs_dir}` by `python -m report.build {runs_dir} {out}`. Every number below names the "
+        "command that measured it and its hardware.",
+        "",
+    ]
     with output_dir(out) as tmp:
-        markdown = localise_figures("\n".join(header) + "\n" + "\n".join(collect_sections(runs_dir)), tmp / "figures")
+        markdown = localise_figures(
+            "\n".join(header) + "\n" + "\n".join(collect_sections(runs_dir)), tmp / "figures"
+        )
         (tmp / "report.md").write_text(markdown)
         render_pdf(markdown, tmp, tmp / "report.pdf")
     return out
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs_dir", help="folder with one sub-folder per problem (p1/, p2/, ...) of run outputs")
-    p.add_argument("out", help="output folder: its report.md, report.pdf and figures/ are replaced when the build "
-                   "succeeds; nothing else in it is touched")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "runs_dir", help="folder with one sub-folder per problem (p1/, p2/, ...) of run outputs"
+    )
+    p.add_argument(
+        "out",
+        help="output folder: its report.md, report.pdf and figures/ are replaced when the build "
+        "succeeds; nothing else in it is touched",
+    )
     args = p.parse_args(argv)
     out = build(require_dir(args.runs_dir, "runs directory"), Path(args.out))
     print(f"wrote {out / 'report.md'} and {out / 'report.pdf'}")

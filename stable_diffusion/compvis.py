@@ -5,21 +5,31 @@ sd-v1-4.ckpt), fed with our local configs so nothing is fetched. Writing is the 
 mapping, used to save tiny test models as CompVis files; tests/test_sd_loader.py checks that
 writing then reading gives back every tensor bit for bit.
 """
+
 from __future__ import annotations
 
 import re
 
 import torch
-from diffusers.loaders.single_file_utils import (DIFFUSERS_TO_LDM_MAPPING, convert_ldm_unet_checkpoint,
-                                                 convert_ldm_vae_checkpoint)
+from diffusers.loaders.single_file_utils import (
+    DIFFUSERS_TO_LDM_MAPPING,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 
 # resnet sub-module names: diffusers -> LDM (UNet); the VAE only renames the shortcut.
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
@@ -43,7 +53,7 @@ def text_encoder_from_ldm(checkpoint: dict, flat: bool) -> dict:
     for key, value in checkpoint.items():
         if not key.startswith(CLIP_PREFIX) or key.endswith("position_ids"):
             continue
-        key = key[len(CLIP_PREFIX):]
+        key = key[len(CLIP_PREFIX) :]
         out[key.removeprefix("text_model.") if flat else key] = value
     return out
 
@@ -64,17 +74,27 @@ def _unet_key_to_ldm(key: str, per_block: int, cross_up: list[bool]) -> str:
         side, b, kind, j, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
         i = (1 if side == "down" else 0) + b * per_block + j  # input_blocks.0 is conv_in
         seq = "input_blocks" if side == "down" else "output_blocks"
-        return f"{seq}.{i}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"{seq}.{i}.1.{rest}"
+        return (
+            f"{seq}.{i}.0.{_resnet(rest, _UNET_RESNET)}"
+            if kind == "resnets"
+            else f"{seq}.{i}.1.{rest}"
+        )
     m = re.fullmatch(r"(down|up)_blocks\.(\d+)\.(?:down|up)samplers\.0\.conv\.(.*)", key)
     if m:
         b, rest = int(m[2]), m[3]
         if m[1] == "down":
             return f"input_blocks.{1 + b * per_block + per_block - 1}.0.op.{rest}"
         # after the block's last resnet, and after its attention if it has one
-        return f"output_blocks.{b * per_block + per_block - 1}.{2 if cross_up[b] else 1}.conv.{rest}"
+        return (
+            f"output_blocks.{b * per_block + per_block - 1}.{2 if cross_up[b] else 1}.conv.{rest}"
+        )
     m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
     if m:
-        return f"middle_block.{2 * int(m[2])}.{_resnet(m[3], _UNET_RESNET)}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
+        return (
+            f"middle_block.{2 * int(m[2])}.{_resnet(m[3], _UNET_RESNET)}"
+            if m[1] == "resnets"
+            else f"middle_block.1.{m[3]}"
+        )
     raise KeyError(f"no CompVis name for UNet key {key}")
 
 
@@ -82,8 +102,10 @@ def unet_to_ldm(state: dict, unet_config: dict) -> dict:
     per_block = unet_config["layers_per_block"] + 1
     cross_up = ["CrossAttn" in t for t in unet_config["up_block_types"]]
     fixed = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
-    return {UNET_PREFIX + (fixed[k] if k in fixed else _unet_key_to_ldm(k, per_block, cross_up)): v
-            for k, v in state.items()}
+    return {
+        UNET_PREFIX + (fixed[k] if k in fixed else _unet_key_to_ldm(k, per_block, cross_up)): v
+        for k, v in state.items()
+    }
 
 
 def vae_to_ldm(state: dict, vae_config: dict) -> dict:
@@ -105,8 +127,11 @@ def vae_to_ldm(state: dict, vae_config: dict) -> dict:
                 if value.ndim == 2:  # LDM's attention projections are 1x1 convolutions
                     value = value[:, :, None, None]
         else:
-            i, kind, j, sub = re.match(r"(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", rest).groups()
-            ldm_block = int(i) if part == "encoder" else n_up - 1 - int(i)  # LDM's decoder counts upwards
+            i, kind, j, sub = re.match(
+                r"(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", rest
+            ).groups()
+            # LDM's decoder counts upwards
+            ldm_block = int(i) if part == "encoder" else n_up - 1 - int(i)
             stage = "down" if part == "encoder" else "up"
             if kind == "resnets":
                 new = f"{stage}.{ldm_block}.block.{j}.{_resnet(sub, _VAE_RESNET)}"
@@ -118,11 +143,18 @@ def vae_to_ldm(state: dict, vae_config: dict) -> dict:
 
 def text_encoder_to_ldm(state: dict) -> dict:
     """Always writes the `text_model.` level, as the CompVis releases (transformers 4.x) have it."""
-    return {CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+    return {
+        CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k): v
+        for k, v in state.items()
+    }
 
 
-def to_ldm(unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
-           alphas_cumprod: torch.Tensor) -> dict:
+def to_ldm(
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    alphas_cumprod: torch.Tensor,
+) -> dict:
     """One CompVis state dict, including the schedule buffer LDM checkpoints carry."""
     state = {}
     state.update(unet_to_ldm(unet.state_dict(), dict(unet.config)))

@@ -1,4 +1,5 @@
 """The SD v1 components as one object: text encoding, VAE encoding/decoding, device and dtype."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,10 +11,10 @@ from stable_diffusion.ddim import NoiseSchedule
 
 @dataclass
 class StableDiffusion:
-    unet: torch.nn.Module          # diffusers UNet2DConditionModel
-    vae: torch.nn.Module           # diffusers AutoencoderKL
+    unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    vae: torch.nn.Module  # diffusers AutoencoderKL
     text_encoder: torch.nn.Module  # transformers CLIPTextModel
-    tokenizer: object              # transformers CLIPTokenizer
+    tokenizer: object  # transformers CLIPTokenizer
     schedule: NoiseSchedule
 
     @property
@@ -24,8 +25,12 @@ class StableDiffusion:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-           parts: tuple[str, ...] = ("unet", "vae", "text_encoder")) -> "StableDiffusion":
+    def to(
+        self,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        parts: tuple[str, ...] = ("unet", "vae", "text_encoder"),
+    ) -> "StableDiffusion":
         for m in (getattr(self, name) for name in parts):
             # nn.Module.to, not diffusers' override: that one warns on every dtype cast
             # ("modules that should be kept in float32: []") even when there are none.
@@ -52,8 +57,13 @@ class StableDiffusion:
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
         """(N, 77) ids, padded with <|endoftext|> and truncated, as SD v1 was trained."""
-        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+        return self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """The CLIP encoder's last hidden state, (N, 77, D): SD v1's cross-attention context."""

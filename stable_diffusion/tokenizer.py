@@ -7,6 +7,7 @@ stable-diffusion/configs/sd-v1/tokenizer/ so inference needs neither open_clip n
 
     python -m stable_diffusion.tokenizer          # regenerate the committed files
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ MAX_LENGTH = 77
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's reversible byte -> printable character table, in byte-rank order (the first
     256 vocabulary entries)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -43,15 +47,25 @@ def build_files(bpe_gz: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     """Write vocab.json and merges.txt for CLIPTokenizer from open_clip's BPE file, with the
     same id order open_clip uses (so both tokenizers give the same ids)."""
     lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
-    merges = lines[1:N_MERGES + 1]  # line 0 is a version header
+    merges = lines[1 : N_MERGES + 1]  # line 0 is a version header
     byte_chars = _bytes_to_unicode()
-    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    tokens = (
+        byte_chars
+        + [c + "</w>" for c in byte_chars]
+        + ["".join(m.split()) for m in merges]
+        + [BOS, EOS]
+    )
     if len(tokens) != VOCAB_SIZE or len(set(tokens)) != VOCAB_SIZE:
-        raise CLIError(f"{bpe_gz} does not look like CLIP's BPE file ({len(set(tokens))} distinct tokens)")
+        raise CLIError(
+            f"{bpe_gz} does not look like CLIP's BPE file ({len(set(tokens))} distinct tokens)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab_path, merges_path = out / "vocab.json", out / "merges.txt"
-    vocab_path.write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False) + "\n", encoding="utf-8")
+    vocab_path.write_text(
+        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     merges_path.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return vocab_path, merges_path
 
@@ -69,24 +83,41 @@ def load_tokenizer(tokenizer_dir: str | Path = TOKENIZER_DIR):
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     for f in (vocab, merges):
         if not f.is_file():
-            raise CLIError(f"tokenizer file not found: {f} (regenerate with python -m stable_diffusion.tokenizer)")
+            raise CLIError(
+                f"tokenizer file not found: {f} (regenerate with python -m stable_diffusion.tokenizer)"
+            )
     try:
         tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_LENGTH)
         ids = tokenizer("a photo").input_ids
     except Exception as e:  # the Rust backend raises bare Exceptions on malformed files
-        raise CLIError(f"tokenizer in {folder} is broken ({type(e).__name__}: {str(e)[:200]})") from None
-    if len(tokenizer) < VOCAB_SIZE or tokenizer.convert_tokens_to_ids(EOS) != VOCAB_SIZE - 1 or len(ids) != 4:
-        raise CLIError(f"tokenizer in {folder} is broken ({len(tokenizer)} entries; 'a photo' -> {ids})")
+        raise CLIError(
+            f"tokenizer in {folder} is broken ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    if (
+        len(tokenizer) < VOCAB_SIZE
+        or tokenizer.convert_tokens_to_ids(EOS) != VOCAB_SIZE - 1
+        or len(ids) != 4
+    ):
+        raise CLIError(
+            f"tokenizer in {folder} is broken ({len(tokenizer)} entries; 'a photo' -> {ids})"
+        )
     return tokenizer
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bpe", default=None, help="bpe_simple_vocab_16e6.txt.gz (default: the one open_clip ships)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--bpe",
+        default=None,
+        help="bpe_simple_vocab_16e6.txt.gz (default: the one open_clip ships)",
+    )
     p.add_argument("--out", default=str(TOKENIZER_DIR))
     args = p.parse_args(argv)
     if args.bpe is None:
         from open_clip.tokenizer import default_bpe
+
         args.bpe = default_bpe()
     for path in build_files(args.bpe, args.out):
         print(f"wrote {path}")

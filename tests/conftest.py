@@ -1,5 +1,6 @@
 """Shared test fixtures. Every test runs with the network cut: a download attempt fails
 at once with a clear error instead of hanging on hub retries."""
+
 from __future__ import annotations
 
 import csv
@@ -44,6 +45,7 @@ def _guarded(real):
         if not _is_local(address):
             raise NetworkBlocked(f"tests may not use the network (tried to connect to {address!r})")
         return real(self, address)
+
     return connect
 
 
@@ -102,7 +104,7 @@ def small_digits(root: Path, n: int = 32, splits: tuple[str, ...] = ("train",)) 
         (root / domain / "data").mkdir(parents=True)
         for split in splits:
             with open(src / domain / f"{split}.csv") as f:
-                rows = list(csv.reader(f))[:n + 1]
+                rows = list(csv.reader(f))[: n + 1]
             with open(root / domain / f"{split}.csv", "w", newline="") as f:
                 csv.writer(f).writerows(rows)
             for name, _ in rows[1:]:
@@ -127,7 +129,11 @@ def table_rows(text: str) -> list[dict[str, str]]:
 
 def table_row(text: str, value: str, column: str | None = None) -> dict[str, str]:
     """The one table row of `text` whose `column` (default: its first) is `value`."""
-    found = [row for row in table_rows(text) if (row.get(column) if column else next(iter(row.values()))) == value]
+    found = [
+        row
+        for row in table_rows(text)
+        if (row.get(column) if column else next(iter(row.values()))) == value
+    ]
     assert len(found) == 1, f"{len(found)} rows with {column or 'first cell'} {value!r}"
     return found[0]
 

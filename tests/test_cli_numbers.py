@@ -5,6 +5,7 @@ An option is numeric when its type is int or float, or its default is a number. 
 a hw2_utils.cli.Number type, whose range is finite; NaN, infinity and a huge value, and -1 and
 0 where its range starts above them, must end the command with exit status 2, one `error:`
 line, no traceback and nothing written in the working folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,13 @@ from conftest import REPO
 from hw2_utils import run_cli
 from hw2_utils.cli import Number
 
-FOLDERS = ["bench", "evaluation", "report", "stable_diffusion", *sorted(p.name for p in REPO.glob("p[1-8]_*"))]
+FOLDERS = [
+    "bench",
+    "evaluation",
+    "report",
+    "stable_diffusion",
+    *sorted(p.name for p in REPO.glob("p[1-8]_*")),
+]
 
 
 def _cli_modules() -> list[str]:
@@ -37,8 +44,10 @@ class _Captured(Exception):
 
 def _parser_of(module_name: str, monkeypatch) -> argparse.ArgumentParser:
     """The parser main() builds: parsing is intercepted before any work."""
+
     def capture(self, *args, **kwargs):
         raise _Captured(self)
+
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
     module = importlib.import_module(module_name)
@@ -57,10 +66,17 @@ def _numeric_options(parser, prefix=()):
             continue
         if not action.option_strings or action.help == argparse.SUPPRESS:
             continue  # positionals are paths here; hidden aliases share their option's type
-        default = action.default[0] if isinstance(action.default, list) and action.default else action.default
+        default = (
+            action.default[0]
+            if isinstance(action.default, list) and action.default
+            else action.default
+        )
         numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
-        if isinstance(action, argparse._StoreAction) and (action.type in (int, float, Number) or numeric_default
-                                                          or isinstance(action.type, Number)):
+        if isinstance(action, argparse._StoreAction) and (
+            action.type in (int, float, Number)
+            or numeric_default
+            or isinstance(action.type, Number)
+        ):
             yield prefix, action.option_strings[-1], action
 
 
@@ -69,7 +85,13 @@ MODULES = _cli_modules()
 
 def test_the_walk_finds_every_command():
     assert len(MODULES) >= 50
-    assert {"p1_ddpm.train", "p5_dann.train", "p8_controlnet.txt2img", "bench.p4_gan", "report.build"} <= set(MODULES)
+    assert {
+        "p1_ddpm.train",
+        "p5_dann.train",
+        "p8_controlnet.txt2img",
+        "bench.p4_gan",
+        "report.build",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -82,12 +104,18 @@ def test_every_numeric_option_refuses_bad_numbers(module_name, monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     for prefix, option, action in options:
         bad = ["nan", "inf", "99999999999999999999999" if action.type.kind is int else "1e30"]
-        bad += [v for v in ("-1", "0") if float(v) < action.type.low or (action.type.open_low and float(v) == action.type.low)]
+        bad += [
+            v
+            for v in ("-1", "0")
+            if float(v) < action.type.low or (action.type.open_low and float(v) == action.type.low)
+        ]
         for value in bad:
             with pytest.raises(SystemExit) as exit_info:
                 run_cli(lambda argv=(*prefix, option, value): module.main(list(argv)))
             err = capsys.readouterr().err
             where = f"{module_name} {' '.join(prefix)} {option} {value}"
             assert exit_info.value.code == 2, where
-            assert sum("error:" in line for line in err.splitlines()) == 1 and "Traceback" not in err, where
+            assert (
+                sum("error:" in line for line in err.splitlines()) == 1 and "Traceback" not in err
+            ), where
             assert not os.listdir(tmp_path), f"{where} wrote {os.listdir(tmp_path)}"

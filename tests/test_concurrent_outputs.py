@@ -1,6 +1,7 @@
 """Two commands writing one output folder at the same time never leave a mix of both sets
 (issue 32): publishing holds output_lock, so one whole set replaces the other. The writers are
 real processes, slowed down while publishing so that without the lock they would interleave."""
+
 from __future__ import annotations
 
 import subprocess
@@ -34,9 +35,14 @@ with files.output_dir(out, owned=("*.txt",)) as stage:
 def _race(out, no_lock: bool) -> set[str]:
     signals = out.parent / "signals"
     signals.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), tag, str(signals), "1" if no_lock else "0"],
-                              cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-             for tag in ("A", "B")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(out), tag, str(signals), "1" if no_lock else "0"],
+            cwd=REPO,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        )
+        for tag in ("A", "B")
+    ]
     deadline = time.time() + 120
     while not ((signals / "A").exists() and (signals / "B").exists()) and time.time() < deadline:
         time.sleep(0.01)

@@ -1,4 +1,5 @@
 """DDP through torchrun on CPU (gloo): both ranks must end with identical weights."""
+
 from pathlib import Path
 
 import torch
@@ -7,7 +8,9 @@ from conftest import run_torchrun
 
 
 def test_torchrun_two_ranks_stay_in_sync(tmp_path):
-    r = run_torchrun([str(Path(__file__).with_name("ddp_tiny_train.py")), str(tmp_path)], timeout=120)
+    r = run_torchrun(
+        [str(Path(__file__).with_name("ddp_tiny_train.py")), str(tmp_path)], timeout=120
+    )
     assert r.stdout.count("rank0 only") == 1  # log_main prints on rank 0 alone
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
     assert all(s["world"] == 2 for s in ranks)

@@ -1,5 +1,6 @@
 """evaluation/clip_scores.py with a tiny CLIP built from config and a hand-made tokenizer:
 per-prompt top-5 scores checked against an independent numpy computation."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from PIL import Image
 from hw2_utils import CLIError, run_cli
 from evaluation.clip_scores import load_clip, main, top_k_means
 
-PROMPTS = {"0": ["a dog on a hill.", "a dog on a bench."], "1": ["a street, in the style of revoy."]}
+PROMPTS = {
+    "0": ["a dog on a hill.", "a dog on a bench."],
+    "1": ["a street, in the style of revoy."],
+}
 
 
 def build_tiny_clip(folder):
@@ -21,21 +25,42 @@ def build_tiny_clip(folder):
 
     folder.mkdir()
     chars = [chr(i) for i in range(33, 127)]  # printable ASCII, alone and word-final
-    vocab = chars + [c + "</w>" for c in chars] + ["do", "dog</w>", "<|startoftext|>", "<|endoftext|>"]
+    vocab = (
+        chars + [c + "</w>" for c in chars] + ["do", "dog</w>", "<|startoftext|>", "<|endoftext|>"]
+    )
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\nd o\ndo g</w>\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    special = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    special = dict(
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, **special),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=8)
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            **special,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=8,
+    )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
@@ -44,7 +69,9 @@ def write_images(folder, n, seed, size=(40, 36)):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for k in range(n):
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{k:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            folder / f"{k:02d}.png"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +100,13 @@ def expected_scores(clip, root, concept, index, text):
         return unit(model.get_image_features(**processor(images=images, return_tensors="pt")))
 
     with torch.no_grad():
-        generated, sources = embed(root / "out" / concept / str(index)), embed(root / "src" / concept)
-        text_embed = unit(model.get_text_features(**processor.tokenizer([text], return_tensors="pt")))
+        generated, sources = (
+            embed(root / "out" / concept / str(index)),
+            embed(root / "src" / concept),
+        )
+        text_embed = unit(
+            model.get_text_features(**processor.tokenizer([text], return_tensors="pt"))
+        )
         scale = model.logit_scale.exp().item()
     image = 100 * (generated @ sources.T).mean(axis=1)
     text_score = scale * (generated @ text_embed.T)[:, 0]
@@ -83,24 +115,54 @@ def expected_scores(clip, root, concept, index, text):
 
 
 def write_json(root, baselines):
-    data = {c: {"src_image": f"concept {c}", "token_name": f"<new{c}>", "prompt": prompts,
-                "prompt_4_clip_eval": prompts, "baseline": baselines[c]} for c, prompts in PROMPTS.items()}
+    data = {
+        c: {
+            "src_image": f"concept {c}",
+            "token_name": f"<new{c}>",
+            "prompt": prompts,
+            "prompt_4_clip_eval": prompts,
+            "baseline": baselines[c],
+        }
+        for c, prompts in PROMPTS.items()
+    }
     (root / "input.json").write_text(json.dumps(data))
     return root / "input.json"
 
 
 def test_scores_match_independent_top5_and_baselines_decide_pass(setup, capsys):
     root, clip = setup
-    expected = {(c, i): expected_scores(clip, root, c, i, text) for c, prompts in PROMPTS.items()
-                for i, text in enumerate(prompts)}
+    expected = {
+        (c, i): expected_scores(clip, root, c, i, text)
+        for c, prompts in PROMPTS.items()
+        for i, text in enumerate(prompts)
+    }
     # prompt 0/0 just passes, 0/1 misses the image baseline, 1/0 misses the text baseline
     nudge = {("0", 0): (-0.01, -0.01), ("0", 1): (0.01, -0.01), ("1", 0): (-0.01, 0.01)}
-    baselines = {c: [[expected[c, i][0] + nudge[c, i][0], expected[c, i][1] + nudge[c, i][1]]
-                     for i in range(len(prompts))] for c, prompts in PROMPTS.items()}
-    results = main(["--json_path", str(write_json(root, baselines)), "--input_dir", str(root / "src"),
-                    "--output_dir", str(root / "out"), "--clip", str(clip), "--device", "cpu"])
+    baselines = {
+        c: [
+            [expected[c, i][0] + nudge[c, i][0], expected[c, i][1] + nudge[c, i][1]]
+            for i in range(len(prompts))
+        ]
+        for c, prompts in PROMPTS.items()
+    }
+    results = main(
+        [
+            "--json_path",
+            str(write_json(root, baselines)),
+            "--input_dir",
+            str(root / "src"),
+            "--output_dir",
+            str(root / "out"),
+            "--clip",
+            str(clip),
+            "--device",
+            "cpu",
+        ]
+    )
     for r in results:
-        assert (r["image"], r["text"]) == pytest.approx(expected[r["concept"], r["prompt_idx"]], abs=1e-4)
+        assert (r["image"], r["text"]) == pytest.approx(
+            expected[r["concept"], r["prompt_idx"]], abs=1e-4
+        )
     assert [r["passed"] for r in results] == [True, False, False]
     out = capsys.readouterr().out
     assert 'Image source: "concept 0", text prompt: a dog on a hill.' in out
@@ -111,7 +173,9 @@ def test_top5_ranks_by_image_plus_2_5_text():
     image = np.array([90.0, 10, 50, 60, 70, 80, 20])
     text = np.array([0.0, 40, 10, 5, 1, 2, 30])  # totals 90, 110, 75, 72.5, 72.5, 85, 95
     # best five: indices 1, 6, 0, 5, 2 (the 72.5 tie is cut)
-    assert top_k_means(image, text) == pytest.approx(((10 + 20 + 90 + 80 + 50) / 5, (40 + 30 + 0 + 2 + 10) / 5))
+    assert top_k_means(image, text) == pytest.approx(
+        ((10 + 20 + 90 + 80 + 50) / 5, (40 + 30 + 0 + 2 + 10) / 5)
+    )
 
 
 def test_prompt_folder_needs_exactly_25_images(setup, tmp_path, capsys):
@@ -119,11 +183,25 @@ def test_prompt_folder_needs_exactly_25_images(setup, tmp_path, capsys):
     out = tmp_path / "out"
     for concept, prompts in PROMPTS.items():
         for index in range(len(prompts)):
-            write_images(out / concept / str(index), 24 if (concept, index) == ("0", 1) else 25, seed=index)
+            write_images(
+                out / concept / str(index), 24 if (concept, index) == ("0", 1) else 25, seed=index
+            )
     json_path = write_json(tmp_path, {c: [[0, 0]] * len(p) for c, p in PROMPTS.items()})
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(["--json_path", str(json_path), "--input_dir", str(root / "src"),
-                              "--output_dir", str(out), "--clip", str(clip)]))
+        run_cli(
+            lambda: main(
+                [
+                    "--json_path",
+                    str(json_path),
+                    "--input_dir",
+                    str(root / "src"),
+                    "--output_dir",
+                    str(out),
+                    "--clip",
+                    str(clip),
+                ]
+            )
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "must hold exactly 25 images, found 24" in err and len(err.strip().splitlines()) == 1

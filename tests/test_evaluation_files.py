@@ -1,5 +1,6 @@
 """evaluation/ddim_mse.py, csv_accuracy.py and face_rate.py: values computed by hand, pairing
 rules, the course's handling of unreadable files, and dlib's detector on real faces."""
+
 from __future__ import annotations
 
 import shutil
@@ -53,16 +54,26 @@ def test_mse_rejects_missing_pairs_and_size_mismatch(tmp_path):
 def test_csv_accuracy_joins_on_name_regardless_of_order(tmp_path):
     (tmp_path / "gt.csv").write_text("image_name,label\na.png,1\nb.png,2\nc.png,3\nd.png,4\n")
     (tmp_path / "pred.csv").write_text("image_name,label\nd.png,4\nc.png,0\nb.png,2\na.png,1\n")
-    assert csv_accuracy(tmp_path / "pred.csv", tmp_path / "gt.csv") == {"acc": 0.75, "correct": 3, "total": 4}
+    assert csv_accuracy(tmp_path / "pred.csv", tmp_path / "gt.csv") == {
+        "acc": 0.75,
+        "correct": 3,
+        "total": 4,
+    }
 
 
-@pytest.mark.parametrize("pred, message", [
-    ("image_name,label\na.png,1\n", "b.png: in .*gt.csv but not in .*pred.csv"),
-    ("image_name,label\na.png,1\nb.png,2\nz.png,1\n", "z.png: in .*pred.csv but not in .*gt.csv"),
-    ("image_name,label\na.png,1\na.png,1\nb.png,2\n", "pred.csv:3: a.png appears twice"),
-    ("image_name,label\na.png,cat\nb.png,2\n", "label 'cat' of a.png is not an integer"),
-    ("filename,label\na.png,1\nb.png,2\n", "header is filename,label"),
-])
+@pytest.mark.parametrize(
+    "pred, message",
+    [
+        ("image_name,label\na.png,1\n", "b.png: in .*gt.csv but not in .*pred.csv"),
+        (
+            "image_name,label\na.png,1\nb.png,2\nz.png,1\n",
+            "z.png: in .*pred.csv but not in .*gt.csv",
+        ),
+        ("image_name,label\na.png,1\na.png,1\nb.png,2\n", "pred.csv:3: a.png appears twice"),
+        ("image_name,label\na.png,cat\nb.png,2\n", "label 'cat' of a.png is not an integer"),
+        ("filename,label\na.png,1\nb.png,2\n", "header is filename,label"),
+    ],
+)
 def test_csv_accuracy_errors_name_the_row(tmp_path, pred, message):
     (tmp_path / "gt.csv").write_text("image_name,label\na.png,1\nb.png,2\n")
     (tmp_path / "pred.csv").write_text(pred)
@@ -79,7 +90,9 @@ def test_face_rate_on_real_celeba_faces(tmp_path):
         for path in (faces / split).glob("*.png"):
             shutil.copy(path, tmp_path / f"{split}_{path.name}")
     result = face_rate(tmp_path)
-    print(f"face rate on the 32 real faces: {result['rate']:.4f} ({result['one_face']}/{result['total']})")
+    print(
+        f"face rate on the 32 real faces: {result['rate']:.4f} ({result['one_face']}/{result['total']})"
+    )
     assert result["total"] == 32
     assert result["rate"] >= 0.8
 
@@ -92,7 +105,12 @@ def test_face_rate_drops_unreadable_entries_from_the_total(tmp_path):
     (tmp_path / "subfolder").mkdir()
     faces_in = {0: 1, 255: 2}  # a stand-in detector: one "face" in black images, two in white ones
     result = face_rate(tmp_path, count_faces=lambda image: faces_in[int(image[0, 0, 0])])
-    assert result == {"rate": 2 / 3, "one_face": 2, "total": 3, "unreadable": ["broken.png", "subfolder"]}
+    assert result == {
+        "rate": 2 / 3,
+        "one_face": 2,
+        "total": 3,
+        "unreadable": ["broken.png", "subfolder"],
+    }
 
 
 def test_face_rate_of_blank_images_is_zero_with_dlib(tmp_path):

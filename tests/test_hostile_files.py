@@ -1,6 +1,7 @@
 """Files a user (or someone else) hands the commands are data, never code (issue 32): a pickle
 payload in a run folder's last.pt or in a --checkpoint does not run, and a damaged last.pt is
 one error line naming the file and the way out."""
+
 from __future__ import annotations
 
 import pickle
@@ -20,11 +21,13 @@ class _Payload:
 
     def __reduce__(self):
         import pathlib
+
         return pathlib.Path.write_text, (self.marker, "pwned")
 
 
 def _hostile(path, marker):
-    torch.save({"identity": {}, "step": 1, "evil": _Payload(marker)}, path)  # torch.save pickles it as is
+    # torch.save pickles it as is
+    torch.save({"identity": {}, "step": 1, "evil": _Payload(marker)}, path)
     return path
 
 
@@ -35,7 +38,8 @@ def test_a_crafted_last_pt_does_not_run_on_resume(tmp_path):
     with pytest.raises(CLIError, match="cannot resume from .*last.pt .*--no-resume"):
         RunFolder(tmp_path / "run", ckpt_every=1).load({})
     assert not marker.exists()
-    with open(tmp_path / "run" / "last.pt", "rb") as f:  # the payload is real: a full unpickle would run it
+    # the payload is real: a full unpickle would run it
+    with open(tmp_path / "run" / "last.pt", "rb") as f:
         torch.load(f, weights_only=False)
     assert marker.read_text() == "pwned"
 
@@ -60,8 +64,16 @@ def test_a_crafted_checkpoint_does_not_run(tmp_path, capsys):
     images = tmp_path / "usps"
     images.mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: p5_infer.main([str(images), str(tmp_path / "out.csv"), "--checkpoint",
-                                       str(_hostile(tmp_path / "evil.pt", marker))]))
+        run_cli(
+            lambda: p5_infer.main(
+                [
+                    str(images),
+                    str(tmp_path / "out.csv"),
+                    "--checkpoint",
+                    str(_hostile(tmp_path / "evil.pt", marker)),
+                ]
+            )
+        )
     assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
 
@@ -69,6 +81,7 @@ def test_a_crafted_checkpoint_does_not_run(tmp_path, capsys):
 def test_every_torch_load_in_the_project_is_weights_only():
     """A grep, so a new loader cannot slip in a full unpickle of a user-given file."""
     from conftest import REPO
+
     offenders = []
     for path in REPO.glob("*/*.py"):
         if path.parts[-2] in {"tests", ".venv", "outputs"}:
@@ -87,6 +100,7 @@ def test_pickle_payload_helper_is_a_real_payload(tmp_path):
 
 def test_a_crafted_cifar_batch_does_not_run(tmp_path):
     from hw2_utils import load_cifar10
+
     marker = tmp_path / "marker"
     batches = tmp_path / "cifar-10-batches-py"
     batches.mkdir()
@@ -99,16 +113,19 @@ def test_a_crafted_cifar_batch_does_not_run(tmp_path):
 
 def test_output_names_too_long_for_the_file_system_are_refused_before_work(tmp_path):
     from hw2_utils import check_output_path
+
     with pytest.raises(CLIError, match="name too long"):
         check_output_path(tmp_path / ("a" * 240), folder=True)
     with pytest.raises(CLIError, match="name too long"):
         check_output_path(tmp_path / ("b" * 300) / "out.csv", folder=False)
-    assert check_output_path(tmp_path / ("c" * 200), folder=True)  # long but fits with its staging sibling
+    # long but fits with its staging sibling
+    assert check_output_path(tmp_path / ("c" * 200), folder=True)
 
 
 def test_an_existing_output_folder_that_is_not_writable_is_refused_before_work(tmp_path):
     import os
     from hw2_utils import check_output_path
+
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

@@ -2,6 +2,7 @@
 stable_diffusion package as an ordinary import, no package reaches into it through a path
 trick, and no problem folder imports another problem folder (they share only hw2_utils,
 evaluation and stable_diffusion)."""
+
 from __future__ import annotations
 
 import ast

@@ -1,5 +1,6 @@
 """P1 end to end on a tiny model: the hw2_1 output contract, determinism, bad input,
 training on real MNIST-M (loss falls, resume continues)."""
+
 from __future__ import annotations
 
 import csv
@@ -20,26 +21,36 @@ from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
 from p1_ddpm.pipeline import SHIPPED_CHECKPOINT, export_weights, generate, load_model
 
-TINY = dict(base_channels=8, channel_mults=(1, 2, 2), attention_levels=(2,), dropout=0.0)  # attention at 7x7 only: cheap
+# attention at 7x7 only: cheap
+TINY = dict(base_channels=8, channel_mults=(1, 2, 2), attention_levels=(2,), dropout=0.0)
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(export_weights(ConditionalUNet(UNetConfig(**TINY)), ["mnistm", "usps"], 0, "test"), path)
+    torch.save(
+        export_weights(ConditionalUNet(UNetConfig(**TINY)), ["mnistm", "usps"], 0, "test"), path
+    )
     return path
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.png"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.png"))
+    }
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m p1_ddpm.MODULE ARGS` from the repository root, as the README spells it."""
-    return subprocess.run([sys.executable, "-m", f"p1_ddpm.{module}", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", f"p1_ddpm.{module}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_output_contract_names_count_size_mode(tiny_ckpt, tmp_path):
@@ -57,8 +68,21 @@ def test_output_contract_names_count_size_mode(tiny_ckpt, tmp_path):
 
 def test_same_seed_same_bytes_other_seed_differs(tiny_ckpt, tmp_path):
     def run(name, seed):
-        infer.main([str(tmp_path / name), "--checkpoint", str(tiny_ckpt), "--steps", "2", "--per-digit", "2",
-                    "--seed", str(seed), "--device", "cpu"])
+        infer.main(
+            [
+                str(tmp_path / name),
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--steps",
+                "2",
+                "--per-digit",
+                "2",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+            ]
+        )
         return _digests(tmp_path / name)
 
     a, b, c = run("a", 1), run("b", 1), run("c", 2)
@@ -91,15 +115,32 @@ def test_bad_input_is_one_line_error(case, tiny_ckpt, tmp_path, capsys):
         out = str(tmp_path / "file" / "out")
     else:
         extra = ["--folders", "a", "b", "c"]
-    code, err = _in_process(infer.main, [out, "--checkpoint", str(ckpt), "--steps", "1", "--per-digit", "1", *extra], capsys)
+    code, err = _in_process(
+        infer.main,
+        [out, "--checkpoint", str(ckpt), "--steps", "1", "--per-digit", "1", *extra],
+        capsys,
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "error:" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
 
 
 def test_unknown_domain_is_one_line_error_from_the_real_cli(tmp_path):
-    r = _cli("train", "--data", str(tmp_path), "--domains", "mnistm", "klingon", "--out", str(tmp_path / "r"))
-    assert r.returncode == 2 and "domain 'mnistm'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli(
+        "train",
+        "--data",
+        str(tmp_path),
+        "--domains",
+        "mnistm",
+        "klingon",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert (
+        r.returncode == 2
+        and "domain 'mnistm'" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_training_reduces_loss_on_a_real_mnistm_batch():
@@ -115,7 +156,9 @@ def test_training_reduces_loss_on_a_real_mnistm_batch():
 
     def fixed_loss():
         with torch.no_grad():
-            return torch.nn.functional.mse_loss(model(diffusion.q_sample(x, t, noise), t, digit, domain), noise).item()
+            return torch.nn.functional.mse_loss(
+                model(diffusion.q_sample(x, t, noise), t, digit, domain), noise
+            ).item()
 
     before = fixed_loss()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -129,8 +172,25 @@ def test_training_reduces_loss_on_a_real_mnistm_batch():
 
 def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     root = small_digits(tmp_path / "digits")
-    common = ["--data", str(root), "--domains", "mnistm", "usps", "--out", str(tmp_path / "run"),
-              "--batch-size", "16", "--base-channels", "8", "--ckpt-every", "2", "--sample-every", "100", "--device", "cpu"]
+    common = [
+        "--data",
+        str(root),
+        "--domains",
+        "mnistm",
+        "usps",
+        "--out",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "16",
+        "--base-channels",
+        "8",
+        "--ckpt-every",
+        "2",
+        "--sample-every",
+        "100",
+        "--device",
+        "cpu",
+    ]
     assert _cli("train", *common, "--steps", "2").returncode == 0
     r = _cli("train", *common, "--steps", "4")
     assert r.returncode == 0, r.stderr[-1000:]
@@ -143,13 +203,24 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert (tmp_path / "run" / "samples" / "step000004.png").is_file()
 
     warm = [a if a != str(tmp_path / "run") else str(tmp_path / "warm") for a in common]
-    r = _cli("train", *warm, "--steps", "5", "--init-from", str(tmp_path / "run" / "ema.pt"), "--repeat", "2", "1")
+    r = _cli(
+        "train",
+        *warm,
+        "--steps",
+        "5",
+        "--init-from",
+        str(tmp_path / "run" / "ema.pt"),
+        "--repeat",
+        "2",
+        "1",
+    )
     assert r.returncode == 0 and "warm start" in r.stdout, r.stderr[-1000:]
     assert "96 training images" in r.stdout  # mnistm's 32 images twice, usps's once
     with open(tmp_path / "warm" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == [5]
-    assert float(rows[0]["lr"]) == pytest.approx(5e-4 / 200)  # the warm start warms up again from its first step
+    # the warm start warms up again from its first step
+    assert float(rows[0]["lr"]) == pytest.approx(5e-4 / 200)
     recipe = torch.load(tmp_path / "warm" / "ema.pt", weights_only=True)["recipe"]
     assert recipe.count("python -m p1_ddpm.train ") == 2 and "&&" in recipe  # both stages, in order
 
@@ -163,6 +234,14 @@ def test_shipped_checkpoint_loads_with_its_recipe():
     assert domains == ["mnistm", "usps"]
     assert "p1_ddpm/train.py" in torch.load(SHIPPED_CHECKPOINT, weights_only=True)["recipe"]
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
-    images, _ = generate(model, torch.tensor([3]), torch.tensor([0]), seed=0, guidance=infer.GUIDANCE,
-                         sampler="ddim", steps=5, device=torch.device("cpu"))
+    images, _ = generate(
+        model,
+        torch.tensor([3]),
+        torch.tensor([0]),
+        seed=0,
+        guidance=infer.GUIDANCE,
+        sampler="ddim",
+        steps=5,
+        device=torch.device("cpu"),
+    )
     assert images.shape == (1, 3, 28, 28) and images.abs().max() <= 1

@@ -1,5 +1,6 @@
 """P2 DDIM against diffusers' DDIMScheduler (same alphas, same timesteps, same eps model,
 same injected noise), the course's schedule, determinism, and slerp/lerp."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,16 @@ def toy_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def diffusers_ddim(x_T, eta, clip, clipped_eps=False, noise_seed=0):
     """diffusers' DDIM configured like the course: linear betas 1e-4..0.02, leading spacing
     with steps_offset=1 (981..1), set_alpha_to_one=False (last step lands on alpha_bar[0])."""
-    s = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                      clip_sample=clip, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    s = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=clip,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
     # diffusers builds its schedule in float32; give it the same float64 alphas as ours
     # (test_schedule_matches_diffusers checks the two agree to float32 precision).
     s.alphas_cumprod = linear_alphas_cumprod()
@@ -30,8 +39,11 @@ def diffusers_ddim(x_T, eta, clip, clipped_eps=False, noise_seed=0):
     generator, x = torch.Generator().manual_seed(noise_seed), x_T
     for t in s.timesteps:
         eps = toy_eps(x, torch.full((x.shape[0],), int(t)))
-        noise = torch.randn(x.shape, generator=generator) if eta > 0 else None  # drawn exactly like ours
-        x = s.step(eps, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=clipped_eps).prev_sample
+        # drawn exactly like ours
+        noise = torch.randn(x.shape, generator=generator) if eta > 0 else None
+        x = s.step(
+            eps, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=clipped_eps
+        ).prev_sample
     return x
 
 
@@ -43,7 +55,13 @@ def x_T() -> torch.Tensor:
 def test_schedule_matches_diffusers():
     ours = uniform_timesteps(50)
     assert ours[:3] == [981, 961, 941] and ours[-2:] == [21, 1] and len(ours) == 50
-    s = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", steps_offset=1, set_alpha_to_one=False)
+    s = DDIMScheduler(
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
     s.set_timesteps(50)
     assert s.timesteps.tolist() == ours
     alphas = linear_alphas_cumprod()
@@ -63,26 +81,42 @@ def test_eta0_equals_diffusers(x_T, clip, clipped_eps):
 @pytest.mark.parametrize("clip", [True, False])
 @pytest.mark.parametrize("clipped_eps", [False, True])
 def test_eta_half_equals_diffusers_given_the_same_noise(x_T, clip, clipped_eps):
-    ours = ddim_sample(toy_eps, x_T, eta=0.5, clip_x0=clip, use_clipped_model_output=clipped_eps,
-                       generator=torch.Generator().manual_seed(7))
+    ours = ddim_sample(
+        toy_eps,
+        x_T,
+        eta=0.5,
+        clip_x0=clip,
+        use_clipped_model_output=clipped_eps,
+        generator=torch.Generator().manual_seed(7),
+    )
     ref = diffusers_ddim(x_T, eta=0.5, clip=clip, clipped_eps=clipped_eps, noise_seed=7)
     assert (ours - ref).abs().max().item() <= 1e-5
-    assert (ours - ddim_sample(toy_eps, x_T, eta=0.0, clip_x0=clip)).abs().max() > 1e-2  # the noise mattered
+    # the noise mattered
+    assert (ours - ddim_sample(toy_eps, x_T, eta=0.0, clip_x0=clip)).abs().max() > 1e-2
 
 
 def test_default_keeps_the_models_eps_as_the_course_does(x_T):
     """P2's outputs (the course-exact MSE) use the default, use_clipped_model_output=False; the
     option must make a difference where x0 is clipped, or the default would not matter."""
-    assert torch.equal(ddim_sample(toy_eps, x_T), ddim_sample(toy_eps, x_T, use_clipped_model_output=False))
-    assert (ddim_sample(toy_eps, x_T) - ddim_sample(toy_eps, x_T, use_clipped_model_output=True)).abs().max() > 1e-3
+    assert torch.equal(
+        ddim_sample(toy_eps, x_T), ddim_sample(toy_eps, x_T, use_clipped_model_output=False)
+    )
+    assert (
+        ddim_sample(toy_eps, x_T) - ddim_sample(toy_eps, x_T, use_clipped_model_output=True)
+    ).abs().max() > 1e-3
 
 
 def test_determinism_and_seeds(x_T):
     a = ddim_sample(toy_eps, x_T)
-    assert torch.equal(a, ddim_sample(toy_eps, x_T, generator=torch.Generator().manual_seed(123)))  # eta 0 draws nothing
+    # eta 0 draws nothing
+    assert torch.equal(a, ddim_sample(toy_eps, x_T, generator=torch.Generator().manual_seed(123)))
     b = ddim_sample(toy_eps, x_T, eta=1.0, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(b, ddim_sample(toy_eps, x_T, eta=1.0, generator=torch.Generator().manual_seed(1)))
-    assert not torch.allclose(b, ddim_sample(toy_eps, x_T, eta=1.0, generator=torch.Generator().manual_seed(2)))
+    assert torch.equal(
+        b, ddim_sample(toy_eps, x_T, eta=1.0, generator=torch.Generator().manual_seed(1))
+    )
+    assert not torch.allclose(
+        b, ddim_sample(toy_eps, x_T, eta=1.0, generator=torch.Generator().manual_seed(2))
+    )
     with pytest.raises(ValueError, match="seeded generator"):
         ddim_sample(toy_eps, x_T, eta=0.5)
 
@@ -105,6 +139,8 @@ def test_slerp_endpoints_norm_and_lerp_shrinks():
     assert torch.allclose(slerp(x0, x1, 0.0), x0, atol=1e-6)
     assert torch.allclose(slerp(x0, x1, 1.0), x1, atol=1e-6)
     assert slerp(x0, x1, 0.5).norm().item() == pytest.approx(x0.norm().item(), rel=1e-5)
-    assert torch.allclose(slerp(x0, x1, 0.5), slerp(x1, x0, 0.5), atol=1e-5)  # the midpoint is symmetric
+    # the midpoint is symmetric
+    assert torch.allclose(slerp(x0, x1, 0.5), slerp(x1, x0, 0.5), atol=1e-5)
     assert lerp(x0, x1, 0.5).norm() < 0.8 * x0.norm()  # about 1/sqrt(2) for independent noises
-    assert torch.equal(slerp(x0, 2 * x0, 0.25), lerp(x0, 2 * x0, 0.25))  # parallel: falls back to lerp
+    # parallel: falls back to lerp
+    assert torch.equal(slerp(x0, 2 * x0, 0.25), lerp(x0, 2 * x0, 0.25))

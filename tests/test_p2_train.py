@@ -1,6 +1,7 @@
 """P2 training (p2_ddim/train.py) on the 24 real train faces with a narrow UNet at 32x32:
 q(x_t | x_0) against diffusers, the loss falling, bit-exact resume, the exported UNet.pt
 going through infer.py, and bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,26 @@ from p2_ddim.pipeline import load_unet, sample, to_unit_range
 from p2_ddim.unet import FaceUNet
 
 WIDTH, SIZE, BATCH = 32, 32, 8  # narrowest GroupNorm(32) width; 24 faces / 8 = 3 steps per epoch
-TINY = ["--base-channels", str(WIDTH), "--image-size", str(SIZE), "--batch-size", str(BATCH), "--warmup", "2",
-        "--ckpt-every", "2", "--sample-every", "2", "--sample-n", "4", "--sample-steps", "2", "--device", "cpu"]
+TINY = [
+    "--base-channels",
+    str(WIDTH),
+    "--image-size",
+    str(SIZE),
+    "--batch-size",
+    str(BATCH),
+    "--warmup",
+    "2",
+    "--ckpt-every",
+    "2",
+    "--sample-every",
+    "2",
+    "--sample-n",
+    "4",
+    "--sample-steps",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def faces_dir() -> Path:
@@ -50,19 +69,24 @@ def test_add_noise_matches_diffusers():
     t = torch.tensor([0, 1, 500, 999])
     alphas = linear_alphas_cumprod()
     ours = train.add_noise(x0, t, noise, alphas)
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    ref = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    )
     ref.alphas_cumprod = alphas  # diffusers' own float32 cumprod drifts (see test_p2_ddim)
     # diffusers takes 1 - a_t in float32, which at t = 0 (a = 0.9999) keeps only ~4 digits: 2.6e-6 off.
     assert (ours - ref.add_noise(x0, noise, t)).abs().max().item() < 1e-5
     a = alphas[t].view(-1, 1, 1, 1)
     exact = a.sqrt() * x0.double() + (1 - a).sqrt() * noise.double()
-    assert (ours.double() - exact).abs().max().item() < 1e-6  # ours keeps the float64 schedule's precision
+    # ours keeps the float64 schedule's precision
+    assert (ours.double() - exact).abs().max().item() < 1e-6
 
 
 def test_loss_falls_on_real_faces():
     """Six train_step calls (train.py's own step) on one real batch; the loss on a fixed
     probe (t, noise) draw, without dropout, must fall at every step and halve overall."""
-    x0 = train.to_model_range(train.load_faces(faces_dir(), SIZE)[:BATCH], torch.zeros(BATCH, dtype=torch.bool))
+    x0 = train.to_model_range(
+        train.load_faces(faces_dir(), SIZE)[:BATCH], torch.zeros(BATCH, dtype=torch.bool)
+    )
     assert x0.shape == (BATCH, 3, SIZE, SIZE) and -1 <= x0.min() < x0.max() <= 1
     torch.manual_seed(0)
     model = FaceUNet(WIDTH)
@@ -105,28 +129,53 @@ def test_resumed_run_equals_uninterrupted_run(straight, tmp_path):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key}"
     for i, moments in a["optimizer"]["state"].items():
-        assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in moments.items()), f"optimizer state {i}"
+        assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in moments.items()), (
+            f"optimizer state {i}"
+        )
     ua, ub = (torch.load(p / "UNet.pt", weights_only=True) for p in (straight, resumed))
     assert all(torch.equal(v, ub[k]) for k, v in ua.items())
     rows_a, rows_b = _log(straight), _log(resumed)
-    assert [int(r["step"]) for r in rows_b] == [1, 2, 3, 4] and [r["epoch"] for r in rows_b] == ["0", "0", "0", "1"]
-    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]  # the same batches, t and noise
-    assert sorted(p.name for p in (resumed / "samples").iterdir()) == ["step000002.png", "step000004.png"]
-    assert (straight / "samples" / "step000004.png").read_bytes() == (resumed / "samples" / "step000004.png").read_bytes()
+    assert [int(r["step"]) for r in rows_b] == [1, 2, 3, 4] and [r["epoch"] for r in rows_b] == [
+        "0",
+        "0",
+        "0",
+        "1",
+    ]
+    # the same batches, t and noise
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    assert sorted(p.name for p in (resumed / "samples").iterdir()) == [
+        "step000002.png",
+        "step000004.png",
+    ]
+    assert (straight / "samples" / "step000004.png").read_bytes() == (
+        resumed / "samples" / "step000004.png"
+    ).read_bytes()
 
 
 def test_resume_refuses_a_different_run(straight, tmp_path):
     shutil.copytree(straight, tmp_path / "run")
     with pytest.raises(CLIError, match="belongs to another run .*image_size: 32 there, 64 now"):
-        train.main(["--data", str(faces_dir()), "--out", str(tmp_path / "run"), *TINY, "--image-size", "64"])
+        train.main(
+            [
+                "--data",
+                str(faces_dir()),
+                "--out",
+                str(tmp_path / "run"),
+                *TINY,
+                "--image-size",
+                "64",
+            ]
+        )
 
 
 def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path):
     exported = torch.load(straight / "UNet.pt", weights_only=True)
     last = torch.load(straight / "last.pt", weights_only=False)
-    assert type(exported) is dict and list(exported) == list(FaceUNet(WIDTH).state_dict())  # UNet.pt's keys, in order
+    # UNet.pt's keys, in order
+    assert type(exported) is dict and list(exported) == list(FaceUNet(WIDTH).state_dict())
     assert all(torch.equal(v, last["ema"][k]) for k, v in exported.items())  # the EMA ...
-    assert not all(torch.equal(v, last["model"][k]) for k, v in exported.items())  # ... not the raw weights
+    # ... not the raw weights
+    assert not all(torch.equal(v, last["model"][k]) for k, v in exported.items())
     unet = load_unet(straight / "UNet.pt", torch.device("cpu"))
     assert unet.base_channels == WIDTH and not unet.training
 
@@ -135,7 +184,17 @@ def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path)
     noises = torch.randn(2, 3, SIZE, SIZE, generator=make_generator(7))
     for i, x in enumerate(noises):
         torch.save(x[None], noise_dir / f"{i:02d}.pt")
-    infer.main([str(noise_dir), str(tmp_path / "out"), str(straight / "UNet.pt"), "--steps", "2", "--device", "cpu"])
+    infer.main(
+        [
+            str(noise_dir),
+            str(tmp_path / "out"),
+            str(straight / "UNet.pt"),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00.png", "01.png"]
     expected = to_uint8(to_unit_range(sample(unet, noises, steps=2), "clip"), (0.0, 1.0)).numpy()
     for i in range(2):
@@ -146,18 +205,47 @@ def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path)
 
 def test_missing_image_folder_is_a_one_line_error(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HW2_QUIET": "1"}
-    r = subprocess.run([sys.executable, "-m", "p2_ddim.train", "--data", str(tmp_path / "absent"),
-                        "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True, timeout=120, env=env,
-                       cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2_ddim.train",
+            "--data",
+            str(tmp_path / "absent"),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "absent" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "absent" in r.stderr, (
+        r.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow  # ~40 s of two-process start-up and training on a 2-core CPU
 def test_torchrun_two_ranks(tmp_path):
-    r = run_torchrun(["-m", "p2_ddim.train", "--data", str(faces_dir()), "--out", str(tmp_path), *TINY, "--steps", "4"],
-                     timeout=300)
+    r = run_torchrun(
+        [
+            "-m",
+            "p2_ddim.train",
+            "--data",
+            str(faces_dir()),
+            "--out",
+            str(tmp_path),
+            *TINY,
+            "--steps",
+            "4",
+        ],
+        timeout=300,
+    )
     assert r.stdout.count("done:") == 1  # rank 0 alone logs and writes
     rows = _log(tmp_path)  # each rank takes 4 of its 12-face shard per step: 3 steps per epoch
     assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 1)]

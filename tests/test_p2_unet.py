@@ -1,5 +1,6 @@
 """P2 face UNet: the exact state-dict layout of the course's UNet.pt (from the shared spec),
 the spec's block formulas, skip wiring, and the loader's errors."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,12 @@ def test_state_dict_keys_and_shapes_match_the_spec_exactly():
 def test_time_embedding_is_sin_then_cos_with_the_spec_frequencies(tiny_unet):
     t = torch.tensor([0, 1, 500, 999])
     freqs = torch.exp(torch.arange(0, 32, 2).float() * (-math.log(10000.0) / 32))
-    expected = torch.cat([torch.sin(t[:, None].float() * freqs), torch.cos(t[:, None].float() * freqs)], dim=1)
+    expected = torch.cat(
+        [torch.sin(t[:, None].float() * freqs), torch.cos(t[:, None].float() * freqs)], dim=1
+    )
     assert torch.allclose(tiny_unet.time[0](t), expected, atol=1e-6)
-    assert "time.0.inv_freq" in tiny_unet.state_dict()  # stored in UNet.pt, so it must be a persistent buffer
+    # stored in UNet.pt, so it must be a persistent buffer
+    assert "time.0.inv_freq" in tiny_unet.state_dict()
 
 
 def test_resblock_adds_time_before_norm2_and_attention_is_single_head_softmax():
@@ -63,8 +67,12 @@ def test_resblock_adds_time_before_norm2_and_attention_is_single_head_softmax():
 
 def test_any_size_divisible_by_32_and_skips_concatenate_h_first(tiny_unet):
     seen = {}
-    hooks = [getattr(tiny_unet, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (i, o)))
-             for name in ("down18", "mid2", "up1", "up23", "down1")]
+    hooks = [
+        getattr(tiny_unet, name).register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, (i, o))
+        )
+        for name in ("down18", "mid2", "up1", "up23", "down1")
+    ]
     try:
         with torch.no_grad():
             out = tiny_unet(torch.randn(2, 3, 64, 32), torch.tensor([981, 1]))
@@ -75,7 +83,8 @@ def test_any_size_divisible_by_32_and_skips_concatenate_h_first(tiny_unet):
     up1_in = seen["up1"][0][0]
     assert torch.equal(up1_in[:, :128], seen["mid2"][1])  # [h, stack.pop()]: h first ...
     assert torch.equal(up1_in[:, 128:], seen["down18"][1])  # ... then the last down output
-    assert torch.equal(seen["up23"][0][0][:, 32:], seen["down1"][1])  # the first skip is consumed last
+    # the first skip is consumed last
+    assert torch.equal(seen["up23"][0][0][:, 32:], seen["down1"][1])
     with pytest.raises(ValueError, match="divisible by 32"):
         tiny_unet(torch.randn(1, 3, 48, 32), torch.tensor([1]))
 
@@ -105,11 +114,14 @@ def test_loader_names_missing_unexpected_and_misshaped_keys(tiny_unet, tmp_path)
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("content, match", [
-    (torch.randn(3), "not a state dict"),
-    ({"down1.weight": "not a tensor"}, "not a state dict"),
-    (b"garbage", "not a readable PyTorch file"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (torch.randn(3), "not a state dict"),
+        ({"down1.weight": "not a tensor"}, "not a state dict"),
+        (b"garbage", "not a readable PyTorch file"),
+    ],
+)
 def test_loader_rejects_files_that_are_not_unet_state_dicts(tmp_path, content, match):
     path = tmp_path / "bad.pt"
     if isinstance(content, bytes):

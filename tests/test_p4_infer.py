@@ -1,6 +1,7 @@
 """p4_gan/run.sh and infer.py on a tiny random-init generator: the course's 1000 names at
 64x64, the same bytes on every run, nothing else touched in OUT, and one-line errors for
 a missing, corrupt or foreign checkpoint."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,13 +25,19 @@ RUN_SH = REPO / "p4_gan" / "run.sh"
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("p4_infer") / "generator.pt"
-    save_generator(path, with_standing_stats(Generator(GANConfig(g_channels=4, d_channels=4))), {"model": "dcgan", "step": 0})
+    save_generator(
+        path,
+        with_standing_stats(Generator(GANConfig(g_channels=4, d_channels=4))),
+        {"model": "dcgan", "step": 0},
+    )
     return path
 
 
 def _run_sh(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HW2_QUIET": "1"}
-    return subprocess.run(["bash", str(RUN_SH), *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        ["bash", str(RUN_SH), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def _digests(folder):
@@ -44,7 +51,8 @@ def test_run_sh_writes_1000_faces_with_the_same_bytes_as_a_second_run(checkpoint
     r = _run_sh(out, "--checkpoint", checkpoint, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"{k:04d}.png" for k in range(1000)] + ["notes.txt"])  # no staging folder left behind
+    # no staging folder left behind
+    assert names == sorted([f"{k:04d}.png" for k in range(1000)] + ["notes.txt"])
     with Image.open(out / "0999.png") as image:
         assert image.size == (64, 64) and image.mode == "RGB"
     first = _digests(out)
@@ -53,7 +61,9 @@ def test_run_sh_writes_1000_faces_with_the_same_bytes_as_a_second_run(checkpoint
     again = tmp_path / "again"
     infer.main([str(again), "--checkpoint", str(checkpoint), "--device", "cpu"])
     assert _digests(again) == {k: v for k, v in first.items() if k != "notes.txt"}
-    infer.main([str(again), "--checkpoint", str(checkpoint), "--device", "cpu", "--seed", "1", "--n", "3"])
+    infer.main(
+        [str(again), "--checkpoint", str(checkpoint), "--device", "cpu", "--seed", "1", "--n", "3"]
+    )
     assert _digests(again)["0000.png"] != first["0000.png"]
 
 

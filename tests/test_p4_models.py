@@ -1,5 +1,6 @@
 """P4 networks: output shapes and ranges, the DCGAN paper's layer pattern and parameter
 count, and what the improved critic changes (spectral norm instead of batch norm)."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,11 +29,16 @@ def test_full_size_dcgan_matches_the_paper_architecture():
     assert sum(p.numel() for p in d.parameters()) == 2_765_568
     g_convs = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [m.out_channels for m in g_convs] == [512, 256, 128, 64, 3]
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in g.modules()) == 4 and isinstance(g.net[-1], nn.Tanh)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in g.modules()) == 4 and isinstance(
+        g.net[-1], nn.Tanh
+    )
     d_layers = list(d.net)
-    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) for m in d.modules())
+    assert not any(
+        isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) for m in d.modules()
+    )
     assert [m.stride for m in d_layers if isinstance(m, nn.Conv2d)] == [(2, 2)] * 4 + [(1, 1)]
-    assert isinstance(d_layers[1], nn.LeakyReLU) and d_layers[1].negative_slope == 0.2  # no BN on the first layer
+    # no BN on the first layer
+    assert isinstance(d_layers[1], nn.LeakyReLU) and d_layers[1].negative_slope == 0.2
     assert sum(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == 3
 
 

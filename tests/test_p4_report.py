@@ -1,5 +1,6 @@
 """p4_gan/report.py: without inputs every part names the command that produces it and
 shows no number; with them, the numbers are the files' own."""
+
 from __future__ import annotations
 
 import csv
@@ -15,10 +16,17 @@ from p4_gan.report import SHIPPED, section
 def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
     assert [line for line in text.splitlines() if line.startswith("### ")] == [
-        "### FID and face-recognition rate", "### Samples, architectures, training curves", "### What the runs showed",
-        "### Cost"]
-    for command in ("python -m bench.p4_gan final", "python -m p4_gan.figures", "python -m p4_gan.train",
-                    "python -m bench.p4_gan cost"):
+        "### FID and face-recognition rate",
+        "### Samples, architectures, training curves",
+        "### What the runs showed",
+        "### Cost",
+    ]
+    for command in (
+        "python -m bench.p4_gan final",
+        "python -m p4_gan.figures",
+        "python -m p4_gan.train",
+        "python -m bench.p4_gan cost",
+    ):
         assert command in text
     assert not re.search(r"\|\s*\d", text)  # no table of values
 
@@ -26,27 +34,64 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
 def test_measured_values_come_from_the_json_file(tmp_path):
     d = tmp_path / "p4"
     d.mkdir()
-    models = {model: {"steps": 5000, "epochs": 40.0, "train_seconds": 7200.0, "command": f"python -m p4_gan.train --model {model}",
-                      "best_step": 4000, "best_epoch": 32, "best_train_fid": best, "fid": fid, "feature_spread": spread,
-                      "face_rate": rate, "one_face": int(rate * 1000), "total": 1000}
-              for model, best, fid, spread, rate in (("dcgan", 40.1, 31.234, 0.71, 0.871), ("improved", 30.2, 24.5, 0.93, 0.962))}
-    (d / "final.json").write_text(json.dumps({
-        "command": "python -m bench.p4_gan final --runs X", "hardware": "CPU-X", "n": 1000, "seed": 2022,
-        "reference": "2000 val faces", "models": models,
-        "real_train": {"fid": 17.25, "feature_spread": 1.01, "face_rate": 0.94, "one_face": 940, "total": 1000}}))
+    models = {
+        model: {
+            "steps": 5000,
+            "epochs": 40.0,
+            "train_seconds": 7200.0,
+            "command": f"python -m p4_gan.train --model {model}",
+            "best_step": 4000,
+            "best_epoch": 32,
+            "best_train_fid": best,
+            "fid": fid,
+            "feature_spread": spread,
+            "face_rate": rate,
+            "one_face": int(rate * 1000),
+            "total": 1000,
+        }
+        for model, best, fid, spread, rate in (
+            ("dcgan", 40.1, 31.234, 0.71, 0.871),
+            ("improved", 30.2, 24.5, 0.93, 0.962),
+        )
+    }
+    (d / "final.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m bench.p4_gan final --runs X",
+                "hardware": "CPU-X",
+                "n": 1000,
+                "seed": 2022,
+                "reference": "2000 val faces",
+                "models": models,
+                "real_train": {
+                    "fid": 17.25,
+                    "feature_spread": 1.01,
+                    "face_rate": 0.94,
+                    "one_face": 940,
+                    "total": 1000,
+                },
+            }
+        )
+    )
     text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
     for name, model in (("(A) DCGAN", models["dcgan"]), ("(B) improved GAN", models["improved"])):
         row = table_row(text, name)
-        assert numbers(row["trained"]) == [model["steps"], model["epochs"], model["train_seconds"] / 3600]
+        assert numbers(row["trained"]) == [
+            model["steps"],
+            model["epochs"],
+            model["train_seconds"] / 3600,
+        ]
         assert numbers(row["chosen checkpoint"]) == [model["best_epoch"], model["best_train_fid"]]
         assert numbers(row["FID vs val"]) == [round(model["fid"], 2)]
         assert numbers(row["face rate"]) == pytest.approx([model["face_rate"] * 100], abs=0.05)
         assert numbers(row["feature spread"]) == [model["feature_spread"]]
     real = json.loads((d / "final.json").read_text())["real_train"]
     floor = next(row for row in table_rows(text) if "real training faces" in row["model"])
-    assert [numbers(floor[c])[0] for c in ("FID vs val", "face rate", "feature spread")] == \
-        pytest.approx([real["fid"], real["face_rate"] * 100, real["feature_spread"]], abs=0.005)
-    assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text  # the verdicts
+    assert [
+        numbers(floor[c])[0] for c in ("FID vs val", "face rate", "feature spread")
+    ] == pytest.approx([real["fid"], real["face_rate"] * 100, real["feature_spread"]], abs=0.005)
+    # the verdicts
+    assert "FID of (B) 24.50 against (A) 31.23: lower" in text and "FID < 27 (met)" in text
     assert "on CPU-X" in text and "`python -m p4_gan.train --model improved`" in text
 
 
@@ -54,7 +99,13 @@ def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
     """With no run folders, the FID table and the D/G lessons come from p4_gan/checkpoints/."""
     shipped = json.loads((SHIPPED / "p4_bench_final.json").read_text())
     text = section(tmp_path)
-    assert table_row(text, "(B) improved GAN")["FID vs val"] == f"{shipped['models']['improved']['fid']:.2f}"
-    with open(SHIPPED / "improved_fid_train_faces.csv", newline="") as f:  # each logged FID, from the shipped log
-        logged = " → ".join(f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in csv.DictReader(f))
+    assert (
+        table_row(text, "(B) improved GAN")["FID vs val"]
+        == f"{shipped['models']['improved']['fid']:.2f}"
+    )
+    # each logged FID, from the shipped log
+    with open(SHIPPED / "improved_fid_train_faces.csv", newline="") as f:
+        logged = " → ".join(
+            f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in csv.DictReader(f)
+        )
     assert "(B) improved GAN: last epoch D loss" in text and f"Train-face FID: {logged}." in text

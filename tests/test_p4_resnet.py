@@ -1,6 +1,7 @@
 """P4's ResNet option (SNGAN's 64x64 networks): shapes and sizes, spectral norm on every
 layer of the critic, the configurations it refuses, export with standing BN statistics,
 training steps, and train.py's per-epoch generator snapshots."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,14 +43,22 @@ def test_sizes_at_32_and_64_channels():
     # 4 residual up-blocks in G (4 -> 64), the optimised first block and 4 down-blocks in D (64 -> 2).
     small = GANConfig(g_channels=32, d_channels=32, d_norm="spectral", arch="resnet")
     g, d = Generator(small), Discriminator(small)
-    assert 3.2e6 < _count(g) < 3.5e6 and 2.4e6 < _count(d) < 2.7e6  # train.py's --help says ~3.4 M and 2.5 M
+    # train.py's --help says ~3.4 M and 2.5 M
+    assert 3.2e6 < _count(g) < 3.5e6 and 2.4e6 < _count(d) < 2.7e6
     assert sum(isinstance(m, Residual) for m in g.modules()) == 4
     assert sum(isinstance(m, Residual) for m in d.modules()) == 5
-    assert [m.out_channels for m in g.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)] == [256, 128, 64, 32]
-    assert [m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)] == [32, 64, 128, 256, 512]
+    assert [
+        m.out_channels for m in g.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+    ] == [256, 128, 64, 32]
+    assert [
+        m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+    ] == [32, 64, 128, 256, 512]
     with torch.device("meta"):  # the full size without allocating it
         default = GANConfig(d_norm="spectral", arch="resnet")
-        assert 11.5e6 < _count(Generator(default)) < 12.1e6 and 9.9e6 < _count(Discriminator(default)) < 10.4e6
+        assert (
+            11.5e6 < _count(Generator(default)) < 12.1e6
+            and 9.9e6 < _count(Discriminator(default)) < 10.4e6
+        )
 
 
 def test_critic_is_spectrally_normalised_everywhere_or_nowhere():
@@ -66,9 +75,22 @@ def test_batch_norm_critic_and_unknown_arch_are_refused(tmp_path):
         GANConfig(arch="resnet")
     with pytest.raises(ValueError, match="arch must be one of"):
         GANConfig(arch="stylegan")
-    with pytest.raises(CLIError, match="d_norm 'batch' is not offered"):  # --model dcgan's critic has batch norm
-        train.main(["--model", "dcgan", "--arch", "resnet", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                    "--device", "cpu"])
+    # --model dcgan's critic has batch norm
+    with pytest.raises(CLIError, match="d_norm 'batch' is not offered"):
+        train.main(
+            [
+                "--model",
+                "dcgan",
+                "--arch",
+                "resnet",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "run"),
+                "--device",
+                "cpu",
+            ]
+        )
 
 
 def test_configs_saved_before_arch_existed_load_as_dcgan(tmp_path):
@@ -94,7 +116,9 @@ def test_export_round_trip_with_standing_stats(tmp_path):
         # ...the frozen statistics make it a function of its own z only (up to the last bits,
         # which a matrix product's blocking may change with the batch size).
         pair = frozen(z)
-        assert torch.allclose(pair[:1], frozen(z[:1]), atol=1e-5) and torch.allclose(pair[1:], frozen(z[1:]), atol=1e-5)
+        assert torch.allclose(pair[:1], frozen(z[:1]), atol=1e-5) and torch.allclose(
+            pair[1:], frozen(z[1:]), atol=1e-5
+        )
     save_generator(tmp_path / "g.pt", frozen, {"model": "improved", "step": 0})
     loaded, _ = load_generator(tmp_path / "g.pt")
     assert loaded.config == TINY and not loaded.training
@@ -114,25 +138,64 @@ def test_training_steps_move_both_networks_reproducibly():
     fresh = GANTrainer(TINY, IMPROVED, seed=0)
     trainer, stats = _stepped(seed=0)
     assert all(torch.isfinite(v) for v in stats.values())
-    for new, old in ((trainer.G, fresh.G), (trainer.D, fresh.D)):  # weight tensors (biases may get no gradient)
-        assert all(not torch.equal(p, q) for p, q in zip(new.parameters(), old.parameters()) if p.ndim > 1)
+    # weight tensors (biases may get no gradient)
+    for new, old in ((trainer.G, fresh.G), (trainer.D, fresh.D)):
+        assert all(
+            not torch.equal(p, q) for p, q in zip(new.parameters(), old.parameters()) if p.ndim > 1
+        )
     (again, _), (other, _) = _stepped(seed=0), _stepped(seed=1)
     for net in ("G", "D", "ema"):
-        assert all(torch.equal(p, q) for p, q in zip(getattr(trainer, net).state_dict().values(),
-                                                     getattr(again, net).state_dict().values())), net
+        assert all(
+            torch.equal(p, q)
+            for p, q in zip(
+                getattr(trainer, net).state_dict().values(),
+                getattr(again, net).state_dict().values(),
+            )
+        ), net
     assert not torch.equal(next(trainer.G.parameters()), next(other.G.parameters()))
 
 
 def test_train_py_writes_a_loadable_snapshot_every_epoch(tmp_path):
-    train.main(["--model", "improved", "--arch", "resnet", "--data", str(require_shared("hw2_data", "face")),
-                "--out", str(tmp_path), "--g-channels", "4", "--d-channels", "4", "--batch-size", "8", "--epochs", "2",
-                "--snapshot-every", "1", "--sample-every", "0", "--fid-every", "0", "--device", "cpu"])
+    train.main(
+        [
+            "--model",
+            "improved",
+            "--arch",
+            "resnet",
+            "--data",
+            str(require_shared("hw2_data", "face")),
+            "--out",
+            str(tmp_path),
+            "--g-channels",
+            "4",
+            "--d-channels",
+            "4",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+            "--snapshot-every",
+            "1",
+            "--sample-every",
+            "0",
+            "--fid-every",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     names = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
-    assert names == ["generator_epoch0001.pt", "generator_epoch0002.pt"]  # nothing half-written left beside them
+    # nothing half-written left beside them
+    assert names == ["generator_epoch0001.pt", "generator_epoch0002.pt"]
     first, meta1 = load_generator(tmp_path / "snapshots" / names[0])
     last, meta2 = load_generator(tmp_path / "snapshots" / names[1])
     final, _ = load_generator(tmp_path / "generator.pt")
-    assert last.config.arch == "resnet" and (meta1["epoch"], meta1["step"], meta2["epoch"], meta2["step"]) == (1, 3, 2, 6)
+    assert last.config.arch == "resnet" and (
+        meta1["epoch"],
+        meta1["step"],
+        meta2["epoch"],
+        meta2["step"],
+    ) == (1, 3, 2, 6)
     z = _z(3)
     with torch.no_grad():
         assert torch.equal(last(z), final(z))  # the last snapshot is the exported generator.pt

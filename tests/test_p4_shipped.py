@@ -1,6 +1,7 @@
 """The shipped P4 generator (p4_gan/checkpoints/p4_gan.pt) through the course's contract:
 `bash p4_gan/run.sh OUT` on a fresh clone writes 1000 distinct 64x64 faces under the course's
 names, the same bytes on a second run, and most of them are faces to the course's detector."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,20 @@ pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no shi
 
 def _run_sh(out):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HW2_QUIET": "1"}
-    return subprocess.run(["bash", str(REPO / "p4_gan" / "run.sh"), str(out), "--device", "cpu"],
-                           capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        ["bash", str(REPO / "p4_gan" / "run.sh"), str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_shipped_generator_loads_and_names_its_recipe():
     generator, meta = load_generator(DEFAULT_CHECKPOINT)
     assert meta["model"] == "improved" and meta["step"] > 0 and "--model improved" in meta["recipe"]
-    assert sum(p.numel() for p in generator.parameters()) == 3_576_704  # the DCGAN-shaped G of the README
+    # the DCGAN-shaped G of the README
+    assert sum(p.numel() for p in generator.parameters()) == 3_576_704
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """P5 DANN: the gradient reversal layer, its effect on the feature extractor, per-domain
 batches, the lambda schedule, augmentation, training/resume on real digits, and the run.sh
 CSV contract."""
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,10 @@ def test_grl_flips_the_feature_gradient_of_the_domain_loss_only():
         else:
             logits = model.domain_head(model.features(x))
         F.cross_entropy(logits, domain).backward()
-        return ({n: p.grad.clone() for n, p in model.features.named_parameters()},
-                {n: p.grad.clone() for n, p in model.domain_head.named_parameters()})
+        return (
+            {n: p.grad.clone() for n, p in model.features.named_parameters()},
+            {n: p.grad.clone() for n, p in model.domain_head.named_parameters()},
+        )
 
     (feat_rev, head_rev), (feat_plain, head_plain) = grads(True), grads(False)
     for name in feat_rev:
@@ -57,13 +60,17 @@ def test_each_domain_batch_is_normalised_with_its_own_statistics():
     for m in model.modules():  # batch-statistics BatchNorm, but no random dropout masks
         if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
             m.eval()
-    source, target = torch.randn(6, 3, 28, 28), 3 + 2 * torch.randn(6, 3, 28, 28)  # different statistics
+    # different statistics
+    source, target = torch.randn(6, 3, 28, 28), 3 + 2 * torch.randn(6, 3, 28, 28)
     (label_s, _), (label_t, _) = model(source, target)
     [(alone_s, _)] = model(source)
     [(alone_t, _)] = model(target)
-    assert torch.allclose(label_s, alone_s, atol=1e-5) and torch.allclose(label_t, alone_t, atol=1e-5)
+    assert torch.allclose(label_s, alone_s, atol=1e-5) and torch.allclose(
+        label_t, alone_t, atol=1e-5
+    )
     [(joint, _)] = model(torch.cat([source, target]))
-    assert not torch.allclose(joint[:6], label_s, atol=1e-2)  # one joint batch would mix the domains
+    # one joint batch would mix the domains
+    assert not torch.allclose(joint[:6], label_s, atol=1e-2)
 
 
 def test_lambda_schedule():
@@ -86,7 +93,8 @@ def test_colour_augmentation_only_permutes_channels_or_makes_gray():
     gray = (y == y[:, :1]).all(dim=(1, 2, 3))
     assert 10 < gray.sum() < 54  # about half of 64
     assert torch.allclose(y[gray], x[gray].mean(1, keepdim=True).expand_as(x[gray]))
-    assert torch.equal(y[~gray].sort(1).values, x[~gray].sort(1).values)  # same values, channels shuffled
+    # same values, channels shuffled
+    assert torch.equal(y[~gray].sort(1).values, x[~gray].sort(1).values)
     assert not torch.equal(y[~gray], x[~gray])
 
 
@@ -96,11 +104,14 @@ def test_entropy_matches_its_definition():
 
 
 def test_consistency_loss_equals_a_hand_computation():
-    weak = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0]])  # confident, unsure, confident
+    # confident, unsure, confident
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0]])
     strong = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
     p0 = torch.softmax(torch.tensor([4.0, 0.0, 0.0]), 0)[0].item()  # 0.9643: below 0.97, above 0.95
     # pseudo-labels 0 and 2; the unsure row counts 0 but still divides (FixMatch's mean over the batch)
-    expected = (-np.log(np.exp(1) / (np.exp(1) + np.exp(2) + 1)) - np.log(np.exp(1) / (1 + 2 * np.exp(1)))) / 3
+    expected = (
+        -np.log(np.exp(1) / (np.exp(1) + np.exp(2) + 1)) - np.log(np.exp(1) / (1 + 2 * np.exp(1)))
+    ) / 3
     assert abs(train.consistency_loss(weak, strong, 0.95).item() - expected) < 1e-6
     only_last = -np.log(np.exp(1) / (1 + 2 * np.exp(1))) / 3
     assert p0 < 0.97 and abs(train.consistency_loss(weak, strong, 0.97).item() - only_last) < 1e-6
@@ -113,11 +124,14 @@ def test_cutout_erases_one_square_per_image():
     x = torch.ones(64, 3, 28, 28)
     erased = (train.cutout(x, torch.Generator().manual_seed(0)) == 0).all(dim=1)  # (N, H, W)
     counts = erased.flatten(1).sum(1)
-    assert counts.max() == train.CUTOUT ** 2 and counts.min() > 0  # whole squares inside, clipped at borders
+    # whole squares inside, clipped at borders
+    assert counts.max() == train.CUTOUT**2 and counts.min() > 0
     for mask in erased:
         rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
         assert mask.sum() == len(rows) * len(cols)  # a rectangle: the square, clipped
-        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1)) and torch.equal(cols, torch.arange(cols[0], cols[-1] + 1))
+        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1)) and torch.equal(
+            cols, torch.arange(cols[0], cols[-1] + 1)
+        )
 
 
 def test_adabn_sets_the_target_statistics_and_nothing_else():
@@ -127,31 +141,64 @@ def test_adabn_sets_the_target_statistics_and_nothing_else():
     model = DANN()
     images = torch.randn(600, 3, 28, 28) * 0.5 + 0.3
     # Everything but the classifier path's BN statistics: weights, and the domain head's statistics too.
-    kept = {k: v.clone() for k, v in model.state_dict().items()
-            if k.startswith("domain_head") or ("running" not in k and "num_batches" not in k)}
+    kept = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith("domain_head") or ("running" not in k and "num_batches" not in k)
+    }
     assert any(k.startswith("domain_head") and "running_mean" in k for k in kept)
     adapt_batchnorm(model, images, torch.device("cpu"), batch_size=200)
-    assert not model.training and all(torch.equal(kept[k], v) for k, v in model.state_dict().items() if k in kept)
+    assert not model.training and all(
+        torch.equal(kept[k], v) for k, v in model.state_dict().items() if k in kept
+    )
     conv = model.features[0](images)  # what the first BN sees
     batch_means = torch.stack([c.mean(dim=(0, 2, 3)) for c in conv.split(200)])
-    torch.testing.assert_close(model.features[1].running_mean, batch_means.mean(0), rtol=0, atol=1e-5)
-    batch_vars = torch.stack([c.transpose(0, 1).flatten(1).var(1) for c in conv.split(200)])  # unbiased, as BN keeps it
-    torch.testing.assert_close(model.features[1].running_var, batch_vars.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.features[1].running_mean, batch_means.mean(0), rtol=0, atol=1e-5
+    )
+    # unbiased, as BN keeps it
+    batch_vars = torch.stack([c.transpose(0, 1).flatten(1).var(1) for c in conv.split(200)])
+    torch.testing.assert_close(
+        model.features[1].running_var, batch_vars.mean(0), rtol=1e-5, atol=1e-5
+    )
     assert model.features[1].momentum == 0.1  # restored for any further training
 
 
 def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, monkeypatch):
     root = small_digits(tmp_path / "digits", n=96, splits=("train", "val"))
-    (root / "usps" / "val.csv").unlink()  # the run may not read the target's val split, labels or images
+    # the run may not read the target's val split, labels or images
+    (root / "usps" / "val.csv").unlink()
 
     def run(out, epochs=3):
-        return train.main(["--mode", "dann", "--data", str(root), "--out", str(tmp_path / out), "--batch-size",
-                           "32", "--device", "cpu", "--entropy-weight", "0.1", "--consistency-weight", "1",
-                           "--pseudo-threshold", "0.2", "--epochs", str(epochs), "--source", f"mnistm={root / 'mnistm'}"])
+        return train.main(
+            [
+                "--mode",
+                "dann",
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / out),
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--entropy-weight",
+                "0.1",
+                "--consistency-weight",
+                "1",
+                "--pseudo-threshold",
+                "0.2",
+                "--epochs",
+                str(epochs),
+                "--source",
+                f"mnistm={root / 'mnistm'}",
+            ]
+        )
 
     real_scores, calls = train.selection_scores, []
 
-    def interrupted_in_epoch_3(*args, **kwargs):  # one scoring per epoch; epoch 2's checkpoint is written by now
+    # one scoring per epoch; epoch 2's checkpoint is written by now
+    def interrupted_in_epoch_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -166,17 +213,30 @@ def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, mo
     with open(tmp_path / "resumed" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 and float(r["consistency"]) > 0 for r in rows)
+    assert all(
+        float(r["domain_loss"]) > 0 and float(r["entropy"]) > 0 and float(r["consistency"]) > 0
+        for r in rows
+    )
     assert result["select"] == "snd" and [h["epoch"] for h in result["history"]] == [1, 2, 3]
-    densest = max(reversed(result["history"]), key=lambda h: h["snd"])  # highest SND; ties to the later epoch
+    # highest SND; ties to the later epoch
+    densest = max(reversed(result["history"]), key=lambda h: h["snd"])
     assert result["selected"] == densest
     saved = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
     assert saved["epoch"] == result["selected"]["epoch"] and saved["mode"] == "dann"
-    assert saved["config"]["entropy_weight"] == 0.1 and saved["snd"] == densest["snd"] and 0 < saved["dev_ess"] <= 1
-    assert sorted(p.name for p in (tmp_path / "resumed").glob("epoch_*.pt")) == ["epoch_01.pt", "epoch_02.pt",
-                                                                               "epoch_03.pt"]
-    resumed, straight = (torch.load(tmp_path / d / "final.pt", weights_only=True)["state_dict"]
-                         for d in ("resumed", "straight"))
+    assert (
+        saved["config"]["entropy_weight"] == 0.1
+        and saved["snd"] == densest["snd"]
+        and 0 < saved["dev_ess"] <= 1
+    )
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("epoch_*.pt")) == [
+        "epoch_01.pt",
+        "epoch_02.pt",
+        "epoch_03.pt",
+    ]
+    resumed, straight = (
+        torch.load(tmp_path / d / "final.pt", weights_only=True)["state_dict"]
+        for d in ("resumed", "straight")
+    )
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     # The lr and lambda schedules depend on the run's length: a longer resume would rewind them.
     with pytest.raises(CLIError, match="trained for 3 epochs"):
@@ -185,19 +245,49 @@ def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, mo
 
 def test_target_only_selects_on_held_out_target_train_images(tmp_path):
     root = small_digits(tmp_path / "digits", n=60, splits=("train",))  # no val split anywhere
-    result = train.main(["--mode", "target_only", "--data", str(root), "--out", str(tmp_path / "run"),
-                         "--batch-size", "18", "--device", "cpu", "--epochs", "2"])
-    assert result["select"] == "source_val_acc" and set(result["history"][0]) == {"epoch", "source_val_acc"}
+    result = train.main(
+        [
+            "--mode",
+            "target_only",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "18",
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+        ]
+    )
+    assert result["select"] == "source_val_acc" and set(result["history"][0]) == {
+        "epoch",
+        "source_val_acc",
+    }
     (_, y_kept), (_, y_held) = train.holdout_split(torch.zeros(60, 1), torch.arange(60))
     assert len(y_held) == 6 and not set(y_kept.tolist()) & set(y_held.tolist())
-    assert torch.equal(train.holdout_split(torch.zeros(60, 1), torch.arange(60))[1][1], y_held)  # one fixed split
+    # one fixed split
+    assert torch.equal(train.holdout_split(torch.zeros(60, 1), torch.arange(60))[1][1], y_held)
     with pytest.raises(CLIError, match="held-out"):
-        train.main(["--mode", "target_only", "--data", str(root), "--out", str(tmp_path / "r2"), "--select", "dev"])
+        train.main(
+            [
+                "--mode",
+                "target_only",
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / "r2"),
+                "--select",
+                "dev",
+            ]
+        )
 
 
 def test_dann_step_lowers_the_label_loss_on_a_real_batch():
     root = require_shared("hw2_data", "digits")
     from p5_dann.data import load_split
+
     x_s, y_s = load_split(root / "mnistm", "val")
     x_t = load_split(root / "usps", "val")[0]
     x_s, y_s, x_t = x_s[:64], y_s[:64], x_t[:64]
@@ -222,8 +312,10 @@ def _image_dir(tmp_path):
     folder = tmp_path / "usps_imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(folder / "b.png")    # grayscale
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / "a.png")  # RGB, other size
+    # grayscale
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(folder / "b.png")
+    # RGB, other size
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), "RGB").save(folder / "a.png")
     Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8), "RGB").save(folder / "c.jpg")
     (folder / "notes.txt").write_text("not an image")
     return folder
@@ -239,7 +331,16 @@ def tiny_checkpoint(tmp_path):
 
 def test_csv_contract_with_mixed_grayscale_and_rgb(tmp_path, tiny_checkpoint):
     out = tmp_path / "pred" / "out.csv"
-    infer.main([str(_image_dir(tmp_path)), str(out), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"])
+    infer.main(
+        [
+            str(_image_dir(tmp_path)),
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+        ]
+    )
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["image_name", "label"]
@@ -272,6 +373,7 @@ def test_bad_input_is_one_line_error(case, tmp_path, tiny_checkpoint, capsys):
 def test_loader_reads_the_whole_mnistm_named_by_path():
     """The bench's source: --source mnistm=PATH to the shared mnistm_full (59,001 train / 9,001 val)."""
     from p5_dann.data import domain_folder, load_split
+
     full = require_shared("mnistm_full", "digits", "mnistm")
     assert domain_folder(f"mnistm={full}", "elsewhere") == ("mnistm", full)
     x, y = load_split(full, "val")
@@ -290,8 +392,12 @@ def test_run_sh_with_the_shipped_usps_model_on_real_usps_val(tmp_path):
     img_dir.mkdir()
     for name in labels:
         shutil.copy(usps / "data" / name, img_dir / name)
-    r = subprocess.run(["bash", str(REPO / "p5_dann" / "run.sh"), str(img_dir), str(tmp_path / "pred.csv")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["bash", str(REPO / "p5_dann" / "run.sh"), str(img_dir), str(tmp_path / "pred.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-500:]
     with open(tmp_path / "pred.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -1,5 +1,6 @@
 """P6 data and augmentation: every preset on a real CIFAR-10 batch (shape, dtype, value
 range, determinism under a seed), MixUp/CutMix targets, and the honest train/val split."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,9 @@ def test_preset_on_real_images(batch, name):
     assert torch.equal(a, b)  # same seed, same augmented batch
     assert torch.equal(_apply(preset, images, 1), a) == (name in DETERMINISTIC)
     mean, std = torch.tensor(CIFAR_MEAN).view(3, 1, 1), torch.tensor(CIFAR_STD).view(3, 1, 1)
-    expected_eval = images.float() / 255 if name in UNNORMALISED else (images.float() / 255 - mean) / std
+    expected_eval = (
+        images.float() / 255 if name in UNNORMALISED else (images.float() / 255 - mean) / std
+    )
     torch.testing.assert_close(preset.eval(images), expected_eval)  # evaluation never augments
     if name in UNNORMALISED:
         assert a.min() >= 0 and a.max() <= 1
@@ -58,7 +61,10 @@ def test_mixup_cutmix_give_soft_labels_and_label_smoothing(batch):
     lam = soft[differ.nonzero()[0, 0], labels[differ][0]]
     assert 0 < lam < 1
     torch.testing.assert_close(soft, lam * onehot + (1 - lam) * partner)
-    assert preset.label_smoothing == 0.1 and build_preset("mixup_cutmix", CIFAR_MEAN, CIFAR_STD).label_smoothing == 0
+    assert (
+        preset.label_smoothing == 0.1
+        and build_preset("mixup_cutmix", CIFAR_MEAN, CIFAR_STD).label_smoothing == 0
+    )
 
 
 def test_split_holds_out_ten_percent_fixed_and_disjoint():
@@ -67,9 +73,11 @@ def test_split_holds_out_ten_percent_fixed_and_disjoint():
     tx, ty, vx, vy = split_train_val(images, labels)
     assert len(vy) == 5000 and len(ty) == 45_000  # CIFAR-10: 5,000 held out
     assert not set(ty.tolist()) & set(vy.tolist())
-    assert torch.equal(tx[:, 0, 0, 0], ty) and torch.equal(vx[:, 0, 0, 0], vy)  # images follow labels
+    # images follow labels
+    assert torch.equal(tx[:, 0, 0, 0], ty) and torch.equal(vx[:, 0, 0, 0], vy)
     assert torch.equal(split_train_val(images, labels)[3], vy)  # the same split every time
-    assert len(split_train_val(images[:5085], labels[:5085])[3]) == 508  # the slice: same proportion
+    # the slice: same proportion
+    assert len(split_train_val(images[:5085], labels[:5085])[3]) == 508
 
 
 @pytest.mark.parametrize("name", ["none", "flip_crop", "cutout", "normalize"])
@@ -104,8 +112,13 @@ def test_batch_augment_equals_torchvision_per_image(batch, name):
 
 
 def test_batch_augment_only_where_the_preset_is_flips_crops_cutout():
-    batched = {name for name in PRESETS if build_preset(name, CIFAR_MEAN, CIFAR_STD).device_train is not None}
+    batched = {
+        name
+        for name in PRESETS
+        if build_preset(name, CIFAR_MEAN, CIFAR_STD).device_train is not None
+    }
     assert batched == {"none", "flip", "crop", "normalize", "flip_crop", "flip_crop_ls", "cutout"}
     cutout = build_preset("cutout", CIFAR_MEAN, CIFAR_STD).device_train
     assert (cutout.flip, cutout.padding, cutout.cutout, cutout.mean) == (True, 4, 16, CIFAR_MEAN)
-    assert build_preset("crop", CIFAR_MEAN, CIFAR_STD).device_train.mean is None  # unnormalised, as per image
+    # unnormalised, as per image
+    assert build_preset("crop", CIFAR_MEAN, CIFAR_STD).device_train.mean is None

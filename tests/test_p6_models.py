@@ -2,6 +2,7 @@
 sum and agrees with the grad-cam library's Grad-CAM on a GAP+FC network, the ViT loads
 local weights and trains only its last blocks and head, and ViT Grad-CAM maps tokens to
 the right patches."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,13 @@ from p6_classification.cam import class_activation_map, grad_cam, heatmap, vit_t
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from p6_classification.models import ResNet18, build_model, freeze_for_finetune, load_vit_weights
 
-TINY_VIT = {"model": "vit", "name": "vit_tiny_patch16_224", "img_size": 32, "trainable_blocks": 1,
-            "timm_kwargs": {"patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}}
+TINY_VIT = {
+    "model": "vit",
+    "name": "vit_tiny_patch16_224",
+    "img_size": 32,
+    "trainable_blocks": 1,
+    "timm_kwargs": {"patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +56,14 @@ def test_cam_is_the_fc_weighted_feature_sum(images):
         logits = model(images)
         cam = class_activation_map(model, images, classes)
     a, w = feats["a"].numpy(), model.fc.weight.detach().numpy()
-    expected = np.stack([np.tensordot(w[c], a[n], axes=(0, 0)) for n, c in enumerate(classes.tolist())])
+    expected = np.stack(
+        [np.tensordot(w[c], a[n], axes=(0, 0)) for n, c in enumerate(classes.tolist())]
+    )
     np.testing.assert_allclose(cam.numpy(), expected, rtol=1e-5, atol=1e-5)
     # GAP then FC: the CAM's spatial mean plus the bias is the class logit.
-    torch.testing.assert_close(cam.mean(dim=(1, 2)) + model.fc.bias[classes], logits[torch.arange(4), classes])
+    torch.testing.assert_close(
+        cam.mean(dim=(1, 2)) + model.fc.bias[classes], logits[torch.arange(4), classes]
+    )
 
 
 def test_cam_matches_grad_cam_library_on_gap_fc_network(images):
@@ -71,7 +81,9 @@ def test_cam_matches_grad_cam_library_on_gap_fc_network(images):
 def test_vit_loads_local_weights_and_keeps_a_new_head(tmp_path):
     torch.manual_seed(0)
     source = build_model({**TINY_VIT, "trainable_blocks": 3}, num_classes=1000).net
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors"
+    )
     model = build_model(TINY_VIT, num_classes=10, weights=str(tmp_path / "model.safetensors")).net
     for name, value in model.state_dict().items():
         if name.startswith("head."):
@@ -92,7 +104,9 @@ def test_frozen_vit_blocks_do_not_change_after_an_optimizer_step(images):
     before = {n: p.detach().clone() for n, p in vit.named_parameters()}
     trainable = {n for n, p in vit.named_parameters() if p.requires_grad}
     assert trainable == {n for n in before if n.startswith(("blocks.2.", "norm.", "head."))}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9, weight_decay=5e-4
+    )
     for _ in range(2):
         loss = F.cross_entropy(model(images), torch.tensor([1, 2, 3, 4]))
         opt.zero_grad()
@@ -110,7 +124,8 @@ def test_vit_token_grid_layout():
     tokens = torch.arange(17, dtype=torch.float32).view(1, 17, 1).expand(2, 17, 5)
     grid = vit_tokens_to_grid(vit)(tokens)
     assert grid.shape == (2, 5, 4, 4)
-    assert torch.equal(grid[0, 0], torch.arange(1, 17, dtype=torch.float32).view(4, 4))  # row-major patches
+    # row-major patches
+    assert torch.equal(grid[0, 0], torch.arange(1, 17, dtype=torch.float32).view(4, 4))
 
 
 def test_vit_grad_cam_matches_a_manual_computation(images):
@@ -124,6 +139,7 @@ def test_vit_grad_cam_matches_a_manual_computation(images):
     def keep(module, inputs, output):
         output.retain_grad()
         saved["a"] = output
+
     model.requires_grad_(True)
     model.net.blocks[-1].norm1.register_forward_hook(keep)
     model(images)[torch.arange(4), classes].sum().backward()

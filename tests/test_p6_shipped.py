@@ -3,6 +3,7 @@
 fp16 state dict of at most 25 MB, classifies the official-pixel test images through infer.py's
 CLI with the accuracy its bench record states, and its CAMs point at the evidence (deletion and
 insertion curves)."""
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,9 @@ def shipped_record() -> dict:
 def test_shipped_checkpoint_is_fp16_within_25_mb_and_loads():
     assert infer.SHIPPED.stat().st_size <= 25 * 2**20
     blob = torch.load(infer.SHIPPED, weights_only=True)
-    assert all(v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16 for v in blob["state_dict"].values() if v.is_floating_point()
+    )
     model, meta = infer.load_checkpoint(infer.SHIPPED, torch.device("cpu"))
     assert meta["arch"] == {"model": "resnet18", "stem": "cifar", "width": 64}
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
@@ -50,11 +53,27 @@ def test_cam_curves_with_the_shipped_model_point_at_the_evidence(tmp_path):
     is CAM up to normalisation: the same areas. (Against another image's map the maps win by
     less than this sample resolves, so that is left to the record, README "P6".)"""
     data = require_shared("cifar10", "cifar10_slice.npz")
-    cam.main(["--data", str(data), "--n", "2", "--deletion", "60", "--steps", "2", "--out", str(tmp_path),
-              "--device", "cpu"])
+    cam.main(
+        [
+            "--data",
+            str(data),
+            "--n",
+            "2",
+            "--deletion",
+            "60",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     record = json.loads((tmp_path / "deletion_resnet18.json").read_text())
     assert record["images"] == 60 and record["fractions"] == [0.0, 0.5, 1.0]
-    assert (tmp_path / "cam_resnet18.png").is_file() and (tmp_path / "deletion_resnet18.png").is_file()
+    assert (tmp_path / "cam_resnet18.png").is_file() and (
+        tmp_path / "deletion_resnet18.png"
+    ).is_file()
     for name in ("CAM (ours)", "Grad-CAM"):
         gap, half_width = record["paired_auc_gap"]["deletion"][name][name + cam.LEAST]
         assert gap + half_width < 0

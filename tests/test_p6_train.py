@@ -1,6 +1,7 @@
 """P6 training on real CIFAR-10 images: the loss falls, the test set is scored once after
 the last epoch, a resumed run ends bit-identical to an uninterrupted one, ViT fine-tuning
 leaves frozen blocks untouched, and infer.py / cam.py / aug_study.py write their files."""
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,18 @@ from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from p6_classification.models import ResNet18, build_model
 
-SMALL = ["--limit", "200", "--width", "8", "--batch-size", "32", "--device", "cpu", "--preset", "flip_crop"]
+SMALL = [
+    "--limit",
+    "200",
+    "--width",
+    "8",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--preset",
+    "flip_crop",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +47,7 @@ def trained(slice_path, tmp_path_factory):
     def spy(model, images, labels, *rest):
         calls.append(len(labels))
         return real(model, images, labels, *rest)
+
     train.evaluate = spy
     try:
         result = train.main(["--data", slice_path, *SMALL, "--epochs", "2", "--out", str(out)])
@@ -69,7 +82,9 @@ def test_honest_protocol_and_outputs(trained):
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
     assert Image.open(out / "curves.png").size[0] > 600  # three panels from log.csv
     assert "--limit 200" in result["command"]
-    assert train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
+    assert (
+        train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
+    )
 
 
 def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, monkeypatch):
@@ -82,6 +97,7 @@ def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, mo
         if len(count) == 2:
             raise KeyboardInterrupt
         return real(*a)
+
     monkeypatch.setattr(train, "evaluate", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
@@ -106,17 +122,32 @@ def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
     (folder / "notes.txt").write_text("not an image")
     (tmp_path / "y.csv").write_text("not a checkpoint")
     with open(tmp_path / "labels.csv", "w") as f:
-        f.write("image_name,label\n" + "".join(f"{n},{y}\n" for n, y in zip(names, cifar.test_labels[:12].tolist())))
+        f.write(
+            "image_name,label\n"
+            + "".join(f"{n},{y}\n" for n, y in zip(names, cifar.test_labels[:12].tolist()))
+        )
 
-    accuracy = infer.main([str(folder), str(tmp_path / "folder.csv"), "--checkpoint", checkpoint,
-                           "--labels", str(tmp_path / "labels.csv"), "--device", "cpu"])
+    accuracy = infer.main(
+        [
+            str(folder),
+            str(tmp_path / "folder.csv"),
+            "--checkpoint",
+            checkpoint,
+            "--labels",
+            str(tmp_path / "labels.csv"),
+            "--device",
+            "cpu",
+        ]
+    )
     with open(tmp_path / "folder.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["image_name"] for r in rows] == names
     predicted = torch.tensor([int(r["label"]) for r in rows])
     assert accuracy == pytest.approx((predicted == cifar.test_labels[:12]).float().mean().item())
 
-    infer.main([slice_path, str(tmp_path / "cifar.csv"), "--checkpoint", checkpoint, "--device", "cpu"])
+    infer.main(
+        [slice_path, str(tmp_path / "cifar.csv"), "--checkpoint", checkpoint, "--device", "cpu"]
+    )
     with open(tmp_path / "cifar.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1017 and rows[0]["image_name"] == "00000.png"
@@ -124,7 +155,11 @@ def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: infer.main([str(folder), str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "y.csv")]))
+        run_cli(
+            lambda: infer.main(
+                [str(folder), str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "y.csv")]
+            )
+        )
     assert exit_info.value.code == 2 and "is not a P6 final.pt" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
@@ -132,54 +167,166 @@ def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
 def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
     torch.manual_seed(0)
     tiny = {"patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
-    arch = {"model": "vit", "name": "vit_tiny_patch16_224", "img_size": 32, "trainable_blocks": 3, "timm_kwargs": tiny}
+    arch = {
+        "model": "vit",
+        "name": "vit_tiny_patch16_224",
+        "img_size": 32,
+        "trainable_blocks": 3,
+        "timm_kwargs": tiny,
+    }
     start = build_model(arch).net.state_dict()
     torch.save(start, tmp_path / "start.pth")
     out = tmp_path / "vit"
-    vit_finetune.main(["--data", slice_path, "--limit", "100", "--batch-size", "30", "--epochs", "1",
-                       "--device", "cpu", "--weights", str(tmp_path / "start.pth"), "--vit-name", arch["name"],
-                       "--vit-kwargs", json.dumps(tiny), "--image-size", "32", "--trainable-blocks", "1",
-                       "--out", str(out)])
+    vit_finetune.main(
+        [
+            "--data",
+            slice_path,
+            "--limit",
+            "100",
+            "--batch-size",
+            "30",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--weights",
+            str(tmp_path / "start.pth"),
+            "--vit-name",
+            arch["name"],
+            "--vit-kwargs",
+            json.dumps(tiny),
+            "--image-size",
+            "32",
+            "--trainable-blocks",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     final = torch.load(out / "final.pt", weights_only=True)
     trained = torch.load(out / "last.pt", weights_only=False)["model"]  # the fp32 training state
     assert final["arch"]["trainable_blocks"] == 1
     for name, value in trained.items():
         trainable = name.removeprefix("net.").startswith(("blocks.2.", "norm.", "head."))
         assert torch.equal(value, start[name.removeprefix("net.")]) != trainable, name
-        assert final["state_dict"][name].dtype == torch.float16 and torch.equal(final["state_dict"][name], value.half())
-    assert cam.main(["--checkpoint", str(out / "final.pt"), "--data", slice_path, "--n", "2",
-                     "--out", str(tmp_path / "cam"), "--device", "cpu"]).name == "cam_vit.png"
+        assert final["state_dict"][name].dtype == torch.float16 and torch.equal(
+            final["state_dict"][name], value.half()
+        )
+    assert (
+        cam.main(
+            [
+                "--checkpoint",
+                str(out / "final.pt"),
+                "--data",
+                slice_path,
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "cam"),
+                "--device",
+                "cpu",
+            ]
+        ).name
+        == "cam_vit.png"
+    )
 
 
 def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypatch):
-    path = cam.main(["--checkpoint", str(trained[0] / "final.pt"), "--data", slice_path, "--n", "3",
-                     "--out", str(tmp_path / "cam"), "--device", "cpu"])
+    path = cam.main(
+        [
+            "--checkpoint",
+            str(trained[0] / "final.pt"),
+            "--data",
+            slice_path,
+            "--n",
+            "3",
+            "--out",
+            str(tmp_path / "cam"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert path == tmp_path / "cam" / "cam_resnet18.png"
     with Image.open(path) as figure:
         assert figure.height > figure.width * 0.8  # three rows of image | CAM | Grad-CAM
-    record = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug"), "--epochs", "1",
-                             "--presets", "none", "cutout", "--spread-preset", "none", "--spread-seeds", "1",
-                             "--limit", "100", "--width", "8", "--batch-size", "30", "--device", "cpu"])
+    record = aug_study.main(
+        [
+            "--data",
+            slice_path,
+            "--out",
+            str(tmp_path / "aug"),
+            "--epochs",
+            "1",
+            "--presets",
+            "none",
+            "cutout",
+            "--spread-preset",
+            "none",
+            "--spread-seeds",
+            "1",
+            "--limit",
+            "100",
+            "--width",
+            "8",
+            "--batch-size",
+            "30",
+            "--device",
+            "cpu",
+        ]
+    )
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
         result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
         assert result["preset"] == row["preset"] and result["test_acc"] == row["test_acc"]
     seed1 = json.loads((tmp_path / "aug" / "runs" / "none_seed1" / "result.json").read_text())
-    assert seed1["command"].endswith("--seed 1 --out " + str(tmp_path / "aug" / "runs" / "none_seed1"))
+    assert seed1["command"].endswith(
+        "--seed 1 --out " + str(tmp_path / "aug" / "runs" / "none_seed1")
+    )
     none, cutout = record["rows"]
-    assert record["spread"]["test_acc_spread"] == pytest.approx(abs(seed1["test_acc"] - none["test_acc"]))
+    assert record["spread"]["test_acc_spread"] == pytest.approx(
+        abs(seed1["test_acc"] - none["test_acc"])
+    )
     gap = cutout["test_acc"] - none["test_acc"]
     mark = "" if abs(gap) > record["spread"]["test_acc_spread"] else " (n.s.)"
     table = (tmp_path / "aug" / "aug_study.md").read_text()
-    assert f"| cutout | flip_crop + cutout 16x16 | {cutout['val_acc']:.4f} | {cutout['test_acc']:.4f} | {gap:+.4f}{mark} |" in table
+    assert (
+        f"| cutout | flip_crop + cutout 16x16 | {cutout['val_acc']:.4f} | {cutout['test_acc']:.4f} | {gap:+.4f}{mark} |"
+        in table
+    )
     assert (tmp_path / "aug" / "aug_study.png").is_file()
     # --jobs: the same runs as separate processes at once (one thread each, as here), the same study
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    parallel = aug_study.main(["--data", slice_path, "--out", str(tmp_path / "aug_jobs"), "--epochs", "1",
-                               "--presets", "none", "cutout", "--spread-preset", "none", "--spread-seeds", "1",
-                               "--limit", "100", "--width", "8", "--batch-size", "30", "--device", "cpu", "--jobs", "3"])
+    parallel = aug_study.main(
+        [
+            "--data",
+            slice_path,
+            "--out",
+            str(tmp_path / "aug_jobs"),
+            "--epochs",
+            "1",
+            "--presets",
+            "none",
+            "cutout",
+            "--spread-preset",
+            "none",
+            "--spread-seeds",
+            "1",
+            "--limit",
+            "100",
+            "--width",
+            "8",
+            "--batch-size",
+            "30",
+            "--device",
+            "cpu",
+            "--jobs",
+            "3",
+        ]
+    )
+
     def scores(rows):
         return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
+
     assert scores(parallel["rows"]) == scores(record["rows"])
     assert scores(parallel["seed_runs"]) == scores(record["seed_runs"])
     assert "epoch 1: train loss" in (tmp_path / "aug_jobs" / "runs" / "none_seed1.log").read_text()
@@ -195,13 +342,36 @@ def test_bench_adopts_a_run_trained_elsewhere(trained, slice_path, tmp_path):
 
     work = tmp_path / "work"
     shutil.copytree(trained[0], work / "resnet18", ignore=shutil.ignore_patterns("last.pt"))
-    record = bench.main(["--work", str(work), "--parts", "full", "--trained-elsewhere", "--data", slice_path,
-                         "--also-test", slice_path, "--limit", "200", "--device", "cpu"])["full"]
-    assert record["val_acc"] == trained[1]["val_acc"] and record["test_acc"] == trained[1]["test_acc"]
+    record = bench.main(
+        [
+            "--work",
+            str(work),
+            "--parts",
+            "full",
+            "--trained-elsewhere",
+            "--data",
+            slice_path,
+            "--also-test",
+            slice_path,
+            "--limit",
+            "200",
+            "--device",
+            "cpu",
+        ]
+    )["full"]
+    assert (
+        record["val_acc"] == trained[1]["val_acc"] and record["test_acc"] == trained[1]["test_acc"]
+    )
     model, meta = infer.load_checkpoint(work / "resnet18" / "final.pt", torch.device("cpu"))
     cifar = load_cifar(slice_path)
-    expected = (infer.predict(model, meta, cifar.test_images, torch.device("cpu")) == cifar.test_labels).float().mean()
-    assert record["also_test"]["test_images"] == 1017 and record["also_test"]["test_acc"] == pytest.approx(expected.item())
+    expected = (
+        (infer.predict(model, meta, cifar.test_images, torch.device("cpu")) == cifar.test_labels)
+        .float()
+        .mean()
+    )
+    assert record["also_test"]["test_images"] == 1017 and record["also_test"][
+        "test_acc"
+    ] == pytest.approx(expected.item())
     assert not (work / "resnet18" / "last.pt").exists()  # nothing was trained
     with pytest.raises(CLIError, match="not trained with the recipe"):
         bench.adopted_run(work / "resnet18", slice_path, torch.device("cpu"), recipe_only=True)

@@ -2,6 +2,7 @@
 (chongzhou96/MaskCLIP) and through open_clip's own blocks and PyTorch's attention, the 1x1-conv
 classification, the paper's two refinements against hand computations, mIoU, and the CLI on
 real images."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def _pixels(size: int, n: int = 2, width: int | None = None) -> torch.Tensor:
 def _last_block_input(visual, pixels: torch.Tensor) -> torch.Tensor:
     """The tokens entering the last block, class token first, from open_clip's own forward."""
     n_blocks = len(visual.transformer.resblocks)
-    inter = visual.forward_intermediates(pixels, indices=[n_blocks - 2], output_fmt="NLC", output_extra_tokens=True)
-    return torch.cat([inter["image_intermediates_prefix"][0], inter["image_intermediates"][0]], dim=1)
+    inter = visual.forward_intermediates(
+        pixels, indices=[n_blocks - 2], output_fmt="NLC", output_extra_tokens=True
+    )
+    return torch.cat(
+        [inter["image_intermediates_prefix"][0], inter["image_intermediates"][0]], dim=1
+    )
 
 
 @torch.no_grad()
@@ -56,7 +61,12 @@ def test_vit_dense_features_and_keys_equal_the_official_value_path(vit):
 
     features, keys = maskclip.vit_dense(visual, pixels)
     grid = vit.image_size // visual.patch_size[0]
-    assert features.shape == (2, visual.output_dim, grid, grid) and keys.shape == (2, width, grid, grid)
+    assert features.shape == (2, visual.output_dim, grid, grid) and keys.shape == (
+        2,
+        width,
+        grid,
+        grid,
+    )
     torch.testing.assert_close(features.flatten(2).transpose(1, 2), reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(keys.flatten(2).transpose(1, 2), k[:, 1:], atol=1e-5, rtol=1e-5)
     # The same as open_clip's own last block with every token attending only to itself...
@@ -89,20 +99,38 @@ def test_resnet_dense_features_equal_self_only_attention_pool(rn50):
     tokens = x.flatten(2).permute(2, 0, 1)  # (HW, B, C), no positional embedding
     pool = visual.attnpool
     reference, _ = F.multi_head_attention_forward(
-        tokens, tokens, tokens, tokens.shape[-1], pool.num_heads, None,
-        torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]), None, None, False, 0.0,
-        pool.c_proj.weight, pool.c_proj.bias, training=False, need_weights=False,
+        tokens,
+        tokens,
+        tokens,
+        tokens.shape[-1],
+        pool.num_heads,
+        None,
+        torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        None,
+        None,
+        False,
+        0.0,
+        pool.c_proj.weight,
+        pool.c_proj.bias,
+        training=False,
+        need_weights=False,
         attn_mask=torch.full((len(tokens), len(tokens)), float("-inf")).fill_diagonal_(0),
-        use_separate_proj_weight=True, q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
-        v_proj_weight=pool.v_proj.weight)
+        use_separate_proj_weight=True,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+    )
     features, _ = maskclip.resnet_dense(visual, pixels)
-    torch.testing.assert_close(features.flatten(2).permute(2, 0, 1), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        features.flatten(2).permute(2, 0, 1), reference, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_patches_get_the_class_whose_text_embedding_they_match():
     class_emb = F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
     truth = torch.tensor([[0, 1, 2], [3, 3, 1]])
-    features = (3.0 * class_emb[truth]).permute(2, 0, 1)[None]  # (1, D, 2, 3), scale does not matter
+    # (1, D, 2, 3), scale does not matter
+    features = (3.0 * class_emb[truth]).permute(2, 0, 1)[None]
     cosines = maskclip.patch_cosines(features, class_emb)
     assert cosines.shape == (1, 4, 2, 3)
     assert torch.equal(cosines[0].argmax(0), truth)
@@ -112,7 +140,9 @@ def test_patches_get_the_class_whose_text_embedding_they_match():
 def test_segment_shape_and_class_count(vit):
     class_emb = F.normalize(torch.randn(7, vit.model.visual.output_dim), dim=-1)
     for smoothing, denoise in ((None, None), (0.3, 0.2), (1.0, 0.5)):
-        logits = maskclip.segment(vit, _pixels(48, n=1, width=40), class_emb, (50, 61), smoothing, denoise)
+        logits = maskclip.segment(
+            vit, _pixels(48, n=1, width=40), class_emb, (50, 61), smoothing, denoise
+        )
         assert logits.shape == (1, 7, 50, 61) and not logits.isnan().any()
         assert 0 <= int(logits.argmax(1).min()) and int(logits.argmax(1).max()) < 7
 
@@ -120,8 +150,10 @@ def test_segment_shape_and_class_count(vit):
 def test_key_smoothing_equals_a_hand_computation_on_a_1x3_grid():
     """Official refine_output: p = softmax(100 cos); each patch whose top p is below T gets
     sum_j w_ij p_j, w = k k^T with every key channel unit over the patches."""
-    cos = torch.tensor([[0.10, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.01, 0.0]])  # (C, N): patch 0 sure, 1 and 2 not
-    keys = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # (width, N): both channels have norm sqrt(2)
+    # (C, N): patch 0 sure, 1 and 2 not
+    cos = torch.tensor([[0.10, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.01, 0.0]])
+    # (width, N): both channels have norm sqrt(2)
+    keys = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
     e10, e1 = torch.exp(torch.tensor(10.0)), torch.exp(torch.tensor(1.0))
     p0 = torch.stack([e10, torch.tensor(1.0), torch.tensor(1.0)]) / (e10 + 2)
     p1 = torch.stack([torch.tensor(1.0), torch.tensor(1.0), e1]) / (e1 + 2)  # top 0.58
@@ -131,14 +163,23 @@ def test_key_smoothing_equals_a_hand_computation_on_a_1x3_grid():
     out = maskclip.key_smoothing(cos.reshape(1, 3, 1, 3), keys.reshape(1, 2, 1, 3), threshold=0.9)
     torch.testing.assert_close(out.reshape(3, 3), expected, atol=1e-6, rtol=1e-6)
     # T = 1: every patch (p0 tops out at 0.99991) is smoothed; T = 0: none, the probabilities stay.
-    everywhere = maskclip.key_smoothing(cos.reshape(1, 3, 1, 3), keys.reshape(1, 2, 1, 3), threshold=1.0)
-    torch.testing.assert_close(everywhere.reshape(3, 3)[:, 0], p0 / 2 + p1 / 2, atol=1e-6, rtol=1e-6)
-    nowhere = maskclip.key_smoothing(cos.reshape(1, 3, 1, 3), keys.reshape(1, 2, 1, 3), threshold=0.0)
-    torch.testing.assert_close(nowhere.reshape(3, 3), torch.stack([p0, p1, p2], dim=1), atol=1e-6, rtol=1e-6)
+    everywhere = maskclip.key_smoothing(
+        cos.reshape(1, 3, 1, 3), keys.reshape(1, 2, 1, 3), threshold=1.0
+    )
+    torch.testing.assert_close(
+        everywhere.reshape(3, 3)[:, 0], p0 / 2 + p1 / 2, atol=1e-6, rtol=1e-6
+    )
+    nowhere = maskclip.key_smoothing(
+        cos.reshape(1, 3, 1, 3), keys.reshape(1, 2, 1, 3), threshold=0.0
+    )
+    torch.testing.assert_close(
+        nowhere.reshape(3, 3), torch.stack([p0, p1, p2], dim=1), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_key_smoothing_is_finite_at_threshold_one_and_pools_identical_keys():
-    cos = 0.02 * torch.randn(2, 5, 4, 6, generator=torch.Generator().manual_seed(0))  # no probability rounds to 1
+    # no probability rounds to 1
+    cos = 0.02 * torch.randn(2, 5, 4, 6, generator=torch.Generator().manual_seed(0))
     keys = torch.randn(2, 8, 4, 6, generator=torch.Generator().manual_seed(1))
     keys[:, 3] = 0  # a dead channel: F.normalize's eps keeps it at 0, not 0/0
     out = maskclip.key_smoothing(cos, keys, threshold=1.0)
@@ -147,14 +188,20 @@ def test_key_smoothing_is_finite_at_threshold_one_and_pools_identical_keys():
     # gets width/N times the sum of all probabilities.
     same = torch.randn(1, 8, 1, 1).expand(1, 8, 4, 6)
     probs = (100 * cos[:1]).softmax(dim=1)
-    torch.testing.assert_close(maskclip.key_smoothing(cos[:1], same, 1.0),
-                               (8 / 24 * probs.sum((2, 3), keepdim=True)).expand_as(probs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        maskclip.key_smoothing(cos[:1], same, 1.0),
+        (8 / 24 * probs.sum((2, 3), keepdim=True)).expand_as(probs),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_prompt_denoising_keeps_the_classes_confident_somewhere():
-    cos = torch.tensor([[[[0.09, 0.0]], [[0.0, 0.09]], [[0.01, 0.01]]]])  # softmax(100 cos): class 2 <= e/(e^9+e+1)
+    # softmax(100 cos): class 2 <= e/(e^9+e+1)
+    cos = torch.tensor([[[[0.09, 0.0]], [[0.0, 0.09]], [[0.01, 0.01]]]])
     assert maskclip.kept_classes(cos, threshold=0.6).tolist() == [[True, True, False]]
-    assert maskclip.kept_classes(cos, threshold=1.0).tolist() == [[True, False, False]]  # the best always stays
+    # the best always stays
+    assert maskclip.kept_classes(cos, threshold=1.0).tolist() == [[True, False, False]]
     weak = torch.zeros(1, 3, 1, 2)  # all classes at 1/3
     assert maskclip.kept_classes(weak, 0.9).sum() == 1
 
@@ -166,10 +213,16 @@ def test_segment_never_labels_a_removed_class_at_any_output_size(model, request)
     without key smoothing, at upsampled, same and downsampled sizes; no score is NaN."""
     clip = request.getfixturevalue(model)
     visual = clip.model.visual
-    class_emb = F.normalize(torch.randn(6, visual.output_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    class_emb = F.normalize(
+        torch.randn(6, visual.output_dim, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
     pixels = _pixels(64, n=1, width=96)
     features, _ = maskclip.dense_features(visual, pixels)
-    probs = (100 * torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), class_emb)).softmax(1).amax((2, 3))[0]
+    probs = (
+        (100 * torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), class_emb))
+        .softmax(1)
+        .amax((2, 3))[0]
+    )
     removed_somewhere = False
     for denoise in (0.5, 0.99, 1.0):
         keep = (probs >= denoise) | (torch.arange(6) == probs.argmax())
@@ -178,24 +231,48 @@ def test_segment_never_labels_a_removed_class_at_any_output_size(model, request)
             for size in ((100, 150), (64, 96), (7, 5), (333, 41)):
                 scores = maskclip.segment(clip, pixels, class_emb, size, smoothing, denoise)
                 assert not scores.isnan().any()
-                assert set(scores[0].argmax(0).unique().tolist()) <= set(keep.nonzero().flatten().tolist())
+                assert set(scores[0].argmax(0).unique().tolist()) <= set(
+                    keep.nonzero().flatten().tolist()
+                )
     assert removed_somewhere
 
 
 def test_templates_are_the_official_85():
     t = maskclip.templates("maskclip85")
-    assert len(t) == len(set(t)) == 85 and maskclip.parse_args(["--clip", "x", "--data", "i", "--classes", "a,b",
-                                                                "--out", "o"]).templates == "maskclip85"
+    assert (
+        len(t) == len(set(t)) == 85
+        and maskclip.parse_args(
+            ["--clip", "x", "--data", "i", "--classes", "a,b", "--out", "o"]
+        ).templates
+        == "maskclip85"
+    )
     assert t[:80] == maskclip.templates("imagenet80") and t[0] == "a bad photo of a {}."
-    assert t[80:] == ["there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
-                      "this is the {} in the scene.", "this is one {} in the scene."]
+    assert t[80:] == [
+        "there is a {} in the scene.",
+        "there is the {} in the scene.",
+        "this is a {} in the scene.",
+        "this is the {} in the scene.",
+        "this is one {} in the scene.",
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--key-smoothing", "--denoise"])
 def test_thresholds_outside_0_1_are_cli_errors(flag, tmp_path):
     with pytest.raises(maskclip.CLIError, match=flag):
-        maskclip.main(["--clip", "ViT-B-32=tiny", "--data", str(tmp_path), "--classes", "a,b", flag, "1.5",
-                       "--out", str(tmp_path / "out")])
+        maskclip.main(
+            [
+                "--clip",
+                "ViT-B-32=tiny",
+                "--data",
+                str(tmp_path),
+                "--classes",
+                "a,b",
+                flag,
+                "1.5",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
 
 
 def test_mean_iou_on_a_hand_made_example():
@@ -218,17 +295,39 @@ def test_maskclip_cli_on_real_images_with_masks(tmp_path):
         with Image.open(val / name) as im:
             small = im.convert("RGB").resize((64, 48))
         small.save(images / name)
-        label = np.zeros((48, 64), dtype=np.uint8)  # reduce-zero-label: 0 -> ignore, 1 -> class 0, 2 -> class 1
+        # reduce-zero-label: 0 -> ignore, 1 -> class 0, 2 -> class 1
+        label = np.zeros((48, 64), dtype=np.uint8)
         label[:, 32:] = 2
         label[:24, :32] = 1
         Image.fromarray(label).save(masks / f"{name.rsplit('.', 1)[0]}.png")
     out = tmp_path / "out"
-    record = maskclip.main(["--clip", "ViT-B-32=tiny", "--data", str(images), "--classes", "sky,grass,person",
-                            "--masks", str(masks), "--reduce-zero-label", "--size", "48", "--templates", "single",
-                            "--key-smoothing", "1.0", "--denoise", "0.5", "--out", str(out)])
+    record = maskclip.main(
+        [
+            "--clip",
+            "ViT-B-32=tiny",
+            "--data",
+            str(images),
+            "--classes",
+            "sky,grass,person",
+            "--masks",
+            str(masks),
+            "--reduce-zero-label",
+            "--size",
+            "48",
+            "--templates",
+            "single",
+            "--key-smoothing",
+            "1.0",
+            "--denoise",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     stems = [n.rsplit(".", 1)[0] for n in names]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["maskclip.json", *(f"overlay_{s}.png" for s in stems), *(f"pred_{s}.png" for s in stems)])
+        ["maskclip.json", *(f"overlay_{s}.png" for s in stems), *(f"pred_{s}.png" for s in stems)]
+    )
     tp, union = np.zeros(3), np.zeros(3)  # mIoU recomputed from the saved label maps
     for s in stems:
         pred = np.asarray(Image.open(out / f"pred_{s}.png"))
@@ -239,5 +338,7 @@ def test_maskclip_cli_on_real_images_with_masks(tmp_path):
             tp[c] += (p_c & t_c).sum()
             union[c] += (p_c | t_c).sum()
     saved = json.loads((out / "maskclip.json").read_text())
-    assert saved["classes"] == ["sky", "grass", "person"] and saved == json.loads(json.dumps(record))
+    assert saved["classes"] == ["sky", "grass", "person"] and saved == json.loads(
+        json.dumps(record)
+    )
     assert saved["miou"] == pytest.approx(np.mean(tp[union > 0] / union[union > 0]), abs=1e-4)

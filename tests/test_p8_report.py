@@ -1,5 +1,6 @@
 """P8 report section: numbers come only from p8_bench.json, figures only from files that
 exist, and every missing input names the command that produces it."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,23 @@ import pytest
 from conftest import numbers, table_row
 from p8_controlnet.report import FIGURES, section
 
-BENCH = {"tiny_cpu": {"device": "cpu", "threads": 1, "size": 32, "steps": 20, "repeats": 3,
-                      "per_scheduler": {"ddim": {"cpu_s_per_step": 0.0401, "wall_s_per_step": 0.0404},
-                                        "unipc": {"cpu_s_per_step": 0.0427, "wall_s_per_step": 0.1311}},
-                      "ddim_with_controlnet": {"cpu_s_per_step": 0.0606, "wall_s_per_step": 0.184}},
-         "gpu_512": None, "command": "python -m bench.p8_controlnet", "environment": {"hardware": "x86_64 CPU, 1 thread(s)"}}
+BENCH = {
+    "tiny_cpu": {
+        "device": "cpu",
+        "threads": 1,
+        "size": 32,
+        "steps": 20,
+        "repeats": 3,
+        "per_scheduler": {
+            "ddim": {"cpu_s_per_step": 0.0401, "wall_s_per_step": 0.0404},
+            "unipc": {"cpu_s_per_step": 0.0427, "wall_s_per_step": 0.1311},
+        },
+        "ddim_with_controlnet": {"cpu_s_per_step": 0.0606, "wall_s_per_step": 0.184},
+    },
+    "gpu_512": None,
+    "command": "python -m bench.p8_controlnet",
+    "environment": {"hardware": "x86_64 CPU, 1 thread(s)"},
+}
 
 
 def test_section_without_inputs_names_every_command(tmp_path):
@@ -30,10 +43,15 @@ def test_section_quotes_the_bench_and_links_existing_figures(tmp_path):
     (d / "controlnet" / "grid.png").write_bytes(b"png")
     text = section(tmp_path)
     tiny = BENCH["tiny_cpu"]
-    for name, measured in (*tiny["per_scheduler"].items(), ("ddim + ControlNet", tiny["ddim_with_controlnet"])):
+    for name, measured in (
+        *tiny["per_scheduler"].items(),
+        ("ddim + ControlNet", tiny["ddim_with_controlnet"]),
+    ):
         row = table_row(text, name)
-        assert [numbers(row["CPU s/step"])[0], numbers(row["wall s/step"])[0]] == \
-            pytest.approx([measured["cpu_s_per_step"], measured["wall_s_per_step"]], abs=0.0005)  # shown to 3 places
+        # shown to 3 places
+        assert [numbers(row["CPU s/step"])[0], numbers(row["wall s/step"])[0]] == pytest.approx(
+            [measured["cpu_s_per_step"], measured["wall_s_per_step"]], abs=0.0005
+        )
     assert "not measured" in text
     assert f"]({(d / 'controlnet' / 'grid.png').resolve()})" in text
     assert text.count("not produced yet") == len(FIGURES) - 1

@@ -1,5 +1,6 @@
 """The SD v1 tokenizer built from open_clip's BPE file: same ids as open_clip, committed files
 identical to a fresh build, and no silently empty tokenizer."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,10 +21,11 @@ def test_ids_match_open_clip():
     import open_clip
 
     ours = load_tokenizer()
-    reference = open_clip.get_tokenizer("ViT-L-14")  # open_clip's own SimpleTokenizer, same BPE file
+    # open_clip's own SimpleTokenizer, same BPE file
+    reference = open_clip.get_tokenizer("ViT-L-14")
     for s in STRINGS:
         ref = reference([s])[0].tolist()
-        ref = ref[:ref.index(49407) + 1]  # open_clip pads with 0, SD with <|endoftext|>
+        ref = ref[: ref.index(49407) + 1]  # open_clip pads with 0, SD with <|endoftext|>
         assert ours(s).input_ids == ref, s
 
 

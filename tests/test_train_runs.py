@@ -1,6 +1,7 @@
 """One way to run a training run (hw2_utils.runs) in every train.py: resume by default,
 --no-resume starts over, and OUT/log.csv keeps a header and each step once after a crash and a
 resume. The helper itself: identity check, log trimming, provenance, the common options."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,11 @@ from stable_diffusion.tiny import build_tiny_sd, save_diffusers_folder
 
 @dataclass
 class Case:
-    module: object                                   # the train.py; its main(argv) runs it
-    argv: Callable[[Path, int], list[str]]           # (OUT, steps) -> arguments of a tiny run
-    steps: int                                       # of a whole run
-    weights: Callable[[Path], dict] | None = None    # what must equal an uninterrupted run's, where resume is exact
+    module: object  # the train.py; its main(argv) runs it
+    argv: Callable[[Path, int], list[str]]  # (OUT, steps) -> arguments of a tiny run
+    steps: int  # of a whole run
+    # what must equal an uninterrupted run's, where resume is exact
+    weights: Callable[[Path], dict] | None = None
 
 
 def _tensors(path: Path, *keys: str) -> dict:
@@ -56,47 +58,215 @@ def _case(name: str, tmp: Path) -> Case:
     common = ["--device", "cpu", "--ckpt-every", "2"]
     if name == "p1":
         digits = small_digits(tmp / "digits")
-        return Case(p1, lambda out, n: ["--data", str(digits), "--domains", "mnistm", "usps", "--out", str(out),
-                                        "--batch-size", "16", "--base-channels", "8", "--sample-every", "100",
-                                        "--steps", str(n), *common], 4)  # the loader reshuffles on resume: not exact
+        # the loader reshuffles on resume: not exact
+        return Case(
+            p1,
+            lambda out, n: [
+                "--data",
+                str(digits),
+                "--domains",
+                "mnistm",
+                "usps",
+                "--out",
+                str(out),
+                "--batch-size",
+                "16",
+                "--base-channels",
+                "8",
+                "--sample-every",
+                "100",
+                "--steps",
+                str(n),
+                *common,
+            ],
+            4,
+        )
     if name == "p2":
         faces = require_shared("hw2_data", "face", "train")
-        return Case(p2, lambda out, n: ["--data", str(faces), "--out", str(out), "--base-channels", "32", "--image-size",
-                                        "32", "--batch-size", "8", "--warmup", "2", "--sample-every", "100", "--sample-n",
-                                        "4", "--sample-steps", "2", "--steps", str(n), *common], 4,
-                    lambda out: torch.load(out / "UNet.pt", weights_only=True))
+        return Case(
+            p2,
+            lambda out, n: [
+                "--data",
+                str(faces),
+                "--out",
+                str(out),
+                "--base-channels",
+                "32",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--warmup",
+                "2",
+                "--sample-every",
+                "100",
+                "--sample-n",
+                "4",
+                "--sample-steps",
+                "2",
+                "--steps",
+                str(n),
+                *common,
+            ],
+            4,
+            lambda out: torch.load(out / "UNet.pt", weights_only=True),
+        )
     if name == "p3":
-        sd, images = save_diffusers_folder(build_tiny_sd(seed=0), tmp / "sd"), _concept(tmp / "concept")
-        return Case(p3, lambda out, n: ["--data", str(images), "--placeholder", "<new1>", "--initializer", "dog",
-                                        "--model", str(sd), "--out", str(out), "--grad-accum", "1", "--batch-size", "2",
-                                        "--validation-every", "0", "--steps", str(n), *common], 4,
-                    lambda out: _tensors(out / "last.pt", "rows"))
+        sd, images = (
+            save_diffusers_folder(build_tiny_sd(seed=0), tmp / "sd"),
+            _concept(tmp / "concept"),
+        )
+        return Case(
+            p3,
+            lambda out, n: [
+                "--data",
+                str(images),
+                "--placeholder",
+                "<new1>",
+                "--initializer",
+                "dog",
+                "--model",
+                str(sd),
+                "--out",
+                str(out),
+                "--grad-accum",
+                "1",
+                "--batch-size",
+                "2",
+                "--validation-every",
+                "0",
+                "--steps",
+                str(n),
+                *common,
+            ],
+            4,
+            lambda out: _tensors(out / "last.pt", "rows"),
+        )
     if name == "p4":  # 24 faces in batches of 8: 3 steps an epoch
         faces = require_shared("hw2_data", "face")
-        return Case(p4, lambda out, n: ["--model", "improved", "--data", str(faces), "--out", str(out), "--g-channels", "4",
-                                        "--d-channels", "4", "--batch-size", "8", "--epochs", str(n // 3), "--log-every", "1",
-                                        "--fid-every", "0", "--sample-every", "0", *common], 6,
-                    lambda out: _tensors(out / "last.pt", "trainer")["trainer"]["G"])
+        return Case(
+            p4,
+            lambda out, n: [
+                "--model",
+                "improved",
+                "--data",
+                str(faces),
+                "--out",
+                str(out),
+                "--g-channels",
+                "4",
+                "--d-channels",
+                "4",
+                "--batch-size",
+                "8",
+                "--epochs",
+                str(n // 3),
+                "--log-every",
+                "1",
+                "--fid-every",
+                "0",
+                "--sample-every",
+                "0",
+                *common,
+            ],
+            6,
+            lambda out: _tensors(out / "last.pt", "trainer")["trainer"]["G"],
+        )
     if name == "p5":  # a step is an epoch: 2 of 32 images in batches of 16
         digits = small_digits(tmp / "digits", splits=("train", "val"))
-        return Case(p5, lambda out, n: ["--mode", "dann", "--data", str(digits), "--out", str(out), "--batch-size", "16",
-                                        "--consistency-weight", "1", "--epochs", str(n), *common[:2], "--ckpt-every", "1"], 4,
-                    lambda out: _tensors(out / "last.pt", "model")["model"])
+        return Case(
+            p5,
+            lambda out, n: [
+                "--mode",
+                "dann",
+                "--data",
+                str(digits),
+                "--out",
+                str(out),
+                "--batch-size",
+                "16",
+                "--consistency-weight",
+                "1",
+                "--epochs",
+                str(n),
+                *common[:2],
+                "--ckpt-every",
+                "1",
+            ],
+            4,
+            lambda out: _tensors(out / "last.pt", "model")["model"],
+        )
     if name == "p6":  # a step is an epoch: 4 of 100 slice images in batches of 30
         cifar = require_shared("cifar10", "cifar10_slice.npz")
-        return Case(p6, lambda out, n: ["--data", str(cifar), "--limit", "100", "--width", "8", "--batch-size", "30",
-                                        "--epochs", str(n), "--out", str(out), *common[:2], "--ckpt-every", "1"], 4,
-                    lambda out: _tensors(out / "last.pt", "model")["model"])
+        return Case(
+            p6,
+            lambda out, n: [
+                "--data",
+                str(cifar),
+                "--limit",
+                "100",
+                "--width",
+                "8",
+                "--batch-size",
+                "30",
+                "--epochs",
+                str(n),
+                "--out",
+                str(out),
+                *common[:2],
+                "--ckpt-every",
+                "1",
+            ],
+            4,
+            lambda out: _tensors(out / "last.pt", "model")["model"],
+        )
     if name == "p7":  # a step is one C of the search, which has SEARCH_STEPS of them
         cifar = require_shared("cifar10", "cifar10_slice.npz")
-        return Case(p7, lambda out, n: ["--clip", "ViT-B-32=tiny", "--data", str(cifar), "--limit", "300",
-                                        "--out", str(out), *common], p7.SEARCH_STEPS,
-                    lambda out: _tensors(out / "probe.pt", "coef", "intercept"))
-    coco = require_shared("coco", "val2017"), require_shared("coco", "annotations", "captions_val2017.json")
+        return Case(
+            p7,
+            lambda out, n: [
+                "--clip",
+                "ViT-B-32=tiny",
+                "--data",
+                str(cifar),
+                "--limit",
+                "300",
+                "--out",
+                str(out),
+                *common,
+            ],
+            p7.SEARCH_STEPS,
+            lambda out: _tensors(out / "probe.pt", "coef", "intercept"),
+        )
+    coco = (
+        require_shared("coco", "val2017"),
+        require_shared("coco", "annotations", "captions_val2017.json"),
+    )
     sd = save_diffusers_folder(build_tiny_sd(seed=0), tmp / "sd")
-    return Case(p8, lambda out, n: ["--model", str(sd), "--data", str(coco[0]), "--captions", str(coco[1]), "--limit", "2",
-                                    "--image-size", "32", "--batch-size", "2", "--out", str(out), "--steps", str(n),
-                                    *common], 4, lambda out: _tensors(out / "last.pt", "controlnet")["controlnet"])
+    return Case(
+        p8,
+        lambda out, n: [
+            "--model",
+            str(sd),
+            "--data",
+            str(coco[0]),
+            "--captions",
+            str(coco[1]),
+            "--limit",
+            "2",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--steps",
+            str(n),
+            *common,
+        ],
+        4,
+        lambda out: _tensors(out / "last.pt", "controlnet")["controlnet"],
+    )
 
 
 def _log(out: Path) -> tuple[list[str], list[int]]:
@@ -156,10 +326,15 @@ def test_identity_mismatch_names_every_differing_key(tmp_path):
     run.load({"lr": 0.1, "data": "a"})
     run.start(0, ["step"], "python -m x", torch.device("cpu"))
     run.save({"step": 1})
-    with pytest.raises(CLIError, match=r"another run \(data: 'a' there, 'b' now; seed: None there, 0 now\)"):
+    with pytest.raises(
+        CLIError, match=r"another run \(data: 'a' there, 'b' now; seed: None there, 0 now\)"
+    ):
         RunFolder(tmp_path / "run", ckpt_every=1).load({"lr": 0.1, "data": "b", "seed": 0})
     assert RunFolder(tmp_path / "run", ckpt_every=1).load({"lr": 0.1, "data": "a"})["step"] == 1
-    assert RunFolder(tmp_path / "run", ckpt_every=1, resume=False).load({"lr": 0.1, "data": "b"}) is None
+    assert (
+        RunFolder(tmp_path / "run", ckpt_every=1, resume=False).load({"lr": 0.1, "data": "b"})
+        is None
+    )
     torch.save({"step": 1}, tmp_path / "run" / "last.pt")  # written before runs.py existed
     with pytest.raises(CLIError, match="records no run identity"):
         RunFolder(tmp_path / "run", ckpt_every=1).load({})
@@ -184,7 +359,8 @@ def test_log_is_trimmed_to_the_checkpoint_and_starting_over_resets_the_run(tmp_p
     run.start(0, ["step", "loss"], "cmd 2", torch.device("cpu"))
     run.close()
     assert (out / "log.csv").read_text().splitlines() == ["step,loss"]
-    assert not (out / "last.pt").exists() and (out / "samples.png").is_file()  # nothing else is touched
+    # nothing else is touched
+    assert not (out / "last.pt").exists() and (out / "samples.png").is_file()
     record = json.loads((out / "run.json").read_text())
     assert [s["command"] for s in record["sessions"]] == ["cmd 2"]
     assert record["sessions"][0]["hardware"].endswith(f"(torch {torch.__version__})")
@@ -222,27 +398,80 @@ def test_git_commit_reads_branches_packed_refs_and_detached_heads(tmp_path):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    add_common_args(p, data=(REQUIRED, "images"), out=("runs/x", "run folder"), image_size=(64, "size"),
-                    limit="first N", grad_clip=1.0)
+    add_common_args(
+        p,
+        data=(REQUIRED, "images"),
+        out=("runs/x", "run folder"),
+        image_size=(64, "size"),
+        limit="first N",
+        grad_clip=1.0,
+    )
     return p
 
 
 def test_old_spellings_are_hidden_aliases_of_the_common_options():
     p = _parser()
-    new = p.parse_args(["--data", "d", "--image-size", "32", "--limit", "5", "--ckpt-every", "7", "--grad-clip", "2"])
-    old = p.parse_args(["--images", "d", "--resolution", "32", "--subset", "5", "--save-every", "7", "--max-grad-norm", "2"])
-    assert vars(new) == vars(old) == {"data": "d", "out": "runs/x", "image_size": 32, "limit": 5, "device": "auto", "seed": 0,
-                                      "precision": "fp32", "ckpt_every": 7, "grad_clip": 2.0, "no_resume": False,
-                                      "force_resume": False}
+    new = p.parse_args(
+        [
+            "--data",
+            "d",
+            "--image-size",
+            "32",
+            "--limit",
+            "5",
+            "--ckpt-every",
+            "7",
+            "--grad-clip",
+            "2",
+        ]
+    )
+    old = p.parse_args(
+        [
+            "--images",
+            "d",
+            "--resolution",
+            "32",
+            "--subset",
+            "5",
+            "--save-every",
+            "7",
+            "--max-grad-norm",
+            "2",
+        ]
+    )
+    assert (
+        vars(new)
+        == vars(old)
+        == {
+            "data": "d",
+            "out": "runs/x",
+            "image_size": 32,
+            "limit": 5,
+            "device": "auto",
+            "seed": 0,
+            "precision": "fp32",
+            "ckpt_every": 7,
+            "grad_clip": 2.0,
+            "no_resume": False,
+            "force_resume": False,
+        }
+    )
     for alias in ("--data-root", "--cifar"):
         assert p.parse_args([alias, "d"]).data == "d"
     usage = p.format_help()
-    assert "--data" in usage and not any(a in usage for a in ("--images", "--data-root", "--resolution", "--save-every"))
+    assert "--data" in usage and not any(
+        a in usage for a in ("--images", "--data-root", "--resolution", "--save-every")
+    )
 
 
-@pytest.mark.parametrize("argv, message", [([], "one of the arguments --data is required"),
-                                           (["--data", "a", "--images", "b"], "not allowed with argument --data"),
-                                           (["--data", "a", "--size", "0"], "must be a positive integer")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "one of the arguments --data is required"),
+        (["--data", "a", "--images", "b"], "not allowed with argument --data"),
+        (["--data", "a", "--size", "0"], "must be a positive integer"),
+    ],
+)
 def test_common_options_refuse_bad_input_while_parsing(argv, message, capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(argv)
@@ -267,7 +496,9 @@ def test_force_resume_accepts_a_moved_data_folder_and_says_so(tmp_path, capsys):
     run.save({"step": 1})
     with pytest.raises(CLIError, match="--force-resume if only the data's location changed"):
         RunFolder(tmp_path / "run", ckpt_every=1).load({"data": "/new/place/mnistm"})
-    state = RunFolder(tmp_path / "run", ckpt_every=1, force=True).load({"data": "/new/place/mnistm"})
+    state = RunFolder(tmp_path / "run", ckpt_every=1, force=True).load(
+        {"data": "/new/place/mnistm"}
+    )
     assert state["step"] == 1 and "resuming" in capsys.readouterr().err
 
 
@@ -280,10 +511,23 @@ def test_a_last_pt_with_the_old_state_names_still_resumes(tmp_path):
     generator = torch.Generator().manual_seed(3)
     torch.rand(5, generator=generator)  # move it off its seed
     (tmp_path / "run").mkdir()
-    torch.save({"identity": {}, "step": 4, "model": model.state_dict(), "opt": opt.state_dict(),
-                "noise_gen": generator.get_state()}, tmp_path / "run" / "last.pt")
+    torch.save(
+        {
+            "identity": {},
+            "step": 4,
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "noise_gen": generator.get_state(),
+        },
+        tmp_path / "run" / "last.pt",
+    )
     fresh_model, fresh_gen = torch.nn.Linear(2, 2), torch.Generator()
     fresh_opt = torch.optim.SGD(fresh_model.parameters(), lr=0.1, momentum=0.9)
-    state = RunFolder(tmp_path / "run", ckpt_every=1).load({}, model=fresh_model, optimizer=fresh_opt, generator=fresh_gen)
+    state = RunFolder(tmp_path / "run", ckpt_every=1).load(
+        {}, model=fresh_model, optimizer=fresh_opt, generator=fresh_gen
+    )
     assert state["step"] == 4 and torch.equal(fresh_gen.get_state(), generator.get_state())
-    assert torch.equal(fresh_opt.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        fresh_opt.state_dict()["state"][0]["momentum_buffer"],
+        opt.state_dict()["state"][0]["momentum_buffer"],
+    )

@@ -1,4 +1,5 @@
 """The shared utils package: seeding, devices, dtypes, atomic outputs, CLI errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -108,10 +109,19 @@ def test_output_dir_keeps_what_it_does_not_own(tmp_path):
         (tmp / "1.png").write_bytes(b"new")
         (tmp / "figures").mkdir()
         (tmp / "figures" / "new.png").write_bytes(b"new")
-    assert sorted(p.name for p in final.iterdir()) == ["0.png", "1.png", "figures", "keep.json", "sub"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        "0.png",
+        "1.png",
+        "figures",
+        "keep.json",
+        "sub",
+    ]
     assert (final / "0.png").read_bytes() == b"new"  # replaced; 2.png was stale and is gone
-    assert [p.name for p in (final / "figures").iterdir()] == ["new.png"]  # an owned folder is replaced whole
-    assert (final / "keep.json").read_text() == "1" and (final / "sub" / "keep.txt").read_text() == "2"
+    # an owned folder is replaced whole
+    assert [p.name for p in (final / "figures").iterdir()] == ["new.png"]
+    assert (final / "keep.json").read_text() == "1" and (
+        final / "sub" / "keep.txt"
+    ).read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or trash left behind
 
 
@@ -133,7 +143,9 @@ def test_write_errors_name_the_path_the_user_gave(context, tmp_path):
     final = tmp_path / "pred.csv"
     with pytest.raises(U.CLIError) as info:
         with context(final) as tmp:
-            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "x" if tmp.is_dir() else tmp))
+            raise OSError(
+                errno.ENOSPC, "No space left on device", str(tmp / "x" if tmp.is_dir() else tmp)
+            )
     assert str(info.value) == f"cannot write {final} (No space left on device)"
     assert list(tmp_path.iterdir()) == []
 
@@ -154,7 +166,9 @@ def test_save_images_round_trip(tmp_path):
     img = Image.open(tmp_path / "a.png")
     assert img.mode == "RGB" and img.size == (2, 2)
     assert img.getpixel((0, 0)) == (0, 128, 255)  # (-1, 0, 1) -> 0, 127.5 rounds to 128, 255
-    U.save_grid(torch.zeros(6, 1, 4, 4), tmp_path / "grid.png", nrow=3, value_range=(0, 1), padding=1)
+    U.save_grid(
+        torch.zeros(6, 1, 4, 4), tmp_path / "grid.png", nrow=3, value_range=(0, 1), padding=1
+    )
     assert Image.open(tmp_path / "grid.png").size == (3 * 5 + 1, 2 * 5 + 1)
 
 
@@ -165,9 +179,12 @@ def test_run_cli_turns_user_errors_into_one_line(tmp_path):
         "def main():\n"
         "    if sys.argv[1] == 'cli': raise CLIError('bad thing')\n"
         "    require_file(sys.argv[2], 'weights', 'see README')\n"
-        "run_cli(main)\n")
-    for args, expected in [(["cli"], "tool.py: error: bad thing"),
-                           (["file", "/nope.pt"], "tool.py: error: weights not found: /nope.pt (see README)")]:
+        "run_cli(main)\n"
+    )
+    for args, expected in [
+        (["cli"], "tool.py: error: bad thing"),
+        (["file", "/nope.pt"], "tool.py: error: weights not found: /nope.pt (see README)"),
+    ]:
         r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
         assert r.returncode == 2
         assert r.stderr.strip() == expected
@@ -189,15 +206,22 @@ def test_load_cifar10_reads_the_three_layouts_alike(tmp_path):
 
     slice_path = require_shared("cifar10", "cifar10_slice.npz")
     images, labels = U.load_cifar10(slice_path, "test")
-    assert images.shape == (1017, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert (
+        images.shape == (1017, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    )
 
     batches = tmp_path / "cifar-10-batches-py"  # torchvision's layout, holding the slice's pixels
     batches.mkdir()
     train_images, train_labels = U.load_cifar10(slice_path, "train")
-    parts = {"test_batch": (images, labels), **{f"data_batch_{i + 1}": (train_images[i::5], train_labels[i::5]) for i in range(5)}}
+    parts = {
+        "test_batch": (images, labels),
+        **{f"data_batch_{i + 1}": (train_images[i::5], train_labels[i::5]) for i in range(5)},
+    }
     for name, (x, y) in parts.items():
         with open(batches / name, "wb") as f:
-            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"labels": y.tolist()}, f)
+            pickle.dump(
+                {b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1), b"labels": y.tolist()}, f
+            )
     for path in (batches, tmp_path):  # the folder itself or torchvision's root above it
         x, y = U.load_cifar10(path, "test", limit=100)
         assert np.array_equal(x, images[:100]) and np.array_equal(y, labels[:100])
@@ -213,7 +237,10 @@ def test_load_cifar10_reads_the_three_layouts_alike(tmp_path):
 
 def test_load_cifar10_bad_inputs_are_cli_errors(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
-    for path, message in ((tmp_path / "absent.npz", "not found"), (tmp_path / "text.npz", "not readable CIFAR-10"),
-                          (tmp_path, "test archive not found")):
+    for path, message in (
+        (tmp_path / "absent.npz", "not found"),
+        (tmp_path / "text.npz", "not readable CIFAR-10"),
+        (tmp_path, "test archive not found"),
+    ):
         with pytest.raises(U.CLIError, match=message):
             U.load_cifar10(path, "test")
