@@ -33,8 +33,8 @@ from evaluation.digit_accuracy import (
     score_folder,
 )
 from hw2_utils import (
-    add_option,
     CLIError,
+    add_option,
     atomic_path,
     autocast,
     command_line,

@@ -20,6 +20,10 @@ the command and the hardware; p4_gan/report.py reads those files.
     # and the lowest copied to RUN/generator_best.pt (val faces never seen)
     python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k \
         --json outputs/p4/select.json
+    # run.sh's 1000 images of one generator at each truncation of z: FID on the first 2000 training
+    # faces and face rate; --ship writes the lowest-FID truncation into the file (run.sh reads it)
+    python -m bench.p4_gan truncation p4_gan/checkpoints/p4_gan.pt --data ../shared/data/celeba10k \
+        --json p4_gan/checkpoints/p4_truncation.json --ship
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python -m bench.p4_gan cost --device cuda --json runs/p4/cost.json
@@ -41,12 +45,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
-    add_option,
     CLIError,
+    add_option,
     atomic_path,
     command_line,
     describe_hardware,
     ensure_writable_dir,
+    load_torch_file,
+    positive_float,
     positive_int,
     require_file,
     resolve_device,
@@ -223,7 +229,7 @@ def cmd_final(args) -> dict:
     )
     for model in args.models:
         run = Path(args.runs) / model
-        generator, _ = load_generator(
+        generator, meta = load_generator(
             require_file(
                 run / "generator_best.pt",
                 f"{model} generator",
@@ -231,7 +237,8 @@ def cmd_final(args) -> dict:
             ),
             device,
         )
-        images = generate(generator, args.n, infer.SEED)  # what run.sh writes
+        # what run.sh writes: its seed, and the truncation the file carries (if any)
+        images = generate(generator, args.n, infer.SEED, truncation=meta.get("truncation"))
         write_images(images, out / model)
         rate = face_rate(out / model)
         stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
@@ -243,6 +250,7 @@ def cmd_final(args) -> dict:
             "face_rate": rate["rate"],
             "one_face": rate["one_face"],
             "total": rate["total"],
+            "truncation": meta.get("truncation"),
             "images": str(out / model),
         }
         print(f"{model}: FID {fid:.2f} against {len(val)} val faces, face rate {rate['rate']:.3f}")
@@ -344,6 +352,57 @@ def cmd_select(args) -> dict:
     return result
 
 
+def cmd_truncation(args) -> dict:
+    """Run.sh's 1000 images of one generator at each truncation of z (and without): FID against
+    the training faces that select uses, face rate and feature spread. The lowest FID is the
+    choice (val faces are never read); --ship writes it into the generator file, where infer.py
+    and run.sh read it."""
+    device = resolve_device(args.device)
+    extractor = load_inception(args.fid_weights, device)
+    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
+    reference = image_statistics(faces, extractor, device=device)
+    generator, _ = load_generator(args.generator, device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threshold in [None, *sorted(set(args.thresholds), reverse=True)]:
+            images = generate(generator, args.n, infer.SEED, truncation=threshold)
+            stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
+            rate = face_rate(write_images(images, Path(tmp) / "images")[0].parent)
+            rows.append(
+                {
+                    "truncation": threshold,
+                    "train_fid": frechet_distance(stats, reference),
+                    "feature_spread": spread(stats, reference),
+                    "face_rate": rate["rate"],
+                    "one_face": rate["one_face"],
+                    "total": rate["total"],
+                }
+            )
+            print(
+                f"truncation {threshold or 'none'}: FID {rows[-1]['train_fid']:.2f} on "
+                f"{len(faces)} training faces, face rate {rate['rate']:.3f}",
+                flush=True,
+            )
+    chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
+    print(f"chosen by training-face FID: {chosen or 'no truncation'}")
+    if args.ship:
+        state = load_torch_file(args.generator, "GAN generator checkpoint")
+        state["truncation"] = chosen
+        with atomic_path(args.generator) as tmp:
+            torch.save(state, tmp)
+        print(f"wrote truncation {chosen} into {args.generator}")
+    return {
+        "hardware": describe_hardware(device),
+        "generator": str(args.generator),
+        "data": str(args.data),
+        "fid_ref_n": len(faces),
+        "n": args.n,
+        "seed": infer.SEED,
+        "rows": rows,
+        "chosen": chosen,
+    }
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -429,6 +488,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--repeats", type=positive_int, default=3, help="timed iterations after one warm-up"
     )
     s.add_argument("--device", default="auto")
+    s = sub.add_parser(
+        "truncation",
+        help="FID on training faces and face rate of one generator at each z truncation",
+    )
+    s.add_argument("generator", help="a generator file (p4_gan/checkpoints/p4_gan.pt is shipped)")
+    s.add_argument(
+        "--data", required=True, help="folder with the training faces (train/ or train.npz)"
+    )
+    s.add_argument(
+        "--thresholds",
+        type=positive_float,
+        nargs="+",
+        default=[2.0, 1.5, 1.0, 0.75, 0.5],
+        help="truncations T of z to try (z entries outside [-T, T] redrawn), besides none",
+    )
+    s.add_argument("--n", type=positive_int, default=1000, help="images per truncation (run.sh's)")
+    s.add_argument(
+        "--fid-ref-n",
+        type=positive_int,
+        default=2000,
+        help="training faces FID is measured against",
+    )
+    s.add_argument("--ship", action="store_true", help="write the chosen truncation into GENERATOR")
+    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
+    s.add_argument("--device", default="auto")
     for s in sub.choices.values():
         s.add_argument(
             "--json", help="also save the numbers here (p4_gan/report.py reads runs/p4/*.json)"
@@ -444,6 +528,7 @@ def main(argv=None) -> dict:
         "final": cmd_final,
         "select": cmd_select,
         "cost": cmd_cost,
+        "truncation": cmd_truncation,
     }[args.command](args)
     if args.json:
         result = {"command": command_line("bench.p4_gan", argv), **result}

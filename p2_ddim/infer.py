@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 from hw2_utils import (
-    add_option,
     CLIError,
+    add_option,
     check_output_path,
     non_negative_float,
     output_dir,

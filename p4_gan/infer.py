@@ -4,14 +4,24 @@
     python -m p4_gan.infer OUT --checkpoint runs/p4/dcgan/generator_best.pt
 
 The checkpoint is a generator exported by train.py (OUT/generator.pt or generator_best.pt).
-The same checkpoint, --seed and --batch-size give the same bytes on every run.
+The same checkpoint, --seed, --batch-size and --truncation give the same bytes on every run.
+A checkpoint may carry the truncation its z is sampled with (`python -m bench.p4_gan
+truncation --ship` chooses it on training faces and writes it into the shipped one).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hw2_utils import CLIError, check_output_path, positive_int, resolve_device, run_cli, seed_int
+from hw2_utils import (
+    CLIError,
+    check_output_path,
+    non_negative_float,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_int,
+)
 from p4_gan.pipeline import DEFAULT_CHECKPOINT, generate, load_generator, write_images
 
 SEED = 2022
@@ -39,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=500,
         help="part of the seed contract: it can change the last bit",
     )
+    p.add_argument(
+        "--truncation",
+        type=non_negative_float,
+        help="redraw every z entry outside [-T, T] (BigGAN's truncation trick); 0: none "
+        "(default: the checkpoint's, none if it has none)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -50,13 +66,15 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
     out = check_output_path(args.out, folder=True)
-    write_images(generate(generator, args.n, args.seed, args.batch_size), out)
+    truncation = meta.get("truncation") if args.truncation is None else args.truncation or None
+    write_images(generate(generator, args.n, args.seed, args.batch_size, truncation), out)
     trained = (
         f", {meta['model']} trained for {meta['step']} steps"
         if {"model", "step"} <= meta.keys()
         else ""
     )
-    print(f"wrote {args.n} images to {out}/ from {args.checkpoint}{trained}")
+    truncated = f", z truncated to [-{truncation:g}, {truncation:g}]" if truncation else ""
+    print(f"wrote {args.n} images to {out}/ from {args.checkpoint}{trained}{truncated}")
 
 
 if __name__ == "__main__":

@@ -94,13 +94,28 @@ def load_generator(
     return model.to(device).eval().requires_grad_(False), meta
 
 
+def sample_z(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
+    """n latent vectors drawn on the CPU from `seed`: standard normal, or with `truncation` t
+    the truncation trick of BigGAN (Brock et al. 2019): every entry outside [-t, t] is drawn
+    again (from the same generator, so the result is still a function of the seed) until none
+    is, which samples the normal truncated to [-t, t]."""
+    draws = make_generator(seed)
+    z = torch.randn(n, z_dim, generator=draws)
+    if truncation is not None:
+        while (outside := z.abs() > truncation).any():
+            z[outside] = torch.randn(int(outside.sum()), generator=draws)
+    return z
+
+
 @torch.no_grad()
-def generate(generator: Generator, n: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+def generate(
+    generator: Generator, n: int, seed: int, batch_size: int = 500, truncation: float | None = None
+) -> torch.Tensor:
     """n images (N, 3, 64, 64) in [-1, 1] on the CPU. All z are drawn at once on the CPU
-    from `seed`, so image k has the same z on any device and with any batch size (the
-    batch size can still move the last floating-point bit, so infer.py fixes it)."""
+    from `seed` (sample_z), so image k has the same z on any device and with any batch size
+    (the batch size can still move the last floating-point bit, so infer.py fixes it)."""
     device = next(generator.parameters()).device
-    z = torch.randn(n, generator.config.z_dim, generator=make_generator(seed))
+    z = sample_z(n, generator.config.z_dim, seed, truncation)
     return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch_size)])
 
 

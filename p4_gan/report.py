@@ -57,6 +57,8 @@ def _results(d: Path, shipped: Path) -> str:
             if m["best_train_fid"]
             else "last"
         )
+        if m.get("truncation"):
+            chosen += f", z truncated to ±{m['truncation']:g}"
         rows.append(
             [
                 title,
@@ -211,6 +213,44 @@ def _lessons(d: Path, shipped: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _truncation_path(d: Path, shipped: Path) -> Path:
+    return (
+        d / "truncation.json"
+        if (d / "truncation.json").is_file()
+        else shipped / "p4_truncation.json"
+    )
+
+
+def _truncation(d: Path, shipped: Path) -> str:
+    info = read_record(_truncation_path(d, shipped))
+    if info is None:
+        return _missing(
+            "Truncation study",
+            "python -m bench.p4_gan truncation p4_gan/checkpoints/p4_gan.pt "
+            f"--data ../shared/data/celeba10k --json {d}/truncation.json",
+        )
+    rows = [
+        [
+            "none" if row["truncation"] is None else f"{row['truncation']:g}",
+            f"{row['train_fid']:.2f}",
+            f"{100 * row['face_rate']:.1f}%",
+            f"{row['feature_spread']:.2f}",
+        ]
+        + (["**chosen**"] if row["truncation"] == info["chosen"] else [""])
+        for row in info["rows"]
+    ]
+    lines = [
+        f"run.sh's {info['n']} images (seed {info['seed']}) from `{info['generator']}` with z drawn "
+        "from the normal truncated to [-T, T] (BigGAN's trick: entries outside are drawn again), "
+        f"against the first {info['fid_ref_n']} *training* faces, the reference that selects "
+        "checkpoints; the lowest FID is chosen and written into the generator file, which run.sh "
+        "then samples with (val faces are not read here; the FID table above is measured after).",
+        "",
+    ]
+    lines += markdown_table(["T", "train-face FID", "face rate", "feature spread", ""], rows)
+    return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"
+
+
 def _cost(d: Path) -> str:
     info = read_record(d / "cost.json")
     if info is None:
@@ -252,6 +292,8 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
         results = _results(d, shipped)
     with record_errors(d / "cost.json"):
         cost = _cost(d)
+    with record_errors(_truncation_path(d, shipped)):
+        truncation = _truncation(d, shipped)
     return "\n".join(
         [
             "## P4: GANs for 64×64 faces, trained from scratch",
@@ -275,6 +317,9 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
             "### What the runs showed",
             "",
             _lessons(d, shipped),
+            "### Truncation of z",
+            "",
+            truncation,
             "### Cost",
             "",
             cost,

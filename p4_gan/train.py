@@ -231,9 +231,11 @@ def fid_setup(args, faces: torch.Tensor, device):
     return extractor, (mu, sigma)
 
 
-def measure_fid(generator, extractor, ref_stats, n: int, seed: int, device) -> float:
+def measure_fid(
+    generator, extractor, ref_stats, n: int, seed: int, device, truncation=None
+) -> float:
     """FID of n generated images, quantised to 8 bits exactly as run.sh's PNGs are."""
-    images = to_uint8(generate(generator, n, seed)).permute(0, 3, 1, 2)
+    images = to_uint8(generate(generator, n, seed, truncation=truncation)).permute(0, 3, 1, 2)
     return frechet_distance(image_statistics(images, extractor, device=device), ref_stats)
 
 

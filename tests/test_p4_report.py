@@ -19,6 +19,7 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
         "### FID and face-recognition rate",
         "### Samples, architectures, training curves",
         "### What the runs showed",
+        "### Truncation of z",
         "### Cost",
     ]
     for command in (
@@ -26,6 +27,7 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
         "python -m p4_gan.figures",
         "python -m p4_gan.train",
         "python -m bench.p4_gan cost",
+        "python -m bench.p4_gan truncation",
     ):
         assert command in text
     assert not re.search(r"\|\s*\d", text)  # no table of values
@@ -109,3 +111,34 @@ def test_a_fresh_clone_reports_the_shipped_record_and_logs(tmp_path):
             f"{float(r['fid']):.0f} (epoch {float(r['epoch']):.0f})" for r in csv.DictReader(f)
         )
     assert "(B) improved GAN: last epoch D loss" in text and f"Train-face FID: {logged}." in text
+
+
+def test_truncation_table_shows_each_rows_numbers_and_the_choice(tmp_path):
+    d = tmp_path / "p4"
+    d.mkdir()
+    rows = [
+        {"truncation": t, "train_fid": fid, "feature_spread": sp, "face_rate": rate}
+        for t, fid, sp, rate in (
+            (None, 60.1234, 0.81, 0.93),
+            (1.0, 55.5, 0.7, 0.961),
+            (0.5, 70.25, 0.5, 0.99),
+        )
+    ]
+    record = {
+        "command": "python -m bench.p4_gan truncation G",
+        "hardware": "CPU-X",
+        "n": 1000,
+        "seed": 2022,
+    }
+    record |= {"generator": "G", "fid_ref_n": 2000, "rows": rows, "chosen": 1.0}
+    (d / "truncation.json").write_text(json.dumps(record))
+    text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
+    for row in rows:
+        cells = table_row(
+            text, "none" if row["truncation"] is None else f"{row['truncation']:g}", column="T"
+        )
+        assert numbers(cells["train-face FID"]) == [round(row["train_fid"], 2)]
+        assert numbers(cells["face rate"]) == pytest.approx([100 * row["face_rate"]], abs=0.05)
+        assert numbers(cells["feature spread"]) == [row["feature_spread"]]
+        assert (cells[""] == "**chosen**") == (row["truncation"] == record["chosen"])
+    assert "on CPU-X" in text and "`python -m bench.p4_gan truncation G`" in text

@@ -27,6 +27,7 @@ RECORDS = [
     ("p3_textual_inversion", "p3", "clip_zeroshot_ensemble.json"),
     ("p4_gan", "p4", "final.json"),
     ("p4_gan", "p4", "cost.json"),
+    ("p4_gan", "p4", "truncation.json"),
     ("p5_dann", "p5", "p5_bench.json"),
     ("p6_classification", "p6", "bench.json"),
     ("p6_classification", "p6", "aug/aug_study.json"),
@@ -73,6 +74,7 @@ BAD = {
                 "command",
                 "hardware",
                 "target",
+                "chosen",
             )
         }
     ),
