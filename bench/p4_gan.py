@@ -385,11 +385,10 @@ def cmd_truncation(args) -> dict:
             )
     chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
     print(f"chosen by training-face FID: {chosen or 'no truncation'}")
-    if args.ship:
-        state = load_torch_file(args.generator, "GAN generator checkpoint")
-        state["truncation"] = chosen
+    state = load_torch_file(args.generator, "GAN generator checkpoint") if args.ship else {}
+    if args.ship and state.get("truncation") != chosen:  # an unchanged file keeps its bytes
         with atomic_path(args.generator) as tmp:
-            torch.save(state, tmp)
+            torch.save({**state, "truncation": chosen}, tmp)
         print(f"wrote truncation {chosen} into {args.generator}")
     return {
         "hardware": describe_hardware(device),

@@ -248,6 +248,12 @@ def _truncation(d: Path, shipped: Path) -> str:
         "",
     ]
     lines += markdown_table(["T", "train-face FID", "face rate", "feature spread", ""], rows)
+    lines += [
+        "",
+        "No truncation scored best, so the generator samples z from N(0, I)."
+        if info["chosen"] is None
+        else f"The generator samples z truncated to ±{info['chosen']:g}.",
+    ]
     return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"
 
 
