@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -731,6 +732,46 @@ def test_documented_module_commands_run_from_the_repo_root(module):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"python -m {module}" in r.stdout  # its docstring's usage lines use the same spelling
+
+
+# Runs `--help` of each module in one interpreter (imports shared: seconds, not minutes).
+HELP_EACH = """
+import contextlib, io, json, runpy, sys
+sys.path.insert(0, ".")
+failed = {}
+for module in json.loads(sys.argv[1]):
+    out, sys.argv = io.StringIO(), [module, "--help"]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = None
+    except SystemExit as e:
+        code = e.code
+    if code not in (0, None) or f"python -m {module}" not in out.getvalue():
+        failed[module] = code
+print(json.dumps(failed))
+"""
+
+
+def test_every_module_the_readmes_document_runs_as_written():
+    """Every `python -m package.module` in README.md and the checkpoints' READMEs exists, runs
+    from the repository root and shows its own spelling in --help (its docstring's usage)."""
+    text = (REPO / "README.md").read_text()
+    text += "".join(p.read_text() for p in REPO.glob("p*/checkpoints/README.md"))
+    pattern = r"python3? -m ((?:bench|evaluation|report|p\d_[a-z_]+)\.[a-z0-9_]+)"
+    modules = sorted(set(re.findall(pattern, text)))
+    assert len(modules) >= 40  # the pattern still finds the README's commands
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    r = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", HELP_EACH, json.dumps(modules)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {}
 
 
 def test_missing_embeddings_say_how_to_make_them(inp, tmp_path, monkeypatch):
