@@ -94,6 +94,9 @@ DEFAULTS = {
 }
 # fmt: on
 MOMENTUM = 0.9  # Nesterov
+# The recipe a resumed run must share with the run that wrote last.pt (the epochs too: they
+# shape the learning-rate schedule).
+RECIPE = ("preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -508,24 +511,8 @@ def main(argv=None) -> dict:
         trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay
     )
 
-    # What a resumed run must share with the one that wrote last.pt (the epochs too: they shape the schedule).
-    identity = {
-        "arch": arch,
-        "data": data.source,
-        **{
-            k: getattr(args, k)
-            for k in (
-                "preset",
-                "epochs",
-                "batch_size",
-                "lr",
-                "weight_decay",
-                "warmup_epochs",
-                "limit",
-                "seed",
-            )
-        },
-    }
+    # What a resumed run must share with the one that wrote last.pt.
+    identity = {"arch": arch, "data": data.source, **{k: getattr(args, k) for k in RECIPE}}
     state = run.load(identity, model=model, optimizer=opt)
     epoch, seconds, val_acc = (
         (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
