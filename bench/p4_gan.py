@@ -198,6 +198,29 @@ def spread(stats: tuple, reference: tuple) -> float:
     return float(stats[1].trace() / reference[1].trace())
 
 
+def score(images: torch.Tensor, folder: Path, extractor, reference: tuple, device) -> dict:
+    """FID against `reference`, feature spread and face rate of generated images in [-1, 1],
+    written to `folder` as run.sh writes them (the face detector reads the PNGs)."""
+    write_images(images, folder)
+    rate = face_rate(folder)
+    stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
+    return {
+        "fid": frechet_distance(stats, reference),
+        "feature_spread": spread(stats, reference),
+        "face_rate": rate["rate"],
+        "one_face": rate["one_face"],
+        "total": rate["total"],
+    }
+
+
+def train_reference(args, device) -> tuple:
+    """The Inception extractor, the number of training faces and their statistics: the first
+    --fid-ref-n, the reference that selects checkpoints (train.py's, select's)."""
+    extractor = load_inception(args.fid_weights, device)
+    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
+    return extractor, len(faces), image_statistics(faces, extractor, device=device)
+
+
 def cmd_final(args) -> dict:
     device = resolve_device(args.device)
     extractor = load_inception(args.fid_weights, device)
@@ -239,21 +262,17 @@ def cmd_final(args) -> dict:
         )
         # what run.sh writes: its seed, and the truncation the file carries (if any)
         images = generate(generator, args.n, infer.SEED, truncation=meta.get("truncation"))
-        write_images(images, out / model)
-        rate = face_rate(out / model)
-        stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
-        fid = frechet_distance(stats, reference)
+        scores = score(images, out / model, extractor, reference, device)
         result["models"][model] = {
             **training_record(run),
-            "fid": fid,
-            "feature_spread": spread(stats, reference),
-            "face_rate": rate["rate"],
-            "one_face": rate["one_face"],
-            "total": rate["total"],
+            **scores,
             "truncation": meta.get("truncation"),
             "images": str(out / model),
         }
-        print(f"{model}: FID {fid:.2f} against {len(val)} val faces, face rate {rate['rate']:.3f}")
+        print(
+            f"{model}: FID {scores['fid']:.2f} against {len(val)} val faces, "
+            f"face rate {scores['face_rate']:.3f}"
+        )
     return result
 
 
@@ -315,13 +334,11 @@ def cmd_cost(args) -> dict:
 def cmd_select(args) -> dict:
     """FID on training faces of each run's snapshots; the lowest becomes its generator_best.pt."""
     device = resolve_device(args.device)
-    extractor = load_inception(args.fid_weights, device)
-    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
-    reference = image_statistics(faces, extractor, device=device)
+    extractor, n_faces, reference = train_reference(args, device)
     result = {
         "hardware": describe_hardware(device),
         "data": str(args.data),
-        "fid_ref_n": len(faces),
+        "fid_ref_n": n_faces,
         "fid_n": args.fid_n,
         "runs": {},
     }
@@ -337,7 +354,7 @@ def cmd_select(args) -> dict:
                 {"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid}
             )
             print(
-                f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {len(faces)} training faces",
+                f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {n_faces} training faces",
                 flush=True,
             )
         with atomic_path(run / "fid.csv") as tmp, open(tmp, "w") as f:
@@ -358,43 +375,32 @@ def cmd_truncation(args) -> dict:
     choice (val faces are never read); --ship writes it into the generator file, where infer.py
     and run.sh read it."""
     device = resolve_device(args.device)
-    extractor = load_inception(args.fid_weights, device)
-    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
-    reference = image_statistics(faces, extractor, device=device)
+    extractor, n_faces, reference = train_reference(args, device)
     generator, _ = load_generator(args.generator, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threshold in [None, *sorted(set(args.thresholds), reverse=True)]:
             images = generate(generator, args.n, infer.SEED, truncation=threshold)
-            stats = image_statistics(to_uint8(images).permute(0, 3, 1, 2), extractor, device=device)
-            rate = face_rate(write_images(images, Path(tmp) / "images")[0].parent)
-            rows.append(
-                {
-                    "truncation": threshold,
-                    "train_fid": frechet_distance(stats, reference),
-                    "feature_spread": spread(stats, reference),
-                    "face_rate": rate["rate"],
-                    "one_face": rate["one_face"],
-                    "total": rate["total"],
-                }
-            )
+            scores = score(images, Path(tmp) / "images", extractor, reference, device)
+            rows.append({"truncation": threshold, "train_fid": scores.pop("fid"), **scores})
             print(
                 f"truncation {threshold or 'none'}: FID {rows[-1]['train_fid']:.2f} on "
-                f"{len(faces)} training faces, face rate {rate['rate']:.3f}",
+                f"{n_faces} training faces, face rate {scores['face_rate']:.3f}",
                 flush=True,
             )
     chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
     print(f"chosen by training-face FID: {chosen or 'no truncation'}")
-    state = load_torch_file(args.generator, "GAN generator checkpoint") if args.ship else {}
-    if args.ship and state.get("truncation") != chosen:  # an unchanged file keeps its bytes
-        with atomic_path(args.generator) as tmp:
-            torch.save({**state, "truncation": chosen}, tmp)
-        print(f"wrote truncation {chosen} into {args.generator}")
+    if args.ship:
+        state = load_torch_file(args.generator, "GAN generator checkpoint")
+        if state.get("truncation") != chosen:  # an unchanged file keeps its bytes
+            with atomic_path(args.generator) as tmp:
+                torch.save({**state, "truncation": chosen}, tmp)
+            print(f"wrote truncation {chosen} into {args.generator}")
     return {
         "hardware": describe_hardware(device),
         "generator": str(args.generator),
         "data": str(args.data),
-        "fid_ref_n": len(faces),
+        "fid_ref_n": n_faces,
         "n": args.n,
         "seed": infer.SEED,
         "rows": rows,

@@ -17,46 +17,19 @@ def digits(tmp_path_factory):
     return small_digits(tmp_path_factory.mktemp("digits") / "digits", n=8, splits=("train", "val"))
 
 
+def _p1(digits, tmp_path, extra: str) -> None:
+    argv = ["--data", str(digits), "--domains", "mnistm", "--out", str(tmp_path / "run")]
+    p1.main([*argv, *f"--device cpu {extra} --steps 2".split()])
+
+
 def test_p1_with_fewer_images_than_a_batch_fails_at_once(digits, tmp_path):
     with pytest.raises(CLIError, match="fewer than one batch of 64"):
-        p1.main(
-            [
-                "--data",
-                str(digits),
-                "--domains",
-                "mnistm",
-                "--out",
-                str(tmp_path / "run"),
-                "--device",
-                "cpu",
-                "--base-channels",
-                "8",
-                "--steps",
-                "2",
-            ]
-        )
+        _p1(digits, tmp_path, "--base-channels 8")
 
 
 def test_p1_width_that_builds_no_unet_is_refused(digits, tmp_path):
     with pytest.raises(CLIError, match="--base-channels 7 builds no UNet"):
-        p1.main(
-            [
-                "--data",
-                str(digits),
-                "--domains",
-                "mnistm",
-                "--out",
-                str(tmp_path / "run"),
-                "--device",
-                "cpu",
-                "--base-channels",
-                "7",
-                "--batch-size",
-                "4",
-                "--steps",
-                "2",
-            ]
-        )
+        _p1(digits, tmp_path, "--base-channels 7 --batch-size 4")
 
 
 def test_p5_with_fewer_images_than_a_batch_fails_at_once(digits, tmp_path):

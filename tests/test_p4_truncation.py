@@ -1,7 +1,8 @@
 """The truncation trick of P4's sampling (pipeline.sample_z): without it z is the seed's plain
 normal draw (run.sh's bytes unchanged), with it z follows the normal truncated to [-T, T]
 (checked against scipy), a checkpoint can carry it, and bench.p4_gan truncation chooses it on
-training faces and writes it into the file."""
+training faces and writes it into the file. Also bench.p4_gan select and final, which share its
+scoring (train_reference, score)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,34 @@ def test_bench_chooses_on_training_faces_and_ships_the_choice(checkpoint, tmp_pa
     assert record["chosen"] == best["truncation"] and record["fid_ref_n"] == 6
     assert load_generator(generator)[1].get("truncation") == record["chosen"]
     assert json.loads((tmp_path / "truncation.json").read_text())["chosen"] == record["chosen"]
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # FID of a few images
+def test_bench_select_then_final_score_what_run_sh_writes(tmp_path):
+    """select picks a snapshot by training-face FID; final scores run.sh's images of it against
+    val (with the truncation the file carries) beside the real-face floor."""
+    from bench import p4_gan as bench
+    from p4_gan import train
+
+    faces = require_shared("hw2_data", "face")
+    run = tmp_path / "runs" / "improved"
+    argv = ["--model", "improved", "--data", str(faces), "--out", str(run)]
+    argv += "--g-channels 4 --d-channels 4 --batch-size 8 --epochs 2 --snapshot-every 1".split()
+    train.main([*argv, *"--sample-every 0 --fid-every 0 --device cpu".split()])
+    fid_args = ["--data", str(faces), "--fid-n", "4", "--fid-ref-n", "6", "--device", "cpu"]
+    selected = bench.main(["select", str(run), *fid_args])["runs"]["improved"]
+    assert [row["epoch"] for row in selected["snapshots"]] == [1, 2]
+    assert selected["best"] == min(selected["snapshots"], key=lambda row: row["fid"])
+    assert load_generator(run / "generator_best.pt")[1]["epoch"] == selected["best"]["epoch"]
+
+    out = tmp_path / "final"
+    final = bench.main(
+        ["final", "--runs", str(tmp_path / "runs"), "--models", "improved", "--data", str(faces)]
+        + ["--n", "4", "--out", str(out), "--device", "cpu"]
+    )
+    improved = final["models"]["improved"]
+    assert improved["best_epoch"] == selected["best"]["epoch"] and improved["total"] == 4
+    assert improved["truncation"] is None and final["real_train"]["total"] == 4
+    assert sorted(p.name for p in (out / "improved").iterdir()) == [
+        f"{k:04d}.png" for k in range(4)
+    ]

@@ -249,31 +249,14 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     assert path == tmp_path / "cam" / "cam_resnet18.png"
     with Image.open(path) as figure:
         assert figure.height > figure.width * 0.8  # three rows of image | CAM | Grad-CAM
-    record = aug_study.main(
-        [
-            "--data",
-            slice_path,
-            "--out",
-            str(tmp_path / "aug"),
-            "--epochs",
-            "1",
-            "--presets",
-            "none",
-            "cutout",
-            "--spread-preset",
-            "none",
-            "--spread-seeds",
-            "1",
-            "--limit",
-            "100",
-            "--width",
-            "8",
-            "--batch-size",
-            "30",
-            "--device",
-            "cpu",
-        ]
-    )
+    study = "--epochs 1 --presets none cutout --spread-preset none --spread-seeds 1 --limit 100"
+    study = [
+        *study.split(),
+        *"--width 8 --batch-size 30 --device cpu".split(),
+        "--data",
+        slice_path,
+    ]
+    record = aug_study.main([*study, "--out", str(tmp_path / "aug")])
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
         result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
@@ -296,33 +279,7 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     assert (tmp_path / "aug" / "aug_study.png").is_file()
     # --jobs: the same runs as separate processes at once (one thread each, as here), the same study
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    parallel = aug_study.main(
-        [
-            "--data",
-            slice_path,
-            "--out",
-            str(tmp_path / "aug_jobs"),
-            "--epochs",
-            "1",
-            "--presets",
-            "none",
-            "cutout",
-            "--spread-preset",
-            "none",
-            "--spread-seeds",
-            "1",
-            "--limit",
-            "100",
-            "--width",
-            "8",
-            "--batch-size",
-            "30",
-            "--device",
-            "cpu",
-            "--jobs",
-            "3",
-        ]
-    )
+    parallel = aug_study.main([*study, "--out", str(tmp_path / "aug_jobs"), "--jobs", "3"])
 
     def scores(rows):
         return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]

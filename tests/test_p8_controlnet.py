@@ -148,91 +148,23 @@ def test_multi_controlnet_script_writes_a_grid_per_scale_combination(models, coc
     ]
     pixels = [np.asarray(Image.open(tmp_path / "m" / f"c{c:02d}_i000.png")) for c in range(4)]
     assert all(not np.array_equal(pixels[0], p) for p in pixels[1:])
+
+    def refused(controls: str, extra: str = "") -> None:
+        argv = f"--model x --prompt p {controls} --controlnet canny=y {extra}".split()
+        multi_controlnet.main([*argv, "--out", str(tmp_path / "n")])
+
     with pytest.raises(CLIError, match="no --controlnet TYPE=DIR for control type"):
-        multi_controlnet.main(
-            [
-                "--model",
-                "x",
-                "--prompt",
-                "p",
-                "--control",
-                "depth",
-                "a.png",
-                "1",
-                "--control",
-                "canny",
-                "b.png",
-                "1",
-                "--controlnet",
-                "canny=y",
-                "--out",
-                str(tmp_path / "n"),
-            ]
-        )
+        refused("--control depth a.png 1 --control canny b.png 1")
     with pytest.raises(CLIError, match="at least two --control"):
-        multi_controlnet.main(
-            [
-                "--model",
-                "x",
-                "--prompt",
-                "p",
-                "--control",
-                "canny",
-                "a.png",
-                "1",
-                "--controlnet",
-                "canny=y",
-                "--out",
-                str(tmp_path / "n"),
-            ]
-        )
+        refused("--control canny a.png 1")
     # the check controlnet.py has, shared
     with pytest.raises(CLIError, match="must be below --guidance-end"):
-        multi_controlnet.main(
-            [
-                "--model",
-                "x",
-                "--prompt",
-                "p",
-                "--control",
-                "canny",
-                "a.png",
-                "1",
-                "--control",
-                "seg",
-                "b.png",
-                "1",
-                "--controlnet",
-                "canny=y",
-                "--guidance-start",
-                "0.9",
-                "--guidance-end",
-                "0.1",
-                "--out",
-                str(tmp_path / "n"),
-            ]
+        refused(
+            "--control canny a.png 1 --control seg b.png 1",
+            "--guidance-start 0.9 --guidance-end 0.1",
         )
     with pytest.raises(CLIError, match="the scale must be a finite number"):
-        multi_controlnet.main(
-            [
-                "--model",
-                "x",
-                "--prompt",
-                "p",
-                "--control",
-                "canny",
-                "a.png",
-                "nan",
-                "--control",
-                "seg",
-                "b.png",
-                "1",
-                "--controlnet",
-                "canny=y",
-                "--out",
-                str(tmp_path / "n"),
-            ]
-        )
+        refused("--control canny a.png nan --control seg b.png 1")
 
 
 def test_controlnet_script_rows_per_scale_and_guidance_window(models, coco, tmp_path):
