@@ -6,8 +6,9 @@ val held out / 10,000 test) and the 1,017 official-pixel test images of the shar
     python -m bench.p6_classification --parts full                # the shipped model: a GPU run (~20 h on 2 threads)
     python -m bench.p6_classification --parts aug                 # the study: 8 runs of 30 epochs at once, a GPU
     python -m bench.p6_classification --parts cam                 # figures + deletion/insertion on 500 test images
+    python -m bench.p6_classification --parts tta --ship          # test-time flip: chosen on val, put in the model
     # runs a GPU session brought back (bench/gpu_session.py):
-    python -m bench.p6_classification --work outputs/gpu/p6 --parts full aug --trained-elsewhere --ship
+    python -m bench.p6_classification --work outputs/gpu/p6 --parts full aug tta --trained-elsewhere --ship
     python -m bench.p6_classification --work /tmp/p6 --limit 300 --epochs 1 --aug-epochs 1 --aug-width 8 \\
         --throughput-width 8 --throughput-steps 1 --deletion 20   # smoke run: numbers meaningless
 
@@ -22,6 +23,9 @@ Parts:
 - cam: cam.py on the model full just trained, else the shipped (or --checkpoint) one: 5 correct
   + 5 wrong test images, and the deletion and insertion curves on the first --deletion test
   images of the official-pixel slice.
+- tta: the same model's val accuracy without and with the test-time flip (infer.py --tta flip);
+  the one val prefers is scored once on both test sets, and --ship writes it into the model,
+  where infer.py reads it (the flip doubles inference, so it must win on val to be chosen).
 WORK gets bench.json (each part's numbers with its command and hardware), resnet18/ (the
 run), aug/ and cam/. Every part resumes or is cheap to redo. --trained-elsewhere takes full's
 and aug's runs as they came back from a GPU session (without last.pt, so they cannot resume):
@@ -60,13 +64,20 @@ from hw2_utils import (
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
-from p6_classification.infer import CHECKPOINTS, SHIPPED, SHIPPED_RECORDS, load_checkpoint, predict
+from p6_classification.infer import (
+    CHECKPOINTS,
+    SHIPPED,
+    SHIPPED_RECORDS,
+    TTA,
+    load_checkpoint,
+    predict,
+)
 from p6_classification.models import ResNet18
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FULL, SLICE = SHARED / "cifar10_full", SHARED / "cifar10" / "cifar10_slice.npz"
-PARTS = ("throughput", "full", "aug", "cam")
+PARTS = ("throughput", "full", "aug", "cam", "tta")
 # The study (issue #31: ResNet-18 width 64, >= 30 epochs, one schedule for every preset, a spread):
 # train.py's recipe at 30 epochs for the seven presets that matter, a second seed of flip_crop.
 STUDY_PRESETS = (
@@ -96,6 +107,7 @@ SHIPPED_PARTS = {
     "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
     "aug": ("aug/aug_study.json", "aug/aug_study.png"),
     "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png"),
+    "tta": ("bench.json",),
 }
 
 
@@ -205,14 +217,73 @@ def augmentation_cost(images: torch.Tensor, n: int) -> dict[str, float]:
 
 
 def ship(work: Path, parts: list[str]) -> None:
-    """The parts' model and records into p6_classification/checkpoints/ (infer.SHIPPED_RECORDS)."""
+    """The parts' model and records into p6_classification/checkpoints/ (infer.SHIPPED_RECORDS).
+    bench.json is merged: the parts run now replace theirs in the shipped record, the others stay."""
     CHECKPOINTS.mkdir(exist_ok=True)
-    for part in parts:
-        for record in SHIPPED_PARTS.get(part, ()):
-            target = CHECKPOINTS / SHIPPED_RECORDS[record]
-            with atomic_path(target) as tmp:
+    for record in dict.fromkeys(r for part in parts for r in SHIPPED_PARTS.get(part, ())):
+        target = CHECKPOINTS / SHIPPED_RECORDS[record]
+        with atomic_path(target) as tmp:
+            if record == "bench.json":
+                bench = json.loads((work / record).read_text())
+                shipped = json.loads(target.read_text()) if target.is_file() else {}
+                shipped.update({part: bench[part] for part in parts if part in bench})
+                tmp.write_text(json.dumps(shipped, indent=2))
+            else:
                 shutil.copy(work / record, tmp)
-            print(f"shipped {target}")
+        print(f"shipped {target}")
+
+
+def test_time_flip(
+    checkpoint: Path, data: str, also_test: str, limit: int | None, device: torch.device
+) -> dict:
+    """Val accuracy of `checkpoint` with each of infer.TTA, the choice (the flip only if it wins:
+    it doubles inference), and the two test sets scored once with the choice."""
+    model, meta = load_checkpoint(checkpoint, device)
+    cifar = load_cifar(data)
+    _, val, test = train.hold_out(cifar, limit)
+
+    def correct(images_labels, tta: str) -> torch.Tensor:
+        images, labels = images_labels
+        return predict(model, meta, images, device, tta=tta) == labels
+
+    def accuracy(images_labels, tta: str) -> float:
+        return correct(images_labels, tta).float().mean().item()
+
+    start = time.perf_counter()
+    val_correct = {tta: correct(val, tta) for tta in TTA}
+    val_acc = {tta: c.float().mean().item() for tta, c in val_correct.items()}
+    chosen = "flip" if val_acc["flip"] > val_acc["none"] else "none"
+    extra = load_cifar(also_test)
+    return {
+        "checkpoint": str(checkpoint),
+        "val_images": len(val[1]),
+        "val_acc": val_acc,
+        # the paired difference (McNemar's discordant pairs): images the flip fixes and breaks
+        "val_flip_fixes": int((val_correct["flip"] & ~val_correct["none"]).sum()),
+        "val_flip_breaks": int((~val_correct["flip"] & val_correct["none"]).sum()),
+        "chosen": chosen,
+        "test_images": len(test[1]),
+        "test_acc": accuracy(test, chosen),
+        "also_test": {
+            "data": extra.source,
+            "test_images": len(extra.test_labels),
+            "test_acc": accuracy((extra.test_images, extra.test_labels), chosen),
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+        "hardware": describe_hardware(device),
+    }
+
+
+def write_tta(checkpoint: Path, tta: str) -> None:
+    """Store the chosen test-time augmentation in a final.pt (infer.py's default for it); a file
+    that already carries it is left as it is."""
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if blob.get("tta", "none") == tta:
+        print(f"{checkpoint} already carries tta {tta}: unchanged")
+        return
+    with atomic_path(checkpoint) as tmp:
+        torch.save({**blob, "tta": tta}, tmp)
+    print(f"wrote tta {tta} into {checkpoint}")
 
 
 def exported_accuracy(
@@ -328,14 +399,16 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED),
-        help="cam: the model to explain (default: the shipped one, or WORK/resnet18/final.pt with --parts full)",
+        help="cam, tta: the model to explain or score (default: the shipped one, or WORK/resnet18/final.pt "
+        "with --parts full)",
     )
     p.add_argument(
         "--ship",
         action="store_true",
-        help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log and "
-        "WORK/bench.json, aug's table and plot, cam's figures and curve record beside it (what infer.py, "
-        "cam.py and the report use on a fresh clone)",
+        help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log, "
+        "aug's table and plot, cam's figures and curve record beside it, with the parts' records merged "
+        "into the shipped bench record (what infer.py, cam.py and the report use on a fresh clone); "
+        "tta writes its choice into the model first",
     )
     p.add_argument(
         "--deletion",
@@ -376,7 +449,7 @@ def main(argv=None) -> dict:
         changed.append("--data")
     if args.ship and changed:
         raise CLIError(f"--ship ships only the recipe's own runs, without {', '.join(changed)}")
-    # cam explains the model this invocation trains, when it trains one, else --checkpoint.
+    # cam and tta take the model this invocation trains, when it trains one, else --checkpoint.
     explained = (
         work / "resnet18" / "final.pt"
         if "full" in args.parts and args.checkpoint == str(SHIPPED)
@@ -462,6 +535,10 @@ def main(argv=None) -> dict:
                 str(work / "cam"),
             ]
         )
+    if "tta" in args.parts:
+        save("tta", test_time_flip(Path(explained), args.data, args.also_test, args.limit, device))
+        if args.ship:  # the shipped model, or full's final.pt before ship() copies it there
+            write_tta(Path(explained), json.loads(bench_file.read_text())["tta"]["chosen"])
     if args.ship:
         ship(work, args.parts)
     return json.loads(bench_file.read_text()) if bench_file.is_file() else {}

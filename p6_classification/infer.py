@@ -9,6 +9,9 @@ INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (an
 hw2_utils.load_cifar10 reads), whose test images are named 00000.png, 00001.png, ... by index.
 `label` is the class index (0 airplane ... 9 truck). Accuracy is printed when labels are
 known: always for CIFAR-10, and for a folder given --labels (a CSV `image_name,label`).
+--tta flip averages the logits of each image and its mirror image; a checkpoint may carry the
+choice (`python -m bench.p6_classification --parts tta --ship` makes it on val and writes it
+into the shipped model), which --tta overrides.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ SHIPPED_RECORDS = {
     "cam/deletion_resnet18.png": "deletion_resnet18.png",
 }
 
+# Test-time augmentations infer.py knows: the standard presets train on mirrored images, so a
+# mirror image is as familiar to the model as the original and its logits a second opinion.
+TTA = ("none", "flip")
+
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """A train.py `final.pt` -> (model in eval mode, its metadata)."""
@@ -71,7 +78,16 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
         raise
     except Exception as e:  # any unreadable or foreign file is a user error here
         raise CLIError(f"{path} is not a P6 final.pt ({type(e).__name__}: {e})") from None
+    if meta.get("tta", "none") not in TTA:
+        raise CLIError(f"{path} carries an unknown test-time augmentation {meta['tta']!r}")
     return model.to(device).eval(), meta
+
+
+def logits_with_tta(model: torch.nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """The model's logits for a normalised batch; with "flip", the mean of the batch's and its
+    mirror image's logits."""
+    logits = model(x)
+    return (logits + model(x.flip(-1))) / 2 if tta == "flip" else logits
 
 
 @torch.no_grad()
@@ -81,11 +97,13 @@ def predict(
     images: torch.Tensor,
     device: torch.device,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> torch.Tensor:
-    """Class indices for uint8 (N,3,32,32) images, with the checkpoint's eval transform."""
+    """Class indices for uint8 (N,3,32,32) images, with the checkpoint's eval transform and the
+    test-time augmentation `tta` (one of TTA)."""
     transform = build_preset(meta["preset"], meta["mean"], meta["std"], len(meta["classes"])).eval
     out = [
-        model(transform(x).to(device)).argmax(1).cpu()
+        logits_with_tta(model, transform(x).to(device), tta).argmax(1).cpu()
         for x in progress(images.split(batch_size), desc="predict")
     ]
     return torch.cat(out)
@@ -131,6 +149,12 @@ def main(argv=None) -> float | None:
         help="final.pt written by train.py / vit_finetune.py (default: the shipped ResNet-18)",
     )
     p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
+    p.add_argument(
+        "--tta",
+        choices=TTA,
+        help="test-time augmentation: flip averages each image's and its mirror's logits "
+        "(default: what the checkpoint carries, else none)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -146,13 +170,15 @@ def main(argv=None) -> float | None:
         images = load_images(files)
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
-    predictions = predict(model, meta, images, device, args.batch_size)
+    tta = args.tta or meta.get("tta", "none")
+    predictions = predict(model, meta, images, device, args.batch_size, tta)
     with atomic_path(args.out_csv) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image_name", "label"])
             writer.writerows(zip(names, predictions.tolist()))
-    print(f"wrote {len(names)} predictions to {args.out_csv}")
+    flipped = " (test-time flip: mean logits of each image and its mirror)" if tta == "flip" else ""
+    print(f"wrote {len(names)} predictions to {args.out_csv}{flipped}")
     if labels is None:
         return None
     accuracy = (predictions == labels).float().mean().item()

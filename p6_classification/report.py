@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from hw2_utils import markdown_table, missing, read_record, record_errors
 from p6_classification.aug_study import table as aug_table
 from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
@@ -129,6 +131,54 @@ def _full(bench: dict, d: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def _tta(bench: dict, d: Path) -> list[str]:
+    lines = ["### Test-time flip", ""]
+    t = bench.get("tta")
+    if t is None:
+        return lines + _missing(f"{BENCH} --work {d} --parts tta")
+    val, extra = t["val_acc"], t["also_test"]
+    fixes, breaks = t["val_flip_fixes"], t["val_flip_breaks"]
+    # McNemar's exact test: if the flip changed nothing, each discordant image is a coin toss
+    p_value = binomtest(fixes, fixes + breaks, 0.5).pvalue if fixes + breaks else 1.0
+    lines += [
+        f"The same file scored by `infer.py` without and with `--tta flip` (the mean of each image's and its "
+        f"mirror image's logits) on the {t['val_images']} validation images: the flip fixes {fixes} and breaks "
+        f"{breaks} of them (exact McNemar test p = {p_value:.2f}"
+        + (", so val alone does not show that it helps" if p_value >= 0.05 else "")
+        + f"). The rule, the flip when it scores higher on val, chooses **{t['chosen']}**; only that is "
+        "scored on the test sets here"
+        + (
+            ", and `infer.py` uses it by default (the shipped file carries it)."
+            if t["chosen"] != "none"
+            else "."
+        )
+        + f" {_measured(t, t['bench_command'])}",
+        "",
+    ]
+    lines += markdown_table(
+        [
+            "test-time augmentation",
+            "val acc",
+            "test acc, CIFAR-10 (JPEG copy)",
+            "test acc, official pixels",
+        ],
+        [
+            [
+                tta + (" (chosen)" if tta == t["chosen"] else ""),
+                f"{val[tta]:.4f}",
+                f"{t['test_acc']:.4f} ({t['test_images']} images)"
+                if tta == t["chosen"]
+                else "not scored here",
+                f"{extra['test_acc']:.4f} ({extra['test_images']} images)"
+                if tta == t["chosen"]
+                else "not scored here",
+            ]
+            for tta in val
+        ],
+    )
+    return lines + [""]
 
 
 def _aug(d: Path) -> list[str]:
@@ -267,7 +317,7 @@ def section(runs_dir: str | Path) -> str:
         "",
     ]
     with record_errors(_find(d, "bench.json")):
-        lines += _throughput(bench, d) + _full(bench, d)
+        lines += _throughput(bench, d) + _full(bench, d) + _tta(bench, d)
     for record, render in (("aug/aug_study.json", _aug), ("cam/deletion_resnet18.json", _cams)):
         with record_errors(_find(d, record)):
             lines += render(d)

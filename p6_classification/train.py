@@ -340,23 +340,20 @@ def load_splits(args, info, device) -> Splits:
         cifar = load_cifar(args.data)
     # read now: a bad path fails before training
     extra = load_cifar(args.also_test) if args.also_test else None
-    train_x, train_y, test_x, test_y = (
-        cifar.train_images,
-        cifar.train_labels,
-        cifar.test_images,
-        cifar.test_labels,
-    )
-    if args.limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
-        train_x, train_y = random_subset(train_x, train_y, args.limit)
-        test_x, test_y = random_subset(test_x, test_y, max(1, args.limit // 5))
+    train, (val_x, val_y), test = hold_out(cifar, args.limit)
+    return Splits(cifar.source, train, (val_x.to(device), val_y.to(device)), test, extra)
+
+
+def hold_out(cifar, limit: int | None = None):
+    """((train images, labels), (val ...), (test ...)) of a loaded CIFAR-10: the fixed val split
+    of every run (bench.p6_classification's tta part scores the same val images)."""
+    train_x, train_y = cifar.train_images, cifar.train_labels
+    test_x, test_y = cifar.test_images, cifar.test_labels
+    if limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
+        train_x, train_y = random_subset(train_x, train_y, limit)
+        test_x, test_y = random_subset(test_x, test_y, max(1, limit // 5))
     train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
-    return Splits(
-        cifar.source,
-        (train_x, train_y),
-        (val_x.to(device), val_y.to(device)),
-        (test_x, test_y),
-        extra,
-    )
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y)
 
 
 def build_classifier(args, device, channels_last: bool):

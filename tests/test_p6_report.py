@@ -75,11 +75,12 @@ def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path, monke
     assert [line for line in lines if line.startswith("###")] == [
         "### Training throughput on the CPU",
         "### ResNet-18 on the whole CIFAR-10",
+        "### Test-time flip",
         "### Augmentation study",
         "### Class activation maps",
         "### ViT fine-tuning",
     ]
-    for part in ("throughput", "full", "aug", "cam"):
+    for part in ("throughput", "full", "tta", "aug", "cam"):
         assert f"python -m bench.p6_classification --work {tmp_path}/p6 --parts {part}" in text
     assert "python -m p6_classification.vit_finetune" in text
     assert not re.search(r"\d\.\d", text) and "%" not in text  # no accuracy without a record
@@ -127,6 +128,18 @@ def test_section_shows_recorded_numbers(tmp_path):
             "model_step_us_per_image": 81037.3,
         },
         "full": {**run, "bench_command": f"{bench_cmd()} --parts full --limit 300"},
+        "tta": {
+            "bench_command": f"{bench_cmd()} --parts tta",
+            "hardware": "Test CPU",
+            "val_images": 5000,
+            "val_acc": {"none": 0.9231, "flip": 0.9254},
+            "val_flip_fixes": 60,
+            "val_flip_breaks": 48,
+            "chosen": "flip",
+            "test_images": 10000,
+            "test_acc": 0.9253,
+            "also_test": {"data": "slice.npz", "test_images": 1017, "test_acc": 0.941},
+        },
     }
     (d / "bench.json").write_text(json.dumps(bench_record))
     (d / "aug" / "aug_study.json").write_text(
@@ -177,6 +190,17 @@ def test_section_shows_recorded_numbers(tmp_path):
     # the full record is a smoke run
     assert SMOKE in text.split("### ResNet-18 on the whole")[1].split("###")[0]
     assert SMOKE not in text.split("### Training throughput")[1].split("###")[0]
+    tta = bench_record["tta"]
+    flipped, plain = table_row(text, "flip (chosen)"), table_row(text, "none")
+    assert [numbers(flipped["val acc"]), numbers(plain["val acc"])] == [[0.9254], [0.9231]]
+    assert numbers(flipped["test acc, CIFAR-10 (JPEG copy)"]) == [tta["test_acc"], 10000]
+    assert numbers(flipped["test acc, official pixels"]) == [0.941, 1017]
+    assert (
+        plain["test acc, official pixels"] == "not scored here"
+    )  # the test sets see the choice only
+    assert "fixes 60 and breaks 48" in text and "uses it by default" in text
+    # 60 of 108 discordant images: scipy.stats.binomtest(60, 108).pvalue = 0.29
+    assert "McNemar test p = 0.29, so val alone does not show that it helps" in text
     study = json.loads((d / "aug" / "aug_study.json").read_text())
     flip, baseline = study["rows"]
     cells = table_row(text, "flip")
@@ -218,6 +242,7 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
         for record in bench.SHIPPED_PARTS[part]:
             (work / record).parent.mkdir(parents=True, exist_ok=True)
             (work / record).write_text(record)
+    (work / "bench.json").write_text(json.dumps({"full": {"val_acc": 0.9}, "aug": {}}))
     monkeypatch.setattr(bench, "CHECKPOINTS", checkpoints)
     bench.ship(work, ["full", "cam"])  # not aug
     assert sorted(p.name for p in checkpoints.iterdir()) == [
@@ -231,6 +256,27 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
     ]
     assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/final.pt"
     assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
+    assert json.loads((checkpoints / "p6_bench.json").read_text()) == {"full": {"val_acc": 0.9}}
+
+
+def test_ship_merges_the_parts_run_now_into_the_shipped_bench_record(tmp_path, monkeypatch):
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    monkeypatch.setattr(bench, "CHECKPOINTS", shipped)
+    record = shipped / bench.SHIPPED_RECORDS["bench.json"]
+    record.write_text(json.dumps({"full": {"val_acc": 0.9}, "throughput": {"rows": []}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "bench.json").write_text(
+        json.dumps({"full": {"val_acc": 0.1}, "tta": {"chosen": "flip"}})
+    )
+    bench.ship(work, ["tta"])
+    assert json.loads(record.read_text()) == {
+        "full": {"val_acc": 0.9},
+        "throughput": {"rows": []},
+        "tta": {"chosen": "flip"},
+    }
+    assert sorted(p.name for p in shipped.iterdir()) == [record.name]
 
 
 def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_path, monkeypatch):

@@ -32,17 +32,23 @@ def test_shipped_checkpoint_is_fp16_within_25_mb_and_loads():
 
 
 def test_infer_cli_on_the_official_pixel_test_images_matches_the_record(tmp_path):
+    """infer.py's default is the test-time augmentation the shipped file carries (chosen on val
+    by the bench's tta part); --tta none is the plain model the training run scored."""
     data = require_shared("cifar10", "cifar10_slice.npz")
     accuracy = infer.main([str(data), str(tmp_path / "pred.csv"), "--device", "cpu"])
     with open(tmp_path / "pred.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1017 and rows[0]["image_name"] == "00000.png"
     assert {int(r["label"]) for r in rows} == set(range(10))
-    record = shipped_record()
-    # the same file and computation as the bench's exported-file check (a thread count may flip a near tie) ...
-    assert abs(accuracy - record["exported_fp16_test_acc"]["also_test"]) <= 2 / 1017
-    # ... and within a point of the model in training (bf16 autocast, fp32 weights)
-    assert abs(accuracy - record["also_test"]["test_acc"]) <= 0.01
+    record = json.loads((infer.CHECKPOINTS / infer.SHIPPED_RECORDS["bench.json"]).read_text())
+    full, tta = record["full"], record["tta"]
+    assert torch.load(infer.SHIPPED, weights_only=True).get("tta", "none") == tta["chosen"]
+    # the same file and computation as the bench's (a thread count may flip a near tie) ...
+    assert abs(accuracy - tta["also_test"]["test_acc"]) <= 2 / 1017
+    plain = infer.main([str(data), str(tmp_path / "plain.csv"), "--device", "cpu", "--tta", "none"])
+    assert abs(plain - full["exported_fp16_test_acc"]["also_test"]) <= 2 / 1017
+    # ... and the plain file within a point of the model in training (bf16 autocast, fp32 weights)
+    assert abs(plain - full["also_test"]["test_acc"]) <= 0.01
 
 
 def test_cam_curves_with_the_shipped_model_point_at_the_evidence(tmp_path):

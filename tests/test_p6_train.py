@@ -332,3 +332,91 @@ def test_bench_adopts_a_run_trained_elsewhere(trained, slice_path, tmp_path):
     assert not (work / "resnet18" / "last.pt").exists()  # nothing was trained
     with pytest.raises(CLIError, match="not trained with the recipe"):
         bench.adopted_run(work / "resnet18", slice_path, torch.device("cpu"), recipe_only=True)
+
+
+def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror():
+    """A linear model that is not mirror-symmetric: "flip" is the mean of its logits on the image
+    and on the mirrored image (so on some images it predicts another class than "none")."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    meta = {
+        "preset": "flip_crop",
+        "mean": CIFAR_MEAN,
+        "std": CIFAR_STD,
+        "classes": list("abcdefghij"),
+    }
+    x = build_preset("flip_crop", CIFAR_MEAN, CIFAR_STD, 10).eval(images)
+    with torch.no_grad():
+        mean_logits = (model(x) + model(torch.flip(x, dims=[3]))) / 2
+        assert torch.equal(infer.logits_with_tta(model, x, "none"), model(x))
+        assert torch.allclose(infer.logits_with_tta(model, x, "flip"), mean_logits)
+    cpu = torch.device("cpu")
+    flipped = infer.predict(model, meta, images, cpu, batch_size=16, tta="flip")
+    plain = infer.predict(model, meta, images, cpu, batch_size=16)
+    assert torch.equal(flipped, mean_logits.argmax(1)) and torch.equal(plain, model(x).argmax(1))
+    assert (flipped != plain).any()
+
+
+def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
+    trained, slice_path, tmp_path, monkeypatch
+):
+    from bench import p6_classification as bench
+
+    calls, real = [], bench.predict
+
+    def spy(model, meta, images, device, *rest, tta="none"):
+        calls.append((len(images), tta))
+        return real(model, meta, images, device, *rest, tta=tta)
+
+    monkeypatch.setattr(bench, "predict", spy)
+    final = trained[0] / "final.pt"
+    argv = ["--work", str(tmp_path), "--parts", "tta", "--checkpoint", str(final)]
+    common = ["--data", slice_path, "--also-test", slice_path, "--limit", "200", "--device", "cpu"]
+    record = bench.main([*argv, *common])["tta"]
+    n_val, n_test = record["val_images"], record["test_images"]
+    assert (n_val, n_test) == (20, 40) and record["also_test"]["test_images"] == 1017
+    chosen = record["chosen"]
+    assert chosen == ("flip" if record["val_acc"]["flip"] > record["val_acc"]["none"] else "none")
+    assert calls == [(n_val, "none"), (n_val, "flip"), (n_test, chosen), (1017, chosen)]
+    gain = record["val_flip_fixes"] - record["val_flip_breaks"]
+    assert gain == round((record["val_acc"]["flip"] - record["val_acc"]["none"]) * n_val)
+    # the official-pixel number is what infer.py prints for the same file and choice
+    csv_out = tmp_path / "pred.csv"
+    accuracy = infer.main([slice_path, str(csv_out), "--checkpoint", str(final), "--tta", chosen])
+    assert record["also_test"]["test_acc"] == pytest.approx(accuracy)
+    assert not final.with_name("final.pt.tmp").exists()
+    blob = torch.load(final, weights_only=True)
+    assert "tta" not in blob  # written only with --ship
+
+
+def test_a_checkpoint_carries_its_tta_and_infer_reads_it(trained, slice_path, tmp_path, capsys):
+    import shutil
+
+    from bench import p6_classification as bench
+
+    final = tmp_path / "final.pt"
+    shutil.copy(trained[0] / "final.pt", final)
+    original = torch.load(final, weights_only=True)
+    bench.write_tta(final, "flip")
+    blob = torch.load(final, weights_only=True)
+    assert blob["tta"] == "flip" and blob.keys() - {"tta"} == original.keys()
+    assert all(torch.equal(blob["state_dict"][k], v) for k, v in original["state_dict"].items())
+    before = final.read_bytes()
+    bench.write_tta(final, "flip")
+    assert final.read_bytes() == before and "unchanged" in capsys.readouterr().out
+
+    def predictions(*extra) -> list:
+        out = tmp_path / "pred.csv"
+        infer.main([slice_path, str(out), "--device", "cpu", *extra])
+        return out.read_text().splitlines()
+
+    carried = predictions("--checkpoint", str(final))
+    assert "test-time flip" in capsys.readouterr().out
+    assert carried == predictions("--checkpoint", str(trained[0] / "final.pt"), "--tta", "flip")
+    assert predictions("--checkpoint", str(final), "--tta", "none") == predictions(
+        "--checkpoint", str(trained[0] / "final.pt")
+    )
+    torch.save({**blob, "tta": "rotate"}, tmp_path / "odd.pt")
+    with pytest.raises(CLIError, match="unknown test-time augmentation 'rotate'"):
+        infer.load_checkpoint(tmp_path / "odd.pt", torch.device("cpu"))
