@@ -18,7 +18,11 @@ Here, after:
 `run` unpacks the data, times the entry points, measures one ResNet-18 training step to size
 the P6 runs to the time left, starts every training job at once (they share the GPU) and
 watches them: if the main P6 run would miss the deadline, the study and then the P4 runs are
-stopped to give it the GPU. At the deadline the P4 runs (they have no fixed end: a constant
+stopped to give it the GPU. The main run is train.py's recipe; when the shipped model already
+is that recipe (its bench record says so), a rerun would only make it again, so by default
+(--p6-main auto) there is none and the augmentation study is first in line (P4 runs yield to
+it); after such a call, `python -m bench.p6_classification --work outputs/gpu/p6 --parts aug
+--trained-elsewhere --ship` takes the study. At the deadline the P4 runs (they have no fixed end: a constant
 learning rate, so stopping after epoch N equals `--epochs N`) are stopped, and the results go
 to OUT as one tar split into parts: logs, records, the P6 model, P4 generator snapshots (fp16)
 for FID here (the Inception weights cannot travel with the data). OUT/session.json says what
@@ -44,15 +48,17 @@ from pathlib import Path
 
 import torch
 
-from bench.p6_classification import STUDY_ARGS, STUDY_PRESETS
+from bench.p6_classification import STUDY_ARGS, STUDY_PRESETS, recipe_differences
 from hw2_utils import (
     CLIError,
     command_line,
     describe_hardware,
     positive_float,
     resolve_device,
+    read_record,
     run_cli,
 )
+from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
 from p6_classification.train import DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,6 +322,14 @@ def probe_p6_epoch(device: torch.device, batch_size: int, train_images: int, ste
     return seconds
 
 
+def shipped_p6_is_the_recipe() -> bool:
+    """Whether the shipped P6 model was trained with train.py's current defaults, as its bench
+    record (which travels: the model file is stashed for a call) says: then a main run would
+    only make it again, and the study gets the GPU."""
+    record = read_record(CHECKPOINTS / SHIPPED_RECORDS["bench.json"]) or {}
+    return "full" in record and not recipe_differences(record["full"]["command"])
+
+
 def plan_p6(epoch_seconds: float, window: float) -> tuple[int, bool]:
     """(main epochs, whether the study runs): the longest main run that fits beside the study,
     else the longest alone."""
@@ -446,20 +460,33 @@ def run(args, argv: list[str]) -> dict:
         cifar, faces = SHARED / "cifar10" / "cifar10_slice.npz", SHARED / "hw2_data" / "face"
     tiny_p6 = TINY_P6 if args.tiny else []
     batch_size = 40 if args.tiny else DEFAULTS["resnet18"]["batch_size"]
-    fallback = []
-    try:
-        epoch_seconds = probe_p6_epoch(
-            device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30
-        )
-    except Exception as e:  # noqa: BLE001 - one call, no second chance: train anyway on the loader path
-        # ../shared/device/README.md
-        fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1
-        event(f"P6 probe failed ({type(e).__name__}: {e}); main falls back to {' '.join(fallback)}")
+    # the rehearsal trains every job, so "auto" trains the main run there
+    train_main = args.p6_main == "yes" or (
+        args.p6_main == "auto" and (args.tiny or not shipped_p6_is_the_recipe())
+    )
+    fallback, epoch_seconds = [], None
+    if train_main:
+        try:
+            epoch_seconds = probe_p6_epoch(
+                device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30
+            )
+        except Exception as e:  # noqa: BLE001 - one call, no second chance: train anyway on the loader path
+            # ../shared/device/README.md
+            fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1
+            event(
+                f"P6 probe failed ({type(e).__name__}: {e}); main falls back to {' '.join(fallback)}"
+            )
     window = deadline - time.time()
-    main_epochs, study = (2, True) if args.tiny else plan_p6(epoch_seconds, window)
+    if not train_main:  # the study alone, first in line for the GPU
+        main_epochs, study = 0, True
+    else:
+        main_epochs, study = (2, True) if args.tiny else plan_p6(epoch_seconds, window)
     study = study and not fallback
     session["p6_plan"] = {
-        "probe_epoch_seconds": round(epoch_seconds, 2),
+        "main": args.p6_main
+        if args.p6_main != "auto"
+        else f"auto: {'yes' if train_main else 'no'}",
+        "probe_epoch_seconds": epoch_seconds and round(epoch_seconds, 2),
         "window_seconds": round(window),
         "main_epochs": main_epochs,
         "study": study,
@@ -467,6 +494,8 @@ def run(args, argv: list[str]) -> dict:
     }
     event(
         f"P6 probe: {epoch_seconds:.2f} s/epoch alone -> main {main_epochs} epochs, study {'yes' if study else 'no'}"
+        if train_main
+        else "P6: no main run (the shipped model is train.py's recipe); the study first in line"
     )
 
     # The bench's layout (WORK/p6/resnet18, WORK/p6/aug): bench/p6_classification.py --trained-elsewhere reads it.
@@ -475,22 +504,23 @@ def run(args, argv: list[str]) -> dict:
     shorter = (
         [] if main_epochs == DEFAULTS["resnet18"]["epochs"] else ["--epochs", str(main_epochs)]
     )
-    jobs["p6_main"] = Job(
-        "p6_main",
-        [
-            "-m",
-            "p6_classification.train",
-            "--data",
-            str(cifar),
-            "--out",
-            str(main_out),
-            *shorter,
-            *fallback,
-            *tiny_p6,
-        ],
-        work,
-        env,
-    )
+    if train_main:
+        jobs["p6_main"] = Job(
+            "p6_main",
+            [
+                "-m",
+                "p6_classification.train",
+                "--data",
+                str(cifar),
+                "--out",
+                str(main_out),
+                *shorter,
+                *fallback,
+                *tiny_p6,
+            ],
+            work,
+            env,
+        )
     study_epochs = 1 if args.tiny else STUDY_EPOCHS
     if study:
         jobs["p6_study"] = Job(
@@ -532,16 +562,17 @@ def run(args, argv: list[str]) -> dict:
     event(f"started {', '.join(jobs)}")
 
     # Watch the P6 runs' epochs (all of them share the GPU, so the work left over the recent rate
-    # of finished epochs says when the main run ends); if it would miss the deadline, stop the
-    # study, then P4 runs one by one. Report every 30 s.
+    # of finished epochs says when the first P6 job in line, the main run or else the study, ends);
+    # if it would miss the deadline, stop the study (when it is not first), then P4 runs one by
+    # one. Report every 30 s.
     study_runs = [work / "p6" / "aug" / "runs" / name for name in STUDY_RUNS]
     try:  # whatever happens here, the jobs are stopped and what exists is brought back
         marks, last_report, was_studying = [], 0.0, None
         while time.time() < deadline and any(job.running() for job in jobs.values()):
             time.sleep(2)
-            main = jobs["p6_main"]
+            main = jobs.get("p6_main")
             # one retry, on the loader path
-            if not main.running() and main.proc.returncode != 0 and not fallback:
+            if main and not main.running() and main.proc.returncode != 0 and not fallback:
                 fallback = ["--preset", "flip_crop_ls", "--workers", "12", "--no-resume"]
                 main_epochs = max(10, int((deadline - time.time()) / (3.1 * CONTENTION)))
                 event(
@@ -568,12 +599,13 @@ def run(args, argv: list[str]) -> dict:
                 - main_done
                 + (len(study_runs) * study_epochs + main_done - done if studying else 0)
             )
-            # from the main's epoch 1: past the start-up
-            if main_done >= 1 and (not marks or marks[-1][1] != done):
+            # from the first job's epoch 1: past the start-up
+            if (main_done if main else done) >= 1 and (not marks or marks[-1][1] != done):
                 marks.append((time.time(), done))
             # a rate over 40 s at least: over 20 s, one 2026-12-04 run projected its end 50 s late and
             # stopped a P4 run it did not need to
-            if jobs["p6_main"].running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 40:
+            first = jobs.get("p6_main") or jobs.get("p6_study")
+            if first and first.running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 40:
                 (t0, d0), (t1, d1) = marks[0], marks[-1]
                 finish = t1 + left * (t1 - t0) / max(1, d1 - d0)
                 victim = next(
@@ -583,13 +615,13 @@ def run(args, argv: list[str]) -> dict:
                             jobs.get("p6_study"),
                             *(jobs[f"p4_{n}"] for n in reversed(p4_names)),
                         ]
-                        if j is not None and j.running()
+                        if j is not None and j is not first and j.running()
                     ),
                     None,
                 )
                 if finish > deadline and victim is not None:
                     victim.stop(
-                        f"to give the main P6 run the GPU (its projected end: {finish - started:.0f} s)"
+                        f"to give {first.name} the GPU (its projected end: {finish - started:.0f} s)"
                     )
                     event(f"stopped {victim.name}: {victim.stopped}")
                     marks = []
@@ -650,6 +682,13 @@ def main(argv=None) -> None:
     s.add_argument("--device", default="cuda")
     s.add_argument(
         "--no-timings", dest="timings", action="store_false", help="skip timing the entry points"
+    )
+    s.add_argument(
+        "--p6-main",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="train P6's main run (train.py's recipe); auto: only when the shipped model was not "
+        "trained with the current recipe (its bench record says), else the study is first in line",
     )
     s.add_argument(
         "--tiny", action="store_true", help="rehearsal on a CPU: tiny models and data, minutes"

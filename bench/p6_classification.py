@@ -102,6 +102,20 @@ STUDY_ARGS = [
     "--workers",
     "3",
 ]
+# What makes a train.py run the recipe (the data, device, output and loader flags do not).
+RECIPE_FIELDS = (
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "preset",
+    "width",
+    "stem",
+    "limit",
+    "seed",
+)
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
 SHIPPED_PARTS = {
     "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
@@ -304,6 +318,13 @@ def exported_accuracy(
     return accuracy
 
 
+def recipe_differences(command: str) -> list[str]:
+    """The hyperparameters in which a `python -m p6_classification.train ...` command differs
+    from train.py's defaults, the recipe that --ship ships."""
+    ran, recipe = train.parse_args(shlex.split(command)[3:]), train.parse_args([])
+    return [k for k in RECIPE_FIELDS if getattr(ran, k) != getattr(recipe, k)]
+
+
 def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bool) -> dict:
     """train.py's result.json of a run that finished elsewhere, with the --also-test set (which
     did not travel) scored here on its exported final.pt, as infer.py loads it. `recipe_only`:
@@ -315,25 +336,7 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
     )
     require_file(run / "final.pt", "the run's exported model")
     if recipe_only:
-        ran = train.parse_args(shlex.split(result["command"])[3:])
-        recipe = train.parse_args([])
-        differ = [
-            k
-            for k in (
-                "model",
-                "epochs",
-                "batch_size",
-                "lr",
-                "weight_decay",
-                "warmup_epochs",
-                "preset",
-                "width",
-                "stem",
-                "limit",
-                "seed",
-            )
-            if getattr(ran, k) != getattr(recipe, k)
-        ]
+        differ = recipe_differences(result["command"])
         if differ:
             raise CLIError(
                 f"{run} was not trained with the recipe ({', '.join(differ)} differ): not shipped"

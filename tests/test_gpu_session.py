@@ -18,20 +18,26 @@ from p6_classification.infer import load_checkpoint
 RETURNED_FILES = 8  # the device tool brings back at most 8 files a call
 
 
-def test_tiny_rehearsal_trains_every_job_and_unpacks_what_the_benches_read(tmp_path):
+def rehearse(tmp_path, *extra: str):
+    """`run --device cpu --tiny` in a subprocess, as the device tool runs the call; returns the
+    folder OUT that comes back and the one `unpack` restored it into."""
     require_shared("cifar10", "cifar10_slice.npz")
     require_shared("hw2_data", "face", "train")
     out, work, back = tmp_path / "out", tmp_path / "work", tmp_path / "back"
     run = [sys.executable, "-m", "bench.gpu_session", "run", "--device", "cpu", "--tiny"]
-    run += ["--no-timings", "--budget", "150", "--out", str(out), "--work", str(work)]
+    run += ["--no-timings", "--budget", "150", "--out", str(out), "--work", str(work), *extra]
     done = subprocess.run(run, cwd=gpu_session.REPO, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    gpu_session.main(["unpack", str(out), "--work", str(back)])
+    return out, back
 
+
+def test_tiny_rehearsal_trains_every_job_and_unpacks_what_the_benches_read(tmp_path):
+    out, back = rehearse(tmp_path)
     parts = sorted(out.iterdir())
     assert parts and all(p.name.startswith("session.tar.part-") for p in parts)
     assert len(parts) <= RETURNED_FILES
     assert all(p.stat().st_size <= gpu_session.PART_BYTES for p in parts)
-    gpu_session.main(["unpack", str(out), "--work", str(back)])
 
     session = json.loads((back / "session.json").read_text())
     assert session["tiny"] and session["not_returned"] == []
@@ -53,3 +59,30 @@ def test_tiny_rehearsal_trains_every_job_and_unpacks_what_the_benches_read(tmp_p
         assert meta["epoch"] == int(snapshots[-1].stem.removeprefix("generator_epoch"))
         images = generate(generator, 2, seed=0)
         assert images.shape[0] == 2 and torch.isfinite(images).all()
+
+
+def test_without_a_main_run_the_study_is_first_in_line(tmp_path):
+    """--p6-main no (what auto does while the shipped model is train.py's recipe): no main run,
+    the study and the P4 runs train and come back."""
+    _, back = rehearse(tmp_path, "--p6-main", "no")
+    session = json.loads((back / "session.json").read_text())
+    p4_jobs = {f"p4_{name}" for name in list(gpu_session.P4_VARIANTS)[:2]}
+    assert set(session["jobs"]) == {"p6_study", *p4_jobs}
+    assert session["p6_plan"]["main"] == "no" and session["p6_plan"]["main_epochs"] == 0
+    assert all(job["returncode"] == 0 for job in session["jobs"].values())
+    assert not (back / "p6" / "resnet18").exists()
+    study = json.loads((back / "p6" / "aug" / "aug_study.json").read_text())
+    assert [row["preset"] for row in study["rows"]] == list(gpu_session.STUDY_PRESETS)
+
+
+def test_auto_skips_the_main_run_only_while_the_shipped_model_is_the_recipe(tmp_path, monkeypatch):
+    # the shipped model (p6_classification/checkpoints/p6_bench.json) was trained with the recipe
+    assert gpu_session.shipped_p6_is_the_recipe()
+    monkeypatch.setattr(gpu_session, "CHECKPOINTS", tmp_path)
+    assert not gpu_session.shipped_p6_is_the_recipe()  # no record: nothing shipped to repeat
+    record = tmp_path / gpu_session.SHIPPED_RECORDS["bench.json"]
+    command = "python -m p6_classification.train --data D --out O"
+    record.write_text(json.dumps({"full": {"command": command}}))
+    assert gpu_session.shipped_p6_is_the_recipe()
+    record.write_text(json.dumps({"full": {"command": command + " --epochs 75"}}))
+    assert not gpu_session.shipped_p6_is_the_recipe()  # the recipe moved on: train it
