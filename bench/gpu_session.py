@@ -327,7 +327,7 @@ def shipped_p6_is_the_recipe() -> bool:
     record (which travels: the model file is stashed for a call) says: then a main run would
     only make it again, and the study gets the GPU."""
     record = read_record(CHECKPOINTS / SHIPPED_RECORDS["bench.json"]) or {}
-    return "full" in record and not recipe_differences(record["full"]["command"])
+    return "full" in record and not recipe_differences(record["full"])
 
 
 def plan_p6(epoch_seconds: float, window: float) -> tuple[int, bool]:
@@ -338,6 +338,13 @@ def plan_p6(epoch_seconds: float, window: float) -> tuple[int, bool]:
         if epochs + STUDY_EPOCHS * len(STUDY_RUNS) <= capacity:
             return epochs, True
     return next((e for e in P6_MAIN_EPOCHS if e <= capacity), P6_MAIN_EPOCHS[-1]), False
+
+
+def next_to_stop(jobs: dict, first, p4_names: list[str]):
+    """The job to stop when `first` (the main P6 run, or the study when there is none) would
+    miss the deadline: the study if it is not first, then the P4 runs, the last named first."""
+    line = [jobs.get("p6_study"), *(jobs.get(f"p4_{n}") for n in reversed(p4_names))]
+    return next((j for j in line if j is not None and j is not first and j.running()), None)
 
 
 def fp16_generator(path: Path, target: Path) -> None:
@@ -464,38 +471,40 @@ def run(args, argv: list[str]) -> dict:
     train_main = args.p6_main == "yes" or (
         args.p6_main == "auto" and (args.tiny or not shipped_p6_is_the_recipe())
     )
-    fallback, epoch_seconds = [], None
-    if train_main:
-        try:
-            epoch_seconds = probe_p6_epoch(
-                device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30
-            )
-        except Exception as e:  # noqa: BLE001 - one call, no second chance: train anyway on the loader path
-            # ../shared/device/README.md
-            fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1
-            event(
-                f"P6 probe failed ({type(e).__name__}: {e}); main falls back to {' '.join(fallback)}"
-            )
+    fallback = []
+    try:
+        epoch_seconds = probe_p6_epoch(
+            device, batch_size, 360 if args.tiny else 45_000, 3 if args.tiny else 30
+        )
+    except Exception as e:  # noqa: BLE001 - one call, no second chance: train anyway on the loader path
+        # ../shared/device/README.md
+        fallback, epoch_seconds = ["--preset", "flip_crop_ls", "--workers", "12"], 3.1
+        event(f"P6 probe failed ({type(e).__name__}: {e}); main falls back to {' '.join(fallback)}")
     window = deadline - time.time()
     if not train_main:  # the study alone, first in line for the GPU
         main_epochs, study = 0, True
     else:
         main_epochs, study = (2, True) if args.tiny else plan_p6(epoch_seconds, window)
     study = study and not fallback
+    # what the study needs if it shares the GPU as the 2026-12-04 runs did (P4 runs yield to it)
+    study_needs = STUDY_EPOCHS * len(STUDY_RUNS) * epoch_seconds * CONTENTION
     session["p6_plan"] = {
-        "main": args.p6_main
-        if args.p6_main != "auto"
-        else f"auto: {'yes' if train_main else 'no'}",
-        "probe_epoch_seconds": epoch_seconds and round(epoch_seconds, 2),
+        "main": f"auto: {'yes' if train_main else 'no'}"
+        if args.p6_main == "auto"
+        else args.p6_main,
+        "probe_epoch_seconds": round(epoch_seconds, 2),
         "window_seconds": round(window),
         "main_epochs": main_epochs,
         "study": study,
+        "study_projected_seconds": round(study_needs),
         "fallback": fallback,
     }
     event(
         f"P6 probe: {epoch_seconds:.2f} s/epoch alone -> main {main_epochs} epochs, study {'yes' if study else 'no'}"
         if train_main
-        else "P6: no main run (the shipped model is train.py's recipe); the study first in line"
+        else f"P6: no main run (the shipped model is train.py's recipe); the study first in line, "
+        f"projected {study_needs:.0f} s of a {window:.0f} s window"
+        + ("" if study_needs <= window else " (it may not finish: its runs write no record then)")
     )
 
     # The bench's layout (WORK/p6/resnet18, WORK/p6/aug): bench/p6_classification.py --trained-elsewhere reads it.
@@ -608,17 +617,7 @@ def run(args, argv: list[str]) -> dict:
             if first and first.running() and len(marks) >= 2 and marks[-1][0] - marks[0][0] >= 40:
                 (t0, d0), (t1, d1) = marks[0], marks[-1]
                 finish = t1 + left * (t1 - t0) / max(1, d1 - d0)
-                victim = next(
-                    (
-                        j
-                        for j in [
-                            jobs.get("p6_study"),
-                            *(jobs[f"p4_{n}"] for n in reversed(p4_names)),
-                        ]
-                        if j is not None and j is not first and j.running()
-                    ),
-                    None,
-                )
+                victim = next_to_stop(jobs, first, p4_names)
                 if finish > deadline and victim is not None:
                     victim.stop(
                         f"to give {first.name} the GPU (its projected end: {finish - started:.0f} s)"
@@ -628,8 +627,13 @@ def run(args, argv: list[str]) -> dict:
                 marks = marks[-45:]  # the rate of about the last 90 s
             if time.time() - last_report > 30:
                 last_report = time.time()
+                progress = (
+                    f"P6 main epoch {main_done}/{main_epochs}"
+                    if main
+                    else f"P6 study epochs {done}/{len(study_runs) * study_epochs}"
+                )
                 event(
-                    f"P6 main epoch {main_done}/{main_epochs}, P6 epochs left {left}; "
+                    f"{progress}, P6 epochs left {left}; "
                     f"running: {', '.join(n for n, j in jobs.items() if j.running())}"
                 )
     except Exception as e:  # noqa: BLE001

@@ -102,22 +102,9 @@ STUDY_ARGS = [
     "--workers",
     "3",
 ]
-# What makes a train.py run the recipe (the data, device, output and loader flags do not).
-RECIPE_FIELDS = (
-    "model",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup_epochs",
-    "preset",
-    "width",
-    "stem",
-    "limit",
-    "seed",
-)
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
 SHIPPED_PARTS = {
+    "throughput": ("bench.json",),
     "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
     "aug": ("aug/aug_study.json", "aug/aug_study.png"),
     "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png"),
@@ -241,10 +228,17 @@ def ship(work: Path, parts: list[str]) -> None:
                 bench = json.loads((work / record).read_text())
                 shipped = json.loads(target.read_text()) if target.is_file() else {}
                 shipped.update({part: bench[part] for part in parts if part in bench})
+                if "full" in parts and "tta" not in parts:  # a new model: the old one's choice goes
+                    shipped.pop("tta", None)
                 tmp.write_text(json.dumps(shipped, indent=2))
             else:
                 shutil.copy(work / record, tmp)
         print(f"shipped {target}")
+    if "tta" in parts:  # last: the shipped model carries the choice its record states
+        write_tta(
+            CHECKPOINTS / SHIPPED.name,
+            json.loads((work / "bench.json").read_text())["tta"]["chosen"],
+        )
 
 
 def test_time_flip(
@@ -253,23 +247,20 @@ def test_time_flip(
     """Val accuracy of `checkpoint` with each of infer.TTA, the choice (the flip only if it wins:
     it doubles inference), and the two test sets scored once with the choice."""
     model, meta = load_checkpoint(checkpoint, device)
-    cifar = load_cifar(data)
+    cifar, extra = load_cifar(data), load_cifar(also_test)  # both read now: a bad path fails first
     _, val, test = train.hold_out(cifar, limit)
 
-    def correct(images_labels, tta: str) -> torch.Tensor:
-        images, labels = images_labels
-        return predict(model, meta, images, device, tta=tta) == labels
-
-    def accuracy(images_labels, tta: str) -> float:
-        return correct(images_labels, tta).float().mean().item()
-
     start = time.perf_counter()
-    val_correct = {tta: correct(val, tta) for tta in TTA}
+    val_images, val_labels = val
+    val_correct = {
+        tta: predict(model, meta, val_images, device, tta=tta) == val_labels for tta in TTA
+    }
     val_acc = {tta: c.float().mean().item() for tta, c in val_correct.items()}
     chosen = "flip" if val_acc["flip"] > val_acc["none"] else "none"
-    extra = load_cifar(also_test)
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint.resolve().relative_to(REPO))
+        if checkpoint.resolve().is_relative_to(REPO)
+        else str(checkpoint),
         "val_images": len(val[1]),
         "val_acc": val_acc,
         # the paired difference (McNemar's discordant pairs): images the flip fixes and breaks
@@ -277,11 +268,13 @@ def test_time_flip(
         "val_flip_breaks": int((~val_correct["flip"] & val_correct["none"]).sum()),
         "chosen": chosen,
         "test_images": len(test[1]),
-        "test_acc": accuracy(test, chosen),
+        "test_acc": accuracy_of(model, meta, *test, device, chosen),
         "also_test": {
             "data": extra.source,
             "test_images": len(extra.test_labels),
-            "test_acc": accuracy((extra.test_images, extra.test_labels), chosen),
+            "test_acc": accuracy_of(
+                model, meta, extra.test_images, extra.test_labels, device, chosen
+            ),
         },
         "seconds": round(time.perf_counter() - start, 1),
         "hardware": describe_hardware(device),
@@ -300,6 +293,11 @@ def write_tta(checkpoint: Path, tta: str) -> None:
     print(f"wrote tta {tta} into {checkpoint}")
 
 
+def accuracy_of(model, meta: dict, images, labels, device, tta: str = "none") -> float:
+    """Top-1 accuracy of infer.predict's classes (the checkpoint's eval transform, `tta`)."""
+    return (predict(model, meta, images, device, tta=tta) == labels).float().mean().item()
+
+
 def exported_accuracy(
     final_pt: Path, sources: dict[str, str], device: torch.device
 ) -> dict[str, float]:
@@ -309,20 +307,21 @@ def exported_accuracy(
     accuracy = {}
     for name, source in sources.items():
         cifar = load_cifar(source)
-        accuracy[name] = (
-            (predict(model, meta, cifar.test_images, device) == cifar.test_labels)
-            .float()
-            .mean()
-            .item()
-        )
+        accuracy[name] = accuracy_of(model, meta, cifar.test_images, cifar.test_labels, device)
     return accuracy
 
 
-def recipe_differences(command: str) -> list[str]:
-    """The hyperparameters in which a `python -m p6_classification.train ...` command differs
-    from train.py's defaults, the recipe that --ship ships."""
-    ran, recipe = train.parse_args(shlex.split(command)[3:]), train.parse_args([])
-    return [k for k in RECIPE_FIELDS if getattr(ran, k) != getattr(recipe, k)]
+def recipe_differences(result: dict) -> list[str]:
+    """What in a train.py run, as its result.json records it, differs from train.py's current
+    defaults (train.RECIPE and the network): the recipe that --ship ships. The values are the
+    run's resolved ones; a record from before result.json held them all ("recipe") gives its
+    epochs, batch size and preset, and its command the rest."""
+    default = train.parse_args([])
+    ran = vars(train.parse_args(shlex.split(result["command"])[3:]))
+    ran.update({k: result[k] for k in ("preset", "epochs", "batch_size") if k in result})
+    ran.update(result.get("recipe", {}))
+    differ = [k for k in train.RECIPE if ran[k] != getattr(default, k)]
+    return differ + (["arch"] if result["arch"] != train.model_arch(default) else [])
 
 
 def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bool) -> dict:
@@ -336,7 +335,7 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
     )
     require_file(run / "final.pt", "the run's exported model")
     if recipe_only:
-        differ = recipe_differences(result["command"])
+        differ = recipe_differences(result)
         if differ:
             raise CLIError(
                 f"{run} was not trained with the recipe ({', '.join(differ)} differ): not shipped"
@@ -344,12 +343,7 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
     if result.get("also_test") is None:
         cifar = load_cifar(also_test)
         model, meta = load_checkpoint(run / "final.pt", device)
-        accuracy = (
-            (predict(model, meta, cifar.test_images, device) == cifar.test_labels)
-            .float()
-            .mean()
-            .item()
-        )
+        accuracy = accuracy_of(model, meta, cifar.test_images, cifar.test_labels, device)
         result["also_test"] = {
             "data": cifar.source,
             "test_images": len(cifar.test_labels),
@@ -411,7 +405,7 @@ def main(argv=None) -> dict:
         help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log, "
         "aug's table and plot, cam's figures and curve record beside it, with the parts' records merged "
         "into the shipped bench record (what infer.py, cam.py and the report use on a fresh clone); "
-        "tta writes its choice into the model first",
+        "tta's choice is written into the shipped model last",
     )
     p.add_argument(
         "--deletion",
@@ -540,8 +534,6 @@ def main(argv=None) -> dict:
         )
     if "tta" in args.parts:
         save("tta", test_time_flip(Path(explained), args.data, args.also_test, args.limit, device))
-        if args.ship:  # the shipped model, or full's final.pt before ship() copies it there
-            write_tta(Path(explained), json.loads(bench_file.read_text())["tta"]["chosen"])
     if args.ship:
         ship(work, args.parts)
     return json.loads(bench_file.read_text()) if bench_file.is_file() else {}

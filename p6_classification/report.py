@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from scipy.stats import binomtest
 
 from hw2_utils import markdown_table, missing, read_record, record_errors
 from p6_classification.aug_study import table as aug_table
-from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
+from p6_classification.infer import CHECKPOINTS, SHIPPED, SHIPPED_RECORDS
 
 SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
 BENCH = "python -m bench.p6_classification"
@@ -133,6 +134,13 @@ def _full(bench: dict, d: Path) -> list[str]:
     return lines
 
 
+def _shipped_tta() -> str | None:
+    """The test-time augmentation the shipped model carries (None: no shipped model)."""
+    if not SHIPPED.is_file():
+        return None
+    return torch.load(SHIPPED, map_location="cpu", weights_only=True).get("tta", "none")
+
+
 def _tta(bench: dict, d: Path) -> list[str]:
     lines = ["### Test-time flip", ""]
     t = bench.get("tta")
@@ -150,8 +158,8 @@ def _tta(bench: dict, d: Path) -> list[str]:
         + f"). The rule, the flip when it scores higher on val, chooses **{t['chosen']}**; only that is "
         "scored on the test sets here"
         + (
-            ", and `infer.py` uses it by default (the shipped file carries it)."
-            if t["chosen"] != "none"
+            ", and the shipped file carries it, so `infer.py` uses it by default."
+            if t["chosen"] != "none" and _shipped_tta() == t["chosen"]
             else "."
         )
         + f" {_measured(t, t['bench_command'])}",

@@ -570,6 +570,8 @@ def main(argv=None) -> dict:
         "preset": args.preset,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        # every RECIPE value as resolved: what bench.p6_classification compares with DEFAULTS
+        "recipe": {k: getattr(args, k) for k in RECIPE},
         "precision": str(dtype),
         "channels_last": channels_last,
         "data": data.source,

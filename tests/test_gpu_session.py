@@ -76,13 +76,49 @@ def test_without_a_main_run_the_study_is_first_in_line(tmp_path):
 
 
 def test_auto_skips_the_main_run_only_while_the_shipped_model_is_the_recipe(tmp_path, monkeypatch):
-    # the shipped model (p6_classification/checkpoints/p6_bench.json) was trained with the recipe
+    from p6_classification import train
+
+    # the shipped model (p6_classification/checkpoints/p6_bench.json) was trained with the recipe ...
     assert gpu_session.shipped_p6_is_the_recipe()
+    # ... and is not once the recipe moves on, though its command names no recipe flag
+    monkeypatch.setitem(train.DEFAULTS["resnet18"], "epochs", 200)
+    assert not gpu_session.shipped_p6_is_the_recipe()
+    monkeypatch.undo()
+
     monkeypatch.setattr(gpu_session, "CHECKPOINTS", tmp_path)
     assert not gpu_session.shipped_p6_is_the_recipe()  # no record: nothing shipped to repeat
     record = tmp_path / gpu_session.SHIPPED_RECORDS["bench.json"]
-    command = "python -m p6_classification.train --data D --out O"
-    record.write_text(json.dumps({"full": {"command": command}}))
+    arch = {"model": "resnet18", "stem": "cifar", "width": 64}
+    run = {"command": "python -m p6_classification.train --data D --out O", "arch": arch}
+    run["recipe"] = {k: getattr(train.parse_args([]), k) for k in train.RECIPE}
+    record.write_text(json.dumps({"full": run}))
     assert gpu_session.shipped_p6_is_the_recipe()
-    record.write_text(json.dumps({"full": {"command": command + " --epochs 75"}}))
-    assert not gpu_session.shipped_p6_is_the_recipe()  # the recipe moved on: train it
+    for changed in ({"recipe": {**run["recipe"], "lr": 0.1}}, {"arch": {**arch, "width": 32}}):
+        record.write_text(json.dumps({"full": {**run, **changed}}))
+        assert not gpu_session.shipped_p6_is_the_recipe()
+
+
+class FakeJob:
+    def __init__(self, name: str, running: bool = True):
+        self.name, self.is_running = name, running
+
+    def running(self) -> bool:
+        return self.is_running
+
+
+def test_the_first_p6_job_in_line_is_never_stopped_for_itself():
+    names = ["improved_b64", "resnet32_b64"]
+    p4 = {f"p4_{n}": FakeJob(f"p4_{n}") for n in names}
+    study, main = FakeJob("p6_study"), FakeJob("p6_main")
+    with_main = {"p6_main": main, "p6_study": study, **p4}
+    assert gpu_session.next_to_stop(with_main, main, names) is study
+    study.is_running = False
+    assert gpu_session.next_to_stop(with_main, main, names) is p4["p4_resnet32_b64"]
+    study.is_running = True
+    # no main run: the study is first, so the P4 runs go, the last named first
+    study_first = {"p6_study": study, **p4}
+    assert gpu_session.next_to_stop(study_first, study, names) is p4["p4_resnet32_b64"]
+    p4["p4_resnet32_b64"].is_running = False
+    assert gpu_session.next_to_stop(study_first, study, names) is p4["p4_improved_b64"]
+    p4["p4_improved_b64"].is_running = False
+    assert gpu_session.next_to_stop(study_first, study, names) is None

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from bench import p6_classification as bench
 from conftest import numbers, require_shared, table_row, table_rows
@@ -86,7 +87,9 @@ def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path, monke
     assert not re.search(r"\d\.\d", text) and "%" not in text  # no accuracy without a record
 
 
-def test_section_shows_recorded_numbers(tmp_path):
+def test_section_shows_recorded_numbers(tmp_path, monkeypatch):
+    from p6_classification import report
+
     d = tmp_path / "p6"
     (d / "aug").mkdir(parents=True)
     run = {
@@ -201,6 +204,9 @@ def test_section_shows_recorded_numbers(tmp_path):
     assert "fixes 60 and breaks 48" in text and "uses it by default" in text
     # 60 of 108 discordant images: scipy.stats.binomtest(60, 108).pvalue = 0.29
     assert "McNemar test p = 0.29, so val alone does not show that it helps" in text
+    # "by default" only while the shipped file carries the choice
+    monkeypatch.setattr(report, "SHIPPED", tmp_path / "no_model.pt")
+    assert "uses it by default" not in section(tmp_path)
     study = json.loads((d / "aug" / "aug_study.json").read_text())
     flip, baseline = study["rows"]
     cells = table_row(text, "flip")
@@ -260,13 +266,17 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
 
 
 def test_ship_merges_the_parts_run_now_into_the_shipped_bench_record(tmp_path, monkeypatch):
+    """--ship with tta: its record joins the shipped ones and the shipped model gets the choice,
+    last; a new model (full without tta) drops the old model's tta record."""
     shipped = tmp_path / "checkpoints"
     shipped.mkdir()
     monkeypatch.setattr(bench, "CHECKPOINTS", shipped)
     record = shipped / bench.SHIPPED_RECORDS["bench.json"]
     record.write_text(json.dumps({"full": {"val_acc": 0.9}, "throughput": {"rows": []}}))
+    model = shipped / bench.SHIPPED.name
+    torch.save({"state_dict": {"w": torch.ones(2)}, "preset": "cutout"}, model)
     work = tmp_path / "work"
-    work.mkdir()
+    (work / "resnet18").mkdir(parents=True)
     (work / "bench.json").write_text(
         json.dumps({"full": {"val_acc": 0.1}, "tta": {"chosen": "flip"}})
     )
@@ -276,7 +286,14 @@ def test_ship_merges_the_parts_run_now_into_the_shipped_bench_record(tmp_path, m
         "throughput": {"rows": []},
         "tta": {"chosen": "flip"},
     }
-    assert sorted(p.name for p in shipped.iterdir()) == [record.name]
+    blob = torch.load(model, weights_only=True)
+    assert blob["tta"] == "flip" and torch.equal(blob["state_dict"]["w"], torch.ones(2))
+    assert sorted(p.name for p in shipped.iterdir()) == sorted([record.name, model.name])
+
+    for name in ("final.pt", "log.csv", "curves.png"):  # a new model, shipped without tta
+        (work / "resnet18" / name).write_text(name)
+    bench.ship(work, ["full"])
+    assert json.loads(record.read_text()) == {"full": {"val_acc": 0.1}, "throughput": {"rows": []}}
 
 
 def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_path, monkeypatch):
