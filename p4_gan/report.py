@@ -213,6 +213,52 @@ def _lessons(d: Path, shipped: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Networks compared at equal steps: the two CPU runs of (B)'s recipe (run folder, the shipped copy's
+# prefix, what changed). Both: batch 64, 5,000 steps, train-face FID on 500 images every 5 epochs.
+NETWORK_RUNS = {
+    "improved_cpu": (
+        "DCGAN-shaped (as shipped)",
+        "python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved_cpu "
+        "--batch-size 64 --epochs 40 --precision bf16 --fid-every 5 --fid-n 500 --ckpt-every 500 --beta1 0 "
+        "--beta2 0.9 --d-steps 2",
+    ),
+    "resnet32_cpu": (
+        "SNGAN's ResNet (`--arch resnet`, 32 channels)",
+        "python -m p4_gan.train --model improved --arch resnet --g-channels 32 --d-channels 32 --data "
+        "../shared/data/celeba10k --out runs/p4/resnet32_cpu --batch-size 64 --epochs 40 --precision bf16 "
+        "--fid-every 5 --fid-n 500 --ckpt-every 500 --beta1 0 --beta2 0.9 --d-steps 2",
+    ),
+}
+
+
+def _networks(d: Path, shipped: Path) -> str:
+    curves = {
+        name: {
+            int(float(r["epoch"])): float(r["fid"])
+            for r in _read_csv(d / name / "fid.csv")
+            or _read_csv(shipped / f"{name}_fid_train_faces.csv")
+        }
+        for name in NETWORK_RUNS
+    }
+    if not all(curves.values()):
+        name = next(n for n, c in curves.items() if not c)
+        return _missing(f"The {name} run's FID curve", NETWORK_RUNS[name][1])
+    epochs = sorted(set().union(*curves.values()))
+    lines = [
+        "(B)'s recipe with each pair of networks, on the CPU (an AMD EPYC with bf16 units), the same seed, "
+        "batch and steps: FID of 500 samples against the first 2,000 *training* faces, as train.py logs it "
+        "(the DCGAN-shaped curve is the earlier CPU run's log, commit b777d74, not run again). Commands: "
+        + "; ".join(f"`{command}`" for _, command in NETWORK_RUNS.values())
+        + ".",
+        "",
+    ]
+    lines += markdown_table(
+        ["epoch", *(title for title, _ in NETWORK_RUNS.values())],
+        [[str(e), *(f"{c[e]:.1f}" if e in c else "–" for c in curves.values())] for e in epochs],
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _truncation_path(d: Path, shipped: Path) -> Path:
     return (
         d / "truncation.json"
@@ -323,6 +369,9 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
             "### What the runs showed",
             "",
             _lessons(d, shipped),
+            "### Networks at equal steps",
+            "",
+            _networks(d, shipped),
             "### Truncation of z",
             "",
             truncation,

@@ -19,6 +19,7 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
         "### FID and face-recognition rate",
         "### Samples, architectures, training curves",
         "### What the runs showed",
+        "### Networks at equal steps",
         "### Truncation of z",
         "### Cost",
     ]
@@ -142,3 +143,25 @@ def test_truncation_table_shows_each_rows_numbers_and_the_choice(tmp_path):
         assert numbers(cells["feature spread"]) == [row["feature_spread"]]
         assert (cells[""] == "**chosen**") == (row["truncation"] == record["chosen"])
     assert "on CPU-X" in text and "`python -m bench.p4_gan truncation G`" in text
+
+
+def test_networks_table_is_each_runs_logged_fid_by_epoch(tmp_path):
+    from p4_gan import report
+
+    d = tmp_path / "p4"
+    curves = {"improved_cpu": [(5, 362.1054), (10, 145.5378)], "resnet32_cpu": [(5, 349.3214)]}
+    (d / "improved_cpu").mkdir(parents=True)
+    (d / "improved_cpu" / "fid.csv").write_text(
+        "step,epoch,fid\n" + "".join(f"{e * 125},{e},{f}\n" for e, f in curves["improved_cpu"])
+    )
+    text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
+    networks = text.split("### Networks at equal steps")[1].split("###")[0]
+    assert report.NETWORK_RUNS["resnet32_cpu"][1] in networks and "|" not in networks
+
+    (d / "resnet32_cpu").mkdir()
+    (d / "resnet32_cpu" / "fid.csv").write_text("step,epoch,fid\n625,5,349.3214\n")
+    text = section(tmp_path, shipped=tmp_path / "nothing_shipped")
+    dcgan, resnet = (title for title, _ in report.NETWORK_RUNS.values())
+    assert numbers(table_row(text, "5", "epoch")[dcgan]) == [362.1]
+    assert numbers(table_row(text, "5", "epoch")[resnet]) == [349.3]
+    assert table_row(text, "10", "epoch")[resnet] == "–"  # not logged: no number
