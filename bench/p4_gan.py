@@ -51,7 +51,7 @@ from hw2_utils import (
     command_line,
     describe_hardware,
     ensure_writable_dir,
-    load_torch_file,
+    store_in_checkpoint,
     positive_float,
     positive_int,
     require_file,
@@ -391,11 +391,7 @@ def cmd_truncation(args) -> dict:
     chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
     print(f"chosen by training-face FID: {chosen or 'no truncation'}")
     if args.ship:
-        state = load_torch_file(args.generator, "GAN generator checkpoint")
-        if state.get("truncation") != chosen:  # an unchanged file keeps its bytes
-            with atomic_path(args.generator) as tmp:
-                torch.save({**state, "truncation": chosen}, tmp)
-            print(f"wrote truncation {chosen} into {args.generator}")
+        store_in_checkpoint(args.generator, "truncation", chosen)
     return {
         "hardware": describe_hardware(device),
         "generator": str(args.generator),

@@ -60,6 +60,7 @@ from hw2_utils import (
     resolve_dtype,
     run_cli,
     seed_int,
+    store_in_checkpoint,
 )
 from p6_classification import aug_study, cam, train
 from p6_classification.augment import PRESETS, build_preset
@@ -235,10 +236,8 @@ def ship(work: Path, parts: list[str]) -> None:
                 shutil.copy(work / record, tmp)
         print(f"shipped {target}")
     if "tta" in parts:  # last: the shipped model carries the choice its record states
-        write_tta(
-            CHECKPOINTS / SHIPPED.name,
-            json.loads((work / "bench.json").read_text())["tta"]["chosen"],
-        )
+        chosen = json.loads((work / "bench.json").read_text())["tta"]["chosen"]
+        store_in_checkpoint(CHECKPOINTS / SHIPPED.name, "tta", chosen, absent="none")
 
 
 def test_time_flip(
@@ -279,18 +278,6 @@ def test_time_flip(
         "seconds": round(time.perf_counter() - start, 1),
         "hardware": describe_hardware(device),
     }
-
-
-def write_tta(checkpoint: Path, tta: str) -> None:
-    """Store the chosen test-time augmentation in a final.pt (infer.py's default for it); a file
-    that already carries it is left as it is."""
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if blob.get("tta", "none") == tta:
-        print(f"{checkpoint} already carries tta {tta}: unchanged")
-        return
-    with atomic_path(checkpoint) as tmp:
-        torch.save({**blob, "tta": tta}, tmp)
-    print(f"wrote tta {tta} into {checkpoint}")
 
 
 def accuracy_of(model, meta: dict, images, labels, device, tta: str = "none") -> float:

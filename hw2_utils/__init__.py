@@ -50,6 +50,7 @@ from hw2_utils.files import (
     save_images,
     save_json,
     save_text,
+    store_in_checkpoint,
     to_uint8,
 )
 from hw2_utils.runs import ALIASES, REQUIRED, RunFolder, add_common_args, git_commit
@@ -115,6 +116,7 @@ __all__ = [
     "save_images",
     "save_json",
     "save_text",
+    "store_in_checkpoint",
     "to_uint8",
     "ALIASES",
     "REQUIRED",

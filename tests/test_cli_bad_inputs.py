@@ -709,6 +709,15 @@ def test_help_exits_0_with_the_options(script, shows, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing fetched or created
 
 
+def python_in_repo_root(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """This Python with `args`, from the repository root and without PYTHONPATH, as a user
+    types the README's commands."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
 @pytest.mark.parametrize(
     "module",
     [
@@ -721,15 +730,7 @@ def test_help_exits_0_with_the_options(script, shows, tmp_path):
 )
 def test_documented_module_commands_run_from_the_repo_root(module):
     """The README's spelling, `python -m package.module`, from the repository root with no PYTHONPATH."""
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    r = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    r = python_in_repo_root(["-m", module, "--help"], timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"python -m {module}" in r.stdout  # its docstring's usage lines use the same spelling
 
@@ -761,15 +762,7 @@ def test_every_module_the_readmes_document_runs_as_written():
     pattern = r"python3? -m ((?:bench|evaluation|report|p\d_[a-z_]+)\.[a-z0-9_]+)"
     modules = sorted(set(re.findall(pattern, text)))
     assert len(modules) >= 40  # the pattern still finds the README's commands
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    r = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", HELP_EACH, json.dumps(modules)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
+    r = python_in_repo_root(["-W", "ignore", "-c", HELP_EACH, json.dumps(modules)], timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {}
 

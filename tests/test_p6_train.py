@@ -392,18 +392,18 @@ def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
 def test_a_checkpoint_carries_its_tta_and_infer_reads_it(trained, slice_path, tmp_path, capsys):
     import shutil
 
-    from bench import p6_classification as bench
+    from hw2_utils import store_in_checkpoint
 
     final = tmp_path / "final.pt"
     shutil.copy(trained[0] / "final.pt", final)
     original = torch.load(final, weights_only=True)
-    bench.write_tta(final, "flip")
+    store_in_checkpoint(final, "tta", "flip", absent="none")
     blob = torch.load(final, weights_only=True)
     assert blob["tta"] == "flip" and blob.keys() - {"tta"} == original.keys()
     assert all(torch.equal(blob["state_dict"][k], v) for k, v in original["state_dict"].items())
     assert [p.name for p in tmp_path.iterdir()] == ["final.pt"]  # no temporary file left
     before = final.read_bytes()
-    bench.write_tta(final, "flip")
+    store_in_checkpoint(final, "tta", "flip", absent="none")
     assert final.read_bytes() == before and "unchanged" in capsys.readouterr().out
 
     def predictions(*extra) -> list:
