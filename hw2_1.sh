@@ -5,4 +5,4 @@ set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash hw2_1.sh OUT_DIR [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
-exec "$PYTHON" "$ROOT/p1_ddpm/infer.py" "$@"
+HW2_PROG="bash hw2_1.sh" exec "$PYTHON" "$ROOT/p1_ddpm/infer.py" "$@"

@@ -9,4 +9,4 @@ if [ $# -lt 3 ] && [[ "${1:-}" != -h && "${1:-}" != --help ]]; then  # --help: i
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
-exec "$PYTHON" "$ROOT/p2_ddim/infer.py" "$@"
+HW2_PROG="bash hw2_2.sh" exec "$PYTHON" "$ROOT/p2_ddim/infer.py" "$@"

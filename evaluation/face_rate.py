@@ -21,9 +21,8 @@ import os
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from hw2_utils import CLIError, progress, require_dir, run_cli
+from hw2_utils import CLIError, open_rgb, progress, require_dir, run_cli
 
 UPSAMPLE = 1  # face_recognition.face_locations' default number_of_times_to_upsample
 
@@ -46,9 +45,8 @@ def face_rate(
     entries = sorted(folder.iterdir())
     for path in progress(entries, desc="faces"):
         try:
-            with Image.open(path) as image:
-                array = np.array(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError):
+            array = np.array(open_rgb(path))
+        except CLIError:
             # a folder or a non-image: dropped, as the course does
             unreadable.append(path.name)
             continue

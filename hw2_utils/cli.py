@@ -23,30 +23,69 @@ class CLIError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (what `timeout` and a closed terminal send) as an exception, so that
+    `finally` blocks run: staging folders are removed and nothing half-written is published.
+    A BaseException, like KeyboardInterrupt, so that `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run `main` and turn user-facing failures into `error: ...` plus a non-zero exit.
 
-    Bugs (anything that is not a CLIError or an OS-level file problem) still show a
-    traceback, because hiding those would make the code impossible to debug.
+    Bugs (anything that is not a CLIError or an OS-level failure) still show a traceback,
+    because hiding those would make the code impossible to debug. SIGTERM and SIGHUP end the
+    command like Ctrl-C does (status 128 + the signal's number), after its clean-up.
     """
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:  # nohup's SIG_IGN stays
+            signal.signal(sig, _raise_terminated)
+    _set_prog()
     try:
         main()
     except CLIError as e:
         _fail(str(e), 2)
-    except (
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-    ) as e:
-        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 2)
+    except OSError as e:  # a full disk, a file-size limit, a read-only or vanished folder, ...
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Terminated as e:
+        _fail(f"terminated by {signal.Signals(e.signum).name}", 128 + e.signum)
+
+
+def _set_prog() -> None:
+    """Name the command in `usage:` and `error:` lines as the README spells it: HW2_PROG when an
+    entry script sets it (`bash hw2_2.sh`), else `python -m PACKAGE.MODULE` for a module of this
+    repository (argparse would say `infer.py`)."""
+    spelled = os.environ.pop("HW2_PROG", "")  # popped: it names this process, not its children
+    if not spelled and sys.argv and sys.argv[0]:
+        script = Path(sys.argv[0]).resolve()
+        root = Path(__file__).resolve().parents[1]
+        parts = (
+            script.relative_to(root).with_suffix("").parts if script.is_relative_to(root) else ()
+        )
+        # a module of one of this repository's packages (not, say, pytest inside .venv)
+        if (
+            script.suffix == ".py"
+            and len(parts) > 1
+            and (root / parts[0] / "__init__.py").is_file()
+        ):
+            spelled = f"python -m {'.'.join(parts)}"
+    if spelled:
+        sys.argv[0] = spelled  # argparse's default prog is the last path part of argv[0]
 
 
 def _fail(message: str, status: int) -> None:
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "hw2"
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "hw2"
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(status)
 
@@ -215,6 +254,12 @@ def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
         raise CLIError(
             f"output {kind} name too long (at most {255 - STAGING_NAME_EXTRA} bytes a name): {str(p)[:80]}..."
         )
+    # a link to nothing (dangling, or a loop) would fail only after the work, with "File exists"
+    for link in (p, *p.parents):
+        if link.is_symlink() and not link.exists():
+            raise CLIError(
+                f"output {kind} {p}: {link} is a symbolic link to nothing (dangling or looping)"
+            )
     if p.exists() and p.is_dir() != folder:
         raise CLIError(f"output {kind} {p} exists and is not a {kind}")
     # its entries are replaced in place
@@ -226,3 +271,28 @@ def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise CLIError(f"output {kind} {p} cannot be created: {parent} is not a writable folder")
     return p
+
+
+def check_not_input(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]
+) -> None:
+    """CLIError, before any work, when a path the command will write is one of the files it
+    reads (the same file by name or through a link): writing it would destroy the input."""
+    seen = {}
+    for path in inputs:
+        if path is not None and os.path.exists(path):
+            seen[os.path.realpath(path)] = path
+    for out in outputs:
+        hit = seen.get(os.path.realpath(out))
+        if hit is not None:
+            raise CLIError(f"output {out} is one of the inputs ({hit}): name another output")
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    """--overwrite, the same on every command that writes an output folder (files.output_dir)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in the output folder that no earlier run of this project wrote "
+        "(refused by default; nothing else in the folder is ever touched)",
+    )

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import pickle
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -61,18 +63,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
+def output_dir(
+    path: str | os.PathLike, names: Iterable[str] | None = None, *, overwrite: bool = False
+) -> Iterator[Path]:
     """Stage a command's output files and publish them into the folder `path` on success.
 
-    Yields an empty staging folder (a hidden sibling of `path`). When the block succeeds,
-    every entry of the staging folder replaces its namesake in `path`, and entries of `path`
-    that match a glob of `owned` but were not written this time (stale outputs of an
-    earlier, larger run) are removed. Nothing else in `path` is touched, so a folder that
-    holds other results keeps them. A `path` that does not exist yet appears in one rename,
-    complete. Publishing defers Ctrl-C, so an interrupt leaves the old set or the new one,
-    never a mix. When the block fails, the staging folder is deleted and `path` is as it was.
-    `path` existing as anything but a folder is a CLIError, raised before any work.
-    Errors name `path`, never the hidden staging folder.
+    Yields an empty staging folder (a hidden sibling of `path`). When the block succeeds, every
+    entry of the staging folder replaces its namesake in `path`; nothing else in `path` is
+    touched or deleted, so a folder that holds other results (or the user's files) keeps them.
+    A `path` that does not exist yet appears in one rename, complete.
+
+    Ownership: the names published are recorded in a hidden sibling, `.NAME.hw2-outputs.json`
+    (not inside `path`, whose listing graders read). An existing entry is replaced only if that
+    record says a run of this project wrote it and it is unchanged since (same inode, size and
+    modification time); anything else in the way is a CLIError unless `overwrite` (a file), and
+    always for a folder the project did not make (folders of the user's are never deleted).
+    `names`, the entries the block will write, lets that check run before the work, not after.
+    Earlier outputs that this run does not write are left in place, with a note saying so.
+
+    Publishing defers SIGINT, SIGTERM and SIGHUP, so a signal leaves the old set or the new
+    one, never a mix; a run killed outright (SIGKILL) leaves its staging folder, which the next
+    run into `path` removes once no live process holds it. When the block fails, the staging
+    folder is deleted and `path` is as it was. `path` existing as anything but a folder is a
+    CLIError, raised before any work. Errors name `path`, never the hidden staging folder.
 
     Two commands writing into one folder at once never mix their sets: publishing holds a lock
     on the folder's parent (output_lock), so one set replaces the other whole. A command that
@@ -80,33 +93,149 @@ def output_dir(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[P
     blocks, so another command's sets cannot land between them (the lock is re-entrant).
     """
     final = check_output_path(path, folder=True)
+    names = None if names is None else sorted(set(names))
+    if names is not None:
+        check_replaceable(final, names, overwrite)  # before the work
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = trash = None
+    held = []  # descriptors holding the staging folders' locks: they mark this process alive
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial.", dir=final.parent))
-        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
+        # under the lock: a cleanup must not see another run's staging folder before it is locked
+        with output_lock(final.parent):
+            _remove_dead_staging(final)
+            stage = _locked_temp_dir(final, "partial", held)
         yield stage
-        with _deferred_interrupt(), output_lock(final.parent):
-            if not final.exists():
+        with _deferred_signals(), output_lock(final.parent):
+            written = sorted(entry.name for entry in stage.iterdir())
+            if names is not None and not set(written) <= set(names):
+                raise ValueError(f"wrote {sorted(set(written) - set(names))} beyond `names`")
+            existed = final.exists()
+            if not existed:
                 os.replace(stage, final)
-                return
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            written = {entry.name for entry in stage.iterdir()}
-            stale = {hit.name for pattern in owned for hit in final.glob(pattern)} - written
-            for name in stale:
-                os.replace(final / name, trash / name)
-            for name in written:
-                target = final / name
-                # os.replace cannot replace a folder
-                if target.is_dir() and not target.is_symlink():
-                    os.replace(target, trash / name)
-                os.replace(stage / name, target)
+            else:
+                check_replaceable(
+                    final, written, overwrite
+                )  # again: another run may have been quicker
+                trash = _locked_temp_dir(final, "old", held)
+                for name in written:
+                    target = final / name
+                    # os.replace cannot replace a folder: the old one (the project's) goes first
+                    if target.is_dir() and not target.is_symlink():
+                        os.replace(target, trash / name)
+                    os.replace(stage / name, target)
+            _record_outputs(final, written, keep_earlier=existed)
     except OSError as e:
         raise _user_path(e, final) from None
     finally:
         for leftover in (stage, trash):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+        for fd in held:
+            os.close(fd)
+
+
+def _manifest(final: Path) -> Path:
+    return final.parent / f".{final.name}.hw2-outputs.json"
+
+
+def _signature(path: Path) -> list[int]:
+    """What must be unchanged for an output to still be the one this project wrote."""
+    st = path.lstat()
+    return [stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _recorded_outputs(final: Path) -> dict[str, list[int]]:
+    """{name: signature} of the outputs earlier runs published into `final` and that are
+    still as written; a missing or unreadable record means none."""
+    try:
+        recorded = json.loads(_manifest(final).read_text(encoding="utf-8"))["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    unchanged = {}
+    for name, signature in recorded.items():
+        with contextlib.suppress(OSError):
+            if _signature(final / name) == signature:
+                unchanged[name] = signature
+    return unchanged
+
+
+def check_replaceable(folder: str | os.PathLike, names: Iterable[str], overwrite: bool) -> None:
+    """CLIError when publishing `names` into `folder` would replace something this project did
+    not write: a file (allowed with `overwrite`) or a folder (never). output_dir checks this
+    itself; a command calls it first when it knows its names before slow work."""
+    final = Path(folder)
+    if not final.is_dir():
+        return
+    ours = _recorded_outputs(final)
+    foreign = [n for n in names if os.path.lexists(final / n) and n not in ours]
+    folders = [n for n in foreign if (final / n).is_dir() and not (final / n).is_symlink()]
+    if folders:
+        raise CLIError(
+            f"{final / folders[0]} is a folder this project did not write and would be replaced "
+            f"({len(folders)} such folder{'s' if len(folders) > 1 else ''}): move it away, or write "
+            "into another output folder"
+        )
+    if foreign and not overwrite:
+        raise CLIError(
+            f"{len(foreign)} file{'s' if len(foreign) > 1 else ''} in {final} that no earlier run of "
+            f"this project wrote would be replaced (first: {foreign[0]}): use --overwrite to replace "
+            "them, or write into another output folder"
+        )
+
+
+def _record_outputs(final: Path, written: list[str], keep_earlier: bool) -> None:
+    """Record what was just published (and, when `final` existed, the earlier outputs still as
+    written); say so when earlier outputs that this run did not write remain beside the new set."""
+    import sys
+
+    outputs = _recorded_outputs(final) if keep_earlier else {}
+    earlier = sorted(set(outputs) - set(written))
+    outputs.update({name: _signature(final / name) for name in written})
+    save_json(_manifest(final), {"outputs": dict(sorted(outputs.items()))})
+    if earlier:
+        print(
+            f"note: {final} also holds {len(earlier)} output{'s' if len(earlier) > 1 else ''} of an "
+            f"earlier run that this run did not write (first: {earlier[0]}): left in place",
+            file=sys.stderr,
+        )
+
+
+def _locked_temp_dir(final: Path, kind: str, held: list[int]) -> Path:
+    """A new hidden sibling `.NAME.KIND.XXXXXXXX` of `final`, locked (flock) for as long as this
+    process lives, so that _remove_dead_staging leaves it alone."""
+    import fcntl
+
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.{kind}.", dir=final.parent))
+    os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes 0700
+    fd = os.open(folder, os.O_RDONLY)
+    held.append(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return folder
+
+
+def _remove_dead_staging(final: Path) -> None:
+    """Remove the staging and trash folders that a killed run into `final` left behind: those
+    whose lock no live process holds (a run in progress keeps its own)."""
+    import fcntl
+    import glob
+
+    for kind in ("partial", "old"):
+        for leftover in final.parent.glob(f".{glob.escape(final.name)}.{kind}.*"):
+            if leftover.is_symlink() or not leftover.is_dir():
+                continue
+            try:
+                fd = os.open(leftover, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live run's
+            finally:
+                os.close(fd)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # folder -> [open descriptor, depth]: output_lock is re-entrant in a process
@@ -143,28 +272,44 @@ def output_lock(folder: str | os.PathLike) -> Iterator[None]:
             os.close(held[0])  # closing the descriptor releases the lock
 
 
+# Signals whose default is to end the process; publishing holds them back (not SIGKILL: it cannot)
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold SIGINT back for the duration of the block, then deliver it."""
+def _deferred_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back for the duration of the block, then deliver the
+    first that came to the handler that was in place (a signal being ignored stays ignored)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    received: list[int] = []
+    previous = {}
+    for sig in DEFERRED_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if received:
-        raise KeyboardInterrupt
+        signal.raise_signal(received[0])
 
 
 def _user_path(e: OSError, final: Path) -> OSError | CLIError:
     """The error to raise for `e`: one about a hidden temporary sibling of `final` (all are
-    named `.NAME.*`) is reported as a failure to write `final`, the path the user gave."""
-    if str(e.filename or "").startswith(str(final.parent / f".{final.name}.")):
+    named `.NAME.*`), or a write that ran out of room with no file named (a writer such as
+    Pillow's on an open file), is reported as a failure to write `final`, the path the user gave."""
+    staged = str(e.filename or "").startswith(str(final.parent / f".{final.name}."))
+    if staged or (e.filename is None and e.errno in OUT_OF_ROOM):
         return CLIError(f"cannot write {final} ({e.strerror or e})")
     return e
+
+
+# a full disk, a file-size limit (ulimit -f), a quota
+OUT_OF_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -321,14 +466,39 @@ def read_label_csv(path: str | os.PathLike, what: str) -> dict[str, int]:
 
 
 def open_rgb(path: str | os.PathLike):
-    """The image at `path` decoded and converted to RGB (a PIL image), or a CLIError naming the file."""
+    """The image at `path` decoded and converted to 8-bit RGB (a PIL image), or a CLIError
+    naming the file: unreadable, larger than Pillow's decompression-bomb limit, or of a pixel
+    depth that cannot be mapped (to_8bit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            return to_8bit(image, path).convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise CLIError(f"cannot read image {path}: {e}") from None
+
+
+# 16-bit samples (PNG, TIFF): Pillow's convert() would clip them at 255 instead of scaling
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(image, path: str | os.PathLike = "image"):
+    """`image` with 16-bit and float greyscale samples scaled to 8 bits ("L"): 16-bit full scale
+    is 65535 (x / 257, rounded), float full scale 1.0. Pillow's convert("RGB") clips them
+    instead (a 16-bit digit turns almost white), which changed labels with exit status 0. Other
+    modes come back unchanged; values outside the full scale are a CLIError, not a guess."""
+    from PIL import Image
+
+    if image.mode not in SIXTEEN_BIT_MODES and image.mode != "F":
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top, depth = (65535.0, "16-bit") if image.mode != "F" else (1.0, "float")
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > top:
+        raise CLIError(
+            f"cannot read image {path}: {depth} ({image.mode}) pixels outside 0..{top:g}; "
+            "save it as 8-bit"
+        )
+    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8))  # 2-D uint8: "L"
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:

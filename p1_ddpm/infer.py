@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    check_not_input,
+    check_replaceable,
+    add_overwrite_option,
     CLIError,
     check_output_path,
     non_negative_float,
@@ -90,6 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="images per batch; part of the seed contract: changing it changes the images",
     )
     p.add_argument("--seed", type=seed_int, default=SEED)
+    add_overwrite_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -114,9 +118,12 @@ def main(argv=None) -> None:
         raise CLIError(
             f"{len(args.folders)} output folders but the checkpoint has {len(domains)} domains ({', '.join(domains)})"
         )
+    names = [f"{d}_{k:03d}.png" for d in range(10) for k in range(1, args.per_digit + 1)]
     for folder, domain in zip(args.folders, domains):
         # before the minutes of sampling, and creating nothing
         check_output_path(out / folder, folder=True)
+        check_replaceable(out / folder, names, args.overwrite)
+        check_not_input([out / folder / name for name in names], [args.checkpoint])
         if folder != domain:
             print(f"note: {out / folder} is generated from the checkpoint's domain {domain!r}")
 
@@ -139,14 +146,11 @@ def main(argv=None) -> None:
     # checked for all folders before any is written
     require_finite(images, f"the images sampled from {args.checkpoint}")
 
-    names = [f"{d}_{k:03d}.png" for d in range(10) for k in range(1, args.per_digit + 1)]
     # Every folder staged first, then all published under one lock: the whole new set, or none of it
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out), contextlib.ExitStack() as folders:
         for index, folder in enumerate(args.folders):
-            tmp = folders.enter_context(
-                output_dir(out / folder, owned=("[0-9]_[0-9][0-9][0-9].png",))
-            )
+            tmp = folders.enter_context(output_dir(out / folder, names, overwrite=args.overwrite))
             save_images(images[index * n : (index + 1) * n], [tmp / name for name in names])
     print(f"wrote {n * len(args.folders)} images to {out}/{{{','.join(args.folders)}}}")
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 
 from hw2_utils import (
+    check_replaceable,
+    add_overwrite_option,
     CLIError,
     add_option,
     check_output_path,
@@ -64,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="do not clip the predicted x0 to [-1, 1]",
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise")
+    add_overwrite_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_option(
         p,
@@ -83,6 +86,9 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     names, noises = load_noises(args.noise_dir)
+    outputs = [f"{name}.png" for name in names]
+    # before the minutes of sampling: a file in the way that this project did not write
+    check_replaceable(args.out_dir, outputs, overwrite=args.overwrite)
     unet = load_unet(args.unet, device)
     images = sample(
         unet,
@@ -95,10 +101,9 @@ def main(argv=None) -> None:
         progress=progress,
     )
     pixels = to_unit_range(images, args.pixel_map)
-    # One set: all images appear together, and NN.png files of an earlier run that this
-    # one did not write are removed; other files in OUT_DIR are left alone.
-    with output_dir(args.out_dir, owned=("[0-9][0-9].png",)) as stage:
-        save_images(pixels, [stage / f"{name}.png" for name in names], value_range=(0.0, 1.0))
+    # One set: all images appear together; other files in OUT_DIR are left alone
+    with output_dir(args.out_dir, outputs, overwrite=args.overwrite) as stage:
+        save_images(pixels, [stage / name for name in outputs], value_range=(0.0, 1.0))
     print(f"wrote {len(names)} images to {args.out_dir} (pixel map: {args.pixel_map})")
 
 

@@ -152,7 +152,6 @@ def classify(args: argparse.Namespace) -> dict:
 
 def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
     plt = pyplot()
-    from PIL import Image
 
     fig, axes = plt.subplots(2, 5, figsize=(15, 7))
     for row, kind in enumerate(("success", "failure")):
@@ -161,8 +160,7 @@ def plot_cases(result: dict, images_dir: Path, path: str | Path) -> None:
             ax.axis("off")
             if col < len(result[kind]):
                 case = result[kind][col]
-                with Image.open(images_dir / case["file"]) as im:
-                    ax.imshow(im.convert("RGB"))
+                ax.imshow(open_rgb(images_dir / case["file"]))
                 ax.set_title(
                     f"{case['file']}\ntrue: {case['true']}\npred: {case['pred']} ({case['prob']:.2f})",
                     fontsize=9,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import list_images
+from hw2_utils import list_images, open_rgb
 
 # The Textual Inversion caption lists, as diffusers' examples/textual_inversion/textual_inversion.py
 # holds them (imagenet_templates_small, imagenet_style_templates_small, from the paper's code,
@@ -74,9 +74,8 @@ def load_concept_images(folder: str | Path, size: int) -> torch.Tensor:
     files = list_images(folder, "concept image folder")
     images = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            side = min(im.size)
-            im = TF.center_crop(im, [side, side]).resize((size, size), Image.BICUBIC)
-            images.append(TF.to_tensor(im) * 2 - 1)
+        im = open_rgb(f)
+        side = min(im.size)
+        im = TF.center_crop(im, [side, side]).resize((size, size), Image.BICUBIC)
+        images.append(TF.to_tensor(im) * 2 - 1)
     return torch.stack(images)

@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 from hw2_utils import (
+    check_not_input,
+    check_replaceable,
+    add_overwrite_option,
     CLIError,
     check_output_path,
     non_negative_float,
@@ -82,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="fp16 | bf16 | fp32 (fp32 on CPU; NaN batches redo in fp32)",
     )
     p.add_argument("--seed", type=seed_int, default=SEED)
+    add_overwrite_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     return p.parse_args(argv)
 
@@ -155,8 +159,15 @@ def main(argv=None) -> None:
     jobs = [
         (key, p, prompt) for key, prompts in concepts.items() for p, prompt in enumerate(prompts)
     ]
-    for key, p, _ in jobs:
-        check_output_path(out / key / str(p), folder=True)  # creates nothing
+
+    def names(key: str, p: int) -> list[str]:
+        return [f"source{key}_prompt{p}_{i}.png" for i in range(args.n)]
+
+    for key, p, _ in jobs:  # before the minutes of sampling, creating nothing
+        check_output_path(out / key / str(p), folder=True)
+        check_replaceable(out / key / str(p), names(key, p), args.overwrite)
+        outputs = [out / key / str(p) / name for name in names(key, p)]
+        check_not_input(outputs, [args.input_json, args.model, *args.embeds])
     device = resolve_device(args.device)
     sd = load_stable_diffusion(
         model, args.sd_config, device=device, dtype=resolve_dtype(args.precision, device)
@@ -176,8 +187,8 @@ def main(argv=None) -> None:
             progress=progress,
         )
         # a prompt's folder appears only when complete
-        with output_dir(out / key / str(p), owned=(f"source{key}_prompt{p}_*.png",)) as tmp:
-            save_images(images, [tmp / f"source{key}_prompt{p}_{i}.png" for i in range(args.n)])
+        with output_dir(out / key / str(p), names(key, p), overwrite=args.overwrite) as tmp:
+            save_images(images, [tmp / name for name in names(key, p)])
     print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
 
 

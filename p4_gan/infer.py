@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 
 from hw2_utils import (
+    check_not_input,
+    check_replaceable,
+    add_overwrite_option,
     CLIError,
     check_output_path,
     non_negative_float,
@@ -22,7 +25,13 @@ from hw2_utils import (
     run_cli,
     seed_int,
 )
-from p4_gan.pipeline import DEFAULT_CHECKPOINT, generate, load_generator, write_images
+from p4_gan.pipeline import (
+    DEFAULT_CHECKPOINT,
+    generate,
+    image_names,
+    load_generator,
+    write_images,
+)
 
 SEED = 2022
 
@@ -56,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(default: the checkpoint's, none if it has none)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_overwrite_option(p)
     return p.parse_args(argv)
 
 
@@ -66,8 +76,11 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
     out = check_output_path(args.out, folder=True)
+    check_replaceable(out, image_names(args.n), args.overwrite)  # before the sampling
+    check_not_input([out / name for name in image_names(args.n)], [args.checkpoint])
     truncation = meta.get("truncation") if args.truncation is None else args.truncation or None
-    write_images(generate(generator, args.n, args.seed, args.batch_size, truncation), out)
+    images = generate(generator, args.n, args.seed, args.batch_size, truncation)
+    write_images(images, out, overwrite=args.overwrite)
     trained = (
         f", {meta['model']} trained for {meta['step']} steps"
         if {"model", "step"} <= meta.keys()

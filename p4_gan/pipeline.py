@@ -123,11 +123,12 @@ def image_names(n: int) -> list[str]:
     return [f"{k:04d}.png" for k in range(n)]
 
 
-def write_images(images: torch.Tensor, out_dir: str | os.PathLike) -> list[Path]:
+def write_images(
+    images: torch.Tensor, out_dir: str | os.PathLike, overwrite: bool = False
+) -> list[Path]:
     """Save images as OUT/0000.png, 0001.png, ... as one set (hw2_utils.output_dir): the new
-    set appears whole, numbered PNGs of an earlier, larger set are removed, and other files
-    in OUT are left alone."""
+    set appears whole, and other files in OUT are left alone."""
     names = image_names(len(images))
-    with output_dir(out_dir, owned=("[0-9][0-9][0-9][0-9].png",)) as stage:
+    with output_dir(out_dir, names, overwrite=overwrite) as stage:
         save_images(images, [stage / name for name in names])
     return [Path(out_dir) / name for name in names]

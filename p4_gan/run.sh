@@ -5,4 +5,4 @@ set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash p4_gan/run.sh OUT_DIR [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
-exec "$PYTHON" "$ROOT/p4_gan/infer.py" "$@"
+HW2_PROG="bash p4_gan/run.sh" exec "$PYTHON" "$ROOT/p4_gan/infer.py" "$@"

@@ -6,4 +6,4 @@ set -euo pipefail
 [ $# -ge 2 ] || [[ "${1:-}" == -h || "${1:-}" == --help ]] || { echo "usage: bash p5_dann/run.sh IMG_DIR OUT_CSV [infer.py options]" >&2; exit 2; }
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/hw2_utils/python.sh"  # $PYTHON, else .venv, else python3; the root on PYTHONPATH
-exec "$PYTHON" "$ROOT/p5_dann/infer.py" "$@"
+HW2_PROG="bash p5_dann/run.sh" exec "$PYTHON" "$ROOT/p5_dann/infer.py" "$@"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from hw2_utils import CIFAR10_CLASSES, CLIError, load_cifar10
+from hw2_utils import CIFAR10_CLASSES, CLIError, load_cifar10, open_rgb
 
 CLASSES = CIFAR10_CLASSES
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -81,12 +81,8 @@ def load_images(files: list[Path], size: int = 32) -> torch.Tensor:
     """RGB images resized to size x size (CIFAR's input size), as uint8 (N,3,size,size)."""
     arrays = []
     for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BICUBIC)
-                arrays.append(np.asarray(img))
-        except (UnidentifiedImageError, OSError) as e:
-            raise CLIError(f"cannot read image {path} ({type(e).__name__})") from None
+        img = open_rgb(path)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(img))
     return _chw(np.stack(arrays))

@@ -17,6 +17,7 @@ import argparse
 import time
 
 from hw2_utils import (
+    add_overwrite_option,
     command_line,
     non_negative_float,
     non_negative_int,
@@ -81,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     check_sampling_args(args)  # before the control image is read
     return args
@@ -136,7 +138,7 @@ def main(argv=None) -> dict:
         "command": command_line("p8_controlnet.controlnet", argv),
         "environment": environment(device),
     }
-    with output_dir(args.out, owned=("s[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
         control.save(tmp / "control.png")
         for images, names in zip(rows, files):
             save_images(images, [tmp / f for f in names], value_range=(0.0, 1.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hw2_utils import CLIError, require_file
+from hw2_utils import CLIError, open_rgb, require_file
 
 # OpenCV thresholds of the ControlNet authors' Canny demo: low 100, high 200.
 CANNY_LOW, CANNY_HIGH = 100, 200
@@ -24,15 +24,6 @@ ANNOTATORS_HOW_TO_GET = (
     "`huggingface-cli download lllyasviel/Annotators --local-dir DIR`, then --annotators DIR"
 )
 BUILTIN = ("canny", *ANNOTATORS)
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    require_file(path, "image")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise CLIError(f"cannot read image {path} ({e})") from None
 
 
 def square(image: Image.Image, size: int) -> Image.Image:
@@ -88,7 +79,7 @@ def make_control(
 ) -> Image.Image:
     """`kind` canny/depth/hed derives the control from the image; any other kind (e.g. "image",
     "openpose", "scribble") means the image already is the control map."""
-    image = open_rgb(image_path)
+    image = open_rgb(require_file(image_path, "image"))
     if kind == "canny":
         return canny(image, size, low, high)
     if kind in ANNOTATORS:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from hw2_utils import CLIError, error_summary, require_dir, require_file
-from p8_controlnet.controls import canny, open_rgb, square
+from hw2_utils import CLIError, error_summary, open_rgb, require_dir, require_file
+from p8_controlnet.controls import canny, square
 
 
 def read_captions(

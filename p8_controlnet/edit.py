@@ -33,6 +33,7 @@ from textwrap import shorten
 import torch
 
 from hw2_utils import (
+    add_overwrite_option,
     command_line,
     output_dir,
     positive_int,
@@ -82,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", required=True, help="CLIP folder (model + processor) for the scores")
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     return args
 
@@ -224,7 +226,7 @@ def main(argv=None) -> dict:
         "environment": environment(device),
     }
     title = f"{shorten(args.source, 60)!r} -> {shorten(args.edit, 60)!r}, {args.scheduler} {args.steps} steps"
-    with output_dir(args.out, owned=OUTPUTS) as tmp:
+    with output_dir(args.out, OUTPUTS, overwrite=args.overwrite) as tmp:
         save_csv(tmp / "edit.csv", rows)
         image_grid(
             tmp / "edit.png",

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from hw2_utils import CLIError, run_cli
@@ -36,7 +37,7 @@ def main(argv=None) -> object:
     if argv[0] not in COMMANDS:
         raise CLIError(f"unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)}")
     # usage and error lines name the sub-command
-    program, sys.argv[0] = sys.argv[0], f"infer.py {argv[0]}"
+    program, sys.argv[0] = sys.argv[0], f"{os.path.basename(sys.argv[0])} {argv[0]}"
     try:
         return importlib.import_module(f"p8_controlnet.{COMMANDS[argv[0]]}").main(argv[1:])
     finally:

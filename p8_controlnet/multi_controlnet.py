@@ -21,6 +21,7 @@ import itertools
 import time
 
 from hw2_utils import (
+    add_overwrite_option,
     CLIError,
     command_line,
     non_negative_float,
@@ -75,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     check_sampling_args(args)
     if len(args.control) < 2:
@@ -165,7 +167,7 @@ def main(argv=None) -> dict:
         "command": command_line("p8_controlnet.multi_controlnet", argv),
         "environment": environment(device),
     }
-    with output_dir(args.out, owned=("c[0-9][0-9]_i[0-9][0-9][0-9].png",)) as tmp:
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
         (tmp / "controls").mkdir()
         for k, (kind, control) in enumerate(zip(kinds, controls)):
             control.save(tmp / "controls" / f"k{k}_{kind}.png")

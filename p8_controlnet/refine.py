@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 
 from hw2_utils import (
+    add_overwrite_option,
     CLIError,
     command_line,
     non_negative_float,
@@ -85,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]
     args.show_iterations = args.show_iterations or sorted(
@@ -199,7 +201,7 @@ def main(argv=None) -> dict:
         "command": command_line("p8_controlnet.refine", argv),
         "environment": environment(device),
     }
-    with output_dir(args.out, owned=OUTPUTS) as tmp:
+    with output_dir(args.out, OUTPUTS, overwrite=args.overwrite) as tmp:
         save_csv(tmp / "refine.csv", rows)
         plot_curves(tmp / "refine_curve.png", rows, title)
         image_grid(

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from hw2_utils import (
+    add_overwrite_option,
     CLIError,
     command_line,
     non_negative_float,
@@ -99,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="interpolation weights of B",
     )
     add_pipeline_args(p, steps=20)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     args.prompt = args.prompt or ["a photograph of an astronaut riding a horse"]
     args.intermediate_steps = args.intermediate_steps or sorted(
@@ -389,7 +391,7 @@ def main(argv=None) -> dict:
         "interpolation": run_interpolation,
     }
     start = time.perf_counter()
-    with output_dir(args.out) as tmp:
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
         for name in args.experiments:
             runners[name](study, tmp)
         record = {

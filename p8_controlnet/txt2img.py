@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hw2_utils import (
+    add_overwrite_option,
     CLIError,
     clip_score,
     command_line,
@@ -78,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out", required=True, help="output folder")
     add_pipeline_args(p, model_required=False)
+    add_overwrite_option(p)
     args = p.parse_args(argv)
     if args.replay:
         settings = read_json(args.replay).get("settings")
@@ -158,7 +160,7 @@ def main(argv=None) -> dict:
         "command": command_line("p8_controlnet.txt2img", argv),
         "environment": environment(device),
     }
-    with output_dir(args.out, owned=("p[0-9][0-9]_i[0-9][0-9][0-9].png", "gallery.png")) as tmp:
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
         save_images(images, [tmp / f for f in files], value_range=(0.0, 1.0))
         save_json(tmp / "run.json", record)
         if args.gallery:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from hw2_utils import CLIError, run_cli
+from hw2_utils import CLIError, output_dir, run_cli
 from p1_ddpm.model import ConditionalUNet, UNetConfig
 from p1_ddpm.pipeline import export_weights
 from p2_ddim.unet import FaceUNet
@@ -104,19 +104,18 @@ def inp(tmp_path_factory) -> Path:
 def work(tmp_path) -> Path:
     """The outputs of earlier runs, and other results sharing their folder."""
     w = tmp_path / "work"
+    for name in ("out/keep.txt", "out/report.md", "pred.csv", "a_file.txt", "p3/1/0"):
+        (w / name).parent.mkdir(parents=True, exist_ok=True)
+        (w / name).write_bytes(f"earlier {name}".encode())
+    # outputs an earlier run of the project wrote (recorded as such, so a run may replace them)
     for name in (
-        "out/keep.txt",
         "out/mnistm/0_001.png",
         "out/svhn/0_001.png",
         "out/00.png",
         "out/0/0/source0_prompt0_0.png",
-        "out/report.md",
-        "pred.csv",
-        "a_file.txt",
-        "p3/1/0",
     ):
-        (w / name).parent.mkdir(parents=True, exist_ok=True)
-        (w / name).write_bytes(f"earlier {name}".encode())
+        with output_dir((w / name).parent, [(w / name).name]) as stage:
+            (stage / (w / name).name).write_bytes(f"earlier {name}".encode())
     return w
 
 

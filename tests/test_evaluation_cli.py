@@ -97,5 +97,5 @@ def test_script_runs_from_the_command_line(tmp_path):
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
-        == f"ddim_mse.py: error: prediction folder is not a directory: {tmp_path / 'missing'}"
+        == f"python -m evaluation.ddim_mse: error: prediction folder is not a directory: {tmp_path / 'missing'}"
     )

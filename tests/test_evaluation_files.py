@@ -58,7 +58,25 @@ def test_csv_accuracy_joins_on_name_regardless_of_order(tmp_path):
         "acc": 0.75,
         "correct": 3,
         "total": 4,
+        "ignored": 0,
     }
+
+
+def test_csv_accuracy_can_score_the_ground_truths_rows_only(tmp_path):
+    """Predictions for a whole folder (the shared USPS folder holds train and val images) scored
+    against val.csv: the extra rows are counted, not scored; a val image left unpredicted is
+    still an error."""
+    (tmp_path / "gt.csv").write_text("image_name,label\na.png,1\nb.png,2\n")
+    (tmp_path / "pred.csv").write_text("image_name,label\nx.png,9\nb.png,2\na.png,0\ny.png,1\n")
+    assert csv_accuracy(tmp_path / "pred.csv", tmp_path / "gt.csv", gt_rows_only=True) == {
+        "acc": 0.5,
+        "correct": 1,
+        "total": 2,
+        "ignored": 2,
+    }
+    (tmp_path / "pred.csv").write_text("image_name,label\nx.png,9\nb.png,2\n")
+    with pytest.raises(CLIError, match="a.png: in .*gt.csv but not in .*pred.csv"):
+        csv_accuracy(tmp_path / "pred.csv", tmp_path / "gt.csv", gt_rows_only=True)
 
 
 @pytest.mark.parametrize(

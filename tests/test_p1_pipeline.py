@@ -56,7 +56,7 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_output_contract_names_count_size_mode(tiny_ckpt, tmp_path):
     out = tmp_path / "new" / "out"  # OUT is created when missing
     infer.main([str(out), "--checkpoint", str(tiny_ckpt), "--steps", "1", "--device", "cpu"])
-    assert sorted(p.name for p in out.iterdir()) == ["mnistm", "svhn"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["mnistm", "svhn"]
     expected = sorted(f"{d}_{k:03d}.png" for d in range(10) for k in range(1, 51))
     for folder in ("mnistm", "svhn"):
         names = sorted(p.name for p in (out / folder).iterdir())

@@ -76,7 +76,9 @@ def test_output_tree_for_two_concepts_by_three_prompts(setup, tmp_path):
         for i in range(25)
     }
     written = {
-        str(f.relative_to(tmp_path / "out")) for f in (tmp_path / "out").rglob("*") if f.is_file()
+        str(f.relative_to(tmp_path / "out"))
+        for f in (tmp_path / "out").rglob("*")
+        if f.is_file() and not f.name.startswith(".")
     }
     assert written == expected
     with Image.open(tmp_path / "out" / "cat" / "1" / "sourcecat_prompt1_24.png") as im:
@@ -193,7 +195,7 @@ def test_hw2_3_sh_end_to_end(setup, tmp_path):
         timeout=240,
     )
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
-        "infer.py: error: "
+        "bash hw2_3.sh: error: "
     )
     usage = subprocess.run(
         ["bash", str(REPO / "hw2_3.sh"), "only-one-arg"], capture_output=True, text=True

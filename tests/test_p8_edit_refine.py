@@ -223,7 +223,8 @@ def test_refine_bad_numbers_are_one_error_line():
         r.returncode == 2
         and errors
         == [
-            "infer.py refine: error: argument --lr: must be a number above 0 (at most 1e+06), got 0"
+            "python -m p8_controlnet.infer refine: error: argument --lr: "
+            "must be a number above 0 (at most 1e+06), got 0"
         ]
         and "Traceback" not in r.stderr
     )

@@ -244,7 +244,8 @@ def test_missing_weights_are_one_line_errors(models, tmp_path):
     )
     assert r.returncode == 2 and not (tmp_path / "y").exists()
     assert r.stderr.strip().splitlines() == [
-        f"controlnet.py: error: ControlNet weights not found: {tmp_path / 'no-controlnet' / 'config.json'} "
+        "python -m p8_controlnet.controlnet: error: ControlNet weights not found: "
+        f"{tmp_path / 'no-controlnet' / 'config.json'} "
         "(pass a diffusers ControlNet folder, e.g. "
         "`huggingface-cli download lllyasviel/sd-controlnet-canny --local-dir DIR` "
         "(SD v1.5 ControlNets also fit SD v1.4))"

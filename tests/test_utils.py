@@ -84,45 +84,93 @@ def test_output_dir_publishes_only_complete_sets(tmp_path):
     with U.output_dir(final) as tmp:  # a new folder appears in one rename
         (tmp / "0.png").write_bytes(b"x")
     assert final.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not mkdtemp's private 0700
-    assert [p.name for p in tmp_path.iterdir()] == ["images"]
+    # the record of what was written sits beside the folder, not in it (graders list it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".images.hw2-outputs.json", "images"]
+    assert [p.name for p in final.iterdir()] == ["0.png"]
 
 
-def test_output_dir_keeps_what_it_does_not_own(tmp_path):
-    final = tmp_path / "out"
+def _user_files(final):
     final.mkdir()
     (final / "keep.json").write_text("1")
     (final / "sub").mkdir()
     (final / "sub" / "keep.txt").write_text("2")
-    for name in ("0.png", "1.png", "2.png"):
-        (final / name).write_bytes(b"old")
-    (final / "figures").mkdir()
-    (final / "figures" / "old.png").write_bytes(b"old")
 
+
+def test_output_dir_replaces_only_what_this_project_wrote(tmp_path):
+    final = tmp_path / "out"
+    _user_files(final)
+    (final / "2.png").write_bytes(b"user")  # output-like, but the user's
+    with U.output_dir(final, ["0.png", "1.png", "figures"]) as tmp:
+        for name in ("0.png", "1.png"):
+            (tmp / name).write_bytes(b"run1")
+        (tmp / "figures").mkdir()
+        (tmp / "figures" / "a.png").write_bytes(b"run1")
     with pytest.raises(RuntimeError):  # a failed run changes nothing
-        with U.output_dir(final, owned=("[0-9].png",)) as tmp:
+        with U.output_dir(final, ["0.png"]) as tmp:
             (tmp / "0.png").write_bytes(b"new")
             raise RuntimeError("crash")
-    assert (final / "0.png").read_bytes() == b"old"
+    assert (final / "0.png").read_bytes() == b"run1"
 
-    with U.output_dir(final, owned=("[0-9].png",)) as tmp:
-        (tmp / "0.png").write_bytes(b"new")
-        (tmp / "1.png").write_bytes(b"new")
+    with U.output_dir(final, ["0.png", "figures"]) as tmp:  # the second run writes less
+        (tmp / "0.png").write_bytes(b"run2")
         (tmp / "figures").mkdir()
-        (tmp / "figures" / "new.png").write_bytes(b"new")
+        (tmp / "figures" / "b.png").write_bytes(b"run2")
     assert sorted(p.name for p in final.iterdir()) == [
         "0.png",
         "1.png",
+        "2.png",
         "figures",
         "keep.json",
         "sub",
     ]
-    assert (final / "0.png").read_bytes() == b"new"  # replaced; 2.png was stale and is gone
-    # an owned folder is replaced whole
-    assert [p.name for p in (final / "figures").iterdir()] == ["new.png"]
-    assert (final / "keep.json").read_text() == "1" and (
-        final / "sub" / "keep.txt"
-    ).read_text() == "2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or trash left behind
+    assert (final / "0.png").read_bytes() == b"run2"
+    assert (final / "1.png").read_bytes() == b"run1"  # not written this time: left in place
+    assert (final / "2.png").read_bytes() == b"user"
+    assert [p.name for p in (final / "figures").iterdir()] == ["b.png"]  # its own folder, whole
+    assert (final / "keep.json").read_text() == "1"
+    assert (final / "sub" / "keep.txt").read_text() == "2"
+    # no staging or trash left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.hw2-outputs.json", "out"]
+
+
+def test_output_dir_refuses_to_replace_the_users_files(tmp_path):
+    final = tmp_path / "out"
+    _user_files(final)
+    for name in ("0.png", "1.png"):
+        (final / name).write_bytes(b"user")
+    with pytest.raises(
+        U.CLIError, match=r"2 files in .*out that no earlier run .* \(first: 0.png\)"
+    ):
+        with U.output_dir(final, ["0.png", "1.png", "9.png"]):
+            raise AssertionError("refused before the work")
+    with pytest.raises(U.CLIError, match="keep.json"):  # names unknown before: refused at publish
+        with U.output_dir(final) as tmp:
+            (tmp / "keep.json").write_text("new")
+    with pytest.raises(U.CLIError, match=r"sub is a folder this project did not write"):
+        with U.output_dir(final, ["sub"], overwrite=True):  # never a folder of the user's
+            pass
+    assert (final / "0.png").read_bytes() == b"user"
+    assert (final / "keep.json").read_text() == "1"
+    assert (final / "sub" / "keep.txt").read_text() == "2"
+
+    with U.output_dir(final, ["0.png"], overwrite=True) as tmp:
+        (tmp / "0.png").write_bytes(b"new")
+    assert (final / "0.png").read_bytes() == b"new"
+    assert (final / "1.png").read_bytes() == b"user"
+
+
+def test_an_output_changed_since_it_was_written_is_the_users(tmp_path):
+    final = tmp_path / "out"
+    with U.output_dir(final, ["0.png", "1.png"]) as tmp:
+        for name in ("0.png", "1.png"):
+            (tmp / name).write_bytes(b"run1")
+    (final / "0.png").write_bytes(b"edited by hand")
+    (final / "1.png").unlink()
+    (final / "1.png").write_bytes(b"run1")  # same bytes, another file
+    with pytest.raises(U.CLIError, match=r"2 files .* \(first: 0.png\)"):
+        with U.output_dir(final, ["0.png", "1.png"]):
+            pass
+    assert (final / "0.png").read_bytes() == b"edited by hand"
 
 
 def test_output_dir_refuses_a_file(tmp_path):
