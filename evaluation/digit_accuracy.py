@@ -5,7 +5,9 @@
 
 OUT/mnistm/ (and OUT/svhn/) hold images whose label is the first character of the file
 name (7_013.png -> 7). Each image is opened as RGB, resized to 28 (shorter side),
-turned into a tensor and normalised with mean 0.5 / std 0.5, as the course grader does.
+turned into a tensor and normalised with mean 0.5 / std 0.5, as the course grader does. The
+course's transform keeps the aspect ratio, so a non-square image cannot be batched with the
+others nor fed to the 28x28 LeNet there: it is refused here with one line, not scored otherwise.
 
 MNIST-M is scored by the course's LeNet (Classifier.pth). The course's SVHN classifier (a
 ResNet-34 that has to be downloaded) is not available here, so its architecture and
@@ -126,9 +128,21 @@ def load_svhn_classifier(
 
 
 def label_of(path: Path) -> int:
-    if not path.name[:1].isdigit():
+    # str.isdigit() also accepts '²' or '٣', which int() then reads wrongly or not at all
+    if path.name[:1] not in tuple("0123456789"):
         raise CLIError(f"cannot read a digit label from {path} (the name must start with 0-9)")
     return int(path.name[0])
+
+
+def check_square(files: Sequence[Path], images: Sequence[Image.Image]) -> None:
+    """A CLIError naming the first non-square image and their count (see the module's note)."""
+    odd = [(f, im.size) for f, im in zip(files, images) if im.width != im.height]
+    if odd:
+        (first, (width, height)), n = odd[0], len(odd)
+        raise CLIError(
+            f"{first} is {width}x{height}, not square ({n} such images): the course grader "
+            "resizes the shorter side to 28 and its LeNet takes only 28x28 inputs"
+        )
 
 
 @torch.no_grad()
@@ -172,6 +186,7 @@ def score_folder(
     files = list_images(folder, "image folder")
     labels = [label_of(f) for f in files]
     images = [open_rgb(f) for f in progress(files, desc=Path(folder).name, leave=False)]
+    check_square(files, images)
     return score_images(model, images, labels, device, batch_size)
 
 

@@ -3,7 +3,7 @@
     python -m p2_ddim.infer NOISE_DIR OUT_DIR UNET_PT                  # what hw2_2.sh runs
     python -m p2_ddim.infer NOISE_DIR OUT_DIR UNET_PT --pixel-map minmax
 
-For every NN.pt in NOISE_DIR (sorted) this writes OUT_DIR/NN.png. All noises run as one
+For every NN.pt in NOISE_DIR (sorted; .PT too) this writes OUT_DIR/NN.png. All noises run as one
 batch through 50 DDIM steps (timesteps 981, 961, ..., 1, then alpha_bar[0]), eta = 0,
 predicted x0 clipped to [-1, 1]. Pixel maps:
   clip    clip to [-1, 1], then (x + 1) / 2 * 255, rounded (default)
@@ -14,6 +14,10 @@ predicted x0 clipped to [-1, 1]. Pixel maps:
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Iterable
+
+import torch
 
 from hw2_utils import (
     check_replaceable,
@@ -78,10 +82,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_not_input(output_path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """A CLIError, before any work, when `output_path` is one of `inputs`, also under another
+    name (a symbolic or hard link): writing the output would destroy that input. An output
+    that does not exist yet is no input; an input that cannot be reached is left to its loader."""
+    try:
+        target = os.stat(output_path)
+    except OSError:
+        return
+    for path in inputs:
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            raise CLIError(
+                f"output {output_path} is an input ({path}): writing it would destroy it"
+            )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.steps > 1000:
         raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
+    check_not_input(args.out_dir, [args.unet])
     check_output_path(args.out_dir, folder=True)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
@@ -100,6 +124,14 @@ def main(argv=None) -> None:
         dtype=dtype,
         progress=progress,
     )
+    # load_noises and load_unet refused non-finite or huge noise and non-finite weights, so
+    # what is left is an overflow of the arithmetic itself
+    if not torch.isfinite(images).all():
+        advice = "rerun with --precision fp32" if dtype != torch.float32 else "the weights overflow"
+        raise CLIError(
+            f"DDIM produced NaN or infinite values in {dtype} from finite noise and weights "
+            f"({advice}); nothing was written"
+        )
     pixels = to_unit_range(images, args.pixel_map)
     # One set: all images appear together; other files in OUT_DIR are left alone
     with output_dir(args.out_dir, outputs, overwrite=args.overwrite) as stage:

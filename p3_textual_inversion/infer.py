@@ -90,11 +90,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _refuse_duplicate_keys(path: Path):
+    """A json object_pairs_hook: a key given twice in one object is a CLIError naming it (json's
+    own rule, the last one wins, would drop a concept or its prompts without a word)."""
+
+    def build(pairs: list[tuple[str, object]]) -> dict:
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise CLIError(f"{path}: key {key!r} appears twice in one object")
+            seen[key] = value
+        return seen
+
+    return build
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one plain folder name under OUT_DIR, or None: a separator or '..'
+    would write elsewhere, a leading '.' hides the folder, and control characters (a newline,
+    NUL) make names no listing or grader reads back as typed."""
+    if not name:
+        return "it is empty"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if name.startswith("."):
+        return "it starts with '.'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it holds a control character (a newline, tab or NUL)"
+    if len(name.encode()) > 200:
+        return "it is longer than 200 bytes"
+    return None
+
+
 def read_concepts(path: str | Path) -> dict[str, list[str]]:
-    """{concept key: prompts} from the course json; CLIError on anything malformed."""
+    """{concept key: prompts} from the course json; CLIError on anything malformed. A UTF-8
+    byte-order mark (what Windows editors write) is accepted; a key given twice is refused."""
     path = require_file(path, "input json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
+        data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CLIError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or not data:
@@ -110,8 +144,10 @@ def read_concepts(path: str | Path) -> dict[str, list[str]]:
             raise CLIError(
                 f"{path}: concept {key!r} needs a non-empty list of strings under 'prompt'"
             )
-        if not key or "/" in key or "\0" in key or key in (".", "..") or len(key.encode()) > 200:
-            raise CLIError(f"{path}: concept key {key!r} cannot be a folder name")
+        # the key names OUT_DIR/<key>/ and is part of every file name in it
+        problem = folder_name_problem(key)
+        if problem:
+            raise CLIError(f"{path}: concept key {key!r} cannot be a folder name: {problem}")
         concepts[key] = prompts
     return concepts
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -17,14 +19,13 @@ from hw2_utils import (
     atomic_path,
     check_output_path,
     error_summary,
-    list_images,
     load_torch_file,
     positive_int,
     progress,
     resolve_device,
     run_cli,
 )
-from p5_dann.data import load_image
+from p5_dann.data import inference_images, load_image
 from p5_dann.model import DANN
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -54,12 +55,45 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
         raise CLIError(
             f"{path} is not a P5 checkpoint: expected a dict with a state_dict, found {found}"
         )
+    model = DANN()
+    state, expected = blob["state_dict"], model.state_dict()
+    mismatches = [f"missing {k}" for k in expected if k not in state]
+    mismatches += [f"unexpected {k}" for k in state if k not in expected]
+    mismatches += [
+        f"{k} {tuple(getattr(state[k], 'shape', ()))} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and getattr(state[k], "shape", None) != v.shape
+    ]
+    if mismatches:  # another problem's weights, or another DANN architecture
+        more = f", and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
+        raise CLIError(
+            f"{path} is not a P5 checkpoint: {len(mismatches)} keys do not match the DANN "
+            f"({', '.join(mismatches[:3])}{more})"
+        )
     try:
-        model = DANN()
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as e:  # another problem's weights: missing / unexpected keys
+        model.load_state_dict(state)
+    except RuntimeError as e:  # keys and shapes match, the tensors do not (e.g. sparse ones)
         raise CLIError(f"{path} is not a P5 checkpoint ({error_summary(e)})") from None
     return model.to(device).eval(), blob
+
+
+def check_not_input(output_path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """A CLIError, before any work, when `output_path` is one of `inputs`, also under another
+    name (a symbolic or hard link): writing the output would destroy that input. An output
+    that does not exist yet is no input; an input that cannot be reached is left to its loader."""
+    try:
+        target = os.stat(output_path)
+    except OSError:
+        return
+    for path in inputs:
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            raise CLIError(
+                f"output {output_path} is an input ({path}): writing it would destroy it"
+            )
 
 
 def main(argv=None) -> None:
@@ -74,13 +108,14 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     check_output_path(args.out_csv, folder=False)
-    files = list_images(args.img_dir)
-    device = resolve_device(args.device)
+    files = inference_images(args.img_dir)
     ckpt = (
         Path(args.checkpoint)
         if args.checkpoint
         else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"
     )
+    check_not_input(args.out_csv, [ckpt, *files])
+    device = resolve_device(args.device)
     model, _ = load_checkpoint(ckpt, device)
     labels = []
     with torch.no_grad():
