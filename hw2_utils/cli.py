@@ -9,6 +9,7 @@ before work starts. Not here: writing outputs (files.py), devices and ranks (run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -276,16 +277,21 @@ def check_output_path(path: str | os.PathLike, folder: bool) -> Path:
 def check_not_input(
     outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]
 ) -> None:
-    """CLIError, before any work, when a path the command will write is one of the files it
-    reads (the same file by name or through a link): writing it would destroy the input."""
-    seen = {}
+    """A CLIError, before any work, when a path the command will write is one of the files it
+    reads, also under another name (a symbolic or hard link): writing it would destroy that
+    input. An output that does not exist yet is no input; an input that cannot be reached is
+    left to its loader."""
+    found = {}
     for path in inputs:
-        if path is not None and os.path.exists(path):
-            seen[os.path.realpath(path)] = path
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(path)
+            found.setdefault((st.st_dev, st.st_ino), path)
     for out in outputs:
-        hit = seen.get(os.path.realpath(out))
-        if hit is not None:
-            raise CLIError(f"output {out} is one of the inputs ({hit}): name another output")
+        with contextlib.suppress(OSError):
+            st = os.stat(out)
+            hit = found.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                raise CLIError(f"output {out} is an input ({hit}): writing it would destroy it")
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser) -> None:

@@ -419,12 +419,33 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 def list_images(
     folder: str | os.PathLike, what: str = "image folder", extensions=IMAGE_EXTENSIONS
 ) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name; a CLIError if there are none."""
+    """Image files directly inside `folder`, sorted by name; a CLIError if there are none, or if
+    an entry named like an image is no regular file (a dangling symlink, a symlink loop, a folder
+    named x.png): skipping it would leave it out of a CSV or a score without a word."""
     root = require_dir(folder, what)
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    named = sorted(p for p in root.iterdir() if p.suffix.lower() in extensions)
+    bad = [(p, _not_a_file(p)) for p in named if _not_a_file(p)]
+    if bad:
+        raise CLIError(
+            f"{bad[0][0]} is {bad[0][1]}, not an image file ({len(bad)} such "
+            f"entr{'ies' if len(bad) > 1 else 'y'} in {root})"
+        )
+    files = named
     if not files:
         raise CLIError(f"{what} {root} holds no images ({', '.join(extensions)})")
     return files
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What `path` is when it is not a regular file one can open (symlinks followed), or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        found = {errno.ENOENT: "a dangling symlink", errno.ELOOP: "a symlink loop"}
+        return found.get(e.errno, f"unreadable ({e.strerror})")
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 LABEL_CSV_HEADER = ("image_name", "label")

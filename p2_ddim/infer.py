@@ -14,12 +14,11 @@ predicted x0 clipped to [-1, 1]. Pixel maps:
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Iterable
 
 import torch
 
 from hw2_utils import (
+    check_not_input,
     check_replaceable,
     add_overwrite_option,
     CLIError,
@@ -82,30 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_not_input(output_path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """A CLIError, before any work, when `output_path` is one of `inputs`, also under another
-    name (a symbolic or hard link): writing the output would destroy that input. An output
-    that does not exist yet is no input; an input that cannot be reached is left to its loader."""
-    try:
-        target = os.stat(output_path)
-    except OSError:
-        return
-    for path in inputs:
-        try:
-            found = os.stat(path)
-        except OSError:
-            continue
-        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
-            raise CLIError(
-                f"output {output_path} is an input ({path}): writing it would destroy it"
-            )
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.steps > 1000:
         raise CLIError(f"--steps must be in 1..1000, got {args.steps}")
-    check_not_input(args.out_dir, [args.unet])
+    check_not_input([args.out_dir], [args.unet])
     check_output_path(args.out_dir, folder=True)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)

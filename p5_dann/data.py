@@ -4,21 +4,16 @@ digits such as USPS are repeated over the channels) normalised to [-1, 1]."""
 
 from __future__ import annotations
 
-import errno
-import stat
 from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
 
 from hw2_utils import (
-    IMAGE_EXTENSIONS,
     CLIError,
-    list_images,
     open_rgb,
     progress,
     read_label_csv,
-    require_dir,
 )
 
 TO_TENSOR = v2.Compose(
@@ -35,36 +30,6 @@ def load_image(path: Path) -> torch.Tensor:
     """One digit as 3x28x28 in [-1, 1]; hw2_utils.open_rgb scales 16-bit and float images to
     8 bits (Pillow's own convert("RGB") would clip them to white)."""
     return TO_TENSOR(open_rgb(path))
-
-
-def _not_a_file(path: Path) -> str | None:
-    """What `path` is when it is not a regular file one can open (symlinks followed), or None."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        found = {errno.ENOENT: "a dangling symlink", errno.ELOOP: "a symlink loop"}
-        return found.get(e.errno, f"unreadable ({e.strerror})")
-    if stat.S_ISREG(mode):
-        return None
-    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-
-
-def inference_images(folder: str | Path) -> list[Path]:
-    """The images of `folder` to predict, sorted by name (hw2_utils.list_images). An entry with
-    an image's name that is no regular file (a dangling symlink, a symlink loop, a folder named
-    x.png) is refused: skipping it would leave its row out of the CSV without a word."""
-    folder = require_dir(folder, "image folder")
-    bad = sorted(
-        path
-        for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_EXTENSIONS and _not_a_file(path)
-    )
-    if bad:
-        raise CLIError(
-            f"{bad[0]} is {_not_a_file(bad[0])}, not an image file "
-            f"({len(bad)} such entries in {folder}; the CSV would lack their rows)"
-        )
-    return list_images(folder)
 
 
 def domain_folder(spec: str, data_root: str | Path) -> tuple[str, Path]:

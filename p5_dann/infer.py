@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 from hw2_utils import (
     CLIError,
+    check_not_input,
     atomic_path,
     check_output_path,
     error_summary,
+    list_images,
     load_torch_file,
     positive_int,
     progress,
     resolve_device,
     run_cli,
 )
-from p5_dann.data import inference_images, load_image
+from p5_dann.data import load_image
 from p5_dann.model import DANN
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -77,25 +77,6 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
     return model.to(device).eval(), blob
 
 
-def check_not_input(output_path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """A CLIError, before any work, when `output_path` is one of `inputs`, also under another
-    name (a symbolic or hard link): writing the output would destroy that input. An output
-    that does not exist yet is no input; an input that cannot be reached is left to its loader."""
-    try:
-        target = os.stat(output_path)
-    except OSError:
-        return
-    for path in inputs:
-        try:
-            found = os.stat(path)
-        except OSError:
-            continue
-        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
-            raise CLIError(
-                f"output {output_path} is an input ({path}): writing it would destroy it"
-            )
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,13 +89,13 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     check_output_path(args.out_csv, folder=False)
-    files = inference_images(args.img_dir)
+    files = list_images(args.img_dir)
     ckpt = (
         Path(args.checkpoint)
         if args.checkpoint
         else CHECKPOINTS / f"mnistm_{pick_target(Path(args.img_dir), args.target)}_dann.pt"
     )
-    check_not_input(args.out_csv, [ckpt, *files])
+    check_not_input([args.out_csv], [ckpt, *files])
     device = resolve_device(args.device)
     model, _ = load_checkpoint(ckpt, device)
     labels = []
