@@ -193,7 +193,17 @@ def _record_outputs(final: Path, written: list[str], keep_earlier: bool) -> None
     outputs = _recorded_outputs(final) if keep_earlier else {}
     earlier = sorted(set(outputs) - set(written))
     outputs.update({name: _signature(final / name) for name in written})
-    save_json(_manifest(final), {"outputs": dict(sorted(outputs.items()))})
+    text = json.dumps({"outputs": dict(sorted(outputs.items()))}, indent=1)
+    # a short temporary name: the record's own name is already NAME + 18 bytes
+    fd, tmp = tempfile.mkstemp(prefix=".hw2-outputs.", dir=final.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, _manifest(final))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     if earlier:
         print(
             f"note: {final} also holds {len(earlier)} output{'s' if len(earlier) > 1 else ''} of an "

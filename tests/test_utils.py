@@ -292,3 +292,13 @@ def test_load_cifar10_bad_inputs_are_cli_errors(tmp_path):
     ):
         with pytest.raises(U.CLIError, match=message):
             U.load_cifar10(path, "test")
+
+
+def test_the_longest_name_check_output_path_allows_can_be_published_twice(tmp_path):
+    """Its staging folder and its record beside it must fit the 255-byte limit too."""
+    final = tmp_path / ("c" * (255 - U.cli.STAGING_NAME_EXTRA))
+    U.check_output_path(final, folder=True)
+    for text in ("first", "second"):
+        with U.output_dir(final, ["a.txt"]) as tmp:
+            (tmp / "a.txt").write_text(text)
+    assert (final / "a.txt").read_text() == "second"
