@@ -106,7 +106,7 @@ STUDY_ARGS = [
 # What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
 SHIPPED_PARTS = {
     "throughput": ("bench.json",),
-    "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
+    "full": ("resnet18/model.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
     "aug": ("aug/aug_study.json", "aug/aug_study.png"),
     "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png"),
     "tta": ("bench.json",),
@@ -319,8 +319,8 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
         require_file(
             run / "result.json", "the run's result (train.py writes it at the end)"
         ).read_text()
-    )
-    require_file(run / "final.pt", "the run's exported model")
+    )["metrics"]
+    require_file(run / "model.pt", "the run's exported model")
     if recipe_only:
         differ = recipe_differences(result)
         if differ:
@@ -329,7 +329,7 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
             )
     if result.get("also_test") is None:
         cifar = load_cifar(also_test)
-        model, meta = load_checkpoint(run / "final.pt", device)
+        model, meta = load_checkpoint(run / "model.pt", device)
         accuracy = accuracy_of(model, meta, cifar.test_images, cifar.test_labels, device)
         result["also_test"] = {
             "data": cifar.source,
@@ -435,7 +435,7 @@ def main(argv=None) -> dict:
         raise CLIError(f"--ship ships only the recipe's own runs, without {', '.join(changed)}")
     # cam and tta take the model this invocation trains, when it trains one, else --checkpoint.
     explained = (
-        work / "resnet18" / "final.pt"
+        work / "resnet18" / "model.pt"
         if "full" in args.parts and args.checkpoint == str(SHIPPED)
         else args.checkpoint
     )
@@ -468,7 +468,7 @@ def main(argv=None) -> dict:
             )
         if not args.limit:  # smoke runs: the whole test sets would cost more than the run
             result["exported_fp16_test_acc"] = exported_accuracy(
-                work / "resnet18" / "final.pt",
+                work / "resnet18" / "model.pt",
                 {"test": args.data, "also_test": args.also_test},
                 device,
             )
