@@ -93,7 +93,7 @@ def _exported_controlnet(path: Path, dtype: torch.dtype):
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = ControlNetModel.from_config(blob["config"])
+        model = ControlNetModel.from_config(json.loads(blob["config"]))
         model.load_state_dict(blob["state_dict"])
     except Exception as e:  # not a train.py export: any of pickle's, KeyError, a shape mismatch
         raise CLIError(f"cannot load the ControlNet {path} ({error_summary(e)})") from None

@@ -247,7 +247,9 @@ def main(argv=None) -> dict:
             )
             with atomic_path(run.model) as tmp:
                 torch.save(
-                    {"config": dict(controlnet.config), "state_dict": controlnet.state_dict()}, tmp
+                    # the config as a diffusers folder's config.json holds it
+                    {"config": controlnet.to_json_string(), "state_dict": controlnet.state_dict()},
+                    tmp,
                 )
             if run.stopping:
                 break

@@ -487,7 +487,7 @@ CASES = [
     (
         "p4-train-missing-data",
         "p4_gan.train",
-        lambda i, w: ["--model", "dcgan", "--data", i / "absent", "--out", w / "run"],
+        lambda i, w: ["--preset", "dcgan", "--data", i / "absent", "--out", w / "run"],
         "{i}/absent",
     ),
     # P6
@@ -540,9 +540,9 @@ CASES = [
         "--spread-seeds",
     ),
     (
-        "p6-aug-preset-for-presets",
+        "p6-aug-aug-for-presets",
         "p6_classification.aug_study",
-        lambda i, w: ["--preset", "cutout", "--out", w / "aug"],
+        lambda i, w: ["--aug", "cutout", "--out", w / "aug"],
         "--presets",
     ),
     # issue 32's second probe
@@ -563,7 +563,7 @@ CASES = [
         "p8-train-captions-not-json",
         "p8_controlnet.train",
         lambda i, w: [
-            "--model",
+            "--pretrained",
             i / "sd",
             "--data",
             i / "images",
