@@ -165,7 +165,7 @@ def make_loader(dataset, args, info):
         shuffle=sampler is None,
         drop_last=True,
         num_workers=args.workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(derived_seed(args.seed, "order")),
     )
     if len(loader) == 0:  # drop_last leaves no batch: the step loop would wait for one forever
         raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")

@@ -174,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--snapshot-every",
         type=non_negative_int,
         default=0,
-        help="epochs between exports of the generator, as generator.pt is exported, to "
+        help="epochs between exports of the generator, as model.pt is exported, to "
         "OUT/snapshots/generator_epochNNNN.pt (default 0: none)",
     )
     p.add_argument(

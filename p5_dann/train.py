@@ -399,9 +399,13 @@ def main(argv=None) -> dict:
     (x_train, y_train), (x_val, y_val), x_tgt, x_src_sample = training_images(
         args.mode, source_dir, target_dir
     )
-    loaders = [loader(x_train, y_train, batch_size=args.batch_size, seed=args.seed)]
+    loaders = [
+        loader(x_train, y_train, batch_size=args.batch_size, seed=derived_seed(args.seed, "source"))
+    ]
     if args.mode == "dann":
-        loaders.append(loader(x_tgt, batch_size=args.batch_size, seed=args.seed + 1))
+        loaders.append(
+            loader(x_tgt, batch_size=args.batch_size, seed=derived_seed(args.seed, "target"))
+        )
     if any(len(batches) == 0 for batches in loaders):  # drop_last leaves no batch to train on
         raise CLIError(
             f"{min(len(x_train), len(x_tgt) if args.mode == 'dann' else len(x_train))} training images: "

@@ -33,6 +33,7 @@ from hw2_utils import (
     autocast,
     atomic_path,
     command_line,
+    derived_seed,
     parse_with_presets,
     positive_float,
     positive_int,
@@ -212,7 +213,7 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr)
     # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(derived_seed(args.seed, "draws"))
     state = run.load(
         identity, controlnet=controlnet, optimizer=optimizer, scaler=scaler, generator=generator
     )
