@@ -554,3 +554,25 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_the_first_finishes(t
     result = _result(run)
     assert result["finished"] is False and steps == list(range(1, result["step"] + 1))
     assert [s["from_step"] for s in result["sessions"]] == [0]
+
+
+def test_preset_shipped_is_the_recipe_the_shipped_files_record():
+    """P4's generator records its command (train.py's spelling then: --model was the recipe) and
+    its epoch, P5's model its configuration; --preset shipped must resolve to the same values,
+    and an option given on the command line still overrides it."""
+    shipped = torch.load(REPO / "p4_gan" / "checkpoints" / "p4_gan.pt", weights_only=True)
+    argv = shipped["recipe"].split()[3:]
+    argv[argv.index("--model")] = "--preset"  # then: the recipe's name
+    then, now = p4.parse_args(argv), p4.parse_args(["--preset", "shipped"])
+    keys = ["batch_size", "d_steps", "beta1", "beta2", "lr", "precision", "loss", "d_norm"]
+    keys += ["diffaug", "ema_decay", "model", "g_channels", "d_channels", "fid_every"]
+    assert {k: getattr(now, k) for k in keys} == {k: getattr(then, k) for k in keys}
+    assert now.epochs == shipped["epoch"] == 90 and shipped["config"]["arch"] == now.model
+    assert p4.parse_args(["--preset", "shipped", "--epochs", "3"]).epochs == 3
+
+    shipped = torch.load(
+        REPO / "p5_dann" / "checkpoints" / "mnistm_usps_dann.pt", weights_only=True
+    )
+    now = p5.parse_args(["--preset", "shipped"])
+    assert {k: getattr(now, k) for k in p5.DEFAULTS} == shipped["config"]
+    assert now.mode == shipped["mode"] == "dann"
