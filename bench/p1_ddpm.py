@@ -34,7 +34,6 @@ from evaluation.digit_accuracy import (
 )
 from hw2_utils import (
     CLIError,
-    add_option,
     atomic_path,
     autocast,
     command_line,
@@ -181,10 +180,8 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
-    add_option(
-        p,
-        "data",
-        aliases=("--digits-root",),
+    p.add_argument(
+        "--data",
         default=str(SHARED / "hw2_data" / "digits"),
         help="course layout holding usps/",
     )

@@ -28,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.ddim_mse import mse_dirs
 from hw2_utils import (
     CLIError,
-    add_option,
     command_line,
     describe_hardware,
     ensure_writable_dir,
@@ -221,10 +220,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         sub.choices[name].add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     for name in ("gt", "speed"):
         sub.choices[name].add_argument("--device", default="auto")
-        add_option(
-            sub.choices[name],
-            "precision",
-            aliases=("--dtype",),
+        sub.choices[name].add_argument(
+            "--precision",
             default="fp32",
             help="fp32 | bf16 | fp16",
         )

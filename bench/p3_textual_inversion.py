@@ -18,7 +18,6 @@ import time
 import torch
 
 from hw2_utils import (
-    add_option,
     describe_hardware,
     positive_int,
     resolve_device,
@@ -64,10 +63,8 @@ def main(argv=None) -> None:
     p.add_argument(
         "--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)"
     )
-    add_option(
-        p,
-        "n",
-        aliases=("--images",),
+    p.add_argument(
+        "--n",
         type=positive_int,
         default=100,
         help="images to generate (the public json: 2 concepts x 2 prompts x 25)",

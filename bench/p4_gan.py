@@ -46,7 +46,6 @@ from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
     CLIError,
-    add_option,
     atomic_path,
     command_line,
     describe_hardware,
@@ -71,13 +70,13 @@ from p4_gan.pipeline import (
     write_images,
 )
 
-MODELS = tuple(train.PRESETS)
+MODELS = ("dcgan", "improved")  # train.py --preset, the two models
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
 
 
 def trainer_for(model: str, device: torch.device, batch_size: int):
     """A full-size trainer of `model` with train.py's defaults."""
-    args = train.parse_args(["--model", model, "--batch-size", str(batch_size)])
+    args = train.parse_args(["--preset", model, "--batch-size", str(batch_size)])
     return train.build_trainer(args, device, torch.float32, rank=0)
 
 
@@ -101,7 +100,7 @@ def cmd_smoke(args) -> dict:
         run = Path(args.out) / model
         train.main(
             [
-                "--model",
+                "--preset",
                 model,
                 "--data",
                 str(args.data),
@@ -135,7 +134,7 @@ def cmd_smoke(args) -> dict:
         summary["all_finite"] = all(
             math.isfinite(v) for key in ("d_loss", "g_loss") for v in series(log, "step", key)[1]
         )
-        generator, _ = load_generator(run / "generator.pt")
+        generator, _ = load_generator(run / "model.pt")
         samples = ensure_writable_dir(run / f"samples_{args.n}")
         write_images(generate(generator, args.n, infer.SEED), samples)
         rate = face_rate(samples)
@@ -422,10 +421,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
     s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
-    add_option(
-        s,
-        "gen",
-        aliases=("--images",),
+    s.add_argument(
+        "--gen",
         required=True,
         help="folder of generated images (evaluation.fid's GEN)",
     )

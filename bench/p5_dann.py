@@ -188,7 +188,7 @@ def main(argv=None) -> None:
         accuracies = target_val_by_epoch(run, len(r["history"]), target_val)
         r["selected_by"] = score_row(r, accuracies)
         r["target_val_acc_adabn"] = adabn_accuracy(
-            run / "best.pt", data_root / args.target, target_val
+            run / "model.pt", data_root / args.target, target_val
         )
         r["last"] = {"epoch": len(accuracies), "target_val_acc": accuracies[-1]}
         chosen = r["selected_by"][r["select"]]
@@ -213,8 +213,8 @@ def main(argv=None) -> None:
             "selected_by": SHIP_BY,
             **results[shipped]["selected_by"][SHIP_BY],
         }
-        with atomic_path(run / "shipped.pt") as tmp:  # best.pt is the epoch the criterion chose
-            shutil.copy(run / "best.pt", tmp)
+        with atomic_path(run / "shipped.pt") as tmp:  # model.pt is the epoch the criterion chose
+            shutil.copy(run / "model.pt", tmp)
         record["inference"] = {
             "row": shipped,
             "adabn": False,

@@ -103,10 +103,10 @@ STUDY_ARGS = [
     "--workers",
     "3",
 ]
-# What --ship copies for each part run (work-folder paths; full's final.pt becomes the shipped model).
+# What --ship copies for each part run (work-folder paths; full's model.pt becomes the shipped model).
 SHIPPED_PARTS = {
     "throughput": ("bench.json",),
-    "full": ("resnet18/final.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
+    "full": ("resnet18/model.pt", "resnet18/log.csv", "resnet18/curves.png", "bench.json"),
     "aug": ("aug/aug_study.json", "aug/aug_study.png"),
     "cam": ("cam/cam_resnet18.png", "cam/deletion_resnet18.json", "cam/deletion_resnet18.png"),
     "tta": ("bench.json",),
@@ -288,7 +288,7 @@ def accuracy_of(model, meta: dict, images, labels, device, tta: str = "none") ->
 def exported_accuracy(
     final_pt: Path, sources: dict[str, str], device: torch.device
 ) -> dict[str, float]:
-    """Test accuracy of the exported fp16 final.pt, loaded as infer.py loads it (fp32 compute), on
+    """Test accuracy of the exported fp16 model.pt, loaded as infer.py loads it (fp32 compute), on
     each named source's test split: it should match the in-training (bf16 autocast) evaluation."""
     model, meta = load_checkpoint(final_pt, device)
     accuracy = {}
@@ -313,14 +313,14 @@ def recipe_differences(result: dict) -> list[str]:
 
 def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bool) -> dict:
     """train.py's result.json of a run that finished elsewhere, with the --also-test set (which
-    did not travel) scored here on its exported final.pt, as infer.py loads it. `recipe_only`:
+    did not travel) scored here on its exported model.pt, as infer.py loads it. `recipe_only`:
     refuse a run whose hyperparameters are not train.py's defaults (what --ship may ship)."""
     result = json.loads(
         require_file(
             run / "result.json", "the run's result (train.py writes it at the end)"
         ).read_text()
-    )
-    require_file(run / "final.pt", "the run's exported model")
+    )["metrics"]
+    require_file(run / "model.pt", "the run's exported model")
     if recipe_only:
         differ = recipe_differences(result)
         if differ:
@@ -329,7 +329,7 @@ def adopted_run(run: Path, also_test: str, device: torch.device, recipe_only: bo
             )
     if result.get("also_test") is None:
         cifar = load_cifar(also_test)
-        model, meta = load_checkpoint(run / "final.pt", device)
+        model, meta = load_checkpoint(run / "model.pt", device)
         accuracy = accuracy_of(model, meta, cifar.test_images, cifar.test_labels, device)
         result["also_test"] = {
             "data": cifar.source,
@@ -383,13 +383,13 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED),
-        help="cam, tta: the model to explain or score (default: the shipped one, or WORK/resnet18/final.pt "
+        help="cam, tta: the model to explain or score (default: the shipped one, or WORK/resnet18/model.pt "
         "with --parts full)",
     )
     p.add_argument(
         "--ship",
         action="store_true",
-        help=f"after the parts: copy full's final.pt to {SHIPPED.relative_to(REPO)}, and full's log, "
+        help=f"after the parts: copy full's model.pt to {SHIPPED.relative_to(REPO)}, and full's log, "
         "aug's table and plot, cam's figures and curve record beside it, with the parts' records merged "
         "into the shipped bench record (what infer.py, cam.py and the report use on a fresh clone); "
         "tta's choice is written into the shipped model last",
@@ -435,7 +435,7 @@ def main(argv=None) -> dict:
         raise CLIError(f"--ship ships only the recipe's own runs, without {', '.join(changed)}")
     # cam and tta take the model this invocation trains, when it trains one, else --checkpoint.
     explained = (
-        work / "resnet18" / "final.pt"
+        work / "resnet18" / "model.pt"
         if "full" in args.parts and args.checkpoint == str(SHIPPED)
         else args.checkpoint
     )
@@ -468,7 +468,7 @@ def main(argv=None) -> dict:
             )
         if not args.limit:  # smoke runs: the whole test sets would cost more than the run
             result["exported_fp16_test_acc"] = exported_accuracy(
-                work / "resnet18" / "final.pt",
+                work / "resnet18" / "model.pt",
                 {"test": args.data, "also_test": args.also_test},
                 device,
             )

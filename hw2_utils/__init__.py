@@ -3,7 +3,7 @@
     cli.py      one-line CLI errors, checked argument types and input paths, command lines
     files.py    image I/O, atomic files and folders, JSON records and figures, CIFAR-10
     runtime.py  seeding, devices and dtypes, hardware descriptions, progress bars, DDP glue
-    runs.py     a training run's folder (resume, log, provenance) and train.py's common options
+    runs.py     a training run's folder (resume, budget, export, result) and train.py's common options
 
 Every public name is importable from `hw2_utils` itself, as before the split.
 """
@@ -12,7 +12,6 @@ from hw2_utils.cli import (
     CLIError,
     Number,
     Terminated,
-    add_option,
     add_overwrite_option,
     check_not_input,
     check_output_path,
@@ -57,12 +56,13 @@ from hw2_utils.files import (
     store_in_checkpoint,
     to_uint8,
 )
-from hw2_utils.runs import ALIASES, REQUIRED, RunFolder, add_common_args, git_commit
+from hw2_utils.runs import REQUIRED, RunFolder, add_common_args, git_commit, parse_with_presets
 from hw2_utils.runtime import (
     DistInfo,
     autocast,
     cleanup_distributed,
     cpu_has_bf16,
+    derived_seed,
     describe_hardware,
     dist_info,
     ema_update,
@@ -78,13 +78,13 @@ from hw2_utils.runtime import (
     seed_everything,
     to_device,
     unwrap,
+    warmup_cosine_lr,
 )
 
 __all__ = [
     "CLIError",
     "Number",
     "Terminated",
-    "add_option",
     "add_overwrite_option",
     "check_output_path",
     "check_not_input",
@@ -126,15 +126,16 @@ __all__ = [
     "save_text",
     "store_in_checkpoint",
     "to_uint8",
-    "ALIASES",
     "REQUIRED",
     "RunFolder",
     "add_common_args",
     "git_commit",
+    "parse_with_presets",
     "DistInfo",
     "autocast",
     "cleanup_distributed",
     "cpu_has_bf16",
+    "derived_seed",
     "describe_hardware",
     "dist_info",
     "ema_update",
@@ -150,4 +151,5 @@ __all__ = [
     "seed_everything",
     "to_device",
     "unwrap",
+    "warmup_cosine_lr",
 ]

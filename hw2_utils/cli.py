@@ -184,23 +184,6 @@ fraction_below_one = Number(
 )
 
 
-def add_option(
-    parser, name: str, *, aliases: Iterable[str] = (), required: bool = False, **kwargs
-) -> None:
-    """--NAME on `parser` (or an argument group), with `aliases`: older spellings that still work
-    but stay out of --help, so one flag names one concept across every command. argparse's
-    required=True would refuse an alias, so a required option and its aliases form a required
-    either-or group."""
-    dest = name.replace("-", "_")
-    group = parser.add_mutually_exclusive_group(required=True) if required and aliases else parser
-    group.add_argument(f"--{name}", dest=dest, required=required and not aliases, **kwargs)
-    hidden = {k: v for k, v in kwargs.items() if k not in ("help", "default", "metavar")}
-    for alias in aliases:
-        group.add_argument(
-            alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden
-        )
-
-
 def require_file(path: str | os.PathLike, what: str, how_to_get: str = "") -> Path:
     """Return `path` as a Path or raise a CLIError naming the file and how to obtain it."""
     p = Path(path)

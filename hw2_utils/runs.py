@@ -1,13 +1,19 @@
 """One way to run a training run, shared by every train.py: the command-line vocabulary
-(add_common_args) and the run folder (RunFolder).
+(add_common_args, parse_with_presets) and the run folder (RunFolder).
 
 A run folder OUT holds
-    last.pt    the checkpoint to resume from, with the run's identity (what must match to resume)
-    log.csv    a header, then one row per step (or epoch), first column the step
-    run.json   the identity and, for every session of the run, its command, git commit and hardware
-next to whatever the problem exports (weights, samples). Re-running the same command resumes
-from last.pt and trims the log to it, so a crash between checkpoints leaves no duplicated row;
---no-resume starts over, resetting the run's own files and touching nothing else in OUT.
+    last.pt      the checkpoint to resume from, with the run's identity (what must match to resume)
+    model.pt     the exported model, what the problem's infer.py reads (its format is the problem's)
+    result.json  {"finished", "step", "total_steps", "seconds", "recipe", "hardware", "metrics",
+                 "sessions"}: the resolved options, and for every session its command, commit,
+                 hardware, first step and seconds
+    log.csv      a header, then one row per step (or per logged step), first column the step
+next to whatever else the problem writes (samples, snapshots). Re-running the same command
+resumes from last.pt and trims the log to it, so a crash between checkpoints leaves no duplicated
+row; --no-resume starts over, resetting the run's own files and touching nothing else in OUT.
+--max-seconds S ends a session cleanly at a step boundary (checkpoint, export, result.json with
+"finished": false, exit 0) before the next step would pass S; the same command goes on from there.
+One process at a time trains in OUT: a second one on the same folder is refused (OUT/.lock).
 
 What belongs here: what every train.py does the same way. Not here: what one problem trains.
 """
@@ -17,9 +23,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +36,6 @@ import torch
 
 from hw2_utils.cli import (
     CLIError,
-    add_option,
     check_output_path,
     error_summary,
     positive_float,
@@ -40,19 +47,8 @@ from hw2_utils.runtime import describe_hardware
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = object()  # add_common_args: an option without a default
-# One name per kind of state in every last.pt: "optimizer", and "generator" for the run's own seeded
-# random draws. The names train.py scripts used before are still read, for one release.
-RENAMED_STATES = {"optimizer": ("opt",), "generator": ("gen", "noise_gen", "aug_rng")}
-
-# Spellings train.py scripts used before add_common_args: still accepted, hidden from --help,
-# for one release, so README commands and user scripts keep working. Then delete this table.
-ALIASES = {
-    "data": ("--data-root", "--images", "--cifar"),
-    "image_size": ("--resolution", "--size", "--img-size"),
-    "limit": ("--subset",),
-    "ckpt_every": ("--save-every",),
-    "grad_clip": ("--max-grad-norm",),
-}
+# The clock of --max-seconds (a module attribute so that a test can drive it step by step).
+clock = time.monotonic
 
 
 def add_common_args(
@@ -60,21 +56,31 @@ def add_common_args(
     *,
     data: tuple,
     out: tuple,
+    presets: dict[str, dict],
     precision: str | None = "fp32",
     ckpt_every: int = 1000,
     image_size: tuple | None = None,
     limit: str | None = None,
     grad_clip: float | None = None,
 ) -> None:
-    """Add the options every train.py spells the same way: --data --out --device --seed
-    --ckpt-every --no-resume, and where the script has them --precision --image-size --limit
-    --grad-clip (None: the script has no such option).
+    """Add the options every train.py spells the same way: --data --out --preset --device --seed
+    --ckpt-every --max-seconds --compact-checkpoint --no-resume --force-resume, and where the
+    script has them --precision --image-size --limit --grad-clip (None: the script has no such
+    option).
 
     data, out, image_size: (default, help); default REQUIRED makes the option required.
-    limit: the help of --limit N (use only the first N, or a subset of N, images).
-    precision, ckpt_every, grad_clip: the default."""
+    presets: the script's named recipes ({name: {dest: value}}, "shipped" among them), which
+    parse_with_presets applies. limit: the help of --limit N. precision, ckpt_every, grad_clip:
+    the default."""
     _add(parser, "data", data, str)
     _add(parser, "out", out, str)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(presets),
+        help="a named recipe (PRESETS at the top of the train.py): its values replace the "
+        "defaults, options given on the command line override them; 'shipped' remakes the "
+        "shipped checkpoint",
+    )
     if image_size is not None:
         _add(parser, "image_size", image_size, positive_int)
     if limit is not None:
@@ -95,6 +101,19 @@ def add_common_args(
         "ckpt_every",
         (ckpt_every, "save OUT/last.pt every N steps and at the end (default %(default)s)"),
         positive_int,
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        help="time budget of this session: before the next step would pass it, save "
+        "OUT/last.pt, export OUT/model.pt, mark OUT/result.json unfinished and exit 0; the same "
+        "command resumes (default: none)",
+    )
+    parser.add_argument(
+        "--compact-checkpoint",
+        action="store_true",
+        help="store OUT/last.pt's floating-point tensors in bfloat16 (about half the size, e.g. to "
+        "bring it back from a GPU call); resuming from it continues the run, not bit for bit",
     )
     if grad_clip is not None:
         _add(
@@ -118,18 +137,31 @@ def add_common_args(
 
 
 def _add(parser: argparse.ArgumentParser, dest: str, spec: tuple, type_) -> None:
-    """--DEST with its hidden old spellings (ALIASES). argparse's required=True would refuse an
-    old spelling, so a required option and its aliases form a required either-or group."""
     default, help_ = spec
-    add_option(
-        parser,
-        dest.replace("_", "-"),
-        aliases=ALIASES.get(dest, ()),
+    parser.add_argument(
+        f"--{dest.replace('_', '-')}",
         required=default is REQUIRED,
         type=type_,
         help=help_,
         **({} if default is REQUIRED else {"default": default}),
     )
+
+
+def parse_with_presets(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, presets: dict[str, dict]
+) -> argparse.Namespace:
+    """parser.parse_args(argv) with --preset NAME's values as the defaults: an option on the
+    command line overrides its preset value, the preset overrides the parser's default."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = None
+    for i, arg in enumerate(argv):  # the last one counts, as argparse's does
+        if arg.startswith("--preset="):
+            name = arg.split("=", 1)[1]
+        elif arg == "--preset" and i + 1 < len(argv):
+            name = argv[i + 1]
+    # argparse fills in a default only where the namespace has no value yet; an unknown name is
+    # left to the parser's choices to refuse
+    return parser.parse_args(argv, argparse.Namespace(**presets.get(name, {})))
 
 
 def git_commit(repo: Path = REPO) -> str | None:
@@ -158,18 +190,19 @@ def git_commit(repo: Path = REPO) -> str | None:
 class RunFolder:
     """OUT as one training run (module docstring), used top to bottom in a train.py main:
 
-        run = RunFolder(args.out, ckpt_every=args.ckpt_every, resume=not args.no_resume, main=info.is_main)
+        run = RunFolder.from_args(args, main=info.is_main)
         ...                                          # build the model, optimizer, generators
-        state = run.load(identity, model=model, opt=opt)  # None, or last.pt's once its identity matches
+        state = run.load(identity, model=model, optimizer=opt)  # None, or last.pt's once its identity matches
         step = state["step"] if state else 0
-        log = run.start(step, LOG_FIELDS, command_line("pN_x.train", argv), device)
-        while step < total:
+        log = run.start(step, total, LOG_FIELDS, command_line("pN_x.train", argv), device)
+        while step < total and not run.stopping:
             ...; step += 1
             if log:
                 log.writerow([step, ...])
-            if run.checkpoint_due(step, total):
-                run.save({"step": step}, model=model, opt=opt)
-        run.close()
+            if run.checkpoint_due(step, total):      # also when --max-seconds is nearly spent
+                run.save({"step": step}, model=model, optimizer=opt)
+                ...                                  # export run.model (the main rank)
+        run.finish(step, metrics)
 
     Every method may run on every DDP rank; only the main rank writes."""
 
@@ -181,17 +214,26 @@ class RunFolder:
         resume: bool = True,
         main: bool = True,
         force: bool = False,
+        max_seconds: float | None = None,
+        compact: bool = False,
+        recipe: dict | None = None,
     ):
         self.out = check_output_path(out, folder=True)  # a bad --out fails before any slow work
-        self.checkpoint = self.out / "last.pt"
+        self.checkpoint, self.model = self.out / "last.pt", self.out / "model.pt"
         self.ckpt_every, self.resume, self.main, self.force = ckpt_every, resume, main, force
+        self.max_seconds, self.compact, self.recipe = max_seconds, compact, recipe or {}
         self.identity: dict = {}
-        self.resumed, self.step, self._files = False, 0, []
+        self.resumed, self.step, self.total, self._files, self._sessions = False, 0, 0, [], []
+        self.stopping, self.hardware, self._lock = False, "", None
+        self.started = self._mark = clock()
+        if self.out.is_dir():  # a second trainer on this folder stops here, before its slow setup
+            self._hold_lock()
 
     @classmethod
     def from_args(cls, args, default_out: str | None = None, main: bool = True) -> "RunFolder":
         """The run folder add_common_args' options name: --out (else `default_out`), --ckpt-every,
-        --no-resume and --force-resume."""
+        --max-seconds, --compact-checkpoint, --no-resume and --force-resume; every option is
+        the recipe result.json records."""
         if not (args.out or default_out):
             raise CLIError("--out is required")
         return cls(
@@ -200,7 +242,31 @@ class RunFolder:
             resume=not args.no_resume,
             main=main,
             force=args.force_resume,
+            max_seconds=args.max_seconds,
+            compact=args.compact_checkpoint,
+            recipe=json.loads(json.dumps(vars(args), default=str)),
         )
+
+    def _hold_lock(self) -> None:
+        """OUT/.lock, held (an fcntl record lock, which the system drops when the process ends)
+        for the rest of the run and naming the process that holds it."""
+        if self._lock is not None or not self.main:
+            return
+        file = open(self.out / ".lock", "a+")
+        try:
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise CLIError(
+                f"{self.out} is in use by another training run (pid {holder}): wait for it to "
+                "end, or use another --out"
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._lock = file
 
     def load(self, identity: dict, **stateful) -> dict | None:
         """The checkpoint to resume from, or None when starting over (no OUT/last.pt, or
@@ -243,41 +309,42 @@ class RunFolder:
                 f"note: --force-resume: resuming {self.checkpoint} although {changes}",
                 file=sys.stderr,
             )
+        # a compact last.pt's bfloat16 tensors are cast back by each load_state_dict / copy
         for name, obj in stateful.items():
-            saved_as = next(
-                (key for key in (name, *RENAMED_STATES.get(name, ())) if key in state), name
-            )
             # generators keep their state apart from state_dict
             if isinstance(obj, torch.Generator):
-                obj.set_state(state[saved_as])
+                obj.set_state(state[name])
             else:
-                obj.load_state_dict(state[saved_as])
+                obj.load_state_dict(state[name])
         self.resumed = True
         return state
 
-    def start(self, step: int, log_fields: Sequence[str], command: str, device: torch.device):
-        """Begin this session at `step`: record it in OUT/run.json and open OUT/log.csv
-        (open_log). Starting over also deletes an earlier run's last.pt, so that a crash before
-        the first checkpoint cannot resume the old run under the new log."""
-        self.step = step
+    def start(
+        self, step: int, total: int, log_fields: Sequence[str], command: str, device: torch.device
+    ):
+        """Begin this session at `step` of `total`: record it in OUT/result.json and open
+        OUT/log.csv (open_log). Starting over also deletes an earlier run's last.pt, so that a
+        crash before the first checkpoint cannot resume the old run under the new log."""
+        self.step, self.total, self.hardware = step, total, describe_hardware(device)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            record = {"identity": self.identity, "sessions": []}
+            self._hold_lock()
             if self.resumed:
-                with contextlib.suppress(OSError, ValueError):
-                    record["sessions"] = json.loads((self.out / "run.json").read_text())["sessions"]
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    self._sessions = json.loads((self.out / "result.json").read_text())["sessions"]
             else:
                 self.checkpoint.unlink(missing_ok=True)
-            record["sessions"].append(
+            self._sessions.append(
                 {
                     "command": command,
                     "commit": git_commit(),
-                    "hardware": describe_hardware(device),
+                    "hardware": self.hardware,
                     "from_step": step,
                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": 0.0,
                 }
             )
-            save_json(self.out / "run.json", record)
+            self._write_result(step, {})
         return self.open_log(log_fields)
 
     def open_log(self, fields: Sequence[str], name: str = "log.csv"):
@@ -302,22 +369,86 @@ class RunFolder:
         self._files.append(file)
         return csv.writer(file)
 
-    def checkpoint_due(self, step: int, total: int) -> bool:
-        return step % self.ckpt_every == 0 or step == total
+    def checkpoint_due(self, step: int, total: int, since: int | None = None) -> bool:
+        """Whether last.pt is due after `step`: a multiple of --ckpt-every was reached since the
+        step before (or since step `since`, for a loop that checks only at epoch ends), `step`
+        is the last one, or the next step would pass --max-seconds, judged by the time since
+        the last check. In that last case self.stopping is set (on every DDP rank alike): the
+        loop saves, exports and ends, and finish() marks the run unfinished."""
+        now = clock()
+        step_seconds, self._mark = now - self._mark, now
+        if self.max_seconds is not None and step < total:
+            self.stopping = _on_any_rank(now - self.started + step_seconds > self.max_seconds)
+        since = step - 1 if since is None else since
+        return step // self.ckpt_every > since // self.ckpt_every or step == total or self.stopping
 
     def save(self, values: dict, **stateful) -> None:
         """Write OUT/last.pt atomically: `values` (the step and whatever else the loop resumes
         from), the state of each object in `stateful` under its name (what load() restores), and
-        the identity."""
+        the identity; with --compact-checkpoint every floating-point tensor in bfloat16."""
         if self.main:
             states = {
                 name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
                 for name, obj in stateful.items()
             }
+            state = {**values, **states, "identity": self.identity}
             with atomic_path(self.checkpoint) as tmp:
-                torch.save({**values, **states, "identity": self.identity}, tmp)
+                torch.save(_bfloat16(state) if self.compact else state, tmp)
+
+    def finish(self, step: int, metrics: dict | None = None) -> dict:
+        """End this session at `step`: close the logs, write OUT/result.json (finished once
+        `step` reached the total; `metrics`: the problem's final numbers) and let OUT go."""
+        self.close()
+        record = self._write_result(step, metrics or {})
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        return record
+
+    def _write_result(self, step: int, metrics: dict) -> dict:
+        if self._sessions:
+            self._sessions[-1]["seconds"] = round(clock() - self.started, 1)
+        record = {
+            "finished": step >= self.total,
+            "step": step,
+            "total_steps": self.total,
+            "seconds": round(sum(s.get("seconds", 0.0) for s in self._sessions), 1),
+            "recipe": self.recipe,
+            "hardware": self.hardware,
+            "metrics": metrics,
+            "sessions": self._sessions,
+        }
+        if self.main:
+            save_json(self.out / "result.json", record)
+        return record
 
     def close(self) -> None:
         for file in self._files:
             file.close()
         self._files = []
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """`flag` where any DDP rank raised it (every rank must stop at the same step), else `flag`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    raised = torch.tensor(float(flag), device=device)
+    dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+    return bool(raised.item())
+
+
+def _bfloat16(value):
+    """`value` with every float32/float64 tensor in it (through dicts, lists, tuples) as bfloat16,
+    but a "step" entry."""
+    if isinstance(value, torch.Tensor):
+        return value.bfloat16() if value.dtype in (torch.float32, torch.float64) else value
+    if isinstance(value, dict):  # an optimizer's step counts stay exact
+        return {k: v if k == "step" else _bfloat16(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_bfloat16(v) for v in value)
+    return value

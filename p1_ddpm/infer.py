@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED_CHECKPOINT),
-        help="exported EMA checkpoint (train.py writes OUT/ema.pt)",
+        help="exported EMA checkpoint (train.py writes OUT/model.pt)",
     )
     p.add_argument(
         "--folders",

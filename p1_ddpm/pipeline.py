@@ -30,7 +30,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[ConditionalUNet,
     blob = load_torch_file(
         path,
         "P1 checkpoint",
-        f"the shipped one is {SHIPPED_CHECKPOINT}; python -m p1_ddpm.train writes OUT/ema.pt",
+        f"the shipped one is {SHIPPED_CHECKPOINT}; python -m p1_ddpm.train writes OUT/model.pt",
     )
     if not isinstance(blob, dict) or not {"config", "state_dict", "domains"} <= blob.keys():
         found = f"keys {sorted(blob)[:5]}" if isinstance(blob, dict) else f"a {type(blob).__name__}"

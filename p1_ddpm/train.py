@@ -3,15 +3,20 @@
     python -m p1_ddpm.train --data hw2_data/digits --domains mnistm svhn --out runs/p1
     torchrun --nproc_per_node=4 -m p1_ddpm.train ...           # multi-GPU (DDP)
 
-Re-running the same command resumes from OUT/last.pt (--no-resume starts over). OUT/ema.pt is
-the exportable (shippable) EMA model; OUT/samples/ holds a grid per --sample-every steps;
-OUT/log.csv one row per step; OUT/run.json the command, commit and hardware of every session.
+The shipped checkpoint's two stages (p1_ddpm/checkpoints/README.md):
+
+    python -m p1_ddpm.train --preset shipped-stage1 --data D --out RUN1
+    python -m p1_ddpm.train --preset shipped-stage2 --data D --init-from RUN1/model.pt --out RUN2
+
+Re-running the same command resumes from OUT/last.pt (--no-resume starts over; --max-seconds
+ends a session early). OUT/model.pt is the exportable (shippable) EMA model; OUT/samples/ holds
+a grid per --sample-every steps; OUT/log.csv one row per step; OUT/result.json the recipe, the
+steps reached and the command, commit and hardware of every session.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from hw2_utils import (
     autocast,
     cleanup_distributed,
     command_line,
+    derived_seed,
     ema_update,
     error_summary,
     fraction_below_one,
@@ -35,6 +41,7 @@ from hw2_utils import (
     make_train_sampler,
     non_negative_float,
     non_negative_int,
+    parse_with_presets,
     positive_float,
     positive_int,
     probability,
@@ -45,17 +52,13 @@ from hw2_utils import (
     save_grid,
     seed_everything,
     unwrap,
+    warmup_cosine_lr,
 )
 from p1_ddpm.data import digit_domain_dataset, parse_domains
 from p1_ddpm.diffusion import GaussianDiffusion
 from p1_ddpm.model import ConditionalUNet, UNetConfig
 from p1_ddpm.pipeline import export_weights, generate, load_model
 
-# The recipe behind the shipped checkpoint, trained on this project's 2-core CPU in two stages
-# (p1_ddpm/checkpoints/README.md has both commands and their logs, seconds included; ema.pt's
-# "recipe" records them; README "P1" the measured accuracy):
-#   stage 1: --steps 2000 --snr-gamma 0                          plain DDPM loss
-#   stage 2: --init-from <stage 1 ema.pt> --repeat 2 1           these defaults, stopped at step 6750
 # fmt: off
 DEFAULTS = dict(
     steps=7500,          # total, counting a warm start's steps
@@ -73,6 +76,16 @@ TYPES = dict(
     cond_drop=probability,
     snr_gamma=non_negative_float,
 )
+# The recipe behind the shipped checkpoint, trained on this project's 2-core CPU in two stages
+# (p1_ddpm/checkpoints/README.md has both commands and their logs, seconds included; the shipped
+# file's "recipe" records them; README "P1" the measured accuracy). No SVHN exists on these
+# machines: USPS is the second domain. Stage 2 also needs --init-from RUN1/model.pt.
+PRESETS = {
+    # plain DDPM loss
+    "shipped-stage1": dict(domains=["mnistm", "usps"], steps=2000, snr_gamma=0.0, sample_every=500),
+    # DEFAULTS with MNIST-M twice per epoch; its schedule spans 7,500 steps, stopped at 6,750
+    "shipped-stage2": dict(domains=["mnistm", "usps"], steps=7500, repeat=[2, 1], stop_at=6750),
+}
 LOG_FIELDS = ["step", "loss", "lr", "seconds"]
 
 
@@ -83,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(
         p,
         data=("hw2_data/digits", "folder holding one sub-folder per domain"),
-        out=("runs/p1", "run folder: last.pt, ema.pt, log.csv, run.json, samples/"),
+        out=("runs/p1", "run folder: last.pt, model.pt, log.csv, result.json, samples/"),
+        presets=PRESETS,
         ckpt_every=250,
         grad_clip=1.0,
     )
@@ -113,21 +127,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--sample-every", type=positive_int, default=1000)
     p.add_argument(
+        "--stop-at",
+        type=positive_int,
+        help="end the run after this step although --steps sets the length of its learning-rate "
+        "schedule (default: at --steps)",
+    )
+    p.add_argument(
         "--init-from",
         help="warm start from exported weights (e.g. the shipped checkpoint) when OUT/last.pt "
         "does not exist; the optimizer starts fresh and the step count continues from the checkpoint's",
     )
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def lr_at(step: int, args, start: int = 0) -> float:
     """Linear warmup, then cosine decay to 10% of the peak, over steps start..args.steps
     (a warm start begins at the checkpoint's step count and warms up again)."""
-    step, total = step - start, args.steps - start
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress_ = (step - args.warmup) / max(1, total - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
+    return warmup_cosine_lr(step - start, args.steps - start, args.warmup, args.lr, floor=0.1)
 
 
 def sample_grid(ema: ConditionalUNet, n_domains: int, path: Path, device: torch.device) -> None:
@@ -149,7 +165,7 @@ def make_loader(dataset, args, info):
         shuffle=sampler is None,
         drop_last=True,
         num_workers=args.workers,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(derived_seed(args.seed, "order")),
     )
     if len(loader) == 0:  # drop_last leaves no batch: the step loop would wait for one forever
         raise CLIError(f"{len(dataset)} training images: fewer than one batch of {args.batch_size}")
@@ -175,7 +191,7 @@ def build_unet(args, n_domains: int, device) -> tuple[ConditionalUNet, Condition
 
 
 def warm_start(args, model, ema, domain_names: list[str], command: str, device) -> tuple[int, str]:
-    """--init-from: continue an exported ema.pt as a new stage; returns its step and the recipe
+    """--init-from: continue an exported model.pt as a new stage; returns its step and the recipe
     that names every stage."""
     init, init_domains = load_model(args.init_from, device)
     if init_domains != domain_names or init.config != model.config:
@@ -245,7 +261,7 @@ def main(argv=None) -> None:
     log_main(f"{len(dataset)} training images from {', '.join(f'{n} ({p})' for n, p in domains)}")
     model, ema = build_unet(args, len(domains), device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    noise_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
+    noise_gen = torch.Generator().manual_seed(derived_seed(args.seed, "noise", info.rank))
     diffusion = GaussianDiffusion()
     step, epoch, start, recipe = 0, 0, 0, command
 
@@ -265,16 +281,17 @@ def main(argv=None) -> None:
     elif args.init_from:
         step, recipe = warm_start(args, model, ema, domain_names, command, device)
         start = step
-    log = run.start(step, LOG_FIELDS, command, device)
+    total = min(args.steps, args.stop_at or args.steps)
+    log = run.start(step, total, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
     n_params = sum(p.numel() for p in model.parameters())
     log_main(
         f"UNet {n_params / 1e6:.2f} M parameters; {args.steps} steps of {args.batch_size} on {device} ({dtype})"
     )
 
-    bar = progress(total=args.steps, initial=step, desc="train")
-    t0 = time.time()
-    while step < args.steps:
+    bar = progress(total=total, initial=step, desc="train")
+    t0, loss = time.time(), None
+    while step < total and not run.stopping:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for batch in loader:
@@ -297,7 +314,7 @@ def main(argv=None) -> None:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if log:
                 log.writerow([step, f"{loss.item():.5f}", f"{lr:.2e}", f"{time.time() - t0:.1f}"])
-            if run.checkpoint_due(step, args.steps):
+            if run.checkpoint_due(step, total):
                 run.save(
                     {"step": step, "epoch": epoch, "start": start, "recipe": recipe},
                     model=model,
@@ -306,16 +323,16 @@ def main(argv=None) -> None:
                     generator=noise_gen,
                 )
                 if info.is_main:
-                    with atomic_path(run.out / "ema.pt") as tmp:
+                    with atomic_path(run.model) as tmp:
                         torch.save(export_weights(ema, domain_names, step, recipe), tmp)
-            if info.is_main and (step % args.sample_every == 0 or step == args.steps):
+            if info.is_main and (step % args.sample_every == 0 or step == total):
                 sample_grid(ema, len(domains), run.out / "samples" / f"step{step:06d}.png", device)
-            if step >= args.steps:
+            if step >= total or run.stopping:
                 break
         epoch += 1
     bar.close()
-    run.close()
-    log_main(f"done: {run.out / 'ema.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    run.finish(step, {"loss": loss.item()} if loss is not None else {})
+    log_main(f"done: {run.model} (step {step} of {total}, {time.time() - t0:.0f} s this run)")
     cleanup_distributed()
 
 

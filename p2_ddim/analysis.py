@@ -19,7 +19,6 @@ import torch
 import hw2_utils
 from hw2_utils import (
     CLIError,
-    add_option,
     check_output_path,
     command_line,
     describe_hardware,
@@ -95,9 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seed of the eta > 0 noise (the same for every eta)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_option(
-        p, "precision", aliases=("--dtype",), default="fp32", help="fp32 | bf16 | fp16 for the UNet"
-    )
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 for the UNet")
     return p.parse_args(argv)
 
 

@@ -22,7 +22,6 @@ from hw2_utils import (
     check_replaceable,
     add_overwrite_option,
     CLIError,
-    add_option,
     check_output_path,
     non_negative_float,
     output_dir,
@@ -46,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="folder of NN.pt noise tensors, (1,3,H,W) or (3,H,W), H and W divisible by 32",
     )
     p.add_argument("out_dir", help="output folder for NN.png (created if missing)")
-    p.add_argument("unet", help="the course's UNet.pt state dict")
+    p.add_argument("unet", help="the course's UNet.pt state dict, or a train.py OUT/model.pt")
     p.add_argument(
         "--pixel-map",
         choices=list(PIXEL_MAPS),
@@ -71,10 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the eta > 0 noise")
     add_overwrite_option(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_option(
-        p,
-        "precision",
-        aliases=("--dtype",),
+    p.add_argument(
+        "--precision",
         default="fp32",
         help="fp32 | bf16 | fp16 for the UNet (fp32 reproduces GT best)",
     )

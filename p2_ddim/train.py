@@ -2,22 +2,23 @@
 
     python -m p2_ddim.train --data hw2_data/face/train --out runs/p2_train --precision bf16
     torchrun --nproc_per_node=4 -m p2_ddim.train ...          # multi-GPU (DDP); --batch-size stays global
-    python -m p2_ddim.infer NOISE_DIR OUT runs/p2_train/UNet.pt   # sample it (noise of --image-size)
+    python -m p2_ddim.infer NOISE_DIR OUT runs/p2_train/model.pt   # sample it (noise of --image-size)
 
 Schedule: ddim.py's (linear betas 1e-4..2e-2, T = 1000, float64). Loss: DDPM's Algorithm 1,
 t ~ U{0..999}, eps ~ N(0, I), MSE(eps, eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t)).
 Re-running the same command resumes from OUT/last.pt and continues exactly as an
 uninterrupted run would (every random draw is a function of seed, rank and step); --no-resume
-starts over. Outputs: OUT/UNet.pt (the EMA weights as a plain state dict in UNet.pt's layout:
-what infer.py, hw2_2.sh and analysis.py load), OUT/samples/stepNNNNNN.png (DDIM grids,
---sample-steps, of the same noise), OUT/log.csv (step, epoch, loss, lr, grad_norm, seconds
-since this process started), OUT/run.json (the command, commit and hardware of every session).
+starts over, --max-seconds ends a session early. Outputs: OUT/model.pt (the EMA weights as a
+plain state dict in the course's UNet.pt layout: what infer.py, hw2_2.sh and analysis.py load),
+OUT/samples/stepNNNNNN.png (DDIM grids, --sample-steps, of the same noise), OUT/log.csv (step,
+epoch, loss, lr, grad_norm, seconds since this process started), OUT/result.json (the recipe,
+the steps reached, the command, commit and hardware of every session). No model this script
+trains ships (P2 samples the course's UNet.pt), so --preset shipped is the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from hw2_utils import (
     autocast,
     cleanup_distributed,
     command_line,
+    derived_seed,
     ema_update,
     fraction_below_one,
     init_distributed,
@@ -46,6 +48,7 @@ from hw2_utils import (
     make_train_sampler,
     non_negative_float,
     open_rgb,
+    parse_with_presets,
     positive_float,
     positive_int,
     progress,
@@ -55,6 +58,7 @@ from hw2_utils import (
     save_grid,
     seed_everything,
     unwrap,
+    warmup_cosine_lr,
 )
 from p2_ddim.ddim import NUM_TRAIN_TIMESTEPS, linear_alphas_cumprod
 from p2_ddim.pipeline import sample, to_unit_range
@@ -82,6 +86,7 @@ TYPES = dict(
 GRAD_CLIP = 1.0  # DDPM's global-norm clip
 IMAGE_SIZE = 64  # the course's face crops; H and W must be divisible by 32
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
+PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(
         p,
         data=("hw2_data/face/train", "folder of face images (other sizes are resized)"),
-        out=("runs/p2_train", "run folder: last.pt, UNet.pt, log.csv, run.json, samples/"),
+        out=("runs/p2_train", "run folder: last.pt, model.pt, log.csv, result.json, samples/"),
+        presets=PRESETS,
         image_size=(IMAGE_SIZE, "training size, a multiple of 32 (default %(default)s)"),
         grad_clip=GRAD_CLIP,
     )
@@ -106,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--base-channels",
         type=positive_int,
         default=128,
-        help="UNet width: 128 is UNet.pt's; 32 is the narrowest",
+        help="UNet width: 128 is the course UNet.pt's; 32 is the narrowest",
     )
     p.add_argument(
         "--sample-every",
@@ -118,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--sample-steps", type=positive_int, default=50, help="DDIM steps of the sample grids"
     )
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def check_args(args, world_size: int) -> None:
@@ -153,12 +159,6 @@ def load_faces(folder, size: int) -> torch.Tensor:
             image = image.resize((size, size), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(image))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def derived_seed(*key) -> int:
-    """A seed that is a pure function of `key` (e.g. ("noise", seed, rank, step)), so resuming
-    at any step redraws exactly what the uninterrupted run drew there."""
-    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:7], "little")
 
 
 def epoch_order(n: int, seed: int, epoch: int, sampler) -> torch.Tensor:
@@ -217,12 +217,8 @@ def train_step(
     return loss.detach(), grad_norm.detach()
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    return lr * min(1.0, (step + 1) / max(1, warmup))
-
-
 def export_state_dict(ema: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """UNet.pt's format: a plain {key: tensor} dict, loadable by pipeline.load_unet (weights_only)."""
+    """The course UNet.pt's format: a plain {key: tensor} dict, loadable by pipeline.load_unet (weights_only)."""
     return {k: v.detach().cpu().clone() for k, v in unwrap(ema).state_dict().items()}
 
 
@@ -284,7 +280,7 @@ def main(argv=None) -> None:
     if state is not None:
         step = state["step"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
-    log = run.start(step, LOG_FIELDS, command_line("p2_ddim.train", argv), device)
+    log = run.start(step, args.steps, LOG_FIELDS, command_line("p2_ddim.train", argv), device)
     train_model = DDP(model) if info.enabled else model
     log_main(
         f"{len(faces)} faces ({args.image_size}x{args.image_size}) from {args.data}; face UNet width "
@@ -296,8 +292,8 @@ def main(argv=None) -> None:
         args.sample_n, 3, args.image_size, args.image_size, generator=make_generator(args.seed)
     )
     bar = progress(total=args.steps, initial=step, desc="train")
-    t0, order_epoch = time.time(), None
-    while step < args.steps:
+    t0, order_epoch, loss = time.time(), None, None
+    while step < args.steps and not run.stopping:
         epoch, offset = divmod(step, per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(faces), args.seed, epoch, sampler), epoch
@@ -308,7 +304,8 @@ def main(argv=None) -> None:
             faces[order[offset * rank_batch : (offset + 1) * rank_batch].to(device)], flips
         )
         t, noise = draw_t_and_noise(rank_batch, tuple(x0.shape[1:]), gen)
-        lr = lr_at(step, args.lr, args.warmup)
+        # warmup, then constant: extending --steps later resumes exactly
+        lr = warmup_cosine_lr(step, args.steps, args.warmup, args.lr, floor=1.0)
         for group in opt.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(
@@ -333,7 +330,7 @@ def main(argv=None) -> None:
         if run.checkpoint_due(step, args.steps):
             run.save({"step": step}, model=model, ema=ema, optimizer=opt, scaler=scaler)
             if info.is_main:
-                with atomic_path(run.out / "UNet.pt") as tmp:
+                with atomic_path(run.model) as tmp:
                     torch.save(export_state_dict(ema), tmp)
         if info.is_main and (step % args.sample_every == 0 or step == args.steps):
             save_samples(
@@ -344,8 +341,8 @@ def main(argv=None) -> None:
                 run.out / "samples" / f"step{step:06d}.png",
             )
     bar.close()
-    run.close()
-    log_main(f"done: {run.out / 'UNet.pt'} (step {step}, {time.time() - t0:.0f} s this run)")
+    run.finish(step, {} if loss is None else {"loss": loss})
+    log_main(f"done: {run.model} (step {step} of {args.steps}, {time.time() - t0:.0f} s this run)")
     cleanup_distributed()
 
 

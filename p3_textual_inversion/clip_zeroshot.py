@@ -26,7 +26,6 @@ import hw2_utils
 from evaluation.clip_scores import load_clip, unit_features
 from hw2_utils import (
     CLIError,
-    add_option,
     list_images,
     open_rgb,
     positive_int,
@@ -56,9 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_option(
-        p, "data", aliases=("--images",), required=True, help="folder of {class_id}_{image_id}.png"
-    )
+    p.add_argument("--data", required=True, help="folder of {class_id}_{image_id}.png")
     p.add_argument("--id2label", required=True, help="json {class_id: object name}")
     p.add_argument(
         "--clip", required=True, help="local transformers CLIP folder (model + processor files)"

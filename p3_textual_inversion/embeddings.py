@@ -21,7 +21,7 @@ PLACEHOLDER = re.compile(r"<[^<>\s]+>")
 # No download exists for them (checkpoints.tsv has none): they are trained, then copied in.
 HOW_TO_TRAIN = (
     'train them with `python -m p3_textual_inversion.train ... --out RUN` (README "P3") and copy '
-    "RUN/learned_embeds.safetensors to p3_textual_inversion/checkpoints/NAME.safetensors, or pass --embeds"
+    "RUN/model.pt to p3_textual_inversion/checkpoints/NAME.safetensors, or pass --embeds"
 )
 
 

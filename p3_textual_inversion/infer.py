@@ -42,7 +42,7 @@ from p3_textual_inversion.embeddings import (
 from stable_diffusion.loader import HOW_TO_GET, V1_CONFIG_DIR, load_stable_diffusion, text_width
 from stable_diffusion.pipeline import text_to_image
 
-# One learned_embeds.safetensors per concept (train.py's output, renamed), all read by default.
+# One learned_embeds.safetensors per concept (train.py's OUT/model.pt, renamed), all read by default.
 SHIPPED_EMBEDS_DIR = Path(__file__).resolve().parent / "checkpoints"
 # Grading setup: SD v1's usual sampler settings; 50 DDIM steps x 100 images x CFG in fp16 is
 # the 15-minute budget's plan (README "P3" gives the estimate).

@@ -1,6 +1,6 @@
 """The P3 section of the report, built only from files under RUNS/p3 (never from memory):
 
-    RUNS/p3/<run>/log.csv, learned_embeds.safetensors, samples/   train.py --out RUNS/p3/<run>
+    RUNS/p3/<run>/log.csv, model.pt (learned embeds), samples/   train.py --out RUNS/p3/<run>
     RUNS/p3/clip_zeroshot.json, clip_zeroshot_ensemble.json        clip_zeroshot.py --json ...
     RUNS/p3/multi_concept/**.png                                   infer.py with a two-token json
 
@@ -34,7 +34,7 @@ def _training(p3: Path) -> list[str]:
             losses = [float(r["loss"]) for r in rows]
             last = {k: rows[-1][k] for k in ("step", "shift", "seconds")}
         token = "?"
-        embeds = run / "learned_embeds.safetensors"
+        embeds = run / "model.pt"
         if embeds.is_file():
             from safetensors import safe_open
 

@@ -1,17 +1,20 @@
 """Textual Inversion (Gal et al. 2022): learn one new token's embedding for a concept.
 
     python -m p3_textual_inversion.train --data hw2_data/textual_inversion/0 --placeholder "<new1>" \\
-        --initializer dog --templates object --model sd-v1-4.ckpt --out runs/p3/new1
+        --initializer dog --templates object --pretrained sd-v1-4.ckpt --out runs/p3/new1
     python -m p3_textual_inversion.train --data hw2_data/textual_inversion/1 --placeholder "<new2>" \\
-        --initializer painting --templates style --model sd-v1-4.ckpt --out runs/p3/new2
+        --initializer painting --templates style --pretrained sd-v1-4.ckpt --out runs/p3/new2
     torchrun --nproc_per_node=2 -m p3_textual_inversion.train ...      # data-parallel
 
 Everything in Stable Diffusion stays frozen; only the placeholder's 768-float vector is
 optimised, with SD's own objective: the eps-MSE of the UNet on VAE latents noised at a random
 t, conditioned on a template caption ("a photo of a <new1>"). Re-running the same command
-resumes from OUT/last.pt (--no-resume starts over). OUT/learned_embeds.safetensors is the
-result; OUT/samples/ holds validation images every --validation-every steps; OUT/log.csv the
-loss and the vector's distance from its initializer per step; OUT/run.json the provenance.
+resumes from OUT/last.pt (--no-resume starts over, --max-seconds ends a session early).
+OUT/model.pt is the result, a learned_embeds safetensors file (what infer.py --embeds and
+hw2_3.sh read, whatever its name); OUT/samples/ holds validation images every --validation-every
+steps; OUT/log.csv the loss and the vector's distance from its initializer per step;
+OUT/result.json the recipe, the steps reached and the provenance. No embedding ships (README
+"P3": they are trained with the commands above), so --preset shipped is the defaults.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from hw2_utils import (
     autocast,
     cleanup_distributed,
     command_line,
+    derived_seed,
     init_distributed,
     log_main,
     non_negative_float,
     non_negative_int,
+    parse_with_presets,
     positive_float,
     positive_int,
     probability,
@@ -72,6 +77,7 @@ DEFAULTS = dict(
 TYPES = dict(lr=positive_float, weight_decay=non_negative_float, flip_p=probability)
 # shift: |v - v0|, the vector's distance from its initializer
 LOG_FIELDS = ["step", "loss", "shift", "seconds"]
+PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,8 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         data=(REQUIRED, "folder with the concept's images"),
         out=(
             REQUIRED,
-            "run folder: learned_embeds.safetensors, last.pt, log.csv, run.json, samples/",
+            "run folder: model.pt (learned embeds), last.pt, log.csv, result.json, samples/",
         ),
+        presets=PRESETS,
         precision="fp16",
         ckpt_every=250,
         image_size=(None, "training size (default: the model's, 512 for SD v1)"),
@@ -100,12 +107,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="caption set: object or style",
     )
     p.add_argument(
-        "--model",
+        "--pretrained",
         required=True,
-        help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder",
+        help="SD v1.x weights: CompVis single file (sd-v1-4.ckpt) or diffusers folder",
     )
     p.add_argument(
-        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model"
+        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --pretrained"
     )
     for name, value in DEFAULTS.items():
         p.add_argument(
@@ -126,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--validation-steps", type=positive_int, default=25, help="DDIM steps for the sample grids"
     )
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def micro_batch_loss(
@@ -196,7 +203,7 @@ def optimisation_step(
 
 
 def export(path: Path, vector: torch.Tensor, args, step: int, command: str) -> None:
-    """learned_embeds.safetensors: the token's vector and how it was made (hw2_3.sh reads it)."""
+    """model.pt: the token's vector and how it was made, a learned_embeds safetensors file."""
     with atomic_path(path) as tmp:
         save_embeds(
             tmp,
@@ -221,7 +228,7 @@ def train(args: argparse.Namespace):
     # Everything that defines the run but its length (--steps may grow) and where it runs.
     identity = {
         "data": str(Path(args.data).resolve()),
-        "model": str(Path(args.model).resolve()),
+        "pretrained": str(Path(args.pretrained).resolve()),
         "placeholder": args.placeholder,
         "initializer": args.initializer,
         "templates": args.templates,
@@ -231,7 +238,7 @@ def train(args: argparse.Namespace):
         **{k: getattr(args, k) for k in DEFAULTS if k != "steps"},
     }
 
-    sd = load_stable_diffusion(args.model, args.sd_config, device=device)
+    sd = load_stable_diffusion(args.pretrained, args.sd_config, device=device)
     # Frozen UNet and VAE in half precision halve memory; the text encoder stays fp32 because
     # the gradient to the new vector flows through it.
     sd.to(dtype=dtype, parts=("unet", "vae"))
@@ -251,7 +258,7 @@ def train(args: argparse.Namespace):
     lr = args.lr * (args.batch_size * args.grad_accum * info.world_size if args.scale_lr else 1)
     opt = torch.optim.AdamW([rows.new], lr=lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
+    gen = torch.Generator().manual_seed(derived_seed(args.seed, "draws", info.rank))
     step = 0
     state = run.load(identity, optimizer=opt, scaler=scaler, generator=gen)
     if state is not None:
@@ -260,11 +267,11 @@ def train(args: argparse.Namespace):
         step = state["step"]
         log_main(f"resumed from {run.checkpoint} at step {step}")
     command = command_line("p3_textual_inversion.train")
-    log = run.start(step, LOG_FIELDS, command, device)
+    log = run.start(step, args.steps, LOG_FIELDS, command, device)
 
     bar = progress(total=args.steps, initial=step, desc=f"train {args.placeholder}")
-    t0 = time.time()
-    while step < args.steps:
+    t0, loss_sum = time.time(), None
+    while step < args.steps and not run.stopping:
         loss_sum = optimisation_step(
             sd, rows, mean, std, templates, args, gen, dtype, opt, scaler, info
         )
@@ -288,7 +295,7 @@ def train(args: argparse.Namespace):
                 generator=gen,
             )
             if info.is_main:
-                export(run.out / "learned_embeds.safetensors", rows.new[0], args, step, command)
+                export(run.model, rows.new[0], args, step, command)
         if (
             info.is_main
             and args.validation_every
@@ -305,10 +312,8 @@ def train(args: argparse.Namespace):
             )
             save_grid(grid, run.out / "samples" / f"step{step:06d}.png", nrow=4)
     bar.close()
-    run.close()
-    log_main(
-        f"done: {run.out / 'learned_embeds.safetensors'} (step {step}, {time.time() - t0:.0f} s this run)"
-    )
+    run.finish(step, {} if loss_sum is None else {"loss": loss_sum})
+    log_main(f"done: {run.model} (step {step} of {args.steps}, {time.time() - t0:.0f} s this run)")
     cleanup_distributed()
     return sd
 

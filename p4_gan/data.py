@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hw2_utils import CLIError, list_images, open_rgb, progress, to_device
+from hw2_utils import CLIError, derived_seed, list_images, open_rgb, progress, to_device
 from p4_gan.models import IMAGE_SIZE
 
 # The standard CelebA face crop, 140x140 around (89, 121) of the 178x218 aligned image, at the
@@ -95,4 +95,6 @@ def batch(faces: torch.Tensor, indices: torch.Tensor, flips: torch.Tensor) -> to
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of epoch `epoch`, a pure function of (seed, epoch), so a run resumed at
     any step reads exactly the batches an uninterrupted run would have."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return torch.randperm(
+        n, generator=torch.Generator().manual_seed(derived_seed(seed, "order", epoch))
+    )

@@ -35,7 +35,7 @@ PRESET_D_NORM = {"dcgan": "batch", "improved": "spectral"}  # as train.py's PRES
 
 def write_architecture(run_dir: Path, model: str) -> Path:
     """Both networks as PyTorch prints them, with the trained run's sizes when it exists."""
-    generator_file = run_dir / "generator.pt"
+    generator_file = run_dir / "model.pt"
     config = (
         load_generator(generator_file)[0].config
         if generator_file.is_file()
@@ -54,9 +54,9 @@ def write_architecture(run_dir: Path, model: str) -> Path:
 
 
 def chosen_generator(run_dir: Path) -> Path:
-    """generator_best.pt (lowest FID on training faces) when the run measured FID, else generator.pt."""
+    """generator_best.pt (lowest FID on training faces) when the run measured FID, else model.pt."""
     best = run_dir / "generator_best.pt"
-    return best if best.is_file() else run_dir / "generator.pt"
+    return best if best.is_file() else run_dir / "model.pt"
 
 
 def first32(run_dir: Path, device) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hw2_utils import autocast, ema_update, to_device
+from hw2_utils import autocast, derived_seed, ema_update, to_device
 from p4_gan.diffaugment import diff_augment
 from p4_gan.models import Discriminator, GANConfig, Generator
 
@@ -137,7 +137,7 @@ class GANTrainer:
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
         # differs per rank: each draws its own z
-        self.noise = torch.Generator().manual_seed(seed * 1000 + rank)
+        self.noise = torch.Generator().manual_seed(derived_seed(seed, "noise", rank))
         self.g_steps = 0
 
     def sample_z(self, n: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
     python -m p4_gan.infer OUT                                   # p4_gan/checkpoints/p4_gan.pt (shipped)
     python -m p4_gan.infer OUT --checkpoint runs/p4/dcgan/generator_best.pt
 
-The checkpoint is a generator exported by train.py (OUT/generator.pt or generator_best.pt).
+The checkpoint is a generator exported by train.py (OUT/model.pt or generator_best.pt).
 The same checkpoint, --seed, --batch-size and --truncation give the same bytes on every run.
 A checkpoint may carry the truncation its z is sampled with (`python -m bench.p4_gan
 truncation --ship` chooses it on training faces and writes it into the shipped one).

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # shipped: README "P4"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "p4_gan.pt"
 TRAIN_COMMAND = (
-    "python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved, "
+    "python -m p4_gan.train --preset improved --data ../shared/data/celeba10k --out runs/p4/improved, "
     "then pass --checkpoint runs/p4/improved/generator_best.pt"
 )
 FORMAT = "hw2-p4-gan-generator/1"
@@ -81,7 +81,7 @@ def load_generator(
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CLIError(
             f"{path} is not a P4 generator checkpoint (expected format {FORMAT!r}; "
-            "train.py writes OUT/generator.pt, OUT/last.pt is the training state)"
+            "train.py writes OUT/model.pt, OUT/last.pt is the training state)"
         )
     try:
         model = Generator(GANConfig(**state["config"]))

@@ -138,7 +138,7 @@ def _figures(d: Path) -> str:
             parts.append(
                 _missing(
                     "training curves",
-                    f"python -m p4_gan.train --model {model} --out {run} "
+                    f"python -m p4_gan.train --preset {model} --out {run} "
                     f"&& python -m p4_gan.figures {d} --models {model}",
                 )
             )
@@ -201,7 +201,7 @@ def _lessons(d: Path, shipped: Path) -> str:
             f"D(fake) {m['d_fake']:+.2f}; {reading} Train-face FID: {trajectory or 'not logged'}."
         )
     if not lines:
-        return _missing("training logs", "python -m p4_gan.train --model improved ...")
+        return _missing("training logs", "python -m p4_gan.train --preset improved ...")
     lines += [
         "",
         "(A)'s samples swing between evaluations before settling, (B)'s FID falls smoothly; "
@@ -218,13 +218,13 @@ def _lessons(d: Path, shipped: Path) -> str:
 NETWORK_RUNS = {
     "improved_cpu": (
         "DCGAN-shaped (as shipped)",
-        "python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved_cpu "
+        "python -m p4_gan.train --preset improved --data ../shared/data/celeba10k --out runs/p4/improved_cpu "
         "--batch-size 64 --epochs 40 --precision bf16 --fid-every 5 --fid-n 500 --ckpt-every 500 --beta1 0 "
         "--beta2 0.9 --d-steps 2",
     ),
     "resnet32_cpu": (
-        "SNGAN's ResNet (`--arch resnet`, 32 channels)",
-        "python -m p4_gan.train --model improved --arch resnet --g-channels 32 --d-channels 32 --data "
+        "SNGAN's ResNet (`--model resnet`, 32 channels)",
+        "python -m p4_gan.train --preset improved --model resnet --g-channels 32 --d-channels 32 --data "
         "../shared/data/celeba10k --out runs/p4/resnet32_cpu --batch-size 64 --epochs 40 --precision bf16 "
         "--fid-every 5 --fid-n 500 --ckpt-every 500 --beta1 0 --beta2 0.9 --d-steps 2",
     ),

@@ -1,18 +1,20 @@
 """Train a 64x64 face GAN from scratch: (A) DCGAN as in the paper, or (B) the improved GAN
 (hinge loss, spectrally normalised D, EMA generator, DiffAugment); either with the DCGAN
-networks (the default) or, with --arch resnet, SNGAN's residual ones (p4_gan/models.py).
+networks (the default) or, with --model resnet, SNGAN's residual ones (p4_gan/models.py).
 
-    python -m p4_gan.train --model dcgan --data hw2_data/face --out runs/p4/dcgan
-    python -m p4_gan.train --model improved --data ../shared/data/celeba10k --out runs/p4/improved
-    python -m p4_gan.train --model improved --arch resnet --g-channels 32 --d-channels 32 --snapshot-every 10 ...
-    torchrun --nproc_per_node=4 -m p4_gan.train --model improved ...   # --batch-size stays the global batch
+    python -m p4_gan.train --preset dcgan --data hw2_data/face --out runs/p4/dcgan
+    python -m p4_gan.train --preset improved --data ../shared/data/celeba10k --out runs/p4/improved
+    python -m p4_gan.train --preset shipped --data ../shared/data/celeba10k --out runs/p4/shipped
+    python -m p4_gan.train --preset improved --model resnet --g-channels 32 --d-channels 32 --snapshot-every 10 ...
+    torchrun --nproc_per_node=4 -m p4_gan.train --preset improved ...   # --batch-size stays the global batch
 
 DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
-training never reads val. Re-running the same command resumes from OUT/last.pt. Outputs:
-OUT/generator.pt (what infer.py loads: the EMA generator for `improved`, with frozen BN
-statistics), OUT/generator_best.pt (lowest FID so far), OUT/samples/epochNNNN.png (the same
-64 z every epoch), OUT/log.csv (losses, mean D logits), OUT/fid.csv and, with --snapshot-every N,
-OUT/snapshots/generator_epochNNNN.pt (generator.pt as it was every N-th epoch, for choosing a
+training never reads val. Re-running the same command resumes from OUT/last.pt (--max-seconds
+ends a session early). Outputs: OUT/model.pt (what infer.py loads: the EMA generator for
+`improved`, with frozen BN statistics), OUT/generator_best.pt (lowest FID so far),
+OUT/samples/epochNNNN.png (the same 64 z every epoch), OUT/log.csv (losses, mean D logits),
+OUT/result.json (recipe, steps reached, sessions), OUT/fid.csv and, with --snapshot-every N,
+OUT/snapshots/generator_epochNNNN.pt (model.pt as it was every N-th epoch, for choosing a
 generator by FID after a run trained with --fid-every 0). FID is measured
 every --fid-every epochs on --fid-n generated images against the first --fid-ref-n
 *training* faces (statistics cached in OUT/fid_ref.npz), so choosing generator_best.pt
@@ -48,6 +50,7 @@ from hw2_utils import (
     log_main,
     non_negative_float,
     non_negative_int,
+    parse_with_presets,
     positive_float,
     positive_int,
     progress,
@@ -64,14 +67,21 @@ from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
 from p4_gan.models import ARCHS, GANConfig
 from p4_gan.pipeline import generate, save_generator, with_standing_stats
 
-# What distinguishes the two models; --arch/--loss/--d-norm/--diffaug/--ema-decay override one entry.
+# The two models (A: dcgan, B: improved), and the recipe that made the shipped p4_gan.pt; an
+# option on the command line overrides its entry.
 # fmt: off
+IMPROVED = dict(model="dcgan", loss="hinge", d_norm="spectral", diffaug="color,translation,cutout",
+                ema_decay=0.999)
 PRESETS = {
-    "dcgan": dict(arch="dcgan", loss="dcgan", d_norm="batch", diffaug="none", ema_decay=0.0),
+    "dcgan": dict(model="dcgan", loss="dcgan", d_norm="batch", diffaug="none", ema_decay=0.0),
     # Hinge + spectral norm (SNGAN) keeps D Lipschitz without a costly penalty; DiffAugment stops
     # D memorising 38k faces; EMA averages away G's step-to-step oscillation (~1k-step horizon).
-    "improved": dict(arch="dcgan", loss="hinge", d_norm="spectral", diffaug="color,translation,cutout",
-                     ema_decay=0.999),
+    "improved": IMPROVED,
+    # B as the GPU run of 2026-12-04 trained it (p4_gan/checkpoints/README.md): WGAN-GP's Adam betas
+    # and 2 D steps per G step at batch 64; the shipped file is its epoch-90 generator (a constant
+    # learning rate: stopping there is --epochs 90), in fp16, on --data celeba10k
+    "shipped": dict(IMPROVED, batch_size=64, d_steps=2, beta1=0.0, beta2=0.9, epochs=90,
+                    precision="bf16", fid_every=0, sample_every=10, snapshot_every=10),
 }
 # fmt: on
 # fmt: off
@@ -99,11 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", choices=sorted(PRESETS), required=True)
     add_common_args(
         p,
         data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),
-        out=(None, "run folder (default runs/p4/MODEL)"),
+        out=(None, "run folder (default runs/p4/PRESET)"),
+        presets=PRESETS,
         ckpt_every=1000,
     )
     for name, value in DEFAULTS.items():
@@ -111,10 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
         )
     p.add_argument(
-        "--arch",
+        "--model",
         choices=ARCHS,
-        help="override the preset's networks (both presets use dcgan). resnet: "
-        "SNGAN's residual G and D, with --d-norm spectral or none (as --model improved has); ~12 M "
+        help="override the preset's networks (every preset uses dcgan). resnet: "
+        "SNGAN's residual G and D, with --d-norm spectral or none (as --preset improved has); ~12 M "
         "parameters in G and 10 M in D at the default channels, ~3.4 M and 2.5 M with "
         "--g-channels 32 --d-channels 32",
     )
@@ -164,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--snapshot-every",
         type=non_negative_int,
         default=0,
-        help="epochs between exports of the generator, as generator.pt is exported, to "
+        help="epochs between exports of the generator, as model.pt is exported, to "
         "OUT/snapshots/generator_epochNNNN.pt (default 0: none)",
     )
     p.add_argument(
@@ -180,11 +190,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--fid-weights",
         help=f"FID Inception weights (default {DEFAULT_WEIGHTS.name}, see evaluation/fid.py)",
     )
-    args = p.parse_args(argv)
-    for key, value in PRESETS[args.model].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.out = Path(args.out or f"runs/p4/{args.model}")
+    args = parse_with_presets(p, argv, PRESETS)
+    if args.preset is None:
+        p.error("--preset is required: dcgan (model A), improved (model B) or shipped")
+    args.out = Path(args.out or f"runs/p4/{args.preset}")
     if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
         p.error(
             f"--fid-n and --fid-ref-n must be at least 2 (FID needs a covariance), got {args.fid_n}, {args.fid_ref_n}"
@@ -198,7 +207,7 @@ def build_trainer(args, device, dtype, rank) -> GANTrainer:
             g_channels=args.g_channels,
             d_channels=args.d_channels,
             d_norm=args.d_norm,
-            arch=args.arch,
+            arch=args.model,
         )
         recipe = Recipe(
             loss=args.loss,
@@ -242,7 +251,7 @@ def measure_fid(
 def export(path: Path, generator, args, step: int, epoch: int, command: str) -> None:
     with atomic_path(path) as tmp:
         save_generator(
-            tmp, generator, {"model": args.model, "step": step, "epoch": epoch, "recipe": command}
+            tmp, generator, {"preset": args.preset, "step": step, "epoch": epoch, "recipe": command}
         )
 
 
@@ -279,7 +288,7 @@ class EpochOutputs:
     """What a run writes at the end of an epoch, each on its own schedule: a sample grid
     (--sample-every), a generator snapshot (--snapshot-every), FID against the training faces
     (--fid-every; the best so far becomes generator_best.pt) and the checkpoint with
-    generator.pt (--ckpt-every). Every one is the exported generator with standing BN
+    model.pt (--ckpt-every, or --max-seconds). Every one is the exported generator with standing BN
     statistics: what run.sh would sample from at that step."""
 
     def __init__(
@@ -353,7 +362,7 @@ class EpochOutputs:
                 trainer=trainer,
             )
             if main:
-                export(self.run.out / "generator.pt", frozen, args, step, epoch, self.command)
+                export(self.run.model, frozen, args, step, epoch, self.command)
         return best_fid
 
 
@@ -384,7 +393,7 @@ def main(argv=None) -> None:
     total_steps = args.epochs * steps_per_epoch
     # What a resumed run must share with the one that wrote last.pt (not its length: --epochs may grow).
     identity = {
-        "model": args.model,
+        "preset": args.preset,
         "config": trainer.config.to_dict(),
         "recipe": repr(trainer.recipe),
         "data": str(source.resolve()),
@@ -396,22 +405,22 @@ def main(argv=None) -> None:
         if state
         else (0, float("inf"), 0.0)
     )
-    log = run.start(step, LOG_FIELDS, command, device)
+    log = run.start(step, total_steps, LOG_FIELDS, command, device)
     outputs = EpochOutputs(
         run, args, extractor, ref_stats, steps_per_epoch, total_steps, command, device, info
     )
     n_g, n_d = (sum(p.numel() for p in net.parameters()) for net in (trainer.G, trainer.D))
     log_main(
-        f"{args.model} ({args.arch}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
+        f"{args.preset} ({args.model}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
         f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), "
         f"{trainer.recipe}" + (f"; resumed at step {step}" if state else "")
     )
 
     means = RunningMeans()
-    bar = progress(total=total_steps, initial=step, desc=f"train {args.model}")
+    bar = progress(total=total_steps, initial=step, desc=f"train {args.preset}")
     start = time.time() - seconds  # seconds count training time across resumes
     order, order_epoch = None, -1
-    while step < total_steps:
+    while step < total_steps and not run.stopping:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(faces), args.seed, epoch), epoch
@@ -435,9 +444,9 @@ def main(argv=None) -> None:
             bar.set_postfix({k: f"{v:.3f}" for k, v in logged.items()})
         best_fid = outputs.write(step, trainer, best_fid, start)
     bar.close()
-    run.close()
+    run.finish(step, {"best_fid": best_fid} if best_fid < float("inf") else {})
     log_main(
-        f"done: {run.out / 'generator.pt'} (step {step}, {time.time() - start:.0f} s of training)"
+        f"done: {run.model} (step {step} of {total_steps}, {time.time() - start:.0f} s of training)"
     )
     cleanup_distributed()
 

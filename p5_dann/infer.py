@@ -1,7 +1,7 @@
 """Predict digits for every image in a folder: IMG_DIR -> OUT_CSV with `image_name,label`.
 
 python -m p5_dann.infer IMG_DIR OUT_CSV                 # target read from the path (usps / svhn); = bash p5_dann/run.sh
-python -m p5_dann.infer IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/best.pt
+python -m p5_dann.infer IMG_DIR OUT_CSV --target usps --checkpoint runs/p5/usps_dann/model.pt
 """
 
 from __future__ import annotations

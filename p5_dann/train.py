@@ -1,19 +1,21 @@
 r"""Train DANN, or its lower / upper bounds, for one source -> target scenario.
 
     python -m p5_dann.train --mode dann --source mnistm --target usps --data hw2_data/digits
-    python -m p5_dann.train --mode dann --source mnistm=../shared/data/mnistm_full/digits/mnistm \
-        --target usps --data ../shared/data/hw2_data/digits --consistency-weight 1    # the shipped row
+    python -m p5_dann.train --preset shipped --source mnistm=../shared/data/mnistm_full/digits/mnistm \
+        --target usps --data ../shared/data/hw2_data/digits --out runs/p5/shipped    # the shipped row
     python -m p5_dann.train --mode source_only ...    # lower bound: source labels only
     python -m p5_dann.train --mode target_only ...    # upper bound: target labels (not allowed for DANN)
     torchrun --nproc_per_node=N -m p5_dann.train ...  # DDP
 
 DANN sees source images + labels and target *images only*; no target label is read, not even
 target val's: after every epoch the run scores itself by unsupervised criteria (p5_dann/
-selection.py: SND, DEV, source val accuracy), writes OUT/epoch_NN.pt and keeps as OUT/best.pt
+selection.py: SND, DEV, source val accuracy), writes OUT/epoch_NN.pt and exports as OUT/model.pt
 the epoch that --select ranks first (default SND). `target_only`, the upper bound, trains on
 90% of the target train images and selects on the held-out 10%. bench/p5_dann.py reads target
-val once per run, at the end. Re-running the same command resumes from OUT/last.pt. --source and
---target are a folder name under --data or NAME=PATH.
+val once per run, at the end. Re-running the same command resumes from OUT/last.pt; a session
+ends at an epoch's end, so --ckpt-every (steps) and --max-seconds act at the first epoch end due.
+OUT/result.json holds the recipe, the steps reached and the selection. --source and --target
+are a folder name under --data or NAME=PATH.
 
 --consistency-weight > 0 adds FixMatch's loss (Sohn et al. 2020) on the target images, a
 self-training that uses no target label: the model's prediction on a weakly augmented view
@@ -42,12 +44,14 @@ from hw2_utils import (
     atomic_path,
     cleanup_distributed,
     command_line,
+    derived_seed,
     dist_info,
     fraction_below_one,
     init_distributed,
     log_main,
     make_train_sampler,
     non_negative_float,
+    parse_with_presets,
     positive_float,
     positive_int,
     probability,
@@ -87,6 +91,9 @@ TYPES = dict(
     pseudo_threshold=probability,
     dropout=fraction_below_one,
 )
+# The shipped mnistm_usps_dann.pt: bench/p5_dann.py's dann_entropy row (target entropy 0.1 beside
+# DANN), the one SND chose (p5_dann/checkpoints/README.md); train it on the whole MNIST-M.
+PRESETS = {"shipped": dict(mode="dann", entropy_weight=0.1)}
 HOLDOUT = 0.1  # target_only: the fraction of target train images held out to choose its epoch
 HOLDOUT_SEED = 0  # one split for every run, whatever --seed
 # side of the square the strong view erases (FixMatch's cutout covers up to half the image side)
@@ -167,6 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "folder holding one sub-folder per digit domain (the course layout)",
         ),
         out=(None, "run folder (default runs/p5/<target>_<mode>)"),
+        presets=PRESETS,
         precision=None,
         ckpt_every=1,
     )
@@ -178,10 +186,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--select",
         choices=list(CRITERIA),
-        help="the criterion that picks OUT/best.pt: snd (default), dev (lower is better) or source_val_acc "
+        help="the criterion that picks OUT/model.pt: snd (default), dev (lower is better) or source_val_acc "
         "(target_only always uses its held-out accuracy)",
     )
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
@@ -221,6 +229,7 @@ def accuracy(
 
 
 LOG_FIELDS = [
+    "step",
     "epoch",
     "lambda",
     "lr",
@@ -312,7 +321,7 @@ def train_epoch(
     train_model.train()
     # per-epoch seeds: a resumed run shuffles as an unbroken one
     for index, data in enumerate(loaders):
-        data.generator.manual_seed(args.seed + index + 1000 * epoch)
+        data.generator.manual_seed(derived_seed(args.seed, "order", index, epoch))
         if hasattr(data.sampler, "set_epoch"):
             data.sampler.set_epoch(epoch)
     target_batches = (
@@ -344,7 +353,7 @@ def export_epoch(
     history: list[dict],
     select: str,
 ) -> None:
-    """epoch_NN.pt every epoch; final.pt, and best.pt when --select prefers this epoch."""
+    """epoch_NN.pt every epoch, and model.pt when --select prefers this epoch."""
     export = {
         "state_dict": model.state_dict(),
         "mode": args.mode,
@@ -356,8 +365,7 @@ def export_epoch(
     }
     for name in (
         f"epoch_{epoch:02d}.pt",
-        "final.pt",
-        *(("best.pt",) if best_epoch(history, select)["epoch"] == epoch else ()),
+        *(("model.pt",) if best_epoch(history, select)["epoch"] == epoch else ()),
     ):
         with atomic_path(out / name) as tmp:
             torch.save(export, tmp)
@@ -391,9 +399,13 @@ def main(argv=None) -> dict:
     (x_train, y_train), (x_val, y_val), x_tgt, x_src_sample = training_images(
         args.mode, source_dir, target_dir
     )
-    loaders = [loader(x_train, y_train, batch_size=args.batch_size, seed=args.seed)]
+    loaders = [
+        loader(x_train, y_train, batch_size=args.batch_size, seed=derived_seed(args.seed, "source"))
+    ]
     if args.mode == "dann":
-        loaders.append(loader(x_tgt, batch_size=args.batch_size, seed=args.seed + 1))
+        loaders.append(
+            loader(x_tgt, batch_size=args.batch_size, seed=derived_seed(args.seed, "target"))
+        )
     if any(len(batches) == 0 for batches in loaders):  # drop_last leaves no batch to train on
         raise CLIError(
             f"{min(len(x_train), len(x_tgt) if args.mode == 'dann' else len(x_train))} training images: "
@@ -401,7 +413,7 @@ def main(argv=None) -> dict:
         )
     model = DANN(dropout=args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    aug_gen = torch.Generator().manual_seed(args.seed * 1000 + info.rank)
+    aug_gen = torch.Generator().manual_seed(derived_seed(args.seed, "augment", info.rank))
     # What a resumed run must share with the one that wrote last.pt. Its length is checked below,
     # against the steps the lr and lambda schedules were computed for.
     identity = {
@@ -421,16 +433,17 @@ def main(argv=None) -> dict:
         check_schedule_length(run.out, state, total_steps, steps_per_epoch)
         epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
         torch.set_rng_state(state["rng"])
-    log = run.start(epoch, LOG_FIELDS, command_line("p5_dann.train", argv), device)
+    step = epoch * steps_per_epoch
+    log = run.start(step, total_steps, LOG_FIELDS, command_line("p5_dann.train", argv), device)
     # Only DANN puts the domain head into the loss.
     train_model = DDP(model, find_unused_parameters=args.mode != "dann") if info.enabled else model
     start = time.time() - elapsed  # seconds count training time across resumes
 
-    while epoch < args.epochs:
+    while epoch < args.epochs and not run.stopping:
         sums, lambda_ = train_epoch(
             train_model, opt, loaders, epoch, total_steps, args, aug_gen, device
         )
-        epoch += 1
+        epoch, step = epoch + 1, step + steps_per_epoch
         scores = (
             {"source_val_acc": accuracy(unwrap(model), x_val, y_val, device)}
             if args.mode == "target_only"
@@ -441,6 +454,7 @@ def main(argv=None) -> dict:
         if log:
             log.writerow(
                 [
+                    step,
                     epoch,
                     f"{lambda_:.3f}",
                     f"{opt.param_groups[0]['lr']:.6f}",
@@ -456,7 +470,7 @@ def main(argv=None) -> dict:
             export_epoch(
                 run.out, unwrap(model), args, source, target, epoch, scores, history, select
             )
-        if run.checkpoint_due(epoch, args.epochs):
+        if run.checkpoint_due(step, total_steps, since=step - steps_per_epoch):
             run.save(
                 {
                     "epoch": epoch,
@@ -469,17 +483,18 @@ def main(argv=None) -> dict:
                 optimizer=opt,
                 generator=aug_gen,
             )
-    run.close()
     best = best_epoch(history, select)
-    log_main(f"done: {select} chose epoch {best['epoch']} of {epoch}")
-    cleanup_distributed()
-    return {
+    result = {
         "select": select,
         "selected": best,
         "history": history,
         "final": history[-1],
         "seconds": round(time.time() - start, 1),
     }
+    run.finish(step, result)
+    log_main(f"done: {select} chose epoch {best['epoch']} of {epoch}")
+    cleanup_distributed()
+    return result
 
 
 if __name__ == "__main__":

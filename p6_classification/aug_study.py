@@ -107,11 +107,15 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
 
 
 def finished(run_dir: Path, run_argv: list[str]) -> dict | None:
-    """The result.json of a run that reached its last epoch with exactly these arguments (as
-    --jobs leaves them), else None: the study reads it instead of resuming the run to score it."""
-    with contextlib.suppress(OSError, ValueError):
-        result = json.loads((run_dir / "result.json").read_text())
-        if result.get("command") == command_line("p6_classification.train", run_argv):
+    """The metrics in result.json of a run that reached its last epoch with exactly these
+    arguments (as --jobs leaves them), else None: the study reads them instead of resuming the
+    run to score it."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        record = json.loads((run_dir / "result.json").read_text())
+        result = record["metrics"]
+        if record["finished"] and result.get("command") == command_line(
+            "p6_classification.train", run_argv
+        ):
             return result
     return None
 
@@ -146,7 +150,7 @@ def train_in_parallel(runs: dict[str, list[str]], jobs: int, log_dir: Path) -> N
 
 
 def main(argv=None) -> dict:
-    # No abbreviations: an unknown option goes to train.py, so --preset must not pass for --presets.
+    # No abbreviations: an unknown option goes to train.py, so --pre must not pass for --presets.
     p = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -180,8 +184,8 @@ def main(argv=None) -> dict:
     unknown = sorted(set(args.presets) - set(PRESETS))
     if unknown:
         raise CLIError(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    if any(arg == "--preset" or arg.startswith("--preset=") for arg in extra):
-        raise CLIError("--preset is set per run by the study (choose runs with --presets)")
+    if any(arg == "--aug" or arg.startswith("--aug=") for arg in extra):
+        raise CLIError("train.py's --aug is set per run by the study (choose runs with --presets)")
     if len({args.seed, *args.spread_seeds}) != 1 + len(args.spread_seeds):
         raise CLIError(
             f"--spread-seeds must differ from each other and from --seed {args.seed}: "
@@ -197,7 +201,7 @@ def main(argv=None) -> dict:
             args.data,
             "--epochs",
             str(args.epochs),
-            "--preset",
+            "--aug",
             preset,
             "--seed",
             str(args.seed),
@@ -214,7 +218,7 @@ def main(argv=None) -> dict:
                 args.data,
                 "--epochs",
                 str(args.epochs),
-                "--preset",
+                "--aug",
                 args.spread_preset,
                 *extra,
                 "--seed",

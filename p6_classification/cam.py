@@ -2,8 +2,8 @@
 anything (deletion and insertion curves).
 
     python -m p6_classification.cam                                   # the shipped model, the official-pixel test slice
-    python -m p6_classification.cam --checkpoint runs/p6/resnet18/final.pt --data DATA --out outputs/p6/cam
-    python -m p6_classification.cam --checkpoint runs/p6/vit/final.pt --data DATA --out outputs/p6/cam
+    python -m p6_classification.cam --checkpoint runs/p6/resnet18/model.pt --data DATA --out outputs/p6/cam
+    python -m p6_classification.cam --checkpoint runs/p6/vit/model.pt --data DATA --out outputs/p6/cam
     python -m p6_classification.cam --correct 5 --wrong 5 --deletion 500 --out outputs/p6/cam   # the report's (~10 min)
 
 ResNet-18: CAM (Zhou et al. 2016, ours: the predicted class's FC weights times the last conv
@@ -306,7 +306,7 @@ def main(argv=None) -> Path:
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED),
-        help="final.pt of train.py or vit_finetune.py (default: the shipped ResNet-18)",
+        help="model.pt of train.py or vit_finetune.py (default: the shipped ResNet-18)",
     )
     p.add_argument(
         "--data",

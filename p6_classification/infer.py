@@ -3,7 +3,7 @@
     python -m p6_classification.infer IMG_DIR OUT_CSV                        # the shipped ResNet-18
     python -m p6_classification.infer IMG_DIR OUT_CSV --labels IMG_DIR/labels.csv
     python -m p6_classification.infer ../shared/data/cifar10_full OUT_CSV   # the CIFAR-10 test set
-    python -m p6_classification.infer IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/final.pt
+    python -m p6_classification.infer IMG_DIR OUT_CSV --checkpoint runs/p6/resnet18/model.pt
 
 INPUT is a folder of images (any size; resized to 32x32), or CIFAR-10 itself (any source
 hw2_utils.load_cifar10 reads), whose test images are named 00000.png, 00001.png, ... by index.
@@ -42,7 +42,7 @@ SHIPPED = CHECKPOINTS / "resnet18_cifar10.pt"
 # What bench/p6_classification.py --ship puts in CHECKPOINTS (bench work-folder path -> name
 # there): the model, and the records beside it that a fresh clone's report shows.
 SHIPPED_RECORDS = {
-    "resnet18/final.pt": SHIPPED.name,
+    "resnet18/model.pt": SHIPPED.name,
     "bench.json": "p6_bench.json",
     "resnet18/log.csv": "resnet18_train_log.csv",
     "resnet18/curves.png": "resnet18_curves.png",
@@ -59,15 +59,15 @@ TTA = ("none", "flip")
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A train.py `final.pt` -> (model in eval mode, its metadata)."""
+    """A train.py `model.pt` -> (model in eval mode, its metadata)."""
     path = Path(path)
     if not path.is_file():
         how = (
-            "the shipped model comes with the repository; remake it with `python -m bench.p6_classification "
-            "--parts full --ship`"
+            "the shipped model comes with the repository; remake it with `python -m "
+            "p6_classification.train --preset shipped --data ../shared/data/cifar10_full --out DIR`"
             if path == SHIPPED
             else "train one: `python -m p6_classification.train "
-            "--data ../shared/data/cifar10_full --out DIR`, then use DIR/final.pt"
+            "--data ../shared/data/cifar10_full --out DIR`, then use DIR/model.pt"
         )
         raise CLIError(f"checkpoint not found: {path} ({how})")
     try:
@@ -77,7 +77,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     except CLIError:
         raise
     except Exception as e:  # any unreadable or foreign file is a user error here
-        raise CLIError(f"{path} is not a P6 final.pt ({type(e).__name__}: {e})") from None
+        raise CLIError(f"{path} is not a P6 model.pt ({type(e).__name__}: {e})") from None
     if meta.get("tta", "none") not in TTA:
         raise CLIError(f"{path} carries an unknown test-time augmentation {meta['tta']!r}")
     return model.to(device).eval(), meta
@@ -146,7 +146,7 @@ def main(argv=None) -> float | None:
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED),
-        help="final.pt written by train.py / vit_finetune.py (default: the shipped ResNet-18)",
+        help="model.pt written by train.py / vit_finetune.py (default: the shipped ResNet-18)",
     )
     p.add_argument("--labels", help="for an image folder: CSV image_name,label to score against")
     p.add_argument(

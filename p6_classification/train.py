@@ -2,7 +2,7 @@
 of 50,000) are held out for validation and every choice is made on them; the test set is
 evaluated once, after the last epoch, and that final-epoch accuracy is what we report.
 
-    python -m p6_classification.train --data ../shared/data/cifar10_full      # the shipped recipe (DEFAULTS)
+    python -m p6_classification.train --preset shipped --data ../shared/data/cifar10_full --out RUN  # the shipped model
     python -m p6_classification.train --data data/cifar10 --download          # official CIFAR-10, torchvision layout
     python -m p6_classification.train --data DATA --stem imagenet            # torchvision's stock stem
     python -m p6_classification.train --data ../shared/data/cifar10/cifar10_slice.npz --width 16 --epochs 15
@@ -13,9 +13,13 @@ evaluated once, after the last epoch, and that final-epoch accuracy is what we r
 JPEG copy (a folder with train.npz/test.npz) or the shared .npz slice (hw2_utils.load_cifar10).
 --also-test scores a second test set once at the end (the slice's 1,017 official-pixel images
 beside the JPEG copy's 10,000).
-OUT gets log.csv, last.pt (re-running the same command resumes from it), final.pt (the
-exported model in fp16, for infer.py and cam.py), result.json (val and test accuracy, wall time,
-command, hardware) and curves.png (training loss, validation accuracy and learning rate per epoch).
+OUT gets log.csv (a row per epoch, first column the step), last.pt (re-running the same command
+resumes from it; a session ends at an epoch's end, so --ckpt-every (steps) and --max-seconds act
+at the first epoch end due), model.pt (the exported model in fp16, for infer.py and cam.py),
+result.json (the recipe, steps reached, sessions; at the end val and test accuracy, wall time)
+and curves.png (training loss, validation accuracy and learning rate per epoch). The warmup is
+capped at a quarter of the run (MAX_WARMUP_FRACTION), with a warning: a short smoke run would
+otherwise end before its learning rate reached the peak.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -41,12 +45,14 @@ from hw2_utils import (
     autocast,
     cleanup_distributed,
     command_line,
+    derived_seed,
     describe_hardware,
     init_distributed,
     log_main,
     make_train_sampler,
     non_negative_float,
     non_negative_int,
+    parse_with_presets,
     positive_int,
     progress,
     pyplot,
@@ -57,8 +63,9 @@ from hw2_utils import (
     seed_everything,
     to_device,
     unwrap,
+    warmup_cosine_lr,
 )
-from p6_classification.augment import PRESETS, build_preset
+from p6_classification import augment
 from p6_classification.data import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -70,9 +77,9 @@ from p6_classification.data import (
 )
 from p6_classification.models import VIT_NAME, build_model, input_normalization
 
-# Per model. resnet18's is the recipe of the shipped model, a GPU recipe (one H200: bench/gpu_session.py;
-# on 2 CPU threads an epoch takes minutes (README "P6"), so pass a smaller --epochs there). Long schedules
-# are where stronger augmentation pays off (the study); cutout is the cheapest that does.
+# Per model. resnet18's is the recipe of the shipped model (PRESETS["shipped"]), a GPU recipe (one
+# H200; on 2 CPU threads an epoch takes minutes (README "P6"), so pass a smaller --epochs there).
+# Long schedules are where stronger augmentation pays off (the study); cutout is the cheapest that does.
 # fmt: off
 DEFAULTS = {
     "resnet18": dict(
@@ -81,7 +88,7 @@ DEFAULTS = {
         lr=0.4,               # 0.1 per 128 images, scaled linearly
         weight_decay=5e-4,    # the standard CIFAR value; lower overfits the 45k training images
         warmup_epochs=3.0,    # linear warmup (the large batch's lr needs it), then cosine to zero
-        preset="cutout",
+        aug="cutout",
     ),
     "vit": dict(
         epochs=10,            # a pretrained ViT-B/16 converges on CIFAR-10 within a few epochs
@@ -89,14 +96,18 @@ DEFAULTS = {
         lr=0.01,              # SGD fine-tuning rate of the ViT paper's transfer recipe
         weight_decay=0.0,     # ditto: no weight decay when fine-tuning
         warmup_epochs=0.5,
-        preset="flip_crop",
+        aug="flip_crop",
     ),
 }
 # fmt: on
+# The shipped resnet18_cifar10.pt: resnet18's recipe above (width 64, CIFAR stem, bf16 autocast,
+# channels_last: the defaults) on the whole CIFAR-10 JPEG copy (p6_classification/checkpoints/README.md).
+PRESETS = {"shipped": dict(model="resnet18", **DEFAULTS["resnet18"])}
 MOMENTUM = 0.9  # Nesterov
+MAX_WARMUP_FRACTION = 0.25  # of the run's steps
 # The recipe a resumed run must share with the run that wrote last.pt (the epochs too: they
 # shape the learning-rate schedule).
-RECIPE = ("preset", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")
+RECIPE = ("aug", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,6 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "CIFAR-10: torchvision's layout, the whole-CIFAR-10 JPEG copy folder or the .npz slice",
         ),
         out=(None, "run folder (default runs/p6/<model>)"),
+        presets=PRESETS,
         precision="auto",
         ckpt_every=1,
         image_size=(224, "vit: input size; CIFAR images are upsampled to it"),
@@ -178,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=non_negative_int,
         help="DataLoader workers (default 4 on CUDA, 0 on the CPU)",
     )
-    args = p.parse_args(argv)
+    args = parse_with_presets(p, argv, PRESETS)
     for name, value in DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -186,8 +198,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # channels corrupts the heap (ResNet's first downsample at width < 8); nothing that narrow is useful.
     if args.width < 8:
         p.error("--width must be at least 8")
-    if args.preset not in PRESETS:
-        p.error(f"--preset must be one of {', '.join(PRESETS)}")
+    if args.aug not in augment.PRESETS:
+        p.error(f"--aug must be one of {', '.join(augment.PRESETS)}")
     return args
 
 
@@ -214,11 +226,19 @@ def random_subset(
     return images[keep], labels[keep]
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def warmup_steps(args, steps_per_epoch: int) -> int:
+    """--warmup-epochs in steps, at most MAX_WARMUP_FRACTION of the run (one warning line when
+    that cuts it: e.g. 3 warmup epochs of a 2-epoch smoke run would never reach the peak lr)."""
+    total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
+    cap = int(MAX_WARMUP_FRACTION * total)
+    if warmup > cap:
+        log_main(
+            f"warning: --warmup-epochs {args.warmup_epochs:g} is more than "
+            f"{MAX_WARMUP_FRACTION:.0%} of {args.epochs} epochs: warming up over {cap} of "
+            f"{total} steps",
+            file=sys.stderr,
+        )
+    return min(warmup, cap)
 
 
 @torch.no_grad()
@@ -235,7 +255,7 @@ def evaluate(model, images, labels, transform, device, dtype, channels_last: boo
     return correct.item() / len(labels)
 
 
-LOG_FIELDS = ["epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "hardware"]
+LOG_FIELDS = ["step", "epoch", "lr", "train_loss", "val_acc", "seconds", "precision", "hardware"]
 
 
 def plot_curves(run_dir: Path) -> Path:
@@ -288,6 +308,7 @@ def train_epoch(
     train_model,
     batches,
     steps: int,
+    warmup: int,
     preset,
     opt,
     epoch: int,
@@ -299,7 +320,6 @@ def train_epoch(
     """One epoch of SGD with the warmup + cosine learning rate; returns the mean training loss.
     The loss is summed on the device: reading it every step would stall the GPU's queue."""
     train_model.train()
-    total, warmup = args.epochs * steps, round(args.warmup_epochs * steps)
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(
         progress(batches, total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
@@ -309,7 +329,7 @@ def train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         for group in opt.param_groups:
-            group["lr"] = lr_at(epoch * steps + i, total, warmup, args.lr)
+            group["lr"] = warmup_cosine_lr(epoch * steps + i, args.epochs * steps, warmup, args.lr)
         with autocast(device, dtype):
             logits = train_model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
@@ -421,10 +441,10 @@ class EpochBatches:
         return self.steps
 
     def epoch(self, epoch: int):
-        seed_everything(self.seed * 1000 + epoch, self.info.rank)
+        seed_everything(derived_seed(self.seed, "global", epoch) % 2**31, self.info.rank)
         # It also seeds the DataLoader workers' augmentation draws: each rank its own (the
         # shuffle itself comes from the DistributedSampler under DDP, not from this generator).
-        self.generator.manual_seed(self.seed * 1000 + epoch + 7919 * self.info.rank)
+        self.generator.manual_seed(derived_seed(self.seed, "augment", epoch, self.info.rank))
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         if self.loader is not None:
@@ -432,7 +452,7 @@ class EpochBatches:
         # One order for all ranks, so that their shares of a batch are disjoint.
         order = torch.randperm(
             len(self.on_device[1]),
-            generator=torch.Generator().manual_seed(self.seed * 1000 + epoch),
+            generator=torch.Generator().manual_seed(derived_seed(self.seed, "order", epoch)),
         )
         return device_batches(
             *self.on_device,
@@ -448,10 +468,10 @@ class EpochBatches:
 def export(
     out: Path, model, arch, mean, std, args, epoch: int, val_acc: float, command: str
 ) -> None:
-    """final.pt in fp16: half the size (ResNet-18: 22 MB, small enough to ship);
+    """model.pt in fp16: half the size (ResNet-18: 22 MB, small enough to ship);
     bench/p6_classification.py --parts full measures the exported file's test accuracy against
     the in-training one."""
-    with atomic_path(out / "final.pt") as tmp:
+    with atomic_path(out / "model.pt") as tmp:
         half = {
             k: (v.half() if v.is_floating_point() else v).cpu()
             for k, v in model.state_dict().items()
@@ -463,7 +483,7 @@ def export(
                 "mean": mean,
                 "std": std,
                 "classes": CLASSES,
-                "preset": args.preset,
+                "preset": args.aug,  # the file's name for its augmentation (infer's eval transform)
                 "epochs": epoch,
                 "val_acc": val_acc,
                 "command": command,
@@ -501,7 +521,7 @@ def main(argv=None) -> dict:
 
     data = load_splits(args, info, device)
     model, arch, (mean, std) = build_classifier(args, device, channels_last)
-    preset = build_preset(args.preset, mean, std, len(CLASSES))
+    preset = augment.build_preset(args.aug, mean, std, len(CLASSES))
     batches = EpochBatches(*data.train, preset, args, device, info)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
@@ -514,21 +534,24 @@ def main(argv=None) -> dict:
     epoch, seconds, val_acc = (
         (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
     )
-    log = run.start(epoch, LOG_FIELDS, command, device)
+    steps, warmup = len(batches), warmup_steps(args, len(batches))
+    step, total = epoch * steps, args.epochs * steps
+    log = run.start(step, total, LOG_FIELDS, command, device)
     train_model = DDP(model) if info.enabled else model
     log_main(
-        f"{arch} ({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters), preset {args.preset}; "
+        f"{arch} ({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters), augmentation {args.aug}; "
         f"{len(data.train[1])} train / {len(data.val[1])} val / {len(data.test[1])} test images from "
         f"{data.source}; {device} {dtype}" + (f"; resumed after epoch {epoch}" if state else "")
     )
 
-    while epoch < args.epochs:
+    while epoch < args.epochs and not run.stopping:
         epoch_batches = batches.epoch(epoch)
         start = time.perf_counter()
         train_loss = train_epoch(
             train_model,
             epoch_batches,
-            len(batches),
+            steps,
+            warmup,
             preset,
             opt,
             epoch,
@@ -537,13 +560,14 @@ def main(argv=None) -> dict:
             dtype,
             channels_last,
         )
-        epoch += 1
+        epoch, step = epoch + 1, step + steps
         seconds += time.perf_counter() - start
         val_acc = evaluate(unwrap(model), *data.val, preset.eval, device, dtype, channels_last)
         log_main(f"epoch {epoch}: train loss {train_loss:.4f}, val acc {val_acc:.4f}")
         if log:
             log.writerow(
                 [
+                    step,
                     epoch,
                     f"{opt.param_groups[0]['lr']:.5f}",
                     f"{train_loss:.4f}",
@@ -553,13 +577,17 @@ def main(argv=None) -> dict:
                     describe_hardware(device),
                 ]
             )
-        if run.checkpoint_due(epoch, args.epochs):
+        if run.checkpoint_due(step, total, since=step - steps):
             run.save(
                 {"epoch": epoch, "seconds": seconds, "val_acc": val_acc},
                 model=unwrap(model),
                 optimizer=opt,
             )
-    run.close()
+    if epoch < args.epochs:  # --max-seconds ended this session: the test set waits for the end
+        if info.is_main:
+            export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
+        cleanup_distributed()
+        return run.finish(step, {"val_acc": val_acc})
 
     test_acc, also = score_test_sets(unwrap(model), data, preset, device, dtype, channels_last)
     result = {
@@ -567,7 +595,7 @@ def main(argv=None) -> dict:
         "hardware": describe_hardware(device),
         "world_size": info.world_size,
         "arch": arch,
-        "preset": args.preset,
+        "preset": args.aug,  # the records' name for the augmentation
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         # every RECIPE value as resolved: what bench.p6_classification compares with DEFAULTS
@@ -585,9 +613,8 @@ def main(argv=None) -> dict:
     }
     if info.is_main:
         export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
-        with atomic_path(run.out / "result.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
         plot_curves(run.out)
+    run.finish(step, result)
     also_line = f", test acc {also['test_acc']:.4f} on {also['data']}" if also else ""
     log_main(
         f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training"

@@ -1,9 +1,9 @@
 """Classify images into the CIFAR-10 classes with a linear probe (train.py) or zero-shot: OUT_CSV gets
 `image_name,label` (label = class index 0..9, in CIFAR-10's order), written atomically.
 
-    python -m p7_clip.infer --probe outputs/p7/probe/ViT-B-32/probe.pt --images IMG_DIR --out pred.csv
+    python -m p7_clip.infer --probe outputs/p7/probe/ViT-B-32/model.pt --images IMG_DIR --out pred.csv
     python -m p7_clip.infer --zeroshot --clip ViT-B-32=weights/ViT-B-32-openai --data cifar-10-batches-py --out pred.csv
-    python -m p7_clip.infer --probe probe.pt --images IMG_DIR --labels labels.csv --out pred.csv  # + accuracy
+    python -m p7_clip.infer --probe model.pt --images IMG_DIR --labels labels.csv --out pred.csv  # + accuracy
 
 --images takes every image directly inside a folder (sorted by name); --data the test set of
 cifar-10-batches-py/ or an .npz (rows named cifar_test_00000, ...), whose labels give the
@@ -23,7 +23,6 @@ import numpy as np
 from hw2_utils import (
     CIFAR10_CLASSES,
     CLIError,
-    add_option,
     atomic_path,
     list_images,
     load_cifar10,
@@ -43,16 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--probe", metavar="PROBE_PT", help="a probe.pt written by p7_clip/train.py")
+    how.add_argument("--probe", metavar="PROBE_PT", help="a model.pt written by p7_clip/train.py")
     how.add_argument(
         "--zeroshot", action="store_true", help="zero-shot with --clip and the --design prompts"
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", metavar="DIR", help="folder of images to classify")
-    add_option(
-        what,
-        "data",
-        aliases=("--cifar",),
+    what.add_argument(
+        "--data",
         help="CIFAR-10 (cifar-10-batches-py/ folder or .npz): classify its test set",
     )
     p.add_argument("--out", required=True, metavar="OUT_CSV", help="predictions, image_name,label")

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 from hw2_utils import (
     CLIError,
-    add_option,
     atomic_path,
     check_output_path,
     command_line,
@@ -75,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="one model: ARCH=FOLDER, ARCH=FILE or ARCH=tiny",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_option(p, "data", aliases=("--images",), required=True, help="folder of .png/.jpg images")
+    p.add_argument("--data", required=True, help="folder of .png/.jpg images")
     p.add_argument(
         "--limit", type=positive_int, default=None, help="only the first N images (file-name order)"
     )

@@ -1,4 +1,4 @@
-"""The linear probe's checkpoint, probe.pt: what train.py writes and infer.py reads."""
+"""The linear probe's checkpoint, train.py's OUT/model.pt: what train.py writes and infer.py reads."""
 
 from __future__ import annotations
 

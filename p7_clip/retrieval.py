@@ -17,7 +17,6 @@ import argparse
 import torch
 
 from hw2_utils import (
-    add_option,
     check_output_path,
     command_line,
     describe_hardware,
@@ -42,10 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_args(p, default_batch=64)
-    add_option(
-        p,
-        "data",
-        aliases=("--coco",),
+    p.add_argument(
+        "--data",
         required=True,
         help="COCO root (annotations/captions_val2017.json + val2017/)",
     )

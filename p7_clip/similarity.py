@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
-    add_option,
     atomic_path,
     check_output_path,
     command_line,
@@ -44,10 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV with header image,text")
-    add_option(
-        src,
-        "data",
-        aliases=("--coco",),
+    src.add_argument(
+        "--data",
         help="COCO root (annotations/captions_val2017.json + val2017/)",
     )
     p.add_argument(

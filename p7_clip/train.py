@@ -9,10 +9,13 @@ Unit image embeddings of CIFAR-10 train and test (cached in CACHE_DIR, keyed by 
 images, so a rerun skips the encoder) feed scikit-learn's L-BFGS logistic regression. The
 inverse regularisation C is chosen on a stratified 10% of train held out (coarse decades,
 then the two half-decade neighbours of the best): each C tried is one step of the run, logged
-in OUT/log.csv and checkpointed in OUT/last.pt, so re-running the command resumes the search.
-The final probe is fitted on all of train and the test set is scored once. For comparison
-the same test features are classified zero-shot with zeroshot.py's prompts. OUT gets
-probe.pt (p7_clip/probe.py: what infer.py reads) and result.json (numbers, command, hardware, time).
+in OUT/log.csv and checkpointed in OUT/last.pt, so re-running the command resumes the search
+(--max-seconds ends a session after a step: model.pt then holds the best C so far, fitted on all
+of train, and the test set waits for the end). The final probe is fitted on all of train and the
+test set is scored once. For comparison the same test features are classified zero-shot with
+zeroshot.py's prompts. OUT gets model.pt (the probe, p7_clip/probe.py: what infer.py reads) and
+result.json (the recipe, steps, sessions; its metrics the numbers, command, hardware, time).
+No probe ships: --preset shipped is the defaults.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from hw2_utils import (
     command_line,
     describe_hardware,
     load_cifar10,
+    parse_with_presets,
     positive_int,
     resolve_device,
     run_cli,
-    save_json,
 )
 from p7_clip import zeroshot
 from p7_clip.models import TINY, TINY_SEED, Clip, check_spec, encode_images, load_clip
@@ -53,6 +56,7 @@ VAL_FRACTION = 0.1  # held out of train to choose C; the test set is never used 
 MAX_ITER = 1000  # the paper's L-BFGS iteration cap
 CACHE_VERSION = 1  # bump when the feature definition changes (it is part of the cache key)
 LOG_FIELDS = ["step", "C", "val_accuracy", "seconds"]
+PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(
         p,
         data=(REQUIRED, "cifar-10-batches-py/ folder or .npz with train_/test_ images and labels"),
-        out=(REQUIRED, "run folder: probe.pt, result.json, log.csv, last.pt, run.json"),
+        out=(REQUIRED, "run folder: model.pt, result.json, log.csv, last.pt"),
+        presets=PRESETS,
         precision=None,
         ckpt_every=1,
         limit="use only the first N images of each split (smoke runs)",
@@ -80,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "keyed by the model and the images)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def cache_key(spec: str, *arrays: np.ndarray) -> str:
@@ -201,7 +206,9 @@ def main(argv=None) -> dict:
     scores: dict[float, float] = state["val_accuracy"] if state else {}
     if state:
         print(f"resumed from {run.checkpoint} at step {len(scores)}")
-    log = run.start(len(scores), LOG_FIELDS, command_line("p7_clip.train", argv), device)
+    log = run.start(
+        len(scores), SEARCH_STEPS, LOG_FIELDS, command_line("p7_clip.train", argv), device
+    )
 
     clip = load_clip(args.clip, device)
     key = cache_key(args.clip, train_images, test_images)
@@ -214,7 +221,7 @@ def main(argv=None) -> dict:
 
     fit_idx, val_idx = split_train_val(train_labels, args.seed)
     x, y = features["train"], train_labels
-    while (c := next_c(scores)) is not None:
+    while not run.stopping and (c := next_c(scores)) is not None:
         t_fit = time.perf_counter()
         scores[c] = float(fit_probe(x[fit_idx], y[fit_idx], c).score(x[val_idx], y[val_idx]))
         log.writerow(
@@ -222,14 +229,15 @@ def main(argv=None) -> dict:
         )
         if run.checkpoint_due(len(scores), SEARCH_STEPS):
             run.save({"val_accuracy": scores})
-    run.close()
     t_search = time.perf_counter()
 
     chosen = best_c(scores)
     clf = fit_probe(x, y, chosen)
     state = probe_state(args.clip, clip.name, chosen, clf)
-    with atomic_path(run.out / "probe.pt") as tmp:
+    with atomic_path(run.model) as tmp:
         torch.save(state, tmp)
+    if run.stopping:  # --max-seconds: the best C so far; the test set waits for the end
+        return run.finish(len(scores), {"C_so_far": float(f"{chosen:.4g}")})
     test_acc = float((probe_predict(state, features["test"]) == test_labels).mean())
     t_fit = time.perf_counter()
     zero_shot = zero_shot_accuracy(clip, features["test"], test_labels)
@@ -264,7 +272,7 @@ def main(argv=None) -> dict:
         "zero_shot_accuracy": zero_shot,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
-    save_json(run.out / "result.json", record)
+    run.finish(len(scores), record)
     print(
         f"{clip.name}: C={chosen:.4g} (val {scores[chosen]:.4f}), linear probe test {test_acc:.4f}; zero-shot "
         f"'{zeroshot.BASELINE}' {zero_shot[zeroshot.BASELINE]:.4f}, ensemble {zero_shot[zeroshot.ENSEMBLE]:.4f} "

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from hw2_utils import (
     CIFAR10_CLASSES,
-    add_option,
     check_output_path,
     command_line,
     describe_hardware,
@@ -64,10 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_args(p, default_batch=256)
-    add_option(
-        p,
-        "data",
-        aliases=("--cifar",),
+    p.add_argument(
+        "--data",
         required=True,
         help="CIFAR-10: cifar-10-batches-py/ folder or .npz with test_images/test_labels",
     )

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from hw2_utils import CLIError, error_summary, open_rgb, require_dir, require_file
+from hw2_utils import CLIError, derived_seed, error_summary, open_rgb, require_dir, require_file
 from p8_controlnet.controls import canny, square
 
 
@@ -57,7 +57,7 @@ class CannyCaptions(Dataset):
             - 1
         )
         control = torch.from_numpy(np.array(canny(image, self.size))).permute(2, 0, 1).float() / 255
-        caption = random.Random(f"{self.seed}/{self.epoch}/{i}").choice(captions)
+        caption = random.Random(derived_seed(self.seed, "caption", self.epoch, i)).choice(captions)
         return {"pixels": pixels, "control": control, "caption": caption}
 
 
@@ -66,7 +66,7 @@ def step_batch(dataset: CannyCaptions, step: int, batch_size: int, seed: int) ->
     batch_size at a time (the remainder dropped), so the batches are a function of the step."""
     epoch, index = divmod(step - 1, len(dataset) // batch_size)
     order = torch.randperm(
-        len(dataset), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+        len(dataset), generator=torch.Generator().manual_seed(derived_seed(seed, "order", epoch))
     )
     dataset.epoch = epoch
     return default_collate(

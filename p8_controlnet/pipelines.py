@@ -70,7 +70,11 @@ def make_scheduler(name: str, config: dict, betas: torch.Tensor | None = None):
 
 
 def load_controlnet(path: str | Path, dtype: torch.dtype = torch.float32):
+    """A diffusers ControlNet folder, or the OUT/model.pt that p8_controlnet/train.py exports
+    (its config and state dict), in eval mode and frozen."""
     folder = Path(path)
+    if folder.is_file():
+        return _exported_controlnet(folder, dtype)
     if not (folder / "config.json").is_file():
         raise CLIError(
             f"ControlNet weights not found: {folder / 'config.json'} (pass {CONTROLNET_HOW_TO_GET})"
@@ -82,6 +86,18 @@ def load_controlnet(path: str | Path, dtype: torch.dtype = torch.float32):
     except (OSError, ValueError, RuntimeError) as e:
         raise CLIError(f"cannot load the ControlNet folder {folder} ({error_summary(e)})") from None
     return model.eval().requires_grad_(False)
+
+
+def _exported_controlnet(path: Path, dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = ControlNetModel.from_config(json.loads(blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+    except Exception as e:  # not a train.py export: any of pickle's, KeyError, a shape mismatch
+        raise CLIError(f"cannot load the ControlNet {path} ({error_summary(e)})") from None
+    return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
 
 
 def check_controlnet_fits(net, unet, path: str | Path) -> None:

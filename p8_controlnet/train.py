@@ -1,6 +1,6 @@
 """Fine-tune a Canny ControlNet on (Canny(image), caption) pairs from COCO (Zhang et al. 2023).
 
-    python -m p8_controlnet.train --model sd-v1-5/ --data ../shared/data/coco/val2017 \\
+    python -m p8_controlnet.train --pretrained sd-v1-5/ --data ../shared/data/coco/val2017 \\
         --captions ../shared/data/coco/annotations/captions_val2017.json --out runs/p8/controlnet-canny
     python -m p8_controlnet.train ... --controlnet sd-controlnet-canny/    # start from a trained one
 
@@ -9,10 +9,12 @@ copy of the UNet's encoder whose zero convolutions make it a no-op at step 0. Lo
 on VAE latents noised at a uniform random t, with the ControlNet's residuals added to the UNet.
 Captions are replaced by "" with probability 0.5 (the paper's choice) so the ControlNet learns to
 read the content from the edges alone. Re-running the same command resumes from OUT/last.pt
-(--no-resume starts over); every batch and random draw is a function of the seed and the step,
-so a resumed run ends where an uninterrupted one would. OUT holds controlnet/ (a diffusers
-folder for --controlnet, written at every checkpoint), log.csv (step, loss), run.json (the
-provenance) and summary.json (the loss of a fixed held-in batch before and after training).
+(--no-resume starts over, --max-seconds ends a session early); every batch and random draw is a
+function of the seed and the step, so a resumed run ends where an uninterrupted one would. OUT
+holds model.pt (the ControlNet's config and fp32 weights, written at every checkpoint, which
+--controlnet and the pipelines read as they read a diffusers folder), log.csv (step, loss) and
+result.json (the recipe, steps, sessions; its metrics the loss of a fixed held-in batch before
+and after training). No ControlNet trained here ships: --preset shipped is the defaults.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from hw2_utils import (
     RunFolder,
     add_common_args,
     autocast,
+    atomic_path,
     command_line,
-    output_dir,
+    derived_seed,
+    parse_with_presets,
     positive_float,
     positive_int,
     probability,
@@ -38,7 +42,6 @@ from hw2_utils import (
     resolve_device,
     resolve_dtype,
     run_cli,
-    save_json,
     seed_everything,
 )
 from p8_controlnet.data import CannyCaptions, read_captions, step_batch
@@ -56,6 +59,7 @@ DEFAULTS = dict(
 # fmt: on
 TYPES = dict(lr=positive_float, drop_caption=probability)  # the rest are counts
 LOG_FIELDS = ["step", "loss", "seconds"]
+PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(
         p,
         data=(REQUIRED, "COCO image folder, e.g. ../shared/data/coco/val2017"),
-        out=(REQUIRED, "run folder: controlnet/, last.pt, log.csv, run.json, summary.json"),
+        out=(REQUIRED, "run folder: model.pt, last.pt, log.csv, result.json"),
+        presets=PRESETS,
         precision="fp16",
         ckpt_every=1000,
         grad_clip=1.0,
@@ -73,21 +78,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         limit="use only the first N images (sorted by name)",
     )
     p.add_argument(
-        "--model", required=True, help="SD v1.x: diffusers folder or CompVis single file"
+        "--pretrained",
+        required=True,
+        help="SD v1.x weights: diffusers folder or CompVis single file",
     )
     p.add_argument(
-        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --model"
+        "--sd-config", default=str(V1_CONFIG_DIR), help="configs for a single-file --pretrained"
     )
     p.add_argument(
         "--controlnet",
-        help="diffusers ControlNet folder to start from (default: copy of the UNet encoder)",
+        help="ControlNet to start from, a diffusers folder or a train.py model.pt (default: a copy "
+        "of the UNet encoder)",
     )
     p.add_argument("--captions", required=True, help="COCO captions json")
     for name, value in DEFAULTS.items():
         p.add_argument(
             f"--{name.replace('_', '-')}", type=TYPES.get(name, positive_int), default=value
         )
-    return p.parse_args(argv)
+    return parse_with_presets(p, argv, PRESETS)
 
 
 def controlnet_loss(
@@ -170,7 +178,7 @@ def main(argv=None) -> dict:
     pairs = read_captions(args.captions, args.data)[: args.limit]
     # Everything that defines the run but its length (--steps may grow) and where it runs.
     identity = {
-        "model": str(Path(args.model).resolve()),
+        "pretrained": str(Path(args.pretrained).resolve()),
         "data": str(Path(args.data).resolve()),
         "captions": str(Path(args.captions).resolve()),
         "limit": args.limit,
@@ -182,7 +190,7 @@ def main(argv=None) -> dict:
     }
 
     controlnet = load_controlnet(args.controlnet) if args.controlnet else None
-    sd = load_stable_diffusion(args.model, args.sd_config, device=device, dtype=dtype)
+    sd = load_stable_diffusion(args.pretrained, args.sd_config, device=device, dtype=dtype)
     if controlnet is not None:
         check_controlnet_fits(controlnet, sd.unet, args.controlnet)
     else:
@@ -205,7 +213,7 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr)
     # fp16 gradients flowing back through the frozen fp16 UNet underflow without loss scaling.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(derived_seed(args.seed, "draws"))
     state = run.load(
         identity, controlnet=controlnet, optimizer=optimizer, scaler=scaler, generator=generator
     )
@@ -214,10 +222,10 @@ def main(argv=None) -> dict:
         print(f"resumed from {run.checkpoint} at step {done}")
     else:
         done, before = 0, fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
-    log = run.start(done, LOG_FIELDS, command_line("p8_controlnet.train", argv), device)
+    log = run.start(done, args.steps, LOG_FIELDS, command_line("p8_controlnet.train", argv), device)
 
     controlnet.train().requires_grad_(True)
-    t0 = time.time()
+    t0, step = time.time(), done
     for step in progress(range(done + 1, args.steps + 1), desc="train"):
         loss = train_step(
             sd,
@@ -238,9 +246,14 @@ def main(argv=None) -> dict:
                 scaler=scaler,
                 generator=generator,
             )
-            with output_dir(run.out / "controlnet") as tmp:
-                controlnet.save_pretrained(tmp)
-    run.close()
+            with atomic_path(run.model) as tmp:
+                torch.save(
+                    # the config as a diffusers folder's config.json holds it
+                    {"config": controlnet.to_json_string(), "state_dict": controlnet.state_dict()},
+                    tmp,
+                )
+            if run.stopping:
+                break
 
     controlnet.eval()
     after = fixed_batch_loss(sd, controlnet, probe, args.seed, dtype)
@@ -248,10 +261,10 @@ def main(argv=None) -> dict:
         "fixed_batch_loss_before": before,
         "fixed_batch_loss_after": after,
         "images": len(dataset),
-        "steps": args.steps,
+        "steps": step,
     }
-    save_json(run.out / "summary.json", summary)
-    print(f"fixed-batch loss {before:.4f} -> {after:.4f}; ControlNet in {run.out / 'controlnet'}")
+    run.finish(step, summary)
+    print(f"fixed-batch loss {before:.4f} -> {after:.4f} at step {step}; ControlNet in {run.model}")
     return summary
 
 

@@ -1,7 +1,8 @@
 """Launched by test_ddp.py under `torchrun --nproc_per_node=2`: 3 DDP steps of a tiny
-model on CPU/gloo through the hw2_utils helpers; each rank saves its weights and the
-sample indices it saw."""
+model on CPU/gloo through the hw2_utils helpers, then a budget that runs out on rank 1 only;
+each rank saves its weights, the sample indices it saw and the step its budget stopped at."""
 
+import itertools
 import sys
 
 import torch
@@ -9,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
 import hw2_utils as U
+from hw2_utils import runs
 
 out = sys.argv[1]
 info, device = U.init_distributed(torch.device("cpu"))
@@ -32,12 +34,19 @@ for _, (x, y, idx) in zip(range(3), loader):
     opt.step()
     seen += idx.tolist()
 U.log_main("rank0 only")
+# --max-seconds where only rank 1's clock runs out (100 s a look, against 150): every rank must
+# stop at the same step, or the next collective would wait forever
+ticks = itertools.count(0.0, 100.0 if info.rank == 1 else 0.0)
+runs.clock = lambda: next(ticks)
+run = U.RunFolder(f"{out}/run", ckpt_every=100, main=info.is_main, max_seconds=150.0)
+stopped_at = next(step for step in range(1, 10) if run.checkpoint_due(step, 9) and run.stopping)
 torch.save(
     {
         "params": [p.detach() for p in U.unwrap(ddp).parameters()],
         "initial": initial,
         "seen": seen,
         "world": info.world_size,
+        "stopped_at": stopped_at,
     },
     f"{out}/rank{info.rank}.pt",
 )

@@ -20,3 +20,4 @@ def test_torchrun_two_ranks_stay_in_sync(tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(ranks[0]["params"], ranks[0]["initial"]))
     assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 12
+    assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == 1  # rank 1's budget stops both

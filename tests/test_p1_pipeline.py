@@ -197,9 +197,9 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
     with open(tmp_path / "run" / "log.csv") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
-    model, domains = load_model(tmp_path / "run" / "ema.pt", torch.device("cpu"))
+    model, domains = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
     assert domains == ["mnistm", "usps"]
-    assert torch.load(tmp_path / "run" / "ema.pt", weights_only=True)["step"] == 4
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == 4
     assert (tmp_path / "run" / "samples" / "step000004.png").is_file()
 
     warm = [a if a != str(tmp_path / "run") else str(tmp_path / "warm") for a in common]
@@ -209,7 +209,7 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
         "--steps",
         "5",
         "--init-from",
-        str(tmp_path / "run" / "ema.pt"),
+        str(tmp_path / "run" / "model.pt"),
         "--repeat",
         "2",
         "1",
@@ -221,7 +221,7 @@ def test_train_cli_writes_checkpoints_and_resumes(tmp_path):
     assert [int(row["step"]) for row in rows] == [5]
     # the warm start warms up again from its first step
     assert float(rows[0]["lr"]) == pytest.approx(5e-4 / 200)
-    recipe = torch.load(tmp_path / "warm" / "ema.pt", weights_only=True)["recipe"]
+    recipe = torch.load(tmp_path / "warm" / "model.pt", weights_only=True)["recipe"]
     assert recipe.count("python -m p1_ddpm.train ") == 2 and "&&" in recipe  # both stages, in order
 
     r = _cli("train", *warm, "--steps", "6", "--no-resume", "--repeat", "1")

@@ -132,7 +132,7 @@ def test_resumed_run_equals_uninterrupted_run(straight, tmp_path):
         assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in moments.items()), (
             f"optimizer state {i}"
         )
-    ua, ub = (torch.load(p / "UNet.pt", weights_only=True) for p in (straight, resumed))
+    ua, ub = (torch.load(p / "model.pt", weights_only=True) for p in (straight, resumed))
     assert all(torch.equal(v, ub[k]) for k, v in ua.items())
     rows_a, rows_b = _log(straight), _log(resumed)
     assert [int(r["step"]) for r in rows_b] == [1, 2, 3, 4] and [r["epoch"] for r in rows_b] == [
@@ -169,14 +169,14 @@ def test_resume_refuses_a_different_run(straight, tmp_path):
 
 
 def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path):
-    exported = torch.load(straight / "UNet.pt", weights_only=True)
+    exported = torch.load(straight / "model.pt", weights_only=True)
     last = torch.load(straight / "last.pt", weights_only=False)
     # UNet.pt's keys, in order
     assert type(exported) is dict and list(exported) == list(FaceUNet(WIDTH).state_dict())
     assert all(torch.equal(v, last["ema"][k]) for k, v in exported.items())  # the EMA ...
     # ... not the raw weights
     assert not all(torch.equal(v, last["model"][k]) for k, v in exported.items())
-    unet = load_unet(straight / "UNet.pt", torch.device("cpu"))
+    unet = load_unet(straight / "model.pt", torch.device("cpu"))
     assert unet.base_channels == WIDTH and not unet.training
 
     noise_dir = tmp_path / "noise"
@@ -188,7 +188,7 @@ def test_exported_weights_are_unet_pt_and_infer_samples_them(straight, tmp_path)
         [
             str(noise_dir),
             str(tmp_path / "out"),
-            str(straight / "UNet.pt"),
+            str(straight / "model.pt"),
             "--steps",
             "2",
             "--device",
@@ -249,4 +249,4 @@ def test_torchrun_two_ranks(tmp_path):
     assert r.stdout.count("done:") == 1  # rank 0 alone logs and writes
     rows = _log(tmp_path)  # each rank takes 4 of its 12-face shard per step: 3 steps per epoch
     assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 1)]
-    assert load_unet(tmp_path / "UNet.pt", torch.device("cpu")).base_channels == WIDTH
+    assert load_unet(tmp_path / "model.pt", torch.device("cpu")).base_channels == WIDTH

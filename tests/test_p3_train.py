@@ -48,7 +48,7 @@ def _args(model_dir, images, out, *extra):
             "<new1>",
             "--initializer",
             "dog",
-            "--model",
+            "--pretrained",
             str(model_dir),
             "--out",
             str(out),
@@ -99,7 +99,7 @@ def test_only_the_new_row_changes(model_dir, images_dir, tmp_path, precision):
         for k, v in sd.text_encoder.state_dict().items()
     }
     assert all(torch.equal(te[k], v) for k, v in fresh.text_encoder.state_dict().items())
-    saved = load_embeds([tmp_path / "learned_embeds.safetensors"])
+    saved = load_embeds([tmp_path / "model.pt"])
     assert list(saved) == ["<new1>"] and torch.equal(saved["<new1>"], table[V].detach())
 
 

@@ -75,13 +75,13 @@ def test_batch_norm_critic_and_unknown_arch_are_refused(tmp_path):
         GANConfig(arch="resnet")
     with pytest.raises(ValueError, match="arch must be one of"):
         GANConfig(arch="stylegan")
-    # --model dcgan's critic has batch norm
+    # --preset dcgan's critic has batch norm
     with pytest.raises(CLIError, match="d_norm 'batch' is not offered"):
         train.main(
             [
-                "--model",
+                "--preset",
                 "dcgan",
-                "--arch",
+                "--model",
                 "resnet",
                 "--data",
                 str(tmp_path),
@@ -158,9 +158,9 @@ def test_training_steps_move_both_networks_reproducibly():
 def test_train_py_writes_a_loadable_snapshot_every_epoch(tmp_path):
     train.main(
         [
-            "--model",
+            "--preset",
             "improved",
-            "--arch",
+            "--model",
             "resnet",
             "--data",
             str(require_shared("hw2_data", "face")),
@@ -189,7 +189,7 @@ def test_train_py_writes_a_loadable_snapshot_every_epoch(tmp_path):
     assert names == ["generator_epoch0001.pt", "generator_epoch0002.pt"]
     first, meta1 = load_generator(tmp_path / "snapshots" / names[0])
     last, meta2 = load_generator(tmp_path / "snapshots" / names[1])
-    final, _ = load_generator(tmp_path / "generator.pt")
+    final, _ = load_generator(tmp_path / "model.pt")
     assert last.config.arch == "resnet" and (
         meta1["epoch"],
         meta1["step"],
@@ -198,5 +198,5 @@ def test_train_py_writes_a_loadable_snapshot_every_epoch(tmp_path):
     ) == (1, 3, 2, 6)
     z = _z(3)
     with torch.no_grad():
-        assert torch.equal(last(z), final(z))  # the last snapshot is the exported generator.pt
+        assert torch.equal(last(z), final(z))  # the last snapshot is the exported model.pt
         assert not torch.equal(first(z), last(z))  # the first was taken an epoch earlier

@@ -179,7 +179,7 @@ def test_discriminator_learns_to_separate_real_faces(real_faces):
 def _train(out, *extra):
     train.main(
         [
-            "--model",
+            "--preset",
             "improved",
             "--data",
             str(require_shared("hw2_data", "face")),
@@ -218,8 +218,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         "epoch0001.png",
         "epoch0002.png",
     ]
-    generator, meta = load_generator(tmp_path / "resumed" / "generator.pt")
-    assert meta["step"] == 6 and meta["model"] == "improved" and not generator.training
+    generator, meta = load_generator(tmp_path / "resumed" / "model.pt")
+    assert meta["step"] == 6 and meta["preset"] == "improved" and not generator.training
 
 
 def test_resume_refuses_a_different_model(tmp_path):
@@ -227,7 +227,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     with pytest.raises(CLIError, match="belongs to another run"):
         train.main(
             [
-                "--model",
+                "--preset",
                 "dcgan",
                 "--data",
                 str(require_shared("hw2_data", "face")),
@@ -255,7 +255,7 @@ def test_torchrun_two_ranks_train_in_sync(tmp_path):
         [
             "-m",
             "p4_gan.train",
-            "--model",
+            "--preset",
             "improved",
             "--loss",
             "wgan-gp",

@@ -91,7 +91,7 @@ def test_bench_select_then_final_score_what_run_sh_writes(tmp_path):
 
     faces = require_shared("hw2_data", "face")
     run = tmp_path / "runs" / "improved"
-    argv = ["--model", "improved", "--data", str(faces), "--out", str(run)]
+    argv = ["--preset", "improved", "--data", str(faces), "--out", str(run)]
     argv += "--g-channels 4 --d-channels 4 --batch-size 8 --epochs 2 --snapshot-every 1".split()
     train.main([*argv, *"--sample-every 0 --fid-every 0 --device cpu".split()])
     fid_args = ["--data", str(faces), "--fid-n", "4", "--fid-ref-n", "6", "--device", "cpu"]

@@ -221,7 +221,7 @@ def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, mo
     # highest SND; ties to the later epoch
     densest = max(reversed(result["history"]), key=lambda h: h["snd"])
     assert result["selected"] == densest
-    saved = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
+    saved = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     assert saved["epoch"] == result["selected"]["epoch"] and saved["mode"] == "dann"
     assert (
         saved["config"]["entropy_weight"] == 0.1
@@ -234,7 +234,7 @@ def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, mo
         "epoch_03.pt",
     ]
     resumed, straight = (
-        torch.load(tmp_path / d / "final.pt", weights_only=True)["state_dict"]
+        torch.load(tmp_path / d / "epoch_03.pt", weights_only=True)["state_dict"]
         for d in ("resumed", "straight")
     )
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)

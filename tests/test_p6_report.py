@@ -260,7 +260,7 @@ def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
         "resnet18_curves.png",
         "resnet18_train_log.csv",
     ]
-    assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/final.pt"
+    assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/model.pt"
     assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
     assert json.loads((checkpoints / "p6_bench.json").read_text()) == {"full": {"val_acc": 0.9}}
 
@@ -290,7 +290,7 @@ def test_ship_merges_the_parts_run_now_into_the_shipped_bench_record(tmp_path, m
     assert blob["tta"] == "flip" and torch.equal(blob["state_dict"]["w"], torch.ones(2))
     assert sorted(p.name for p in shipped.iterdir()) == sorted([record.name, model.name])
 
-    for name in ("final.pt", "log.csv", "curves.png"):  # a new model, shipped without tta
+    for name in ("model.pt", "log.csv", "curves.png"):  # a new model, shipped without tta
         (work / "resnet18" / name).write_text(name)
     bench.ship(work, ["full"])
     assert json.loads(record.read_text()) == {"full": {"val_acc": 0.1}, "throughput": {"rows": []}}

@@ -105,20 +105,20 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
     npz, out, record = trained
     cached = sorted((out / "cache").iterdir())
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",
         "cache",
         "last.pt",
         "log.csv",
-        "probe.pt",
+        "model.pt",
         "result.json",
-        "run.json",
     ]
     assert len(cached) == 1
     assert record["images"] == {"fit": 4576, "val": 509, "train": 5085, "test": 1017}
-    assert json.loads((out / "result.json").read_text()) == record
+    assert json.loads((out / "result.json").read_text())["metrics"] == record
     assert record["val_accuracy"][f"{record['C']:.4g}"] == max(record["val_accuracy"].values())
     assert set(record["zero_shot_accuracy"]) == {zeroshot.BASELINE, zeroshot.ENSEMBLE}
 
-    state = probe.load_probe(out / "probe.pt")
+    state = probe.load_probe(out / "model.pt")
     assert state["clip"] == "ViT-B-32=tiny" and state["classes"] == list(CIFAR10_CLASSES)
     assert state["coef"].shape == (10, 32) and state["intercept"].shape == (10,)
     with np.load(cached[0]) as z:
@@ -139,7 +139,7 @@ def test_train_on_real_slice_checkpoint_reproduces_sklearn(trained):
 def test_infer_on_cifar_test_set_matches_the_training_record(trained, tmp_path, capsys):
     npz, out, record = trained
     preds = infer.main(
-        ["--probe", str(out / "probe.pt"), "--data", str(npz), "--out", str(tmp_path / "p.csv")]
+        ["--probe", str(out / "model.pt"), "--data", str(npz), "--out", str(tmp_path / "p.csv")]
     )
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -164,7 +164,7 @@ def test_infer_folder_one_row_per_image_with_probe_and_zeroshot(trained, tmp_pat
             for i, (n, y) in enumerate(zip(names, labels))
         )
     )
-    state = probe.load_probe(out / "probe.pt")
+    state = probe.load_probe(out / "model.pt")
     clip = load_clip("ViT-B-32=tiny")
     files = sorted(folder / n for n in names)  # byte order: upper case first, "c10" before "c9"
     features = encode_images(clip, [Image.open(f).convert("RGB") for f in files])
@@ -176,7 +176,7 @@ def test_infer_folder_one_row_per_image_with_probe_and_zeroshot(trained, tmp_pat
         "zeroshot": zeroshot.predict(features, class_emb).numpy(),
     }
     for mode, args in {
-        "probe": ["--probe", str(out / "probe.pt"), "--labels", str(tmp_path / "labels.csv")],
+        "probe": ["--probe", str(out / "model.pt"), "--labels", str(tmp_path / "labels.csv")],
         "zeroshot": ["--zeroshot", "--clip", "ViT-B-32=tiny", "--design", zeroshot.BASELINE],
     }.items():
         csv_path = tmp_path / f"{mode}.csv"
@@ -224,7 +224,7 @@ def _error(main, argv, capsys) -> str:
 
 def test_bad_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
     npz, out, _ = trained
-    probe, pred = str(out / "probe.pt"), tmp_path / "pred.csv"
+    probe, pred = str(out / "model.pt"), tmp_path / "pred.csv"
     (tmp_path / "empty").mkdir()
     (tmp_path / "one").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "x.png")

@@ -97,7 +97,7 @@ def test_train_script_writes_a_loadable_controlnet(coco, tmp_path):
     save_diffusers_folder(build_tiny_sd(0), tmp_path / "sd")
     summary = train.main(
         [
-            "--model",
+            "--pretrained",
             str(tmp_path / "sd"),
             "--data",
             str(coco[0]),
@@ -119,11 +119,11 @@ def test_train_script_writes_a_loadable_controlnet(coco, tmp_path):
     )
     with open(tmp_path / "run" / "log.csv") as f:
         assert [row["step"] for row in csv.DictReader(f)] == ["1", "2", "3"]
-    net = load_controlnet(tmp_path / "run" / "controlnet")
+    net = load_controlnet(tmp_path / "run" / "model.pt")
     # one stride-2 conv for the tiny VAE's 2x
     assert net.config.conditioning_embedding_out_channels == [16, 32]
     assert (
-        json.loads((tmp_path / "run" / "summary.json").read_text())["images"]
+        json.loads((tmp_path / "run" / "result.json").read_text())["metrics"]["images"]
         == summary["images"]
         == 2
     )

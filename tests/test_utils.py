@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -302,3 +303,13 @@ def test_the_longest_name_check_output_path_allows_can_be_published_twice(tmp_pa
         with U.output_dir(final, ["a.txt"]) as tmp:
             (tmp / "a.txt").write_text(text)
     assert (final / "a.txt").read_text() == "second"
+
+
+def test_warmup_cosine_lr_is_each_problems_schedule():
+    """P6's (cosine to zero), P1's (to 10% of the peak) and P2's (floor 1: warmup, then constant)."""
+    from hw2_utils import warmup_cosine_lr
+
+    assert [warmup_cosine_lr(s, 10, 4, 1.0) for s in (0, 3, 4)] == [0.25, 1.0, 1.0]
+    assert warmup_cosine_lr(7, 10, 4, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert warmup_cosine_lr(10, 10, 4, 2.0, floor=0.1) == pytest.approx(0.2)
+    assert {warmup_cosine_lr(s, 10, 4, 2.0, floor=1.0) for s in range(3, 50)} == {2.0}

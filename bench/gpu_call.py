@@ -1,0 +1,193 @@
+r"""One call on a lent GPU machine (../shared/device/README.md): the train.py runs it is given,
+side by side, each ending itself with --max-seconds; their run folders come back in the device
+tool's return limits and are restored here, so the next call (or a CPU session) resumes them.
+
+Here, before the call (from the repository root):
+    python -m bench.gpu_call pack cifar10_full/train.npz cifar10_full/test.npz   # -> .device/data
+    bash ../shared/device/stage.sh stash && bash ../shared/device/stage.sh size  # <= 64 MiB
+JOBS is a JSON object {name: [module, arguments...]} without --out, e.g.
+    {"p6": ["p6_classification.train", "--preset", "shipped", "--data", ".device/data/cifar10_full"],
+     "p4": ["p4_gan.train", "--preset", "shipped", "--data", ".device/data/celeba10k"]}
+There (carry [".device"]; a run that came back from an earlier call resumes from .device/runs):
+    python3 -m bench.gpu_call run JOBS --max-seconds 420 --work .device/runs --out $OUT
+Here, after:
+    bash ../shared/device/stage.sh restore
+    python -m bench.gpu_call unpack FILES_AT --work .device/runs
+
+`run` starts `python -m MODULE ARGS --out WORK/NAME --max-seconds S` for every job at once (logs
+in WORK/logs/), stops a job still running --grace seconds after its budget, then writes WORK as
+one tar in parts of 15 MiB to OUT (at most 8 parts: each run's result.json, log.csv, model.pt and
+last.pt first, then the rest; what does not fit is named in the tar's left_out.txt). A run
+resumed elsewhere has a data path of its own: resume it with --force-resume (the data moved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import lzma
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from hw2_utils import CLIError, positive_float, require_file, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+MAX_PARTS = 8  # ... and at most 8 of them
+FIRST = ("result.json", "log.csv", "model.pt", "last.pt")  # what resuming and reporting need
+
+
+def pack(args) -> None:
+    """xz-compress each shared data file into .device/data (the call's extra path)."""
+    for name in args.files:
+        source = require_file(Path(args.shared) / name, "shared data file")
+        target = REPO / ".device" / "data" / f"{name}.xz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as f, lzma.open(target.with_suffix(".tmp"), "wb") as out:
+            shutil.copyfileobj(f, out, 2**22)
+        target.with_suffix(".tmp").replace(target)
+        print(f"{source} ({source.stat().st_size / 2**20:.1f} MiB) -> {target}")
+
+
+def unpack_data(root: Path) -> None:
+    """Each ROOT/**/NAME.xz beside itself as NAME (once)."""
+    for packed in sorted(root.rglob("*.xz")):
+        target = packed.with_suffix("")
+        if not target.is_file():
+            with lzma.open(packed) as f, open(target.with_suffix(".tmp"), "wb") as out:
+                shutil.copyfileobj(f, out, 2**22)
+            target.with_suffix(".tmp").replace(target)
+
+
+def read_jobs(path: str) -> dict[str, list[str]]:
+    try:
+        jobs = json.loads(require_file(path, "jobs file").read_text())
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path} is not JSON ({e})") from None
+    if not (
+        isinstance(jobs, dict)
+        and jobs
+        and all(
+            isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+            for argv in jobs.values()
+        )
+    ):
+        raise CLIError(f"{path} must be a JSON object {{name: [module, arguments...]}}")
+    if any("--out" in argv or "--max-seconds" in argv for argv in jobs.values()):
+        raise CLIError(f"{path}: the launcher sets --out and --max-seconds of every job")
+    return jobs
+
+
+def train_side_by_side(jobs: dict, work: Path, max_seconds: float, grace: float) -> dict:
+    """Start every job at once; wait for each, stopping one still running `grace` seconds after
+    its budget. Returns each job's exit status and seconds."""
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    started, running = time.monotonic(), {}
+    for name, (module, *argv) in jobs.items():
+        command = [sys.executable, "-m", module, *argv, "--out", str(work / name)]
+        with open(work / "logs" / f"{name}.log", "a") as log:
+            running[name] = subprocess.Popen(
+                [*command, "--max-seconds", str(max_seconds)], cwd=REPO, stdout=log, stderr=log
+            )
+    status = {}
+    for name, process in running.items():
+        try:
+            process.wait(timeout=max(0.0, started + max_seconds + grace - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait()
+        status[name] = {
+            "returncode": process.returncode,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        print(f"{name}: exit {process.returncode} after {status[name]['seconds']} s")
+    return status
+
+
+def write_parts(work: Path, out: Path, note: dict) -> list[Path]:
+    """WORK as one tar split into OUT/call.tar.part-NN, the run files first, within MAX_PARTS."""
+    files = sorted(p for p in work.rglob("*") if p.is_file() and p.name != ".lock")
+    files.sort(key=lambda p: p.name not in FIRST)  # stable: folder order within each group
+    budget, kept, left_out = MAX_PARTS * PART_BYTES - 2**20, [], []  # 1 MiB for tar headers
+    for path in files:
+        size = path.stat().st_size + 1024
+        (kept if size <= budget else left_out).append(path)
+        budget -= size if size <= budget else 0
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in kept:
+            tar.add(path, arcname=path.relative_to(work).as_posix())
+        lines = [p.relative_to(work).as_posix() for p in left_out]
+        for name, text in (
+            ("call.json", json.dumps(note, indent=2)),
+            ("left_out.txt", "\n".join(lines)),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    data, parts = buffer.getvalue(), []
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(data), PART_BYTES):
+        parts.append(out / f"call.tar.part-{i // PART_BYTES:02d}")
+        parts[-1].write_bytes(data[i : i + PART_BYTES])
+    if left_out:
+        print(f"left out (over the return limit): {', '.join(lines)}", file=sys.stderr)
+    return parts
+
+
+def run(args) -> dict:
+    jobs, work = read_jobs(args.jobs), Path(args.work)
+    unpack_data(REPO / ".device")
+    status = train_side_by_side(jobs, work, args.max_seconds, args.grace)
+    note = {"jobs": jobs, "max_seconds": args.max_seconds, "status": status}
+    parts = write_parts(work, Path(args.out), note)
+    print(f"{len(parts)} part(s) in {args.out}")
+    return note
+
+
+def unpack(args) -> Path:
+    """Join FILES_AT/call.tar.part-* and extract them into --work (the runs' folders)."""
+    parts = sorted(Path(args.files_at).rglob("call.tar.part-*"))
+    if not parts:
+        raise CLIError(f"no call.tar.part-* under {args.files_at}")
+    data = b"".join(p.read_bytes() for p in parts)
+    work = Path(args.work)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(work, filter="data")  # "data": no absolute paths, links out or devices
+    print(f"{len(parts)} part(s) -> {work}: {json.loads((work / 'call.json').read_text())}")
+    return work
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("pack", help="shared data files into .device/data, xz-compressed")
+    s.add_argument("files", nargs="+", help="paths under --shared, e.g. cifar10_full/train.npz")
+    s.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    s = sub.add_parser("run", help="on the GPU machine: train the jobs, pack their folders")
+    s.add_argument("jobs", help="JSON file {name: [module, arguments...]}")
+    s.add_argument("--max-seconds", type=positive_float, required=True, help="each job's budget")
+    s.add_argument(
+        "--grace",
+        type=positive_float,
+        default=60.0,
+        help="seconds after the budget before a job still running is stopped (default %(default)s)",
+    )
+    s.add_argument("--work", default=".device/runs", help="the runs' folders (default %(default)s)")
+    s.add_argument("--out", required=True, help="the device tool's $OUT")
+    s = sub.add_parser("unpack", help="here: restore the runs' folders from the parts")
+    s.add_argument("files_at", help="the device tool's files_at folder")
+    s.add_argument("--work", required=True, help="where the runs' folders go")
+    args = p.parse_args(argv)
+    return {"pack": pack, "run": run, "unpack": unpack}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
