@@ -187,6 +187,21 @@ def git_commit(repo: Path = REPO) -> str | None:
     return None
 
 
+class _SavedState(dict):
+    """A loaded last.pt: an entry the run needs but the file lacks (edited by hand, or written by
+    a train.py that saved less) is a CLIError naming the file, not a KeyError traceback."""
+
+    def __init__(self, state: dict, path: Path):
+        super().__init__(state)
+        self.path = path
+
+    def __missing__(self, key):
+        raise CLIError(
+            f"cannot resume from {self.path}: it lacks {key!r} (a damaged or foreign file): "
+            "use another --out, or --no-resume to start over"
+        )
+
+
 class RunFolder:
     """OUT as one training run (module docstring), used top to bottom in a train.py main:
 
@@ -309,13 +324,22 @@ class RunFolder:
                 f"note: --force-resume: resuming {self.checkpoint} although {changes}",
                 file=sys.stderr,
             )
+        state = _SavedState(state, self.checkpoint)
         # a compact last.pt's bfloat16 tensors are cast back by each load_state_dict / copy
         for name, obj in stateful.items():
-            # generators keep their state apart from state_dict
-            if isinstance(obj, torch.Generator):
-                obj.set_state(state[name])
-            else:
-                obj.load_state_dict(state[name])
+            try:
+                # generators keep their state apart from state_dict
+                if isinstance(obj, torch.Generator):
+                    obj.set_state(state[name])
+                else:
+                    obj.load_state_dict(state[name])
+            except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+                # the run's identity, but an entry missing or of another shape (edited by hand,
+                # or written by a train.py whose model has since changed)
+                raise CLIError(
+                    f"cannot resume from {self.checkpoint}: its {name!r} state does not fit this "
+                    f"run ({error_summary(e, 120)}): use another --out, or --no-resume to start over"
+                ) from None
         self.resumed = True
         return state
 

@@ -136,3 +136,26 @@ def test_an_existing_output_folder_that_is_not_writable_is_refused_before_work(t
             check_output_path(locked, folder=True)
     finally:
         locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("damage", ["missing state", "mis-shaped tensor", "missing value"])
+def test_a_last_pt_with_the_runs_identity_but_damaged_is_one_error(tmp_path, capsys, damage):
+    """Resuming P2's trainer from a last.pt edited by hand: one error line naming the file."""
+    from test_train_runs import _case
+
+    case, run = _case("p2", tmp_path), tmp_path / "run"
+    case.module.main(case.argv(run, 2))
+    state = torch.load(run / "last.pt", weights_only=True)
+    if damage == "missing state":
+        del state["optimizer"]
+    elif damage == "mis-shaped tensor":
+        key = next(iter(state["model"]))
+        state["model"][key] = torch.zeros(3, 1)
+    else:
+        del state["step"]
+    torch.save(state, run / "last.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: case.module.main(case.argv(run, 4)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert f"cannot resume from {run / 'last.pt'}" in err[0] and "--no-resume" in err[0]
