@@ -289,49 +289,28 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     assert "epoch 1: train loss" in (tmp_path / "aug_jobs" / "runs" / "none_seed1.log").read_text()
 
 
-def test_bench_adopts_a_run_trained_elsewhere(trained, slice_path, tmp_path):
-    """--trained-elsewhere (a GPU session's run, brought back without last.pt): the run's own
-    numbers are kept, not retrained; the second test set is scored here on its exported model;
-    only a run of the recipe may be shipped."""
-    import shutil
-
+def test_bench_full_scores_a_finished_run_without_training(trained, slice_path, tmp_path):
+    """--parts full reads a finished run folder: the run's own numbers are kept, its exported
+    model.pt is scored as infer.py loads it on both test sets, and nothing in the run changes."""
     from bench import p6_classification as bench
 
-    work = tmp_path / "work"
-    shutil.copytree(trained[0], work / "resnet18", ignore=shutil.ignore_patterns("last.pt"))
-    record = bench.main(
-        [
-            "--work",
-            str(work),
-            "--parts",
-            "full",
-            "--trained-elsewhere",
-            "--data",
-            slice_path,
-            "--also-test",
-            slice_path,
-            "--limit",
-            "200",
-            "--device",
-            "cpu",
-        ]
-    )["full"]
-    assert (
-        record["val_acc"] == trained[1]["val_acc"] and record["test_acc"] == trained[1]["test_acc"]
+    run = trained[0]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = ["--work", str(tmp_path / "work"), "--parts", "full", "--run", str(run)]
+    record = bench.main([*argv, "--data", slice_path, "--also-test", slice_path, "--device", "cpu"])
+    record = record["full"]
+    assert (record["val_acc"], record["test_acc"]) == (
+        trained[1]["val_acc"],
+        trained[1]["test_acc"],
     )
-    model, meta = infer.load_checkpoint(work / "resnet18" / "final.pt", torch.device("cpu"))
+    model, meta = infer.load_checkpoint(run / "model.pt", torch.device("cpu"))
     cifar = load_cifar(slice_path)
-    expected = (
-        (infer.predict(model, meta, cifar.test_images, torch.device("cpu")) == cifar.test_labels)
-        .float()
-        .mean()
-    )
-    assert record["also_test"]["test_images"] == 1017 and record["also_test"][
-        "test_acc"
-    ] == pytest.approx(expected.item())
-    assert not (work / "resnet18" / "last.pt").exists()  # nothing was trained
-    with pytest.raises(CLIError, match="not trained with the recipe"):
-        bench.adopted_run(work / "resnet18", slice_path, torch.device("cpu"), recipe_only=True)
+    predicted = infer.predict(model, meta, cifar.test_images, torch.device("cpu"))
+    expected = (predicted == cifar.test_labels).float().mean().item()
+    assert record["exported_fp16_test_acc"] == {"test": expected, "also_test": expected}
+    assert record["also_test"]["test_images"] == 1017
+    assert record["also_test"]["test_acc"] == pytest.approx(expected, abs=0.01)  # bf16 in training
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror():
@@ -386,37 +365,26 @@ def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
     csv_out = tmp_path / "pred.csv"
     accuracy = infer.main([slice_path, str(csv_out), "--checkpoint", str(final), "--tta", chosen])
     assert record["also_test"]["test_acc"] == pytest.approx(accuracy)
-    assert final.read_bytes() == before  # the choice is written into a model by --ship only
+    assert final.read_bytes() == before  # the bench only reads the model
 
 
-def test_a_checkpoint_carries_its_tta_and_infer_reads_it(trained, slice_path, tmp_path, capsys):
-    import shutil
+def test_infer_tta_default_is_infer_pys_whatever_the_checkpoint_carries(
+    trained, slice_path, tmp_path
+):
+    """The test-time augmentation is infer.py's default (TTA_DEFAULT, the tta record's choice),
+    not a property of the file: a "tta" key in a checkpoint (shipped files once carried one)
+    changes nothing."""
+    model_pt = trained[0] / "model.pt"
+    other = next(tta for tta in infer.TTA if tta != infer.TTA_DEFAULT)
+    carrying = tmp_path / "carrying.pt"
+    torch.save({**torch.load(model_pt, weights_only=True), "tta": other}, carrying)
 
-    from hw2_utils import store_in_checkpoint
-
-    final = tmp_path / "final.pt"
-    shutil.copy(trained[0] / "final.pt", final)
-    original = torch.load(final, weights_only=True)
-    store_in_checkpoint(final, "tta", "flip", absent="none")
-    blob = torch.load(final, weights_only=True)
-    assert blob["tta"] == "flip" and blob.keys() - {"tta"} == original.keys()
-    assert all(torch.equal(blob["state_dict"][k], v) for k, v in original["state_dict"].items())
-    assert [p.name for p in tmp_path.iterdir()] == ["final.pt"]  # no temporary file left
-    before = final.read_bytes()
-    store_in_checkpoint(final, "tta", "flip", absent="none")
-    assert final.read_bytes() == before and "unchanged" in capsys.readouterr().out
-
-    def predictions(*extra) -> list:
+    def predictions(checkpoint, *extra) -> list:
         out = tmp_path / "pred.csv"
-        infer.main([slice_path, str(out), "--device", "cpu", *extra])
+        argv = [slice_path, str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]
+        infer.main([*argv, *extra])
         return out.read_text().splitlines()
 
-    carried = predictions("--checkpoint", str(final))
-    assert "test-time flip" in capsys.readouterr().out
-    assert carried == predictions("--checkpoint", str(trained[0] / "final.pt"), "--tta", "flip")
-    assert predictions("--checkpoint", str(final), "--tta", "none") == predictions(
-        "--checkpoint", str(trained[0] / "final.pt")
-    )
-    torch.save({**blob, "tta": "rotate"}, tmp_path / "odd.pt")
-    with pytest.raises(CLIError, match="unknown test-time augmentation 'rotate'"):
-        infer.load_checkpoint(tmp_path / "odd.pt", torch.device("cpu"))
+    default = predictions(model_pt)
+    assert default == predictions(model_pt, "--tta", infer.TTA_DEFAULT) == predictions(carrying)
+    assert predictions(carrying, "--tta", other) == predictions(model_pt, "--tta", other) != default
