@@ -1,9 +1,11 @@
-r"""P4 benchmarks. Each command prints its numbers and, with --json, saves them together with
-the command and the hardware; p4_gan/report.py reads those files.
+r"""P4 benchmarks. They only measure: each command reads generators or run folders, prints its
+numbers and, with --json, saves them together with the command and the hardware;
+p4_gan/report.py reads those files. Choosing among a run's snapshots is p4_gan/select_snapshot.py.
 
-    # the result: for each trained run (RUNS/dcgan, RUNS/improved) its generator_best.pt (chosen
-    # by FID on training faces) writes run.sh's 1000 images; their FID against the 2000 val faces
-    # and face rate, beside the floor: 1000 real *training* faces against the same val faces
+    # the result: for each run folder (RUNS/dcgan, RUNS/improved: train.py's, or the one
+    # p4_gan/select_snapshot.py writes) its model.pt writes run.sh's 1000 images; their FID
+    # against the 2000 val faces and face rate, beside the floor: 1000 real *training* faces
+    # against the same val faces
     python -m bench.p4_gan final --runs runs/p4 --data ../shared/data/celeba10k --out outputs/p4/final \
         --json outputs/p4/final.json
 
@@ -15,15 +17,10 @@ the command and the hardware; p4_gan/report.py reads those files.
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
     python -m bench.p4_gan eval --gen OUT --ref hw2_data/face/val \
         --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
-    # a run trained elsewhere with --fid-every 0 (bench/gpu_session.py): FID on the first 2000
-    # training faces of every snapshot in RUN/snapshots/, written to RUN/fid.csv as train.py would,
-    # and the lowest copied to RUN/generator_best.pt (val faces never seen)
-    python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k \
-        --json outputs/p4/select.json
     # run.sh's 1000 images of one generator at each truncation of z: FID on the first 2000 training
-    # faces and face rate; --ship writes the lowest-FID truncation into the file (run.sh reads it)
+    # faces and face rate; the lowest FID is the choice, made infer.py's TRUNCATION by hand
     python -m bench.p4_gan truncation p4_gan/checkpoints/p4_gan.pt --data ../shared/data/celeba10k \
-        --json p4_gan/checkpoints/p4_truncation.json --ship
+        --json outputs/p4/truncation.json
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python -m bench.p4_gan cost --device cuda --json runs/p4/cost.json
@@ -34,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,13 +41,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
-    CLIError,
     add_option,
     atomic_path,
     command_line,
     describe_hardware,
     ensure_writable_dir,
-    store_in_checkpoint,
     positive_float,
     positive_int,
     require_file,
@@ -63,6 +57,7 @@ from hw2_utils import (
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
+from p4_gan.select_snapshot import training_face_reference
 from p4_gan.pipeline import (
     generate,
     load_generator,
@@ -135,7 +130,7 @@ def cmd_smoke(args) -> dict:
         summary["all_finite"] = all(
             math.isfinite(v) for key in ("d_loss", "g_loss") for v in series(log, "step", key)[1]
         )
-        generator, _ = load_generator(run / "generator.pt")
+        generator, _ = load_generator(run / "model.pt")
         samples = ensure_writable_dir(run / f"samples_{args.n}")
         write_images(generate(generator, args.n, infer.SEED), samples)
         rate = face_rate(samples)
@@ -169,12 +164,12 @@ def cmd_eval(args) -> dict:
 
 def training_record(run: Path) -> dict:
     """What the run folder says about its training: steps, epochs, wall time, and the epoch
-    and training-face FID of the generator_best.pt it picked."""
+    and training-face FID of the model.pt it exports."""
     steps, seconds = series(run / "log.csv", "step", "seconds")
     epochs, fids = (
         series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
     )
-    _, meta = load_generator(run / "generator_best.pt")
+    _, meta = load_generator(run / "model.pt")
     best = fids.index(min(fids)) if fids else None
     # log.csv's clock restarts with each process (a resumed run): add up the segments.
     total = (
@@ -213,14 +208,6 @@ def score(images: torch.Tensor, folder: Path, extractor, reference: tuple, devic
     }
 
 
-def train_reference(args, device) -> tuple:
-    """The Inception extractor, the number of training faces and their statistics: the first
-    --fid-ref-n, the reference that selects checkpoints (train.py's, select's)."""
-    extractor = load_inception(args.fid_weights, device)
-    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
-    return extractor, len(faces), image_statistics(faces, extractor, device=device)
-
-
 def cmd_final(args) -> dict:
     device = resolve_device(args.device)
     extractor = load_inception(args.fid_weights, device)
@@ -252,21 +239,21 @@ def cmd_final(args) -> dict:
     )
     for model in args.models:
         run = Path(args.runs) / model
-        generator, meta = load_generator(
+        generator, _ = load_generator(
             require_file(
-                run / "generator_best.pt",
+                run / "model.pt",
                 f"{model} generator",
                 f"train it: python -m p4_gan.train --model {model} --out {run}",
             ),
             device,
         )
-        # what run.sh writes: its seed, and the truncation the file carries (if any)
-        images = generate(generator, args.n, infer.SEED, truncation=meta.get("truncation"))
+        # what run.sh writes: its seed and truncation
+        images = generate(generator, args.n, infer.SEED, truncation=infer.TRUNCATION)
         scores = score(images, out / model, extractor, reference, device)
         result["models"][model] = {
             **training_record(run),
             **scores,
-            "truncation": meta.get("truncation"),
+            "truncation": infer.TRUNCATION,
             "images": str(out / model),
         }
         print(
@@ -331,51 +318,14 @@ def cmd_cost(args) -> dict:
     return result
 
 
-def cmd_select(args) -> dict:
-    """FID on training faces of each run's snapshots; the lowest becomes its generator_best.pt."""
-    device = resolve_device(args.device)
-    extractor, n_faces, reference = train_reference(args, device)
-    result = {
-        "hardware": describe_hardware(device),
-        "data": str(args.data),
-        "fid_ref_n": n_faces,
-        "fid_n": args.fid_n,
-        "runs": {},
-    }
-    for run in map(Path, args.runs):
-        snapshots = sorted((run / "snapshots").glob("generator_epoch*.pt"))
-        if not snapshots:
-            raise CLIError(f"no snapshots/generator_epochNNNN.pt in {run}")
-        rows = []
-        for path in snapshots:
-            generator, meta = load_generator(path, device)
-            fid = train.measure_fid(generator, extractor, reference, args.fid_n, args.seed, device)
-            rows.append(
-                {"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid}
-            )
-            print(
-                f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {n_faces} training faces",
-                flush=True,
-            )
-        with atomic_path(run / "fid.csv") as tmp, open(tmp, "w") as f:
-            f.write(
-                "step,epoch,fid\n"
-                + "".join(f"{r['step']},{r['epoch']},{r['fid']:.4f}\n" for r in rows)
-            )
-        best = min(rows, key=lambda r: r["fid"])
-        with atomic_path(run / "generator_best.pt") as tmp:
-            shutil.copy(run / "snapshots" / best["file"], tmp)
-        result["runs"][run.name] = {"snapshots": rows, "best": best}
-    return result
-
-
 def cmd_truncation(args) -> dict:
     """Run.sh's 1000 images of one generator at each truncation of z (and without): FID against
-    the training faces that select uses, face rate and feature spread. The lowest FID is the
-    choice (val faces are never read); --ship writes it into the generator file, where infer.py
-    and run.sh read it."""
+    the training faces that select_snapshot uses, face rate and feature spread. The lowest FID is
+    the choice (val faces are never read), which infer.py's TRUNCATION states by hand."""
     device = resolve_device(args.device)
-    extractor, n_faces, reference = train_reference(args, device)
+    extractor, n_faces, reference = training_face_reference(
+        args.data, args.fid_ref_n, args.fid_weights, device
+    )
     generator, _ = load_generator(args.generator, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -390,8 +340,6 @@ def cmd_truncation(args) -> dict:
             )
     chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
     print(f"chosen by training-face FID: {chosen or 'no truncation'}")
-    if args.ship:
-        store_in_checkpoint(args.generator, "truncation", chosen)
     return {
         "hardware": describe_hardware(device),
         "generator": str(args.generator),
@@ -455,33 +403,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     s = sub.add_parser(
-        "select", help="FID on training faces of each snapshot of runs trained with --fid-every 0"
-    )
-    s.add_argument("runs", nargs="+", help="run folders holding snapshots/generator_epochNNNN.pt")
-    s.add_argument(
-        "--data", required=True, help="folder with the training faces (train/ or train.npz)"
-    )
-    s.add_argument(
-        "--fid-n",
-        type=positive_int,
-        default=1000,
-        help="generated images per FID (train.py's default)",
-    )
-    s.add_argument(
-        "--fid-ref-n",
-        type=positive_int,
-        default=2000,
-        help="training faces FID is measured against (ditto)",
-    )
-    s.add_argument(
-        "--seed",
-        type=seed_int,
-        default=0,
-        help="z of the generated images (train.py's --seed default)",
-    )
-    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
-    s.add_argument("--device", default="auto")
-    s = sub.add_parser(
         "cost", help="FLOPs and measured seconds per training iteration; inference seconds"
     )
     s.add_argument("--batch-size", type=positive_int, default=train.DEFAULTS["batch_size"])
@@ -511,7 +432,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=2000,
         help="training faces FID is measured against",
     )
-    s.add_argument("--ship", action="store_true", help="write the chosen truncation into GENERATOR")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     for s in sub.choices.values():
@@ -527,7 +447,6 @@ def main(argv=None) -> dict:
         "smoke": cmd_smoke,
         "eval": cmd_eval,
         "final": cmd_final,
-        "select": cmd_select,
         "cost": cmd_cost,
         "truncation": cmd_truncation,
     }[args.command](args)
