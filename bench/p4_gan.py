@@ -164,13 +164,13 @@ def cmd_eval(args) -> dict:
 
 def training_record(run: Path) -> dict:
     """What the run folder says about its training: steps, epochs, wall time, and the epoch
-    and training-face FID of the model.pt it exports."""
+    and training-face FID of its model.pt (a select_snapshot folder's choice, or a train.py
+    run's last export)."""
     steps, seconds = series(run / "log.csv", "step", "seconds")
     epochs, fids = (
         series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
     )
     _, meta = load_generator(run / "model.pt")
-    best = fids.index(min(fids)) if fids else None
     # log.csv's clock restarts with each process (a resumed run): add up the segments.
     total = (
         sum(before for before, after in zip(seconds, seconds[1:]) if after < before) + seconds[-1]
@@ -182,7 +182,8 @@ def training_record(run: Path) -> dict:
         "command": meta.get("recipe"),
         "best_step": meta.get("step"),
         "best_epoch": meta.get("epoch"),
-        "best_train_fid": fids[best] if best is not None else None,
+        # model.pt's own training-face FID, where measured (the choice of select_snapshot)
+        "best_train_fid": dict(zip(epochs, fids)).get(meta.get("epoch")),
         "fid_curve": list(zip(epochs, fids)),
     }
 

@@ -141,11 +141,11 @@ def main(argv=None) -> dict:
             ),
             "last": {"epoch": len(accuracies), "target_val_acc": accuracies[-1]},
         }
-        chosen = rows[name]["selected_by"][row["select"]]
+        chosen, oracle = (rows[name]["selected_by"][c] for c in (row["select"], "oracle"))
         print(
             f"{name}: {row['select']} chose epoch {chosen['epoch']} -> target val "
-            f"{chosen['target_val_acc']:.4f} (oracle {rows[name]['selected_by']['oracle']['target_val_acc']:.4f} "
-            f"at epoch {rows[name]['selected_by']['oracle']['epoch']}), {row['seconds']:.0f} s"
+            f"{chosen['target_val_acc']:.4f} (oracle {oracle['target_val_acc']:.4f} at epoch "
+            f"{oracle['epoch']}), {row['seconds']:.0f} s"
         )
     chosen_row = metrics["chosen"]["row"]
     record = {
@@ -180,9 +180,8 @@ def main(argv=None) -> dict:
 
 
 def print_table(record: dict) -> None:
-    print(
-        f"\n| MNIST-M -> {record['target'].upper()} | SND's epoch | DEV's | source val's | oracle | SND | wall time |"
-    )
+    columns = "SND's epoch | DEV's | source val's | oracle | SND | wall time"
+    print(f"\n| MNIST-M -> {record['target'].upper()} | {columns} |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in record["rows"].items():
         by = r["selected_by"]

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw2_utils import (
+    CLIError,
     atomic_path,
     autocast,
     command_line,
@@ -218,12 +219,18 @@ def accuracy_of(model, meta: dict, images, labels, device, tta: str = "none") ->
 
 
 def score_run(run: Path, data: str, also_test: str, device: torch.device) -> dict:
-    """A finished train.py run as its result.json records it, with its exported model.pt scored as
-    infer.py loads it (fp16 weights, fp32 compute, no flip) on the test split of --data and of
-    --also-test: it should match the in-training (bf16 autocast) evaluation."""
-    result = json.loads(
+    """A finished train.py run's numbers as its result.json records them ("metrics"), with its
+    exported model.pt scored as infer.py loads it (fp16 weights, fp32 compute, no flip) on the test
+    split of --data and of --also-test: it should match the in-training (bf16 autocast) evaluation."""
+    run_result = json.loads(
         require_file(run / "result.json", "the run's result (train.py writes it)").read_text()
     )
+    if not run_result["finished"]:
+        raise CLIError(
+            f"{run} stopped at step {run_result['step']} of {run_result['total_steps']}: "
+            "run its train.py command again to finish it"
+        )
+    result = run_result["metrics"]
     model, meta = load_checkpoint(
         require_file(run / "model.pt", "the run's exported model"), device
     )
@@ -292,7 +299,7 @@ def main(argv=None) -> dict:
         help="tta, smoke runs only: train.py's --limit (a fixed random draw of N training "
         "and N/5 test images, whose val split is scored)",
     )
-    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="cam: cam.py's --seed (default 0)")
     p.add_argument("--device", default="auto")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)

@@ -291,7 +291,8 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
 
 def test_bench_full_scores_a_finished_run_without_training(trained, slice_path, tmp_path):
     """--parts full reads a finished run folder: the run's own numbers are kept, its exported
-    model.pt is scored as infer.py loads it on both test sets, and nothing in the run changes."""
+    model.pt is scored as infer.py loads it on both test sets, nothing in the run changes, and
+    a run that --max-seconds stopped early is refused."""
     from bench import p6_classification as bench
 
     run = trained[0]
@@ -311,6 +312,13 @@ def test_bench_full_scores_a_finished_run_without_training(trained, slice_path, 
     assert record["also_test"]["test_images"] == 1017
     assert record["also_test"]["test_acc"] == pytest.approx(expected, abs=0.01)  # bf16 in training
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "result.json").write_text(
+        json.dumps({"finished": False, "step": 3, "total_steps": 12, "metrics": {}})
+    )
+    with pytest.raises(CLIError, match="stopped at step 3 of 12"):
+        bench.score_run(unfinished, slice_path, slice_path, torch.device("cpu"))
 
 
 def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror():
