@@ -1,9 +1,11 @@
-r"""P4 benchmarks. Each command prints its numbers and, with --json, saves them together with
-the command and the hardware; p4_gan/report.py reads those files.
+r"""P4 benchmarks. They only measure: each command reads generators or run folders, prints its
+numbers and, with --json, saves them together with the command and the hardware;
+p4_gan/report.py reads those files. Choosing among a run's snapshots is p4_gan/select_snapshot.py.
 
-    # the result: for each trained run (RUNS/dcgan, RUNS/improved) its generator_best.pt (chosen
-    # by FID on training faces) writes run.sh's 1000 images; their FID against the 2000 val faces
-    # and face rate, beside the floor: 1000 real *training* faces against the same val faces
+    # the result: for each run folder (RUNS/dcgan, RUNS/improved: train.py's, or the one
+    # p4_gan/select_snapshot.py writes) its model.pt writes run.sh's 1000 images; their FID
+    # against the 2000 val faces and face rate, beside the floor: 1000 real *training* faces
+    # against the same val faces
     python -m bench.p4_gan final --runs runs/p4 --data ../shared/data/celeba10k --out outputs/p4/final \
         --json outputs/p4/final.json
 
@@ -15,15 +17,10 @@ the command and the hardware; p4_gan/report.py reads those files.
     # to check the evaluation pipeline; FID needs --ref and pytorch-fid's Inception weights)
     python -m bench.p4_gan eval --gen OUT --ref hw2_data/face/val \
         --fid-weights checkpoints/pt_inception-2015-12-05-6726825d.pth --json runs/p4/eval_improved.json
-    # a run trained elsewhere with --fid-every 0 (bench/gpu_session.py): FID on the first 2000
-    # training faces of every snapshot in RUN/snapshots/, written to RUN/fid.csv as train.py would,
-    # and the lowest copied to RUN/generator_best.pt (val faces never seen)
-    python -m bench.p4_gan select outputs/gpu/p4_fp16/resnet32_b64 --data ../shared/data/celeba10k \
-        --json outputs/p4/select.json
     # run.sh's 1000 images of one generator at each truncation of z: FID on the first 2000 training
-    # faces and face rate; --ship writes the lowest-FID truncation into the file (run.sh reads it)
+    # faces and face rate; the lowest FID is the choice, made infer.py's TRUNCATION by hand
     python -m bench.p4_gan truncation p4_gan/checkpoints/p4_gan.pt --data ../shared/data/celeba10k \
-        --json p4_gan/checkpoints/p4_truncation.json --ship
+        --json outputs/p4/truncation.json
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python -m bench.p4_gan cost --device cuda --json runs/p4/cost.json
@@ -34,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,12 +41,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
-    CLIError,
+    add_option,
     atomic_path,
     command_line,
     describe_hardware,
     ensure_writable_dir,
-    store_in_checkpoint,
     positive_float,
     positive_int,
     require_file,
@@ -62,6 +57,7 @@ from hw2_utils import (
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
 from p4_gan.figures import plot_curves, series
+from p4_gan.select_snapshot import training_face_reference
 from p4_gan.pipeline import (
     generate,
     load_generator,
@@ -70,13 +66,13 @@ from p4_gan.pipeline import (
     write_images,
 )
 
-MODELS = ("dcgan", "improved")  # train.py --preset, the two models
+MODELS = tuple(train.PRESETS)
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
 
 
 def trainer_for(model: str, device: torch.device, batch_size: int):
     """A full-size trainer of `model` with train.py's defaults."""
-    args = train.parse_args(["--preset", model, "--batch-size", str(batch_size)])
+    args = train.parse_args(["--model", model, "--batch-size", str(batch_size)])
     return train.build_trainer(args, device, torch.float32, rank=0)
 
 
@@ -100,7 +96,7 @@ def cmd_smoke(args) -> dict:
         run = Path(args.out) / model
         train.main(
             [
-                "--preset",
+                "--model",
                 model,
                 "--data",
                 str(args.data),
@@ -168,13 +164,13 @@ def cmd_eval(args) -> dict:
 
 def training_record(run: Path) -> dict:
     """What the run folder says about its training: steps, epochs, wall time, and the epoch
-    and training-face FID of the generator_best.pt it picked."""
+    and training-face FID of its model.pt (a select_snapshot folder's choice, or a train.py
+    run's last export)."""
     steps, seconds = series(run / "log.csv", "step", "seconds")
     epochs, fids = (
         series(run / "fid.csv", "epoch", "fid") if (run / "fid.csv").is_file() else ([], [])
     )
-    _, meta = load_generator(run / "generator_best.pt")
-    best = fids.index(min(fids)) if fids else None
+    _, meta = load_generator(run / "model.pt")
     # log.csv's clock restarts with each process (a resumed run): add up the segments.
     total = (
         sum(before for before, after in zip(seconds, seconds[1:]) if after < before) + seconds[-1]
@@ -186,7 +182,8 @@ def training_record(run: Path) -> dict:
         "command": meta.get("recipe"),
         "best_step": meta.get("step"),
         "best_epoch": meta.get("epoch"),
-        "best_train_fid": fids[best] if best is not None else None,
+        # model.pt's own training-face FID, where measured (the choice of select_snapshot)
+        "best_train_fid": dict(zip(epochs, fids)).get(meta.get("epoch")),
         "fid_curve": list(zip(epochs, fids)),
     }
 
@@ -210,14 +207,6 @@ def score(images: torch.Tensor, folder: Path, extractor, reference: tuple, devic
         "one_face": rate["one_face"],
         "total": rate["total"],
     }
-
-
-def train_reference(args, device) -> tuple:
-    """The Inception extractor, the number of training faces and their statistics: the first
-    --fid-ref-n, the reference that selects checkpoints (train.py's, select's)."""
-    extractor = load_inception(args.fid_weights, device)
-    faces = load_faces(split_source(args.data, "train"), limit=args.fid_ref_n)
-    return extractor, len(faces), image_statistics(faces, extractor, device=device)
 
 
 def cmd_final(args) -> dict:
@@ -251,21 +240,21 @@ def cmd_final(args) -> dict:
     )
     for model in args.models:
         run = Path(args.runs) / model
-        generator, meta = load_generator(
+        generator, _ = load_generator(
             require_file(
-                run / "generator_best.pt",
+                run / "model.pt",
                 f"{model} generator",
                 f"train it: python -m p4_gan.train --model {model} --out {run}",
             ),
             device,
         )
-        # what run.sh writes: its seed, and the truncation the file carries (if any)
-        images = generate(generator, args.n, infer.SEED, truncation=meta.get("truncation"))
+        # what run.sh writes: its seed and truncation
+        images = generate(generator, args.n, infer.SEED, truncation=infer.TRUNCATION)
         scores = score(images, out / model, extractor, reference, device)
         result["models"][model] = {
             **training_record(run),
             **scores,
-            "truncation": meta.get("truncation"),
+            "truncation": infer.TRUNCATION,
             "images": str(out / model),
         }
         print(
@@ -330,51 +319,14 @@ def cmd_cost(args) -> dict:
     return result
 
 
-def cmd_select(args) -> dict:
-    """FID on training faces of each run's snapshots; the lowest becomes its generator_best.pt."""
-    device = resolve_device(args.device)
-    extractor, n_faces, reference = train_reference(args, device)
-    result = {
-        "hardware": describe_hardware(device),
-        "data": str(args.data),
-        "fid_ref_n": n_faces,
-        "fid_n": args.fid_n,
-        "runs": {},
-    }
-    for run in map(Path, args.runs):
-        snapshots = sorted((run / "snapshots").glob("generator_epoch*.pt"))
-        if not snapshots:
-            raise CLIError(f"no snapshots/generator_epochNNNN.pt in {run}")
-        rows = []
-        for path in snapshots:
-            generator, meta = load_generator(path, device)
-            fid = train.measure_fid(generator, extractor, reference, args.fid_n, args.seed, device)
-            rows.append(
-                {"file": path.name, "step": meta["step"], "epoch": meta["epoch"], "fid": fid}
-            )
-            print(
-                f"{run.name} epoch {meta['epoch']}: FID {fid:.2f} on {n_faces} training faces",
-                flush=True,
-            )
-        with atomic_path(run / "fid.csv") as tmp, open(tmp, "w") as f:
-            f.write(
-                "step,epoch,fid\n"
-                + "".join(f"{r['step']},{r['epoch']},{r['fid']:.4f}\n" for r in rows)
-            )
-        best = min(rows, key=lambda r: r["fid"])
-        with atomic_path(run / "generator_best.pt") as tmp:
-            shutil.copy(run / "snapshots" / best["file"], tmp)
-        result["runs"][run.name] = {"snapshots": rows, "best": best}
-    return result
-
-
 def cmd_truncation(args) -> dict:
     """Run.sh's 1000 images of one generator at each truncation of z (and without): FID against
-    the training faces that select uses, face rate and feature spread. The lowest FID is the
-    choice (val faces are never read); --ship writes it into the generator file, where infer.py
-    and run.sh read it."""
+    the training faces that select_snapshot uses, face rate and feature spread. The lowest FID is
+    the choice (val faces are never read), which infer.py's TRUNCATION states by hand."""
     device = resolve_device(args.device)
-    extractor, n_faces, reference = train_reference(args, device)
+    extractor, n_faces, reference = training_face_reference(
+        args.data, args.fid_ref_n, args.fid_weights, device
+    )
     generator, _ = load_generator(args.generator, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -389,8 +341,6 @@ def cmd_truncation(args) -> dict:
             )
     chosen = min(rows, key=lambda row: row["train_fid"])["truncation"]
     print(f"chosen by training-face FID: {chosen or 'no truncation'}")
-    if args.ship:
-        store_in_checkpoint(args.generator, "truncation", chosen)
     return {
         "hardware": describe_hardware(device),
         "generator": str(args.generator),
@@ -421,8 +371,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
     s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
-    s.add_argument(
-        "--gen",
+    add_option(
+        s,
+        "gen",
+        aliases=("--images",),
         required=True,
         help="folder of generated images (evaluation.fid's GEN)",
     )
@@ -448,33 +400,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=positive_int,
         default=1000,
         help="images per model (and real training faces for the floor)",
-    )
-    s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
-    s.add_argument("--device", default="auto")
-    s = sub.add_parser(
-        "select", help="FID on training faces of each snapshot of runs trained with --fid-every 0"
-    )
-    s.add_argument("runs", nargs="+", help="run folders holding snapshots/generator_epochNNNN.pt")
-    s.add_argument(
-        "--data", required=True, help="folder with the training faces (train/ or train.npz)"
-    )
-    s.add_argument(
-        "--fid-n",
-        type=positive_int,
-        default=1000,
-        help="generated images per FID (train.py's default)",
-    )
-    s.add_argument(
-        "--fid-ref-n",
-        type=positive_int,
-        default=2000,
-        help="training faces FID is measured against (ditto)",
-    )
-    s.add_argument(
-        "--seed",
-        type=seed_int,
-        default=0,
-        help="z of the generated images (train.py's --seed default)",
     )
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
@@ -508,7 +433,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=2000,
         help="training faces FID is measured against",
     )
-    s.add_argument("--ship", action="store_true", help="write the chosen truncation into GENERATOR")
     s.add_argument("--fid-weights", help="FID Inception weights (default: evaluation/fid.py's)")
     s.add_argument("--device", default="auto")
     for s in sub.choices.values():
@@ -524,7 +448,6 @@ def main(argv=None) -> dict:
         "smoke": cmd_smoke,
         "eval": cmd_eval,
         "final": cmd_final,
-        "select": cmd_select,
         "cost": cmd_cost,
         "truncation": cmd_truncation,
     }[args.command](args)

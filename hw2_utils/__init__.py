@@ -53,7 +53,6 @@ from hw2_utils.files import (
     save_images,
     save_json,
     save_text,
-    store_in_checkpoint,
     to_uint8,
 )
 from hw2_utils.runs import REQUIRED, RunFolder, add_common_args, git_commit, parse_with_presets
@@ -124,7 +123,6 @@ __all__ = [
     "save_images",
     "save_json",
     "save_text",
-    "store_in_checkpoint",
     "to_uint8",
     "REQUIRED",
     "RunFolder",

@@ -30,7 +30,6 @@ from hw2_utils.cli import (
     CLIError,
     check_output_path,
     error_summary,
-    load_torch_file,
     require_dir,
     require_file,
 )
@@ -693,17 +692,3 @@ def _cifar10_jpeg_archive(path: Path, limit: int | None) -> tuple[np.ndarray, np
         with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as image:
             images[i] = np.asarray(image.convert("RGB"))
     return images, labels[:n]
-
-
-def store_in_checkpoint(path: str | os.PathLike, key: str, value, absent=None) -> bool:
-    """Write `key: value` into a saved checkpoint dict (an inference choice a bench made, such as
-    P4's truncation or P6's test-time flip), through a temporary file; a file that already holds
-    it (or lacks the key while `value` is `absent`) keeps its bytes. Whether it was written."""
-    state = load_torch_file(path, "checkpoint")
-    if state.get(key, absent) == value:
-        print(f"{path} already carries {key} {value}: unchanged")
-        return False
-    with atomic_path(path) as tmp:
-        torch.save({**state, key: value}, tmp)
-    print(f"wrote {key} {value} into {path}")
-    return True

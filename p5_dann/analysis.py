@@ -71,7 +71,7 @@ def tsne_plots(
 
 def row_name(meta: dict) -> str:
     """The bench row a checkpoint was trained as: its mode, the target-side losses it used, and
-    its lambda_max where that is not train.py's default (bench/p5_dann.py's names)."""
+    its lambda_max where that is not train.py's default (p5_dann/sweep.py's names)."""
     config = meta.get("config", {})
     parts = [str(meta.get("mode", "model"))]
     parts += [

@@ -47,7 +47,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
     blob = load_torch_file(
         path,
         "P5 checkpoint",
-        "train it: python -m bench.p5_dann --ship, "
+        "train it: python -m p5_dann.sweep (then copy its model.pt), "
         "or python -m p5_dann.train --mode dann --target <target>",
     )
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):

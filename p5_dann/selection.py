@@ -3,7 +3,7 @@ hyperparameters, methods) without one target label.
 
 - SND, Soft Neighborhood Density (Saito et al., ICCV 2021): the mean entropy of each target
   image's softmax-weighted neighbourhood among the others, in the space of the predicted class
-  probabilities. Higher is better. The shipped criterion (bench/p5_dann.py), chosen before
+  probabilities. Higher is better. The shipped criterion (p5_dann/sweep.py), chosen before
   any target val accuracy of this protocol's runs was seen, because DEV degenerates here (below).
 - DEV, Deep Embedded Validation (You et al., ICML 2019): the source val error, importance-
   weighted by the density ratio w(x) = p_target(x) / p_source(x) of the model's features

@@ -1,8 +1,8 @@
 """The report's P6 section, built only from what the P6 scripts write under RUNS_DIR/p6:
 bench.json (bench/p6_classification.py: throughput, the full run), resnet18/ (that run),
 aug/ (the augmentation study), cam/ (figures and the deletion metric) and vit/ (a ViT
-fine-tune, GPU and weights only); where RUNS_DIR/p6 lacks a record, the copy that
-`bench/p6_classification.py --ship` put beside the shipped model. A missing input is named with
+fine-tune, GPU and weights only); where RUNS_DIR/p6 lacks a record, its copy committed
+beside the shipped model. A missing input is named with
 the command that produces it."""
 
 from __future__ import annotations
@@ -14,7 +14,20 @@ from scipy.stats import binomtest
 
 from hw2_utils import markdown_table, missing, read_record, record_errors
 from p6_classification.aug_study import table as aug_table
-from p6_classification.infer import CHECKPOINTS, SHIPPED, SHIPPED_RECORDS
+from p6_classification.infer import CHECKPOINTS, SHIPPED
+
+# A record's name under RUNS_DIR/p6 -> the name of its committed copy in CHECKPOINTS (copied
+# there by hand when shipped, p6_classification/checkpoints/README.md).
+SHIPPED_RECORDS = {
+    "bench.json": "p6_bench.json",
+    "resnet18/log.csv": "resnet18_train_log.csv",
+    "resnet18/curves.png": "resnet18_curves.png",
+    "aug/aug_study.json": "aug_study.json",
+    "aug/aug_study.png": "aug_study.png",
+    "cam/cam_resnet18.png": "cam_resnet18.png",
+    "cam/deletion_resnet18.json": "deletion_resnet18.json",
+    "cam/deletion_resnet18.png": "deletion_resnet18.png",
+}
 
 SMOKE = "_Smoke-size run (--limit): it only shows the pipeline runs; these are not results._"
 BENCH = "python -m bench.p6_classification"

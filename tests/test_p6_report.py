@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from bench import p6_classification as bench
 from conftest import numbers, require_shared, table_row, table_rows
@@ -240,60 +239,6 @@ def test_section_shows_recorded_numbers(tmp_path, monkeypatch):
 
 def bench_cmd() -> str:
     return "python -m bench.p6_classification"
-
-
-def test_ship_copies_each_parts_model_and_records(tmp_path, monkeypatch):
-    work, checkpoints = tmp_path / "work", tmp_path / "checkpoints"
-    for part in ("full", "aug", "cam"):
-        for record in bench.SHIPPED_PARTS[part]:
-            (work / record).parent.mkdir(parents=True, exist_ok=True)
-            (work / record).write_text(record)
-    (work / "bench.json").write_text(json.dumps({"full": {"val_acc": 0.9}, "aug": {}}))
-    monkeypatch.setattr(bench, "CHECKPOINTS", checkpoints)
-    bench.ship(work, ["full", "cam"])  # not aug
-    assert sorted(p.name for p in checkpoints.iterdir()) == [
-        "cam_resnet18.png",
-        "deletion_resnet18.json",
-        "deletion_resnet18.png",
-        "p6_bench.json",
-        "resnet18_cifar10.pt",
-        "resnet18_curves.png",
-        "resnet18_train_log.csv",
-    ]
-    assert (checkpoints / "resnet18_cifar10.pt").read_text() == "resnet18/model.pt"
-    assert (checkpoints / "resnet18_train_log.csv").read_text() == "resnet18/log.csv"
-    assert json.loads((checkpoints / "p6_bench.json").read_text()) == {"full": {"val_acc": 0.9}}
-
-
-def test_ship_merges_the_parts_run_now_into_the_shipped_bench_record(tmp_path, monkeypatch):
-    """--ship with tta: its record joins the shipped ones and the shipped model gets the choice,
-    last; a new model (full without tta) drops the old model's tta record."""
-    shipped = tmp_path / "checkpoints"
-    shipped.mkdir()
-    monkeypatch.setattr(bench, "CHECKPOINTS", shipped)
-    record = shipped / bench.SHIPPED_RECORDS["bench.json"]
-    record.write_text(json.dumps({"full": {"val_acc": 0.9}, "throughput": {"rows": []}}))
-    model = shipped / bench.SHIPPED.name
-    torch.save({"state_dict": {"w": torch.ones(2)}, "preset": "cutout"}, model)
-    work = tmp_path / "work"
-    (work / "resnet18").mkdir(parents=True)
-    (work / "bench.json").write_text(
-        json.dumps({"full": {"val_acc": 0.1}, "tta": {"chosen": "flip"}})
-    )
-    bench.ship(work, ["tta"])
-    assert json.loads(record.read_text()) == {
-        "full": {"val_acc": 0.9},
-        "throughput": {"rows": []},
-        "tta": {"chosen": "flip"},
-    }
-    blob = torch.load(model, weights_only=True)
-    assert blob["tta"] == "flip" and torch.equal(blob["state_dict"]["w"], torch.ones(2))
-    assert sorted(p.name for p in shipped.iterdir()) == sorted([record.name, model.name])
-
-    for name in ("model.pt", "log.csv", "curves.png"):  # a new model, shipped without tta
-        (work / "resnet18" / name).write_text(name)
-    bench.ship(work, ["full"])
-    assert json.loads(record.read_text()) == {"full": {"val_acc": 0.1}, "throughput": {"rows": []}}
 
 
 def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_path, monkeypatch):

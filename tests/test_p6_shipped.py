@@ -1,5 +1,5 @@
-"""The shipped ResNet-18 (p6_classification/checkpoints/resnet18_cifar10.pt, made by
-`python -m bench.p6_classification --parts full --ship`): it loads with the current code, is an
+"""The shipped ResNet-18 (p6_classification/checkpoints/resnet18_cifar10.pt, its provenance in
+checkpoints/README.md, its bench record p6_bench.json beside it): it loads with the current code, is an
 fp16 state dict of at most 25 MB, classifies the official-pixel test images through infer.py's
 CLI with the accuracy its bench record states, and its CAMs point at the evidence (deletion and
 insertion curves)."""
@@ -15,8 +15,8 @@ from conftest import require_shared
 from p6_classification import cam, infer
 
 
-def shipped_record() -> dict:
-    return json.loads((infer.CHECKPOINTS / infer.SHIPPED_RECORDS["bench.json"]).read_text())["full"]
+def bench_record() -> dict:
+    return json.loads((infer.CHECKPOINTS / "p6_bench.json").read_text())
 
 
 def test_shipped_checkpoint_is_fp16_within_25_mb_and_loads():
@@ -28,21 +28,21 @@ def test_shipped_checkpoint_is_fp16_within_25_mb_and_loads():
     model, meta = infer.load_checkpoint(infer.SHIPPED, torch.device("cpu"))
     assert meta["arch"] == {"model": "resnet18", "stem": "cifar", "width": 64}
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
-    assert meta["epochs"] == shipped_record()["epochs"]
+    assert meta["epochs"] == bench_record()["full"]["epochs"]
 
 
 def test_infer_cli_on_the_official_pixel_test_images_matches_the_record(tmp_path):
-    """infer.py's default is the test-time augmentation the shipped file carries (chosen on val
-    by the bench's tta part); --tta none is the plain model the training run scored."""
+    """infer.py's default is the test-time augmentation the bench's tta part chose on val (its
+    record); --tta none is the plain model the training run scored."""
     data = require_shared("cifar10", "cifar10_slice.npz")
     accuracy = infer.main([str(data), str(tmp_path / "pred.csv"), "--device", "cpu"])
     with open(tmp_path / "pred.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1017 and rows[0]["image_name"] == "00000.png"
     assert {int(r["label"]) for r in rows} == set(range(10))
-    record = json.loads((infer.CHECKPOINTS / infer.SHIPPED_RECORDS["bench.json"]).read_text())
+    record = bench_record()
     full, tta = record["full"], record["tta"]
-    assert torch.load(infer.SHIPPED, weights_only=True).get("tta", "none") == tta["chosen"]
+    assert infer.TTA_DEFAULT == tta["chosen"]
     # the same file and computation as the bench's (a thread count may flip a near tie) ...
     assert abs(accuracy - tta["also_test"]["test_acc"]) <= 2 / 1017
     plain = infer.main([str(data), str(tmp_path / "plain.csv"), "--device", "cpu", "--tta", "none"])

@@ -4,7 +4,6 @@ leaves frozen blocks untouched, and infer.py / cam.py / aug_study.py write their
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import require_shared
-from hw2_utils import CLIError, run_cli, warmup_cosine_lr
+from hw2_utils import CLIError, run_cli
 from p6_classification import aug_study, cam, infer, train, vit_finetune
 from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -29,7 +28,7 @@ SMALL = [
     "32",
     "--device",
     "cpu",
-    "--aug",
+    "--preset",
     "flip_crop",
 ]
 
@@ -78,29 +77,14 @@ def test_honest_protocol_and_outputs(trained):
     out, result, calls = trained
     assert calls == [20, 20, 40]  # val after each epoch, the test set once at the very end
     assert (result["train_images"], result["val_images"], result["test_images"]) == (180, 20, 40)
-    record = json.loads((out / "result.json").read_text())
-    assert record["metrics"]["test_acc"] == result["test_acc"]
-    assert (record["finished"], record["step"], record["total_steps"]) == (True, 10, 10)
-    with open(out / "log.csv") as f:  # 180 training images in batches of 32: 5 steps an epoch
-        rows = list(csv.DictReader(f))
-    assert [(row["step"], row["epoch"]) for row in rows] == [("5", "1"), ("10", "2")]
+    assert json.loads((out / "result.json").read_text())["test_acc"] == result["test_acc"]
+    with open(out / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
     assert Image.open(out / "curves.png").size[0] > 600  # three panels from log.csv
     assert "--limit 200" in result["command"]
-    assert warmup_cosine_lr(0, 100, 10, 0.1) == pytest.approx(0.01)
-    assert warmup_cosine_lr(99, 100, 10, 0.1) < 1e-4
-
-
-def test_warmup_is_capped_at_a_quarter_of_a_short_run(trained, capsys):
-    """3 warmup epochs of a 2-epoch run (issue 42) would keep the lr below its peak to the end:
-    the warmup is cut to a quarter of the run's 10 steps, with one warning line."""
-    assert train.warmup_steps(argparse.Namespace(epochs=2, warmup_epochs=3.0), 5) == 2
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("warning: --warmup-epochs 3 is more than 25% of 2 epochs")
-    assert train.warmup_steps(argparse.Namespace(epochs=150, warmup_epochs=3.0), 88) == 264
-    assert capsys.readouterr().err == ""  # the shipped recipe's 2% warmup stays
-    with open(trained[0] / "log.csv") as f:  # the lr at the end of epoch 1 (step 5 of 10)
-        lr = float(next(csv.DictReader(f))["lr"])
-    assert lr == pytest.approx(warmup_cosine_lr(4, 10, 2, 0.4), abs=1e-5) and lr > 0.3
+    assert (
+        train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
+    )
 
 
 def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, monkeypatch):
@@ -120,15 +104,15 @@ def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, mo
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
     monkeypatch.setattr(train, "evaluate", real)
     train.main(args)
-    a = torch.load(out_a / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    a = torch.load(out_a / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CLIError, match="another run \\(epochs: 2 there, 3 now\\)"):
         train.main([*args[:-2], "--epochs", "3", "--out", str(tmp_path / "b")])
 
 
 def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
-    checkpoint = str(trained[0] / "model.pt")
+    checkpoint = str(trained[0] / "final.pt")
     cifar = load_cifar(slice_path)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -176,7 +160,7 @@ def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
                 [str(folder), str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "y.csv")]
             )
         )
-    assert exit_info.value.code == 2 and "is not a P6 model.pt" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not a P6 final.pt" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -219,7 +203,7 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
             str(out),
         ]
     )
-    final = torch.load(out / "model.pt", weights_only=True)
+    final = torch.load(out / "final.pt", weights_only=True)
     trained = torch.load(out / "last.pt", weights_only=False)["model"]  # the fp32 training state
     assert final["arch"]["trainable_blocks"] == 1
     for name, value in trained.items():
@@ -232,7 +216,7 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
         cam.main(
             [
                 "--checkpoint",
-                str(out / "model.pt"),
+                str(out / "final.pt"),
                 "--data",
                 slice_path,
                 "--n",
@@ -251,7 +235,7 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     path = cam.main(
         [
             "--checkpoint",
-            str(trained[0] / "model.pt"),
+            str(trained[0] / "final.pt"),
             "--data",
             slice_path,
             "--n",
@@ -275,11 +259,9 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     record = aug_study.main([*study, "--out", str(tmp_path / "aug")])
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
-        run = tmp_path / "aug" / "runs" / row["preset"]
-        result = json.loads((run / "result.json").read_text())["metrics"]
+        result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
         assert result["preset"] == row["preset"] and result["test_acc"] == row["test_acc"]
     seed1 = json.loads((tmp_path / "aug" / "runs" / "none_seed1" / "result.json").read_text())
-    seed1 = seed1["metrics"]
     assert seed1["command"].endswith(
         "--seed 1 --out " + str(tmp_path / "aug" / "runs" / "none_seed1")
     )
@@ -307,49 +289,36 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     assert "epoch 1: train loss" in (tmp_path / "aug_jobs" / "runs" / "none_seed1.log").read_text()
 
 
-def test_bench_adopts_a_run_trained_elsewhere(trained, slice_path, tmp_path):
-    """--trained-elsewhere (a GPU session's run, brought back without last.pt): the run's own
-    numbers are kept, not retrained; the second test set is scored here on its exported model;
-    only a run of the recipe may be shipped."""
-    import shutil
-
+def test_bench_full_scores_a_finished_run_without_training(trained, slice_path, tmp_path):
+    """--parts full reads a finished run folder: the run's own numbers are kept, its exported
+    model.pt is scored as infer.py loads it on both test sets, nothing in the run changes, and
+    a run that --max-seconds stopped early is refused."""
     from bench import p6_classification as bench
 
-    work = tmp_path / "work"
-    shutil.copytree(trained[0], work / "resnet18", ignore=shutil.ignore_patterns("last.pt"))
-    record = bench.main(
-        [
-            "--work",
-            str(work),
-            "--parts",
-            "full",
-            "--trained-elsewhere",
-            "--data",
-            slice_path,
-            "--also-test",
-            slice_path,
-            "--limit",
-            "200",
-            "--device",
-            "cpu",
-        ]
-    )["full"]
-    assert (
-        record["val_acc"] == trained[1]["val_acc"] and record["test_acc"] == trained[1]["test_acc"]
+    run = trained[0]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = ["--work", str(tmp_path / "work"), "--parts", "full", "--run", str(run)]
+    record = bench.main([*argv, "--data", slice_path, "--also-test", slice_path, "--device", "cpu"])
+    record = record["full"]
+    assert (record["val_acc"], record["test_acc"]) == (
+        trained[1]["val_acc"],
+        trained[1]["test_acc"],
     )
-    model, meta = infer.load_checkpoint(work / "resnet18" / "model.pt", torch.device("cpu"))
+    model, meta = infer.load_checkpoint(run / "model.pt", torch.device("cpu"))
     cifar = load_cifar(slice_path)
-    expected = (
-        (infer.predict(model, meta, cifar.test_images, torch.device("cpu")) == cifar.test_labels)
-        .float()
-        .mean()
+    predicted = infer.predict(model, meta, cifar.test_images, torch.device("cpu"))
+    expected = (predicted == cifar.test_labels).float().mean().item()
+    assert record["exported_fp16_test_acc"] == {"test": expected, "also_test": expected}
+    assert record["also_test"]["test_images"] == 1017
+    assert record["also_test"]["test_acc"] == pytest.approx(expected, abs=0.01)  # bf16 in training
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "result.json").write_text(
+        json.dumps({"finished": False, "step": 3, "total_steps": 12, "metrics": {}})
     )
-    assert record["also_test"]["test_images"] == 1017 and record["also_test"][
-        "test_acc"
-    ] == pytest.approx(expected.item())
-    assert not (work / "resnet18" / "last.pt").exists()  # nothing was trained
-    with pytest.raises(CLIError, match="not trained with the recipe"):
-        bench.adopted_run(work / "resnet18", slice_path, torch.device("cpu"), recipe_only=True)
+    with pytest.raises(CLIError, match="stopped at step 3 of 12"):
+        bench.score_run(unfinished, slice_path, slice_path, torch.device("cpu"))
 
 
 def test_test_time_flip_averages_the_logits_of_each_image_and_its_mirror():
@@ -388,7 +357,7 @@ def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
         return real(model, meta, images, device, *rest, tta=tta)
 
     monkeypatch.setattr(bench, "predict", spy)
-    final = trained[0] / "model.pt"
+    final = trained[0] / "final.pt"
     before = final.read_bytes()
     argv = ["--work", str(tmp_path), "--parts", "tta", "--checkpoint", str(final)]
     common = ["--data", slice_path, "--also-test", slice_path, "--limit", "200", "--device", "cpu"]
@@ -404,37 +373,26 @@ def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
     csv_out = tmp_path / "pred.csv"
     accuracy = infer.main([slice_path, str(csv_out), "--checkpoint", str(final), "--tta", chosen])
     assert record["also_test"]["test_acc"] == pytest.approx(accuracy)
-    assert final.read_bytes() == before  # the choice is written into a model by --ship only
+    assert final.read_bytes() == before  # the bench only reads the model
 
 
-def test_a_checkpoint_carries_its_tta_and_infer_reads_it(trained, slice_path, tmp_path, capsys):
-    import shutil
+def test_infer_tta_default_is_infer_pys_whatever_the_checkpoint_carries(
+    trained, slice_path, tmp_path
+):
+    """The test-time augmentation is infer.py's default (TTA_DEFAULT, the tta record's choice),
+    not a property of the file: a "tta" key in a checkpoint (shipped files once carried one)
+    changes nothing."""
+    model_pt = trained[0] / "model.pt"
+    other = next(tta for tta in infer.TTA if tta != infer.TTA_DEFAULT)
+    carrying = tmp_path / "carrying.pt"
+    torch.save({**torch.load(model_pt, weights_only=True), "tta": other}, carrying)
 
-    from hw2_utils import store_in_checkpoint
-
-    final = tmp_path / "model.pt"
-    shutil.copy(trained[0] / "model.pt", final)
-    original = torch.load(final, weights_only=True)
-    store_in_checkpoint(final, "tta", "flip", absent="none")
-    blob = torch.load(final, weights_only=True)
-    assert blob["tta"] == "flip" and blob.keys() - {"tta"} == original.keys()
-    assert all(torch.equal(blob["state_dict"][k], v) for k, v in original["state_dict"].items())
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
-    before = final.read_bytes()
-    store_in_checkpoint(final, "tta", "flip", absent="none")
-    assert final.read_bytes() == before and "unchanged" in capsys.readouterr().out
-
-    def predictions(*extra) -> list:
+    def predictions(checkpoint, *extra) -> list:
         out = tmp_path / "pred.csv"
-        infer.main([slice_path, str(out), "--device", "cpu", *extra])
+        argv = [slice_path, str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]
+        infer.main([*argv, *extra])
         return out.read_text().splitlines()
 
-    carried = predictions("--checkpoint", str(final))
-    assert "test-time flip" in capsys.readouterr().out
-    assert carried == predictions("--checkpoint", str(trained[0] / "model.pt"), "--tta", "flip")
-    assert predictions("--checkpoint", str(final), "--tta", "none") == predictions(
-        "--checkpoint", str(trained[0] / "model.pt")
-    )
-    torch.save({**blob, "tta": "rotate"}, tmp_path / "odd.pt")
-    with pytest.raises(CLIError, match="unknown test-time augmentation 'rotate'"):
-        infer.load_checkpoint(tmp_path / "odd.pt", torch.device("cpu"))
+    default = predictions(model_pt)
+    assert default == predictions(model_pt, "--tta", infer.TTA_DEFAULT) == predictions(carrying)
+    assert predictions(carrying, "--tta", other) == predictions(model_pt, "--tta", other) != default
