@@ -24,8 +24,12 @@ def _load(path: Path, command: str) -> tuple[dict | None, str]:
     info = read_record(path)
     if info is None:
         return None, missing("This study", command) + "\n"
+    return info, _note(info)
+
+
+def _note(info: dict) -> str:
     note = f"_Measured with `{info.get('command', '?')}` on {info.get('hardware', '?')}._\n"
-    return info, note + (TINY_NOTE if "(tiny random)" in json.dumps(info) else "")
+    return note + (TINY_NOTE if "(tiny random)" in json.dumps(info) else "")
 
 
 def _figure(path: Path, caption: str) -> str:
@@ -178,9 +182,10 @@ def _maskclip_model(path: Path, info: dict, note: str) -> list[str]:
 def _probe(d: Path) -> str:
     paths = sorted(d.glob("*/result.json"))
     loaded = []
-    for path in paths:  # train.py's numbers are the run record's metrics
+    for path in paths:  # train.py's numbers are its run record's metrics
         with record_errors(path):
-            loaded.append(_load(path, "")[0]["metrics"])
+            info = read_record(path)["metrics"]
+        loaded.append((info, _note(info)))
     # worded apart from "not produced yet", which counts the five studies and the bench
     if not loaded:
         return (
@@ -188,14 +193,14 @@ def _probe(d: Path) -> str:
             f"--data cifar-10-batches-py --out {d}/ViT-B-32` (and the same for RN50)._\n"
         )
     with record_errors(paths[0]):
-        designs = list(loaded[0]["zero_shot_accuracy"])
+        designs = list(loaded[0][0]["zero_shot_accuracy"])
     lines = [
         "Logistic regression (L-BFGS) on frozen unit image embeddings; C chosen on 10% of train held out, "
         "then fitted on all of train; test accuracy beside zero-shot on the same test images.",
         "",
     ]
     rows = []
-    for path, info in zip(paths, loaded):
+    for path, (info, _) in zip(paths, loaded):
         with record_errors(path):
             rows.append(_probe_row(info, designs))
     lines += markdown_table(
