@@ -10,6 +10,7 @@ Every public name is importable from `hw2_utils` itself, as before the split.
 
 from hw2_utils.cli import (
     CLIError,
+    HelpFormatter,
     Number,
     Terminated,
     add_overwrite_option,
@@ -82,6 +83,7 @@ from hw2_utils.runtime import (
 
 __all__ = [
     "CLIError",
+    "HelpFormatter",
     "Number",
     "Terminated",
     "add_overwrite_option",

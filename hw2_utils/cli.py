@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import shlex
@@ -61,6 +62,33 @@ def run_cli(main: Callable[[], object]) -> None:
         _fail("interrupted", 130)
     except Terminated as e:
         _fail(f"terminated by {signal.Signals(e.signum).name}", 128 + e.signum)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's --help: the description as written (its usage lines), and every option
+    with a default shows it, so `--help` tells what a run will do without reading the code."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if "%(default)" in help_ or "default" in help_ or not _shows_default(action):
+            return help_
+        return f"{help_} (default: %(default)s)"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):  # argparse prints nothing for these
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    # flags (False/True), required or unset options (None) and positionals have nothing to show
+    return bool(action.option_strings) and action.default not in (
+        None,
+        False,
+        True,
+        argparse.SUPPRESS,
+    )
 
 
 def _set_prog() -> None:

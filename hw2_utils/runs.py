@@ -152,16 +152,12 @@ def parse_with_presets(
 ) -> argparse.Namespace:
     """parser.parse_args(argv) with --preset NAME's values as the defaults: an option on the
     command line overrides its preset value, the preset overrides the parser's default."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    name = None
-    for i, arg in enumerate(argv):  # the last one counts, as argparse's does
-        if arg.startswith("--preset="):
-            name = arg.split("=", 1)[1]
-        elif arg == "--preset" and i + 1 < len(argv):
-            name = argv[i + 1]
-    # argparse fills in a default only where the namespace has no value yet; an unknown name is
-    # left to the parser's choices to refuse
-    return parser.parse_args(argv, argparse.Namespace(**presets.get(name, {})))
+    args = parser.parse_args(argv)
+    if args.preset is None:
+        return args
+    # again, from a namespace holding the preset's values: argparse fills in a default only where
+    # the namespace has none yet (this also sees --preset under any spelling argparse accepts)
+    return parser.parse_args(argv, argparse.Namespace(**presets[args.preset]))
 
 
 def git_commit(repo: Path = REPO) -> str | None:

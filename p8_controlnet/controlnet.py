@@ -1,6 +1,6 @@
 """(c) ControlNet: text to image guided by a control map made from an image.
 
-    python -m p8_controlnet.controlnet --model sd-v1-5/ --controlnet sd-controlnet-canny/ --image photo.jpg \\
+    python -m p8_controlnet.controlnet --pretrained sd-v1-5/ --controlnet sd-controlnet-canny/ --image photo.jpg \\
         --prompt "a watercolour of a harbour" --control-type canny --scale 0.5 1.0 --out outputs/p8/controlnet
     ... --control-type depth --annotators Annotators/    # MiDaS depth via controlnet_aux, local weights
     ... --control-type openpose --image pose.png         # any other type: the image already is the control

@@ -2,7 +2,7 @@
 -> "... during daylight") and keep its layout, by acting inside our own denoising loop
 (p8_controlnet/denoise.py), over an edit strength s in [0, 1]:
 
-    python -m p8_controlnet.edit --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/edit \\
+    python -m p8_controlnet.edit --pretrained sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/edit \\
         --source "a serene landscape with mountains at night" \\
         --edit "a serene landscape with mountains during daylight" --strengths 0 0.2 0.4 0.6 0.8 1
 

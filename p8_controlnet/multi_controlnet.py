@@ -1,7 +1,7 @@
 """(d) Multi-ControlNet: any number of (control type, image, scale) triples in one pipeline, and
 a comparison grid across combinations of their conditioning scales.
 
-    python -m p8_controlnet.multi_controlnet --model sd-v1-5/ --prompt "a knight in a forest" \\
+    python -m p8_controlnet.multi_controlnet --pretrained sd-v1-5/ --prompt "a knight in a forest" \\
         --control canny castle.jpg 1.0 --control depth forest.jpg 0.7 \\
         --controlnet canny=sd-controlnet-canny/ --controlnet depth=sd-controlnet-depth/ --annotators Annotators/ \\
         --out outputs/p8/multi

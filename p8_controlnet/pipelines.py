@@ -198,12 +198,15 @@ def generate(
 
 
 def add_pipeline_args(
-    p: argparse.ArgumentParser, steps: int = 30, guidance: float = 7.5, model_required: bool = True
+    p: argparse.ArgumentParser,
+    steps: int = 30,
+    guidance: float = 7.5,
+    pretrained_required: bool = True,
 ) -> None:
     g = p.add_argument_group("model and sampler")
     g.add_argument(
-        "--model",
-        required=model_required,
+        "--pretrained",
+        required=pretrained_required,
         help="SD v1.x weights: a diffusers folder or a CompVis single file (sd-v1-4.ckpt / .safetensors)",
     )
     g.add_argument(
@@ -288,14 +291,14 @@ def pipeline_from_args(args: argparse.Namespace, controlnet_paths: list[str] = (
     # fail on a bad path before the big load
     controlnets = [load_controlnet(path) for path in controlnet_paths]
     sd = load_stable_diffusion(
-        args.model, args.sd_config, device="cpu", dtype=resolve_dtype(args.precision, device)
+        args.pretrained, args.sd_config, device="cpu", dtype=resolve_dtype(args.precision, device)
     )
     for path, net in zip(controlnet_paths, controlnets):
         check_controlnet_fits(net, sd.unet, path)
         torch.nn.Module.to(net, dtype=sd.dtype)
     pipe = build_pipeline(
         sd,
-        make_scheduler(args.scheduler, scheduler_config(args.model, args.sd_config)),
+        make_scheduler(args.scheduler, scheduler_config(args.pretrained, args.sd_config)),
         controlnets,
     )
     apply_memory_options(pipe, device, args.attention_slicing, args.vae_tiling, args.cpu_offload)

@@ -1,7 +1,7 @@
 """(f) CLIP-guided latent refinement: gradient ascent on the CLIP image-text similarity in the
 sampler's final latents, through the VAE decoder, with every model frozen:
 
-    python -m p8_controlnet.refine --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/refine \\
+    python -m p8_controlnet.refine --pretrained sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/refine \\
         --prompt "a photograph of an astronaut riding a horse" --n 2 \\
         --optimizer adam --lr 0.05 --iterations 50 --penalty 0.1 --show-iterations 0 10 25 50
 

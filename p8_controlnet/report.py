@@ -65,14 +65,15 @@ FIGURES = [
     ("multi_controlnet", "grid.png", "multi-ControlNet across scale combinations", "multi"),
 ]
 COMMANDS = {
-    "study": "python -m p8_controlnet.infer study --model SD --clip CLIP_DIR --out {d}/sampling_study",
-    "edit": "python -m p8_controlnet.infer edit --model SD --clip CLIP_DIR --n 2 --out {d}/edit",
-    "refine": "python -m p8_controlnet.infer refine --model SD --clip CLIP_DIR --n 2 --penalty 0.1 --out {d}/refine",
-    "txt2img --gallery": "python -m p8_controlnet.infer txt2img --model SD --gallery p8_controlnet/gallery_prompts.txt "
-    "--clip CLIP_DIR --out {d}/gallery",
-    "controlnet": "python -m p8_controlnet.infer controlnet --model SD --controlnet CN_DIR --image IMG --prompt P "
+    "study": "python -m p8_controlnet.infer study --pretrained SD --clip CLIP_DIR --out {d}/sampling_study",
+    "edit": "python -m p8_controlnet.infer edit --pretrained SD --clip CLIP_DIR --n 2 --out {d}/edit",
+    "refine": "python -m p8_controlnet.infer refine --pretrained SD --clip CLIP_DIR --n 2 --penalty 0.1 "
+    "--out {d}/refine",
+    "txt2img --gallery": "python -m p8_controlnet.infer txt2img --pretrained SD "
+    "--gallery p8_controlnet/gallery_prompts.txt --clip CLIP_DIR --out {d}/gallery",
+    "controlnet": "python -m p8_controlnet.infer controlnet --pretrained SD --controlnet CN_DIR --image IMG --prompt P "
     "--out {d}/controlnet",
-    "multi": "python -m p8_controlnet.infer multi --model SD --prompt P --control canny IMG 1.0 ... "
+    "multi": "python -m p8_controlnet.infer multi --pretrained SD --prompt P --control canny IMG 1.0 ... "
     "--out {d}/multi_controlnet",
 }
 

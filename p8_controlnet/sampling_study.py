@@ -1,7 +1,7 @@
 """(b) Sampling study: scheduler x steps x guidance with wall time and CLIP score, custom beta
 schedules, decoded intermediate latents, and slerp/lerp between two prompts' text embeddings.
 
-    python -m p8_controlnet.sampling_study --model sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/study \\
+    python -m p8_controlnet.sampling_study --pretrained sd-v1-5/ --clip clip-vit-base-patch32/ --out outputs/p8/study \\
         --prompt "a red bus in the snow" --prompt "a bowl of ramen" --seeds 0 1 \\
         --schedulers ddim euler-a dpm++2m unipc --steps-list 10 20 50 --guidances 1 3 7.5 12
 
@@ -117,7 +117,7 @@ class Study:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.pipe, self.sd, self.device = pipeline_from_args(args)
-        self.config = scheduler_config(args.model, args.sd_config)
+        self.config = scheduler_config(args.pretrained, args.sd_config)
         self.size = call_size(args, self.sd)
         if args.clip:
             from p8_controlnet.clip_score import ClipScorer

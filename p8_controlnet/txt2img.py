@@ -1,7 +1,8 @@
 """(a) Text to image with Stable Diffusion through diffusers, any of eight schedulers by name.
 
-    python -m p8_controlnet.txt2img --model sd-v1-5/ --prompt "a red bus in the snow" --n 4 --out outputs/p8/txt2img
-    python -m p8_controlnet.txt2img --model sd-v1-4.ckpt --gallery prompts.txt --clip clip-vit-base-patch32/ \\
+    python -m p8_controlnet.txt2img --pretrained sd-v1-5/ --prompt "a red bus in the snow" --n 4 \\
+        --out outputs/p8/txt2img
+    python -m p8_controlnet.txt2img --pretrained sd-v1-4.ckpt --gallery prompts.txt --clip clip-vit-base-patch32/ \\
         --out outputs/p8/gallery
     python -m p8_controlnet.txt2img --replay outputs/p8/txt2img/run.json --out outputs/p8/replay   # same bytes
 
@@ -41,7 +42,7 @@ from p8_controlnet.records import environment, image_grid, read_json
 
 # What run.json must hold to redo a run exactly (device and output folder may change).
 SETTINGS = (
-    "model",
+    "pretrained",
     "sd_config",
     "prompt",
     "negative_prompt",
@@ -78,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="gallery: CLIP score (100 x cosine) below which an image is off-prompt (default: %(default)s)",
     )
     p.add_argument("--out", required=True, help="output folder")
-    add_pipeline_args(p, model_required=False)
+    add_pipeline_args(p, pretrained_required=False)
     add_overwrite_option(p)
     args = p.parse_args(argv)
     if args.replay:
@@ -89,8 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             )
         # --out and --device stay
         vars(args).update({k: settings[k] for k in SETTINGS}, gallery=None)
-    elif not args.model:
-        p.error("--model is required (or --replay run.json)")
+    elif not args.pretrained:
+        p.error("--pretrained is required (or --replay run.json)")
     return args
 
 

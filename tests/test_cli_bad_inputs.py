@@ -576,7 +576,14 @@ CASES = [
     (
         "p8-empty-gallery",
         "p8_controlnet.txt2img",
-        lambda i, w: ["--model", i / "sd", "--gallery", i / "empty_gallery.txt", "--out", w / "g"],
+        lambda i, w: [
+            "--pretrained",
+            i / "sd",
+            "--gallery",
+            i / "empty_gallery.txt",
+            "--out",
+            w / "g",
+        ],
         "no prompt",
     ),
     (

@@ -106,7 +106,7 @@ def test_scale_combinations():
 def test_multi_controlnet_script_writes_a_grid_per_scale_combination(models, coco, tmp_path):
     record = multi_controlnet.main(
         [
-            "--model",
+            "--pretrained",
             str(models / "sd"),
             "--prompt",
             "a kitchen",
@@ -150,7 +150,7 @@ def test_multi_controlnet_script_writes_a_grid_per_scale_combination(models, coc
     assert all(not np.array_equal(pixels[0], p) for p in pixels[1:])
 
     def refused(controls: str, extra: str = "") -> None:
-        argv = f"--model x --prompt p {controls} --controlnet canny=y {extra}".split()
+        argv = f"--pretrained x --prompt p {controls} --controlnet canny=y {extra}".split()
         multi_controlnet.main([*argv, "--out", str(tmp_path / "n")])
 
     with pytest.raises(CLIError, match="no --controlnet TYPE=DIR for control type"):
@@ -169,7 +169,7 @@ def test_multi_controlnet_script_writes_a_grid_per_scale_combination(models, coc
 
 def test_controlnet_script_rows_per_scale_and_guidance_window(models, coco, tmp_path):
     args = [
-        "--model",
+        "--pretrained",
         str(models / "sd"),
         "--controlnet",
         str(models / "controlnet-canny"),

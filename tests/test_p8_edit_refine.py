@@ -45,7 +45,7 @@ def rows(path) -> list[dict]:
 
 def tiny_args(models, out, *extra) -> list[str]:
     return [
-        "--model",
+        "--pretrained",
         str(models / "sd"),
         "--clip",
         str(models / "clip"),
@@ -205,7 +205,7 @@ def test_refine_bad_numbers_are_one_error_line():
             "-m",
             "p8_controlnet.infer",
             "refine",
-            "--model",
+            "--pretrained",
             "x",
             "--clip",
             "y",

@@ -111,7 +111,7 @@ def test_attention_slicing_keeps_the_images_and_offload_needs_cuda(models):
 def run_txt2img(models, out, *extra):
     return txt2img.main(
         [
-            "--model",
+            "--pretrained",
             str(models / "sd"),
             "--out",
             str(out),
@@ -217,7 +217,7 @@ def test_missing_weights_are_one_line_errors(models, tmp_path):
         match=r"Stable Diffusion checkpoint not found: .*nope\.ckpt \(bash hw2_download_ckpt\.sh",
     ):
         run_txt2img(
-            models, tmp_path / "x", "--prompt", "a cat", "--model", str(tmp_path / "nope.ckpt")
+            models, tmp_path / "x", "--prompt", "a cat", "--pretrained", str(tmp_path / "nope.ckpt")
         )
     assert not (tmp_path / "x").exists()
     r = subprocess.run(
@@ -225,7 +225,7 @@ def test_missing_weights_are_one_line_errors(models, tmp_path):
             sys.executable,
             "-m",
             "p8_controlnet.controlnet",
-            "--model",
+            "--pretrained",
             str(models / "sd"),
             "--controlnet",
             str(tmp_path / "no-controlnet"),
@@ -272,4 +272,4 @@ def test_controlnet_must_fit_the_unet_and_infer_dispatches(tmp_path, capsys):
     ):
         infer.main(["draw"])
     with pytest.raises(CLIError, match="give --prompt"):
-        infer.main(["txt2img", "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+        infer.main(["txt2img", "--pretrained", str(tmp_path), "--out", str(tmp_path / "o")])

@@ -62,7 +62,9 @@ def test_section_quotes_each_runs_command_once(tmp_path):
     d.mkdir(parents=True)
     for name in ("edit.png", "edit_scores.png"):
         (d / name).write_bytes(b"png")
-    command = "python -m p8_controlnet.edit --model tiny/sd --clip tiny/clip --out outputs/p8/edit"
+    command = (
+        "python -m p8_controlnet.edit --pretrained tiny/sd --clip tiny/clip --out outputs/p8/edit"
+    )
     (d / "edit.json").write_text(json.dumps({"command": command}))
     text = section(tmp_path)
     assert text.count(f"`{command}`") == 1 and "stand-ins" in text

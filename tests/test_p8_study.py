@@ -100,7 +100,7 @@ def test_sampling_study_tables_and_figures(models, tmp_path):
     out = tmp_path / "study"
     sampling_study.main(
         [
-            "--model",
+            "--pretrained",
             str(models / "sd"),
             "--clip",
             str(models / "clip"),
@@ -170,7 +170,7 @@ def test_sampling_study_tables_and_figures(models, tmp_path):
 def test_the_last_intermediate_decodes_to_the_final_image(models):
     args = sampling_study.parse_args(
         [
-            "--model",
+            "--pretrained",
             str(models / "sd"),
             "--out",
             "unused",

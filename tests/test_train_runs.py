@@ -489,6 +489,7 @@ def test_a_preset_sets_defaults_and_the_command_line_overrides_it():
     args = parse_with_presets(p, ["--data", "d", "--preset", "shipped", "--limit", "3"], presets)
     assert (args.image_size, args.limit, args.preset) == (32, 3, "shipped")
     assert parse_with_presets(p, ["--data", "d"], presets).image_size == 64
+    assert parse_with_presets(p, ["--data", "d", "--pres=shipped"], presets).image_size == 32
 
 
 @pytest.mark.parametrize("module", [p1, p2, p3, p4, p5, p6, p7, p8])
