@@ -244,13 +244,6 @@ def _speed(d: Path) -> list[str]:
             for name, r in record["loops"].items()
         ],
     )
-    lines += [
-        "",
-        "Kept from these: `inference_mode`, and `channels_last` except for bf16 on the CPU "
-        "(`pipeline.fastest_memory_format`). The graded default stays fp32, the precision every "
-        "accuracy here was measured in, so the graded bytes do not depend on the CPU's bf16 units; "
-        "`torch.compile` compiles for longer than it saves over hw2_1.sh's 20 UNet calls.",
-    ]
     calls = record["unet_calls"]
     # the first call of a compiled UNet includes its compile time; older records lack it
     first = any("first_call_s" in k for k in calls)
@@ -268,7 +261,14 @@ def _speed(d: Path) -> list[str]:
             for k in calls
         ],
     )
-    return lines + [""]
+    return lines + [
+        "",
+        "Kept from these: `inference_mode`, and `channels_last` except for bf16 on the CPU "
+        "(`pipeline.fastest_memory_format`). The graded default stays fp32, the precision every "
+        "accuracy here was measured in, so the graded bytes do not depend on the CPU's bf16 units; "
+        "`torch.compile` compiles for longer than it saves over hw2_1.sh's 20 UNet calls.",
+        "",
+    ]
 
 
 def _gpu(d: Path) -> list[str]:
@@ -328,7 +328,8 @@ def section(runs_dir: str | Path) -> str:
         "dropped together with p = 0.1 in training, so one network gives both branches of CFG: "
         "eps = eps_uncond + w (eps_cond - eps_uncond). Linear betas 1e-4..0.02, T = 1000 (p1_ddpm/diffusion.py, "
         "checked against diffusers' schedulers in tests/test_p1_diffusion.py). The second domain is USPS: no "
-        "SVHN exists on the machines that trained the shipped checkpoint.",
+        "SVHN exists on the machines that trained the shipped checkpoint. How it was trained (two stages, "
+        "their commands and logs): `p1_ddpm/checkpoints/README.md`.",
         "",
     ]
     grids = sorted(d.glob("grid_*.png"))
@@ -349,11 +350,11 @@ def section(runs_dir: str | Path) -> str:
         lines += [missing("Figures", f"python -m p1_ddpm.report --out {d}"), ""]
     for name, render in (
         ("p1_bench.json", _accuracy),
-        ("p1_steps.json", _steps),
-        ("p1_speed.json", _speed),
         ("p1_fresh_seed.json", _fresh_seed),
         (GPU_SESSION, _gpu),
+        ("p1_steps.json", _steps),
         ("p1_cfg_sweep.json", _sweep),
+        ("p1_speed.json", _speed),
     ):
         with record_errors(_record_path(d, name)):
             lines += render(d)

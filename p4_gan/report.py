@@ -81,7 +81,13 @@ def _results(d: Path, shipped: Path) -> str:
         rows.append(
             [
                 title,
-                f"{m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h",
+                f"{m['steps']} steps, {m['epochs']:.0f} epochs, "
+                + (
+                    f"{m['train_seconds'] / 3600:.1f} h"
+                    if m["train_seconds"] >= 3600
+                    else f"{m['train_seconds']:.0f} s"
+                ),
+                m.get("trained_on", "-"),
                 chosen,
                 f"{m['fid']:.2f}",
                 f"{100 * m['face_rate']:.1f}%",
@@ -93,13 +99,23 @@ def _results(d: Path, shipped: Path) -> str:
             f"{info['n']} real training faces (the floor this sample size sets)",
             "-",
             "-",
+            "-",
             f"{real['fid']:.2f}",
             f"{100 * real['face_rate']:.1f}%",
             f"{real['feature_spread']:.2f}",
         ]
     )
     lines += markdown_table(
-        ["model", "trained", "chosen checkpoint", "FID vs val", "face rate", "feature spread"], rows
+        [
+            "model",
+            "trained",
+            "trained on",
+            "chosen checkpoint",
+            "FID vs val",
+            "face rate",
+            "feature spread",
+        ],
+        rows,
     )
     lines += [
         "",

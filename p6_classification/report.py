@@ -109,13 +109,22 @@ def _full(bench: dict, d: Path) -> list[str]:
         "",
     ]
     lines += markdown_table(
-        ["val acc", "test acc, CIFAR-10 (JPEG copy)", "test acc, official pixels", "training time"],
+        [
+            "val acc",
+            "test acc, CIFAR-10 (JPEG copy)",
+            "test acc, official pixels",
+            "training time",
+            "trained on",
+        ],
         [
             [
                 f"{r['val_acc']:.4f}",
                 f"{r['test_acc']:.4f} ({r['test_images']} images)",
                 f"{also['test_acc']:.4f} ({also['test_images']} images)" if also else "-",
-                f"{r['train_seconds'] / 60:.0f} min",
+                f"{r['train_seconds'] / 60:.0f} min"
+                if r["train_seconds"] >= 600
+                else f"{r['train_seconds']:.0f} s",
+                r["hardware"],
             ]
         ],
     ) + [""]

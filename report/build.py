@@ -55,6 +55,7 @@ FONTS = {
     "Mono": "DejaVuSansMono.ttf",
 }
 TABLE_FONT_SIZES = (8, 7, 6)  # tried in turn until every column fits its longest word
+SHORT_CELL = 9  # a column whose widest cell is under this many font sizes wide is not wrapped
 
 
 def repository_paths(markdown: str, base: Path) -> str:
@@ -146,8 +147,15 @@ def column_widths(rows: list[list[str]], width: float, size: float, pad: float) 
         return None
     if sum(most) <= width:
         return most
-    share = (width - sum(least)) / (sum(most) - sum(least))
-    return [lo + (hi - lo) * share for lo, hi in zip(least, most)]
+    # short cells ("0.9228 (5)") are kept on one line when the long columns still fit their words
+    short = [hi <= SHORT_CELL * size for hi in most]
+    floor = [hi if s else lo for lo, hi, s in zip(least, most, short)]
+    if sum(floor) > width or all(short):
+        floor = least
+        short = [False] * len(most)
+    spare = sum(hi - lo for lo, hi, s in zip(floor, most, short) if not s)
+    share = (width - sum(floor)) / spare if spare else 0.0
+    return [lo if s else lo + (hi - lo) * share for lo, hi, s in zip(floor, most, short)]
 
 
 def _joined(lines: list[str], i: int, first: str) -> tuple[str, int]:
