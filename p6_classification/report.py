@@ -240,6 +240,7 @@ def _aug(d: Path) -> list[str]:
         f"One run per preset with the same seed, split and budget: ResNet-18 width {arch.get('width')}, "
         f"{study['epochs']} epochs, {study['train_images']} training / {study['val_images']} validation / "
         f"{study['test_images']} test images, accuracies of the final epoch. {_measured(study, study['command'])}"
+        + (f" ({study['command_note']}.)" if "command_note" in study else "")
     ]
     if noise:
         seeds = ", ".join(

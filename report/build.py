@@ -110,6 +110,7 @@ def _inline(text: str) -> str:
     text = escape(text)
     text = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![\w*])\*(?![\s*])(.+?)(?<![\s*])\*(?![\w*])", r"<i>\1</i>", text)
     text = re.sub(r"(?<!\w)_(.+?)_(?!\w)", r"<i>\1</i>", text)
     for span in spans:
         text = text.replace("\x00", f'<font face="Mono">{escape(span[1:-1])}</font>', 1)
@@ -148,13 +149,14 @@ def column_widths(rows: list[list[str]], width: float, size: float, pad: float) 
     if sum(most) <= width:
         return most
     # short cells ("0.9228 (5)") are kept on one line when the long columns still fit their words
-    short = [hi <= SHORT_CELL * size for hi in most]
-    floor = [hi if s else lo for lo, hi, s in zip(least, most, short)]
-    if sum(floor) > width or all(short):
+    body = [max((text_width(_plain_words(c)) for c in col[1:]), default=0) + pad for col in columns]
+    short = [b <= SHORT_CELL * size for b in body]
+    floor = [max(lo, b) if s else lo for lo, b, s in zip(least, body, short)]
+    if sum(floor) > width:
         floor = least
         short = [False] * len(most)
     spare = sum(hi - lo for lo, hi, s in zip(floor, most, short) if not s)
-    share = (width - sum(floor)) / spare if spare else 0.0
+    share = min((width - sum(floor)) / spare, 1.0) if spare else 0.0
     return [lo if s else lo + (hi - lo) * share for lo, hi, s in zip(floor, most, short)]
 
 
@@ -180,6 +182,7 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
     from reportlab.lib.units import cm
     from reportlab.platypus import (
         Image,
+        KeepTogether,
         Paragraph,
         Preformatted,
         SimpleDocTemplate,
@@ -255,7 +258,12 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
             # the page's width or 60% of its height, whichever binds; small figures scale up too
             scale = min(width / img.imageWidth, 0.6 * height / img.imageHeight)
             img.drawWidth, img.drawHeight = img.imageWidth * scale, img.imageHeight * scale
-            story += [img, Spacer(1, 6)]
+            # a caption ending in ':' stays on the page of its figure
+            if story and isinstance(story[-1], Paragraph) and story[-1].text.rstrip().endswith(":"):
+                story.append(KeepTogether([story.pop(), img]))
+            else:
+                story.append(img)
+            story.append(Spacer(1, 6))
         elif line.startswith("#"):
             level = min(len(line) - len(line.lstrip("#")), 3)
             story.append(Paragraph(_inline(line.lstrip("# ")), styles[f"Heading{level}"]))
