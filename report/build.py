@@ -66,7 +66,8 @@ def repository_paths(markdown: str, base: Path) -> str:
         target = Path(os.path.relpath(Path(match.group(2)).resolve(), base))
         return f"![{match.group(1)}]({target.as_posix()})"
 
-    return IMAGE.sub(link, markdown).replace(f"{REPO}/", "")
+    # the repository's absolute prefix in text, not inside a relative link's ../../work/...
+    return re.sub(rf"(?<![\w.]){re.escape(str(REPO))}/", "", IMAGE.sub(link, markdown))
 
 
 def render_markdown(runs_dir: Path = RUNS, markdown_path: Path = MARKDOWN) -> str:
@@ -249,7 +250,7 @@ def render_pdf(markdown: str, base: Path, pdf_path: Path) -> None:
             continue
         image = IMAGE.fullmatch(line.strip())
         if image:
-            path = base / image.group(2)
+            path = Path(os.path.normpath(base / image.group(2)))  # base may not exist yet
             if not path.is_file():
                 raise CLIError(
                     f"figure {path} is missing: run the command that makes it (make report)"

@@ -5,8 +5,10 @@ splitting a word and has every glyph, the README's headline numbers are the reco
 write)."""
 
 import json
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pypdf
 import pytest
@@ -127,3 +129,14 @@ def test_make_report_on_a_clone_runs_no_bench():
     assert dry.returncode == 0, dry.stderr
     benches = [line for line in dry.stdout.splitlines() if re.search(r"-m (bench|p\d_\w+)\.", line)]
     assert benches == []
+
+
+def test_links_resolve_from_a_document_written_elsewhere(tmp_path):
+    """A build into another folder links the same repository files, relative to that folder."""
+    out = tmp_path / "not_yet" / "RESULTS.md"
+    text = render_markdown(markdown_path=out)
+    links = [link for _, link in IMAGE.findall(text)]
+    assert links and all(Path(os.path.normpath(out.parent / link)).is_file() for link in links), (
+        links
+    )
+    assert not MACHINE_PATH.findall(text)
