@@ -309,7 +309,7 @@ def _fresh_seed(d: Path) -> list[str]:
                 f"{record['usps_acc']:.4f} ({record['usps_correct']}/{record['usps_total']})",
                 f"{record['seconds']:.0f}"
                 + (
-                    f" (load average {record['load_average_1min']:g} on the machine)"
+                    f" (1-min load average {record['load_average_1min']:g} when it ended)"
                     if "load_average_1min" in record
                     else " (a shared machine)"
                 ),
