@@ -160,3 +160,18 @@ def test_networks_table_is_each_runs_logged_fid_by_epoch(tmp_path):
     assert numbers(table_row(text, "5", "epoch")[dcgan]) == [362.1]
     assert numbers(table_row(text, "5", "epoch")[resnet]) == [349.3]
     assert table_row(text, "10", "epoch")[resnet] == "–"  # not logged: no number
+
+
+def test_figures_come_from_the_shipped_generator_and_logs(tmp_path):
+    """python -m p4_gan.report: run.sh's first 32 faces as a 4x8 grid, both networks printed,
+    and one curves figure per shipped log, which the section then links."""
+    from PIL import Image
+
+    from p4_gan import report
+
+    written = report.make_figures(tmp_path / "p4", "cpu")
+    assert all(p.is_file() for p in written)
+    assert Image.open(tmp_path / "p4" / "first32.png").size == (8 * 66 + 2, 4 * 66 + 2)
+    assert {p.parent.name for p in written if p.name == "curves.png"} == set(report.CURVES)
+    text = section(tmp_path)
+    assert all(f"]({p.as_posix()})" in text for p in written if p.suffix == ".png")

@@ -336,3 +336,22 @@ def test_section_reads_the_shipped_records_when_the_runs_folder_lacks_them(tmp_p
         "python -m bench.p6_classification --work " + str(tmp_path / "runs" / "p6") + " --parts aug"
         in text
     )
+
+
+def test_page_figures_split_the_cam_rows_and_plot_only_cams_orders(tmp_path, monkeypatch):
+    """The shipped CAM figure's ten rows become two columns of five; the deletion figure plots
+    CAM's orders only (Grad-CAM's lie on them), so each legend entry is a visible line."""
+    from PIL import Image
+
+    from p6_classification import cam, report
+    from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
+
+    plotted = {}
+    monkeypatch.setattr(cam, "curve_figure", lambda record, path: plotted.update(record))
+    cams, _ = report.make_figures(tmp_path)
+    tall = Image.open(CHECKPOINTS / SHIPPED_RECORDS["cam/cam_resnet18.png"])
+    assert Image.open(cams).size == (2 * tall.width, tall.height // 2)
+    shipped = json.loads((CHECKPOINTS / SHIPPED_RECORDS["cam/deletion_resnet18.json"]).read_text())
+    for mode in ("deletion", "insertion"):
+        assert set(plotted[mode]) == {k for k in shipped[mode] if "Grad-CAM" not in k}
+        assert len(plotted[mode]) == 4
