@@ -1,7 +1,7 @@
 # Entry points for a fresh machine (README):
 #   make demo   - hw2_1.sh with the shipped P1 checkpoint, then grade it
 #   make test   - the formatter and linter check, then the test suite (what CI runs)
-#   make report - the CPU benches from the shipped checkpoints, then report_out/report.pdf
+#   make report - report/RESULTS.md and report_out/report.pdf from the committed records
 # All create .venv on first use and reuse it while requirements.txt is unchanged.
 PYTHON ?= python3
 VENV := .venv
@@ -43,37 +43,50 @@ demo: venv
 	$(PY) -m evaluation.digit_accuracy --folder outputs/hw2_1 --checkpoint $(SHARED_DATA)/grader/Classifier.pth \
 	    --usps-checkpoint p1_ddpm/checkpoints/usps_grader_lenet.pt
 
-# make report: every bench the report needs that runs on a CPU from the shipped checkpoints (P1 and
-# P5; P2's FLOP count needs no weights). Each is skipped when its output exists (delete the file to
-# redo it), so an interrupted run resumes at the first missing one. Then report.build renders
-# REPORT_OUT/report.pdf from RUNS. BENCH_ARGS goes to both P1 benches, e.g. "--per-digit 1 --steps 2"
-# for a quick check of the wiring into a scratch RUNS.
-RUNS ?= outputs
-REPORT_OUT ?= report_out
-BENCH_ARGS ?=
+# make report: the report's CPU inputs, made from the shipped checkpoints into report/runs/ (P1's
+# figures, benches and fresh seed, P2's FLOP count, P4's faces and curves, P5's t-SNE, P6's page
+# layout of its figures). They are committed, so each is skipped while its file exists (delete one
+# to make it again); then report.build renders report/RESULTS.md and report_out/report.pdf from
+# them and the records shipped beside the checkpoints, and only when one of those changed.
+RUNS := report/runs
 DIGITS := $(SHARED_DATA)/hw2_data/digits
-P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --data $(DIGITS) --classifier $(SHARED_DATA)/grader/Classifier.pth
+CLASSIFIER := $(SHARED_DATA)/grader/Classifier.pth
+P1_BENCH := $(PY) -m bench.p1_ddpm --work $(RUNS)/p1 --data $(DIGITS) --classifier $(CLASSIFIER)
 REPORT_INPUTS := $(RUNS)/p1/grid_mnistm.png $(RUNS)/p1/p1_bench.json $(RUNS)/p1/p1_cfg_sweep.json \
-                 $(RUNS)/p2/cost.json $(RUNS)/p5/tsne_usps_dann_fixmatch_class.png
+                 $(RUNS)/p1/p1_fresh_seed.json $(RUNS)/p2/cost.json $(RUNS)/p4/first32.png \
+                 $(RUNS)/p5/tsne_usps_dann_entropy_class.png $(RUNS)/p6/cam_two_columns.png
+REPORT_SOURCES := report/build.py $(wildcard p*/report.py) $(wildcard p*/checkpoints/*.json) \
+                  $(wildcard p*/checkpoints/*.csv)
 
-report: $(REPORT_INPUTS) | venv
-	$(PY) -m report.build $(RUNS) $(REPORT_OUT)
+report: report_out/report.pdf
+
+report_out/report.pdf: $(REPORT_INPUTS) $(REPORT_SOURCES) | venv
+	$(PY) -m report.build
 
 $(RUNS)/p1/grid_mnistm.png: | venv
 	$(PY) -m p1_ddpm.report --out $(RUNS)/p1
 
 $(RUNS)/p1/p1_bench.json: | venv
-	$(P1_BENCH) $(BENCH_ARGS)
+	$(P1_BENCH)
 
 $(RUNS)/p1/p1_cfg_sweep.json: | venv
-	$(P1_BENCH) --guidance 0 1 2 3 5 --per-digit 10 $(BENCH_ARGS)
+	$(P1_BENCH) --guidance 0 1 2 3 5 --per-digit 10
+
+$(RUNS)/p1/p1_fresh_seed.json: | venv
+	$(PY) -m p1_ddpm.report --out $(RUNS)/p1 --fresh-seed 2025 --classifier $(CLASSIFIER)
 
 $(RUNS)/p2/cost.json: | venv
 	$(PY) -m bench.p2_ddim cost --n 10 --size 256 --json $@
 
-$(RUNS)/p5/tsne_usps_dann_fixmatch_class.png: | venv
+$(RUNS)/p4/first32.png: | venv
+	$(PY) -m p4_gan.report --out $(RUNS)/p4
+
+$(RUNS)/p5/tsne_usps_dann_entropy_class.png: | venv
 	$(PY) -m p5_dann.analysis --checkpoint p5_dann/checkpoints/mnistm_usps_dann.pt --data $(DIGITS) \
 	    --target usps --out $(RUNS)/p5
+
+$(RUNS)/p6/cam_two_columns.png: | venv
+	$(PY) -m p6_classification.report --out $(RUNS)/p6
 
 clean-venv:
 	rm -rf $(VENV)

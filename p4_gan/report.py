@@ -1,20 +1,39 @@
-"""The report's P4 section, built only from files that train.py, p4_gan/figures.py and
-bench/p4_gan.py write: RUNS_DIR/p4/final.json and cost.json, and the run folders
-RUNS_DIR/p4/{dcgan,improved}/, falling back to the shipped copies under p4_gan/checkpoints/
-for the FID table and the training logs. A missing
-input is named together with the command that produces it; no number appears unless a
-file holds it."""
+"""The report's P4 section and its figures, built only from files that train.py, bench/p4_gan.py
+and this module write: the shipped record, logs and generator under p4_gan/checkpoints/, and
+RUNS_DIR/p4/ (first32.png, {model}/architecture.txt, {model}/curves.png), which
+
+    python -m p4_gan.report --out report/runs/p4     # seconds on a CPU, from the shipped files
+
+writes. RUNS_DIR/p4/final.json, truncation.json and cost.json, where a bench wrote them, take the
+place of the shipped records. A missing input is named together with the command that produces
+it; no number appears unless a file holds it."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import shutil
+import tempfile
 from pathlib import Path
 
-from hw2_utils import markdown_table, missing, read_record, record_errors
+from hw2_utils import (
+    markdown_table,
+    missing,
+    read_record,
+    record_errors,
+    resolve_device,
+    run_cli,
+    save_grid,
+)
+from p4_gan.figures import plot_curves, write_architecture
+from p4_gan.infer import SEED
+from p4_gan.pipeline import generate, load_generator
 
 MODELS = {"dcgan": "(A) DCGAN", "improved": "(B) improved GAN"}
 # the shipped bench record and training logs
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"
+# the GPU session's record holds bench.p4_gan cost on one H200
+GPU_SESSION = SHIPPED.parents[1] / "bench" / "records" / "gpu_session_2026-12-04.json"
 # Course baselines (DLCV 2022 HW2 P1) and the best student result we know of.
 BASELINE_FID, BASELINE_FACE_RATE, BEST_STUDENT_FID = 27.0, 0.90, 22.97
 
@@ -62,7 +81,13 @@ def _results(d: Path, shipped: Path) -> str:
         rows.append(
             [
                 title,
-                f"{m['steps']} steps, {m['epochs']:.0f} epochs, {m['train_seconds'] / 3600:.1f} h",
+                f"{m['steps']} steps, {m['epochs']:.0f} epochs, "
+                + (
+                    f"{m['train_seconds'] / 3600:.1f} h"
+                    if m["train_seconds"] >= 3600
+                    else f"{m['train_seconds']:.0f} s"
+                ),
+                m.get("trained_on", "-"),
                 chosen,
                 f"{m['fid']:.2f}",
                 f"{100 * m['face_rate']:.1f}%",
@@ -74,20 +99,34 @@ def _results(d: Path, shipped: Path) -> str:
             f"{info['n']} real training faces (the floor this sample size sets)",
             "-",
             "-",
+            "-",
             f"{real['fid']:.2f}",
             f"{100 * real['face_rate']:.1f}%",
             f"{real['feature_spread']:.2f}",
         ]
     )
     lines += markdown_table(
-        ["model", "trained", "chosen checkpoint", "FID vs val", "face rate", "feature spread"], rows
+        [
+            "model",
+            "trained",
+            "trained on",
+            "chosen checkpoint",
+            "FID vs val",
+            "face rate",
+            "feature spread",
+        ],
+        rows,
     )
     lines += [
         "",
         f"_Measured with `{info['command']}` on {info['hardware']}; training commands:_",
         "",
     ]
-    lines += [f"- {MODELS[model]}: `{m['command']}`" for model, m in info["models"].items()]
+    lines += [
+        f"- {MODELS[model]}: `{m['command']}`"
+        + (f" ({m['command_note']})" if "command_note" in m else "")
+        for model, m in info["models"].items()
+    ]
     if {"dcgan", "improved"} <= info["models"].keys():
         a, b = info["models"]["dcgan"]["fid"], info["models"]["improved"]["fid"]
         verdict = (
@@ -107,41 +146,64 @@ def _results(d: Path, shipped: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_dir(d: Path, model: str) -> Path:
-    return d / model
+# run folder -> (title, shipped log prefix): every run whose log ships, for the curves
+CURVES = {
+    "dcgan": ("(A) DCGAN, CPU", "dcgan"),
+    "improved": ("(B) improved GAN, shipped (GPU)", "improved"),
+    "improved_cpu": ("(B), the earlier CPU run", "improved_cpu"),
+    "resnet32_cpu": ("(B)'s recipe with SNGAN's ResNet networks, CPU", "resnet32_cpu"),
+}
+FIGURES_COMMAND = "python -m p4_gan.report --out {d}"
+
+
+def make_figures(out: Path, device, shipped: Path = SHIPPED) -> list[Path]:
+    """first32.png from the shipped generator (run.sh's seed, so run.sh's first 32 images), each
+    model's printed networks and every shipped log's curves."""
+    generator, _ = load_generator(shipped / "p4_gan.pt", device)
+    written = [out / "first32.png"]
+    save_grid(generate(generator, 1000, SEED)[:32], written[0], nrow=8)
+    for model in MODELS:
+        (out / model).mkdir(parents=True, exist_ok=True)
+        written.append(write_architecture(out / model, model))
+    for name, (_, prefix) in CURVES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / name  # plot_curves reads a run folder's log.csv and fid.csv
+            run.mkdir()
+            shutil.copy(shipped / f"{prefix}_train_log.csv", run / "log.csv")
+            shutil.copy(shipped / f"{prefix}_fid_train_faces.csv", run / "fid.csv")
+            (out / name).mkdir(parents=True, exist_ok=True)
+            written.append(out / name / "curves.png")
+            shutil.copy(plot_curves(run), written[-1])
+    return written
 
 
 def _figures(d: Path) -> str:
+    command = FIGURES_COMMAND.format(d=d)
     parts = []
-    both = d / "first32_ab.png"
-    if both.is_file():
+    first32 = d / "first32.png"
+    if first32.is_file():
         parts.append(
-            "The first 32 of run.sh's 1,000 images, (A) left and (B) right:\n\n"
-            f"![first 32: A and B]({both.as_posix()})\n"
+            "The first 32 of run.sh's 1,000 images from the shipped generator, (B) (seed "
+            f"{SEED}, so these are the files 0000.png-0031.png run.sh writes). (A)'s generator was "
+            "not kept, so its faces cannot be drawn again; its numbers are the record's.\n\n"
+            f"![first 32 images of run.sh, shipped (B)]({first32.as_posix()})\n"
         )
     else:
-        parts.append(_missing("the first 32 images of A and B", f"python -m p4_gan.figures {d}"))
+        parts.append(_missing("the first 32 images of the shipped generator", command))
     for model, title in MODELS.items():
-        run = _run_dir(d, model)
-        parts.append(f"#### {title}\n")
-        arch = run / "architecture.txt"
+        arch = d / model / "architecture.txt"
+        parts.append(f"#### {title}: networks\n")
         if arch.is_file():
             parts.append("```\n" + arch.read_text().strip() + "\n```\n")
         else:
-            parts.append(_missing("architecture", f"python -m p4_gan.figures {d} --models {model}"))
-        curves = run / "curves.png"
+            parts.append(_missing("architecture", command))
+    parts.append("#### Training curves (losses, mean D logits, FID on training faces)\n")
+    for name, (title, _) in CURVES.items():
+        curves = d / name / "curves.png"
         if curves.is_file():
-            parts.append(
-                f"![{title}: losses, D logits and FID on training faces]({curves.as_posix()})\n"
-            )
+            parts.append(f"{title}:\n\n![{title}: training curves]({curves.as_posix()})\n")
         else:
-            parts.append(
-                _missing(
-                    "training curves",
-                    f"python -m p4_gan.train --preset {model} --out {run} "
-                    f"&& python -m p4_gan.figures {d} --models {model}",
-                )
-            )
+            parts.append(_missing(f"{title}: training curves", command))
     return "\n".join(parts)
 
 
@@ -303,8 +365,11 @@ def _truncation(d: Path, shipped: Path) -> str:
     return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"
 
 
-def _cost(d: Path) -> str:
+def _cost(d: Path, session_record: Path) -> str:
     info = read_record(d / "cost.json")
+    if info is None:
+        session = read_record(session_record)
+        info = session and session["timing_records"].get("p4_cost")
     if info is None:
         return _missing("Cost", f"python -m bench.p4_gan cost --device cuda --json {d}/cost.json")
     lines = [
@@ -337,13 +402,13 @@ def _cost(d: Path) -> str:
     return "\n".join(lines) + f"\n\n_Measured with `{info['command']}` on {info['hardware']}._\n"
 
 
-def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
+def section(runs_dir: str | Path, shipped: Path = SHIPPED, session: Path = GPU_SESSION) -> str:
     """Markdown for P4, from RUNS_DIR/p4, else from the shipped record and logs."""
     d = Path(runs_dir) / "p4"
     with record_errors(_results_path(d, shipped)):
         results = _results(d, shipped)
     with record_errors(d / "cost.json"):
-        cost = _cost(d)
+        cost = _cost(d, session)
     with record_errors(_truncation_path(d, shipped)):
         truncation = _truncation(d, shipped)
     return "\n".join(
@@ -380,3 +445,18 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED) -> str:
             cost,
         ]
     )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", default="report/runs/p4", help="RUNS_DIR/p4 for report/build.py")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+    for path in make_figures(Path(args.out), resolve_device(args.device)):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -137,7 +137,7 @@ DESCRIPTIONS = {
     **{name: text for name, (text, _) in _GEOMETRY.items()},
     "normalize": "per-channel mean/std normalisation only",
     "flip_crop": "flip + crop, normalised (the standard CIFAR recipe)",
-    "flip_crop_ls": "flip_crop + label smoothing 0.1 (the shipped model's)",
+    "flip_crop_ls": "flip_crop + label smoothing 0.1 (the earlier CPU model's)",
     "cutout": "flip_crop + cutout 16x16",
     "trivialaugment": "flip_crop + TrivialAugmentWide + cutout",
     "autoaugment": "flip_crop + AutoAugment (CIFAR-10 policy) + cutout",

@@ -129,7 +129,7 @@ def section(runs_dir: str | Path) -> str:
     ]
     with record_errors(d / "p8_bench.json"):
         lines += _speed(d)
-    quoted = set()  # each run's command once, before its first figure
+    quoted, named = set(), set()  # each run's command once; each missing command once
     for folder, name, caption, command in FIGURES:
         figure = d / folder / name
         if figure.is_file():
@@ -137,7 +137,11 @@ def section(runs_dir: str | Path) -> str:
             if ran and folder not in quoted:
                 lines += [f"`{ran}`:", ""]
                 quoted.add(folder)
-            lines += [f"{caption}:", "", f"![{caption}]({figure.resolve()})", ""]
-        else:
-            lines += [missing(caption, COMMANDS[command].format(d=d)), ""]
+            lines += [f"{caption}:", "", f"![{caption}]({figure.as_posix()})", ""]
+        elif command not in named:
+            named.add(command)
+            captions = "; ".join(
+                c for f, n, c, k in FIGURES if k == command and not (d / f / n).is_file()
+            )
+            lines += [missing(captions, COMMANDS[command].format(d=d)), ""]
     return "\n".join(lines)

@@ -69,15 +69,19 @@ def test_section_reads_every_number_from_the_bench_json(tmp_path):
     (tmp_path / "p5" / "p5_bench.json").write_text(json.dumps(record))
     text = report.section(tmp_path)
     by = record["rows"]["dann"]["selected_by"]
-    cells = list(table_row(text, "dann **shipped**").values())
-    assert cells[2:6] == [
+    row = table_row(text, "`dann` **shipped**")
+    assert [
+        row[c] for c in ("chosen by SND (used)", "by DEV", "by source val", "oracle (never used)")
+    ] == [
         f"{by[k]['target_val_acc']:.4f} ({by[k]['epoch']})"
         for k in ("snd", "dev", "source_val_acc", "oracle")
     ]
-    assert float(cells[6]) == record["rows"]["dann"]["target_val_acc_adabn"]
-    assert float(cells[7]) == record["rows"]["dann"]["history"][1]["dev_ess"]  # at DEV's epoch
-    bound = list(table_row(text, "target_only").values())
-    assert bound[2] == bound[3] == "–" and bound[4] == "0.9701 (1) held-out"
+    assert float(row["with AdaBN"]) == record["rows"]["dann"]["target_val_acc_adabn"]
+    # at DEV's epoch
+    assert float(row["DEV weights' ESS"]) == record["rows"]["dann"]["history"][1]["dev_ess"]
+    bound = table_row(text, "`target_only`")
+    assert bound["chosen by SND (used)"] == bound["by DEV"] == "–"
+    assert bound["by source val"] == "0.9701 (1) held-out"
     assert record["command"] in text and f"{record['inference']['images']} val images" in text
     assert "python -m p5_dann.analysis" in text  # no figures yet: the command that makes them
 
@@ -85,7 +89,7 @@ def test_section_reads_every_number_from_the_bench_json(tmp_path):
 def test_section_without_any_bench_output_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "SHIPPED_BENCH", tmp_path / "absent.json")
     text = report.section(tmp_path)
-    assert "Run `python -m bench.p5_dann" in text and "| dann |" not in text
+    assert "Run `python -m bench.p5_dann" in text and "| `dann`" not in text
 
 
 def test_tsne_writes_a_class_and_a_domain_figure(tmp_path, monkeypatch):

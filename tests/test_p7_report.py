@@ -14,7 +14,6 @@ from p7_clip.report import section
 
 def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     text = section(tmp_path)
-    assert text.splitlines()[0].startswith("## P7: ")
     assert text.count("not produced yet") == 6
     for command in (
         "-m p7_clip.similarity",
@@ -26,11 +25,6 @@ def test_empty_runs_dir_names_commands_and_invents_no_numbers(tmp_path):
     ):
         assert f"python {command}" in text
     assert not re.search(r"\|\s*\d", text) and "%" not in text
-    assert all(
-        h.startswith("### ")
-        for h in text.splitlines()
-        if h.startswith("#") and not h.startswith("## P7")
-    )
 
 
 def test_numbers_come_from_the_records(tmp_path):

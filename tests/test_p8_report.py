@@ -10,6 +10,8 @@ import pytest
 from conftest import numbers, table_row
 from p8_controlnet.report import FIGURES, section
 
+COMMANDS = {command for *_, command in FIGURES}  # a missing command is named once
+
 BENCH = {
     "tiny_cpu": {
         "device": "cpu",
@@ -32,7 +34,7 @@ BENCH = {
 def test_section_without_inputs_names_every_command(tmp_path):
     text = section(tmp_path)
     assert "python -m bench.p8_controlnet --json" in text
-    assert text.count("not produced yet") == len(FIGURES) + 1
+    assert text.count("not produced yet") == len(COMMANDS) + 1
     assert "![" not in text and "0.0" not in text  # no figure and no number without a file
 
 
@@ -53,8 +55,8 @@ def test_section_quotes_the_bench_and_links_existing_figures(tmp_path):
             [measured["cpu_s_per_step"], measured["wall_s_per_step"]], abs=0.0005
         )
     assert "not measured" in text
-    assert f"]({(d / 'controlnet' / 'grid.png').resolve()})" in text
-    assert text.count("not produced yet") == len(FIGURES) - 1
+    assert f"]({(d / 'controlnet' / 'grid.png').as_posix()})" in text
+    assert text.count("not produced yet") == len(COMMANDS) - 1  # controlnet's figure exists
 
 
 def test_section_quotes_each_runs_command_once(tmp_path):

@@ -1,67 +1,142 @@
-"""report/build.py: every problem gets a section in order, numbers come only from run
-outputs, missing inputs name their command, and the PDF opens with the same headings."""
+"""report/build.py: the committed results document is what the records render today, it links
+only files of the repository and no machine path, its PDF lays out every table without
+splitting a word and has every glyph, the README's headline numbers are the records', and
+`make report` on a clone runs no bench (its inputs are committed under the names the commands
+write)."""
 
 import json
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pypdf
-from PIL import Image
+import pytest
+from conftest import REPO, numbers, table_row
 
-from report.build import PROBLEMS, build
+from hw2_utils import CLIError
+from report.build import (
+    IMAGE,
+    MARKDOWN,
+    PROBLEMS,
+    column_widths,
+    missing_glyphs,
+    render_markdown,
+    render_pdf,
+)
 
-
-def _runs_with_p1_outputs(tmp_path):
-    runs = tmp_path / "runs"
-    (runs / "p1").mkdir(parents=True)
-    for name in ("grid_mnistm", "reverse_mnistm"):
-        Image.new("RGB", (60, 30), (200, 10, 10)).save(runs / "p1" / f"{name}.png")
-    record = {
-        "per_digit": 50,
-        "sampler": "ddim",
-        "steps": 50,
-        "checkpoint_step": 1234,
-        "hardware": "test-cpu",
-        "usps_grader_val_acc": 0.961,
-        "results": [
-            {"guidance": 2.0, "mnistm_acc": 0.9876, "second_domain_acc": 0.9512, "seconds": 321.0}
-        ],
-    }
-    (runs / "p1" / "p1_bench.json").write_text(json.dumps(record))
-    return runs
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|usr|mnt)/")
 
 
-def test_report_structure_numbers_and_pdf(tmp_path, monkeypatch):
-    from p6_classification import report as p6_report
+def _record(path: str) -> dict:
+    return json.loads((REPO / path).read_text())
 
-    # only P1's figures below
-    monkeypatch.setattr(p6_report, "CHECKPOINTS", tmp_path / "nothing_shipped")
-    out = build(_runs_with_p1_outputs(tmp_path), tmp_path / "report")
-    md = (out / "report.md").read_text()
-    headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert len(headings) == len(PROBLEMS)
-    assert headings[0].startswith("## P1") and headings[1].startswith("## P2")
-    assert "| ddim | 50 | 2 | 0.9876 | 0.9512 | 321 |" in md  # the bench's numbers, verbatim
-    assert "checkpoint step 1234" in md and "test-cpu" in md
-    # Figures are copied next to the report and linked relatively.
-    links = [line for line in md.splitlines() if line.startswith("![")]
-    assert len(links) == 2 and all("](figures/" in link for link in links)
-    assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "000_grid_mnistm.png",
-        "001_reverse_mnistm.png",
-    ]
 
-    pdf = pypdf.PdfReader(out / "report.pdf")
-    text = "".join(page.extract_text() for page in pdf.pages)
-    assert len(pdf.pages) >= 2
-    assert "P1: conditional DDPM" in text and "0.9876" in text
+def test_committed_results_document_is_current():
+    """Stale means a record changed without `python -m report.build` (make report) being run."""
+    assert render_markdown() == MARKDOWN.read_text(), "report/RESULTS.md is stale: run make report"
+
+
+def test_results_document_has_every_problem_and_no_machine_path():
+    text = MARKDOWN.read_text()
+    starts = [text.index(f"\n## P{i}:") for i in range(1, len(PROBLEMS) + 1)]  # in order
+    assert starts == sorted(starts)
+    assert not MACHINE_PATH.findall(text), MACHINE_PATH.findall(text)[:5]
+    for _, link in IMAGE.findall(text):
+        target = (MARKDOWN.parent / link).resolve()
+        assert target.is_file() and REPO in target.parents, link
+
+
+def test_pdf_of_the_committed_document(tmp_path):
+    """render_pdf refuses a table that cannot fit its longest word and a missing glyph, so a
+    build that succeeds has neither; the PDF holds the numbers of the Markdown."""
+    text = MARKDOWN.read_text()
+    render_pdf(text, MARKDOWN.parent, tmp_path / "report.pdf")
+    pdf = "".join(page.extract_text() for page in pypdf.PdfReader(tmp_path / "report.pdf").pages)
+    shipped = _record("p5_dann/checkpoints/mnistm_usps_bench.json")["shipped"]
+    assert f"{shipped['target_val_acc']:.4f}" in pdf
+    assert "P4: GANs" in pdf and not MACHINE_PATH.findall(pdf)
+
+
+def test_table_columns_hold_their_longest_word_or_the_table_is_refused(tmp_path):
+    rows = [["row", "value"], ["`dann_fixmatch_lambda0.05`", "0.9228 (5) and more words here"]]
+    widths = column_widths(rows, 300, 8, 8)
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from report.build import _register_fonts
+
+    _register_fonts()
+    assert widths[0] >= stringWidth("dann_fixmatch_lambda0.05", "Mono", 8) + 8
+    assert sum(widths) <= 300
+    assert column_widths(rows, 100, 8, 8) is None  # the words alone are wider than 100 pt
+    wide = "| " + " | ".join(["a_very_long_unbreakable_cell_value"] * 12) + " |"
+    with pytest.raises(CLIError, match="wider than the page"):
+        render_pdf(f"{wide}\n|{' --- |' * 12}\n{wide}\n", tmp_path, tmp_path / "wide.pdf")
+
+
+def test_missing_glyphs_are_found():
+    assert missing_glyphs("η ᾱ ² ± × − ‖ ₀ → ≈ ≥ µ ε") == set()
+    assert missing_glyphs("a漢") == {"漢"}  # DejaVu has no CJK
 
 
 def test_missing_inputs_name_their_command_and_invent_nothing(tmp_path, monkeypatch):
     from p1_ddpm import report as p1_report
 
     monkeypatch.setattr(p1_report, "SHIPPED_RECORDS", tmp_path / "nothing_shipped")
+    monkeypatch.setattr(p1_report, "GPU_SESSION", tmp_path / "nothing_shipped" / "gpu.json")
     (tmp_path / "runs").mkdir()
-    md = (build(tmp_path / "runs", tmp_path / "report") / "report.md").read_text()
-    p1 = md.split("## P1", 1)[1].split("\n## ", 1)[0]
+    p1 = p1_report.section(tmp_path / "runs")
     assert "python -m p1_ddpm.report --out" in p1 and "python -m bench.p1_ddpm --work" in p1
-    # no accuracy figure without a bench record
-    assert "0." not in p1.split("Accuracy: not produced yet", 1)[1]
+    assert not re.findall(r"\d\.\d", p1.split("## P1", 1)[1].split("not produced yet", 1)[1])
+
+
+def test_readme_headline_numbers_are_the_records():
+    readme = (REPO / "README.md").read_text()
+
+    def shown(record: str) -> list[float]:
+        return numbers(table_row(readme, f"`{record}`", column="record")["result"])
+
+    bench = _record("report/runs/p1/p1_bench.json")["results"][0]
+    assert shown("report/runs/p1/p1_bench.json") == [
+        round(bench["mnistm_acc"], 3),
+        round(bench["second_domain_acc"], 3),
+    ]
+    fresh = _record("report/runs/p1/p1_fresh_seed.json")
+    assert shown("report/runs/p1/p1_fresh_seed.json") == [
+        round(fresh["mnistm_acc"], 3),
+        round(fresh["usps_acc"], 3),
+    ]
+    gan = _record("p4_gan/checkpoints/p4_bench_final.json")["models"]["improved"]
+    assert shown("p4_gan/checkpoints/p4_bench_final.json") == [
+        round(gan["fid"], 2),
+        round(100 * gan["face_rate"], 1),
+    ]
+    dann = _record("p5_dann/checkpoints/mnistm_usps_bench.json")["shipped"]
+    assert shown("p5_dann/checkpoints/mnistm_usps_bench.json") == [round(dann["target_val_acc"], 4)]
+    tta = _record("p6_classification/checkpoints/p6_bench.json")["tta"]
+    assert shown("p6_classification/checkpoints/p6_bench.json") == [
+        round(tta["test_acc"], 4),
+        round(tta["also_test"]["test_acc"], 4),
+    ]
+
+
+def test_make_report_on_a_clone_runs_no_bench():
+    """Every input `make report` would make exists under the name its command writes (the
+    Makefile once waited for a t-SNE file the analysis never wrote, so it re-ran every time)."""
+    dry = subprocess.run(
+        ["make", "-n", "report", "PY=python"], cwd=REPO, capture_output=True, text=True
+    )
+    assert dry.returncode == 0, dry.stderr
+    benches = [line for line in dry.stdout.splitlines() if re.search(r"-m (bench|p\d_\w+)\.", line)]
+    assert benches == []
+
+
+def test_links_resolve_from_a_document_written_elsewhere(tmp_path):
+    """A build into another folder links the same repository files, relative to that folder."""
+    out = tmp_path / "not_yet" / "RESULTS.md"
+    text = render_markdown(markdown_path=out)
+    links = [link for _, link in IMAGE.findall(text)]
+    assert links and all(Path(os.path.normpath(out.parent / link)).is_file() for link in links), (
+        links
+    )
+    assert not MACHINE_PATH.findall(text)

@@ -19,6 +19,7 @@ RECORDS = [
     ("p1_ddpm", "p1", "p1_steps.json"),
     ("p1_ddpm", "p1", "p1_speed.json"),
     ("p1_ddpm", "p1", "p1_cfg_sweep.json"),
+    ("p1_ddpm", "p1", "p1_fresh_seed.json"),
     ("p2_ddim", "p2", "analysis.json"),
     ("p2_ddim", "p2", "mse.json"),
     ("p2_ddim", "p2", "speed.json"),
@@ -103,7 +104,18 @@ def test_build_names_the_bad_record_in_one_error_line(tmp_path, capsys):
     # P2 once showed a broken cost.json as "not produced yet"
     (tmp_path / "runs" / "p2" / "cost.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: build.main([str(tmp_path / "runs"), str(tmp_path / "out")]))
+        run_cli(
+            lambda: build.main(
+                [
+                    "--runs",
+                    str(tmp_path / "runs"),
+                    "--markdown",
+                    str(tmp_path / "out" / "RESULTS.md"),
+                    "--pdf",
+                    str(tmp_path / "out" / "report.pdf"),
+                ]
+            )
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if "error:" in line] == [
