@@ -41,7 +41,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
-    add_option,
     atomic_path,
     command_line,
     describe_hardware,
@@ -66,13 +65,13 @@ from p4_gan.pipeline import (
     write_images,
 )
 
-MODELS = tuple(train.PRESETS)
+MODELS = ("dcgan", "improved")  # train.py --preset, the two models
 COURSE_TRAIN_FACES = 38_464  # hw2_data/face/train in the course data
 
 
 def trainer_for(model: str, device: torch.device, batch_size: int):
     """A full-size trainer of `model` with train.py's defaults."""
-    args = train.parse_args(["--model", model, "--batch-size", str(batch_size)])
+    args = train.parse_args(["--preset", model, "--batch-size", str(batch_size)])
     return train.build_trainer(args, device, torch.float32, rank=0)
 
 
@@ -96,7 +95,7 @@ def cmd_smoke(args) -> dict:
         run = Path(args.out) / model
         train.main(
             [
-                "--model",
+                "--preset",
                 model,
                 "--data",
                 str(args.data),
@@ -244,7 +243,7 @@ def cmd_final(args) -> dict:
             require_file(
                 run / "model.pt",
                 f"{model} generator",
-                f"train it: python -m p4_gan.train --model {model} --out {run}",
+                f"train it: python -m p4_gan.train --preset {model} --out {run}",
             ),
             device,
         )
@@ -371,10 +370,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--n", type=positive_int, default=100, help="images generated for the face rate")
     s.add_argument("--seed", type=seed_int, default=0)
     s = sub.add_parser("eval", help="face rate (and FID with --ref) of an image folder")
-    add_option(
-        s,
-        "gen",
-        aliases=("--images",),
+    s.add_argument(
+        "--gen",
         required=True,
         help="folder of generated images (evaluation.fid's GEN)",
     )

@@ -473,7 +473,10 @@ CASES = [
     (
         "report-out-is-a-file",
         "report.build",
-        lambda i, w: [i / "runs", w / "a_file.txt"],
+        lambda i, w: [
+            *("--runs", i / "runs", "--markdown", w / "md" / "RESULTS.md"),
+            *("--pdf", w / "a_file.txt" / "report.pdf"),
+        ],
         "{w}/a_file.txt",
     ),
     # P4
@@ -756,11 +759,12 @@ print(json.dumps(failed))
 def test_every_module_the_readmes_document_runs_as_written():
     """Every `python -m package.module` in README.md and the checkpoints' READMEs exists, runs
     from the repository root and shows its own spelling in --help (its docstring's usage)."""
-    text = (REPO / "README.md").read_text()
-    text += "".join(p.read_text() for p in REPO.glob("p*/checkpoints/README.md"))
+    # not report/RESULTS.md: its records cite the commands that made them, some since replaced
+    docs = [REPO / "README.md", REPO / "CONTRIBUTING.md"]
+    text = "".join(p.read_text() for p in [*docs, *REPO.glob("p*/checkpoints/README.md")])
     pattern = r"python3? -m ((?:bench|evaluation|report|p\d_[a-z_]+)\.[a-z0-9_]+)"
     modules = sorted(set(re.findall(pattern, text)))
-    assert len(modules) >= 40  # the pattern still finds the README's commands
+    assert len(modules) >= 25  # the pattern still finds the documented commands (29 today)
     r = python_in_repo_root(["-W", "ignore", "-c", HELP_EACH, json.dumps(modules)], timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {}
