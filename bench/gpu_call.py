@@ -34,7 +34,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from hw2_utils import CLIError, positive_float, require_file, run_cli
+from hw2_utils import HelpFormatter, CLIError, positive_float, require_file, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
@@ -164,9 +164,7 @@ def unpack(args) -> Path:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("pack", help="shared data files into .device/data, xz-compressed")
     s.add_argument("files", nargs="+", help="paths under --shared, e.g. cifar10_full/train.npz")

@@ -33,6 +33,7 @@ from evaluation.digit_accuracy import (
     score_folder,
 )
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     autocast,
@@ -176,9 +177,7 @@ def speed(checkpoint: str, batch: int, device: torch.device, steps: int = 4) -> 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument(
         "--data",

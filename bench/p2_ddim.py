@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evaluation.ddim_mse import mse_dirs
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     command_line,
     describe_hardware,
@@ -192,9 +193,7 @@ def cmd_cost(args) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("mse", help="MSE of an existing folder against GT")
     s.add_argument("--pred", required=True)

@@ -18,6 +18,7 @@ import time
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     describe_hardware,
     positive_int,
     resolve_device,
@@ -54,9 +55,7 @@ def random_sd_v1(device: torch.device, dtype: torch.dtype):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--model", default=None, help="real SD v1.x checkpoint (default: random weights)"
     )

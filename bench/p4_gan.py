@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
+    HelpFormatter,
     atomic_path,
     command_line,
     describe_hardware,
@@ -353,9 +354,7 @@ def cmd_truncation(args) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
         "smoke", help="short real training of both models on CPU, with loss trends and face rate"

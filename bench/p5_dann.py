@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
@@ -105,9 +106,7 @@ def score_row(result: dict, accuracies: list[float]) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--sweep",
         default="outputs/p5/sweep",

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     autocast,
@@ -251,9 +252,7 @@ def score_run(run: Path, data: str, also_test: str, device: torch.device) -> dic
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--data",
         default=str(FULL),

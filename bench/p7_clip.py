@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from hw2_utils import (
+    HelpFormatter,
     command_line,
     describe_hardware,
     positive_int,
@@ -38,9 +39,7 @@ def folder(spec: str) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--clip",
         action="append",

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from hw2_utils import command_line, positive_int, resolve_device, run_cli, save_json
+from hw2_utils import HelpFormatter, command_line, positive_int, resolve_device, run_cli, save_json
 from p8_controlnet.pipelines import (
     SCHEDULERS,
     apply_memory_options,
@@ -170,9 +170,7 @@ def gpu_512(
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--device", default="cpu", help="cpu (tiny part only) | cuda | cuda:N (both parts)"
     )

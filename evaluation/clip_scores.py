@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     error_summary,
     list_images,
@@ -198,9 +199,7 @@ def evaluate(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--json_path", required=True, help="the course's input.json")
     p.add_argument(
         "--input_dir",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from hw2_utils import read_label_csv, run_cli
+from hw2_utils import HelpFormatter, read_label_csv, run_cli
 from evaluation.common import check_same_names
 
 
@@ -35,9 +35,7 @@ def csv_accuracy(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("pred", help="predictions: image_name,label")
     p.add_argument("gt", help="ground truth: image_name,label")
     p.add_argument(

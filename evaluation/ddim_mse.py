@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from hw2_utils import CLIError, list_images, open_rgb, run_cli
+from hw2_utils import HelpFormatter, CLIError, list_images, open_rgb, run_cli
 from evaluation.common import check_same_names
 
 
@@ -37,9 +37,7 @@ def mse_dirs(pred: str | os.PathLike, gt: str | os.PathLike) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pred", required=True, help="folder of generated images")
     p.add_argument(
         "--gt", required=True, help="folder of ground-truth images with the same file names"

@@ -36,6 +36,7 @@ from PIL import Image
 from torchvision import transforms
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     error_summary,
     list_images,
@@ -231,9 +232,7 @@ def digit_accuracy(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--folder",
         required=True,

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from hw2_utils import CLIError, open_rgb, progress, require_dir, run_cli
+from hw2_utils import HelpFormatter, CLIError, open_rgb, progress, require_dir, run_cli
 
 UPSAMPLE = 1  # face_recognition.face_locations' default number_of_times_to_upsample
 
@@ -63,9 +63,7 @@ def face_rate(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--image_dir", required=True, help="folder of generated face images")
     return p.parse_args(argv)
 

@@ -39,6 +39,7 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS, calculate_frechet_distance
 from torchvision.transforms.functional import to_tensor
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     error_summary,
@@ -310,9 +311,7 @@ def default_stats_path(ref: str | os.PathLike) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("gen", help="folder of generated images")
     p.add_argument("ref", help="folder of reference images, or a .npz written by --save-stats")
     p.add_argument(

@@ -83,12 +83,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _shows_default(action: argparse.Action) -> bool:
     # flags (False/True), required or unset options (None) and positionals have nothing to show
-    return bool(action.option_strings) and action.default not in (
-        None,
-        False,
-        True,
-        argparse.SUPPRESS,
-    )
+    # by identity: 0 and 0.0 compare equal to False but are defaults worth showing
+    unset = (None, False, True, argparse.SUPPRESS)
+    return bool(action.option_strings) and not any(action.default is x for x in unset)
 
 
 def _set_prog() -> None:

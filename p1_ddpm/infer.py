@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     check_not_input,
     check_replaceable,
     add_overwrite_option,
@@ -47,9 +48,7 @@ SEED = 2024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("out", help="output directory (created if missing)")
     p.add_argument(
         "--checkpoint",

@@ -21,6 +21,7 @@ import torch
 
 from evaluation.digit_accuracy import USPS_GRADER, digit_accuracy
 from hw2_utils import (
+    HelpFormatter,
     describe_hardware,
     markdown_table,
     missing,
@@ -362,9 +363,7 @@ def section(runs_dir: str | Path) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument("--out", default="outputs/p1", help="RUNS_DIR/p1 for report/build.py")
     p.add_argument("--device", default="auto")

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     RunFolder,
     add_common_args,
@@ -90,9 +91,7 @@ LOG_FIELDS = ["step", "loss", "lr", "seconds"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(
         p,
         data=("hw2_data/digits", "folder holding one sub-folder per domain"),

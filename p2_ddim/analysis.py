@@ -18,6 +18,7 @@ import torch
 
 import hw2_utils
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     check_output_path,
     command_line,
@@ -78,9 +79,7 @@ def save_figure(images: torch.Tensor, path, rows: int, row_labels, col_labels) -
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("noise_dir", help="folder holding at least 00.pt-03.pt")
     p.add_argument("unet", help="the course's UNet.pt state dict")
     p.add_argument("out_dir", help="where the figures go (e.g. runs/p2)")

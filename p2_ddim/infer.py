@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     check_not_input,
     check_replaceable,
     add_overwrite_option,
@@ -37,9 +38,7 @@ from p2_ddim.pipeline import PIXEL_MAPS, load_noises, load_unet, sample, to_unit
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "noise_dir",
         help="folder of NN.pt noise tensors, (1,3,H,W) or (3,H,W), H and W divisible by 32",

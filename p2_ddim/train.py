@@ -31,6 +31,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     RunFolder,
     add_common_args,
@@ -90,9 +91,7 @@ PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(
         p,
         data=("hw2_data/face/train", "folder of face images (other sizes are resized)"),

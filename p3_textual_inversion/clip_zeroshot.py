@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import hw2_utils
 from evaluation.clip_scores import load_clip, unit_features
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     list_images,
     open_rgb,
@@ -52,9 +53,7 @@ NAME = re.compile(r"(\d+)_(\d+)\.(png|jpg|jpeg)", re.IGNORECASE)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="folder of {class_id}_{image_id}.png")
     p.add_argument("--id2label", required=True, help="json {class_id: object name}")
     p.add_argument(

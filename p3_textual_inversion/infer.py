@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from hw2_utils import (
+    HelpFormatter,
     check_not_input,
     check_replaceable,
     add_overwrite_option,
@@ -50,9 +51,7 @@ STEPS, GUIDANCE, SEED = 50, 7.5, 2024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("input_json", help="concepts: {key: {token_name, prompt: [...], ...}}")
     p.add_argument("out", help="output directory (created if missing)")
     p.add_argument("model", help="SD v1.x: CompVis single file (sd-v1-4.ckpt) or diffusers folder")

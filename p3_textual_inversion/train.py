@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (
+    HelpFormatter,
     REQUIRED,
     RunFolder,
     add_common_args,
@@ -81,9 +82,7 @@ PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(
         p,
         data=(REQUIRED, "folder with the concept's images"),

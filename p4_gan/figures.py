@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     pyplot,
@@ -126,9 +127,7 @@ def plot_curves(run_dir: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", help="folder holding one train.py run folder per model (e.g. runs/p4)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

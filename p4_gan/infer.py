@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from hw2_utils import (
+    HelpFormatter,
     check_not_input,
     check_replaceable,
     add_overwrite_option,
@@ -39,9 +40,7 @@ TRUNCATION = None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "out", help="output directory (created if missing; other files in it are left alone)"
     )

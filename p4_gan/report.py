@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from hw2_utils import (
+    HelpFormatter,
     markdown_table,
     missing,
     read_record,
@@ -448,9 +449,7 @@ def section(runs_dir: str | Path, shipped: Path = SHIPPED, session: Path = GPU_S
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="report/runs/p4", help="RUNS_DIR/p4 for report/build.py")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)

@@ -25,6 +25,7 @@ import torch
 
 from evaluation.fid import image_statistics, load_inception
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
@@ -65,9 +66,7 @@ def write_fid_csv(path: Path, rows: list[dict]) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("run", help="a train.py run folder holding snapshots/generator_epochNNNN.pt")
     p.add_argument(
         "--data", required=True, help="folder with the training faces (train/ or train.npz)"

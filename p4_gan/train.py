@@ -39,6 +39,7 @@ from evaluation.fid import (
     statistics,
 )
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     RunFolder,
     add_common_args,
@@ -106,9 +107,7 @@ LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "se
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(
         p,
         data=("hw2_data/face", "folder holding train/ (PNGs) or train.npz (celeba10k)"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2_utils import make_generator, pyplot, resolve_device, run_cli, save_figure
+from hw2_utils import HelpFormatter, make_generator, pyplot, resolve_device, run_cli, save_figure
 from p5_dann.data import domain_folder, load_split
 from p5_dann.infer import load_checkpoint
 from p5_dann.train import DEFAULTS
@@ -85,9 +85,7 @@ def row_name(meta: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
         "--data",

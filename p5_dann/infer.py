@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     check_not_input,
     atomic_path,
@@ -78,9 +79,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[DANN, dict]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("img_dir")
     p.add_argument("out_csv")
     p.add_argument("--target", choices=TARGETS, help="default: read from IMG_DIR's path")

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
@@ -107,9 +108,7 @@ def choose(rows: dict[str, dict]) -> str | None:
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--data", default=str(DIGITS), help="the course's digits layout (default: %(default)s)"
     )

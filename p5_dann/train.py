@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     RunFolder,
     add_common_args,
@@ -158,9 +159,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--mode", choices=["source_only", "dann", "target_only"], default="dann")
     p.add_argument("--source", default="mnistm", help="NAME (a folder under --data) or NAME=PATH")
     p.add_argument(

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
@@ -153,7 +154,7 @@ def main(argv=None) -> dict:
     # No abbreviations: an unknown option goes to train.py, so --pre must not pass for --presets.
     p = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
     p.add_argument("--data", default="data/cifar10")

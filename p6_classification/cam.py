@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
@@ -300,9 +301,7 @@ def pick(correct: torch.Tensor, n: int, n_correct: int | None, n_wrong: int | No
 
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--checkpoint",
         default=str(SHIPPED),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     list_images,
@@ -124,9 +125,7 @@ def read_labels(path: str | Path, names: list[str]) -> torch.Tensor:
 
 
 def main(argv=None) -> float | None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "input", help="image folder, CIFAR-10 root, cifar-10-batches-py, or the .npz slice"
     )

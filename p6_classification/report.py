@@ -15,7 +15,15 @@ from pathlib import Path
 
 from scipy.stats import binomtest
 
-from hw2_utils import atomic_path, markdown_table, missing, read_record, record_errors, run_cli
+from hw2_utils import (
+    HelpFormatter,
+    atomic_path,
+    markdown_table,
+    missing,
+    read_record,
+    record_errors,
+    run_cli,
+)
 from p6_classification.aug_study import table as aug_table
 from p6_classification.infer import CHECKPOINTS, TTA_DEFAULT
 
@@ -432,9 +440,7 @@ def section(runs_dir: str | Path) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="report/runs/p6", help="RUNS_DIR/p6 for report/build.py")
     for path in make_figures(Path(p.parse_args(argv).out)):
         print(f"wrote {path}")

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     RunFolder,
     add_common_args,
@@ -111,9 +112,7 @@ RECIPE = ("aug", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", choices=sorted(DEFAULTS), default="resnet18")
     # A checkpoint every epoch (minutes of ResNet-18 on a CPU).
     add_common_args(

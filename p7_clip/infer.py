@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hw2_utils import (
+    HelpFormatter,
     CIFAR10_CLASSES,
     CLIError,
     atomic_path,
@@ -38,9 +39,7 @@ from p7_clip.probe import load_probe, probe_predict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--probe", metavar="PROBE_PT", help="a model.pt written by p7_clip/train.py")
     how.add_argument(

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (
+    HelpFormatter,
     CLIError,
     atomic_path,
     check_output_path,
@@ -64,9 +65,7 @@ IGNORE = 255
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--clip",
         required=True,

@@ -17,6 +17,7 @@ import argparse
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     check_output_path,
     command_line,
     describe_hardware,
@@ -37,9 +38,7 @@ KS = (1, 5, 10)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_batch=64)
     p.add_argument(
         "--data",

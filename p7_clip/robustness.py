@@ -21,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from hw2_utils import (
+    HelpFormatter,
     CIFAR10_CLASSES,
     check_output_path,
     command_line,
@@ -52,9 +53,7 @@ UNITS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_batch=256)
     p.add_argument(
         "--data",

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     atomic_path,
     check_output_path,
     command_line,
@@ -37,9 +38,7 @@ from p7_clip.models import add_model_args, check_specs, encode_images, encode_te
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV with header image,text")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     CIFAR10_CLASSES,
     CLIError,
     REQUIRED,
@@ -60,9 +61,7 @@ PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--clip",
         required=True,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (
+    HelpFormatter,
     CIFAR10_CLASSES,
     check_output_path,
     command_line,
@@ -59,9 +60,7 @@ BASELINE, ENSEMBLE = "a photo of a {}.", "ensemble of 18 templates"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, default_batch=256)
     p.add_argument(
         "--data",

@@ -17,6 +17,7 @@ import argparse
 import time
 
 from hw2_utils import (
+    HelpFormatter,
     add_overwrite_option,
     command_line,
     non_negative_float,
@@ -40,9 +41,7 @@ from p8_controlnet.records import environment, image_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--prompt", required=True)
     p.add_argument(
         "--image",

@@ -33,6 +33,7 @@ from textwrap import shorten
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     add_overwrite_option,
     command_line,
     output_dir,
@@ -55,9 +56,7 @@ OUTPUTS = ("edit.csv", "edit.png", "edit_scores.png", "edit.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--source", default="a serene landscape with mountains at night", help="the original prompt"
     )

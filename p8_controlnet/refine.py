@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     add_overwrite_option,
     CLIError,
     command_line,
@@ -51,9 +52,7 @@ OUTPUTS = ("refine.csv", "refine_curve.png", "refine_images.png", "refine.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--prompt", action="append", help="prompt to refine towards (repeat for several)"
     )

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from hw2_utils import (
+    HelpFormatter,
     add_overwrite_option,
     CLIError,
     command_line,
@@ -60,9 +61,7 @@ EXPERIMENTS = ("grid", "schedules", "intermediates", "interpolation")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hw2_utils import output_dir, run_cli, seed_int
+from hw2_utils import HelpFormatter, output_dir, run_cli, seed_int
 from stable_diffusion.tiny import TEXT_DIM, build_tiny_sd, save_diffusers_folder
 from stable_diffusion.tokenizer import MAX_LENGTH, VOCAB_SIZE, load_tokenizer
 
@@ -92,9 +92,7 @@ def save_tiny_models(out: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("out", help="folder to create")
     p.add_argument("--seed", type=seed_int, default=0)
     args = p.parse_args(argv)

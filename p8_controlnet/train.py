@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2_utils import (
+    HelpFormatter,
     REQUIRED,
     RunFolder,
     add_common_args,
@@ -63,9 +64,7 @@ PRESETS = {"shipped": {}}  # nothing trained here ships: the defaults above
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(
         p,
         data=(REQUIRED, "COCO image folder, e.g. ../shared/data/coco/val2017"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hw2_utils import (
+    HelpFormatter,
     add_overwrite_option,
     CLIError,
     clip_score,
@@ -62,9 +63,7 @@ BLANK_STD = 0.02  # pixel std (0..1 scale) of a flat image; real photos and draw
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--gallery", help="text file of prompts, one per line: gallery mode")
     p.add_argument("--replay", help="run.json of an earlier run: redo it with its settings")

@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from hw2_utils import CLIError, atomic_path, run_cli
+from hw2_utils import HelpFormatter, CLIError, atomic_path, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "report" / "runs"
@@ -299,9 +299,7 @@ def build(runs_dir: Path = RUNS, markdown_path: Path = MARKDOWN, pdf_path: Path 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--runs",
         type=Path,

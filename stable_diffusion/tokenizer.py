@@ -15,7 +15,7 @@ import gzip
 import json
 from pathlib import Path
 
-from hw2_utils import CLIError, run_cli
+from hw2_utils import HelpFormatter, CLIError, run_cli
 from stable_diffusion import CONFIG_ROOT
 
 TOKENIZER_DIR = CONFIG_ROOT / "sd-v1" / "tokenizer"
@@ -105,9 +105,7 @@ def load_tokenizer(tokenizer_dir: str | Path = TOKENIZER_DIR):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--bpe",
         default=None,

@@ -313,3 +313,20 @@ def test_warmup_cosine_lr_is_each_problems_schedule():
     assert warmup_cosine_lr(7, 10, 4, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
     assert warmup_cosine_lr(10, 10, 4, 2.0, floor=0.1) == pytest.approx(0.2)
     assert {warmup_cosine_lr(s, 10, 4, 2.0, floor=1.0) for s in range(3, 50)} == {2.0}
+
+
+def test_help_shows_every_options_default():
+    import argparse
+
+    p = argparse.ArgumentParser(formatter_class=U.HelpFormatter, description="usage:\n  x y")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    p.add_argument("--lr", type=float, default=0.5, help="rate (default %(default)s)")
+    p.add_argument("--fast", action="store_true", help="a flag")
+    p.add_argument("--name", help="no default")
+    text = " ".join(p.format_help().split())
+    assert "usage:\n  x y" in p.format_help()  # the description as written
+    assert "--seed SEED (default: 0)" in text and "DDIM steps (default: 10)" in text
+    assert "--lr LR rate (default 0.5) --fast" in text  # its own wording, not a second one
+    assert "a flag --name NAME no default" in text
