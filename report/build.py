@@ -5,7 +5,7 @@ GitHub renders, its figures linked where they are committed) and the PDF from th
     python -m report.build --pdf /tmp/report.pdf        # the PDF elsewhere
 
 Each problem contributes `section(runs_dir)` from its `pN_*/report.py`. It reads the records
-shipped beside that problem's checkpoints (what `bench ... --ship` writes) and RUNS/pN/, the
+shipped beside that problem's checkpoints (copied there by hand when shipped) and RUNS/pN/, the
 committed outputs of the CPU commands `make report` runs when one is missing (figures from the
 shipped models, the P1 and P2 benches). Every figure and record is linked by its path in the
 repository; an input not produced yet is named with the command that produces it. The PDF is
