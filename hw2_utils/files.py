@@ -133,8 +133,19 @@ def output_dir(
             os.close(fd)
 
 
+RECORD_SUFFIX = ".hw2-outputs.json"
+
+
 def _manifest(final: Path) -> Path:
-    return final.parent / f".{final.name}.hw2-outputs.json"
+    return final.parent / f".{final.name}{RECORD_SUFFIX}"
+
+
+def published_folders(parent: str | os.PathLike) -> list[str]:
+    """The folders in `parent` that a run of this project published (output_dir recorded them),
+    sorted: what a command that writes several folders can name when it leaves earlier ones."""
+    parent = Path(parent)
+    names = (m.name[1 : -len(RECORD_SUFFIX)] for m in parent.glob(f".*{RECORD_SUFFIX}"))
+    return sorted(name for name in names if (parent / name).is_dir())
 
 
 def _signature(path: Path) -> list[int]:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from hw2_utils import (
+    published_folders,
     HelpFormatter,
     check_not_input,
     check_replaceable,
@@ -225,6 +226,17 @@ def main(argv=None) -> None:
         with output_dir(out / key / str(p), names(key, p), overwrite=args.overwrite) as tmp:
             save_images(images, [tmp / name for name in names(key, p)])
     print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
+    for key, prompts in concepts.items():
+        # an earlier input with more prompts: its folders stay (the user may want them), said once
+        earlier = [
+            p for p in published_folders(out / key) if p not in map(str, range(len(prompts)))
+        ]
+        if earlier:
+            print(
+                f"note: {out / key} also holds prompt folders {', '.join(earlier)} of an earlier "
+                "run that this input has no prompt for: left in place",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,21 @@ def test_output_tree_for_two_concepts_by_three_prompts(setup, tmp_path):
         assert im.size == (32, 32) and im.mode == "RGB"
 
 
+def test_a_shorter_input_leaves_earlier_prompt_folders_and_says_so(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    _run(setup, out, "--n", "1")
+    shorter = {key: {**c, "prompt": c["prompt"][:1]} for key, c in CONCEPTS.items()}
+    (tmp_path / "short.json").write_text(json.dumps(shorter))
+    capsys.readouterr()
+    _run(setup, out, "--n", "1", json_path=tmp_path / "short.json")
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert [n.split(" also holds prompt folders ")[1].split(" of ")[0] for n in notes] == [
+        "1, 2",
+        "1, 2",
+    ]
+    assert (out / "cat" / "2" / "sourcecat_prompt2_0.png").is_file()  # the user's to remove
+
+
 def test_same_bytes_whatever_the_json_around_the_prompt(setup, tmp_path):
     single = tmp_path / "single.json"
     single.write_text(
