@@ -245,7 +245,7 @@ def require_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-STAGING_NAME_EXTRA = 24  # hw2_utils.files' temporary siblings are named .NAME.partial.XXXXXXXX
+STAGING_NAME_EXTRA = 24  # the longest sibling hw2_utils.files makes: .NAME.hw2-partial-XXXXXXXX
 
 
 def check_output_path(path: str | os.PathLike, folder: bool) -> Path:

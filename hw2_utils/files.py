@@ -56,6 +56,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as e:
         raise _user_path(e, final) from None
+    except RuntimeError as e:
+        raise _torch_write_error(e, final) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -102,9 +104,9 @@ def output_dir(
         # under the lock: a cleanup must not see another run's staging folder before it is locked
         with output_lock(final.parent):
             _remove_dead_staging(final)
-            stage = _locked_temp_dir(final, "partial", held)
+            stage = _locked_temp_dir(final, "hw2-partial", held)
         yield stage
-        with _deferred_signals(), output_lock(final.parent):
+        with output_lock(final.parent), deferred_signals():
             written = sorted(entry.name for entry in stage.iterdir())
             if names is not None and not set(written) <= set(names):
                 raise ValueError(f"wrote {sorted(set(written) - set(names))} beyond `names`")
@@ -115,7 +117,7 @@ def output_dir(
                 check_replaceable(
                     final, written, overwrite
                 )  # again: another run may have been quicker
-                trash = _locked_temp_dir(final, "old", held)
+                trash = _locked_temp_dir(final, "hw2-old", held)
                 for name in written:
                     target = final / name
                     # os.replace cannot replace a folder: the old one (the project's) goes first
@@ -125,6 +127,8 @@ def output_dir(
             _record_outputs(final, written, keep_earlier=existed)
     except OSError as e:
         raise _user_path(e, final) from None
+    except RuntimeError as e:
+        raise _torch_write_error(e, final) from None
     finally:
         for leftover in (stage, trash):
             if leftover is not None and leftover.exists():
@@ -205,7 +209,7 @@ def _record_outputs(final: Path, written: list[str], keep_earlier: bool) -> None
     outputs.update({name: _signature(final / name) for name in written})
     text = json.dumps({"outputs": dict(sorted(outputs.items()))}, indent=1)
     # a short temporary name: the record's own name is already NAME + 18 bytes
-    fd, tmp = tempfile.mkstemp(prefix=".hw2-outputs.", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.m", dir=final.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
@@ -222,12 +226,17 @@ def _record_outputs(final: Path, written: list[str], keep_earlier: bool) -> None
         )
 
 
+# The staging and trash folders' names: .NAME.hw2-partial-XXXXXXXX and .NAME.hw2-old-XXXXXXXX
+# (mkdtemp's 8 characters), distinct enough that a folder of the user's is never taken for one.
+STAGING_KINDS = ("hw2-partial", "hw2-old")
+
+
 def _locked_temp_dir(final: Path, kind: str, held: list[int]) -> Path:
-    """A new hidden sibling `.NAME.KIND.XXXXXXXX` of `final`, locked (flock) for as long as this
+    """A new hidden sibling `.NAME.KIND-XXXXXXXX` of `final`, locked (flock) for as long as this
     process lives, so that _remove_dead_staging leaves it alone."""
     import fcntl
 
-    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.{kind}.", dir=final.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.{kind}-", dir=final.parent))
     os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes 0700
     fd = os.open(folder, os.O_RDONLY)
     held.append(fd)
@@ -239,10 +248,13 @@ def _remove_dead_staging(final: Path) -> None:
     """Remove the staging and trash folders that a killed run into `final` left behind: those
     whose lock no live process holds (a run in progress keeps its own)."""
     import fcntl
-    import glob
+    import re
 
-    for kind in ("partial", "old"):
-        for leftover in final.parent.glob(f".{glob.escape(final.name)}.{kind}.*"):
+    pattern = re.compile(
+        rf"\.{re.escape(final.name)}\.(?:{'|'.join(STAGING_KINDS)})-[a-z0-9_]{{8}}"
+    )
+    for leftover in final.parent.iterdir():
+        if pattern.fullmatch(leftover.name):
             if leftover.is_symlink() or not leftover.is_dir():
                 continue
             try:
@@ -296,13 +308,18 @@ def output_lock(folder: str | os.PathLike) -> Iterator[None]:
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+_DEFERRING: list[bool] = []  # deferred_signals is re-entrant: the outermost block delivers
+
+
 @contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
+def deferred_signals() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP back for the duration of the block, then deliver the
-    first that came to the handler that was in place (a signal being ignored stays ignored)."""
-    if threading.current_thread() is not threading.main_thread():
+    first that came to the handler that was in place (a signal being ignored stays ignored).
+    A command publishing several output_dir blocks as one set wraps them all in one."""
+    if threading.current_thread() is not threading.main_thread() or _DEFERRING:
         yield
         return
+    _DEFERRING.append(True)
     received: list[int] = []
     previous = {}
     for sig in DEFERRED_SIGNALS:
@@ -312,6 +329,7 @@ def _deferred_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        _DEFERRING.pop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:
@@ -325,6 +343,14 @@ def _user_path(e: OSError, final: Path) -> OSError | CLIError:
     staged = str(e.filename or "").startswith(str(final.parent / f".{final.name}."))
     if staged or (e.filename is None and e.errno in OUT_OF_ROOM):
         return CLIError(f"cannot write {final} ({e.strerror or e})")
+    return e
+
+
+def _torch_write_error(e: RuntimeError, final: Path) -> RuntimeError | CLIError:
+    """torch.save reports a write that stopped short (a full disk, `ulimit -f`) as a RuntimeError
+    from its zip writer, not an OSError: that one is the user's disk, anything else a bug."""
+    if "inline_container" in str(e) or "PytorchStreamWriter" in str(e):
+        return CLIError(f"cannot write {final} (the write stopped short: is the disk full?)")
     return e
 
 

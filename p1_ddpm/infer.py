@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    deferred_signals,
     HelpFormatter,
     check_not_input,
     check_replaceable,
@@ -145,9 +146,10 @@ def main(argv=None) -> None:
     # checked for all folders before any is written
     require_finite(images, f"the images sampled from {args.checkpoint}")
 
-    # Every folder staged first, then all published under one lock: the whole new set, or none of it
+    # Every folder staged first, then all published under one lock, with signals held back until
+    # the last is published: the whole new set, or none of it
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out), contextlib.ExitStack() as folders:
+    with output_lock(out), deferred_signals(), contextlib.ExitStack() as folders:
         for index, folder in enumerate(args.folders):
             tmp = folders.enter_context(output_dir(out / folder, names, overwrite=args.overwrite))
             save_images(images[index * n : (index + 1) * n], [tmp / name for name in names])

@@ -11,11 +11,14 @@ a <new2>"). Each prompt's images come from the same seed, so a prompt's files de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 from hw2_utils import (
+    output_lock,
+    deferred_signals,
     published_folders,
     HelpFormatter,
     check_not_input,
@@ -211,20 +214,28 @@ def main(argv=None) -> None:
     add_tokens(sd, vectors)
     warn_long_prompts(sd, jobs)
 
-    for key, p, prompt in progress(jobs, desc="prompts"):
-        images = text_to_image(
-            sd,
-            prompt,
-            args.n,
-            seed=args.seed,
-            steps=args.steps,
-            guidance=args.guidance,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-        # a prompt's folder appears only when complete
-        with output_dir(out / key / str(p), names(key, p), overwrite=args.overwrite) as tmp:
+    # Every prompt's folder is staged while sampling; all are published at the end under one
+    # lock, with signals held back: the new set appears whole, or (on an error, Ctrl-C or
+    # SIGTERM while sampling) nothing changes
+    with contextlib.ExitStack() as staged:
+        for key, p, prompt in progress(jobs, desc="prompts"):
+            tmp = staged.enter_context(
+                output_dir(out / key / str(p), names(key, p), overwrite=args.overwrite)
+            )
+            images = text_to_image(
+                sd,
+                prompt,
+                args.n,
+                seed=args.seed,
+                steps=args.steps,
+                guidance=args.guidance,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
             save_images(images, [tmp / name for name in names(key, p)])
+        publish = staged.pop_all()
+    with output_lock(out), deferred_signals():
+        publish.close()
     print(f"wrote {len(jobs) * args.n} images for {len(concepts)} concepts to {out}")
     for key, prompts in concepts.items():
         # an earlier input with more prompts: its folders stay (the user may want them), said once

@@ -184,7 +184,9 @@ def tags(out) -> set[str]:
 
 
 def leftovers(parent) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if ".partial." in p.name or ".old." in p.name)
+    return sorted(
+        p.name for p in parent.iterdir() if ".hw2-partial-" in p.name or ".hw2-old-" in p.name
+    )
 
 
 def earlier_set(out, signals):
@@ -225,7 +227,7 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run_but_a_live_ones_is_kep
     wait_for(signals / "staged")
     killed.kill()  # SIGKILL: no clean-up can run
     killed.wait(timeout=60)
-    assert [name.split(".")[2] for name in leftovers(out.parent)] == ["partial"]
+    assert [name.split(".")[2][:-9] for name in leftovers(out.parent)] == ["hw2-partial"]
 
     live = start_writer(out, "live", live_signals)  # staged, waiting to publish
     wait_for(live_signals / "staged")
@@ -234,3 +236,76 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run_but_a_live_ones_is_kep
     (live_signals / "publish").touch()
     assert live.wait(timeout=60) == 0
     assert tags(out) == {"live"} and leftovers(out.parent) == []
+
+
+# Two folders published as one set (P1's mnistm/ and svhn/, P3's prompt folders), slowly.
+TWO_FOLDERS = r"""
+import contextlib, os, sys, time
+from pathlib import Path
+import hw2_utils.files as files
+from hw2_utils import run_cli
+out, tag, signals, wrapped = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
+real_replace = os.replace
+def slow_replace(a, b):
+    (signals / "publishing").touch()
+    time.sleep(0.02)
+    real_replace(a, b)
+def main():
+    out.mkdir(parents=True, exist_ok=True)
+    whole = files.deferred_signals() if wrapped else contextlib.nullcontext()
+    with files.output_lock(out), whole, contextlib.ExitStack() as folders:
+        for folder in ("mnistm", "svhn"):
+            stage = folders.enter_context(files.output_dir(out / folder, [f"{i:02d}.txt" for i in range(20)]))
+            for i in range(20):
+                (stage / f"{i:02d}.txt").write_text(tag)
+        files.os.replace = slow_replace
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_a_signal_while_publishing_several_folders_leaves_one_whole_set(tmp_path, wrapped):
+    """With the folders' publishing wrapped in one deferred_signals block, SIGTERM during the
+    first folder's publish waits for the last; the control (unwrapped) shows the mix it prevents."""
+    out, signals = tmp_path / "out", tmp_path / "signals"
+    signals.mkdir()
+    for tag in ("old", "new"):
+        (signals / "publishing").unlink(missing_ok=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", TWO_FOLDERS, str(out), tag, str(signals), str(int(wrapped))],
+            cwd=REPO,
+            env={**ENV, "PYTHONPATH": str(REPO)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if tag == "new":
+            wait_for(signals / "publishing")
+            writer.send_signal(signal.SIGTERM)
+        writer.wait(timeout=60)
+    found = {folder: tags(out / folder) for folder in ("mnistm", "svhn")}
+    if wrapped:
+        assert found == {"mnistm": {"new"}, "svhn": {"new"}}
+    else:
+        assert found["mnistm"] != found["svhn"]
+    assert leftovers(out) == []
+
+
+def test_a_checkpoint_write_that_stops_short_is_one_error_line(tmp_path):
+    """torch.save under `ulimit -f` (a full disk) raises a RuntimeError from its zip writer."""
+    script = (
+        "import torch; from hw2_utils import atomic_path, run_cli\n"
+        "def main():\n"
+        f"    with atomic_path({str(tmp_path / 'last.pt')!r}) as tmp:\n"
+        "        torch.save({'w': torch.zeros(1_000_000)}, tmp)\n"
+        "run_cli(main)\n"
+    )
+    result = subprocess.run(
+        ["bash", "-c", f'ulimit -f 100; exec "{sys.executable}" -c "$0"', script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**ENV, "PYTHONPATH": str(REPO)},
+    )
+    one_error_line(result, f"cannot write {tmp_path / 'last.pt'} (the write stopped short")
+    assert list(tmp_path.iterdir()) == []
