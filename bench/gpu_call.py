@@ -14,11 +14,11 @@ Here, after:
     bash ../shared/device/stage.sh restore
     python -m bench.gpu_call unpack FILES_AT --work .device/runs
 
-`run` starts `python -m MODULE ARGS --out WORK/NAME --max-seconds S` for every job at once (logs
-in WORK/logs/), stops a job still running --grace seconds after its budget, then writes WORK as
-one tar in parts of 15 MiB to OUT (at most 8 parts: each run's result.json, log.csv, model.pt and
-last.pt first, then the rest; what does not fit is named in the tar's left_out.txt). A run
-resumed elsewhere has a data path of its own: resume it with --force-resume (the data moved).
+`run` starts `python -m MODULE ARGS --out WORK/NAME --max-seconds S --compact-checkpoint` for
+every job at once (logs in WORK/logs/), stops one still running --grace seconds after its budget,
+then writes WORK as one tar in parts of 15 MiB to OUT (at most 8: each run's last.pt, result.json,
+log.csv and model.pt first; left_out.txt names what did not fit, and unpack warns of a lost
+last.pt). A run resumed elsewhere: --force-resume (its data path moved).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import tarfile
 import time
 from pathlib import Path
 
-from hw2_utils import HelpFormatter, CLIError, positive_float, require_file, run_cli
+from hw2_utils import CLIError, HelpFormatter, positive_float, require_file, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 MAX_PARTS = 8  # ... and at most 8 of them
-FIRST = ("result.json", "log.csv", "model.pt", "last.pt")  # what resuming and reporting need
+FIRST = ("last.pt", "result.json", "log.csv", "model.pt")  # what resuming and reporting need
 
 
 def pack(args) -> None:
@@ -69,14 +69,8 @@ def read_jobs(path: str) -> dict[str, list[str]]:
         jobs = json.loads(require_file(path, "jobs file").read_text())
     except json.JSONDecodeError as e:
         raise CLIError(f"{path} is not JSON ({e})") from None
-    if not (
-        isinstance(jobs, dict)
-        and jobs
-        and all(
-            isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
-            for argv in jobs.values()
-        )
-    ):
+    ok = isinstance(jobs, dict) and jobs and all(isinstance(a, list) and a for a in jobs.values())
+    if not ok or not all(isinstance(x, str) for argv in jobs.values() for x in argv):
         raise CLIError(f"{path} must be a JSON object {{name: [module, arguments...]}}")
     if any("--out" in argv or "--max-seconds" in argv for argv in jobs.values()):
         raise CLIError(f"{path}: the launcher sets --out and --max-seconds of every job")
@@ -89,22 +83,31 @@ def train_side_by_side(jobs: dict, work: Path, max_seconds: float, grace: float)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     started, running = time.monotonic(), {}
     for name, (module, *argv) in jobs.items():
-        command = [sys.executable, "-m", module, *argv, "--out", str(work / name)]
+        # bf16 checkpoints: every run's last.pt must fit the return limits beside the others
+        ours = [
+            "--out",
+            str(work / name),
+            "--max-seconds",
+            str(max_seconds),
+            "--compact-checkpoint",
+        ]
         with open(work / "logs" / f"{name}.log", "a") as log:
             running[name] = subprocess.Popen(
-                [*command, "--max-seconds", str(max_seconds)], cwd=REPO, stdout=log, stderr=log
+                [sys.executable, "-m", module, *argv, *ours], cwd=REPO, stdout=log, stderr=log
             )
     status = {}
     for name, process in running.items():
         try:
             process.wait(timeout=max(0.0, started + max_seconds + grace - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait()
-        status[name] = {
-            "returncode": process.returncode,
-            "seconds": round(time.monotonic() - started, 1),
-        }
+            process.terminate()  # the run saves nothing more: its last checkpoint stands
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # stuck in a collective or a data worker
+                process.kill()
+                process.wait()
+        seconds = round(time.monotonic() - started, 1)
+        status[name] = {"returncode": process.returncode, "seconds": seconds}
         print(f"{name}: exit {process.returncode} after {status[name]['seconds']} s")
     return status
 
@@ -112,7 +115,8 @@ def train_side_by_side(jobs: dict, work: Path, max_seconds: float, grace: float)
 def write_parts(work: Path, out: Path, note: dict) -> list[Path]:
     """WORK as one tar split into OUT/call.tar.part-NN, the run files first, within MAX_PARTS."""
     files = sorted(p for p in work.rglob("*") if p.is_file() and p.name != ".lock")
-    files.sort(key=lambda p: p.name not in FIRST)  # stable: folder order within each group
+    # stable: folder order within each group; last.pt first, since without it nothing resumes
+    files.sort(key=lambda p: FIRST.index(p.name) if p.name in FIRST else len(FIRST))
     budget, kept, left_out = MAX_PARTS * PART_BYTES - 2**20, [], []  # 1 MiB for tar headers
     for path in files:
         size = path.stat().st_size + 1024
@@ -160,6 +164,9 @@ def unpack(args) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(work, filter="data")  # "data": no absolute paths, links out or devices
     print(f"{len(parts)} part(s) -> {work}: {json.loads((work / 'call.json').read_text())}")
+    lost = [p for p in (work / "left_out.txt").read_text().split() if p.endswith("last.pt")]
+    if lost:  # such a run starts over when its command runs again
+        print(f"warning: no resumable state came back for {', '.join(lost)}", file=sys.stderr)
     return work
 
 

@@ -346,6 +346,9 @@ class RunFolder:
         OUT/log.csv (open_log). Starting over also deletes an earlier run's last.pt, so that a
         crash before the first checkpoint cannot resume the old run under the new log."""
         self.step, self.total, self.hardware = step, total, describe_hardware(device)
+        # the budget counts from __init__ (setup is part of the session), but the time of a
+        # step is measured from here: the first step's projection must not include the setup
+        self._mark = clock()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._hold_lock()

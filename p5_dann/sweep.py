@@ -127,6 +127,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv=None) -> dict:
     args, extra = parse_args(argv)  # anything else goes to train.py (e.g. --epochs, --device)
+    if any(a.startswith("--max-s") for a in extra):
+        # each row would get the whole budget, and the choice would be among unfinished rows
+        raise CLIError("the sweep trains every row to its end: run without --max-seconds")
     data_root, out = require_dir(args.data, "digits data root"), Path(args.out)
     start = time.perf_counter()
     rows = {}

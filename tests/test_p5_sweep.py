@@ -80,3 +80,12 @@ def test_bench_scores_every_epoch_on_target_val_and_infer_agrees(swept, tmp_path
     assert inference["accuracy"] == pytest.approx(record["shipped"]["target_val_acc"])
     assert json.loads((tmp_path / "p5_bench.json").read_text()) == record
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_time_budget_is_refused_before_any_row_trains(tmp_path):
+    """Each row would get the whole budget and the choice would be among unfinished rows."""
+    from hw2_utils import CLIError
+
+    with pytest.raises(CLIError, match="without --max-seconds"):
+        sweep.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--max-seconds", "60"])
+    assert not (tmp_path / "out").exists()
