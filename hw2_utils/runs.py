@@ -348,7 +348,7 @@ class RunFolder:
         self.step, self.total, self.hardware = step, total, describe_hardware(device)
         # the budget counts from __init__ (setup is part of the session), but the time of a
         # step is measured from here: the first step's projection must not include the setup
-        self._mark = clock()
+        self._mark, self._due_step = clock(), step
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._hold_lock()
@@ -399,7 +399,7 @@ class RunFolder:
         the last check. In that last case self.stopping is set (on every DDP rank alike): the
         loop saves, exports and ends, and finish() marks the run unfinished."""
         now = clock()
-        step_seconds, self._mark = now - self._mark, now
+        step_seconds, self._mark, self._due_step = now - self._mark, now, step
         if self.max_seconds is not None and step < total:
             self.stopping = _on_any_rank(now - self.started + step_seconds > self.max_seconds)
         since = step - 1 if since is None else since
@@ -417,6 +417,8 @@ class RunFolder:
             state = {**values, **states, "identity": self.identity}
             with atomic_path(self.checkpoint) as tmp:
                 torch.save(_bfloat16(state) if self.compact else state, tmp)
+            # a session killed after this (a GPU call's deadline) still says how far it got
+            self._write_result(self._due_step, {}, finished=False)
 
     def finish(self, step: int, metrics: dict | None = None) -> dict:
         """End this session at `step`: close the logs, write OUT/result.json (finished once
@@ -428,11 +430,11 @@ class RunFolder:
             self._lock = None
         return record
 
-    def _write_result(self, step: int, metrics: dict) -> dict:
+    def _write_result(self, step: int, metrics: dict, finished: bool | None = None) -> dict:
         if self._sessions:
             self._sessions[-1]["seconds"] = round(clock() - self.started, 1)
         record = {
-            "finished": step >= self.total,
+            "finished": step >= self.total if finished is None else finished,
             "step": step,
             "total_steps": self.total,
             "seconds": round(sum(s.get("seconds", 0.0) for s in self._sessions), 1),

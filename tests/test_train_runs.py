@@ -577,3 +577,21 @@ def test_preset_shipped_is_the_recipe_the_shipped_files_record():
     now = p5.parse_args(["--preset", "shipped"])
     assert {k: getattr(now, k) for k in p5.DEFAULTS} == shipped["config"]
     assert now.mode == shipped["mode"] == "dann"
+
+
+def test_result_json_says_how_far_a_killed_session_got(tmp_path, monkeypatch):
+    """Killed after a checkpoint (a GPU call's deadline) and before finish(): result.json holds
+    the checkpoint's step, unfinished, not the step the session started from."""
+    case = _case("p2", tmp_path)
+    due = RunFolder.checkpoint_due
+
+    def killed_after_row_3(self, step, total, since=None):
+        if step == 3 * case.unit:
+            raise KeyboardInterrupt  # the checkpoint of row 2 was written
+        return due(self, step, total, since)
+
+    monkeypatch.setattr(RunFolder, "checkpoint_due", killed_after_row_3)
+    with pytest.raises(KeyboardInterrupt):
+        case.module.main(case.argv(tmp_path / "run", case.steps))
+    result = _result(tmp_path / "run")
+    assert (result["finished"], result["step"]) == (False, 2 * case.unit)
