@@ -169,6 +169,8 @@ def start_writer(out, tag, signals):
         env={**ENV, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
         text=True,
+        # under nohup SIGHUP is ignored, and the command rightly keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
 
 

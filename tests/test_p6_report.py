@@ -70,8 +70,9 @@ def test_section_missing_inputs_name_commands_and_invent_nothing(tmp_path, monke
 
     monkeypatch.setattr(report, "CHECKPOINTS", tmp_path / "nothing_shipped")
     text = section(tmp_path)
-    for part in ("throughput", "full", "tta", "aug", "cam"):
+    for part in ("throughput", "full", "tta", "cam"):
         assert f"python -m bench.p6_classification --work {tmp_path}/p6 --parts {part}" in text
+    assert f"{report.AUG_STUDY} --out {tmp_path}/p6/aug" in text  # the study trains: not a bench
     assert "python -m p6_classification.vit_finetune" in text
     assert not re.search(r"\d\.\d", text) and "%" not in text  # no accuracy without a record
 
@@ -289,7 +290,8 @@ def test_page_figures_split_the_cam_rows_and_plot_only_cams_orders(tmp_path, mon
     from PIL import Image
 
     from p6_classification import cam, report
-    from p6_classification.infer import CHECKPOINTS, SHIPPED_RECORDS
+    from p6_classification.infer import CHECKPOINTS
+    from p6_classification.report import SHIPPED_RECORDS
 
     plotted = {}
     monkeypatch.setattr(cam, "curve_figure", lambda record, path: plotted.update(record))

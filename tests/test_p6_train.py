@@ -4,6 +4,7 @@ leaves frozen blocks untouched, and infer.py / cam.py / aug_study.py write their
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import require_shared
-from hw2_utils import CLIError, run_cli
+from hw2_utils import CLIError, run_cli, warmup_cosine_lr
 from p6_classification import aug_study, cam, infer, train, vit_finetune
 from p6_classification.augment import build_preset
 from p6_classification.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -28,7 +29,7 @@ SMALL = [
     "32",
     "--device",
     "cpu",
-    "--preset",
+    "--aug",
     "flip_crop",
 ]
 
@@ -77,14 +78,29 @@ def test_honest_protocol_and_outputs(trained):
     out, result, calls = trained
     assert calls == [20, 20, 40]  # val after each epoch, the test set once at the very end
     assert (result["train_images"], result["val_images"], result["test_images"]) == (180, 20, 40)
-    assert json.loads((out / "result.json").read_text())["test_acc"] == result["test_acc"]
-    with open(out / "log.csv") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    record = json.loads((out / "result.json").read_text())
+    assert record["metrics"]["test_acc"] == result["test_acc"]
+    assert (record["finished"], record["step"], record["total_steps"]) == (True, 10, 10)
+    with open(out / "log.csv") as f:  # 180 training images in batches of 32: 5 steps an epoch
+        rows = list(csv.DictReader(f))
+    assert [(row["step"], row["epoch"]) for row in rows] == [("5", "1"), ("10", "2")]
     assert Image.open(out / "curves.png").size[0] > 600  # three panels from log.csv
     assert "--limit 200" in result["command"]
-    assert (
-        train.lr_at(0, 100, 10, 0.1) == pytest.approx(0.01) and train.lr_at(99, 100, 10, 0.1) < 1e-4
-    )
+    assert warmup_cosine_lr(0, 100, 10, 0.1) == pytest.approx(0.01)
+    assert warmup_cosine_lr(99, 100, 10, 0.1) < 1e-4
+
+
+def test_warmup_is_capped_at_a_quarter_of_a_short_run(trained, capsys):
+    """3 warmup epochs of a 2-epoch run (issue 42) would keep the lr below its peak to the end:
+    the warmup is cut to a quarter of the run's 10 steps, with one warning line."""
+    assert train.warmup_steps(argparse.Namespace(epochs=2, warmup_epochs=3.0), 5) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: --warmup-epochs 3 is more than 25% of 2 epochs")
+    assert train.warmup_steps(argparse.Namespace(epochs=150, warmup_epochs=3.0), 88) == 264
+    assert capsys.readouterr().err == ""  # the shipped recipe's 2% warmup stays
+    with open(trained[0] / "log.csv") as f:  # the lr at the end of epoch 1 (step 5 of 10)
+        lr = float(next(csv.DictReader(f))["lr"])
+    assert lr == pytest.approx(warmup_cosine_lr(4, 10, 2, 0.4), abs=1e-5) and lr > 0.3
 
 
 def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, monkeypatch):
@@ -104,15 +120,15 @@ def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, mo
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
     monkeypatch.setattr(train, "evaluate", real)
     train.main(args)
-    a = torch.load(out_a / "final.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "b" / "final.pt", weights_only=True)["state_dict"]
+    a = torch.load(out_a / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CLIError, match="another run \\(epochs: 2 there, 3 now\\)"):
         train.main([*args[:-2], "--epochs", "3", "--out", str(tmp_path / "b")])
 
 
 def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
-    checkpoint = str(trained[0] / "final.pt")
+    checkpoint = str(trained[0] / "model.pt")
     cifar = load_cifar(slice_path)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -160,7 +176,7 @@ def test_infer_folder_and_cifar_agree(trained, slice_path, tmp_path, capsys):
                 [str(folder), str(tmp_path / "x.csv"), "--checkpoint", str(tmp_path / "y.csv")]
             )
         )
-    assert exit_info.value.code == 2 and "is not a P6 final.pt" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not a P6 model.pt" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -203,7 +219,7 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
             str(out),
         ]
     )
-    final = torch.load(out / "final.pt", weights_only=True)
+    final = torch.load(out / "model.pt", weights_only=True)
     trained = torch.load(out / "last.pt", weights_only=False)["model"]  # the fp32 training state
     assert final["arch"]["trainable_blocks"] == 1
     for name, value in trained.items():
@@ -216,7 +232,7 @@ def test_vit_finetune_keeps_frozen_blocks_and_cams(slice_path, tmp_path):
         cam.main(
             [
                 "--checkpoint",
-                str(out / "final.pt"),
+                str(out / "model.pt"),
                 "--data",
                 slice_path,
                 "--n",
@@ -235,7 +251,7 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     path = cam.main(
         [
             "--checkpoint",
-            str(trained[0] / "final.pt"),
+            str(trained[0] / "model.pt"),
             "--data",
             slice_path,
             "--n",
@@ -259,9 +275,11 @@ def test_resnet_cam_figure_and_aug_study(trained, slice_path, tmp_path, monkeypa
     record = aug_study.main([*study, "--out", str(tmp_path / "aug")])
     assert [r["preset"] for r in record["rows"]] == ["none", "cutout"]
     for row in record["rows"]:
-        result = json.loads((tmp_path / "aug" / "runs" / row["preset"] / "result.json").read_text())
+        run = tmp_path / "aug" / "runs" / row["preset"]
+        result = json.loads((run / "result.json").read_text())["metrics"]
         assert result["preset"] == row["preset"] and result["test_acc"] == row["test_acc"]
     seed1 = json.loads((tmp_path / "aug" / "runs" / "none_seed1" / "result.json").read_text())
+    seed1 = seed1["metrics"]
     assert seed1["command"].endswith(
         "--seed 1 --out " + str(tmp_path / "aug" / "runs" / "none_seed1")
     )
@@ -357,7 +375,7 @@ def test_bench_tta_chooses_on_val_and_scores_each_test_set_once_with_the_choice(
         return real(model, meta, images, device, *rest, tta=tta)
 
     monkeypatch.setattr(bench, "predict", spy)
-    final = trained[0] / "final.pt"
+    final = trained[0] / "model.pt"
     before = final.read_bytes()
     argv = ["--work", str(tmp_path), "--parts", "tta", "--checkpoint", str(final)]
     common = ["--data", slice_path, "--also-test", slice_path, "--limit", "200", "--device", "cpu"]
