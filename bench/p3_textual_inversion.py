@@ -1,10 +1,10 @@
 """Time hw2_3.sh's workload: N images at SD v1's 512 px with our DDIM + CFG loop.
 
     python -m bench.p3_textual_inversion --device cuda                       # 100 images, 50 steps, fp16, batch 5
-    python -m bench.p3_textual_inversion --device cuda --model sd-v1-4.ckpt  # + checkpoint load time
+    python -m bench.p3_textual_inversion --device cuda --pretrained sd-v1-4.ckpt  # + checkpoint load time
     python -m bench.p3_textual_inversion --tiny --n 10 --steps 5                 # the CPU smoke version
 
-Without --model the weights are random (built from the committed SD v1 configs): the time
+Without --pretrained the weights are random (built from the committed SD v1 configs): the time
 per image does not depend on the weight values, so the budget can be checked without the
 4 GB checkpoint. Prints one line of JSON.
 """
@@ -57,7 +57,7 @@ def random_sd_v1(device: torch.device, dtype: torch.dtype):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
-        "--model", default=None, help="real SD v1.x checkpoint (default: random weights)"
+        "--pretrained", default=None, help="real SD v1.x checkpoint (default: random weights)"
     )
     p.add_argument(
         "--tiny", action="store_true", help="the tiny test model instead (CPU smoke test)"
@@ -81,8 +81,8 @@ def main(argv=None) -> None:
         from stable_diffusion.tiny import build_tiny_sd
 
         sd = build_tiny_sd().to(device, dtype)
-    elif args.model:
-        sd = load_stable_diffusion(args.model, device=device, dtype=dtype)
+    elif args.pretrained:
+        sd = load_stable_diffusion(args.pretrained, device=device, dtype=dtype)
     else:
         sd = random_sd_v1(device, dtype)
     if device.type == "cuda":
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         json.dumps(
             {
                 "hardware": describe_hardware(device),
-                "weights": "tiny" if args.tiny else (args.model or "random SD v1"),
+                "weights": "tiny" if args.tiny else (args.pretrained or "random SD v1"),
                 "dtype": str(dtype).replace("torch.", ""),
                 "images": len(images),
                 "size": sd.resolution,

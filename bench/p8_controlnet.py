@@ -2,14 +2,14 @@
 
     OMP_NUM_THREADS=1 python -m bench.p8_controlnet                  # tiny model on the CPU (always)
     python -m bench.p8_controlnet --device cuda                      # + SD v1 at 512², random weights
-    python -m bench.p8_controlnet --device cuda --model sd-v1-5/ --controlnet sd-controlnet-canny/
+    python -m bench.p8_controlnet --device cuda --pretrained sd-v1-5/ --controlnet sd-controlnet-canny/
 
 The tiny part times the test model (32 px) through the diffusers pipeline for each scheduler:
 a step is the time between two step-end callbacks (UNet on the CFG batch of 2 + scheduler step),
 median over --steps steps of --repeats images, as this process's CPU time and as wall time.
 The GPU part times SD v1 at 512² in fp16, batch 1 with CFG (diffusers' anchor: 21.7 it/s on an
 A100, 44 it/s compiled), plain and with a ControlNet, then the peak memory with each memory option.
-Without --model the weights are random, built from the committed SD v1 configs: the time per step
+Without --pretrained the weights are random, built from the committed SD v1 configs: the time per step
 does not depend on the weight values.
 Writes --json (default outputs/p8/p8_bench.json) and prints it.
 """
@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--device", default="cpu", help="cpu (tiny part only) | cuda | cuda:N (both parts)"
     )
-    p.add_argument("--model", help="real SD v1.x weights for the GPU part (default: random)")
+    p.add_argument("--pretrained", help="real SD v1.x weights for the GPU part (default: random)")
     p.add_argument(
         "--controlnet",
         help="real ControlNet folder for the GPU part (default: random, from the UNet)",
@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     gpu = (
-        gpu_512(device, args.model, args.controlnet, args.steps, args.repeats)
+        gpu_512(device, args.pretrained, args.controlnet, args.steps, args.repeats)
         if device.type == "cuda"
         else None
     )
