@@ -72,7 +72,7 @@ def read_jobs(path: str) -> dict[str, list[str]]:
     ok = isinstance(jobs, dict) and jobs and all(isinstance(a, list) and a for a in jobs.values())
     if not ok or not all(isinstance(x, str) for argv in jobs.values() for x in argv):
         raise CLIError(f"{path} must be a JSON object {{name: [module, arguments...]}}")
-    if any("--out" in argv or "--max-seconds" in argv for argv in jobs.values()):
+    if any(a.startswith(("--out", "--max-s")) for argv in jobs.values() for a in argv):
         raise CLIError(f"{path}: the launcher sets --out and --max-seconds of every job")
     return jobs
 
