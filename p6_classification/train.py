@@ -1,6 +1,7 @@
 """Train a CIFAR-10 classifier with the honest protocol: 10% of the training images (5,000
-of 50,000) are held out for validation and every choice is made on them; the test set is
-evaluated once, after the last epoch, and that final-epoch accuracy is what we report.
+of 50,000) are held out for validation and every choice is made on them (recipe A holds out
+none and chooses nothing); the test set is evaluated once, after the last epoch, and that
+final-epoch accuracy is what we report.
 
     python -m p6_classification.train --preset shipped --data ../shared/data/cifar10_full --out RUN  # the shipped model
     python -m p6_classification.train --preset recipe_a --data ../shared/data/cifar10_full --out RUN  # recipe A

@@ -230,3 +230,36 @@ def test_tiny_recipe_a_run_trains_on_the_official_pixels_with_its_mechanics(
     assert (out / "curves.png").is_file()
     with pytest.raises(CLIError, match="not found"):
         train.main([*argv[:-1], str(tmp_path / "other"), "--official-pixels", "missing.npz"])
+
+
+def test_an_interrupted_recipe_a_run_resumes_to_the_same_ema_weights(
+    small_copy, tmp_path, monkeypatch
+):
+    """last.pt carries the EMA: a run stopped after epoch 1 and resumed exports the same
+    model.pt as an uninterrupted one."""
+
+    def argv(out):
+        return [
+            *("--preset", "recipe_a", "--data", str(small_copy / "data"), "--limit", "200"),
+            *("--official-pixels", str(small_copy / "official.npz"), "--width", "8"),
+            *("--batch-size", "50", "--epochs", "2", "--device", "cpu", "--out", str(out)),
+        ]
+
+    train.main(argv(tmp_path / "a"))
+    real, calls = train.train_epoch, []
+
+    def interrupt_in_epoch_two(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(train, "train_epoch", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv(tmp_path / "b"))
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train, "train_epoch", real)
+    train.main(argv(tmp_path / "b"))
+    a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in "ab")
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
