@@ -25,13 +25,14 @@ from hw2_utils import to_device
 
 @dataclass(frozen=True)
 class BatchAugment:
-    """Random horizontal flip, random crop of the zero-padded image, scaling to [0, 1],
+    """Random horizontal flip, random crop of the zero- (or reflect-) padded image, scaling to [0, 1],
     normalisation and one cutout square, each optional, in the per-image presets' order;
     `draws` makes every random choice of a batch (from a CPU generator: the same on any
     device), `apply` carries them out."""
 
     flip: bool = False
     padding: int = 0  # crop offsets 0..2*padding of the padded image
+    padding_mode: str = "constant"  # F.pad's: "constant" (zeros) or "reflect"
     mean: tuple[float, ...] | None = None  # normalise when given
     std: tuple[float, ...] | None = None
     cutout: int = 0  # side of the erased square (0 = none)
@@ -54,7 +55,7 @@ class BatchAugment:
         if self.flip:
             x = torch.where(draws[:, 0].bool().view(n, 1, 1, 1), x.flip(-1), x)
         if self.padding:
-            x = F.pad(x, (self.padding,) * 4)
+            x = F.pad(x, (self.padding,) * 4, mode=self.padding_mode)
             rows = (
                 (draws[:, 1, None] + torch.arange(h, device=x.device))
                 .view(n, 1, h, 1)
@@ -100,6 +101,8 @@ class Preset:
 
 
 CROP_PADDING = 4  # the standard CIFAR crop: 32x32 out of the image zero-padded by 4
+# How the crop pads: zeros (torchvision's default) or the mirrored border (airbench's translate).
+PADDING_MODES = ("constant", "reflect")
 CUTOUT_SIDE = 16  # DeVries & Taylor's square for CIFAR-10: a quarter of the image
 
 # name -> (one-line description, the per-image uint8 augmentations before conversion)
@@ -148,13 +151,37 @@ PRESETS = tuple(DESCRIPTIONS)
 
 
 def build_preset(
-    name: str, mean: tuple[float, ...], std: tuple[float, ...], num_classes: int = 10
+    name: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    num_classes: int = 10,
+    padding_mode: str = "constant",
 ) -> Preset:
+    """The preset `name`; `padding_mode` (PADDING_MODES) is how its random crop pads."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}")
     preset = _per_image_preset(name, mean, std, num_classes)
+    if padding_mode != "constant":
+        preset = replace(preset, train=_with_padding_mode(preset.train, padding_mode))
     if name not in _BATCHED:
         return preset
     normalisation = {} if name in _GEOMETRY else dict(mean=tuple(mean), std=tuple(std))
-    return replace(preset, device_train=BatchAugment(**_BATCHED[name], **normalisation))
+    batched = {**_BATCHED[name], **normalisation}
+    if batched.get("padding"):
+        batched["padding_mode"] = padding_mode
+    return replace(preset, device_train=BatchAugment(**batched))
+
+
+def _with_padding_mode(transform: v2.Compose, padding_mode: str) -> v2.Compose:
+    """`transform` with each RandomCrop padding by `padding_mode` (the shared ones untouched)."""
+    return v2.Compose(
+        [
+            v2.RandomCrop(t.size, padding=t.padding, padding_mode=padding_mode)
+            if isinstance(t, v2.RandomCrop)
+            else t
+            for t in transform.transforms
+        ]
+    )
 
 
 def _per_image_preset(

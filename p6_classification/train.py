@@ -1,8 +1,10 @@
 """Train a CIFAR-10 classifier with the honest protocol: 10% of the training images (5,000
-of 50,000) are held out for validation and every choice is made on them; the test set is
-evaluated once, after the last epoch, and that final-epoch accuracy is what we report.
+of 50,000) are held out for validation and every choice is made on them (recipe A holds out
+none and chooses nothing); the test set is evaluated once, after the last epoch, and that
+final-epoch accuracy is what we report.
 
     python -m p6_classification.train --preset shipped --data ../shared/data/cifar10_full --out RUN  # the shipped model
+    python -m p6_classification.train --preset recipe_a --data ../shared/data/cifar10_full --out RUN  # recipe A
     python -m p6_classification.train --data data/cifar10 --download          # official CIFAR-10, torchvision layout
     python -m p6_classification.train --data DATA --stem imagenet            # torchvision's stock stem
     python -m p6_classification.train --data ../shared/data/cifar10/cifar10_slice.npz --width 16 --epochs 15
@@ -12,7 +14,10 @@ evaluated once, after the last epoch, and that final-epoch accuracy is what we r
 --data is torchvision's CIFAR10 layout (ROOT/cifar-10-batches-py), the shared whole-CIFAR-10
 JPEG copy (a folder with train.npz/test.npz) or the shared .npz slice (hw2_utils.load_cifar10).
 --also-test scores a second test set once at the end (the slice's 1,017 official-pixel images
-beside the JPEG copy's 10,000).
+beside the JPEG copy's 10,000). --official-pixels puts the slice's 5,085 official-pixel training
+images in place of their JPEG copies (matched by pixels within each class). --val-fraction 0
+trains on every training image: nothing is then chosen on held-out images and the last epoch
+ships. --ema-decay D evaluates and exports an exponential moving average of the weights.
 OUT gets log.csv (a row per epoch, first column the step), last.pt (re-running the same command
 resumes from it; a session ends at an epoch's end, so --ckpt-every (steps) and --max-seconds act
 at the first epoch end due), model.pt (the exported model in fp16, for infer.py and cam.py),
@@ -29,6 +34,8 @@ import csv
 import json
 import sys
 import time
+from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +55,8 @@ from hw2_utils import (
     command_line,
     derived_seed,
     describe_hardware,
+    ema_update,
+    fraction_below_one,
     init_distributed,
     log_main,
     make_train_sampler,
@@ -72,8 +81,11 @@ from p6_classification.data import (
     CIFAR_STD,
     CLASSES,
     SPLIT_SEED,
+    VAL_FRACTION,
     ImageTensors,
     load_cifar,
+    load_train_split,
+    replace_with_official,
     split_train_val,
 )
 from p6_classification.models import VIT_NAME, build_model, input_normalization
@@ -103,12 +115,46 @@ DEFAULTS = {
 # fmt: on
 # The shipped resnet18_cifar10.pt: resnet18's recipe above (width 64, CIFAR stem, bf16 autocast,
 # channels_last: the defaults) on the whole CIFAR-10 JPEG copy (p6_classification/checkpoints/README.md).
-PRESETS = {"shipped": dict(model="resnet18", **DEFAULTS["resnet18"])}
+# Recipe A (issue 41), not yet run: airbench's ResNet-18 baseline (peak lr 0.2 at batch 500,
+# nesterov, reflect-pad translate + cutout) on all 50,000 training images (no val split: the last
+# epoch ships) with the slice's official pixels in place of their JPEG copies, label smoothing 0.1
+# and a weight EMA (half-life ~700 steps = 7 of the 200 epochs of 100 steps).
+PRESETS = {
+    "shipped": dict(model="resnet18", **DEFAULTS["resnet18"]),
+    "recipe_a": dict(
+        model="resnet18",
+        epochs=200,
+        batch_size=500,
+        lr=0.2,
+        weight_decay=5e-4,
+        warmup_epochs=3.0,
+        aug="cutout",
+        label_smoothing=0.1,
+        padding_mode="reflect",
+        ema_decay=0.999,
+        val_fraction=0.0,
+        official_pixels="../shared/data/cifar10/cifar10_slice.npz",
+    ),
+}
 MOMENTUM = 0.9  # Nesterov
 MAX_WARMUP_FRACTION = 0.25  # of the run's steps
 # The recipe a resumed run must share with the run that wrote last.pt (the epochs too: they
 # shape the learning-rate schedule).
-RECIPE = ("aug", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "limit", "seed")
+RECIPE = (
+    "aug",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "limit",
+    "seed",
+    "label_smoothing",
+    "padding_mode",
+    "ema_decay",
+    "val_fraction",
+    "official_pixels",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -188,6 +234,40 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--workers",
         type=non_negative_int,
         help="DataLoader workers (default 4 on CUDA, 0 on the CPU)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=fraction_below_one,
+        help="cross-entropy label smoothing (default: the --aug preset's, 0.1 for flip_crop_ls "
+        "and label_smoothing, else 0)",
+    )
+    p.add_argument(
+        "--padding-mode",
+        choices=augment.PADDING_MODES,
+        default="constant",
+        help="how the random crop pads the image: zeros or its mirrored border (default %(default)s)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=fraction_below_one,
+        default=0.0,
+        help="evaluate and export an exponential moving average of the weights, updated every "
+        "step with this decay (BatchNorm statistics copied); 0 = the trained weights "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=fraction_below_one,
+        default=VAL_FRACTION,
+        help="training images held out for validation (a fixed draw); 0 trains on all of them "
+        "and logs no validation accuracy (default %(default)s)",
+    )
+    p.add_argument(
+        "--official-pixels",
+        metavar="NPZ",
+        help="an .npz with train_images/train_labels of official CIFAR-10 pixels (the shared "
+        "slice) that replace their JPEG copies in --data's training set, matched by pixels "
+        "within each class (default: none)",
     )
     args = parse_with_presets(p, argv, PRESETS)
     for name, value in DEFAULTS[args.model].items():
@@ -270,11 +350,16 @@ def plot_curves(run_dir: Path) -> Path:
         ("train_loss", "val_acc", "lr"),
         (
             "training loss",
-            f"validation accuracy (last {float(rows[-1]['val_acc']):.4f})",
+            f"validation accuracy (last {float(rows[-1]['val_acc']):.4f})"
+            if rows[-1]["val_acc"]
+            else "no validation images",
             "learning rate at the epoch's end",
         ),
     ):
-        ax.plot(epoch, [float(r[key]) for r in rows], marker="o", ms=3)
+        # --val-fraction 0 logs an empty val_acc: that panel stays empty
+        ax.plot(
+            *zip(*((e, float(r[key])) for e, r in zip(epoch, rows) if r[key])), marker="o", ms=3
+        )
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run_dir.name}: {rows[-1]['hardware']}", fontsize=9)
@@ -315,9 +400,11 @@ def train_epoch(
     device,
     dtype,
     channels_last: bool,
+    ema=None,
 ) -> float:
     """One epoch of SGD with the warmup + cosine learning rate; returns the mean training loss.
-    The loss is summed on the device: reading it every step would stall the GPU's queue."""
+    The loss is summed on the device: reading it every step would stall the GPU's queue.
+    `ema` (a copy of the model, or None) follows the weights after every step (--ema-decay)."""
     train_model.train()
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(
@@ -335,6 +422,9 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                ema_update(ema, unwrap(train_model), args.ema_decay)
         loss_sum += loss.detach()
     return loss_sum.item() / steps
 
@@ -359,19 +449,36 @@ def load_splits(args, info, device) -> Splits:
         cifar = load_cifar(args.data)
     # read now: a bad path fails before training
     extra = load_cifar(args.also_test) if args.also_test else None
-    train, (val_x, val_y), test = hold_out(cifar, args.limit)
+    if args.official_pixels:
+        cifar = with_official_pixels(cifar, args.official_pixels)
+    train, (val_x, val_y), test = hold_out(cifar, args.limit, args.val_fraction)
     return Splits(cifar.source, train, (val_x.to(device), val_y.to(device)), test, extra)
 
 
-def hold_out(cifar, limit: int | None = None):
+def with_official_pixels(cifar, path: str):
+    """`cifar` whose training set holds the official pixels of the .npz at `path` in place of
+    their JPEG copies (data.replace_with_official: matched within class, one-to-one)."""
+    images, match = replace_with_official(
+        cifar.train_images, cifar.train_labels, *load_train_split(path)
+    )
+    log_main(
+        f"{len(match.index)} training images replaced by their official pixels from {path} "
+        f"(MAD to the copy {match.mad.mean():.1f} mean, {match.mad.max():.1f} max; runner-up "
+        f"{match.runner_up_mad.min():.1f} min)"
+    )
+    return replace(cifar, train_images=images)
+
+
+def hold_out(cifar, limit: int | None = None, val_fraction: float = VAL_FRACTION):
     """((train images, labels), (val ...), (test ...)) of a loaded CIFAR-10: the fixed val split
-    of every run (bench.p6_classification's tta part scores the same val images)."""
+    of every run (bench.p6_classification's tta part scores the same val images); with
+    val_fraction 0 every training image trains and val is empty."""
     train_x, train_y = cifar.train_images, cifar.train_labels
     test_x, test_y = cifar.test_images, cifar.test_labels
     if limit:  # a fixed random subset: the whole-CIFAR-10 archives are sorted by class
         train_x, train_y = random_subset(train_x, train_y, limit)
         test_x, test_y = random_subset(test_x, test_y, max(1, limit // 5))
-    train_x, train_y, val_x, val_y = split_train_val(train_x, train_y)
+    train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_fraction)
     return (train_x, train_y), (val_x, val_y), (test_x, test_y)
 
 
@@ -520,16 +627,21 @@ def main(argv=None) -> dict:
 
     data = load_splits(args, info, device)
     model, arch, (mean, std) = build_classifier(args, device, channels_last)
-    preset = augment.build_preset(args.aug, mean, std, len(CLASSES))
+    preset = augment.build_preset(args.aug, mean, std, len(CLASSES), padding_mode=args.padding_mode)
+    if args.label_smoothing is not None:
+        preset = replace(preset, label_smoothing=args.label_smoothing)
     batches = EpochBatches(*data.train, preset, args, device, info)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
         trainable, lr=args.lr, momentum=MOMENTUM, nesterov=True, weight_decay=args.weight_decay
     )
+    # The averaged weights are what is evaluated and exported; the model itself keeps training.
+    ema = deepcopy(model).requires_grad_(False).eval() if args.ema_decay else None
+    stateful = {"model": model, "optimizer": opt, **({"ema": ema} if ema is not None else {})}
 
     # What a resumed run must share with the one that wrote last.pt.
     identity = {"arch": arch, "data": data.source, **{k: getattr(args, k) for k in RECIPE}}
-    state = run.load(identity, model=model, optimizer=opt)
+    state = run.load(identity, **stateful)
     epoch, seconds, val_acc = (
         (state["epoch"], state["seconds"], state["val_acc"]) if state else (0, 0.0, None)
     )
@@ -558,11 +670,20 @@ def main(argv=None) -> dict:
             device,
             dtype,
             channels_last,
+            ema,
         )
         epoch, step = epoch + 1, step + steps
         seconds += time.perf_counter() - start
-        val_acc = evaluate(unwrap(model), *data.val, preset.eval, device, dtype, channels_last)
-        log_main(f"epoch {epoch}: train loss {train_loss:.4f}, val acc {val_acc:.4f}")
+        scored = ema if ema is not None else unwrap(model)
+        val_acc = (
+            evaluate(scored, *data.val, preset.eval, device, dtype, channels_last)
+            if len(data.val[1])
+            else None
+        )
+        val_text = "" if val_acc is None else f"{val_acc:.4f}"
+        log_main(
+            f"epoch {epoch}: train loss {train_loss:.4f}" + (val_text and f", val acc {val_text}")
+        )
         if log:
             log.writerow(
                 [
@@ -570,25 +691,22 @@ def main(argv=None) -> dict:
                     epoch,
                     f"{opt.param_groups[0]['lr']:.5f}",
                     f"{train_loss:.4f}",
-                    f"{val_acc:.4f}",
+                    val_text,
                     f"{seconds:.1f}",
                     str(dtype).removeprefix("torch."),
                     describe_hardware(device),
                 ]
             )
         if run.checkpoint_due(step, total, since=step - steps):
-            run.save(
-                {"epoch": epoch, "seconds": seconds, "val_acc": val_acc},
-                model=unwrap(model),
-                optimizer=opt,
-            )
+            run.save({"epoch": epoch, "seconds": seconds, "val_acc": val_acc}, **stateful)
+    scored = ema if ema is not None else unwrap(model)
     if epoch < args.epochs:  # --max-seconds ended this session: the test set waits for the end
         if info.is_main:
-            export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
+            export(run.out, scored, arch, mean, std, args, epoch, val_acc, command)
         cleanup_distributed()
         return run.finish(step, {"val_acc": val_acc})
 
-    test_acc, also = score_test_sets(unwrap(model), data, preset, device, dtype, channels_last)
+    test_acc, also = score_test_sets(scored, data, preset, device, dtype, channels_last)
     result = {
         "command": command,
         "hardware": describe_hardware(device),
@@ -611,12 +729,13 @@ def main(argv=None) -> dict:
         "also_test": also,
     }
     if info.is_main:
-        export(run.out, unwrap(model), arch, mean, std, args, epoch, val_acc, command)
+        export(run.out, scored, arch, mean, std, args, epoch, val_acc, command)
         plot_curves(run.out)
     run.finish(step, result)
     also_line = f", test acc {also['test_acc']:.4f} on {also['data']}" if also else ""
+    val_line = "no val images" if val_acc is None else f"val acc {val_acc:.4f}"
     log_main(
-        f"done: val acc {val_acc:.4f}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training"
+        f"done: {val_line}, test acc {test_acc:.4f}{also_line} (final epoch), {seconds:.0f} s training"
     )
     cleanup_distributed()
     return result
