@@ -58,7 +58,14 @@ from hw2_utils.files import (
     save_text,
     to_uint8,
 )
-from hw2_utils.runs import REQUIRED, RunFolder, add_common_args, git_commit, parse_with_presets
+from hw2_utils.runs import (
+    REQUIRED,
+    RunFolder,
+    add_common_args,
+    git_commit,
+    parse_with_presets,
+    save_selection,
+)
 from hw2_utils.runtime import (
     DistInfo,
     autocast,
@@ -135,6 +142,7 @@ __all__ = [
     "add_common_args",
     "git_commit",
     "parse_with_presets",
+    "save_selection",
     "DistInfo",
     "autocast",
     "cleanup_distributed",

@@ -453,6 +453,25 @@ class RunFolder:
         self._files = []
 
 
+def save_selection(
+    out: Path, rows: int, seconds: float, recipe: dict, metrics: dict, command: str, device
+) -> dict:
+    """OUT/result.json of a command that chooses among runs (P5's sweep, P4's snapshots) instead
+    of training one: the run folder's schema, finished, one step per row compared."""
+    record = {
+        "finished": True,
+        "step": rows,
+        "total_steps": rows,
+        "seconds": round(seconds, 1),
+        "recipe": recipe,
+        "hardware": describe_hardware(device),
+        "command": command,
+        "metrics": metrics,
+    }
+    save_json(out / "result.json", record)
+    return record
+
+
 def _on_any_rank(flag: bool) -> bool:
     """`flag` where any DDP rank raised it (every rank must stop at the same step), else `flag`."""
     import torch.distributed as dist

@@ -16,7 +16,6 @@ p4_gan/checkpoints/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,11 +24,11 @@ import torch
 
 from evaluation.fid import image_statistics, load_inception
 from hw2_utils import (
+    save_selection,
     HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
-    describe_hardware,
     ensure_writable_dir,
     positive_int,
     require_dir,
@@ -126,24 +125,21 @@ def main(argv=None) -> dict:
     with atomic_path(out / "log.csv") as tmp:
         shutil.copy(log, tmp)
     write_fid_csv(out / "fid.csv", rows)
-    result = {
-        "finished": True,
-        "step": len(rows),
-        "total_steps": len(rows),
-        "seconds": round(time.perf_counter() - start, 1),
-        "recipe": {
+    result = save_selection(
+        out,
+        len(rows),
+        time.perf_counter() - start,
+        recipe={
             "run": str(run),
             "data": args.data,
             "fid_n": args.fid_n,
             "fid_ref_n": n_faces,
             "seed": args.seed,
         },
-        "hardware": describe_hardware(device),
-        "command": command_line("p4_gan.select_snapshot", argv),
-        "metrics": {"criterion": f"lowest {CRITERION}", "rows": rows, "chosen": chosen},
-    }
-    with atomic_path(out / "result.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+        metrics={"criterion": f"lowest {CRITERION}", "rows": rows, "chosen": chosen},
+        command=command_line("p4_gan.select_snapshot", argv),
+        device=device,
+    )
     print(f"chose epoch {chosen['epoch']} (FID {chosen['fid']:.2f}): {out / 'model.pt'}")
     return result
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from hw2_utils import (
+    save_selection,
     HelpFormatter,
     CLIError,
     atomic_path,
     command_line,
-    describe_hardware,
     load_torch_file,
     require_dir,
     run_cli,
@@ -143,12 +143,11 @@ def main(argv=None) -> dict:
         raise CLIError(f"no row among {', '.join(args.rows)} is chosen by {CHOOSE_BY}")
     with atomic_path(out / "model.pt") as tmp:
         shutil.copy(row_folder(out, args.target, chosen) / "model.pt", tmp)
-    result = {
-        "finished": True,
-        "step": len(rows),
-        "total_steps": len(rows),
-        "seconds": round(time.perf_counter() - start, 1),
-        "recipe": {
+    result = save_selection(
+        out,
+        len(rows),
+        time.perf_counter() - start,
+        recipe={
             "data": str(data_root),
             "source": args.source,
             "target": args.target,
@@ -156,16 +155,14 @@ def main(argv=None) -> dict:
             "train_args": extra,
             "epochs": train.parse_args(extra).epochs,
         },
-        "hardware": describe_hardware(torch.device("cpu")),
-        "command": command_line("p5_dann.sweep", argv),
-        "metrics": {
+        metrics={
             "criterion": CHOOSE_BY,
             "rows": rows,
             "chosen": {"row": chosen, **rows[chosen]["selected"]},
         },
-    }
-    with atomic_path(out / "result.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+        command=command_line("p5_dann.sweep", argv),
+        device=torch.device("cpu"),
+    )
     print(
         f"{CHOOSE_BY} chose {chosen}, epoch {rows[chosen]['selected']['epoch']}: {out / 'model.pt'}"
     )
