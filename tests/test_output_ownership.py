@@ -134,10 +134,10 @@ def test_a_file_size_limit_is_one_error_line_and_publishes_nothing(tmp_path):
 
 # --------------------------------------------------------------------------- signals
 
-# A command that stages 50 files and publishes them slowly (each rename 20 ms), so a signal
-# can arrive in the middle; `ready` appears when publishing starts, `staged` before it.
-SLOW_WRITER = r"""
-import os, sys, time
+# What both writers below share: their arguments, and renames slowed to 20 ms once publishing
+# starts (`publishing` appears then), so a signal can arrive in the middle.
+SLOW_PUBLISH = r"""
+import contextlib, os, sys, time
 from pathlib import Path
 import hw2_utils.files as files
 from hw2_utils import run_cli
@@ -147,6 +147,13 @@ def slow_replace(a, b):
     (signals / "publishing").touch()
     time.sleep(0.02)
     real_replace(a, b)
+"""
+
+# A command that stages 50 files and publishes them slowly (each rename 20 ms), so a signal
+# can arrive in the middle; `staged` appears before publishing, `publishing` once it starts.
+SLOW_WRITER = (
+    SLOW_PUBLISH
+    + r"""
 def main():
     with files.output_dir(out, [f"{i:02d}.txt" for i in range(50)]) as stage:
         for i in range(50):
@@ -157,6 +164,7 @@ def main():
         files.os.replace = slow_replace
 run_cli(main)
 """
+)
 
 
 def start_writer(out, tag, signals):
@@ -241,17 +249,10 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run_but_a_live_ones_is_kep
 
 
 # Two folders published as one set (P1's mnistm/ and svhn/, P3's prompt folders), slowly.
-TWO_FOLDERS = r"""
-import contextlib, os, sys, time
-from pathlib import Path
-import hw2_utils.files as files
-from hw2_utils import run_cli
-out, tag, signals, wrapped = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
-real_replace = os.replace
-def slow_replace(a, b):
-    (signals / "publishing").touch()
-    time.sleep(0.02)
-    real_replace(a, b)
+TWO_FOLDERS = (
+    SLOW_PUBLISH
+    + r"""
+wrapped = sys.argv[4] == "1"
 def main():
     out.mkdir(parents=True, exist_ok=True)
     whole = files.deferred_signals() if wrapped else contextlib.nullcontext()
@@ -263,6 +264,7 @@ def main():
         files.os.replace = slow_replace
 run_cli(main)
 """
+)
 
 
 @pytest.mark.parametrize("wrapped", [True, False])
