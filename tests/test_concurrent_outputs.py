@@ -18,8 +18,20 @@ from pathlib import Path
 import hw2_utils.files as files
 out, tag, signals, no_lock = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
 real_replace = os.replace
-def slow_replace(a, b):  # publishing takes ~0.5 s, so two unlocked writers overlap
-    time.sleep(0.002)
+# A renames a file every 4 ms, B every 2 ms: publishing takes about a second
+pace = 0.004 if tag == "A" else 0.002
+def slow_replace(a, b):
+    marker = signals / f"{tag}.publishing"
+    if no_lock and not marker.exists():
+        # The control: both wait until the other has begun too (so both checked the folder
+        # first), then B starts 0.2 s late: B's renames come last for the first ~100 names
+        # and A's for the rest, a mix that cannot depend on scheduling jitter.
+        marker.touch()
+        other, deadline = signals / f"{'B' if tag == 'A' else 'A'}.publishing", time.time() + 60
+        while not other.exists() and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.2 if tag == "B" else 0)
+    time.sleep(pace)
     real_replace(a, b)
 files.os.replace = slow_replace
 if no_lock:
@@ -71,8 +83,8 @@ def test_two_writers_into_one_folder_leave_one_whole_set(tmp_path):
 
 def test_without_the_lock_the_same_race_mixes_the_sets(tmp_path):
     """The control: proof that the race above is real, so its pass means something. Unlocked,
-    the writers interleave (a mix), or one finds the other's half-published files in its way
-    and refuses them as not recorded: never both done with one whole set."""
+    with both writers held until each has begun to publish (both have checked the folder
+    before either replaced a file), their renames interleave: a mix (WRITER's pacing)."""
     _earlier_run(tmp_path / "out")
     tags, codes = _race(tmp_path / "out", no_lock=True)
-    assert tags == {"A", "B"} or codes != [0, 0]
+    assert codes == [0, 0] and tags == {"A", "B"}
