@@ -4,6 +4,7 @@ tool's return limits and are restored here, so the next call (or a CPU session) 
 
 Here, before the call (from the repository root):
     python -m bench.gpu_call pack cifar10_full/train.npz cifar10_full/test.npz   # -> .device/data
+    python -m bench.gpu_call pack celeba10k/train.npz --resume p4=p4_gan/checkpoints/gpu_run   # + a run to go on with
     bash ../shared/device/stage.sh stash && bash ../shared/device/stage.sh size  # <= 64 MiB
 JOBS is a JSON object {name: [module, arguments...]} without --out, e.g.
     {"p6": ["p6_classification.train", "--preset", "shipped", "--data", ".device/data/cifar10_full"],
@@ -12,13 +13,17 @@ There (carry [".device"]; a run that came back from an earlier call resumes from
     python3 -m bench.gpu_call run JOBS --max-seconds 420 --work .device/runs --out $OUT
 Here, after:
     bash ../shared/device/stage.sh restore
-    python -m bench.gpu_call unpack FILES_AT --work .device/runs
+    python -m bench.gpu_call unpack FILES_AT --work .device/runs --keep p4=p4_gan/checkpoints/gpu_run
+The jobs of the planned calls, and the command of each, are in bench/gpu_jobs/README.md.
 
 `run` starts `python -m MODULE ARGS --out WORK/NAME --max-seconds S --compact-checkpoint` for
 every job at once (logs in WORK/logs/), stops one still running --grace seconds after its budget,
 then writes WORK as one tar in parts of 15 MiB to OUT (at most 8: each run's last.pt, result.json,
 log.csv and model.pt first; left_out.txt names what did not fit, and unpack warns of a lost
-last.pt). A run resumed elsewhere: --force-resume (its data path moved).
+last.pt). A run resumed elsewhere: --force-resume (its data path moved). A run that needs more
+calls lives in the repository between them (the next GPU may be sessions away, on a new machine):
+unpack --keep NAME=DIR copies its last.pt, result.json and log.csv to DIR (commit them), and the
+next pack --resume NAME=DIR puts them in .device/runs/NAME, where the call's job resumes.
 """
 
 from __future__ import annotations
@@ -46,12 +51,38 @@ def pack(args) -> None:
     """xz-compress each shared data file into .device/data (the call's extra path)."""
     for name in args.files:
         source = require_file(Path(args.shared) / name, "shared data file")
-        target = REPO / ".device" / "data" / f"{name}.xz"
+        target = Path(args.device_dir) / "data" / f"{name}.xz"
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(source, "rb") as f, lzma.open(target.with_suffix(".tmp"), "wb") as out:
             shutil.copyfileobj(f, out, 2**22)
         target.with_suffix(".tmp").replace(target)
         print(f"{source} ({source.stat().st_size / 2**20:.1f} MiB) -> {target}")
+    for name, folder in named_dirs(args.resume, "--resume").items():
+        copy_state(folder, Path(args.device_dir) / "runs" / name)
+
+
+RUN_STATE = ("last.pt", "result.json", "log.csv")  # what a run needs to go on, and its history
+
+
+def named_dirs(pairs: list[str], option: str) -> dict[str, Path]:
+    """NAME=DIR options as {NAME: DIR}."""
+    named = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not (sep and name and folder) or "/" in name:
+            raise CLIError(f"{option} takes NAME=DIR (a job's name, a folder), got {pair!r}")
+        named[name] = Path(folder)
+    return named
+
+
+def copy_state(source: Path, target: Path) -> None:
+    """The run files RUN_STATE of `source` into `target` (made if needed; last.pt is required)."""
+    require_file(source / "last.pt", "run state")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_STATE:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    print(f"{source} -> {target}: {', '.join(n for n in RUN_STATE if (target / n).is_file())}")
 
 
 def unpack_data(root: Path) -> None:
@@ -167,6 +198,8 @@ def unpack(args) -> Path:
     lost = [p for p in (work / "left_out.txt").read_text().split() if p.endswith("last.pt")]
     if lost:  # such a run starts over when its command runs again
         print(f"warning: no resumable state came back for {', '.join(lost)}", file=sys.stderr)
+    for name, folder in named_dirs(args.keep, "--keep").items():
+        copy_state(work / name, folder)
     return work
 
 
@@ -176,6 +209,17 @@ def main(argv=None):
     s = sub.add_parser("pack", help="shared data files into .device/data, xz-compressed")
     s.add_argument("files", nargs="+", help="paths under --shared, e.g. cifar10_full/train.npz")
     s.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    s.add_argument(
+        "--device-dir", default=str(REPO / ".device"), help="the call's extra path (carry)"
+    )
+    s.add_argument(
+        "--resume",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also copy the run state kept in DIR (unpack --keep) to .device/runs/NAME, where job "
+        "NAME of the call resumes it; repeatable",
+    )
     s = sub.add_parser("run", help="on the GPU machine: train the jobs, pack their folders")
     s.add_argument("jobs", help="JSON file {name: [module, arguments...]}")
     s.add_argument("--max-seconds", type=positive_float, required=True, help="each job's budget")
@@ -190,6 +234,14 @@ def main(argv=None):
     s = sub.add_parser("unpack", help="here: restore the runs' folders from the parts")
     s.add_argument("files_at", help="the device tool's files_at folder")
     s.add_argument("--work", required=True, help="where the runs' folders go")
+    s.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="copy job NAME's last.pt, result.json and log.csv to DIR, where the repository keeps "
+        "them for the next call; repeatable",
+    )
     args = p.parse_args(argv)
     return {"pack": pack, "run": run, "unpack": unpack}[args.command](args)
 

@@ -24,6 +24,14 @@ p4_gan/report.py reads those files. Choosing among a run's snapshots is p4_gan/s
     # FLOPs per training step (counted on meta tensors), seconds per step at batch 128 on DEVICE,
     # and seconds for run.sh's 1000 images from a full-size generator (random weights cost the same)
     python -m bench.p4_gan cost --device cuda --json runs/p4/cost.json
+    # training images per second of the plain step and of --fast-step (CUDA graphs) on DEVICE,
+    # --preset shipped's networks and recipe at each batch size (random faces: speed only)
+    python -m bench.p4_gan speed --device cuda --batch-sizes 64 128 --json runs/p4/speed.json
+    # what resuming without Adam's moments (--no-optimizer-state, the state a GPU call carries)
+    # costs: --preset long's recipe, narrower, trained straight with two seeds and once resumed
+    # every --every epochs from a last.pt without optimizer state; train-face FID curves side by side
+    python -m bench.p4_gan resume-cost --data ../shared/data/celeba10k --work runs/p4/resume_cost \
+        --json p4_gan/checkpoints/p4_resume_cost.json
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +65,7 @@ from hw2_utils import (
 )
 from p4_gan import infer, train
 from p4_gan.data import load_faces, split_source
+from p4_gan.fast_step import FastSteps
 from p4_gan.figures import plot_curves, series
 from p4_gan.select_snapshot import training_face_reference
 from p4_gan.pipeline import (
@@ -319,6 +329,101 @@ def cmd_cost(args) -> dict:
     return result
 
 
+def time_steps(preset: str, batch_size: int, fast: bool, faces, device, dtype, args) -> dict:
+    """D steps per second of train.py's step (or --fast-step's) over args.seconds, after
+    args.warmup untimed steps (where the fast step warms up and captures its graphs)."""
+    targs = train.parse_args(
+        ["--preset", preset, "--batch-size", str(batch_size)] + ["--fast-step"] * fast
+    )
+    trainer = train.build_trainer(targs, device, dtype, rank=0)
+    runner = FastSteps(trainer, faces, batch_size, targs.d_steps) if fast else None
+    order = torch.randperm(len(faces), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda *_: None
+    k, start = 0, None
+    while start is None or time.perf_counter() - start < args.seconds:
+        k += 1
+        indices = order[(k * batch_size) % (len(faces) - batch_size) :][:batch_size]
+        if runner is not None:
+            runner(indices, k)
+        else:
+            train.train_step(trainer, faces, indices, k, targs.d_steps)
+        if k == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        elif k % 50 == 0:
+            sync(device)  # the window ends on finished work, and the queue stays short
+    sync(device)
+    seconds, steps = time.perf_counter() - start, k - args.warmup
+    return {
+        "d_steps_per_second": steps / seconds,
+        "real_images_per_second": steps * batch_size / seconds,
+        "steps": steps,
+    }
+
+
+def cmd_speed(args) -> dict:
+    device = resolve_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    faces = torch.randint(0, 256, (4096, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    faces = faces.to(torch.uint8).to(device)
+    result = {"hardware": describe_hardware(device), "dtype": str(dtype), "preset": args.preset}
+    for batch_size in args.batch_sizes:
+        for fast in (False, True):
+            name = f"batch{batch_size}_{'fast' if fast else 'plain'}"
+            result[name] = time_steps(args.preset, batch_size, fast, faces, device, dtype, args)
+            print(
+                f"{name}: {result[name]['d_steps_per_second']:.1f} D steps/s, "
+                f"{result[name]['real_images_per_second']:.0f} images/s"
+            )
+        plain, fast = (result[f"batch{batch_size}_{m}"] for m in ("plain", "fast"))
+        result[f"batch{batch_size}_speedup"] = (
+            fast["real_images_per_second"] / plain["real_images_per_second"]
+        )
+    return result
+
+
+def cmd_resume_cost(args) -> dict:
+    base = ["--preset", "long", "--data", str(args.data), "--device", "cpu", "--no-optimizer-state"]
+    base += ["--g-channels", str(args.g_channels), "--d-channels", str(args.d_channels)]
+    base += [
+        "--batch-size",
+        str(args.batch_size),
+        "--lr-decay-start",
+        "1",
+        "--fid-every",
+        str(args.every),
+    ]
+    base += ["--fid-n", str(args.fid_n), "--sample-every", "0", "--snapshot-every", "0"]
+    base += ["--ckpt-every", str(10**9), "--precision", args.precision]
+    runs = {"straight_seed0": (0, False), "straight_seed1": (1, False), "resumed_seed0": (0, True)}
+    result = {"hardware": describe_hardware(torch.device("cpu")), "recipe": base, "runs": {}}
+    for name, (seed, resumed) in runs.items():
+        out = Path(args.work) / name
+        first = Path(args.work) / next(iter(runs)) / "fid_ref.npz"
+        if name != next(iter(runs)) and first.is_file() and not (out / "fid_ref.npz").exists():
+            out.mkdir(parents=True, exist_ok=True)  # the same 2,000 faces: computed once
+            shutil.copy2(first, out / "fid_ref.npz")
+        stops = range(args.every, args.epochs + 1, args.every) if resumed else [args.epochs]
+        for epochs in stops:  # each session ends at its last epoch; the next starts Adam afresh
+            train.main([*base, "--out", str(out), "--seed", str(seed), "--epochs", str(epochs)])
+        epochs, fids = series(out / "fid.csv", "epoch", "fid")
+        record = json.loads((out / "result.json").read_text())
+        result["runs"][name] = {
+            "fid_train_faces": dict(zip(map(int, epochs), fids)),
+            "sessions": len(record["sessions"]),
+            "seconds": record["seconds"],
+        }
+        print(f"{name}: FID {dict(zip(map(int, epochs), fids))}")
+    fid = {name: run["fid_train_faces"][args.epochs] for name, run in result["runs"].items()}
+    result["final"] = {
+        **fid,
+        "seed_spread": abs(fid["straight_seed0"] - fid["straight_seed1"]),
+        "resume_gap": fid["resumed_seed0"] - fid["straight_seed0"],
+    }
+    print(json.dumps(result["final"], indent=2))
+    return result
+
+
 def cmd_truncation(args) -> dict:
     """Run.sh's 1000 images of one generator at each truncation of z (and without): FID against
     the training faces that select_snapshot uses, face rate and feature spread. The lowest FID is
@@ -408,6 +513,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     s.add_argument("--device", default="auto")
     s = sub.add_parser(
+        "speed", help="training images/s of the plain step and of --fast-step (CUDA graphs)"
+    )
+    s.add_argument("--preset", default="shipped", choices=sorted(train.PRESETS))
+    s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[64, 128])
+    s.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=10,
+        help="untimed steps first (the fast step's capture)",
+    )
+    s.add_argument(
+        "--seconds", type=positive_float, default=10.0, help="timed seconds per measurement"
+    )
+    s.add_argument("--device", default="auto")
+    s = sub.add_parser(
+        "resume-cost",
+        help="train-face FID of a run resumed without optimizer state vs two straight runs",
+    )
+    s.add_argument("--data", required=True, help="folder with train.npz or train/ (celeba10k)")
+    s.add_argument("--work", required=True, help="where the three run folders go")
+    s.add_argument("--epochs", type=positive_int, default=20)
+    s.add_argument(
+        "--every",
+        type=positive_int,
+        default=4,
+        help="epochs per session of the resumed run, and between FIDs",
+    )
+    s.add_argument("--g-channels", type=positive_int, default=16)
+    s.add_argument("--d-channels", type=positive_int, default=32)
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--fid-n", type=positive_int, default=500)
+    s.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    s = sub.add_parser(
         "truncation",
         help="FID on training faces and face rate of one generator at each z truncation",
     )
@@ -445,6 +583,8 @@ def main(argv=None) -> dict:
         "eval": cmd_eval,
         "final": cmd_final,
         "cost": cmd_cost,
+        "speed": cmd_speed,
+        "resume-cost": cmd_resume_cost,
         "truncation": cmd_truncation,
     }[args.command](args)
     if args.json:

@@ -488,11 +488,11 @@ def _on_any_rank(flag: bool) -> bool:
 
 def _bfloat16(value):
     """`value` with every float32/float64 tensor in it (through dicts, lists, tuples) as bfloat16,
-    but a "step" entry."""
+    but a "step" or "lr" entry."""
     if isinstance(value, torch.Tensor):
         return value.bfloat16() if value.dtype in (torch.float32, torch.float64) else value
-    if isinstance(value, dict):  # an optimizer's step counts stay exact
-        return {k: v if k == "step" else _bfloat16(v) for k, v in value.items()}
+    if isinstance(value, dict):  # an optimizer's step counts and learning rates stay exact
+        return {k: v if k in ("step", "lr") else _bfloat16(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_bfloat16(v) for v in value)
     return value

@@ -157,11 +157,13 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed-precision context; a no-op for fp32."""
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
+    """Mixed-precision context; a no-op for fp32. cache=False recasts the weights at every use
+    instead of once per context, as a CUDA graph capture needs (a cached cast would be replayed
+    from the weights as they were at capture)."""
     if dtype is torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 # --------------------------------------------------------------------------- progress

@@ -2,9 +2,11 @@
 differentiable transforms are applied to every image D sees, real or fake, in both the D
 and the G step, so D cannot overfit the finite training set while G still gets gradients
 through the transforms. Written from the paper's description; every random draw comes from
-the `generator` passed in, on the CPU, so a run is reproducible and draws the same numbers on
-any device. Only the small draws travel (hw2_utils.to_device, which does not stall the host on
-a GPU); the grids and masks they parametrise are built on the images' device.
+the `generator` passed in, on the generator's device: a CPU generator (train.py's default) draws
+the same numbers whatever device trains, and only the small draws travel (hw2_utils.to_device,
+which does not stall the host on a GPU); a generator on the GPU (--fast-step) keeps every draw
+there, so a captured step replays them. The grids and masks they parametrise are built on the
+images' device.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ CUTOUT_RATIO = 1 / 2  # erase a square of half the side
 
 def _uniform(n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """(n, 1, 1, 1) uniforms in [0, 1) on `like`'s device and dtype."""
-    return to_device(torch.rand(n, 1, 1, 1, generator=generator).to(like.dtype), like.device)
+    draw = torch.rand(n, 1, 1, 1, generator=generator, device=generator.device)
+    return to_device(draw.to(like.dtype), like.device)
 
 
 def color(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -37,8 +40,9 @@ def translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by a whole number of pixels in each axis, filling with zeros."""
     n, _, h, w = x.shape
     limit = round(min(h, w) * TRANSLATION_RATIO)
-    shift = torch.randint(-limit, limit + 1, (n, 2), generator=generator).float()
-    theta = torch.zeros(n, 2, 3)
+    on = generator.device
+    shift = torch.randint(-limit, limit + 1, (n, 2), generator=generator, device=on).float()
+    theta = torch.zeros(n, 2, 3, device=on)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     # affine_grid works in [-1, 1] coordinates: one pixel is 2/size; sampling at p - s moves content by +s.
     theta[:, 0, 2] = -2 * shift[:, 0] / w
@@ -52,8 +56,10 @@ def cutout(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     (so it may be clipped at the border)."""
     n, _, h, w = x.shape
     size_y, size_x = round(h * CUTOUT_RATIO), round(w * CUTOUT_RATIO)
-    top = to_device(torch.randint(0, h, (n, 1, 1), generator=generator) - size_y // 2, x.device)
-    left = to_device(torch.randint(0, w, (n, 1, 1), generator=generator) - size_x // 2, x.device)
+    on = generator.device
+    top = torch.randint(0, h, (n, 1, 1), generator=generator, device=on) - size_y // 2
+    left = torch.randint(0, w, (n, 1, 1), generator=generator, device=on) - size_x // 2
+    top, left = to_device(top, x.device), to_device(left, x.device)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + size_y) & (xs >= left) & (xs < left + size_x)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hw2_utils import autocast, derived_seed, ema_update, to_device
+from hw2_utils import autocast, derived_seed, to_device
 from p4_gan.diffaugment import diff_augment
 from p4_gan.models import Discriminator, GANConfig, Generator
 
@@ -42,9 +42,8 @@ def gradient_penalty(
 ) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): mean of (||grad_x critic(x)||_2 - 1)^2 at random
     points x on the segments between real and fake images."""
-    alpha = to_device(
-        torch.rand(len(real), 1, 1, 1, generator=generator).to(real.dtype), real.device
-    )
+    alpha = torch.rand(len(real), 1, 1, 1, generator=generator, device=generator.device)
+    alpha = to_device(alpha.to(real.dtype), real.device)
     between = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(between).sum(), between, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
@@ -91,17 +90,43 @@ class Recipe:
     ema_decay: float = 0.0  # 0: export G itself
     gp_weight: float = 10.0  # wgan-gp only
     lr: float = 2e-4
+    d_lr: float | None = None  # D's learning rate (TTUR, Heusel et al. 2017); None: lr
     betas: tuple[float, float] = (0.5, 0.999)
+    lecam_weight: float = 0.0  # LeCam regulariser's weight in D's loss (Tseng et al. 2021); 0: off
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {LOSSES}")
 
 
+LECAM_DECAY = 0.99  # the LeCam paper's moving average of D's mean outputs
+
+
+def lecam_penalty(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    real_avg: torch.Tensor,
+    fake_avg: torch.Tensor,
+) -> torch.Tensor:
+    """LeCam regulariser (Tseng et al. 2021, as their code writes it): D's outputs on real
+    images are pulled down towards the moving average of its outputs on fakes where above it,
+    and those on fakes up towards the real average where below it, which bounds how far D can
+    separate a small training set."""
+    return (
+        F.relu(real_logits - fake_avg).square().mean()
+        + F.relu(real_avg - fake_logits).square().mean()
+    )
+
+
 class GANTrainer:
     """G, D, their Adam optimisers and grad scalers, the EMA copy of G and the one seeded
     generator every random draw of training comes from (z, DiffAugment, the penalty's
-    interpolation, flips); `state_dict` holds all of it, so a resumed run is the same run."""
+    interpolation, flips); `state_dict` holds all of it, so a resumed run is the same run.
+
+    Everything a step changes lives in tensors (the learning rates, the EMA's step count, LeCam's
+    averages), so the same step can be replayed as a CUDA graph (p4_gan/fast_step.py). fast=True
+    keeps the random generator on `device` as well (on a GPU: other numbers than the CPU
+    generator's, equally seeded) and makes Adam capturable there."""
 
     def __init__(
         self,
@@ -111,11 +136,16 @@ class GANTrainer:
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         rank: int = 0,
+        fast: bool = False,
     ):
         if recipe.loss == "wgan-gp" and config.d_norm == "batch":
             raise ValueError(
                 "wgan-gp penalises per-sample gradients, which batch norm in D couples: "
                 "use d_norm 'none' or 'spectral' (--d-norm)"
+            )
+        if fast and dtype is torch.float16:
+            raise ValueError(
+                "the fast step takes fp32 or bf16: fp16's loss scaler syncs with the host"
             )
         self.config, self.recipe, self.device, self.dtype = config, recipe, device, dtype
         with torch.random.fork_rng(devices=[]):
@@ -124,27 +154,47 @@ class GANTrainer:
         self.ema = (
             copy.deepcopy(self.G).eval().requires_grad_(False) if recipe.ema_decay > 0 else None
         )
+        cuda = device.type == "cuda"
+        self.lr_g, self.lr_d = recipe.lr, recipe.d_lr or recipe.lr
         # Fused on CUDA: one kernel per step instead of several per tensor (the small nets' steps are
-        # launch-bound), and it takes the fp16 scaler's inf check without a host sync.
-        fused = device.type == "cuda"
-        self.opt_g = torch.optim.Adam(
-            self.G.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused
-        )
-        self.opt_d = torch.optim.Adam(
-            self.D.parameters(), lr=recipe.lr, betas=recipe.betas, fused=fused
+        # launch-bound), and it takes the fp16 scaler's inf check without a host sync. The learning
+        # rates are tensors on the device, so a schedule changes them without re-capturing a graph.
+        self.opt_g, self.opt_d = (
+            torch.optim.Adam(
+                net.parameters(),
+                lr=torch.tensor(lr, device=device),
+                betas=recipe.betas,
+                fused=cuda,
+                capturable=fast and cuda,
+            )
+            for net, lr in ((self.G, self.lr_g), (self.D, self.lr_d))
         )
         fp16 = dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
         # differs per rank: each draws its own z
-        self.noise = torch.Generator().manual_seed(derived_seed(seed, "noise", rank))
-        self.g_steps = 0
+        self.noise = torch.Generator(device if fast else "cpu").manual_seed(
+            derived_seed(seed, "noise", rank)
+        )
+        # False: state_dict leaves Adam's moments out (None), so a resumed run starts Adam afresh
+        self.keep_optimizer_state = True
+        self.g_steps = 0  # the count state_dict keeps; g_count is its copy on the device
+        self.g_count = torch.zeros((), device=device)
+        # LeCam's moving averages of D's mean output on real and on generated images
+        self.lecam_avg = torch.zeros(2, device=device)
 
     def sample_z(self, n: int) -> torch.Tensor:
-        return to_device(torch.randn(n, self.config.z_dim, generator=self.noise), self.device)
+        z = torch.randn(n, self.config.z_dim, generator=self.noise, device=self.noise.device)
+        return to_device(z, self.device)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.recipe.diffaug, self.noise)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Both learning rates at `scale` times the recipe's (a schedule's value at this step)."""
+        for opt, base in ((self.opt_g, self.lr_g), (self.opt_d, self.lr_d)):
+            for group in opt.param_groups:
+                group["lr"].fill_(base * scale)
 
     def _update(
         self,
@@ -163,9 +213,10 @@ class GANTrainer:
     def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D update on a real batch (in [-1, 1]) against as many fresh fakes. Returns
         detached scalars: the loss and D's mean logit on real and on fake images."""
-        with torch.no_grad(), autocast(self.device, self.dtype):
+        # no autocast cache: the D step is what a CUDA graph replays (autocast() says why)
+        with torch.no_grad(), autocast(self.device, self.dtype, cache=False):
             fake = self.G(self.sample_z(len(real))).float()
-        with autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype, cache=False):
             real_in, fake_in = self.augment(real), self.augment(fake)
             real_logits, fake_logits = self.D(real_in).float(), self.D(fake_in).float()
             loss = discriminator_loss(self.recipe.loss, real_logits, fake_logits)
@@ -179,20 +230,32 @@ class GANTrainer:
             penalty = gradient_penalty(self.D, real_in.float(), fake_in.float(), self.noise)
             loss = loss + self.recipe.gp_weight * penalty
             stats["gp"] = penalty.detach()
+        if self.recipe.lecam_weight > 0:
+            means = torch.stack([stats["d_real"], stats["d_fake"]])
+            self.lecam_avg.lerp_(means, 1 - LECAM_DECAY)
+            penalty = lecam_penalty(real_logits, fake_logits, *self.lecam_avg)
+            loss = loss + self.recipe.lecam_weight * penalty
+            stats["lecam"] = penalty.detach()
         self._update(loss, self.D, self.opt_d, self.scaler_d)
         return stats
 
     def g_step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """One G update; D is frozen meanwhile so its weights get no gradient."""
+        stats = self.g_update(batch_size)
+        self.g_steps += 1
+        return stats
+
+    def g_update(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """One G update, and the EMA's; D is frozen meanwhile so its weights get no gradient.
+        Changes tensors only (g_step also counts it), so a CUDA graph can replay it."""
         self.D.requires_grad_(False)
         try:
-            with autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype, cache=False):
                 logits = self.D(self.augment(self.G(self.sample_z(batch_size)))).float()
                 loss = generator_loss(self.recipe.loss, logits)
             self._update(loss, self.G, self.opt_g, self.scaler_g)
         finally:
             self.D.requires_grad_(True)
-        self.g_steps += 1
+        self.g_count += 1
         if self.ema is not None:
             self._update_ema()
         return {"g_loss": loss.detach()}
@@ -200,8 +263,12 @@ class GANTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         # Short horizon at the start, so the average does not drag the random initial weights along.
-        decay = min(self.recipe.ema_decay, (1 + self.g_steps) / (10 + self.g_steps))
-        ema_update(self.ema, self.G, decay)
+        decay = ((1 + self.g_count) / (10 + self.g_count)).clamp(max=self.recipe.ema_decay)
+        averaged = list(self.ema.parameters())
+        # a list of tensor weights: the one-tensor overload reads its value on the host (a sync)
+        torch._foreach_lerp_(averaged, list(self.G.parameters()), [1 - decay] * len(averaged))
+        for e, b in zip(self.ema.buffers(), self.G.buffers()):
+            e.copy_(b)
 
     def exported_generator(self) -> Generator:
         """What gets shipped: the EMA generator when there is one, else G."""
@@ -211,8 +278,8 @@ class GANTrainer:
         state = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict() if self.keep_optimizer_state else None,
+            "opt_d": self.opt_d.state_dict() if self.keep_optimizer_state else None,
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
             "noise": self.noise.get_state(),
@@ -220,17 +287,28 @@ class GANTrainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.recipe.lecam_weight > 0:
+            state["lecam_avg"] = self.lecam_avg
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        for opt, name in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            if state[name] is None:  # saved without: Adam starts afresh, at the current lr
+                continue
+            lrs = [group["lr"] for group in opt.param_groups]
+            opt.load_state_dict(state[name])
+            # keep the device tensors (a graph may hold them); a saved float or tensor is its value
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr.fill_(float(group["lr"]))
         if state["scaler_g"]:  # empty unless the run was fp16; --precision may change on resume
             self.scaler_g.load_state_dict(state["scaler_g"])
             self.scaler_d.load_state_dict(state["scaler_d"])
         self.noise.set_state(state["noise"])
         self.g_steps = state["g_steps"]
+        self.g_count.fill_(self.g_steps)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.recipe.lecam_weight > 0:
+            self.lecam_avg.copy_(state["lecam_avg"])

@@ -7,6 +7,7 @@ networks (the default) or, with --model resnet, SNGAN's residual ones (p4_gan/mo
     python -m p4_gan.train --preset shipped --data ../shared/data/celeba10k --out runs/p4/shipped
     python -m p4_gan.train --preset improved --model resnet --g-channels 32 --d-channels 32 --snapshot-every 10 ...
     torchrun --nproc_per_node=4 -m p4_gan.train --preset improved ...   # --batch-size stays the global batch
+    python -m p4_gan.train --preset improved --fast-step --device cuda ...   # CUDA graphs (p4_gan/fast_step.py)
 
 DATA_ROOT holds train/ (the course's 64x64 PNGs) or train.npz (the celeba10k archive);
 training never reads val. Re-running the same command resumes from OUT/last.pt (--max-seconds
@@ -54,6 +55,7 @@ from hw2_utils import (
     parse_with_presets,
     positive_float,
     positive_int,
+    probability,
     progress,
     resolve_device,
     resolve_dtype,
@@ -64,6 +66,7 @@ from hw2_utils import (
 )
 from p4_gan.data import batch, epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
+from p4_gan.fast_step import FastSteps
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
 from p4_gan.models import ARCHS, GANConfig
 from p4_gan.pipeline import generate, save_generator, with_standing_stats
@@ -83,6 +86,15 @@ PRESETS = {
     # learning rate: stopping there is --epochs 90), in fp16, on --data celeba10k
     "shipped": dict(IMPROVED, batch_size=64, d_steps=2, beta1=0.0, beta2=0.9, epochs=90,
                     precision="bf16", fid_every=0, sample_every=10, snapshot_every=10),
+    # The run planned to go on across GPU calls (issue 41, bench/gpu_jobs/README.md), NOT YET RUN:
+    # B with the changes the shipped run's measurements point to: D barely ahead all run (hinge
+    # loss 1.7-1.9) -> TTUR, D's lr 4x G's, and D twice as wide; ~100k G steps as reference
+    # recipes train (1,600 epochs of 62 steps at batch 128), the last fifth with both learning
+    # rates falling linearly to 0; a slower EMA for the longer run. FID on train faces is measured
+    # here from the snapshots (the Inception weights do not travel).
+    "long": dict(IMPROVED, batch_size=128, lr=1e-4, d_lr=4e-4, beta1=0.0, beta2=0.9,
+                 d_channels=128, ema_decay=0.9995, lr_decay_start=0.8, epochs=1600,
+                 precision="bf16", fid_every=0, sample_every=50, snapshot_every=50),
 }
 # fmt: on
 # fmt: off
@@ -90,6 +102,9 @@ DEFAULTS = dict(
     epochs=100,        # 300 steps/epoch at batch 128: 30k steps, beyond DCGAN's ~20 epochs of CelebA's 200k faces
     batch_size=128,    # the DCGAN paper's
     lr=2e-4,           # the DCGAN paper's Adam, also SNGAN's best hinge+SN setting with one D step per G step
+    d_lr=None,         # D's own learning rate (TTUR: above G's); None: --lr
+    lr_decay_start=1.0,  # fraction of the steps after which both learning rates fall linearly to 0; 1: constant
+    lecam_weight=0.0,  # LeCam regulariser in D's loss (Tseng et al. 2021, for small data sets); 0: off
     beta1=0.5,
     beta2=0.999,
     d_steps=1,         # D updates per G update (WGAN-GP usually takes 5, with lr 1e-4, betas 0, 0.9)
@@ -98,12 +113,22 @@ DEFAULTS = dict(
 # fmt: on
 TYPES = dict(
     lr=positive_float,
+    d_lr=positive_float,
+    lr_decay_start=probability,
+    lecam_weight=non_negative_float,
     beta1=fraction_below_one,
     beta2=fraction_below_one,
     gp_weight=non_negative_float,
 )
 GRID = 64  # images in each epoch's sample grid
 LOG_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "gp", "seconds"]
+
+
+def lr_scale(step: int, total: int, decay_start: float) -> float:
+    """The learning rates' factor at `step` (counting from 0): 1 until decay_start * total steps,
+    then falling linearly to 0 at `total`."""
+    first = decay_start * total
+    return 1.0 if step < first else (total - step) / (total - first)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,6 +166,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ema-decay", type=fraction_below_one, help="override the preset's EMA decay (0 = no EMA)"
+    )
+    p.add_argument(
+        "--fast-step",
+        action="store_true",
+        help="on a GPU, replay each D and G update as a CUDA graph (p4_gan/fast_step.py); random "
+        "numbers are drawn on the device, so the run differs from a plain one there (on the CPU it "
+        "is the same run); one process, fp32 or bf16",
+    )
+    p.add_argument(
+        "--no-optimizer-state",
+        action="store_true",
+        help="leave Adam's moments out of OUT/last.pt: with --compact-checkpoint it holds G, its "
+        "EMA and D in bf16 (~20 MB at the default widths, ~36 MB with --d-channels 128, a third to "
+        "a half of the full state), what a GPU call can carry beside celeba10k; a run resumed from "
+        "it starts both Adam optimisers afresh (p4_gan/checkpoints/README.md: what that costs)",
     )
     p.add_argument(
         "--g-channels",
@@ -191,7 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = parse_with_presets(p, argv, PRESETS)
     if args.preset is None:
-        p.error("--preset is required: dcgan (model A), improved (model B) or shipped")
+        p.error("--preset is required: dcgan (model A), improved (model B), shipped or long")
     args.out = Path(args.out or f"runs/p4/{args.preset}")
     if args.fid_every > 0 and min(args.fid_n, args.fid_ref_n) < 2:
         p.error(
@@ -214,9 +254,13 @@ def build_trainer(args, device, dtype, rank) -> GANTrainer:
             ema_decay=args.ema_decay,
             gp_weight=args.gp_weight,
             lr=args.lr,
+            d_lr=args.d_lr,
             betas=(args.beta1, args.beta2),
+            lecam_weight=args.lecam_weight,
         )
-        return GANTrainer(config, recipe, device, dtype, seed=args.seed, rank=rank)
+        return GANTrainer(
+            config, recipe, device, dtype, seed=args.seed, rank=rank, fast=args.fast_step
+        )
     except ValueError as e:
         raise CLIError(str(e)) from None
 
@@ -377,11 +421,16 @@ def main(argv=None) -> None:
         raise CLIError(
             f"--batch-size {args.batch_size} must be a multiple of the {info.world_size} processes"
         )
+    if args.fast_step and info.world_size > 1:
+        raise CLIError("--fast-step trains in one process: leave out torchrun or --fast-step")
+    if args.fast_step and args.precision == "fp16":
+        raise CLIError("--fast-step takes fp32 or bf16: fp16's loss scaler syncs with the host")
     command = command_line("p4_gan.train", argv)
     run = RunFolder.from_args(args, main=info.is_main)
 
     # bad options fail before the slow parts
     trainer = build_trainer(args, device, dtype, info.rank)
+    trainer.keep_optimizer_state = not args.no_optimizer_state
     source = split_source(args.data, "train")
     faces = load_faces(source)
     extractor, ref_stats = fid_setup(args, faces, device) if info.is_main else (None, None)
@@ -397,6 +446,8 @@ def main(argv=None) -> None:
         "recipe": repr(trainer.recipe),
         "data": str(source.resolve()),
         "fid_ref_n": args.fid_ref_n,
+        # where the random numbers come from (the key only when set: earlier runs resume)
+        **({"fast_step": True} if args.fast_step else {}),
     }
     state = run.load(identity, trainer=trainer)
     step, best_fid, seconds = (
@@ -404,7 +455,8 @@ def main(argv=None) -> None:
         if state
         else (0, float("inf"), 0.0)
     )
-    log = run.start(step, total_steps, LOG_FIELDS, command, device)
+    fields = LOG_FIELDS[:-1] + (["lecam"] if args.lecam_weight > 0 else []) + LOG_FIELDS[-1:]
+    log = run.start(step, total_steps, fields, command, device)
     outputs = EpochOutputs(
         run, args, extractor, ref_stats, steps_per_epoch, total_steps, command, device, info
     )
@@ -412,22 +464,35 @@ def main(argv=None) -> None:
     log_main(
         f"{args.preset} ({args.model}): G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; {len(faces)} faces, "
         f"{steps_per_epoch} steps/epoch x {args.epochs} epochs of {args.batch_size} on {device} ({dtype}), "
-        f"{trainer.recipe}" + (f"; resumed at step {step}" if state else "")
+        f"{trainer.recipe}"
+        + (f"; resumed at step {step}" if state else "")
+        + (
+            "; Adam afresh (last.pt holds no optimizer state)"
+            if state and state["trainer"]["opt_g"] is None
+            else ""
+        )
     )
 
     means = RunningMeans()
     bar = progress(total=total_steps, initial=step, desc=f"train {args.preset}")
     start = time.time() - seconds  # seconds count training time across resumes
+    fast = FastSteps(trainer, faces, args.batch_size, args.d_steps) if args.fast_step else None
     order, order_epoch = None, -1
     while step < total_steps and not run.stopping:
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = epoch_order(len(faces), args.seed, epoch), epoch
+            # on the faces' device: a step's indices are then a slice there, not a copy from the host
+            order, order_epoch = epoch_order(len(faces), args.seed, epoch).to(device), epoch
         indices = order[index * args.batch_size : (index + 1) * args.batch_size][
             info.rank :: info.world_size
         ]
+        if args.lr_decay_start < 1:
+            trainer.set_lr_scale(lr_scale(step, total_steps, args.lr_decay_start))
         step += 1
-        means.add(train_step(trainer, faces, indices, step, args.d_steps))
+        if fast is not None:
+            means.add(fast(indices, step))
+        else:
+            means.add(train_step(trainer, faces, indices, step, args.d_steps))
         bar.update(1)
         if step % args.log_every == 0 or step == total_steps:
             logged = means.pop()
@@ -436,7 +501,7 @@ def main(argv=None) -> None:
                     [
                         step,
                         f"{step / steps_per_epoch:.3f}",
-                        *(f"{logged[k]:.5f}" if k in logged else "" for k in LOG_FIELDS[2:-1]),
+                        *(f"{logged[k]:.5f}" if k in logged else "" for k in fields[2:-1]),
                         f"{time.time() - start:.1f}",
                     ]
                 )

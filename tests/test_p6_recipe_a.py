@@ -276,3 +276,27 @@ def test_an_interrupted_recipe_a_run_resumes_to_the_same_ema_weights(
     a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in "ab")
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_travel_set_is_the_official_pixel_training_set_in_a_gpu_calls_room(tmp_path, slice_cifar):
+    """p6_classification/travel_set.py: what a GPU call trains recipe A on decodes to exactly
+    the images --official-pixels builds, its test split is the slice's official pixels, and it
+    leaves room for the code in the call's 64 MiB."""
+    from p6_classification import travel_set
+
+    full, official = require_shared("cifar10_full"), require_shared("cifar10", "cifar10_slice.npz")
+    out = tmp_path / "travel"
+    written = travel_set.main(
+        ["--data", str(full), "--official-pixels", str(official), "--out", str(out)]
+    )
+    got, jpeg = load_cifar(out), load_cifar(full)
+    expected, _ = replace_with_official(
+        jpeg.train_images, jpeg.train_labels, *load_train_split(official)
+    )
+    assert torch.equal(got.train_images, expected) and torch.equal(
+        got.train_labels, jpeg.train_labels
+    )
+    assert torch.equal(got.test_images, slice_cifar.test_images)
+    assert torch.equal(got.test_labels, slice_cifar.test_labels)
+    assert written["official_train"] == 5085
+    assert (written["train.npz"] + written["test.npz"]) / 2**20 < 56
