@@ -2,7 +2,8 @@ r"""One call on a lent GPU machine (../shared/device/README.md): the train.py ru
 side by side, each ending itself with --max-seconds; their run folders come back in the device
 tool's return limits and are restored here, so the next call (or a CPU session) resumes them.
 
-Here, before the call (from the repository root):
+Here, before the call (from the repository root; what an earlier call left in .device would travel too):
+    rm -rf .device/data .device/runs
     python -m bench.gpu_call pack cifar10_full/train.npz cifar10_full/test.npz   # -> .device/data
     python -m bench.gpu_call pack celeba10k/train.npz --resume p4=p4_gan/checkpoints/gpu_run   # + a run to go on with
     bash ../shared/device/stage.sh stash && bash ../shared/device/stage.sh size  # <= 64 MiB
@@ -11,19 +12,20 @@ JOBS is a JSON object {name: [module, arguments...]} without --out, e.g.
      "p4": ["p4_gan.train", "--preset", "shipped", "--data", ".device/data/celeba10k"]}
 There (carry [".device"]; a run that came back from an earlier call resumes from .device/runs):
     python3 -m bench.gpu_call run JOBS --max-seconds 420 --work .device/runs --out $OUT
-Here, after:
+Here, after (into a folder outside .device, which the next call would carry):
     bash ../shared/device/stage.sh restore
-    python -m bench.gpu_call unpack FILES_AT --work .device/runs --keep p4=p4_gan/checkpoints/gpu_run
+    python -m bench.gpu_call unpack FILES_AT --work runs/gpu --keep p4=p4_gan/checkpoints/gpu_run
 The jobs of the planned calls, and the command of each, are in bench/gpu_jobs/README.md.
 
 `run` starts `python -m MODULE ARGS --out WORK/NAME --max-seconds S --compact-checkpoint` for
 every job at once (logs in WORK/logs/), stops one still running --grace seconds after its budget,
-then writes WORK as one tar in parts of 15 MiB to OUT (at most 8: each run's last.pt, result.json,
-log.csv and model.pt first; left_out.txt names what did not fit, and unpack warns of a lost
-last.pt). A run resumed elsewhere: --force-resume (its data path moved). A run that needs more
-calls lives in the repository between them (the next GPU may be sessions away, on a new machine):
-unpack --keep NAME=DIR copies its last.pt, result.json and log.csv to DIR (commit them), and the
-next pack --resume NAME=DIR puts them in .device/runs/NAME, where the call's job resumes.
+then writes WORK as one tar in parts of 15 MiB to OUT (at most 4, the tool's 64 MB in all: each
+run's last.pt, result.json, log.csv and model.pt first, then the newest files; left_out.txt names
+what did not fit, and unpack warns of a lost last.pt). A run resumed elsewhere: --force-resume
+(its data path moved). A run that needs more calls lives in the repository between them (the
+next GPU may be sessions away, on a new machine): unpack --keep NAME=DIR copies its last.pt,
+result.json and log.csv to DIR (commit them), and the next pack --resume NAME=DIR puts them in
+.device/runs/NAME, where the call's job resumes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from hw2_utils import CLIError, HelpFormatter, positive_float, require_file, run
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
-MAX_PARTS = 8  # ... and at most 8 of them
+MAX_PARTS = 4  # ... at most 8 of them, but 64 MB together: 4 parts of 15 MiB
 FIRST = ("last.pt", "result.json", "log.csv", "model.pt")  # what resuming and reporting need
 
 
@@ -145,9 +147,16 @@ def train_side_by_side(jobs: dict, work: Path, max_seconds: float, grace: float)
 
 def write_parts(work: Path, out: Path, note: dict) -> list[Path]:
     """WORK as one tar split into OUT/call.tar.part-NN, the run files first, within MAX_PARTS."""
-    files = sorted(p for p in work.rglob("*") if p.is_file() and p.name != ".lock")
-    # stable: folder order within each group; last.pt first, since without it nothing resumes
-    files.sort(key=lambda p: FIRST.index(p.name) if p.name in FIRST else len(FIRST))
+    files = [p for p in work.rglob("*") if p.is_file() and p.name != ".lock"]
+    # last.pt first, since without it nothing resumes; then the other run files, then the newest
+    # (a run's later snapshots), ties in folder order
+    files.sort(
+        key=lambda p: (
+            FIRST.index(p.name) if p.name in FIRST else len(FIRST),
+            -p.stat().st_mtime,
+            str(p),
+        )
+    )
     budget, kept, left_out = MAX_PARTS * PART_BYTES - 2**20, [], []  # 1 MiB for tar headers
     for path in files:
         size = path.stat().st_size + 1024

@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from evaluation.face_rate import face_rate
 from evaluation.fid import fid_from_dirs, frechet_distance, image_statistics, load_inception
 from hw2_utils import (
+    CLIError,
     HelpFormatter,
     atomic_path,
     command_line,
@@ -361,12 +362,69 @@ def time_steps(preset: str, batch_size: int, fast: bool, faces, device, dtype, a
     }
 
 
+REPLAY_TOLERANCE = dict(rtol=1e-3, atol=1e-5)  # fp32, 12 steps: kernels' own nondeterminism
+
+
+def replay_check(device, steps: int = 12) -> dict:
+    """The fast step captured (on a GPU) against the same step run eagerly, from one seed, in
+    fp32 on small networks: equal weights within REPLAY_TOLERANCE, and replays that draw new
+    random numbers (D's loss changes from step to step, the generator state moves). A wrong
+    replay fails here, in seconds, instead of training a bad run for several calls."""
+    targs = train.parse_args(
+        ["--preset", "long", "--batch-size", "32", "--fast-step"]
+        + ["--g-channels", "8", "--d-channels", "8", "--lecam-weight", "0.1"]
+    )
+    faces = torch.randint(0, 256, (256, 3, 64, 64), generator=torch.Generator().manual_seed(1))
+    faces = faces.to(torch.uint8).to(device)
+    trainers = [train.build_trainer(targs, device, torch.float32, rank=0) for _ in range(2)]
+    captured, eager = (FastSteps(t, faces, 32, targs.d_steps) for t in trainers)
+    eager.capture = False
+    start_state = trainers[0].noise.get_state().clone()
+    order = torch.randperm(len(faces), generator=torch.Generator().manual_seed(2)).to(device)
+    losses = []
+    for k in range(1, steps + 1):
+        indices = order[(k * 32) % 224 :][:32]
+        losses.append(float(captured(indices, k)["d_loss"]))
+        eager(indices, k)
+    nets = [(t.G, t.D, t.ema) for t in trainers]
+    gap = max(
+        (a - b).abs().max().item()
+        for x, y in zip(*nets)
+        for a, b in zip(x.state_dict().values(), y.state_dict().values())
+        if a.is_floating_point()
+    )
+    equal = all(
+        torch.allclose(a, b, **REPLAY_TOLERANCE)
+        for x, y in zip(*nets)
+        for a, b in zip(x.state_dict().values(), y.state_dict().values())
+        if a.is_floating_point()
+    )
+    moved = not torch.equal(start_state, trainers[0].noise.get_state())
+    return {
+        "captured": captured.capture,
+        "max_weight_gap": gap,
+        "equal": equal,
+        "d_losses_differ": len(set(losses)) == len(losses),
+        "random_state_moved": moved,
+        "ok": equal and len(set(losses)) == len(losses) and moved,
+    }
+
+
 def cmd_speed(args) -> dict:
     device = resolve_device(args.device)
+    check = replay_check(device)
+    print(f"replay check: {check}")
+    if not check["ok"]:
+        raise CLIError(f"the fast step's replay differs from the eager step: {check}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     faces = torch.randint(0, 256, (4096, 3, 64, 64), generator=torch.Generator().manual_seed(0))
     faces = faces.to(torch.uint8).to(device)
-    result = {"hardware": describe_hardware(device), "dtype": str(dtype), "preset": args.preset}
+    result = {
+        "hardware": describe_hardware(device),
+        "dtype": str(dtype),
+        "preset": args.preset,
+        "replay_check": check,
+    }
     for batch_size in args.batch_sizes:
         for fast in (False, True):
             name = f"batch{batch_size}_{'fast' if fast else 'plain'}"

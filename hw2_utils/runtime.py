@@ -159,8 +159,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
     """Mixed-precision context; a no-op for fp32. cache=False recasts the weights at every use
-    instead of once per context, as a CUDA graph capture needs (a cached cast would be replayed
-    from the weights as they were at capture)."""
+    instead of once per context: PyTorch's CUDA graph notes ask for it in a captured region."""
     if dtype is torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hw2_utils import autocast, derived_seed, to_device
+from hw2_utils import autocast, derived_seed, log_main, to_device
 from p4_gan.diffaugment import diff_augment
 from p4_gan.models import Discriminator, GANConfig, Generator
 
@@ -148,6 +148,7 @@ class GANTrainer:
                 "the fast step takes fp32 or bf16: fp16's loss scaler syncs with the host"
             )
         self.config, self.recipe, self.device, self.dtype = config, recipe, device, dtype
+        self.seed, self.rank, self.fast = seed, rank, fast
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights on every rank
             self.G, self.D = Generator(config).to(device), Discriminator(config).to(device)
@@ -213,10 +214,10 @@ class GANTrainer:
     def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D update on a real batch (in [-1, 1]) against as many fresh fakes. Returns
         detached scalars: the loss and D's mean logit on real and on fake images."""
-        # no autocast cache: the D step is what a CUDA graph replays (autocast() says why)
-        with torch.no_grad(), autocast(self.device, self.dtype, cache=False):
+        # no autocast cache in a step a CUDA graph records (autocast() says why)
+        with torch.no_grad(), autocast(self.device, self.dtype, cache=not self.fast):
             fake = self.G(self.sample_z(len(real))).float()
-        with autocast(self.device, self.dtype, cache=False):
+        with autocast(self.device, self.dtype, cache=not self.fast):
             real_in, fake_in = self.augment(real), self.augment(fake)
             real_logits, fake_logits = self.D(real_in).float(), self.D(fake_in).float()
             loss = discriminator_loss(self.recipe.loss, real_logits, fake_logits)
@@ -249,7 +250,7 @@ class GANTrainer:
         Changes tensors only (g_step also counts it), so a CUDA graph can replay it."""
         self.D.requires_grad_(False)
         try:
-            with autocast(self.device, self.dtype, cache=False):
+            with autocast(self.device, self.dtype, cache=not self.fast):
                 logits = self.D(self.augment(self.G(self.sample_z(batch_size)))).float()
                 loss = generator_loss(self.recipe.loss, logits)
             self._update(loss, self.G, self.opt_g, self.scaler_g)
@@ -287,8 +288,10 @@ class GANTrainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if self.recipe.lecam_weight > 0:
-            state["lecam_avg"] = self.lecam_avg
+        if (
+            self.recipe.lecam_weight > 0
+        ):  # numbers, not a tensor: --compact-checkpoint keeps them exact
+            state["lecam_avg"] = self.lecam_avg.tolist()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -297,18 +300,40 @@ class GANTrainer:
         for opt, name in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
             if state[name] is None:  # saved without: Adam starts afresh, at the current lr
                 continue
-            lrs = [group["lr"] for group in opt.param_groups]
+            # load_state_dict brings back the saved groups' settings; keep this run's: its lr
+            # tensors (a graph may hold them, the saved value goes into them) and how Adam steps
+            # (a capturable GPU Adam's state resumed on the CPU, or the reverse)
+            mine = [
+                {k: g[k] for k in ("lr", "fused", "capturable", "foreach") if k in g}
+                for g in opt.param_groups
+            ]
             opt.load_state_dict(state[name])
-            # keep the device tensors (a graph may hold them); a saved float or tensor is its value
-            for group, lr in zip(opt.param_groups, lrs):
-                group["lr"] = lr.fill_(float(group["lr"]))
+            for group, kept in zip(opt.param_groups, mine):
+                saved_lr = float(group["lr"])
+                group.update(kept)
+                group["lr"].fill_(saved_lr)
+                # a capturable or fused Adam counts its steps on the device, the others on the CPU
+                on_device = group.get("capturable") or group.get("fused")
+                for param in group["params"]:
+                    if "step" in opt.state.get(param, {}):
+                        step = opt.state[param]["step"]
+                        opt.state[param]["step"] = step.to(
+                            param.device if on_device else "cpu", torch.float32
+                        )
         if state["scaler_g"]:  # empty unless the run was fp16; --precision may change on resume
             self.scaler_g.load_state_dict(state["scaler_g"])
             self.scaler_d.load_state_dict(state["scaler_d"])
-        self.noise.set_state(state["noise"])
+        if len(state["noise"]) == len(self.noise.get_state()):
+            self.noise.set_state(state["noise"])
+        else:  # drawn on another kind of device (--fast-step on a GPU, or not): a new stream
+            self.noise.manual_seed(derived_seed(self.seed, "noise", self.rank, state["g_steps"]))
+            log_main(
+                "note: the saved random state is another device's generator: random numbers "
+                f"reseeded at G step {state['g_steps']} (the run goes on, not bit for bit)"
+            )
         self.g_steps = state["g_steps"]
         self.g_count.fill_(self.g_steps)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if self.recipe.lecam_weight > 0:
-            self.lecam_avg.copy_(state["lecam_avg"])
+            self.lecam_avg.copy_(torch.tensor(state["lecam_avg"]))

@@ -1,6 +1,6 @@
 """The report's P4 section and its figures, built only from files that train.py, bench/p4_gan.py
 and this module write: the shipped record, logs and generator under p4_gan/checkpoints/, and
-RUNS_DIR/p4/ (first32.png, {model}/architecture.txt, {model}/curves.png), which
+RUNS_DIR/p4/ (first32.png and first32_dcgan.png, {model}/architecture.txt, {model}/curves.png), which
 
     python -m p4_gan.report --out report/runs/p4     # seconds on a CPU, from the shipped files
 
@@ -157,12 +157,19 @@ CURVES = {
 FIGURES_COMMAND = "python -m p4_gan.report --out {d}"
 
 
+# the first 32 of run.sh's images of each shipped generator: (B) is run.sh's, (A) its --checkpoint
+FIRST32 = {"improved": ("p4_gan.pt", "first32.png"), "dcgan": ("dcgan.pt", "first32_dcgan.png")}
+
+
 def make_figures(out: Path, device, shipped: Path = SHIPPED) -> list[Path]:
-    """first32.png from the shipped generator (run.sh's seed, so run.sh's first 32 images), each
-    model's printed networks and every shipped log's curves."""
-    generator, _ = load_generator(shipped / "p4_gan.pt", device)
-    written = [out / "first32.png"]
-    save_grid(generate(generator, 1000, SEED)[:32], written[0], nrow=8)
+    """first32.png and first32_dcgan.png from the shipped generators (run.sh's seed, so run.sh's
+    first 32 images), each model's printed networks and every shipped log's curves."""
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for file, figure in FIRST32.values():
+        generator, _ = load_generator(shipped / file, device)
+        written.append(out / figure)
+        save_grid(generate(generator, 1000, SEED)[:32], written[-1], nrow=8)
     for model in MODELS:
         (out / model).mkdir(parents=True, exist_ok=True)
         written.append(write_architecture(out / model, model))
@@ -181,16 +188,19 @@ def make_figures(out: Path, device, shipped: Path = SHIPPED) -> list[Path]:
 def _figures(d: Path) -> str:
     command = FIGURES_COMMAND.format(d=d)
     parts = []
-    first32 = d / "first32.png"
-    if first32.is_file():
-        parts.append(
-            "The first 32 of run.sh's 1,000 images from the shipped generator, (B) (seed "
-            f"{SEED}, so these are the files 0000.png-0031.png run.sh writes). (A)'s generator was "
-            "not kept, so its faces cannot be drawn again; its numbers are the record's.\n\n"
-            f"![first 32 images of run.sh, shipped (B)]({first32.as_posix()})\n"
-        )
-    else:
-        parts.append(_missing("the first 32 images of the shipped generator", command))
+    parts.append(
+        f"The first 32 of run.sh's 1,000 images (seed {SEED}, so the files 0000.png-0031.png) from "
+        "each shipped generator: (B) `p4_gan.pt`, what run.sh loads, and (A) `dcgan.pt` "
+        "(`bash p4_gan/run.sh OUT --checkpoint p4_gan/checkpoints/dcgan.pt`).\n"
+    )
+    for model, (file, figure) in FIRST32.items():
+        first32 = d / figure
+        if first32.is_file():
+            parts.append(
+                f"{MODELS[model]}:\n\n![first 32 images of {file}]({first32.as_posix()})\n"
+            )
+        else:
+            parts.append(_missing(f"the first 32 images of {file}", command))
     for model, title in MODELS.items():
         arch = d / model / "architecture.txt"
         parts.append(f"#### {title}: networks\n")

@@ -97,3 +97,31 @@ def test_p4_long_run_state_goes_to_the_repository_and_back_and_resumes(tmp_path,
 def test_resume_and_keep_take_name_equals_folder():
     with pytest.raises(gpu_call.CLIError, match="NAME=DIR"):
         gpu_call.named_dirs(["p4_gan/checkpoints/gpu_run"], "--resume")
+
+
+def test_p4_long_state_travels_both_ways_within_the_limits():
+    """Out: the code (tracked files under 1 MB: stage.sh stash moves the rest), the faces and
+    --preset long's full-size light last.pt within 64 MiB, with 1 MiB for the wheel. Back:
+    last.pt, the fp16 model.pt and at least one fp16 snapshot within gpu_call's parts."""
+    import io
+    import subprocess
+
+    from hw2_utils.runs import _bfloat16
+    from p4_gan.pipeline import save_generator
+
+    args = p4_train.parse_args(["--preset", "long"])
+    trainer = p4_train.build_trainer(args, torch.device("cpu"), torch.float32, rank=0)
+    trainer.keep_optimizer_state = False
+    state, generator = io.BytesIO(), io.BytesIO()
+    torch.save({"trainer": _bfloat16(trainer.state_dict())}, state)
+    save_generator(generator, trainer.G, {}, half=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=gpu_call.REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    sizes = [(gpu_call.REPO / name.decode()).stat().st_size for name in listed if name]
+    code = sum(size for size in sizes if size < 2**20)
+    faces = require_shared("celeba10k", "train.npz").stat().st_size
+    mib = 2**20
+    assert (code + faces + state.tell()) / mib < 63, (code / mib, faces / mib, state.tell() / mib)
+    back = state.tell() + 2 * generator.tell() + mib  # last.pt, model.pt, one snapshot, the rest
+    assert back < gpu_call.MAX_PARTS * gpu_call.PART_BYTES - mib

@@ -1,7 +1,9 @@
 """P4's fast step (p4_gan/fast_step.py) and the recipe options beside it (TTUR, linear LR decay,
 LeCam). A CUDA graph cannot run here; what it needs can be checked: on the CPU the fast step is
 the plain step, bit for bit, and two of its steps issue the same operations with the same
-constants and no host sync, which is what makes a recorded step replayable."""
+constants and no host sync, which is what makes a recorded step replayable. What only a GPU
+shows (a CPU tensor or a host copy inside the capture, a replay that draws no new numbers) is
+bench.p4_gan speed's replay check, which the GPU call runs before it trains."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import require_shared
-from hw2_utils import CLIError
+from hw2_utils import CLIError, derived_seed
 from p4_gan import train
 from p4_gan.diffaugment import parse_policy
 from p4_gan.fast_step import FastSteps
@@ -134,10 +136,10 @@ def test_two_fast_steps_issue_the_same_operations_without_a_host_sync():
         with log:
             runner(indices, step)
         logs.append(log.ops)
-    # steps 5 and 7 each do a D and a G update, past EMA's short start (a constant in the
-    # recorded ops would freeze it, as a graph would)
+    # steps 5 and 7: a D update each; steps 4, 6 and 8: a D and a G update each, past EMA's
+    # short start (a Python constant recorded there would freeze it, as a graph would)
     assert len(logs[4]) > 200 and logs[4] == logs[6]
-    assert logs[3] == logs[5] == logs[7]  # the D-then-G steps 4, 6, 8 alike
+    assert len(logs[3]) > len(logs[4]) and logs[3] == logs[5] == logs[7]
     syncs = {op for ops in logs for op, *_ in ops if op in OpLog.SYNCS}
     assert not syncs
 
@@ -226,3 +228,33 @@ def test_speed_bench_measures_both_steps(capsys):
     )
     assert result["batch2_plain"]["steps"] >= 1 and result["batch2_fast"]["steps"] >= 1
     assert result["batch2_speedup"] > 0 and "batch2_fast:" in capsys.readouterr().out
+
+
+def test_a_state_from_another_devices_generator_is_reseeded_and_goes_on(capsys):
+    """A GPU --fast-step run's random state (16 bytes of a CUDA generator) resumed where the
+    generator is a CPU one: a new stream from (seed, g_steps), said in a note, not an error."""
+    first = GANTrainer(CONFIG, RECIPE, seed=3)
+    _train(first, 4, fast=False)
+    state = first.state_dict()
+    state["noise"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator's get_state holds
+    resumed = GANTrainer(CONFIG, RECIPE, seed=3)
+    resumed.load_state_dict(state)
+    assert "reseeded at G step 2" in capsys.readouterr().out
+    expected = torch.Generator().manual_seed(derived_seed(3, "noise", 0, 2))
+    assert torch.equal(resumed.noise.get_state(), expected.get_state())
+    _train(resumed, 2, fast=False, first=4)
+
+
+def test_a_resumed_adam_steps_as_this_run_builds_it():
+    """Adam's saved settings (capturable, as a GPU fast run saves them) do not come back with
+    its state: the CPU Adam here steps, its step counts on the CPU."""
+    first = GANTrainer(CONFIG, RECIPE, seed=3)
+    _train(first, 4, fast=False)
+    state = first.state_dict()
+    for name in ("opt_g", "opt_d"):
+        state[name]["param_groups"][0]["capturable"] = True
+    resumed = GANTrainer(CONFIG, RECIPE, seed=3)
+    resumed.load_state_dict(state)
+    assert not resumed.opt_d.param_groups[0]["capturable"]
+    _train(resumed, 2, fast=False, first=4)
+    assert all(s["step"].device.type == "cpu" for s in resumed.opt_d.state.values())

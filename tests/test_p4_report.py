@@ -171,7 +171,8 @@ def test_figures_come_from_the_shipped_generator_and_logs(tmp_path):
 
     written = report.make_figures(tmp_path / "p4", "cpu")
     assert all(p.is_file() for p in written)
-    assert Image.open(tmp_path / "p4" / "first32.png").size == (8 * 66 + 2, 4 * 66 + 2)
+    for figure in ("first32.png", "first32_dcgan.png"):  # (B) and (A)
+        assert Image.open(tmp_path / "p4" / figure).size == (8 * 66 + 2, 4 * 66 + 2)
     assert {p.parent.name for p in written if p.name == "curves.png"} == set(report.CURVES)
     text = section(tmp_path)
     assert all(f"]({p.as_posix()})" in text for p in written if p.suffix == ".png")
