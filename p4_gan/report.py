@@ -118,9 +118,18 @@ def _results(d: Path, shipped: Path) -> str:
         ],
         rows,
     )
+    # an entry measured by another command (its measured_by) says so
+    elsewhere = {
+        model: m["measured_by"] for model, m in info["models"].items() if "measured_by" in m
+    }
     lines += [
         "",
-        f"_Measured with `{info['command']}` on {info['hardware']}; training commands:_",
+        f"_Measured with `{info['command']}` on {info['hardware']}"
+        + "".join(
+            f"; {MODELS[model]} with `{by['command']}` on {by['hardware']}"
+            for model, by in elsewhere.items()
+        )
+        + "; training commands:_",
         "",
     ]
     lines += [
