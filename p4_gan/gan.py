@@ -288,9 +288,8 @@ class GANTrainer:
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if (
-            self.recipe.lecam_weight > 0
-        ):  # numbers, not a tensor: --compact-checkpoint keeps them exact
+        # LeCam's averages as numbers, not a tensor: --compact-checkpoint keeps them exact
+        if self.recipe.lecam_weight > 0:
             state["lecam_avg"] = self.lecam_avg.tolist()
         return state
 

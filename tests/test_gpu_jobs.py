@@ -125,3 +125,24 @@ def test_p4_long_state_travels_both_ways_within_the_limits():
     assert (code + faces + state.tell()) / mib < 63, (code / mib, faces / mib, state.tell() / mib)
     back = state.tell() + 2 * generator.tell() + mib  # last.pt, model.pt, one snapshot, the rest
     assert back < gpu_call.MAX_PARTS * gpu_call.PART_BYTES - mib
+
+
+def test_what_does_not_fit_is_the_oldest(tmp_path, monkeypatch):
+    """Over the return budget, a run's last.pt and the newest snapshot come back, the oldest not."""
+    import os
+
+    run = tmp_path / "work" / "p4_long"
+    (run / "snapshots").mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"s" * 3000)
+    for age, name in enumerate(["generator_epoch0200.pt", "generator_epoch0100.pt"]):
+        path = run / "snapshots" / name
+        path.write_bytes(b"g" * 3000)
+        os.utime(path, (1e9 - age * 100, 1e9 - age * 100))  # epoch 100 written first
+    monkeypatch.setattr(
+        gpu_call, "PART_BYTES", 2**20 + 9000
+    )  # 9,000 bytes past the 1 MiB reserve: two files
+    monkeypatch.setattr(gpu_call, "MAX_PARTS", 1)
+    gpu_call.write_parts(tmp_path / "work", tmp_path / "out", {})
+    back = gpu_call.main(["unpack", str(tmp_path / "out"), "--work", str(tmp_path / "back")])
+    assert (back / "left_out.txt").read_text() == "p4_long/snapshots/generator_epoch0100.pt"
+    assert (back / "p4_long" / "snapshots" / "generator_epoch0200.pt").is_file()

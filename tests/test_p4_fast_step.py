@@ -253,8 +253,11 @@ def test_a_resumed_adam_steps_as_this_run_builds_it():
     state = first.state_dict()
     for name in ("opt_g", "opt_d"):
         state[name]["param_groups"][0]["capturable"] = True
+        for saved in state[name]["state"].values():  # not as this Adam counts: moved back
+            saved["step"] = saved["step"].double()
     resumed = GANTrainer(CONFIG, RECIPE, seed=3)
     resumed.load_state_dict(state)
     assert not resumed.opt_d.param_groups[0]["capturable"]
+    steps = [s["step"] for s in resumed.opt_d.state.values()]
+    assert all(s.device.type == "cpu" and s.dtype == torch.float32 for s in steps)
     _train(resumed, 2, fast=False, first=4)
-    assert all(s["step"].device.type == "cpu" for s in resumed.opt_d.state.values())
