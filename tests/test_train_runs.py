@@ -342,11 +342,13 @@ def test_crash_resume_and_no_resume(name, tmp_path, monkeypatch):
 
 
 def _float_dtypes(value) -> set:
-    """The floating-point dtypes in a checkpoint, but its optimizers' step counts."""
+    """The floating-point dtypes in a checkpoint, but its optimizers' step counts and learning
+    rates (tensors in P4, kept exact)."""
     if isinstance(value, torch.Tensor):
         return {value.dtype} if value.is_floating_point() else set()
     if isinstance(value, dict):
-        return set().union(*(_float_dtypes(v) for k, v in value.items() if k != "step"), set())
+        kept = ("step", "lr")
+        return set().union(*(_float_dtypes(v) for k, v in value.items() if k not in kept), set())
     if isinstance(value, (list, tuple)):
         return set().union(*map(_float_dtypes, value), set())
     return set()
