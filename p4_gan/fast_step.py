@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from p4_gan.data import batch
 from p4_gan.gan import GANTrainer
 
 # Eager calls of each update before its capture, on a side stream as PyTorch's CUDA graph notes
@@ -40,9 +39,7 @@ class FastSteps:
         self.calls = {"d": 0, "g": 0}
 
     def _d_update(self) -> dict:
-        trainer = self.trainer
-        flips = torch.rand(len(self.indices), generator=trainer.noise, device=trainer.noise.device)
-        return trainer.d_step(batch(self.faces, self.indices, flips < 0.5))
+        return self.trainer.d_step(self.trainer.real_batch(self.faces, self.indices))
 
     def _g_update(self) -> dict:
         return self.trainer.g_update(len(self.indices))

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hw2_utils import autocast, derived_seed, log_main, to_device
+from p4_gan.data import batch
 from p4_gan.diffaugment import diff_augment
 from p4_gan.models import Discriminator, GANConfig, Generator
 
@@ -187,6 +188,11 @@ class GANTrainer:
     def sample_z(self, n: int) -> torch.Tensor:
         z = torch.randn(n, self.config.z_dim, generator=self.noise, device=self.noise.device)
         return to_device(z, self.device)
+
+    def real_batch(self, faces: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """faces[indices] in [-1, 1], each mirrored with p = 0.5 (drawn from the run's generator)."""
+        flips = torch.rand(len(indices), generator=self.noise, device=self.noise.device) < 0.5
+        return batch(faces, indices, flips)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.recipe.diffaug, self.noise)

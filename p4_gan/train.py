@@ -65,7 +65,7 @@ from hw2_utils import (
     seed_everything,
     to_uint8,
 )
-from p4_gan.data import batch, epoch_order, load_faces, split_source
+from p4_gan.data import epoch_order, load_faces, split_source
 from p4_gan.diffaugment import parse_policy
 from p4_gan.fast_step import FastSteps
 from p4_gan.gan import GANTrainer, Recipe, assert_ranks_in_sync
@@ -305,8 +305,7 @@ def train_step(
 ) -> dict:
     """One D step on a batch of real faces (each flipped with p = 0.5), and a G step every
     `d_steps`-th step (`step` counts from 1). Returns the losses, left on the device."""
-    real = batch(faces, indices, torch.rand(len(indices), generator=trainer.noise) < 0.5)
-    stats = trainer.d_step(real)
+    stats = trainer.d_step(trainer.real_batch(faces, indices))
     if step % d_steps == 0:
         stats.update(trainer.g_step(len(indices)))
     return stats

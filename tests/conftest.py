@@ -86,6 +86,19 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+def interrupted_at_call(function, n: int):
+    """`function`, but its n-th call raises KeyboardInterrupt (a Ctrl-C in the middle of a run)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
 def run_torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
     """hw2_utils.run_torchrun_cpu with two ranks, failing the test on a non-zero exit with the head
     of stderr (where a rank's own error is) and its tail (torchrun's summary)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import REPO, require_shared, small_digits
+from conftest import REPO, interrupted_at_call, require_shared, small_digits
 from hw2_utils import CLIError, run_cli
 from p5_dann import infer, train
 from p5_dann.model import DANN, GradientReversal, grl_lambda
@@ -195,16 +195,9 @@ def test_dann_selects_by_snd_without_target_val_and_resumes_exactly(tmp_path, mo
             ]
         )
 
-    real_scores, calls = train.selection_scores, []
-
-    # one scoring per epoch; epoch 2's checkpoint is written by now
-    def interrupted_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_scores(*args, **kwargs)
-
-    monkeypatch.setattr(train, "selection_scores", interrupted_in_epoch_3)
+    real_scores = train.selection_scores
+    # one scoring per epoch: the third is in epoch 3, epoch 2's checkpoint is written by now
+    monkeypatch.setattr(train, "selection_scores", interrupted_at_call(real_scores, 3))
     with pytest.raises(KeyboardInterrupt):
         run("resumed")
     monkeypatch.setattr(train, "selection_scores", real_scores)

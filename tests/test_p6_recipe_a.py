@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import interrupted_at_call, require_shared
 from hw2_utils import CLIError
 from p6_classification import train
 from p6_classification.augment import build_preset
@@ -259,15 +259,8 @@ def test_an_interrupted_recipe_a_run_resumes_to_the_same_ema_weights(
         ]
 
     train.main(argv(tmp_path / "a"))
-    real, calls = train.train_epoch, []
-
-    def interrupt_in_epoch_two(*a):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a)
-
-    monkeypatch.setattr(train, "train_epoch", interrupt_in_epoch_two)
+    real = train.train_epoch
+    monkeypatch.setattr(train, "train_epoch", interrupted_at_call(real, 2))  # in epoch 2
     with pytest.raises(KeyboardInterrupt):
         train.main(argv(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import require_shared
+from conftest import interrupted_at_call, require_shared
 from hw2_utils import CLIError, run_cli, warmup_cosine_lr
 from p6_classification import aug_study, cam, infer, train, vit_finetune
 from p6_classification.augment import build_preset
@@ -106,15 +106,8 @@ def test_warmup_is_capped_at_a_quarter_of_a_short_run(trained, capsys):
 def test_resumed_run_matches_uninterrupted_run(trained, slice_path, tmp_path, monkeypatch):
     out_a = trained[0]
     args = ["--data", slice_path, *SMALL, "--epochs", "2", "--out", str(tmp_path / "b")]
-    real, count = train.evaluate, []
-
-    def interrupt_in_epoch_two(*a):
-        count.append(1)
-        if len(count) == 2:
-            raise KeyboardInterrupt
-        return real(*a)
-
-    monkeypatch.setattr(train, "evaluate", interrupt_in_epoch_two)
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", interrupted_at_call(real, 2))  # in epoch 2
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
